@@ -1,0 +1,59 @@
+//! The command line: clap definitions (their doc comments are the `--help` text) and dispatch.
+//!
+//! Each subcommand lives in its own file with its `Args` struct and a `run` function returning
+//! [`Status`]. Exit codes: 0 ok, 1 invalid input or failed checks/jobs, 2 usage or internal
+//! error. Only this module and [`crate::report`] print.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// What a command concluded, when it ran to the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Everything checked out / every job succeeded (exit 0).
+    Ok,
+    /// The input was invalid or some check/job failed; details were printed (exit 1).
+    Failed,
+}
+
+/// mgpu runs diffusion image and video models whose weights do not fit on one GPU.
+///
+/// Write a TOML manifest naming models, devices, how to spread each model's weights and the
+/// jobs to run; `mgpu check` validates it, `mgpu plan` shows where every block will live and
+/// how fast a step will be, `mgpu run` produces the images.
+///
+/// Exit codes: 0 ok, 1 invalid input or failed jobs/checks, 2 usage or internal error.
+#[derive(Debug, Parser)]
+#[command(name = "mgpu", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// Parses the command line, runs it and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(Status::Ok) => ExitCode::SUCCESS,
+        Ok(Status::Failed) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<Status> {
+    match cli.command {}
+}

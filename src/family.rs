@@ -1,0 +1,219 @@
+//! Model families: the architectures a manifest's `family` key names, and what every stage
+//! needs to know about each without loading it: its role in a pipeline, the image-size
+//! multiple it needs, and how its tensors group into placement units.
+//!
+//! Unit grouping works on canonical tensor names (BFL/ComfyUI layout for FLUX and its VAE,
+//! Hugging Face layout for T5 and CLIP, with any `model.diffusion_model.`-style prefix already
+//! stripped by [`crate::weights`]' key mapping). Tensors outside any block are "resident":
+//! small, used at every step, kept on the compute device.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// FLUX.1 dev/schnell diffusion transformer (BFL layout: `double_blocks.N`, `single_blocks.N`).
+    Flux,
+    /// The FLUX autoencoder (`ae.safetensors`: 16 latent channels).
+    FluxVae,
+    /// T5-XXL encoder (`t5xxl_fp16.safetensors`: `encoder.block.N`).
+    T5,
+    /// CLIP-L text encoder (`clip_l.safetensors`: `text_model.encoder.layers.N`).
+    ClipL,
+    /// Wan 2.x video diffusion transformer (`blocks.N`). Planned and inspected; not yet run.
+    Wan,
+    /// Wan 2.x video autoencoder. Planned and inspected; not yet run.
+    WanVae,
+    /// umT5-XXL, Wan's text encoder (`encoder.block.N`). Planned and inspected; not yet run.
+    UmT5,
+}
+
+/// What a family does in a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Diffusion,
+    TextEncoder,
+    Vae,
+}
+
+pub const ALL: &[Family] = &[
+    Family::Flux,
+    Family::FluxVae,
+    Family::T5,
+    Family::ClipL,
+    Family::Wan,
+    Family::WanVae,
+    Family::UmT5,
+];
+
+impl Family {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Flux => "flux",
+            Family::FluxVae => "flux-vae",
+            Family::T5 => "t5",
+            Family::ClipL => "clip-l",
+            Family::Wan => "wan",
+            Family::WanVae => "wan-vae",
+            Family::UmT5 => "umt5",
+        }
+    }
+
+    pub const fn role(self) -> Role {
+        match self {
+            Family::Flux | Family::Wan => Role::Diffusion,
+            Family::T5 | Family::ClipL | Family::UmT5 => Role::TextEncoder,
+            Family::FluxVae | Family::WanVae => Role::Vae,
+        }
+    }
+
+    /// Whether `mgpu run` can execute this family in this version (others can be planned).
+    pub const fn runnable(self) -> bool {
+        matches!(self, Family::Flux | Family::FluxVae | Family::T5 | Family::ClipL)
+    }
+
+    /// Image width and height must be multiples of this (VAE factor × patch size).
+    pub const fn size_multiple(self) -> u32 {
+        match self {
+            Family::Flux | Family::FluxVae => 16,
+            Family::Wan | Family::WanVae => 16,
+            _ => 1,
+        }
+    }
+
+    /// The placement unit a canonical tensor name belongs to: a block name such as
+    /// `double_blocks.3`, or `None` for resident tensors.
+    pub fn unit_of(self, name: &str) -> Option<String> {
+        let block = |prefix: &str| -> Option<String> {
+            let rest = name.strip_prefix(prefix)?.strip_prefix('.')?;
+            let idx = rest.split('.').next()?;
+            idx.parse::<u32>().ok()?;
+            Some(format!("{prefix}.{idx}"))
+        };
+        match self {
+            Family::Flux => block("double_blocks").or_else(|| block("single_blocks")),
+            Family::T5 | Family::UmT5 => block("encoder.block"),
+            Family::ClipL => block("text_model.encoder.layers"),
+            Family::Wan => block("blocks"),
+            Family::FluxVae | Family::WanVae => ["encoder", "decoder"]
+                .into_iter()
+                .find(|p| name.strip_prefix(p).is_some_and(|r| r.starts_with('.')))
+                .map(str::to_string),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, FamilyError> {
+        let t = s.trim().to_ascii_lowercase();
+        let alias = match t.as_str() {
+            "flux1" | "flux.1" | "flux-dev" | "flux-schnell" => Some(Family::Flux),
+            "ae" | "flux-ae" => Some(Family::FluxVae),
+            "t5xxl" | "t5-xxl" => Some(Family::T5),
+            "clip" | "clip_l" | "clipl" => Some(Family::ClipL),
+            "umt5xxl" | "umt5-xxl" => Some(Family::UmT5),
+            _ => None,
+        };
+        if let Some(f) = ALL.iter().copied().find(|f| f.name() == t).or(alias) {
+            return Ok(f);
+        }
+        let suggestion = ALL
+            .iter()
+            .map(|f| (strsim::damerau_levenshtein(&t, f.name()), f.name()))
+            .filter(|&(d, _)| d <= 2)
+            .min()
+            .map(|(_, n)| n.to_string());
+        Err(FamilyError { name: s.to_string(), suggestion })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown model family `{name}`{}: expected one of {}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default(), names())]
+pub struct FamilyError {
+    pub name: String,
+    pub suggestion: Option<String>,
+}
+
+/// `flux, flux-vae, t5, …` for messages.
+pub fn names() -> String {
+    ALL.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+}
+
+impl FromStr for Family {
+    type Err = FamilyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Family::parse(s)
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Family {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Family {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Cow::<str>::deserialize(d)?;
+        Family::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Family {
+    fn schema_name() -> Cow<'static, str> {
+        "Family".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = ALL.iter().map(|f| f.name()).collect();
+        json_schema!({
+            "description": "Architecture family of a model component. flux: FLUX.1 dev/schnell transformer; flux-vae: FLUX autoencoder (ae.safetensors); t5: T5-XXL encoder; clip-l: CLIP-L text encoder; wan, wan-vae, umt5: Wan 2.x (planned and inspected, not yet run).",
+            "type": "string",
+            "enum": names,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_table() {
+        let cases = [
+            (Family::Flux, "double_blocks.3.img_attn.qkv.weight", Some("double_blocks.3")),
+            (Family::Flux, "single_blocks.37.linear1.weight", Some("single_blocks.37")),
+            (Family::Flux, "img_in.weight", None),
+            (Family::Flux, "double_blocks_x.3.w", None),
+            (Family::T5, "encoder.block.23.layer.1.DenseReluDense.wo.weight", Some("encoder.block.23")),
+            (Family::T5, "shared.weight", None),
+            (Family::ClipL, "text_model.encoder.layers.11.mlp.fc1.weight", Some("text_model.encoder.layers.11")),
+            (Family::FluxVae, "decoder.up.0.block.0.conv1.weight", Some("decoder")),
+            (Family::FluxVae, "encoder.conv_in.weight", Some("encoder")),
+            (Family::Wan, "blocks.39.ffn.0.weight", Some("blocks.39")),
+        ];
+        for (f, n, want) in cases {
+            assert_eq!(f.unit_of(n).as_deref(), want, "{f} {n}");
+        }
+    }
+
+    #[test]
+    fn parse_table() {
+        assert_eq!(Family::parse("flux"), Ok(Family::Flux));
+        assert_eq!(Family::parse("CLIP-L"), Ok(Family::ClipL));
+        assert_eq!(Family::parse("t5xxl"), Ok(Family::T5));
+        let e = Family::parse("fluxx").unwrap_err();
+        assert_eq!(e.suggestion.as_deref(), Some("flux"));
+        assert!(e.to_string().contains("expected one of flux, flux-vae"));
+        for f in ALL {
+            assert_eq!(Family::parse(f.name()), Ok(*f));
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Golden outputs: record hashes of decoded pixels and latents, verify bit-exactly.

@@ -1,0 +1,1 @@
+//! Output files: images with metadata, written atomically.

@@ -1,0 +1,1 @@
+//! The one place that prints progress and tables: typed events in, text out.

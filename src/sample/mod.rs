@@ -1,0 +1,1 @@
+//! Samplers, schedules and seeded noise, independent of any model.
