@@ -10,3 +10,7 @@
 //!   weights between devices.
 //! - Forward passes take one job at a time (batch dimension 1): a batch is the executor running
 //!   each fetched block over every job of the batch in turn.
+
+pub mod clip;
+pub mod t5;
+pub mod tokenize;
