@@ -14,3 +14,6 @@
 pub mod clip;
 pub mod t5;
 pub mod tokenize;
+pub mod seeded;
+#[cfg(test)]
+pub(crate) mod testutil;
