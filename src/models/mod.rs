@@ -12,8 +12,8 @@
 //!   each fetched block over every job of the batch in turn.
 
 pub mod clip;
-pub mod t5;
-pub mod tokenize;
 pub mod seeded;
+pub mod t5;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod tokenize;

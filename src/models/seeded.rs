@@ -8,7 +8,9 @@
 use candle_core::{Device, Result, Tensor};
 
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 struct SplitMix64(u64);
@@ -51,7 +53,11 @@ pub fn weight(seed: u64, name: &str, shape: &[usize]) -> Result<Tensor> {
         normal(seed, name, shape, 1.0, 0.1)
     } else if name.ends_with(".bias") {
         normal(seed, name, shape, 0.0, 0.1)
-    } else if shape.len() == 1 || name.contains("embed") || name.contains("relative_attention_bias") || name == "shared.weight" {
+    } else if shape.len() == 1
+        || name.contains("embed")
+        || name.contains("relative_attention_bias")
+        || name == "shared.weight"
+    {
         normal(seed, name, shape, 0.0, 1.0)
     } else {
         let fan_in = *shape.last().expect("matrix has dims") as f32;
@@ -65,10 +71,22 @@ mod tests {
 
     #[test]
     fn deterministic_per_name_and_seed() {
-        let a = normal(7, "x.weight", &[3, 5], 0.0, 1.0).unwrap().to_vec2::<f32>().unwrap();
-        let b = normal(7, "x.weight", &[3, 5], 0.0, 1.0).unwrap().to_vec2::<f32>().unwrap();
-        let c = normal(8, "x.weight", &[3, 5], 0.0, 1.0).unwrap().to_vec2::<f32>().unwrap();
-        let d = normal(7, "y.weight", &[3, 5], 0.0, 1.0).unwrap().to_vec2::<f32>().unwrap();
+        let a = normal(7, "x.weight", &[3, 5], 0.0, 1.0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let b = normal(7, "x.weight", &[3, 5], 0.0, 1.0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let c = normal(8, "x.weight", &[3, 5], 0.0, 1.0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let d = normal(7, "y.weight", &[3, 5], 0.0, 1.0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
@@ -76,7 +94,10 @@ mod tests {
 
     #[test]
     fn moments_are_right() {
-        let v = normal(1, "m", &[20000], 2.0, 0.5).unwrap().to_vec1::<f32>().unwrap();
+        let v = normal(1, "m", &[20000], 2.0, 0.5)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let mean = v.iter().sum::<f32>() / v.len() as f32;
         let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32;
         assert!((mean - 2.0).abs() < 0.02, "{mean}");

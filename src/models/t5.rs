@@ -72,7 +72,11 @@ impl Config {
     /// `google/umt5-xxl`'s encoder (Wan 2.x's text encoder): T5-XXL's shape, a 256384-token
     /// vocabulary and a relative-position bias in every block.
     pub fn umt5_xxl() -> Self {
-        Config { vocab_size: 256384, per_layer_position_bias: true, ..Self::xxl() }
+        Config {
+            vocab_size: 256384,
+            per_layer_position_bias: true,
+            ..Self::xxl()
+        }
     }
 
     /// The demo's tiny T5 (`mgpu make-tiny`): two blocks of width 32, sized for the tiny
@@ -104,7 +108,9 @@ impl Config {
 /// Placement units in execution order: `encoder.block.0` … (as [`crate::family::Family::T5`]
 /// names them).
 pub fn units(cfg: &Config) -> Vec<String> {
-    (0..cfg.num_layers).map(|i| format!("encoder.block.{i}")).collect()
+    (0..cfg.num_layers)
+        .map(|i| format!("encoder.block.{i}"))
+        .collect()
 }
 
 /// The token-embedding names a T5 file may carry: ComfyUI's and transformers' files have
@@ -116,7 +122,11 @@ pub const EMBEDDING_NAMES: [&str; 2] = ["shared.weight", "encoder.embed_tokens.w
 /// `relative_position` = key position − query position. Half the buckets for each sign; of
 /// those, exact buckets below `num_buckets/4`, then logarithmic up to `max_distance`. The
 /// logarithm is taken in f32 as PyTorch does, so bucket edges agree exactly.
-pub fn relative_position_bucket(relative_position: i64, num_buckets: usize, max_distance: usize) -> u32 {
+pub fn relative_position_bucket(
+    relative_position: i64,
+    num_buckets: usize,
+    max_distance: usize,
+) -> u32 {
     let half = (num_buckets / 2) as i64;
     let mut bucket = if relative_position > 0 { half } else { 0 };
     let n = relative_position.abs();
@@ -160,9 +170,14 @@ impl Block {
         let (d, inner) = (cfg.d_model, cfg.inner_dim());
         let attn = vb.pp("layer.0");
         let sa = attn.pp("SelfAttention");
-        let lin = |vb: &VarBuilder, name: &str, i: usize, o: usize| candle_nn::linear_no_bias(i, o, vb.pp(name));
+        let lin = |vb: &VarBuilder, name: &str, i: usize, o: usize| {
+            candle_nn::linear_no_bias(i, o, vb.pp(name))
+        };
         let relative_attention_bias = if cfg.has_position_bias(index) {
-            Some(sa.get((cfg.relative_attention_num_buckets, cfg.num_heads), "relative_attention_bias.weight")?)
+            Some(sa.get(
+                (cfg.relative_attention_num_buckets, cfg.num_heads),
+                "relative_attention_bias.weight",
+            )?)
         } else {
             None
         };
@@ -171,7 +186,15 @@ impl Block {
         // f16 cannot hold T5's feed-forward activations: keep `wo` in f32 (transformers'
         // `_keep_in_fp32_modules`).
         let wo = if vb.dtype() == DType::F16 {
-            Linear::new(dense.get_with_hints_dtype((d, cfg.d_ff), "wo.weight", Init::Const(0.), DType::F32)?, None)
+            Linear::new(
+                dense.get_with_hints_dtype(
+                    (d, cfg.d_ff),
+                    "wo.weight",
+                    Init::Const(0.),
+                    DType::F32,
+                )?,
+                None,
+            )
         } else {
             lin(&dense, "wo", cfg.d_ff, d)?
         };
@@ -203,7 +226,10 @@ impl Block {
         }
         let buckets = Tensor::from_vec(buckets, len * len, table.device())?;
         let bias = table.index_select(&buckets, 0)?; // [L·L, heads]
-        bias.reshape((len, len, cfg.num_heads))?.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()
+        bias.reshape((len, len, cfg.num_heads))?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)?
+            .contiguous()
     }
 
     fn forward(&self, cfg: &Config, state: &mut State, dtype: DType) -> Result<()> {
@@ -217,7 +243,12 @@ impl Block {
         };
 
         // Self-attention (no 1/√d scaling in T5).
-        let x = rms_norm(&state.hidden, &self.attn_norm, cfg.layer_norm_epsilon, dtype)?;
+        let x = rms_norm(
+            &state.hidden,
+            &self.attn_norm,
+            cfg.layer_norm_epsilon,
+            dtype,
+        )?;
         let heads = |t: Tensor| -> Result<Tensor> {
             t.reshape((1, len, h, dk))?.transpose(1, 2)?.contiguous() // [1, h, L, dk]
         };
@@ -225,8 +256,12 @@ impl Block {
         let k = heads(self.k.forward(&x)?)?;
         let v = heads(self.v.forward(&x)?)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?; // [1, h, L, L]
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-        let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((1, len, h * dk))?; // [1, L, h·dk]
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+        let attn = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((1, len, h * dk))?; // [1, L, h·dk]
         let out = self.o.forward(&attn)?;
         state.hidden = (&state.hidden + out.to_dtype(DType::F32)?)?;
 
@@ -288,7 +323,13 @@ impl T5Encoder {
             )
         };
         let final_norm = vb.get(cfg.d_model, "encoder.final_layer_norm.weight")?;
-        Ok(T5Encoder { cfg: cfg.clone(), embedding, final_norm, dtype: vb.dtype(), device: vb.device().clone() })
+        Ok(T5Encoder {
+            cfg: cfg.clone(),
+            embedding,
+            final_norm,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -310,8 +351,16 @@ impl T5Encoder {
             bail!("T5: token id {bad} is outside the embedding (vocab_size {}): tokenizer and weights do not match", self.cfg.vocab_size);
         }
         let ids = Tensor::from_slice(ids, ids.len(), &self.device)?;
-        let hidden = self.embedding.index_select(&ids, 0)?.unsqueeze(0)?.to_dtype(DType::F32)?;
-        Ok(State { hidden, position_bias: None, next: 0 })
+        let hidden = self
+            .embedding
+            .index_select(&ids, 0)?
+            .unsqueeze(0)?
+            .to_dtype(DType::F32)?;
+        Ok(State {
+            hidden,
+            position_bias: None,
+            next: 0,
+        })
     }
 
     /// Builds block `index` from `vb` (that unit's tensors, names relative to the unit, on the
@@ -325,7 +374,11 @@ impl T5Encoder {
             );
         }
         if vb.dtype() != self.dtype {
-            bail!("T5: encoder.block.{index} is {:?}, the resident weights {:?}: one compute dtype", vb.dtype(), self.dtype);
+            bail!(
+                "T5: encoder.block.{index} is {:?}, the resident weights {:?}: one compute dtype",
+                vb.dtype(),
+                self.dtype
+            );
         }
         Block::new(&self.cfg, index, vb)?.forward(&self.cfg, state, self.dtype)?;
         state.next += 1;
@@ -335,9 +388,18 @@ impl T5Encoder {
     /// The final norm: hidden states `[1, L, d_model]`, f32 (what FLUX takes as `txt`).
     pub fn finish(&self, state: State) -> Result<Tensor> {
         if state.next != self.cfg.num_layers {
-            bail!("T5: finish after {} of {} blocks", state.next, self.cfg.num_layers);
+            bail!(
+                "T5: finish after {} of {} blocks",
+                state.next,
+                self.cfg.num_layers
+            );
         }
-        rms_norm(&state.hidden, &self.final_norm, self.cfg.layer_norm_epsilon, DType::F32)
+        rms_norm(
+            &state.hidden,
+            &self.final_norm,
+            self.cfg.layer_norm_epsilon,
+            DType::F32,
+        )
     }
 
     /// The whole encoder, asking `blocks(i)` for each unit's `VarBuilder` in turn.
@@ -361,11 +423,19 @@ pub fn tensor_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     let mut out = vec![("shared.weight".to_string(), vec![cfg.vocab_size, d])];
     for (i, unit) in units(cfg).iter().enumerate() {
         let sa = format!("{unit}.layer.0.SelfAttention");
-        for (n, s) in [("q", [inner, d]), ("k", [inner, d]), ("v", [inner, d]), ("o", [d, inner])] {
+        for (n, s) in [
+            ("q", [inner, d]),
+            ("k", [inner, d]),
+            ("v", [inner, d]),
+            ("o", [d, inner]),
+        ] {
             out.push((format!("{sa}.{n}.weight"), s.to_vec()));
         }
         if cfg.has_position_bias(i) {
-            out.push((format!("{sa}.relative_attention_bias.weight"), vec![cfg.relative_attention_num_buckets, cfg.num_heads]));
+            out.push((
+                format!("{sa}.relative_attention_bias.weight"),
+                vec![cfg.relative_attention_num_buckets, cfg.num_heads],
+            ));
         }
         out.push((format!("{unit}.layer.0.layer_norm.weight"), vec![d]));
         let dense = format!("{unit}.layer.1.DenseReluDense");

@@ -16,15 +16,29 @@ pub struct Recording {
 }
 
 impl SimpleBackend for Recording {
-    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
         let t = self.get_unchecked(name, dtype, dev)?;
         if t.shape() != &s {
-            candle_core::bail!("shape mismatch for {name}: file has {:?}, model expects {:?}", t.dims(), s.dims());
+            candle_core::bail!(
+                "shape mismatch for {name}: file has {:?}, model expects {:?}",
+                t.dims(),
+                s.dims()
+            );
         }
         Ok(t)
     }
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let t = self.tensors.get(name).ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
         self.used.lock().unwrap().insert(name.to_string());
         t.to_dtype(dtype)?.to_device(dev)
     }
@@ -34,15 +48,24 @@ impl SimpleBackend for Recording {
 }
 
 /// A `VarBuilder` over `tensors` and the set its reads are recorded in.
-pub fn recording(tensors: HashMap<String, Tensor>, dtype: DType) -> (VarBuilder<'static>, Arc<Mutex<BTreeSet<String>>>) {
+pub fn recording(
+    tensors: HashMap<String, Tensor>,
+    dtype: DType,
+) -> (VarBuilder<'static>, Arc<Mutex<BTreeSet<String>>>) {
     let used = Arc::new(Mutex::new(BTreeSet::new()));
-    let backend: Box<dyn SimpleBackend> = Box::new(Recording { tensors, used: used.clone() });
+    let backend: Box<dyn SimpleBackend> = Box::new(Recording {
+        tensors,
+        used: used.clone(),
+    });
     (VarBuilder::from_backend(backend, dtype, Device::Cpu), used)
 }
 
 /// A full-size tensor that costs one element: a broadcast scalar zero.
 pub fn zero_cost(shape: &[usize], dtype: DType) -> Tensor {
-    Tensor::zeros((), dtype, &Device::Cpu).unwrap().broadcast_as(shape).unwrap()
+    Tensor::zeros((), dtype, &Device::Cpu)
+        .unwrap()
+        .broadcast_as(shape)
+        .unwrap()
 }
 
 /// Splits a layout into resident tensors (full names) and per-unit tensors (names relative to
@@ -50,7 +73,10 @@ pub fn zero_cost(shape: &[usize], dtype: DType) -> Tensor {
 pub fn split_units(
     family: crate::family::Family,
     tensors: HashMap<String, Tensor>,
-) -> (HashMap<String, Tensor>, std::collections::BTreeMap<String, HashMap<String, Tensor>>) {
+) -> (
+    HashMap<String, Tensor>,
+    std::collections::BTreeMap<String, HashMap<String, Tensor>>,
+) {
     let mut resident = HashMap::new();
     let mut units: std::collections::BTreeMap<String, HashMap<String, Tensor>> = Default::default();
     for (name, t) in tensors {

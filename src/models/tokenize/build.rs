@@ -57,8 +57,13 @@ pub fn t5_unigram(
     extra_ids: usize,
 ) -> BuildResult<Tokenizer> {
     let mut vocab = pieces;
-    vocab.extend((0..extra_ids).rev().map(|i| (format!("<extra_id_{i}>"), 0.0)));
-    let model = Unigram::from(vocab, Some(unk_id), false).map_err(|e| format!("Unigram model: {e}"))?;
+    vocab.extend(
+        (0..extra_ids)
+            .rev()
+            .map(|i| (format!("<extra_id_{i}>"), 0.0)),
+    );
+    let model =
+        Unigram::from(vocab, Some(unk_id), false).map_err(|e| format!("Unigram model: {e}"))?;
     let mut tok = Tokenizer::new(model);
     if !precompiled_charsmap.is_empty() {
         let pre = Precompiled::from(precompiled_charsmap)
@@ -70,7 +75,11 @@ pub fn t5_unigram(
         PreTokenizerWrapper::WhitespaceSplit(WhitespaceSplit),
         PreTokenizerWrapper::Metaspace(Metaspace::new('▁', PrependScheme::Always, true)),
     ])));
-    tok.with_decoder(Some(MetaspaceDecoder::new('▁', PrependScheme::Always, true)));
+    tok.with_decoder(Some(MetaspaceDecoder::new(
+        '▁',
+        PrependScheme::Always,
+        true,
+    )));
     let mut specials = vec![T5_EOS.to_string(), T5_UNK.to_string(), T5_PAD.to_string()];
     specials.extend((0..extra_ids).map(|i| format!("<extra_id_{i}>")));
     for s in &specials {
@@ -95,10 +104,22 @@ pub fn t5_unigram(
 /// The T5 tokenizer of a parsed `spiece.model`, with `extra_ids` sentinels appended.
 pub fn t5_from_spm(m: &SpmModel, extra_ids: usize) -> BuildResult<Tokenizer> {
     if m.model_type != ModelType::Unigram {
-        return Err(format!("a {:?} SentencePiece model; T5 uses Unigram", m.model_type));
+        return Err(format!(
+            "a {:?} SentencePiece model; T5 uses Unigram",
+            m.model_type
+        ));
     }
-    let pieces = m.pieces.iter().map(|p| (p.piece.clone(), f64::from(p.score))).collect();
-    t5_unigram(pieces, m.unk_id as usize, &m.precompiled_charsmap, extra_ids)
+    let pieces = m
+        .pieces
+        .iter()
+        .map(|p| (p.piece.clone(), f64::from(p.score)))
+        .collect();
+    t5_unigram(
+        pieces,
+        m.unk_id as usize,
+        &m.precompiled_charsmap,
+        extra_ids,
+    )
 }
 
 /// A CLIP byte-level BPE tokenizer from its vocabulary and merges, as transformers'
@@ -113,7 +134,12 @@ pub fn clip_bpe(
         }
     }
     let bpe = BPE::builder()
-        .vocab_and_merges(vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(), merges)
+        .vocab_and_merges(
+            vocab
+                .into_iter()
+                .collect::<tokenizers::models::bpe::Vocab>(),
+            merges,
+        )
         .continuing_subword_prefix(String::new())
         .end_of_word_suffix("</w>".into())
         .fuse_unk(false)
@@ -129,16 +155,26 @@ pub fn clip_bpe(
         NormalizerWrapper::Lowercase(Lowercase),
     ])))
     .map_err(|e| format!("normalizer: {e}"))?;
-    let split = Split::new(SplitPattern::Regex(CLIP_SPLIT.into()), SplitDelimiterBehavior::Removed, true)
-        .map_err(|e| format!("pre-tokenizer: {e}"))?;
+    let split = Split::new(
+        SplitPattern::Regex(CLIP_SPLIT.into()),
+        SplitDelimiterBehavior::Removed,
+        true,
+    )
+    .map_err(|e| format!("pre-tokenizer: {e}"))?;
     tok.with_pre_tokenizer(Some(PreSequence::new(vec![
         PreTokenizerWrapper::Split(split),
         PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
     ])));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
-    tok.add_special_tokens([AddedToken::from(CLIP_BOS, true), AddedToken::from(CLIP_EOS, true)])
-        .map_err(|e| format!("special tokens: {e}"))?;
-    let (bos, eos) = (tok.token_to_id(CLIP_BOS).expect("checked"), tok.token_to_id(CLIP_EOS).expect("checked"));
+    tok.add_special_tokens([
+        AddedToken::from(CLIP_BOS, true),
+        AddedToken::from(CLIP_EOS, true),
+    ])
+    .map_err(|e| format!("special tokens: {e}"))?;
+    let (bos, eos) = (
+        tok.token_to_id(CLIP_BOS).expect("checked"),
+        tok.token_to_id(CLIP_EOS).expect("checked"),
+    );
     tok.with_post_processor(Some(
         RobertaProcessing::new((CLIP_EOS.into(), eos), (CLIP_BOS.into(), bos))
             .trim_offsets(false)
@@ -156,7 +192,9 @@ pub fn parse_merges(text: &str) -> Result<Vec<(String, String)>, (usize, String)
         }
         let mut parts = line.split(' ');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => merges.push((a.into(), b.into())),
+            (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => {
+                merges.push((a.into(), b.into()))
+            }
             _ => return Err((i + 1, format!("expected `left right`, found `{line}`"))),
         }
     }

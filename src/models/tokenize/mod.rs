@@ -35,21 +35,37 @@ pub struct Encoded {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {
     #[error("cannot read tokenizer file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid {kind}: {reason}")]
-    Invalid { path: PathBuf, kind: &'static str, reason: String },
-    #[error(
-        "{path}: don't know how to read this as a {kind} tokenizer: expected {expected}"
-    )]
-    UnknownFormat { path: PathBuf, kind: &'static str, expected: &'static str },
+    Invalid {
+        path: PathBuf,
+        kind: &'static str,
+        reason: String,
+    },
+    #[error("{path}: don't know how to read this as a {kind} tokenizer: expected {expected}")]
+    UnknownFormat {
+        path: PathBuf,
+        kind: &'static str,
+        expected: &'static str,
+    },
     #[error("cannot tokenize {prompt:?}: {reason}")]
     Encode { prompt: String, reason: String },
     #[error("max_len {max_len} leaves no room for the prompt: the {kind} tokenizer adds {special} special token(s)")]
-    MaxLen { kind: &'static str, max_len: usize, special: usize },
+    MaxLen {
+        kind: &'static str,
+        max_len: usize,
+        special: usize,
+    },
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TokenizeError> {
-    std::fs::read(path).map_err(|source| TokenizeError::Io { path: path.into(), source })
+    std::fs::read(path).map_err(|source| TokenizeError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 fn from_json(path: &Path, kind: &'static str) -> Result<Tokenizer, TokenizeError> {
@@ -69,21 +85,28 @@ fn from_json(path: &Path, kind: &'static str) -> Result<Tokenizer, TokenizeError
 
 /// Removes a file's own truncation/padding settings: ours are applied per call.
 fn plain(mut tok: Tokenizer, path: &Path) -> Result<Tokenizer, TokenizeError> {
-    tok.with_truncation(None).map_err(|e| TokenizeError::Invalid {
-        path: path.into(),
-        kind: "tokenizer",
-        reason: e.to_string(),
-    })?;
+    tok.with_truncation(None)
+        .map_err(|e| TokenizeError::Invalid {
+            path: path.into(),
+            kind: "tokenizer",
+            reason: e.to_string(),
+        })?;
     tok.with_padding(None);
     Ok(tok)
 }
 
-fn id_of(tok: &Tokenizer, token: &str, path: &Path, kind: &'static str) -> Result<u32, TokenizeError> {
-    tok.token_to_id(token).ok_or_else(|| TokenizeError::Invalid {
-        path: path.into(),
-        kind,
-        reason: format!("the vocabulary has no `{token}` token"),
-    })
+fn id_of(
+    tok: &Tokenizer,
+    token: &str,
+    path: &Path,
+    kind: &'static str,
+) -> Result<u32, TokenizeError> {
+    tok.token_to_id(token)
+        .ok_or_else(|| TokenizeError::Invalid {
+            path: path.into(),
+            kind,
+            reason: format!("the vocabulary has no `{token}` token"),
+        })
 }
 
 /// Encodes, truncates to `max_len` keeping the post-processor's special tokens (as the
@@ -104,7 +127,11 @@ fn encode_fixed(
         p.added_tokens(false)
     });
     if max_len <= special {
-        return Err(TokenizeError::MaxLen { kind, max_len, special });
+        return Err(TokenizeError::MaxLen {
+            kind,
+            max_len,
+            special,
+        });
     }
     let mut content = tok.encode(prompt, false).map_err(err)?;
     let tokens = content.len() + special;
@@ -114,7 +141,11 @@ fn encode_fixed(
     }
     let mut enc = tok.post_process(content, None, true).map_err(err)?;
     enc.pad(max_len, pad.0, 0, pad.1, PaddingDirection::Right);
-    Ok(Encoded { ids: enc.get_ids().to_vec(), tokens, truncated })
+    Ok(Encoded {
+        ids: enc.get_ids().to_vec(),
+        tokens,
+        truncated,
+    })
 }
 
 /// CLIP-L's tokenizer, encoding to FLUX's fixed 77 positions.
@@ -155,16 +186,27 @@ impl ClipTokenizer {
             } else if vocab.is_file() {
                 Self::from_vocab_merges(&vocab, &path.join("merges.txt"))
             } else {
-                Err(TokenizeError::UnknownFormat { path: path.into(), kind: "CLIP", expected: Self::EXPECTED })
+                Err(TokenizeError::UnknownFormat {
+                    path: path.into(),
+                    kind: "CLIP",
+                    expected: Self::EXPECTED,
+                })
             };
         }
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.ends_with(".json") && name.contains("vocab") {
             let merges = path.with_file_name("merges.txt");
             return Self::from_vocab_merges(path, &merges);
         }
         if !name.ends_with(".json") {
-            return Err(TokenizeError::UnknownFormat { path: path.into(), kind: "CLIP", expected: Self::EXPECTED });
+            return Err(TokenizeError::UnknownFormat {
+                path: path.into(),
+                kind: "CLIP",
+                expected: Self::EXPECTED,
+            });
         }
         let tok = plain(from_json(path, "CLIP")?, path)?;
         Self::new(tok, path)
@@ -200,12 +242,23 @@ impl ClipTokenizer {
     pub fn new(inner: Tokenizer, origin: &Path) -> Result<Self, TokenizeError> {
         let bos = id_of(&inner, build::CLIP_BOS, origin, "CLIP tokenizer")?;
         let eos = id_of(&inner, build::CLIP_EOS, origin, "CLIP tokenizer")?;
-        Ok(ClipTokenizer { inner, bos, eos, max_len: Self::MAX_LEN })
+        Ok(ClipTokenizer {
+            inner,
+            bos,
+            eos,
+            max_len: Self::MAX_LEN,
+        })
     }
 
     /// `<|startoftext|> prompt <|endoftext|>`, truncated and padded (with `<|endoftext|>`) to 77.
     pub fn encode(&self, prompt: &str) -> Result<Encoded, TokenizeError> {
-        encode_fixed(&self.inner, prompt, self.max_len, (self.eos, build::CLIP_EOS), "CLIP")
+        encode_fixed(
+            &self.inner,
+            prompt,
+            self.max_len,
+            (self.eos, build::CLIP_EOS),
+            "CLIP",
+        )
     }
 
     /// `<|endoftext|>`'s id: CLIP's pooled output is taken at its first occurrence.
@@ -248,7 +301,8 @@ impl T5Tokenizer {
     pub const MAX_LEN_DEV: usize = 512;
     /// FluxPipeline's `max_sequence_length` for FLUX.1-schnell.
     pub const MAX_LEN_SCHNELL: usize = 256;
-    const EXPECTED: &'static str = "a tokenizer.json, a SentencePiece spiece.model, or a folder holding either";
+    const EXPECTED: &'static str =
+        "a tokenizer.json, a SentencePiece spiece.model, or a folder holding either";
 
     /// Reads `tokenizer.json`, or `spiece.model` (with T5's 100 `<extra_id_N>` sentinels added,
     /// as transformers does), or a folder containing either (FLUX's `tokenizer_2/`).
@@ -262,10 +316,17 @@ impl T5Tokenizer {
             } else if spm.is_file() {
                 Self::from_file(spm)
             } else {
-                Err(TokenizeError::UnknownFormat { path: path.into(), kind: "T5", expected: Self::EXPECTED })
+                Err(TokenizeError::UnknownFormat {
+                    path: path.into(),
+                    kind: "T5",
+                    expected: Self::EXPECTED,
+                })
             };
         }
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.ends_with(".json") {
             let tok = plain(from_json(path, "T5")?, path)?;
             return Self::new(tok, path);
@@ -273,11 +334,19 @@ impl T5Tokenizer {
         if name.ends_with(".model") {
             return Self::from_spiece(&read(path)?, build::T5_EXTRA_IDS, path);
         }
-        Err(TokenizeError::UnknownFormat { path: path.into(), kind: "T5", expected: Self::EXPECTED })
+        Err(TokenizeError::UnknownFormat {
+            path: path.into(),
+            kind: "T5",
+            expected: Self::EXPECTED,
+        })
     }
 
     /// A SentencePiece `ModelProto` (the bytes of `spiece.model`); `origin` names it in errors.
-    pub fn from_spiece(bytes: &[u8], extra_ids: usize, origin: &Path) -> Result<Self, TokenizeError> {
+    pub fn from_spiece(
+        bytes: &[u8],
+        extra_ids: usize,
+        origin: &Path,
+    ) -> Result<Self, TokenizeError> {
         let invalid = |reason: String| TokenizeError::Invalid {
             path: origin.into(),
             kind: "SentencePiece model",
@@ -297,7 +366,13 @@ impl T5Tokenizer {
 
     /// `prompt </s>`, truncated to `max_len` (keeping `</s>` last) and padded with `<pad>`.
     pub fn encode(&self, prompt: &str, max_len: usize) -> Result<Encoded, TokenizeError> {
-        encode_fixed(&self.inner, prompt, max_len, (self.pad, build::T5_PAD), "T5")
+        encode_fixed(
+            &self.inner,
+            prompt,
+            max_len,
+            (self.pad, build::T5_PAD),
+            "T5",
+        )
     }
 
     pub fn pad_id(&self) -> u32 {

@@ -93,7 +93,10 @@ impl<'a> Reader<'a> {
     }
 
     fn err(&self, what: impl Into<String>) -> SpmError {
-        SpmError { offset: self.base + self.pos, what: what.into() }
+        SpmError {
+            offset: self.base + self.pos,
+            what: what.into(),
+        }
     }
 
     fn varint(&mut self) -> Result<u64, SpmError> {
@@ -146,11 +149,14 @@ impl<'a> Reader<'a> {
             }
             2 => {
                 let n = self.varint()?;
-                let n = usize::try_from(n).map_err(|_| self.err("length does not fit in memory"))?;
+                let n =
+                    usize::try_from(n).map_err(|_| self.err("length does not fit in memory"))?;
                 let at = self.base + self.pos;
                 return Ok(Some((number, Value::Bytes(self.take(n)?), at)));
             }
-            5 => Value::Fixed32(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"))),
+            5 => Value::Fixed32(u32::from_le_bytes(
+                self.take(4)?.try_into().expect("4 bytes"),
+            )),
             w => return Err(self.err(format!("unsupported wire type {w} for field {number}"))),
         };
         Ok(Some((number, value, at)))
@@ -158,12 +164,17 @@ impl<'a> Reader<'a> {
 }
 
 fn utf8(bytes: &[u8], at: usize, what: &str) -> Result<String, SpmError> {
-    String::from_utf8(bytes.to_vec())
-        .map_err(|e| SpmError { offset: at, what: format!("{what} is not UTF-8 ({e})") })
+    String::from_utf8(bytes.to_vec()).map_err(|e| SpmError {
+        offset: at,
+        what: format!("{what} is not UTF-8 ({e})"),
+    })
 }
 
 fn bad_type(at: usize, field: &str) -> SpmError {
-    SpmError { offset: at, what: format!("field `{field}` has the wrong wire type") }
+    SpmError {
+        offset: at,
+        what: format!("field `{field}` has the wrong wire type"),
+    }
 }
 
 fn parse_piece(buf: &[u8], base: usize) -> Result<Piece, SpmError> {
@@ -185,7 +196,10 @@ fn parse_piece(buf: &[u8], base: usize) -> Result<Piece, SpmError> {
             _ => {}
         }
     }
-    let piece = piece.ok_or_else(|| SpmError { offset: base, what: "a piece without text".into() })?;
+    let piece = piece.ok_or_else(|| SpmError {
+        offset: base,
+        what: "a piece without text".into(),
+    })?;
     Ok(Piece { piece, score, kind })
 }
 
@@ -214,7 +228,10 @@ impl SpmModel {
             }
         }
         if m.pieces.is_empty() {
-            return Err(SpmError { offset: bytes.len(), what: "no pieces (is this a SentencePiece .model file?)".into() });
+            return Err(SpmError {
+                offset: bytes.len(),
+                what: "no pieces (is this a SentencePiece .model file?)".into(),
+            });
         }
         let n = m.pieces.len();
         if m.unk_id < 0 || m.unk_id as usize >= n {
@@ -237,7 +254,10 @@ impl SpmModel {
                         3 => ModelType::Word,
                         4 => ModelType::Char,
                         _ => {
-                            return Err(SpmError { offset: at, what: format!("unknown model_type {t}") })
+                            return Err(SpmError {
+                                offset: at,
+                                what: format!("unknown model_type {t}"),
+                            })
                         }
                     }
                 }
@@ -324,7 +344,14 @@ mod tests {
     fn parses_hand_built_model() {
         let m = SpmModel::parse(&model()).unwrap();
         assert_eq!(m.pieces.len(), 3);
-        assert_eq!(m.pieces[2], Piece { piece: "▁a".into(), score: -1.5, kind: PieceKind::Normal });
+        assert_eq!(
+            m.pieces[2],
+            Piece {
+                piece: "▁a".into(),
+                score: -1.5,
+                kind: PieceKind::Normal
+            }
+        );
         assert_eq!(m.pieces[0].kind, PieceKind::Control);
         assert_eq!(m.unk_id, 1);
         assert_eq!(m.model_type, ModelType::Unigram);
@@ -348,7 +375,11 @@ mod tests {
     #[test]
     fn rejects_non_models() {
         let e = SpmModel::parse(b"{\"version\": \"1.0\"}").unwrap_err();
-        assert!(e.to_string().starts_with("not a valid SentencePiece model at byte"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("not a valid SentencePiece model at byte"),
+            "{e}"
+        );
         assert!(SpmModel::parse(&[]).unwrap_err().what.contains("no pieces"));
         let mut bad_unk = Vec::new();
         bytes_field(1, &piece("a", 0.0, 1), &mut bad_unk);
@@ -356,6 +387,9 @@ mod tests {
         varint(40 << 3, &mut trainer);
         varint(7, &mut trainer);
         bytes_field(2, &trainer, &mut bad_unk);
-        assert!(SpmModel::parse(&bad_unk).unwrap_err().what.contains("unk_id 7"));
+        assert!(SpmModel::parse(&bad_unk)
+            .unwrap_err()
+            .what
+            .contains("unk_id 7"));
     }
 }

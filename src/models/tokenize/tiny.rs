@@ -16,10 +16,49 @@ use super::build;
 
 /// Words of FLUX-style prompts that the tiny vocabularies know whole.
 const WORDS: &[&str] = &[
-    "a", "an", "the", "of", "on", "in", "with", "and", "at", "photo", "painting", "portrait", "cat",
-    "dog", "fox", "horse", "house", "tree", "sky", "sea", "city", "street", "night", "sunset",
-    "red", "blue", "green", "white", "black", "old", "small", "art", "digital", "style",
-    "light", "mountain", "snow", "rain", "chair", "table", "astronaut", "moon", "riding",
+    "a",
+    "an",
+    "the",
+    "of",
+    "on",
+    "in",
+    "with",
+    "and",
+    "at",
+    "photo",
+    "painting",
+    "portrait",
+    "cat",
+    "dog",
+    "fox",
+    "horse",
+    "house",
+    "tree",
+    "sky",
+    "sea",
+    "city",
+    "street",
+    "night",
+    "sunset",
+    "red",
+    "blue",
+    "green",
+    "white",
+    "black",
+    "old",
+    "small",
+    "art",
+    "digital",
+    "style",
+    "light",
+    "mountain",
+    "snow",
+    "rain",
+    "chair",
+    "table",
+    "astronaut",
+    "moon",
+    "riding",
 ];
 /// Sub-word pieces (T5 only) so that unknown words split into something shorter than letters.
 const SUFFIXES: &[&str] = &["ing", "ed", "er", "s", "es", "ly", "tion"];
@@ -37,8 +76,11 @@ const PUNCT: &str = ",.!?'-:;()\"/&+*#%@=_[]";
 
 /// The tiny T5 Unigram tokenizer.
 pub fn t5() -> Result<Tokenizer, String> {
-    let mut pieces: Vec<(String, f64)> =
-        vec![(build::T5_PAD.into(), 0.0), (build::T5_EOS.into(), 0.0), (build::T5_UNK.into(), 0.0)];
+    let mut pieces: Vec<(String, f64)> = vec![
+        (build::T5_PAD.into(), 0.0),
+        (build::T5_EOS.into(), 0.0),
+        (build::T5_UNK.into(), 0.0),
+    ];
     pieces.push(("▁".into(), -2.0));
     for (i, w) in WORDS.iter().enumerate() {
         pieces.push((format!("▁{w}"), -4.0 - 0.05 * i as f64));
@@ -55,8 +97,13 @@ pub fn t5() -> Result<Tokenizer, String> {
 
 /// GPT-2/CLIP's reversible byte → printable character table, in CLIP's vocabulary order.
 fn byte_symbols() -> Vec<char> {
-    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
-    let mut out: Vec<char> = (0..256u32).filter(|&b| printable(b)).map(|b| char::from_u32(b).expect("latin-1")).collect();
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
+    let mut out: Vec<char> = (0..256u32)
+        .filter(|&b| printable(b))
+        .map(|b| char::from_u32(b).expect("latin-1"))
+        .collect();
     let mut n = 0;
     for b in 0..256u32 {
         if !printable(b) {
@@ -71,7 +118,10 @@ fn byte_symbols() -> Vec<char> {
 fn bpe(mut symbols: Vec<String>, rank: &HashMap<(String, String), usize>) -> Vec<String> {
     loop {
         let best = (0..symbols.len().saturating_sub(1))
-            .filter_map(|i| rank.get(&(symbols[i].clone(), symbols[i + 1].clone())).map(|&r| (r, i)))
+            .filter_map(|i| {
+                rank.get(&(symbols[i].clone(), symbols[i + 1].clone()))
+                    .map(|&r| (r, i))
+            })
             .min();
         let Some((_, i)) = best else { return symbols };
         let right = symbols.remove(i + 1);
@@ -91,8 +141,17 @@ pub fn clip_vocab() -> (HashMap<String, u32>, Vec<(String, String)>) {
     for w in WORDS {
         let chars: Vec<char> = w.chars().collect();
         let last = chars.len() - 1;
-        let symbols: Vec<String> =
-            chars.iter().enumerate().map(|(i, c)| if i == last { format!("{c}</w>") } else { c.to_string() }).collect();
+        let symbols: Vec<String> = chars
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    format!("{c}</w>")
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
         loop {
             let seg = bpe(symbols.clone(), &rank);
             if seg.len() == 1 {
@@ -106,7 +165,11 @@ pub fn clip_vocab() -> (HashMap<String, u32>, Vec<(String, String)>) {
     }
     tokens.push(build::CLIP_BOS.into());
     tokens.push(build::CLIP_EOS.into());
-    let vocab = tokens.into_iter().enumerate().map(|(i, t)| (t, i as u32)).collect();
+    let vocab = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, i as u32))
+        .collect();
     (vocab, merges)
 }
 
