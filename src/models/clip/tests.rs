@@ -222,3 +222,47 @@ fn tiny_pools_at_the_first_eos_and_is_causal() {
         .to_string();
     assert!(e.contains("expected text_model.encoder.layers.0"), "{e}");
 }
+
+#[test]
+fn reduced_precision_stays_close_to_f32() {
+    let weights: HashMap<String, Tensor> = tiny_weights(3).unwrap().into_iter().collect();
+    let (resident, units) = split_units(Family::ClipL, weights);
+    let eos = Config::tiny().eos_token_id;
+    let ids = [eos - 1, 600, 320, 601, 77, eos, eos, eos];
+    let run_in = |dtype: DType| {
+        let vb = VarBuilder::from_tensors(resident.clone(), dtype, &Device::Cpu);
+        let m = ClipTextModel::new(&Config::tiny(), vb).unwrap();
+        m.forward(&ids, &mut |i| {
+            let unit = &units[&format!("text_model.encoder.layers.{i}")];
+            Ok(VarBuilder::from_tensors(unit.clone(), dtype, &Device::Cpu))
+        })
+        .unwrap()
+    };
+    let want = run_in(DType::F32);
+    for dtype in [DType::BF16, DType::F16] {
+        let got = run_in(dtype);
+        for (a, b) in [(&got.hidden, &want.hidden), (&got.pooled, &want.pooled)] {
+            assert_eq!(
+                a.dtype(),
+                DType::F32,
+                "outputs are f32 whatever the compute dtype"
+            );
+            let err = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(err / scale < 0.05, "{dtype:?}: max error {err} of {scale}");
+        }
+    }
+}
