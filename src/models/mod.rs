@@ -10,3 +10,8 @@
 //!   weights between devices.
 //! - Forward passes take one job at a time (batch dimension 1): a batch is the executor running
 //!   each fetched block over every job of the batch in turn.
+
+pub mod coverage;
+pub mod flux;
+pub mod tiny;
+pub mod vae;
