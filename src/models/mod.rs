@@ -12,8 +12,12 @@
 //!   each fetched block over every job of the batch in turn.
 
 pub mod clip;
+pub mod coverage;
+pub mod flux;
 pub mod seeded;
 pub mod t5;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod tiny;
 pub mod tokenize;
+pub mod vae;
