@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod make_tiny;
 
 /// What a command concluded, when it ran to the end.
@@ -36,6 +37,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     MakeTiny(make_tiny::Args),
+    Bench(bench::Args),
 }
 
 /// Parses the command line, runs it and maps the outcome to an exit code.
@@ -61,5 +63,6 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::MakeTiny(args) => make_tiny::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
