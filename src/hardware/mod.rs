@@ -480,19 +480,19 @@ impl fmt::Display for Hardware {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<8} {:>10} {:>10} {:>14}  label",
+            "{:<8} {:>10} {:>10} {:>16}  label",
             "device", "memory", "free", "bf16 TFLOP/s"
         )?;
         for d in &self.devices {
             let t = self.tflops(d.name);
-            let t = if t.is_assumed() {
-                format!("~{:.0} (assumed)", t.value)
-            } else {
-                format!("{:.1}", t.value)
+            let t = match (t.is_assumed(), t.value < 10.0) {
+                (true, true) => format!("~{:.1} (assumed)", t.value),
+                (true, false) => format!("~{:.0} (assumed)", t.value),
+                (false, _) => format!("{:.1}", t.value),
             };
             writeln!(
                 f,
-                "{:<8} {:>10} {:>10} {:>14}  {}{}",
+                "{:<8} {:>10} {:>10} {:>16}  {}{}",
                 d.name.to_string(),
                 d.memory.human(),
                 d.free.map(|x| x.human()).unwrap_or_else(|| "-".into()),

@@ -77,7 +77,7 @@ pub enum PlanError {
     FractionOfDisk { model: String, entry: usize },
     #[error(
         "model `{model}`: override {index} (`{pattern}`) {}",
-        no_effect_text(reason)
+        no_effect_text(reason, examples)
     )]
     OverrideNoEffect {
         model: String,
@@ -167,14 +167,16 @@ fn fix_text(fix: &Option<String>) -> String {
     }
 }
 
-fn no_effect_text(r: &NoEffect) -> String {
+fn no_effect_text(r: &NoEffect, examples: &str) -> String {
     match r {
-        NoEffect::NoMatch => {
+        NoEffect::NoMatch if examples.is_empty() => {
             "matches no block and no tensor name (patterns must match a whole name)".into()
         }
+        NoEffect::NoMatch => format!(
+            "matches no block and no tensor name (patterns must match a whole name; blocks are named like {examples})"
+        ),
         NoEffect::OnlyResident => {
-            "matches only tensors outside the blocks, which always stay on the compute device"
-                .into()
+            "matches only tensors outside the blocks, which always stay on the compute device".into()
         }
         NoEffect::Shadowed { by } => {
             format!("matches only blocks that override {by} already placed (first match wins)")
