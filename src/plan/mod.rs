@@ -137,8 +137,11 @@ pub struct DevicePlan {
     pub usable: Option<u64>,
     /// Weights homed here, all models.
     pub weights: u64,
-    /// The largest working set (slots + activations) of the models computing here.
+    /// The largest working set (slots + activations + latents) of the models computing here.
     pub working_set: u64,
+    /// Its parts: prefetch slots, and activations with latents.
+    pub slots: u64,
+    pub activations: u64,
     /// `usable − weights − working_set`.
     pub free: Option<u64>,
 }
@@ -545,6 +548,11 @@ fn device_plans(hw: &Hardware, ledger: &Ledger, on_disk: u64) -> Vec<DevicePlan>
                 ledger.homes_on(name)
             };
             let working_set = ledger.ws_on(name);
+            let (slots, activations) = ledger
+                .ws
+                .get(&name)
+                .and_then(|v| v.iter().max_by_key(|x| x.1 + x.2))
+                .map_or((0, 0), |x| (x.1, x.2));
             DevicePlan {
                 name,
                 capacity: u.map(|u| u.capacity.0),
@@ -552,6 +560,8 @@ fn device_plans(hw: &Hardware, ledger: &Ledger, on_disk: u64) -> Vec<DevicePlan>
                 usable: u.map(|u| u.usable.0),
                 weights,
                 working_set,
+                slots,
+                activations,
                 free: u.map(|u| u.usable.0.saturating_sub(weights + working_set)),
             }
         })
