@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod make_tiny;
+pub mod probe;
 
 /// What a command concluded, when it ran to the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,7 @@ pub struct Cli {
 pub enum Command {
     MakeTiny(make_tiny::Args),
     Bench(bench::Args),
+    Probe(probe::Args),
 }
 
 /// Parses the command line, runs it and maps the outcome to an exit code.
@@ -64,5 +66,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::MakeTiny(args) => make_tiny::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Probe(args) => probe::run(args),
     }
 }
