@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::weights::TensorInfo;
 
 pub(crate) fn infos(list: &[(String, Vec<u64>)], dtype: DType) -> Vec<TensorInfo> {
     let mut off = 0;
@@ -452,11 +453,9 @@ fn flux_vae_diffusers_maps_to_ldm() {
     let l = canonicalize(Family::FluxVae, &infos(&ldm, DType::F32)).unwrap();
     assert_eq!(l.layout, Layout::VaeLdm);
     let diff = diffusers_vae(&ldm);
-    assert!(
-        diff.iter()
-            .any(|(n, _)| n == "decoder.up_blocks.0.resnets.2.conv_shortcut.weight")
-            == false
-    );
+    assert!(!diff
+        .iter()
+        .any(|(n, _)| n == "decoder.up_blocks.0.resnets.2.conv_shortcut.weight"));
     assert!(diff
         .iter()
         .any(|(n, _)| n == "decoder.up_blocks.2.resnets.0.conv_shortcut.weight"));

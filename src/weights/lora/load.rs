@@ -12,6 +12,13 @@ use super::{term_scale, LoraError, LoraSet};
 use crate::family::Family;
 use crate::weights::keymap::{natural_cmp, CanonicalLayout, Lookup, ModuleIndex, ModuleTarget};
 
+/// One file's terms (canonical tensor, term), its report and its warnings.
+struct Resolved {
+    terms: Vec<(String, DeltaTerm)>,
+    report: FileReport,
+    warnings: Vec<String>,
+}
+
 /// The tensors of one module key.
 #[derive(Default)]
 struct Group<'a> {
@@ -55,7 +62,11 @@ pub(super) fn load(
     for (fi, (path, strength)) in specs.iter().enumerate() {
         let file = read_tensors_f32(path)?;
         let configs = AdapterConfigs::load(path, &file.metadata)?;
-        let (terms, mut fr, warnings) = resolve_file(
+        let Resolved {
+            terms,
+            report: mut fr,
+            warnings,
+        } = resolve_file(
             fi,
             path,
             *strength,
@@ -119,7 +130,7 @@ fn resolve_file(
     index: &ModuleIndex,
     base: &CanonicalLayout,
     strict: bool,
-) -> Result<(Vec<(String, DeltaTerm)>, FileReport, Vec<String>), LoraError> {
+) -> Result<Resolved, LoraError> {
     let err = |tensor: &str, message: String| LoraError::Tensor {
         path: path.to_path_buf(),
         tensor: tensor.to_string(),
@@ -302,7 +313,7 @@ fn resolve_file(
             let data = full_diff(diff, target, cols).map_err(|m| err(&diff.name, m))?;
             terms.push((
                 target.tensor.clone(),
-                full_term(fi, &diff.name, target, data, cols, strength),
+                full_term(fi, &diff.name, target, data, strength),
             ));
             made += 1;
         }
@@ -316,7 +327,7 @@ fn resolve_file(
             let data = full_diff(db, &bias, 1).map_err(|m| err(&db.name, m))?;
             terms.push((
                 bias.tensor.clone(),
-                full_term(fi, &db.name, &bias, data, 1, strength),
+                full_term(fi, &db.name, &bias, data, strength),
             ));
             made += 1;
         }
@@ -391,7 +402,11 @@ fn resolve_file(
             None
         },
     };
-    Ok((kept, report, warnings))
+    Ok(Resolved {
+        terms: kept,
+        report,
+        warnings,
+    })
 }
 
 /// Checks a down/up pair against a target of `n_rows` × `cols` and returns (rank, up, down)
@@ -468,7 +483,6 @@ fn full_term(
     name: &str,
     target: &ModuleTarget,
     data: Vec<f32>,
-    _cols: u64,
     strength: f32,
 ) -> DeltaTerm {
     DeltaTerm {

@@ -16,7 +16,9 @@
 //! The k-sum runs in a fixed order, so it is not a BLAS call (whose blocking and FMA use vary
 //! by CPU); it vectorises across `j`, which leaves each element's order unchanged.
 
-use half::{bf16, f16};
+#[cfg(test)]
+use half::bf16;
+use half::f16;
 
 use crate::weights::DType;
 
@@ -41,39 +43,55 @@ pub fn patchable(dtype: DType) -> bool {
 pub fn decode(dtype: DType, bytes: &[u8], scale: Option<f32>, out: &mut [f32]) {
     let w = dtype.block().1 as usize;
     assert_eq!(bytes.len(), out.len() * w, "decode: length mismatch");
+    match scale {
+        None => decode_with(dtype, bytes, out, |v| v),
+        Some(s) => decode_with(dtype, bytes, out, |v| v * s),
+    }
+}
+
+#[inline(always)]
+fn decode_with(dtype: DType, bytes: &[u8], out: &mut [f32], f: impl Fn(f32) -> f32) {
     match dtype {
         DType::F32 => {
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                *o = f(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
             }
         }
         DType::F16 => {
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                *o = f(f16::from_le_bytes([b[0], b[1]]).to_f32());
             }
         }
         DType::BF16 => {
+            // bf16 is the top half of an f32: exact.
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                *o = f(f32::from_bits(
+                    u32::from(u16::from_le_bytes([b[0], b[1]])) << 16,
+                ));
             }
         }
         DType::F8_E4M3 => {
             for (o, &b) in out.iter_mut().zip(bytes) {
-                *o = float8::F8E4M3::from_bits(b).to_f32();
+                *o = f(float8::F8E4M3::from_bits(b).to_f32());
             }
         }
         DType::F8_E5M2 => {
             for (o, &b) in out.iter_mut().zip(bytes) {
-                *o = float8::F8E5M2::from_bits(b).to_f32();
+                *o = f(float8::F8E5M2::from_bits(b).to_f32());
             }
         }
         other => panic!("decode: {other} is not a patchable dtype"),
     }
-    if let Some(s) = scale {
-        for o in out.iter_mut() {
-            *o *= s;
-        }
+}
+
+/// f32 → bf16 bits, round to nearest, ties to even (NaN stays NaN, quiet).
+#[inline(always)]
+fn bf16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
+    if x & 0x7FFF_FFFF > 0x7F80_0000 {
+        return ((x >> 16) | 0x40) as u16;
     }
+    ((x + 0x7FFF + ((x >> 16) & 1)) >> 16) as u16
 }
 
 /// Rounds `vals` to `dtype` (round to nearest, ties to even) into `out`, dividing by `scale`
@@ -83,30 +101,34 @@ pub fn decode(dtype: DType, bytes: &[u8], scale: Option<f32>, out: &mut [f32]) {
 pub fn encode(dtype: DType, vals: &[f32], scale: Option<f32>, out: &mut [u8]) -> u64 {
     let w = dtype.block().1 as usize;
     assert_eq!(out.len(), vals.len() * w, "encode: length mismatch");
-    let unscale = |v: f32| match scale {
-        Some(s) => v / s,
-        None => v,
-    };
+    match scale {
+        None => encode_with(dtype, vals, out, |v| v),
+        Some(s) => encode_with(dtype, vals, out, |v| v / s),
+    }
+}
+
+#[inline(always)]
+fn encode_with(dtype: DType, vals: &[f32], out: &mut [u8], f: impl Fn(f32) -> f32) -> u64 {
     let mut bad = 0u64;
     match dtype {
         DType::F32 => {
             for (o, &v) in out.chunks_exact_mut(4).zip(vals) {
-                let v = unscale(v);
+                let v = f(v);
                 bad += u64::from(v.is_infinite());
                 o.copy_from_slice(&v.to_le_bytes());
             }
         }
         DType::F16 => {
             for (o, &v) in out.chunks_exact_mut(2).zip(vals) {
-                let h = f16::from_f32(unscale(v));
+                let h = f16::from_f32(f(v));
                 bad += u64::from(h.is_infinite());
                 o.copy_from_slice(&h.to_le_bytes());
             }
         }
         DType::BF16 => {
             for (o, &v) in out.chunks_exact_mut(2).zip(vals) {
-                let h = bf16::from_f32(unscale(v));
-                bad += u64::from(h.is_infinite());
+                let h = bf16_bits(f(v));
+                bad += u64::from(h & 0x7FFF == 0x7F80);
                 o.copy_from_slice(&h.to_le_bytes());
             }
         }
@@ -117,7 +139,7 @@ pub fn encode(dtype: DType, vals: &[f32], scale: Option<f32>, out: &mut [u8]) ->
                 (E5M2_MAX, E5M2_CLAMP)
             };
             for (o, &v) in out.iter_mut().zip(vals) {
-                let mut x = unscale(v);
+                let mut x = f(v);
                 if x.abs() >= clamp {
                     bad += 1;
                     x = max.copysign(x);
@@ -207,7 +229,7 @@ mod tests {
             -0.0,
             1.0,
             -2.5,
-            3.1415927,
+            1.2345678,
             1e-3,
             -65504.0,
             448.0,
@@ -231,6 +253,44 @@ mod tests {
                 bytes, again,
                 "{dtype}: decode ∘ encode is not the identity on stored values"
             );
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_matches_the_half_crate() {
+        let mut x: u32 = 0x9E37_79B9;
+        let specials = [
+            0u32,
+            0x8000_0000,
+            0x7F80_0000,
+            0xFF80_0000,
+            0x7F7F_FFFF,
+            0xFF7F_FFFF,
+            0x7F7F_8000,
+            0x3F80_8000,
+            0x3F81_8000,
+            0x0000_8000,
+            0x0001_7FFF,
+            0x7FC0_0001,
+            0xFF80_0001,
+        ];
+        for i in 0..2_000_000u32 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let bits = if (i as usize) < specials.len() {
+                specials[i as usize]
+            } else {
+                x
+            };
+            let v = f32::from_bits(bits);
+            let want = bf16::from_f32(v).to_bits();
+            let got = bf16_bits(v);
+            if v.is_nan() {
+                assert!(bf16::from_bits(got).is_nan());
+            } else {
+                assert_eq!(got, want, "{bits:#010x}");
+            }
         }
     }
 

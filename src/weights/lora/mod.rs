@@ -195,6 +195,30 @@ impl LoraSet {
     /// The patched bytes of canonical tensor `name`, or `None` when no LoRA touches it (keep
     /// the base bytes as they are). Rows no LoRA touches are copied unchanged.
     pub fn patch(&self, name: &str, base: BaseTensor<'_>) -> Result<Option<Patched>, LoraError> {
+        if !self.deltas.contains_key(name) {
+            return Ok(None);
+        }
+        let mut bytes = base.bytes.to_vec();
+        let saturated =
+            self.patch_in_place(name, base.dtype, base.shape, &mut bytes, base.scale)?;
+        Ok(saturated.map(|saturated| Patched {
+            bytes,
+            dtype: base.dtype,
+            saturated,
+        }))
+    }
+
+    /// [`LoraSet::patch`] on a buffer the caller owns (a staging buffer the weights were read
+    /// into): only the touched rows are rewritten. `None` when no LoRA touches `name`;
+    /// otherwise the count of values that did not fit the dtype (see [`Patched::saturated`]).
+    pub fn patch_in_place(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        bytes: &mut [u8],
+        scale: Option<f32>,
+    ) -> Result<Option<u64>, LoraError> {
         let Some(d) = self.deltas.get(name) else {
             return Ok(None);
         };
@@ -202,32 +226,27 @@ impl LoraSet {
             tensor: name.to_string(),
             message,
         };
-        if !math::patchable(base.dtype) {
+        if !math::patchable(dtype) {
             return Err(bad(format!(
-                "is {}: LoRAs patch f32/f16/bf16/fp8 bytes directly; dequantise quantised weights and use `bake` or `delta`",
-                base.dtype
+                "is {dtype}: LoRAs patch f32/f16/bf16/fp8 bytes directly; dequantise quantised weights and use `bake` or `delta`"
             )));
         }
-        d.check_shape(base.shape).map_err(bad)?;
-        let width = base.dtype.block().1 as usize;
+        d.check_shape(shape).map_err(bad)?;
         let cols = d.cols as usize;
-        let row_bytes = cols * width;
-        if base.bytes.len() != d.rows as usize * row_bytes {
+        let row_bytes = cols * dtype.block().1 as usize;
+        if bytes.len() != d.rows as usize * row_bytes {
             return Err(bad(format!(
-                "has {} bytes, {} expected for {:?} {}",
-                base.bytes.len(),
-                d.rows as usize * row_bytes,
-                base.shape,
-                base.dtype
+                "has {} bytes, {} expected for {shape:?} {dtype}",
+                bytes.len(),
+                d.rows as usize * row_bytes
             )));
         }
-        if let Some(s) = base.scale {
+        if let Some(s) = scale {
             if !s.is_finite() || s == 0.0 {
                 return Err(bad(format!("scale_weight {s} cannot be divided by")));
             }
         }
-        let mut out = base.bytes.to_vec();
-        let saturated: u64 = out
+        let saturated = bytes
             .par_chunks_mut(row_bytes.max(1))
             .enumerate()
             .map_init(
@@ -237,17 +256,13 @@ impl LoraSet {
                     if !d.terms.iter().any(|t| t.rows.contains(&i)) {
                         return 0;
                     }
-                    math::decode(base.dtype, row, base.scale, w);
+                    math::decode(dtype, row, scale, w);
                     d.apply_row(i, w, acc);
-                    math::encode(base.dtype, w, base.scale, row)
+                    math::encode(dtype, w, scale, row)
                 },
             )
             .sum();
-        Ok(Some(Patched {
-            bytes: out,
-            dtype: base.dtype,
-            saturated,
-        }))
+        Ok(Some(saturated))
     }
 
     /// Bake mode for quantised bases: adds the deltas to `dequantized` (the whole tensor in

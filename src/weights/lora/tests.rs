@@ -10,6 +10,8 @@ use super::*;
 use crate::weights::keymap::{canonicalize, FluxDims};
 use crate::weights::TensorInfo;
 
+mod formats;
+
 /// A tiny FLUX (hidden 4, mlp 8, 2 double, 2 single blocks) in BFL layout.
 pub(crate) fn tiny_dims() -> FluxDims {
     FluxDims {
@@ -301,87 +303,6 @@ fn peft_separate_qkv_lands_in_fused_rows() {
         want = reference(&want, 4, r, b, a, 3, 1.0);
     }
     assert_eq!(got, want);
-}
-
-#[test]
-fn bfl_and_diffusers_spellings_and_text_encoder_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let l = layout(DType::F32);
-    let (a, b) = (vals(2 * 4, 1), vals(4 * 2, 2));
-    let path = write(
-        dir.path(),
-        "mixed.safetensors",
-        &[
-            t("diffusion_model.double_blocks.0.img_attn.proj.lora_A.weight", &[2, 4], a.clone()),
-            t("diffusion_model.double_blocks.0.img_attn.proj.lora_B.weight", &[4, 2], b.clone()),
-            t("diffusion_model.double_blocks.0.txt_attn.proj.lora_down.weight", &[2, 4], a.clone()),
-            t("diffusion_model.double_blocks.0.txt_attn.proj.lora_up.weight", &[4, 2], b.clone()),
-            t("transformer_blocks.1.attn.to_out.0.lora_A.weight", &[2, 4], a.clone()),
-            t("transformer_blocks.1.attn.to_out.0.lora_B.weight", &[4, 2], b.clone()),
-            t("lora_transformer_single_transformer_blocks_1_proj_out.lora_down.weight", &[2, 12], vals(24, 3)),
-            t("lora_transformer_single_transformer_blocks_1_proj_out.lora_up.weight", &[4, 2], b.clone()),
-            t("lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight", &[2, 8], vals(16, 4)),
-            t("lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight", &[8, 2], vals(16, 5)),
-            t("text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight", &[2, 8], vals(16, 6)),
-            t("text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.lora_B.weight", &[8, 2], vals(16, 7)),
-        ],
-        None,
-    );
-    let (set, report) = LoraSet::load(&[(path, 1.0)], Family::Flux, &l, true).unwrap();
-    let names: Vec<&str> = set.patched_names().collect();
-    assert_eq!(
-        names,
-        [
-            "double_blocks.0.img_attn.proj.weight",
-            "double_blocks.0.txt_attn.proj.weight",
-            "double_blocks.1.img_attn.proj.weight",
-            "single_blocks.1.linear2.weight"
-        ]
-    );
-    let f = &report.files[0];
-    assert_eq!(f.formats, ["bfl", "kohya", "peft"]);
-    assert_eq!((f.modules, f.matched_modules), (6, 4));
-    assert_eq!(f.other_components.get("clip-l"), Some(&1));
-    assert_eq!(f.other_components.get("t5"), Some(&1));
-    let text = report.to_string();
-    assert!(
-        text.contains(
-            "4/6 modules matched (8 tensors), 4 base tensors patched; 1 for clip-l; 1 for t5"
-        ),
-        "{text}"
-    );
-}
-
-#[test]
-fn norm_out_lora_swaps_halves_into_final_modulation() {
-    let dir = tempfile::tempdir().unwrap();
-    let l = layout(DType::F32);
-    let (a, b) = (vals(2 * 4, 1), vals(8 * 2, 2));
-    let path = write(
-        dir.path(),
-        "n.safetensors",
-        &[
-            t(
-                "transformer.norm_out.linear.lora_A.weight",
-                &[2, 4],
-                a.clone(),
-            ),
-            t(
-                "transformer.norm_out.linear.lora_B.weight",
-                &[8, 2],
-                b.clone(),
-            ),
-        ],
-        None,
-    );
-    let (set, _) = LoraSet::load(&[(path, 1.0)], Family::Flux, &l, true).unwrap();
-    let w = vals(32, 9);
-    let got = patch_f32(&set, &l, "final_layer.adaLN_modulation.1.weight", &w);
-    // The diffusers delta is (scale; shift); BFL stores (shift; scale): rows 0..4 get the
-    // delta's rows 4..8.
-    let mut b_swapped = b[8..].to_vec();
-    b_swapped.extend_from_slice(&b[..8]);
-    assert_eq!(got, reference(&w, 4, 0..8, &b_swapped, &a, 2, 1.0));
 }
 
 #[test]
@@ -679,62 +600,6 @@ fn several_loras_sum_in_f32_and_round_once() {
 }
 
 #[test]
-fn peft_metadata_alpha_and_diff_patches() {
-    let dir = tempfile::tempdir().unwrap();
-    let l = layout(DType::F32);
-    let mut md = HashMap::new();
-    md.insert("lora_adapter_metadata".to_string(), r#"{"transformer.r": 2, "transformer.lora_alpha": 8, "transformer.alpha_pattern": {"x_embedder": 1}}"#.to_string());
-    let p = write(
-        dir.path(),
-        "m.safetensors",
-        &[
-            t("transformer.x_embedder.lora_A.weight", &[2, 2], vals(4, 1)),
-            t("transformer.x_embedder.lora_B.weight", &[4, 2], vals(8, 2)),
-            t(
-                "transformer.context_embedder.lora_A.weight",
-                &[2, 3],
-                vals(6, 1),
-            ),
-            t(
-                "transformer.context_embedder.lora_B.weight",
-                &[4, 2],
-                vals(8, 2),
-            ),
-            t(
-                "diffusion_model.final_layer.linear.diff_b",
-                &[2],
-                vec![0.5, -0.25],
-            ),
-            t(
-                "diffusion_model.vector_in.in_layer.diff",
-                &[4, 3],
-                vals(12, 3),
-            ),
-        ],
-        Some(md),
-    );
-    let (set, report) = LoraSet::load(&[(p, 2.0)], Family::Flux, &l, true).unwrap();
-    assert_eq!(
-        set.delta("vector_in.in_layer.weight").unwrap().terms[0].factor,
-        1.0
-    );
-    let x = set.delta("img_in.weight").unwrap().terms[0].factor;
-    assert_eq!(x, 0.5, "alpha_pattern 1 / rank 2");
-    assert_eq!(
-        set.delta("txt_in.weight").unwrap().terms[0].factor,
-        4.0,
-        "lora_alpha 8 / rank 2"
-    );
-    assert_eq!(
-        report.files[0].alpha_source.as_deref(),
-        Some("safetensors metadata `lora_adapter_metadata`")
-    );
-    let got = patch_f32(&set, &l, "final_layer.linear.bias", &[1.0, 1.0]);
-    assert_eq!(got, [2.0, 0.5]);
-    assert_eq!(report.files[0].formats, ["diff", "peft"]);
-}
-
-#[test]
 fn scaled_fp8_and_fp8_bases() {
     let dir = tempfile::tempdir().unwrap();
     let l = layout(DType::F8_E4M3);
@@ -865,230 +730,6 @@ fn bake_and_on_dequant_agree() {
 }
 
 #[test]
-fn clip_and_t5_loras() {
-    use crate::weights::keymap::canonicalize;
-    let dir = tempfile::tempdir().unwrap();
-    let d = 8u64;
-    let mut clip = vec![
-        (
-            "text_model.embeddings.token_embedding.weight".to_string(),
-            vec![10, d],
-        ),
-        (
-            "text_model.embeddings.position_embedding.weight".to_string(),
-            vec![5, d],
-        ),
-        ("text_model.final_layer_norm.weight".to_string(), vec![d]),
-        ("text_model.final_layer_norm.bias".to_string(), vec![d]),
-    ];
-    for m in [
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.out_proj",
-        "layer_norm1",
-        "layer_norm2",
-        "mlp.fc1",
-        "mlp.fc2",
-    ] {
-        let shape = if m.starts_with("layer_norm") {
-            vec![d]
-        } else {
-            vec![d, d]
-        };
-        clip.push((format!("text_model.encoder.layers.0.{m}.weight"), shape));
-        clip.push((format!("text_model.encoder.layers.0.{m}.bias"), vec![d]));
-    }
-    let infos: Vec<TensorInfo> = clip
-        .into_iter()
-        .map(|(name, shape)| TensorInfo {
-            name,
-            dtype: DType::F16,
-            len: 0,
-            offset: 0,
-            shape,
-        })
-        .collect();
-    let l = canonicalize(Family::ClipL, &infos).unwrap();
-    let p = write(
-        dir.path(),
-        "te.safetensors",
-        &[
-            t(
-                "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight",
-                &[2, 8],
-                vals(16, 1),
-            ),
-            t(
-                "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight",
-                &[8, 2],
-                vals(16, 2),
-            ),
-            t(
-                "text_encoder.text_model.encoder.layers.0.mlp.fc2.lora_A.weight",
-                &[2, 8],
-                vals(16, 1),
-            ),
-            t(
-                "text_encoder.text_model.encoder.layers.0.mlp.fc2.lora_B.weight",
-                &[8, 2],
-                vals(16, 2),
-            ),
-            t(
-                "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
-                &[2, 4],
-                vals(8, 1),
-            ),
-            t(
-                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight",
-                &[12, 2],
-                vals(24, 2),
-            ),
-        ],
-        None,
-    );
-    let (set, report) = LoraSet::load(&[(p, 1.0)], Family::ClipL, &l, true).unwrap();
-    assert_eq!(
-        set.patched_names().collect::<Vec<_>>(),
-        [
-            "text_model.encoder.layers.0.mlp.fc2.weight",
-            "text_model.encoder.layers.0.self_attn.q_proj.weight"
-        ]
-    );
-    assert_eq!(
-        report.files[0].other_components.get("the diffusion model"),
-        Some(&1)
-    );
-
-    let mut t5 = vec![
-        ("shared.weight".to_string(), vec![10, d]),
-        ("encoder.final_layer_norm.weight".to_string(), vec![d]),
-    ];
-    for m in [
-        "0.SelfAttention.q",
-        "0.SelfAttention.k",
-        "0.SelfAttention.v",
-        "0.SelfAttention.o",
-        "1.DenseReluDense.wi_0",
-        "1.DenseReluDense.wi_1",
-        "1.DenseReluDense.wo",
-    ] {
-        t5.push((format!("encoder.block.0.layer.{m}.weight"), vec![d, d]));
-    }
-    t5.push(("encoder.block.0.layer.0.layer_norm.weight".into(), vec![d]));
-    t5.push(("encoder.block.0.layer.1.layer_norm.weight".into(), vec![d]));
-    let infos: Vec<TensorInfo> = t5
-        .into_iter()
-        .map(|(name, shape)| TensorInfo {
-            name,
-            dtype: DType::F16,
-            len: 0,
-            offset: 0,
-            shape,
-        })
-        .collect();
-    let l = canonicalize(Family::T5, &infos).unwrap();
-    let p = write(
-        dir.path(),
-        "t5.safetensors",
-        &[
-            t(
-                "lora_te3_encoder_block_0_layer_1_DenseReluDense_wi_0.lora_down.weight",
-                &[2, 8],
-                vals(16, 1),
-            ),
-            t(
-                "lora_te3_encoder_block_0_layer_1_DenseReluDense_wi_0.lora_up.weight",
-                &[8, 2],
-                vals(16, 2),
-            ),
-            t(
-                "lora_te2_encoder_block_0_layer_0_SelfAttention_o.lora_down.weight",
-                &[2, 8],
-                vals(16, 1),
-            ),
-            t(
-                "lora_te2_encoder_block_0_layer_0_SelfAttention_o.lora_up.weight",
-                &[8, 2],
-                vals(16, 2),
-            ),
-        ],
-        None,
-    );
-    let (set, _) = LoraSet::load(&[(p, 1.0)], Family::T5, &l, true).unwrap();
-    assert_eq!(
-        set.patched_names().collect::<Vec<_>>(),
-        [
-            "encoder.block.0.layer.0.SelfAttention.o.weight",
-            "encoder.block.0.layer.1.DenseReluDense.wi_0.weight"
-        ]
-    );
-}
-
-#[test]
-fn conv_lora_on_vae() {
-    use crate::weights::keymap::{canonicalize, VaeDims};
-    let dir = tempfile::tempdir().unwrap();
-    let dims = VaeDims {
-        ch: 4,
-        ch_mult: vec![1, 2],
-        num_res_blocks: 1,
-        in_channels: 3,
-        z_channels: 2,
-    };
-    let infos: Vec<TensorInfo> = dims
-        .ldm_tensors()
-        .into_iter()
-        .map(|(name, shape)| TensorInfo {
-            name,
-            dtype: DType::F32,
-            len: 0,
-            offset: 0,
-            shape,
-        })
-        .collect();
-    let l = canonicalize(Family::FluxVae, &infos).unwrap();
-    let conv = l.get("decoder.up.1.block.0.conv1.weight").unwrap();
-    assert_eq!(conv.shape, [8, 8, 3, 3]);
-    let (down, up) = (vals(2 * 8 * 9, 1), vals(8 * 2, 2));
-    let p = write(
-        dir.path(),
-        "c.safetensors",
-        &[
-            t(
-                "vae.decoder.up_blocks.0.resnets.0.conv1.lora_down.weight",
-                &[2, 8, 3, 3],
-                down.clone(),
-            ),
-            t(
-                "vae.decoder.up_blocks.0.resnets.0.conv1.lora_up.weight",
-                &[8, 2, 1, 1],
-                up.clone(),
-            ),
-            t(
-                "vae.decoder.mid_block.attentions.0.to_q.lora_A.weight",
-                &[1, 8],
-                vals(8, 3),
-            ),
-            t(
-                "vae.decoder.mid_block.attentions.0.to_q.lora_B.weight",
-                &[8, 1],
-                vals(8, 4),
-            ),
-        ],
-        None,
-    );
-    let (set, _) = LoraSet::load(&[(p, 1.0)], Family::FluxVae, &l, true).unwrap();
-    let w = vals(8 * 72, 5);
-    let got = patch_f32(&set, &l, "decoder.up.1.block.0.conv1.weight", &w);
-    assert_eq!(got, reference(&w, 72, 0..8, &up, &down, 2, 1.0));
-    assert!(
-        set.delta("decoder.mid.attn_1.q.weight").is_some(),
-        "a linear LoRA on the 1×1-conv attention"
-    );
-}
-
-#[test]
 fn patched_rows_only_and_same_bytes_on_repeat() {
     let dir = tempfile::tempdir().unwrap();
     let l = layout(DType::BF16);
@@ -1135,5 +776,82 @@ fn patched_rows_only_and_same_bytes_on_repeat() {
         a.bytes[4 * row..8 * row],
         base[4 * row..8 * row],
         "k rows patched"
+    );
+}
+
+/// The numbers in docs/lora.md's bake/on_dequant table, from the real FLUX.1-dev layout.
+#[test]
+fn flux_double_block_tradeoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let infos: Vec<TensorInfo> = FluxDims::DEV
+        .bfl_tensors()
+        .into_iter()
+        .map(|(name, shape)| TensorInfo {
+            len: 0,
+            name,
+            dtype: DType::BF16,
+            shape,
+            offset: 0,
+        })
+        .collect();
+    let l = canonicalize(Family::Flux, &infos).unwrap();
+    let block: Vec<&crate::weights::keymap::CanonicalTensor> = l
+        .tensors
+        .iter()
+        .filter(|t| t.name.starts_with("double_blocks.0."))
+        .collect();
+    let bytes = |big: DType| -> u64 {
+        block
+            .iter()
+            .map(|t| {
+                let d = if t.shape.len() == 2 { big } else { DType::F32 };
+                d.storage_bytes(t.numel()).unwrap()
+            })
+            .sum()
+    };
+    let bf16_all: u64 = block
+        .iter()
+        .map(|t| DType::BF16.storage_bytes(t.numel()).unwrap())
+        .sum();
+    assert_eq!(bf16_all, 679_662_592);
+    assert_eq!(bytes(DType::Q8_0), 361_342_976);
+    assert_eq!(bytes(DType::Q4_K), 191_473_664);
+    assert_eq!(
+        bytes(DType::BF16),
+        679_847_936,
+        "bake: matrices bf16, biases/norms f32"
+    );
+
+    let rank = 16;
+    let mut ts = Vec::new();
+    for t in block.iter().filter(|t| t.shape.len() == 2) {
+        let m = t.name.strip_suffix(".weight").unwrap();
+        let (out, inp) = (t.shape[0] as usize, t.shape[1] as usize);
+        let key = format!("lora_unet_{}", m.replace('.', "_"));
+        ts.push(T {
+            name: format!("{key}.lora_down.weight"),
+            shape: vec![rank, inp],
+            data: vec![0.0; rank * inp],
+            dtype: safetensors::Dtype::BF16,
+        });
+        ts.push(T {
+            name: format!("{key}.lora_up.weight"),
+            shape: vec![out, rank],
+            data: vec![0.0; out * rank],
+            dtype: safetensors::Dtype::BF16,
+        });
+    }
+    assert_eq!(ts.len(), 20);
+    let p = write(dir.path(), "r16.safetensors", &ts, None);
+    let (set, _) = LoraSet::load(&[(p, 1.0)], Family::Flux, &l, true).unwrap();
+    let deltas: Vec<&TensorDelta> = set.patched_names().map(|n| set.delta(n).unwrap()).collect();
+    assert_eq!(deltas.len(), 10);
+    assert_eq!(
+        deltas.iter().map(|d| d.factor_bytes()).sum::<u64>(),
+        9_043_968
+    );
+    assert_eq!(
+        deltas.iter().map(|d| d.flops()).sum::<u64>(),
+        11_551_113_216
     );
 }
