@@ -170,6 +170,8 @@ fn missing_and_unknown_are_listed() {
     assert!(msg.contains("missing: `transformer_blocks.3.attn.to_k.weight` (part 2 of 3 of `double_blocks.3.img_attn.qkv.weight`)"), "{msg}");
     assert!(msg.contains("missing: `single_transformer_blocks.5.proj_out.bias` (canonical `single_blocks.5.linear2.bias`)"), "{msg}");
 
+    insta::assert_snapshot!("flux_diffusers_mismatch", msg);
+
     let mut bfl = FluxDims::DEV.bfl_tensors();
     bfl.retain(|(n, _)| !n.starts_with("double_blocks.18.") && n != "img_in.bias");
     bfl.push((

@@ -92,14 +92,15 @@ impl fmt::Display for LoraReport {
         for r in &self.files {
             write!(
                 f,
-                "  {} (strength {}, {}): {}/{} modules matched ({} tensors), {} base tensors patched",
+                "  {} (strength {}, {}): {}/{} modules matched ({} tensors), {} base tensor{} patched",
                 r.path.display(),
                 r.strength,
                 if r.formats.is_empty() { "no LoRA keys".to_string() } else { r.formats.join("+") },
                 r.matched_modules,
                 r.modules,
                 r.matched_tensors,
-                r.patched.len()
+                r.patched.len(),
+                if r.patched.len() == 1 { "" } else { "s" }
             )?;
             for (c, n) in &r.other_components {
                 write!(f, "; {n} for {c}")?;

@@ -360,6 +360,10 @@ fn unmatched_strict_and_lenient() {
         e.contains("`some_random_tensor`: not a LoRA tensor name"),
         "{e}"
     );
+    insta::assert_snapshot!(
+        "unmatched_strict",
+        e.replace(&dir.path().display().to_string(), "<dir>")
+    );
     let (set, report) = LoraSet::load(&[(path, 1.0)], Family::Flux, &l, false).unwrap();
     assert_eq!(
         set.patched_names().collect::<Vec<_>>(),
@@ -371,6 +375,12 @@ fn unmatched_strict_and_lenient() {
             .contains("3 LoRA modules match nothing in the flux model and are skipped"),
         "{:?}",
         report.warnings
+    );
+    insta::assert_snapshot!(
+        "unmatched_lenient_report",
+        report
+            .to_string()
+            .replace(&dir.path().display().to_string(), "<dir>")
     );
 }
 
