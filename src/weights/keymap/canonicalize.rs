@@ -345,6 +345,9 @@ fn missing_required(schema: &[Entry], present: &HashSet<&str>) -> Vec<String> {
                     continue;
                 };
                 if let Some(&max) = scopes.get(&s) {
+                    // A corrupt index (`double_blocks.4000000000`) must not make us list
+                    // billions of names: no file has more blocks than tensors.
+                    let max = max.min(present.len() as u64);
                     next.extend((0..=max).map(|v| template::with(caps, ph, v)));
                 }
             }

@@ -206,6 +206,21 @@ fn a_hole_in_the_blocks_is_missing() {
 }
 
 #[test]
+fn an_absurd_block_index_is_an_error_not_a_hang() {
+    let mut bfl = FluxDims::DEV.bfl_tensors();
+    bfl.push((
+        "double_blocks.4000000000.img_mod.lin.weight".into(),
+        vec![18432, 3072],
+    ));
+    let e = canonicalize(Family::Flux, &infos(&bfl, DType::BF16)).unwrap_err();
+    let KeymapError::Mismatch { missing, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(missing.contains(&"`double_blocks.19.img_mod.lin.bias`".to_string()));
+    assert!(missing.len() < 100_000);
+}
+
+#[test]
 fn bad_fused_shapes_and_duplicates() {
     let mut list = FluxDims::DEV.diffusers_tensors();
     for (n, s) in list.iter_mut() {
