@@ -25,7 +25,7 @@ mod mode;
 mod report;
 
 pub use delta::{DeltaKind, DeltaTerm, DeviceDelta, TensorDelta};
-pub use mode::QuantizedLora;
+pub use mode::{QuantizedLora, QuantizedLoraError};
 pub use report::{FileReport, LoraReport, Unmatched};
 
 use std::collections::BTreeMap;
