@@ -6,6 +6,8 @@
 //! unchecked header: a corrupt length cannot make mgpu reserve gigabytes.
 
 pub mod dtype;
+pub mod keymap;
+pub mod lora;
 pub mod safetensors;
 
 pub use dtype::DType;
