@@ -52,6 +52,10 @@ pub struct Args {
     /// Write the full report (every step of every cell) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Instead of the placement table, time the building blocks of one FLUX-dev step
+    /// (linear layers, attention, norms) on the device: a diagnostic.
+    #[arg(long)]
+    pub ops: bool,
     /// Seed of the weight generator.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -74,6 +78,19 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     }
     if args.batch.is_empty() || args.batch.contains(&0) {
         bail!("--batch: every batch size must be at least 1")
+    }
+    if args.ops {
+        let device = match args.device {
+            DeviceName::Cpu => Device::Cpu,
+            DeviceName::Cuda(i) => {
+                Device::new_cuda_with_stream(i as usize).context("opening the CUDA device")?
+            }
+            DeviceName::Disk => bail!("--device disk cannot compute"),
+        };
+        for (name, ms) in bench::profile_ops(&device, dtype)? {
+            println!("{ms:>10.3} ms  {name}");
+        }
+        return Ok(Status::Ok);
     }
     let cfg = BenchConfig {
         model,
@@ -132,6 +149,9 @@ fn cuda_run(
     use crate::exec::cuda::{measure_h2d_gbps, CudaBackend, LinkKind, PinnedPool};
     use crate::exec::engine::Backend;
     let device = Device::new_cuda_with_stream(ordinal).context("opening the CUDA device")?;
+    if std::env::var_os("MGPU_RELEASE_POOL").is_none() {
+        crate::exec::cuda::keep_pool_memory(&device)?;
+    }
     let h2d = measure_h2d_gbps(&device, 1 << 30, 8)?;
     eprintln!("bench: page-locked host→device {h2d:.1} GB/s");
     let mut pool = PinnedPool::default();

@@ -430,23 +430,21 @@ fn device_name(d: &Device) -> String {
 
 /// A CPU tensor's bytes, little-endian as stored.
 fn tensor_bytes(t: &Tensor) -> candle_core::Result<Bytes> {
+    fn le_bytes<T: Copy>(v: &[T], to_le: impl Fn(&T) -> Vec<u8>) -> Vec<u8> {
+        if cfg!(target_endian = "little") {
+            // SAFETY: plain-old-data elements viewed as bytes; on a little-endian host the
+            // in-memory order is the stored (little-endian) order.
+            unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+                .to_vec()
+        } else {
+            v.iter().flat_map(to_le).collect()
+        }
+    }
     let t = t.flatten_all()?;
     let v: Vec<u8> = match t.dtype() {
-        DType::F32 => t
-            .to_vec1::<f32>()?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect(),
-        DType::BF16 => t
-            .to_vec1::<half::bf16>()?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect(),
-        DType::F16 => t
-            .to_vec1::<half::f16>()?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect(),
+        DType::F32 => le_bytes(&t.to_vec1::<f32>()?, |x| x.to_le_bytes().to_vec()),
+        DType::BF16 => le_bytes(&t.to_vec1::<half::bf16>()?, |x| x.to_le_bytes().to_vec()),
+        DType::F16 => le_bytes(&t.to_vec1::<half::f16>()?, |x| x.to_le_bytes().to_vec()),
         d => candle_core::bail!("bench: dtype {d:?} is not generated"),
     };
     Ok(Bytes::Owned(Arc::from(v)))
@@ -588,5 +586,87 @@ mod tests {
             .unwrap();
         assert!(cpu100.streamed_bytes > 0);
         assert!(cpu100.steps.iter().all(|s| s.fetched_units == 4));
+    }
+}
+
+/// Times the building blocks of one FLUX-dev step at 1024² on `device` (milliseconds per call,
+/// median of 10 after 3 warm-ups, device synchronised around each call): the diagnostic behind
+/// "where does a resident step go".
+pub fn profile_ops(device: &Device, dtype: DType) -> candle_core::Result<Vec<(String, f64)>> {
+    let (l, hid, heads, dh) = (4608usize, 3072usize, 24usize, 128usize);
+    let x = Tensor::randn(0f32, 1.0, (l, hid), device)?.to_dtype(dtype)?;
+    let w_qkv = Tensor::randn(0f32, 0.02, (3 * hid, hid), device)?.to_dtype(dtype)?;
+    let w_mlp = Tensor::randn(0f32, 0.02, (4 * hid, hid), device)?.to_dtype(dtype)?;
+    let q = Tensor::randn(0f32, 1.0, (heads, l, dh), device)?.to_dtype(dtype)?;
+    let k = Tensor::randn(0f32, 1.0, (heads, l, dh), device)?.to_dtype(dtype)?;
+    let v = Tensor::randn(0f32, 1.0, (heads, l, dh), device)?.to_dtype(dtype)?;
+    let scores = q.matmul(&k.t()?)?;
+    let cos = Tensor::randn(0f32, 1.0, (l, dh / 2), device)?;
+    let sin = Tensor::randn(0f32, 1.0, (l, dh / 2), device)?;
+    let mut out = Vec::new();
+    let mut time =
+        |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| -> candle_core::Result<()> {
+            for _ in 0..3 {
+                f()?;
+            }
+            device.synchronize()?;
+            let mut v = Vec::new();
+            for _ in 0..10 {
+                let t0 = Instant::now();
+                let r = f()?;
+                device.synchronize()?;
+                v.push(t0.elapsed().as_secs_f64() * 1e3);
+                drop(r);
+            }
+            out.push((name.to_string(), median(v)));
+            Ok(())
+        };
+    time("linear qkv [4608,3072]x[9216,3072]^T", &|| {
+        x.matmul(&w_qkv.t()?)
+    })?;
+    time("linear mlp_in [4608,3072]x[12288,3072]^T", &|| {
+        x.matmul(&w_mlp.t()?)
+    })?;
+    time("broadcast linear (candle Linear)", &|| {
+        candle_nn::Linear::new(w_qkv.clone(), None).forward_t(&x)
+    })?;
+    time("scores q k^T [24,4608,4608]", &|| q.matmul(&k.t()?))?;
+    time("scores to f32 + softmax + to bf16", &|| {
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)
+    })?;
+    time("softmax in compute dtype", &|| {
+        candle_nn::ops::softmax_last_dim(&scores)
+    })?;
+    time("probs v", &|| scores.matmul(&v))?;
+    time("layer_norm f32 path", &|| {
+        let x32 = x.to_dtype(DType::F32)?;
+        let c = x32.broadcast_sub(&x32.mean_keepdim(candle_core::D::Minus1)?)?;
+        let s = (c.sqr()?.mean_keepdim(candle_core::D::Minus1)? + 1e-6)?
+            .sqrt()?
+            .recip()?;
+        c.broadcast_mul(&s)?.to_dtype(dtype)
+    })?;
+    time("rope f32 path [24,4608,128]", &|| {
+        let q32 = q.to_dtype(DType::F32)?.unsqueeze(0)?.contiguous()?;
+        candle_nn::rotary_emb::rope_i(&q32, &cos, &sin)?
+            .squeeze(0)?
+            .to_dtype(dtype)
+    })?;
+    time("gelu [4608,12288]", &|| x.matmul(&w_mlp.t()?)?.gelu())?;
+    time("qkv permute contiguous", &|| {
+        x.matmul(&w_qkv.t()?)?
+            .reshape((l, 3, heads, dh))?
+            .permute((1, 2, 0, 3))?
+            .contiguous()
+    })?;
+    Ok(out)
+}
+
+trait ForwardT {
+    fn forward_t(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+}
+impl ForwardT for candle_nn::Linear {
+    fn forward_t(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_core::Module::forward(self, x)
     }
 }

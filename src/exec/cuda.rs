@@ -783,3 +783,29 @@ pub fn measure_h2d_gbps(device: &Device, bytes: usize, reps: usize) -> Result<f6
     let ms = start.elapsed_ms(&end).map_err(cuda_err("reading timers"))? as f64;
     Ok((bytes * reps) as f64 / (ms / 1e3) / 1e9)
 }
+
+/// Keeps freed device memory in the stream-ordered pool instead of returning it to the driver
+/// at every synchronisation (the default release threshold is 0), so a step's activations are
+/// not unmapped and re-mapped every step.
+pub fn keep_pool_memory(device: &Device) -> Result<(), EngineError> {
+    let cdev = device.as_cuda_device().map_err(candle_err)?;
+    let ctx = cdev.cuda_stream().context().clone();
+    ctx.bind_to_thread()
+        .map_err(cuda_err("binding the context"))?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: plain driver calls with valid out-pointers on a live device.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(cuda_err("reading the memory pool"))?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+        .map_err(cuda_err("setting the pool's release threshold"))?;
+    }
+    Ok(())
+}
