@@ -90,11 +90,9 @@ impl DType {
 
     pub fn from_safetensors_name(s: &str) -> Option<Self> {
         use DType::*;
-        [
-            Bool, U8, I8, I16, I32, I64, F16, BF16, F32, F64, F8_E4M3, F8_E5M2,
-        ]
-        .into_iter()
-        .find(|d| d.safetensors_name() == Some(s))
+        [Bool, U8, I8, I16, I32, I64, F16, BF16, F32, F64, F8_E4M3, F8_E5M2]
+            .into_iter()
+            .find(|d| d.safetensors_name() == Some(s))
     }
 
     pub const fn name(self) -> &'static str {

@@ -53,16 +53,10 @@ pub enum WeightsError {
 
 impl WeightsError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        WeightsError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        WeightsError::Io { path: path.to_path_buf(), source }
     }
     pub fn format(path: &Path, message: impl Into<String>) -> Self {
-        WeightsError::Format {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        WeightsError::Format { path: path.to_path_buf(), message: message.into() }
     }
     pub fn tensor(path: &Path, tensor: &str, message: impl Into<String>) -> Self {
         WeightsError::Tensor {

@@ -34,13 +34,10 @@ pub fn read_header(path: &Path) -> Result<Header, WeightsError> {
     if file_len < 8 {
         return Err(WeightsError::format(
             path,
-            format!(
-                "file is {file_len} bytes: too short for a safetensors header (needs at least 8)"
-            ),
+            format!("file is {file_len} bytes: too short for a safetensors header (needs at least 8)"),
         ));
     }
-    f.read_exact(&mut len_bytes)
-        .map_err(|e| WeightsError::io(path, e))?;
+    f.read_exact(&mut len_bytes).map_err(|e| WeightsError::io(path, e))?;
     let n = u64::from_le_bytes(len_bytes);
     if n > MAX_HEADER_BYTES {
         return Err(WeightsError::format(
@@ -55,19 +52,17 @@ pub fn read_header(path: &Path) -> Result<Header, WeightsError> {
         ));
     }
     let mut json = vec![0u8; n as usize];
-    f.seek(SeekFrom::Start(8))
-        .map_err(|e| WeightsError::io(path, e))?;
-    f.read_exact(&mut json)
-        .map_err(|e| WeightsError::io(path, e))?;
+    f.seek(SeekFrom::Start(8)).map_err(|e| WeightsError::io(path, e))?;
+    f.read_exact(&mut json).map_err(|e| WeightsError::io(path, e))?;
     parse_header(path, &json, file_len)
 }
 
 /// Validates a header's JSON `bytes` for a file of `file_len` bytes.
 pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<Header, WeightsError> {
     let data_start = 8 + bytes.len() as u64;
-    let data_len = file_len
-        .checked_sub(data_start)
-        .ok_or_else(|| WeightsError::format(path, "header runs past the end of the file"))?;
+    let data_len = file_len.checked_sub(data_start).ok_or_else(|| {
+        WeightsError::format(path, "header runs past the end of the file")
+    })?;
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| WeightsError::format(path, format!("header is not valid JSON: {e}")))?;
     let serde_json::Value::Object(map) = value else {
@@ -78,10 +73,7 @@ pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<Header, 
     for (name, entry) in map {
         if name == "__metadata__" {
             let serde_json::Value::Object(m) = entry else {
-                return Err(WeightsError::format(
-                    path,
-                    "`__metadata__` is not an object of strings",
-                ));
+                return Err(WeightsError::format(path, "`__metadata__` is not an object of strings"));
             };
             for (k, v) in m {
                 let serde_json::Value::String(v) = v else {
@@ -106,11 +98,7 @@ pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<Header, 
             ));
         }
     }
-    Ok(Header {
-        metadata,
-        tensors,
-        data_start,
-    })
+    Ok(Header { metadata, tensors, data_start })
 }
 
 fn parse_entry(
@@ -149,9 +137,7 @@ fn parse_entry(
         .ok_or_else(|| bad("`data_offsets` must be two whole numbers [begin, end]".into()))?;
     let (begin, end) = offs;
     if begin > end {
-        return Err(bad(format!(
-            "data_offsets [{begin}, {end}] end before they begin"
-        )));
+        return Err(bad(format!("data_offsets [{begin}, {end}] end before they begin")));
     }
     if end > data_len {
         return Err(bad(format!(
@@ -208,41 +194,13 @@ mod tests {
     #[test]
     fn rejects_bad_headers() {
         let cases = [
-            (
-                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
-                8,
-                "run past",
-            ),
-            (
-                r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#,
-                16,
-                "needs 12 bytes",
-            ),
-            (
-                r#"{"a":{"dtype":"Q9","shape":[4],"data_offsets":[0,16]}}"#,
-                16,
-                "unsupported dtype `Q9`",
-            ),
-            (
-                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#,
-                16,
-                "overlaps",
-            ),
-            (
-                r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}"#,
-                16,
-                "too many elements",
-            ),
-            (
-                r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,16]}}"#,
-                16,
-                "whole numbers",
-            ),
-            (
-                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[16,0]}}"#,
-                16,
-                "end before",
-            ),
+            (r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, 8, "run past"),
+            (r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#, 16, "needs 12 bytes"),
+            (r#"{"a":{"dtype":"Q9","shape":[4],"data_offsets":[0,16]}}"#, 16, "unsupported dtype `Q9`"),
+            (r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#, 16, "overlaps"),
+            (r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}"#, 16, "too many elements"),
+            (r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,16]}}"#, 16, "whole numbers"),
+            (r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[16,0]}}"#, 16, "end before"),
             (r#"[1,2]"#, 0, "not a JSON object"),
             (r#"{"a":"#, 0, "not valid JSON"),
         ];
