@@ -20,19 +20,19 @@ macro_rules! name_enum {
             pub const fn name(self) -> &'static str {
                 match self { $($ty::$var => $s),+ }
             }
-            pub fn parse(s: &str) -> Result<Self, NameError> {
+            pub fn parse(s: &str) -> Result<Self, $crate::sample::names::NameError> {
                 let t = s.trim().to_ascii_lowercase();
-                Self::ALL.iter().copied().find(|v| v.name() == t).ok_or_else(|| NameError {
+                Self::ALL.iter().copied().find(|v| v.name() == t).ok_or_else(|| $crate::sample::names::NameError {
                     what: $what,
                     name: s.to_string(),
-                    suggestion: suggest(&t, Self::ALL.iter().map(|v| v.name())),
+                    suggestion: $crate::sample::names::suggest(&t, Self::ALL.iter().map(|v| v.name())),
                     valid: Self::ALL.iter().map(|v| v.name()).collect::<Vec<_>>().join(", "),
                 })
             }
         }
         impl FromStr for $ty {
-            type Err = NameError;
-            fn from_str(s: &str) -> Result<Self, NameError> { Self::parse(s) }
+            type Err = $crate::sample::names::NameError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> { Self::parse(s) }
         }
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.name()) }
@@ -55,6 +55,9 @@ macro_rules! name_enum {
         }
     };
 }
+
+/// Lets other modules define their small name enums the same way (`output::InitFit`).
+pub(crate) use name_enum;
 
 name_enum!(
     /// A sampling algorithm (k-diffusion / ComfyUI names and meanings).

@@ -1,1 +1,0 @@
-//! Output files: images with metadata, written atomically.

@@ -1,0 +1,288 @@
+//! PNG files with generation metadata, written atomically.
+//!
+//! A file holds, before the image data: a `parameters` text chunk with the A1111-style
+//! [`Infotext`] and an `mgpu` text chunk with the [`ImageRecord`] as JSON. Each is a `tEXt`
+//! chunk when its text is Latin-1 and an uncompressed `iTXt` (UTF-8) chunk otherwise — the
+//! rule A1111 follows through PIL's `PngInfo.add_text`. Encoding settings are fixed (8-bit RGB,
+//! `Compression::Balanced`, adaptive filter), so the same pixels and record give the same bytes
+//! with the same `png` crate version.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+
+use image::RgbImage;
+
+use super::infotext::Infotext;
+use super::record::ImageRecord;
+use super::OutputError;
+
+/// The A1111/Forge/civitai text chunk keyword.
+pub const PARAMETERS_KEY: &str = "parameters";
+/// mgpu's JSON record chunk keyword.
+pub const RECORD_KEY: &str = "mgpu";
+
+/// Encodes `image` as PNG with the record's `parameters` and `mgpu` chunks.
+pub fn encode_png(image: &RgbImage, record: &ImageRecord) -> Result<Vec<u8>, OutputError> {
+    let record_json = serde_json::to_string(record).expect("an ImageRecord always serialises");
+    let texts = [
+        (PARAMETERS_KEY, Infotext::from_record(record).to_string()),
+        (RECORD_KEY, record_json),
+    ];
+    encode_png_with_text(image, &texts)
+}
+
+/// Encodes `image` with the given text chunks (Latin-1 → `tEXt`, else `iTXt`).
+pub fn encode_png_with_text(
+    image: &RgbImage,
+    texts: &[(&str, String)],
+) -> Result<Vec<u8>, OutputError> {
+    let (w, h) = image.dimensions();
+    let mut out = Vec::with_capacity(image.as_raw().len() / 2 + 1024);
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::Balanced);
+    enc.set_filter(png::Filter::Adaptive);
+    for (key, text) in texts {
+        let r = if text.chars().all(|c| u32::from(c) <= 0xFF) {
+            enc.add_text_chunk(key.to_string(), text.clone())
+        } else {
+            enc.add_itxt_chunk(key.to_string(), text.clone())
+        };
+        r.map_err(OutputError::PngEncode)?;
+    }
+    let mut writer = enc.write_header().map_err(OutputError::PngEncode)?;
+    writer
+        .write_image_data(image.as_raw())
+        .map_err(OutputError::PngEncode)?;
+    writer.finish().map_err(OutputError::PngEncode)?;
+    Ok(out)
+}
+
+/// Writes the PNG to `path` atomically (see [`write_atomic`]).
+pub fn write_png(path: &Path, image: &RgbImage, record: &ImageRecord) -> Result<(), OutputError> {
+    let bytes = encode_png(image, record)?;
+    write_atomic(path, |w| w.write_all(&bytes))
+}
+
+/// What [`read_png_metadata`] finds in a PNG.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PngMetadata {
+    pub width: u32,
+    pub height: u32,
+    /// The `parameters` chunk (any A1111-style writer's), parsed.
+    pub parameters: Option<Infotext>,
+    /// The `mgpu` chunk, if this file has one.
+    pub record: Option<ImageRecord>,
+}
+
+/// Reads the `parameters` and `mgpu` chunks back from a PNG (tEXt, zTXt or iTXt).
+pub fn read_png_metadata(path: &Path) -> Result<PngMetadata, OutputError> {
+    let file = File::open(path).map_err(|e| OutputError::Io {
+        path: path.to_path_buf(),
+        op: "open",
+        source: e,
+    })?;
+    let decode = |e: png::DecodingError| OutputError::PngDecode {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut reader = png::Decoder::new(BufReader::new(file))
+        .read_info()
+        .map_err(decode)?;
+    // Text chunks after the image data are only seen once the image has been read.
+    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
+    reader.next_frame(&mut buf).map_err(decode)?;
+    reader.finish().map_err(decode)?;
+    let info = reader.info();
+    let mut texts: Vec<(String, String)> = Vec::new();
+    texts.extend(
+        info.uncompressed_latin1_text
+            .iter()
+            .map(|c| (c.keyword.clone(), c.text.clone())),
+    );
+    for c in &info.compressed_latin1_text {
+        texts.push((c.keyword.clone(), c.get_text().map_err(decode)?));
+    }
+    for c in &info.utf8_text {
+        texts.push((c.keyword.clone(), c.get_text().map_err(decode)?));
+    }
+    let find = |key: &str| {
+        texts
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    let parameters = find(PARAMETERS_KEY).map(|t| {
+        t.parse()
+            .unwrap_or_else(|e: std::convert::Infallible| match e {})
+    });
+    let record = find(RECORD_KEY)
+        .map(serde_json::from_str::<ImageRecord>)
+        .transpose()
+        .map_err(|e| OutputError::Record {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    Ok(PngMetadata {
+        width: info.width,
+        height: info.height,
+        parameters,
+        record,
+    })
+}
+
+/// Writes a file so that `path` either keeps its old content or has the complete new one: the
+/// bytes go to a temporary file in the same folder (created with its parents if needed), which
+/// is flushed, `fsync`ed and renamed over `path`; the folder is then `fsync`ed. If `write`
+/// fails, the temporary file is removed and `path` is untouched.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), OutputError> {
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| OutputError::Io {
+            path: p,
+            op,
+            source: e,
+        }
+    };
+    let name = path.file_name().ok_or_else(|| OutputError::Io {
+        path: path.to_path_buf(),
+        op: "write",
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"),
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(io("create the folder", dir))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io("create a temporary file in", dir))?;
+    {
+        let mut w = BufWriter::new(tmp.as_file());
+        write(&mut w).map_err(io("write", path))?;
+        w.flush().map_err(io("write", path))?;
+    }
+    tmp.as_file()
+        .sync_all()
+        .map_err(io("flush to disk", path))?;
+    tmp.persist(path).map_err(|e| OutputError::Io {
+        path: path.to_path_buf(),
+        op: "move into place",
+        source: e.error,
+    })?;
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("flush the folder", dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::tests::example;
+    use super::*;
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x + y) * 3) as u8])
+        })
+    }
+
+    #[test]
+    fn metadata_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out/nested/cat.png");
+        let img = gradient(32, 16);
+        let mut record = example();
+        write_png(&path, &img, &record).unwrap();
+        let meta = read_png_metadata(&path).unwrap();
+        assert_eq!((meta.width, meta.height), (32, 16));
+        assert_eq!(meta.record.as_ref(), Some(&record));
+        assert_eq!(meta.parameters, Some(Infotext::from_record(&record)));
+        let decoded = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(decoded, img);
+
+        // Non-Latin-1 text goes into iTXt and still round-trips.
+        record.prompt = "一只猫 on a windowsill — ☀".into();
+        write_png(&path, &img, &record).unwrap();
+        let meta = read_png_metadata(&path).unwrap();
+        assert_eq!(meta.record.unwrap().prompt, record.prompt);
+        assert_eq!(meta.parameters.unwrap().prompt, record.prompt);
+    }
+
+    #[test]
+    fn same_input_same_bytes() {
+        let img = gradient(64, 64);
+        let a = encode_png(&img, &example()).unwrap();
+        let b = encode_png(&img, &example()).unwrap();
+        assert_eq!(a, b);
+        let mut other = example();
+        other.seed = 43;
+        assert_ne!(encode_png(&img, &other).unwrap(), a);
+        // Chunk order: signature, IHDR, then parameters before mgpu, both before IDAT.
+        let find = |needle: &[u8]| a.windows(needle.len()).position(|w| w == needle).unwrap();
+        assert!(find(b"IHDR") < find(b"tEXtparameters"));
+        assert!(find(b"tEXtparameters") < find(b"tEXtmgpu"));
+        assert!(find(b"tEXtmgpu") < find(b"IDAT"));
+    }
+
+    #[test]
+    fn failing_writer_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.png");
+        let e = write_atomic(&path, |w| {
+            w.write_all(b"partial")?;
+            Err(std::io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(e.to_string().starts_with("cannot write "), "{e}");
+        assert!(e.to_string().ends_with("img.png: disk full"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no final file, no temporary file"
+        );
+
+        // An existing file keeps its content when a rewrite fails.
+        std::fs::write(&path, b"old").unwrap();
+        write_atomic(&path, |_| Err(std::io::Error::other("boom"))).unwrap_err();
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        write_atomic(&path, |w| w.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn reading_reports_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.png");
+        std::fs::write(&path, b"\x89PNG but not really").unwrap();
+        let e = read_png_metadata(&path).unwrap_err().to_string();
+        assert!(
+            e.starts_with("cannot read PNG ") && e.contains("x.png"),
+            "{e}"
+        );
+        let img = gradient(4, 4);
+        let bytes = encode_png_with_text(&img, &[(RECORD_KEY, "{\"format\": 1}".into())]).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let e = read_png_metadata(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "x.png has an `mgpu` metadata chunk that is not a valid record: missing field"
+            ),
+            "{e}"
+        );
+        let e = read_png_metadata(&dir.path().join("none.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("cannot open "), "{e}");
+    }
+}
