@@ -26,19 +26,52 @@ pub struct Header {
     pub data_start: u64,
 }
 
-/// Reads and validates the header of the safetensors file at `path`.
+/// Reads and validates the header of the safetensors file at `path` (reads only the header).
 pub fn read_header(path: &Path) -> Result<Header, WeightsError> {
     let mut f = File::open(path).map_err(|e| WeightsError::io(path, e))?;
     let file_len = f.metadata().map_err(|e| WeightsError::io(path, e))?.len();
     let mut len_bytes = [0u8; 8];
     if file_len < 8 {
-        return Err(WeightsError::format(
-            path,
-            format!("file is {file_len} bytes: too short for a safetensors header (needs at least 8)"),
-        ));
+        return Err(too_short(path, file_len));
     }
-    f.read_exact(&mut len_bytes).map_err(|e| WeightsError::io(path, e))?;
-    let n = u64::from_le_bytes(len_bytes);
+    f.read_exact(&mut len_bytes)
+        .map_err(|e| WeightsError::io(path, e))?;
+    let n = check_header_len(path, u64::from_le_bytes(len_bytes), file_len)?;
+    let mut json = vec![0u8; n as usize];
+    f.seek(SeekFrom::Start(8))
+        .map_err(|e| WeightsError::io(path, e))?;
+    f.read_exact(&mut json)
+        .map_err(|e| WeightsError::io(path, e))?;
+    parse_header(path, &json, file_len)
+}
+
+/// Validates the header of a safetensors file whose complete contents are `bytes` (a memory
+/// map): the same checks as [`read_header`], without a second read of the file.
+pub fn header_from_bytes(path: &Path, bytes: &[u8]) -> Result<Header, WeightsError> {
+    let file_len = bytes.len() as u64;
+    if file_len < 8 {
+        return Err(too_short(path, file_len));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let n = check_header_len(path, n, file_len)?;
+    parse_header(path, &bytes[8..8 + n as usize], file_len)
+}
+
+/// Whether `bytes` start like a safetensors file: a plausible header length, then `{`.
+pub fn has_magic(bytes: &[u8]) -> bool {
+    bytes.len() >= 9
+        && u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) <= MAX_HEADER_BYTES
+        && bytes[8] == b'{'
+}
+
+fn too_short(path: &Path, file_len: u64) -> WeightsError {
+    WeightsError::format(
+        path,
+        format!("file is {file_len} bytes: too short for a safetensors header (needs at least 8)"),
+    )
+}
+
+fn check_header_len(path: &Path, n: u64, file_len: u64) -> Result<u64, WeightsError> {
     if n > MAX_HEADER_BYTES {
         return Err(WeightsError::format(
             path,
@@ -51,18 +84,15 @@ pub fn read_header(path: &Path) -> Result<Header, WeightsError> {
             format!("header length {n} runs past the end of the {file_len}-byte file: truncated or not a safetensors file"),
         ));
     }
-    let mut json = vec![0u8; n as usize];
-    f.seek(SeekFrom::Start(8)).map_err(|e| WeightsError::io(path, e))?;
-    f.read_exact(&mut json).map_err(|e| WeightsError::io(path, e))?;
-    parse_header(path, &json, file_len)
+    Ok(n)
 }
 
 /// Validates a header's JSON `bytes` for a file of `file_len` bytes.
 pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<Header, WeightsError> {
     let data_start = 8 + bytes.len() as u64;
-    let data_len = file_len.checked_sub(data_start).ok_or_else(|| {
-        WeightsError::format(path, "header runs past the end of the file")
-    })?;
+    let data_len = file_len
+        .checked_sub(data_start)
+        .ok_or_else(|| WeightsError::format(path, "header runs past the end of the file"))?;
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| WeightsError::format(path, format!("header is not valid JSON: {e}")))?;
     let serde_json::Value::Object(map) = value else {
@@ -73,7 +103,10 @@ pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<Header, 
     for (name, entry) in map {
         if name == "__metadata__" {
             let serde_json::Value::Object(m) = entry else {
-                return Err(WeightsError::format(path, "`__metadata__` is not an object of strings"));
+                return Err(WeightsError::format(
+                    path,
+                    "`__metadata__` is not an object of strings",
+                ));
             };
             for (k, v) in m {
                 let serde_json::Value::String(v) = v else {
@@ -98,7 +131,11 @@ pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<Header, 
             ));
         }
     }
-    Ok(Header { metadata, tensors, data_start })
+    Ok(Header {
+        metadata,
+        tensors,
+        data_start,
+    })
 }
 
 fn parse_entry(
@@ -137,7 +174,9 @@ fn parse_entry(
         .ok_or_else(|| bad("`data_offsets` must be two whole numbers [begin, end]".into()))?;
     let (begin, end) = offs;
     if begin > end {
-        return Err(bad(format!("data_offsets [{begin}, {end}] end before they begin")));
+        return Err(bad(format!(
+            "data_offsets [{begin}, {end}] end before they begin"
+        )));
     }
     if end > data_len {
         return Err(bad(format!(
@@ -194,13 +233,41 @@ mod tests {
     #[test]
     fn rejects_bad_headers() {
         let cases = [
-            (r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, 8, "run past"),
-            (r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#, 16, "needs 12 bytes"),
-            (r#"{"a":{"dtype":"Q9","shape":[4],"data_offsets":[0,16]}}"#, 16, "unsupported dtype `Q9`"),
-            (r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#, 16, "overlaps"),
-            (r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}"#, 16, "too many elements"),
-            (r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,16]}}"#, 16, "whole numbers"),
-            (r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[16,0]}}"#, 16, "end before"),
+            (
+                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+                8,
+                "run past",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#,
+                16,
+                "needs 12 bytes",
+            ),
+            (
+                r#"{"a":{"dtype":"Q9","shape":[4],"data_offsets":[0,16]}}"#,
+                16,
+                "unsupported dtype `Q9`",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#,
+                16,
+                "overlaps",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}"#,
+                16,
+                "too many elements",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,16]}}"#,
+                16,
+                "whole numbers",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[16,0]}}"#,
+                16,
+                "end before",
+            ),
             (r#"[1,2]"#, 0, "not a JSON object"),
             (r#"{"a":"#, 0, "not valid JSON"),
         ];
