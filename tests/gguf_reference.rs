@@ -191,3 +191,19 @@ fn wan_gguf_with_original_5d_shape() {
         .unwrap();
     assert_eq!(c.dims(), [32, 16, 1, 2, 2]);
 }
+
+#[test]
+fn npy_writer_matches_numpy_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(fixture("expected")).unwrap() {
+        let p = e.unwrap().path();
+        let numpy = std::fs::read(&p).unwrap();
+        let a = read_f32(&numpy).unwrap();
+        let out = dir.path().join("x.npy");
+        mgpu::weights::npy::write_f32(&out, &a.shape, &a.data).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), numpy, "{}", p.display());
+        n += 1;
+    }
+    assert!(n >= 25);
+}

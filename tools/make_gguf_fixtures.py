@@ -22,8 +22,8 @@ expected/NAME.npy     gguf-py's dequantisation of every tensor of all_types.gguf
 v2.gguf               the same layout with version field 2 (v2 and v3 differ only in that v3 may
                       be big-endian; little-endian files are byte-identical otherwise).
 align64.gguf          general.alignment = 64 (tensor data aligned to 64 bytes).
-flux_tiny.safetensors a tiny FLUX transformer in the BFL key layout (bf16), 1 double + 1 single
-                      block.
+flux_tiny.safetensors a tiny FLUX transformer in the BFL key layout (bf16), 2 double + 2 single
+                      blocks.
 flux_tiny_city96.gguf the same weights converted the way city96's ComfyUI-GGUF convert.py does:
                       general.architecture = "flux", 1-D tensors F32, 2-D weights Q8_0.
 wan_orig_shape.gguf   a tiny Wan-layout GGUF whose 5-D patch_embedding is stored flattened with
@@ -193,21 +193,23 @@ def flux_tiny_state_dict():
     lin("vector_in.out_layer", h, h)
     lin("guidance_in.in_layer", h, 256)
     lin("guidance_in.out_layer", h, h)
-    for s in ("img", "txt"):
-        p = f"double_blocks.0.{s}"
-        lin(f"{p}_mod.lin", 6 * h, h)
-        lin(f"{p}_attn.qkv", 3 * h, h)
-        sd[f"{p}_attn.norm.query_norm.scale"] = np.ones(hd, np.float32)
-        sd[f"{p}_attn.norm.key_norm.scale"] = np.ones(hd, np.float32)
-        lin(f"{p}_attn.proj", h, h)
-        lin(f"{p}_mlp.0", mlp, h)
-        lin(f"{p}_mlp.2", h, mlp)
-    p = "single_blocks.0"
-    lin(f"{p}.linear1", 3 * h + mlp, h)
-    lin(f"{p}.linear2", h, h + mlp)
-    sd[f"{p}.norm.query_norm.scale"] = np.ones(hd, np.float32)
-    sd[f"{p}.norm.key_norm.scale"] = np.ones(hd, np.float32)
-    lin(f"{p}.modulation.lin", 3 * h, h)
+    for b in range(2):
+        for s in ("img", "txt"):
+            p = f"double_blocks.{b}.{s}"
+            lin(f"{p}_mod.lin", 6 * h, h)
+            lin(f"{p}_attn.qkv", 3 * h, h)
+            sd[f"{p}_attn.norm.query_norm.scale"] = np.ones(hd, np.float32)
+            sd[f"{p}_attn.norm.key_norm.scale"] = np.ones(hd, np.float32)
+            lin(f"{p}_attn.proj", h, h)
+            lin(f"{p}_mlp.0", mlp, h)
+            lin(f"{p}_mlp.2", h, mlp)
+    for b in range(2):
+        p = f"single_blocks.{b}"
+        lin(f"{p}.linear1", 3 * h + mlp, h)
+        lin(f"{p}.linear2", h, h + mlp)
+        sd[f"{p}.norm.query_norm.scale"] = np.ones(hd, np.float32)
+        sd[f"{p}.norm.key_norm.scale"] = np.ones(hd, np.float32)
+        lin(f"{p}.modulation.lin", 3 * h, h)
     lin("final_layer.linear", 64, h)
     lin("final_layer.adaLN_modulation.1", 2 * h, h)
     return sd

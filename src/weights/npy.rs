@@ -4,7 +4,8 @@
 //!
 //! Format: `\x93NUMPY`, major, minor, a little-endian header length (u16 in 1.0, u32 in 2.0),
 //! an ASCII Python dict literal padded with spaces and a final `\n` so that the data starts at
-//! a multiple of 64 bytes, then the raw data.
+//! a multiple of 64 bytes, then the raw data. The header is written exactly as `numpy.save`
+//! writes it (same key order, same spare space), so a dump is byte-identical to numpy's file.
 //! Reference: <https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html>.
 
 use std::io::Write;
@@ -27,7 +28,13 @@ pub fn header_f32(shape: &[u64]) -> Vec<u8> {
                 .join(", ")
         ),
     };
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
+    let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
+    // numpy leaves room for the first dimension to grow to 21 digits in place; doing the same
+    // makes our files byte-identical to `numpy.save`'s.
+    if let Some(first) = shape.first() {
+        let digits = first.to_string().len();
+        dict.push_str(&" ".repeat(21usize.saturating_sub(digits)));
+    }
     let build = |len_bytes: usize, major: u8| {
         let pre = MAGIC.len() + 2 + len_bytes;
         let total = (pre + dict.len() + 1).div_ceil(ALIGN) * ALIGN;

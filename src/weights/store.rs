@@ -435,6 +435,16 @@ impl WeightFile {
         }
     }
 
+    /// Names of the ComfyUI scaled-fp8 weights (fp8 `P.weight` with a `P.scale_weight`).
+    pub fn scaled_fp8_weights(&self) -> Vec<&str> {
+        self.tensors
+            .iter()
+            .zip(&self.slots)
+            .filter(|(_, s)| s.scale.is_some())
+            .map(|(t, _)| t.name.as_str())
+            .collect()
+    }
+
     /// `name` dequantised to f32, in row-major PyTorch order: GGML blocks dequantised
     /// (bit-exact with gguf-py), f16/bf16/fp8 widened exactly, scaled fp8 multiplied by its
     /// scale (`f32(w) * scale`, one rounding), integers converted.
