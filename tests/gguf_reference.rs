@@ -207,3 +207,41 @@ fn npy_writer_matches_numpy_byte_for_byte() {
     }
     assert!(n >= 25);
 }
+
+/// candle's CPU dequantisation (a second, independent implementation) agrees bit for bit with
+/// mgpu's and gguf-py's on every block type; `to_qtensor` hands candle the mapped blocks.
+#[test]
+fn candle_qtensor_dequantises_identically() {
+    let f = WeightFile::open(fixture("all_types.gguf")).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let mut n = 0;
+    for t in f.tensors() {
+        if matches!(t.dtype, DType::I8 | DType::I32 | DType::F64) {
+            assert!(f
+                .to_qtensor(&t.name, &dev)
+                .unwrap_err()
+                .to_string()
+                .contains("use to_candle"));
+            continue;
+        }
+        let q = f.to_qtensor(&t.name, &dev).unwrap();
+        assert_eq!(
+            q.shape()
+                .dims()
+                .iter()
+                .map(|&d| d as u64)
+                .collect::<Vec<_>>(),
+            t.shape
+        );
+        let c = q
+            .dequantize(&dev)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_bits(&format!("candle {}", t.name), &c, &expected(&t.name).data);
+        n += 1;
+    }
+    assert_eq!(n, 23);
+}

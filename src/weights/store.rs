@@ -450,16 +450,37 @@ impl WeightFile {
     /// scale (`f32(w) * scale`, one rounding), integers converted.
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>, WeightsError> {
         let i = self.index(name)?;
-        let t = &self.tensors[i];
-        let numel = usize::try_from(t.numel()).map_err(|_| {
+        let numel = usize::try_from(self.tensors[i].numel()).map_err(|_| {
             WeightsError::tensor(&self.path, name, "too many elements for this machine")
         })?;
+        let mut out = vec![0f32; numel];
+        self.to_f32_into(name, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::to_f32`] into a caller's buffer of exactly `numel` values. For large tensors the
+    /// first touch of a fresh allocation (page faults) costs several times the dequantisation
+    /// itself (benches/RESULTS.md): callers converting many tensors should reuse one buffer.
+    pub fn to_f32_into(&self, name: &str, out: &mut [f32]) -> Result<(), WeightsError> {
+        let i = self.index(name)?;
+        let t = &self.tensors[i];
+        if out.len() as u64 != t.numel() {
+            return Err(WeightsError::tensor(
+                &self.path,
+                name,
+                format!(
+                    "has {} values but the output buffer holds {}",
+                    t.numel(),
+                    out.len()
+                ),
+            ));
+        }
         let bytes = self.bytes(name)?;
-        let mut out = convert::to_f32(t.dtype, &bytes, numel);
+        convert::to_f32_into(t.dtype, &bytes, out);
         if let Some(scale) = self.scale_of(name)? {
             out.iter_mut().for_each(|x| *x *= scale);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// `name` as bf16: stored bf16 bytes as they are, anything else through [`Self::to_f32`]
@@ -526,6 +547,60 @@ impl WeightFile {
         } else {
             tensor.to_dtype(dtype).map_err(candle_err)
         }
+    }
+}
+
+impl WeightFile {
+    /// `name` as a candle quantized tensor on `device`, blocks as stored (for GGUF bases that
+    /// travel quantized and are dequantised on the GPU by candle's kernels, which agree bit for
+    /// bit with [`Self::to_f32`] on the CPU — tests/gguf_reference.rs checks it). Holds F32, F16,
+    /// BF16 and the GGML block types; the shape is [`TensorInfo::shape`].
+    pub fn to_qtensor(
+        &self,
+        name: &str,
+        device: &candle_core::Device,
+    ) -> Result<candle_core::quantized::QTensor, WeightsError> {
+        use candle_core::quantized::GgmlDType as G;
+        let i = self.index(name)?;
+        let t = &self.tensors[i];
+        let g = match t.dtype {
+            DType::F32 => G::F32,
+            DType::F16 => G::F16,
+            DType::BF16 => G::BF16,
+            DType::Q4_0 => G::Q4_0,
+            DType::Q4_1 => G::Q4_1,
+            DType::Q5_0 => G::Q5_0,
+            DType::Q5_1 => G::Q5_1,
+            DType::Q8_0 => G::Q8_0,
+            DType::Q2_K => G::Q2K,
+            DType::Q3_K => G::Q3K,
+            DType::Q4_K => G::Q4K,
+            DType::Q5_K => G::Q5K,
+            DType::Q6_K => G::Q6K,
+            other => {
+                return Err(WeightsError::tensor(
+                    &self.path,
+                    name,
+                    format!("{other} is not a GGML type candle's QTensor holds; use to_candle"),
+                ))
+            }
+        };
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let bytes = self.bytes(name)?;
+        // candle reinterprets the bytes as block structs (f16/f32 fields): a mapped tensor at an
+        // offset that is not 4-aligned (legal with `general.alignment` 1 or 2, or in
+        // safetensors) must be copied to aligned memory first.
+        let aligned: Vec<u32>;
+        let data: &[u8] = if (bytes.as_ptr() as usize) % 4 == 0 {
+            &bytes
+        } else {
+            let mut v = vec![0u32; bytes.len().div_ceil(4)];
+            bytemuck::cast_slice_mut::<u32, u8>(&mut v)[..bytes.len()].copy_from_slice(&bytes);
+            aligned = v;
+            &bytemuck::cast_slice::<u32, u8>(&aligned)[..bytes.len()]
+        };
+        candle_core::quantized::ggml_file::qtensor_from_ggml(g, data, shape, device)
+            .map_err(|e| WeightsError::tensor(&self.path, name, format!("candle: {e}")))
     }
 }
 

@@ -66,6 +66,14 @@ fn safetensors_written_by_the_reference_crate() {
     assert_eq!(f.raw("ids").unwrap(), &i[..]);
     assert_eq!(f.to_f32("w").unwrap(), w);
     assert_eq!(f.to_f32("ids").unwrap(), [-1.0, 5.0]);
+    let mut buf = [0f32; 6];
+    f.to_f32_into("w", &mut buf).unwrap();
+    assert_eq!(buf, w);
+    assert!(f
+        .to_f32_into("ids", &mut buf)
+        .unwrap_err()
+        .to_string()
+        .contains("has 2 values but the output buffer holds 6"));
     assert_eq!(
         f.to_bf16("w_bf16").unwrap(),
         w.iter()
@@ -405,4 +413,27 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn qtensor_from_unaligned_bytes() {
+    // A hand-made safetensors file whose data section starts at an odd offset.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("odd.safetensors");
+    let header = br#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#;
+    assert_eq!((8 + header.len()) % 2, 1);
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header);
+    b.extend(f32_bytes(&[1.0, -2.0, 0.5, 8.0]));
+    std::fs::write(&p, &b).unwrap();
+    let f = WeightFile::open(&p).unwrap();
+    let q = f.to_qtensor("w", &candle_core::Device::Cpu).unwrap();
+    let v = q
+        .dequantize(&candle_core::Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(v, [1.0, -2.0, 0.5, 8.0]);
 }
