@@ -28,9 +28,13 @@ pub enum DeviceName {
 pub enum DeviceError {
     #[error("empty device name: expected `cpu`, `cuda:N` or `disk`")]
     Empty,
-    #[error("`{name}` is not supported: mgpu runs on CPUs and CUDA GPUs; use `cpu`, `cuda:N` or `disk`")]
+    #[error(
+        "`{name}` is not supported: mgpu runs on CPUs and CUDA GPUs; use `cpu`, `cuda:N` or `disk`"
+    )]
     Unsupported { name: String },
-    #[error("`{name}` has a bad device index: expected `cuda:N` with N a whole number, like `cuda:1`")]
+    #[error(
+        "`{name}` has a bad device index: expected `cuda:N` with N a whole number, like `cuda:1`"
+    )]
     BadIndex { name: String },
     #[error("unknown device `{name}`: expected `cpu`, `cuda:N` or `disk`{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
     Unknown {
@@ -41,7 +45,16 @@ pub enum DeviceError {
 
 /// Device families other tools accept that mgpu does not run on.
 const UNSUPPORTED: &[&str] = &[
-    "mps", "xpu", "npu", "mlu", "directml", "privateuseone", "hip", "rocm", "vulkan", "metal",
+    "mps",
+    "xpu",
+    "npu",
+    "mlu",
+    "directml",
+    "privateuseone",
+    "hip",
+    "rocm",
+    "vulkan",
+    "metal",
 ];
 
 impl DeviceName {
@@ -73,8 +86,12 @@ impl DeviceName {
                 .ok()
                 .filter(|_| i.chars().all(|c| c.is_ascii_digit()))
                 .map(DeviceName::Cuda)
-                .ok_or_else(|| DeviceError::BadIndex { name: t.to_string() }),
-            (b, _) if UNSUPPORTED.contains(&b) => Err(DeviceError::Unsupported { name: t.to_string() }),
+                .ok_or_else(|| DeviceError::BadIndex {
+                    name: t.to_string(),
+                }),
+            (b, _) if UNSUPPORTED.contains(&b) => Err(DeviceError::Unsupported {
+                name: t.to_string(),
+            }),
             _ => {
                 let suggestion = ["cpu", "disk", "cuda"]
                     .into_iter()
@@ -86,7 +103,10 @@ impl DeviceName {
                         ("cuda", None) => "cuda:0".to_string(),
                         (c, _) => c.to_string(),
                     });
-                Err(DeviceError::Unknown { name: t.to_string(), suggestion })
+                Err(DeviceError::Unknown {
+                    name: t.to_string(),
+                    suggestion,
+                })
             }
         }
     }
@@ -132,7 +152,8 @@ impl<'de> Deserialize<'de> for DeviceName {
 }
 
 /// Pattern for the JSON schema.
-pub const DEVICE_PATTERN: &str = r"^\s*([cC][pP][uU]|[dD][iI][sS][kK]|[cC][uU][dD][aA](:[0-9]+)?)\s*$";
+pub const DEVICE_PATTERN: &str =
+    r"^\s*([cC][pP][uU]|[dD][iI][sS][kK]|[cC][uU][dD][aA](:[0-9]+)?)\s*$";
 
 impl JsonSchema for DeviceName {
     fn schema_name() -> Cow<'static, str> {
@@ -172,13 +193,20 @@ mod tests {
     #[test]
     fn rejects_table() {
         let msg = |s: &str| DeviceName::parse(s).unwrap_err().to_string();
-        assert_eq!(msg(""), "empty device name: expected `cpu`, `cuda:N` or `disk`");
+        assert_eq!(
+            msg(""),
+            "empty device name: expected `cpu`, `cuda:N` or `disk`"
+        );
         assert!(msg("mps").contains("`mps` is not supported"));
         assert!(msg("xpu:0").contains("`xpu:0` is not supported"));
         assert!(msg("cuda:x").contains("bad device index"));
         assert!(msg("cuda:-1").contains("bad device index"));
         assert!(msg("cuda:+1").contains("bad device index"));
-        assert!(msg("cdua:1").contains("did you mean `cuda:1`?"), "{}", msg("cdua:1"));
+        assert!(
+            msg("cdua:1").contains("did you mean `cuda:1`?"),
+            "{}",
+            msg("cdua:1")
+        );
         assert!(msg("cpy").contains("did you mean `cpu`?"));
         assert!(!msg("banana").contains("did you mean"));
     }

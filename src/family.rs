@@ -73,7 +73,10 @@ impl Family {
 
     /// Whether `mgpu run` can execute this family in this version (others can be planned).
     pub const fn runnable(self) -> bool {
-        matches!(self, Family::Flux | Family::FluxVae | Family::T5 | Family::ClipL)
+        matches!(
+            self,
+            Family::Flux | Family::FluxVae | Family::T5 | Family::ClipL
+        )
     }
 
     /// Image width and height must be multiples of this (VAE factor × patch size).
@@ -125,7 +128,10 @@ impl Family {
             .filter(|&(d, _)| d <= 2)
             .min()
             .map(|(_, n)| n.to_string());
-        Err(FamilyError { name: s.to_string(), suggestion })
+        Err(FamilyError {
+            name: s.to_string(),
+            suggestion,
+        })
     }
 }
 
@@ -188,14 +194,34 @@ mod tests {
     #[test]
     fn units_table() {
         let cases = [
-            (Family::Flux, "double_blocks.3.img_attn.qkv.weight", Some("double_blocks.3")),
-            (Family::Flux, "single_blocks.37.linear1.weight", Some("single_blocks.37")),
+            (
+                Family::Flux,
+                "double_blocks.3.img_attn.qkv.weight",
+                Some("double_blocks.3"),
+            ),
+            (
+                Family::Flux,
+                "single_blocks.37.linear1.weight",
+                Some("single_blocks.37"),
+            ),
             (Family::Flux, "img_in.weight", None),
             (Family::Flux, "double_blocks_x.3.w", None),
-            (Family::T5, "encoder.block.23.layer.1.DenseReluDense.wo.weight", Some("encoder.block.23")),
+            (
+                Family::T5,
+                "encoder.block.23.layer.1.DenseReluDense.wo.weight",
+                Some("encoder.block.23"),
+            ),
             (Family::T5, "shared.weight", None),
-            (Family::ClipL, "text_model.encoder.layers.11.mlp.fc1.weight", Some("text_model.encoder.layers.11")),
-            (Family::FluxVae, "decoder.up.0.block.0.conv1.weight", Some("decoder")),
+            (
+                Family::ClipL,
+                "text_model.encoder.layers.11.mlp.fc1.weight",
+                Some("text_model.encoder.layers.11"),
+            ),
+            (
+                Family::FluxVae,
+                "decoder.up.0.block.0.conv1.weight",
+                Some("decoder"),
+            ),
             (Family::FluxVae, "encoder.conv_in.weight", Some("encoder")),
             (Family::Wan, "blocks.39.ffn.0.weight", Some("blocks.39")),
         ];

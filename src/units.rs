@@ -225,9 +225,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("negative size {v}: sizes must be zero or more")))
+                u64::try_from(v).map(ByteSize).map_err(|_| {
+                    E::custom(format!("negative size {v}: sizes must be zero or more"))
+                })
             }
         }
         d.deserialize_any(V)
@@ -295,7 +295,12 @@ mod tests {
             ("1.2.3gb", SizeErrorKind::BadNumber("1.2.3".into()), 0, 5),
             ("nan", SizeErrorKind::BadNumber("nan".into()), 0, 3),
             ("inf", SizeErrorKind::BadNumber("inf".into()), 0, 3),
-            ("99999999999tb", SizeErrorKind::TooLarge("99999999999tb".into()), 0, 13),
+            (
+                "99999999999tb",
+                SizeErrorKind::TooLarge("99999999999tb".into()),
+                0,
+                13,
+            ),
             ("*", SizeErrorKind::BadNumber("*".into()), 0, 1),
         ];
         for (s, kind, off, len) in cases {

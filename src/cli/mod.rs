@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod inspect;
+pub mod make_tiny;
 
 /// What a command concluded, when it ran to the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Inspect(inspect::Args),
+    MakeTiny(make_tiny::Args),
 }
 
 /// Parses the command line, runs it and maps the outcome to an exit code.
@@ -61,5 +63,6 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::MakeTiny(args) => make_tiny::run(args),
     }
 }

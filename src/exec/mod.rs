@@ -1,2 +1,9 @@
 //! The executor: load, patch LoRAs, distribute, stream units, run the batched job queue.
-//! The only place where weights move.
+//! The only place where weights move. Design: docs/executor.md.
+
+pub mod cpu;
+pub mod engine;
+pub mod unit;
+
+#[cfg(test)]
+mod engine_tests;

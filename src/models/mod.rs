@@ -10,3 +10,14 @@
 //!   weights between devices.
 //! - Forward passes take one job at a time (batch dimension 1): a batch is the executor running
 //!   each fetched block over every job of the batch in turn.
+
+pub mod clip;
+pub mod coverage;
+pub mod flux;
+pub mod seeded;
+pub mod t5;
+#[cfg(test)]
+pub(crate) mod testutil;
+pub mod tiny;
+pub mod tokenize;
+pub mod vae;

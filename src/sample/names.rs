@@ -125,7 +125,10 @@ mod tests {
             e.to_string(),
             "unknown sampler `eulr` (did you mean `euler`?): expected one of euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, ddim"
         );
-        assert_eq!(Scheduler::parse("karas").unwrap_err().suggestion.as_deref(), Some("karras"));
+        assert_eq!(
+            Scheduler::parse("karas").unwrap_err().suggestion.as_deref(),
+            Some("karras")
+        );
         assert_eq!(Scheduler::parse("zzzzzzzz").unwrap_err().suggestion, None);
     }
 }
