@@ -202,7 +202,8 @@ mod tests {
 
     #[test]
     fn detection_table() {
-        let cases: &[(&[&str], Option<(Family, KeyLayout, &str)>)] = &[
+        type Case<'a> = (&'a [&'a str], Option<(Family, KeyLayout, &'a str)>);
+        let cases: &[Case] = &[
             (
                 &["img_in.weight", "double_blocks.0.img_attn.qkv.weight"],
                 Some((Family::Flux, KeyLayout::Original, "")),

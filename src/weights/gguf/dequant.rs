@@ -12,6 +12,10 @@
 //! Block layouts are ggml's (`ggml-common.h`); the index arithmetic below mirrors how gguf-py's
 //! numpy reshapes lay the values out.
 
+// Index loops mirror ggml's block layouts (value i comes from byte i % 32 of one array and
+// bit i / 32 of another); iterator chains would hide that correspondence.
+#![allow(clippy::needless_range_loop)]
+
 use half::f16;
 
 /// Values per K-quant super-block.
