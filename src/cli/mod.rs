@@ -8,8 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod inspect;
 pub mod make_tiny;
+pub mod probe;
 
 /// What a command concluded, when it ran to the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,8 @@ pub struct Cli {
 pub enum Command {
     Inspect(inspect::Args),
     MakeTiny(make_tiny::Args),
+    Bench(bench::Args),
+    Probe(probe::Args),
 }
 
 /// Parses the command line, runs it and maps the outcome to an exit code.
@@ -64,5 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::MakeTiny(args) => make_tiny::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Probe(args) => probe::run(args),
     }
 }

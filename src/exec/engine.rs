@@ -76,6 +76,36 @@ pub trait Backend {
     fn release(&mut self, slot: usize) -> Result<(), EngineError>;
     /// Human names of the links, by index (`cpu→cpu`, `disk→cuda:0`, …).
     fn link_names(&self) -> Vec<String>;
+    /// The pass has been submitted: wait for the device to finish it and return the seconds
+    /// the compute device stalled waiting for fetches, when the backend measures that on the
+    /// device (CUDA). `None`: the engine's host-side wait time is the stall time (CPU).
+    fn end_pass(&mut self) -> Result<Option<f64>, EngineError> {
+        Ok(None)
+    }
+}
+
+impl<T: Backend + ?Sized> Backend for Box<T> {
+    fn issue(
+        &mut self,
+        slot: usize,
+        unit: usize,
+        data: &Arc<UnitData>,
+        link: usize,
+    ) -> Result<(), EngineError> {
+        (**self).issue(slot, unit, data, link)
+    }
+    fn ready(&mut self, slot: usize, unit: usize) -> Result<HashMap<String, Tensor>, EngineError> {
+        (**self).ready(slot, unit)
+    }
+    fn release(&mut self, slot: usize) -> Result<(), EngineError> {
+        (**self).release(slot)
+    }
+    fn link_names(&self) -> Vec<String> {
+        (**self).link_names()
+    }
+    fn end_pass(&mut self) -> Result<Option<f64>, EngineError> {
+        (**self).end_pass()
+    }
 }
 
 /// What one pass cost.
@@ -243,8 +273,16 @@ impl<B: Backend> Engine<B> {
         self.fetched = 0;
     }
 
-    /// Ends the pass started by `begin_pass` and returns what it cost.
+    /// Ends the pass started by `begin_pass` (waiting for the device to finish it) and
+    /// returns what it cost.
     pub fn end_pass(&mut self) -> PassStats {
+        let device_wait = match self.backend.end_pass() {
+            Ok(w) => w,
+            Err(e) => {
+                self.poisoned.get_or_insert_with(|| e.to_string());
+                None
+            }
+        };
         let seconds = self
             .pass_start
             .take()
@@ -252,7 +290,7 @@ impl<B: Backend> Engine<B> {
             .unwrap_or(0.0);
         PassStats {
             seconds,
-            wait_seconds: self.wait.as_secs_f64(),
+            wait_seconds: device_wait.unwrap_or(self.wait.as_secs_f64()),
             link_bytes: self.link_bytes.clone(),
             fetched_units: self.fetched,
         }

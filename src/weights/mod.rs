@@ -35,6 +35,8 @@ pub mod convert;
 pub mod detect;
 pub mod dtype;
 pub mod gguf;
+pub mod keymap;
+pub mod lora;
 pub mod meta;
 pub mod npy;
 pub mod pickle;

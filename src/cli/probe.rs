@@ -1,0 +1,100 @@
+//! `mgpu probe`: show the machine mgpu would plan for, and save it as a hardware file.
+//!
+//! Calls [`crate::hardware::probe`]; `--save FILE` writes [`crate::hardware::file`]'s format,
+//! which `--hardware FILE` reads back anywhere.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::Status;
+use crate::hardware::file;
+use crate::hardware::probe::{self, ProbeReport, CUDA_BUILD};
+
+/// Show this machine's devices and rates, or save them as a hardware file.
+///
+/// Lists the host (RAM, CPU model) and each CUDA GPU (memory, compute capability, peer access);
+/// `--bench` measures copy and compute rates. Plans use these numbers; anything not measured
+/// is assumed (documented defaults) and marked so in plans.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Also write the result as a hardware file to FILE (read it back with `--hardware FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+    /// Measure host→GPU (pinned and pageable), GPU→host and GPU→GPU copy rates and the bf16
+    /// matrix-product rate of each GPU (takes a few seconds; needs the CUDA build).
+    #[arg(long)]
+    pub bench: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Status> {
+    if args.bench && !CUDA_BUILD {
+        anyhow::bail!(
+            "--bench measures GPU copy and compute rates and needs the CUDA build of mgpu \
+             (`cargo build --release --features cuda`); this build has no CUDA support"
+        );
+    }
+    let report = probe::probe(args.bench)?;
+    if let Some(path) = &args.save {
+        file::write(path, &report.hardware)
+            .with_context(|| format!("cannot write hardware file {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+        if let Some(path) = &args.save {
+            println!("saved to {}", path.display());
+        }
+    }
+    Ok(Status::Ok)
+}
+
+/// The report as text: the device table, peer access, bench results, notes.
+pub fn render(r: &ProbeReport) -> String {
+    let mut out = r.hardware.to_string();
+    for p in &r.peer_access {
+        let _ = writeln!(
+            out,
+            "peer access {} → {}: {}",
+            p.from,
+            p.to,
+            if p.possible { "yes" } else { "no" }
+        );
+    }
+    if let Some(b) = &r.bench {
+        let mut rows: Vec<String> = Vec::new();
+        for (what, v) in [
+            ("host→GPU pinned", &b.h2d_pinned),
+            ("host→GPU pageable", &b.h2d_pageable),
+            ("GPU→host pinned", &b.d2h_pinned),
+        ] {
+            rows.extend(
+                v.iter()
+                    .map(|(d, g)| format!("{what:<18} {d:<7} {g:>8.1} GB/s")),
+            );
+        }
+        rows.extend(
+            b.peer.iter().map(|(a, c, g)| {
+                format!("{:<18} {:<7} {g:>8.1} GB/s", format!("peer {a}→{c}"), "")
+            }),
+        );
+        rows.extend(
+            b.tflops
+                .iter()
+                .map(|(d, t)| format!("{:<18} {d:<7} {t:>8.1} TFLOP/s", "bf16 8192³ product")),
+        );
+        out.push_str("measured:\n");
+        for row in rows {
+            let _ = writeln!(out, "  {row}");
+        }
+    }
+    for n in &r.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    out
+}

@@ -1,0 +1,592 @@
+//! The streaming benchmark harness (`mgpu bench`): a FLUX-shaped transformer with generated
+//! weights, run for a number of denoising steps under several placements, on the CPU or a CUDA
+//! GPU, with the measured step times next to the floor and the bit-identity check.
+//!
+//! Weights are generated on the compute device (no files: the 12 B FLUX-dev shape is 23.8 GB)
+//! from a fixed seed, so every placement computes on the same bytes. A placement is
+//! `resident` or `SOURCE:P` — P % of the blocks (spread evenly through the execution order)
+//! streamed from SOURCE (`cpu`, `disk`, or a donor `cuda:N`). Each step is one engine pass
+//! that applies every fetched block to every job of the batch in turn, then an Euler update.
+//! The velocity of the first step is hashed per job: placements and batch sizes must give the
+//! same bytes as the all-resident batch-1 run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::cpu::CpuBackend;
+use super::engine::{Backend, Engine, EngineError, EngineUnit, Home, PassStats};
+use super::unit::{Bytes, HostTensor, UnitData};
+use crate::device::DeviceName;
+use crate::models::flux::{self, FluxDit};
+use crate::models::tiny;
+
+/// Where the streamed share of a placement lives.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum Source {
+    Cpu,
+    Disk,
+    Cuda(u32),
+}
+
+/// One placement to measure.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Placement {
+    /// `None`: all resident.
+    pub source: Option<Source>,
+    /// Percent of blocks streamed.
+    pub percent: u32,
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t == "resident" {
+            return Ok(Placement {
+                source: None,
+                percent: 0,
+            });
+        }
+        let (src, pct) = t.rsplit_once(':').ok_or_else(|| {
+            format!("placement `{t}`: expected `resident` or SOURCE:PERCENT, like `cpu:50` or `cuda:1:100`")
+        })?;
+        let percent: u32 = pct
+            .parse()
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or_else(|| format!("placement `{t}`: `{pct}` is not a percentage 0–100"))?;
+        let source = match DeviceName::parse(src).map_err(|e| format!("placement `{t}`: {e}"))? {
+            DeviceName::Cpu => Source::Cpu,
+            DeviceName::Disk => Source::Disk,
+            DeviceName::Cuda(i) => Source::Cuda(i),
+        };
+        Ok(Placement {
+            source: Some(source),
+            percent,
+        })
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            None => f.write_str("resident"),
+            Some(Source::Cpu) => write!(f, "cpu:{}", self.percent),
+            Some(Source::Disk) => write!(f, "disk:{}", self.percent),
+            Some(Source::Cuda(i)) => write!(f, "cuda:{i}:{}", self.percent),
+        }
+    }
+}
+
+/// Which blocks of `n` stream when `percent` of them do: spread evenly through the order
+/// (block i streams when ⌊(i+1)·p⌋ > ⌊i·p⌋), so every fetch has resident compute to hide behind.
+pub fn spread(n: usize, percent: u32) -> Vec<bool> {
+    let k = (n * percent as usize + 50) / 100;
+    (0..n).map(|i| (i + 1) * k / n > i * k / n).collect()
+}
+
+/// Settings of one benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub model: flux::Config,
+    pub model_name: String,
+    pub width: usize,
+    pub height: usize,
+    pub txt_tokens: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub batches: Vec<usize>,
+    pub placements: Vec<Placement>,
+    pub slots: usize,
+    pub dtype: DType,
+    pub seed: u64,
+}
+
+/// One measured (placement, batch) cell.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Measurement {
+    pub placement: String,
+    pub batch: usize,
+    /// Median seconds per step over the timed steps.
+    pub step_seconds: f64,
+    /// Median seconds per step the compute device stalled waiting for fetches.
+    pub wait_seconds: f64,
+    /// Bytes streamed per step.
+    pub streamed_bytes: u64,
+    /// Achieved bandwidth of the streamed bytes over the step time, GB/s (1e9).
+    pub streamed_gbps: f64,
+    /// Hashes of the first step's velocity, one per job.
+    pub hashes: Vec<String>,
+    /// Same bytes as the all-resident batch-1 run.
+    pub identical: Option<bool>,
+    pub steps: Vec<PassStats>,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub device: String,
+    pub model: String,
+    pub parameters: u64,
+    pub block_bytes: u64,
+    pub resident_bytes: u64,
+    pub width: usize,
+    pub height: usize,
+    pub txt_tokens: usize,
+    pub slots: usize,
+    pub setup_seconds: f64,
+    pub measurements: Vec<Measurement>,
+}
+
+type Units = Vec<(String, Vec<(String, Vec<usize>)>)>;
+
+/// Unit names in order, each with its tensors (relative names, shapes); the resident rest
+/// under the empty name first.
+fn layout_units(cfg: &flux::Config) -> candle_core::Result<Units> {
+    let layout = tiny::flux_layout(cfg)?;
+    let names = FluxDit::units(cfg);
+    let mut units: Units = std::iter::once((String::new(), vec![]))
+        .chain(names.iter().map(|n| (n.clone(), vec![])))
+        .collect();
+    for (name, shape) in layout {
+        match names
+            .iter()
+            .position(|u| name.starts_with(&format!("{u}.")))
+        {
+            Some(i) => units[i + 1]
+                .1
+                .push((name[names[i].len() + 1..].to_string(), shape)),
+            None => units[0].1.push((name, shape)),
+        }
+    }
+    Ok(units)
+}
+
+/// Random f32 values for tensor `name`: on a CUDA device from its seeded generator (fast at
+/// 12 B parameters), on the CPU from [`tiny::init_values`]; both scaled as the tiny models are
+/// (weights by 1/√fan_in, norm scales around 1, the rest small). Inputs (`latent`, `txt`,
+/// `vec`) are standard normal-sized.
+fn generate(
+    seed: u64,
+    name: &str,
+    shape: &[usize],
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    let is_input = matches!(name, "latent" | "txt" | "vec");
+    let is_norm =
+        leaf == "scale" || (shape.len() == 1 && leaf == "weight" && name.contains("norm"));
+    if device.is_cuda() {
+        let (offset, std) = if is_input {
+            (0.0, 1.0)
+        } else if shape.len() >= 2 {
+            (
+                0.0,
+                (1.0 / shape[1..].iter().product::<usize>().max(1) as f64).sqrt(),
+            )
+        } else if is_norm {
+            (1.0, 0.05)
+        } else {
+            (0.0, 0.01)
+        };
+        return Tensor::randn(offset as f32, std as f32, shape, device);
+    }
+    let mut v = tiny::init_values(seed, name, shape);
+    if is_input {
+        v.iter_mut().for_each(|x| *x *= 1.7);
+    }
+    Tensor::from_vec(v, shape, device)
+}
+
+fn fnv_hex(t: &Tensor) -> candle_core::Result<String> {
+    let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    Ok(format!("{:016x}", tiny::fnv1a64(&bytes)))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Builds the backend for a placement.
+pub type BackendFactory<'a> = dyn FnMut(&[EngineUnit], &[String], &Option<Source>, usize) -> Result<Box<dyn Backend>, EngineError>
+    + 'a;
+
+/// Runs the benchmark on `device` (CPU or CUDA). `make_backend` builds the engine backend for
+/// the streamed units of a placement (links named in its second argument).
+pub fn run(
+    cfg: &BenchConfig,
+    device: &Device,
+    make_backend: &mut BackendFactory,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, EngineError> {
+    let t0 = Instant::now();
+    let units = layout_units(&cfg.model)?;
+    // Weights: generated on the device, deterministic from the seed.
+    device.set_seed(cfg.seed).ok();
+    let mut resident: Vec<HashMap<String, Tensor>> = Vec::with_capacity(units.len());
+    let mut parameters = 0u64;
+    for (unit, tensors) in &units {
+        let mut m = HashMap::new();
+        for (name, shape) in tensors {
+            let full = if unit.is_empty() {
+                name.clone()
+            } else {
+                format!("{unit}.{name}")
+            };
+            let t = generate(cfg.seed, &full, shape, device)?.to_dtype(cfg.dtype)?;
+            parameters += t.elem_count() as u64;
+            m.insert(name.clone(), t);
+        }
+        resident.push(m);
+    }
+    let esize = cfg.dtype.size_in_bytes() as u64;
+    let unit_bytes: Vec<u64> = resident
+        .iter()
+        .map(|m| m.values().map(|t| t.elem_count() as u64 * esize).sum())
+        .collect();
+    // Host copies of the blocks, made once, shared by every streamed placement.
+    let mut host: Vec<Option<Arc<UnitData>>> = vec![None; units.len()];
+    let needs_host = cfg
+        .placements
+        .iter()
+        .any(|p| p.source.is_some() && p.percent > 0);
+    if needs_host {
+        progress("copying blocks to host memory");
+        for (i, (name, tensors)) in units.iter().enumerate().skip(1) {
+            let mut ts = Vec::new();
+            for (tname, shape) in tensors {
+                let t = resident[i][tname].to_device(&Device::Cpu)?;
+                let bytes = tensor_bytes(&t)?;
+                ts.push(HostTensor {
+                    name: tname.clone(),
+                    dtype: cfg.dtype,
+                    shape: shape.clone(),
+                    bytes,
+                });
+            }
+            host[i] = Some(Arc::new(UnitData {
+                name: name.clone(),
+                tensors: ts,
+            }));
+        }
+    }
+    let setup_seconds = t0.elapsed().as_secs_f64();
+    let n_blocks = units.len() - 1;
+    // Inputs, per job (seeded per job index, so a job's inputs do not depend on its batch).
+    let (h, w) = (cfg.height / 8, cfg.width / 8);
+    let max_batch = cfg.batches.iter().copied().max().unwrap_or(1);
+    let mut inputs = Vec::with_capacity(max_batch);
+    for j in 0..max_batch {
+        let seed = cfg.seed.wrapping_add(1000 + j as u64);
+        let latent = generate(
+            seed,
+            "latent",
+            &[1, cfg.model.in_channels / 4, h, w],
+            device,
+        )?;
+        let txt = generate(
+            seed,
+            "txt",
+            &[1, cfg.txt_tokens, cfg.model.context_in_dim],
+            device,
+        )?;
+        let vec = generate(seed, "vec", &[1, cfg.model.vec_in_dim], device)?;
+        inputs.push((latent, txt, vec));
+    }
+    let resident_vb = candle_nn::VarBuilder::from_tensors(resident[0].clone(), cfg.dtype, device);
+    let dit = FluxDit::new(&cfg.model, resident_vb)?;
+    let guidance = cfg.model.guidance_embed.then_some(3.5);
+
+    let mut measurements = Vec::new();
+    let mut reference: Option<String> = None;
+    for &batch in &cfg.batches {
+        for placement in &cfg.placements {
+            progress(&format!("{placement}, batch {batch}"));
+            let streamed = match &placement.source {
+                Some(_) => spread(n_blocks, placement.percent),
+                None => vec![false; n_blocks],
+            };
+            let link_names: Vec<String> = match &placement.source {
+                None => vec![],
+                Some(Source::Cpu) => vec![format!("cpu→{}", device_name(device))],
+                Some(Source::Disk) => vec![format!("disk→{}", device_name(device))],
+                Some(Source::Cuda(i)) => vec![format!("cuda:{i}→{}", device_name(device))],
+            };
+            let engine_units: Vec<EngineUnit> = (1..units.len())
+                .map(|i| {
+                    let home = if streamed[i - 1] {
+                        Home::Streamed {
+                            data: host[i].clone().expect("host copies exist when streaming"),
+                            link: 0,
+                        }
+                    } else {
+                        Home::Resident(Arc::new(resident[i].clone()))
+                    };
+                    EngineUnit {
+                        name: units[i].0.clone(),
+                        home,
+                    }
+                })
+                .collect();
+            let streamed_bytes: u64 = (1..units.len())
+                .filter(|&i| streamed[i - 1])
+                .map(|i| unit_bytes[i])
+                .sum();
+            let backend = make_backend(&engine_units, &link_names, &placement.source, cfg.slots)?;
+            let mut engine =
+                Engine::new(engine_units, cfg.slots, backend, device.clone(), cfg.dtype)?;
+            let mut latents: Vec<Tensor> = inputs[..batch].iter().map(|x| x.0.clone()).collect();
+            let mut stats = Vec::new();
+            let mut hashes = Vec::new();
+            let total = cfg.warmup + cfg.steps;
+            for step in 0..total {
+                let sigma = 1.0 - step as f64 / total as f64;
+                let mut states = latents
+                    .iter()
+                    .zip(&inputs)
+                    .map(|(l, (_, txt, vec))| dit.prepare(l, txt, vec, sigma, guidance))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let pass = engine.pass(|i, wts| {
+                    let block = FluxDit::build_unit(&cfg.model, i, wts.var_builder())?;
+                    for s in states.iter_mut() {
+                        dit.run_block(&block, s)?;
+                    }
+                    Ok::<_, EngineError>(())
+                })?;
+                let mut vels = Vec::with_capacity(batch);
+                for s in states {
+                    vels.push(dit.finish(s)?);
+                }
+                if step == 0 {
+                    hashes = vels
+                        .iter()
+                        .map(fnv_hex)
+                        .collect::<candle_core::Result<_>>()?;
+                }
+                let dt = -1.0 / total as f64;
+                latents = latents
+                    .iter()
+                    .zip(&vels)
+                    .map(|(l, v)| l + (v * dt)?)
+                    .collect::<candle_core::Result<_>>()?;
+                if step >= cfg.warmup {
+                    stats.push(pass);
+                }
+            }
+            if placement.source.is_none() && batch == 1 {
+                reference = hashes.first().cloned();
+            }
+            let identical = reference.as_ref().map(|r| hashes.first() == Some(r));
+            let step_seconds = median(stats.iter().map(|s| s.seconds).collect());
+            let wait_seconds = median(stats.iter().map(|s| s.wait_seconds).collect());
+            measurements.push(Measurement {
+                placement: placement.to_string(),
+                batch,
+                step_seconds,
+                wait_seconds,
+                streamed_bytes,
+                streamed_gbps: if step_seconds > 0.0 {
+                    streamed_bytes as f64 / step_seconds / 1e9
+                } else {
+                    0.0
+                },
+                hashes,
+                identical,
+                steps: stats,
+            });
+        }
+    }
+    Ok(BenchReport {
+        device: device_name(device),
+        model: cfg.model_name.clone(),
+        parameters,
+        block_bytes: unit_bytes[1..].iter().sum(),
+        resident_bytes: unit_bytes[0],
+        width: cfg.width,
+        height: cfg.height,
+        txt_tokens: cfg.txt_tokens,
+        slots: cfg.slots,
+        setup_seconds,
+        measurements,
+    })
+}
+
+fn device_name(d: &Device) -> String {
+    match d.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A CPU tensor's bytes, little-endian as stored.
+fn tensor_bytes(t: &Tensor) -> candle_core::Result<Bytes> {
+    let t = t.flatten_all()?;
+    let v: Vec<u8> = match t.dtype() {
+        DType::F32 => t
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        DType::F16 => t
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        d => candle_core::bail!("bench: dtype {d:?} is not generated"),
+    };
+    Ok(Bytes::Owned(Arc::from(v)))
+}
+
+/// The CPU backend factory: every placement streams through worker threads.
+pub fn cpu_backend_factory(
+    dtype: DType,
+) -> impl FnMut(&[EngineUnit], &[String], &Option<Source>, usize) -> Result<Box<dyn Backend>, EngineError>
+{
+    move |_units, links, _source, slots| {
+        Ok(Box::new(CpuBackend::new(links, slots, dtype)?) as Box<dyn Backend>)
+    }
+}
+
+/// Renders the measurements as a table.
+pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
+    let mut out = format!(
+        "{} on {}: {:.2} B parameters ({:.2} GB in blocks, {:.2} GB resident rest), {}×{}, {} text tokens, {} slots\n",
+        report.model,
+        report.device,
+        report.parameters as f64 / 1e9,
+        report.block_bytes as f64 / 1e9,
+        report.resident_bytes as f64 / 1e9,
+        report.width,
+        report.height,
+        report.txt_tokens,
+        report.slots
+    );
+    out.push_str(&format!(
+        "{:<12} {:>5} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}\n",
+        "placement", "batch", "s/step", "stall s", "streamed", "GB/s", "floor", "identical"
+    ));
+    let resident: BTreeMap<usize, f64> = report
+        .measurements
+        .iter()
+        .filter(|m| m.placement == "resident")
+        .map(|m| (m.batch, m.step_seconds))
+        .collect();
+    for m in &report.measurements {
+        let floor = match (resident.get(&m.batch), floor_gbps) {
+            (Some(r), Some(bw)) => format!("{:.3}", r.max(m.streamed_bytes as f64 / (bw * 1e9))),
+            (Some(r), None) => format!("≥{r:.3}"),
+            _ => "-".into(),
+        };
+        out.push_str(&format!(
+            "{:<12} {:>5} {:>9.4} {:>9.4} {:>8.2}GB {:>9.1} {:>9} {:>9}\n",
+            m.placement,
+            m.batch,
+            m.step_seconds,
+            m.wait_seconds,
+            m.streamed_bytes as f64 / 1e9,
+            m.streamed_gbps,
+            floor,
+            match m.identical {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            }
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_even_and_exact() {
+        assert_eq!(spread(4, 50), [false, true, false, true]);
+        assert_eq!(spread(4, 0), [false; 4]);
+        assert_eq!(spread(4, 100), [true; 4]);
+        for n in [19usize, 38, 57] {
+            for p in [25u32, 50, 75] {
+                let s = spread(n, p);
+                assert_eq!(
+                    s.iter().filter(|b| **b).count(),
+                    (n * p as usize + 50) / 100,
+                    "{n} {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn placements_parse() {
+        assert_eq!(
+            "resident".parse::<Placement>().unwrap().to_string(),
+            "resident"
+        );
+        assert_eq!("cpu:50".parse::<Placement>().unwrap().to_string(), "cpu:50");
+        assert_eq!(
+            "cuda:1:100".parse::<Placement>().unwrap().to_string(),
+            "cuda:1:100"
+        );
+        assert!("cpu:150".parse::<Placement>().is_err());
+        assert!("mps:10"
+            .parse::<Placement>()
+            .unwrap_err()
+            .contains("not supported"));
+    }
+
+    /// On the tiny model, every placement and batch size computes the same bytes as the
+    /// all-resident batch-1 run (the CPU version of the GPU bit-identity check).
+    #[test]
+    fn tiny_placements_are_bit_identical() {
+        let cfg = BenchConfig {
+            model: flux::Config::tiny(),
+            model_name: "tiny".into(),
+            width: 64,
+            height: 64,
+            txt_tokens: 8,
+            steps: 2,
+            warmup: 0,
+            batches: vec![1, 3],
+            placements: ["resident", "cpu:50", "cpu:100", "disk:100"]
+                .iter()
+                .map(|p| p.parse().unwrap())
+                .collect(),
+            slots: 2,
+            dtype: DType::F32,
+            seed: 7,
+        };
+        let mut f = cpu_backend_factory(DType::F32);
+        let r = run(&cfg, &Device::Cpu, &mut f, |_| {}).unwrap();
+        assert_eq!(r.measurements.len(), 8);
+        for m in &r.measurements {
+            assert_eq!(m.identical, Some(true), "{} batch {}", m.placement, m.batch);
+            assert_eq!(m.steps.len(), 2);
+        }
+        // Batch 3 jobs differ from each other (different inputs) but job 0 matches batch 1.
+        let b3 = r.measurements.iter().find(|m| m.batch == 3).unwrap();
+        assert_ne!(b3.hashes[0], b3.hashes[1]);
+        let cpu100 = r
+            .measurements
+            .iter()
+            .find(|m| m.placement == "cpu:100" && m.batch == 1)
+            .unwrap();
+        assert!(cpu100.streamed_bytes > 0);
+        assert!(cpu100.steps.iter().all(|s| s.fetched_units == 4));
+    }
+}

@@ -1,0 +1,258 @@
+//! The CUDA half of `mgpu probe` (feature `cuda` only): GPUs through cudarc's driver API
+//! (name, total/free memory, compute capability, peer access) and, with `--bench`, measured
+//! copy rates (pinned/pageable host→GPU, pinned GPU→host, GPU→GPU peer) and the bf16
+//! matrix-product rate through candle's cuBLAS path.
+//!
+//! Nothing here panics on a machine without GPUs: a driver that does not initialise is
+//! reported as "no CUDA devices" with the driver's reason. (The CUDA build links `libcuda.so.1`
+//! dynamically, as candle requires; without that library the binary cannot start at all, which
+//! the loader reports before `main`.) Each failed measurement becomes a note, not an error.
+
+use std::ffi::c_int;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DriverError};
+
+use super::probe::{BenchResult, PeerAccess};
+use super::Device;
+use crate::device::DeviceName;
+use crate::units::{ByteSize, GIB, MIB};
+
+/// What the driver reports, without measuring anything.
+pub struct CudaProbe {
+    pub devices: Vec<Device>,
+    pub peers: Vec<PeerAccess>,
+    pub notes: Vec<String>,
+    contexts: Vec<Arc<CudaContext>>,
+}
+
+/// Lists the CUDA devices. Never fails: problems become notes.
+pub fn probe() -> CudaProbe {
+    // cudarc reports driver failures as `DriverError`s; the unwind guard is for library
+    // versions or link modes that panic instead (cudarc's dynamic-loading panics when the
+    // library is missing).
+    match std::panic::catch_unwind(probe_inner) {
+        Ok(p) => p,
+        Err(_) => CudaProbe {
+            devices: vec![],
+            peers: vec![],
+            notes: vec!["no CUDA devices: the CUDA driver library could not be loaded".into()],
+            contexts: vec![],
+        },
+    }
+}
+
+fn probe_inner() -> CudaProbe {
+    let mut out = CudaProbe {
+        devices: vec![],
+        peers: vec![],
+        notes: vec![],
+        contexts: vec![],
+    };
+    let count = match CudaContext::device_count() {
+        Ok(n) => n.max(0) as usize,
+        Err(e) => {
+            out.notes.push(format!(
+                "no CUDA devices: the CUDA driver did not initialise ({})",
+                describe(e)
+            ));
+            return out;
+        }
+    };
+    if count == 0 {
+        out.notes
+            .push("no CUDA devices: the driver reports none".into());
+    }
+    for i in 0..count {
+        match device(i) {
+            Ok((dev, ctx)) => {
+                out.devices.push(dev);
+                out.contexts.push(ctx);
+            }
+            Err(e) => out
+                .notes
+                .push(format!("cuda:{i}: skipped: {}", describe(e))),
+        }
+    }
+    for a in 0..out.contexts.len() {
+        for b in 0..out.contexts.len() {
+            if a == b {
+                continue;
+            }
+            let mut can: c_int = 0;
+            // SAFETY: both CUdevice handles come from live contexts; `can` is a valid out-pointer.
+            let r = unsafe {
+                sys::cuDeviceCanAccessPeer(
+                    &mut can,
+                    out.contexts[a].cu_device(),
+                    out.contexts[b].cu_device(),
+                )
+            };
+            let (from, to) = (out.devices[a].name, out.devices[b].name);
+            match r.result() {
+                Ok(()) => out.peers.push(PeerAccess {
+                    from,
+                    to,
+                    possible: can != 0,
+                }),
+                Err(e) => out.notes.push(format!(
+                    "{from} → {to}: peer access query failed: {}",
+                    describe(e)
+                )),
+            }
+        }
+    }
+    out
+}
+
+fn device(i: usize) -> Result<(Device, Arc<CudaContext>), DriverError> {
+    let ctx = CudaContext::new(i)?;
+    let label = ctx.name()?;
+    let (major, minor) = ctx.compute_capability()?;
+    let (free, total) = ctx.mem_get_info()?;
+    let dev = Device {
+        name: DeviceName::Cuda(i as u32),
+        memory: ByteSize(total as u64),
+        free: Some(ByteSize(free as u64)),
+        tflops_bf16: None,
+        label: Some(label),
+        compute_capability: Some((major.max(0) as u32, minor.max(0) as u32)),
+    };
+    Ok((dev, ctx))
+}
+
+/// `CUDA_ERROR_NO_DEVICE (no CUDA-capable device is detected)`.
+fn describe(e: DriverError) -> String {
+    let name = e
+        .error_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{:?}", e.0));
+    match e.error_string() {
+        Ok(s) => format!("{name}: {}", s.to_string_lossy()),
+        Err(_) => name,
+    }
+}
+
+/// Bytes per copy and repetitions for the copy benchmarks (256 MiB × 8 = 2 GiB per number).
+const COPY_BYTES: usize = 256 * MIB as usize;
+const COPY_REPS: usize = 8;
+/// Matrix size for the bf16 product (as in anchors.md: 8192³).
+const MATMUL_N: usize = 8192;
+const MATMUL_REPS: usize = 20;
+
+/// Measures copy and compute rates for every device found by [`probe`].
+pub fn bench(p: &CudaProbe) -> (BenchResult, Vec<String>) {
+    let mut r = BenchResult::default();
+    let mut notes = Vec::new();
+    for (dev, ctx) in p.devices.iter().zip(&p.contexts) {
+        let name = dev.name;
+        if dev.free.is_some_and(|f| f.0 < 2 * GIB) {
+            notes.push(format!("{name}: less than 2 GiB free; benchmarks skipped"));
+            continue;
+        }
+        match host_copies(ctx) {
+            Ok((h2d_pinned, h2d_pageable, d2h_pinned)) => {
+                r.h2d_pinned.push((name, h2d_pinned));
+                r.h2d_pageable.push((name, h2d_pageable));
+                r.d2h_pinned.push((name, d2h_pinned));
+            }
+            Err(e) => notes.push(format!(
+                "{name}: host copy benchmark failed: {}",
+                describe(e)
+            )),
+        }
+        match matmul_tflops(ctx.ordinal()) {
+            Ok(t) => r.tflops.push((name, t)),
+            Err(e) => notes.push(format!("{name}: bf16 matrix-product benchmark failed: {e}")),
+        }
+    }
+    for pa in p.peers.iter().filter(|pa| pa.possible) {
+        let find = |n| p.devices.iter().position(|d| d.name == n);
+        let (Some(a), Some(b)) = (find(pa.from), find(pa.to)) else {
+            continue;
+        };
+        match peer_copy(&p.contexts[a], &p.contexts[b]) {
+            Ok(g) => r.peer.push((pa.from, pa.to, g)),
+            Err(e) => notes.push(format!(
+                "{} → {}: peer copy benchmark failed: {}",
+                pa.from,
+                pa.to,
+                describe(e)
+            )),
+        }
+    }
+    (r, notes)
+}
+
+/// GB/s of `reps` copies issued by `copy` on `stream`, after one warm-up copy.
+fn time_copies(
+    stream: &Arc<CudaStream>,
+    bytes: usize,
+    mut copy: impl FnMut() -> Result<(), DriverError>,
+) -> Result<f64, DriverError> {
+    copy()?;
+    stream.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..COPY_REPS {
+        copy()?;
+    }
+    stream.synchronize()?;
+    Ok((bytes * COPY_REPS) as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+/// (pinned host→GPU, pageable host→GPU, pinned GPU→host) in GB/s.
+fn host_copies(ctx: &Arc<CudaContext>) -> Result<(f64, f64, f64), DriverError> {
+    let stream = ctx.new_stream()?;
+    let mut dev: CudaSlice<u8> = stream.alloc_zeros::<u8>(COPY_BYTES)?;
+    // SAFETY: the pinned buffer is written (filled) before any copy reads it.
+    let mut pinned =
+        unsafe { ctx.alloc_pinned_with_flags::<u8>(COPY_BYTES, sys::CU_MEMHOSTALLOC_PORTABLE) }?;
+    pinned.as_mut_slice()?.fill(1);
+    let h2d_pinned = time_copies(&stream, COPY_BYTES, || {
+        stream.memcpy_htod(&pinned, &mut dev)
+    })?;
+    let pageable = vec![1u8; COPY_BYTES];
+    let h2d_pageable = time_copies(&stream, COPY_BYTES, || {
+        stream.memcpy_htod(&pageable, &mut dev)
+    })?;
+    let d2h_pinned = time_copies(&stream, COPY_BYTES, || {
+        stream.memcpy_dtoh(&dev, &mut pinned)
+    })?;
+    Ok((h2d_pinned, h2d_pageable, d2h_pinned))
+}
+
+/// GB/s of copies from `src`'s memory into `dst`'s, issued on a stream of `dst`.
+fn peer_copy(src: &Arc<CudaContext>, dst: &Arc<CudaContext>) -> Result<f64, DriverError> {
+    for (a, b) in [(dst, src), (src, dst)] {
+        a.bind_to_thread()?;
+        // SAFETY: enabling access from the current context `a` to the live context `b`.
+        let r = unsafe { sys::cuCtxEnablePeerAccess(b.cu_ctx(), 0) };
+        if r != sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED {
+            r.result()?;
+        }
+    }
+    let src_stream = src.new_stream()?;
+    let from: CudaSlice<u8> = src_stream.alloc_zeros::<u8>(COPY_BYTES)?;
+    src_stream.synchronize()?;
+    let stream = dst.new_stream()?;
+    let mut to: CudaSlice<u8> = stream.alloc_zeros::<u8>(COPY_BYTES)?;
+    time_copies(&stream, COPY_BYTES, || stream.memcpy_dtod(&from, &mut to))
+}
+
+/// bf16 TFLOP/s of an N×N×N product through candle (cuBLAS), as the models will run it.
+fn matmul_tflops(ordinal: usize) -> candle_core::Result<f64> {
+    use candle_core::{DType, Tensor};
+    let dev = candle_core::Device::new_cuda(ordinal)?;
+    let a = Tensor::randn(0f32, 1f32, (MATMUL_N, MATMUL_N), &dev)?.to_dtype(DType::BF16)?;
+    let b = Tensor::randn(0f32, 1f32, (MATMUL_N, MATMUL_N), &dev)?.to_dtype(DType::BF16)?;
+    drop(a.matmul(&b)?);
+    dev.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..MATMUL_REPS {
+        drop(a.matmul(&b)?);
+    }
+    dev.synchronize()?;
+    let flops = 2.0 * (MATMUL_N as f64).powi(3) * MATMUL_REPS as f64;
+    Ok(flops / t.elapsed().as_secs_f64() / 1e12)
+}

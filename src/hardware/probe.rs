@@ -1,0 +1,280 @@
+//! `mgpu probe`: the hardware of the machine mgpu runs on, as a [`Hardware`] value.
+//!
+//! The host is always probed: total and available RAM from `/proc/meminfo` (Linux) or
+//! `sysctl hw.memsize` (macOS/BSD), the CPU model from `/proc/cpuinfo` or `sysctl`. CUDA
+//! devices come from [`super::cuda`] in builds with the `cuda` feature; the CPU build reports
+//! none and says so. `--bench` (CUDA builds) measures copy and compute rates and writes them
+//! into the returned hardware as measured links and `tflops_bf16`.
+
+use serde::Serialize;
+
+use super::{Device, Hardware, Link};
+use crate::device::DeviceName;
+use crate::units::{ByteSize, KIB};
+
+/// Whether one GPU can read another's memory directly (`cuDeviceCanAccessPeer`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerAccess {
+    pub from: DeviceName,
+    pub to: DeviceName,
+    pub possible: bool,
+}
+
+/// Rates measured by `probe --bench`, GB/s for copies and TFLOP/s for the bf16 product.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BenchResult {
+    pub h2d_pinned: Vec<(DeviceName, f64)>,
+    pub h2d_pageable: Vec<(DeviceName, f64)>,
+    pub d2h_pinned: Vec<(DeviceName, f64)>,
+    pub peer: Vec<(DeviceName, DeviceName, f64)>,
+    pub tflops: Vec<(DeviceName, f64)>,
+}
+
+/// Everything `mgpu probe` found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeReport {
+    pub hardware: Hardware,
+    pub peer_access: Vec<PeerAccess>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bench: Option<BenchResult>,
+    /// What could not be probed, and why.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot read the host's memory size: {0}; write a hardware file instead (see docs/planning.md)")]
+    HostMemory(String),
+}
+
+/// Whether this build can see CUDA devices.
+pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
+
+/// Probes the machine; with `bench`, also measures rates (CUDA builds only).
+pub fn probe(bench: bool) -> Result<ProbeReport, ProbeError> {
+    let cpu = host()?;
+    let mut report = ProbeReport {
+        hardware: Hardware {
+            devices: vec![],
+            links: vec![],
+        },
+        peer_access: vec![],
+        bench: None,
+        notes: vec![],
+    };
+    probe_cuda(&mut report, bench);
+    report.hardware.devices.push(cpu);
+    if !CUDA_BUILD {
+        report.notes.push(
+            "this build has no CUDA support (built without `--features cuda`): no GPUs are listed"
+                .into(),
+        );
+        if bench {
+            report.notes.push(
+                "--bench measures GPU copy and compute rates and needs the CUDA build (`cargo build --release --features cuda`)".into(),
+            );
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(feature = "cuda")]
+fn probe_cuda(report: &mut ProbeReport, bench: bool) {
+    let p = super::cuda::probe();
+    report.hardware.devices.extend(p.devices.iter().cloned());
+    report.peer_access = p.peers.clone();
+    report.notes.extend(p.notes.iter().cloned());
+    if bench && !p.devices.is_empty() {
+        let (result, notes) = super::cuda::bench(&p);
+        report.notes.extend(notes);
+        apply_bench(&mut report.hardware, &result);
+        report.bench = Some(result);
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn probe_cuda(_: &mut ProbeReport, _: bool) {}
+
+/// Writes measured rates into `hw`: `tflops_bf16`, cpu↔GPU links from pinned copies (what
+/// streaming uses), GPU→GPU links from peer copies.
+pub fn apply_bench(hw: &mut Hardware, r: &BenchResult) {
+    for &(name, t) in &r.tflops {
+        if let Some(d) = hw.devices.iter_mut().find(|d| d.name == name) {
+            d.tflops_bf16 = Some(round2(t));
+        }
+    }
+    let mut set = |from, to, gbps: f64| {
+        hw.links.retain(|l| !(l.from == from && l.to == to));
+        hw.links.push(Link {
+            from,
+            to,
+            gbps: Some(round2(gbps)),
+            kind: None,
+        });
+    };
+    for &(d, g) in &r.h2d_pinned {
+        set(DeviceName::Cpu, d, g);
+    }
+    for &(d, g) in &r.d2h_pinned {
+        set(d, DeviceName::Cpu, g);
+    }
+    for &(a, b, g) in &r.peer {
+        set(a, b, g);
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The host as a device: RAM total and available, CPU model as the label.
+pub fn host() -> Result<Device, ProbeError> {
+    let (memory, free) = host_memory()?;
+    Ok(Device {
+        name: DeviceName::Cpu,
+        memory,
+        free,
+        tflops_bf16: None,
+        label: cpu_model(),
+        compute_capability: None,
+    })
+}
+
+fn host_memory() -> Result<(ByteSize, Option<ByteSize>), ProbeError> {
+    if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
+        return parse_meminfo(&text)
+            .ok_or_else(|| ProbeError::HostMemory("/proc/meminfo has no MemTotal line".into()));
+    }
+    // macOS and the BSDs: total only.
+    let out = std::process::Command::new("sysctl")
+        .args(["-n", "hw.memsize"])
+        .output()
+        .map_err(|e| {
+            ProbeError::HostMemory(format!("no /proc/meminfo and `sysctl` failed: {e}"))
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse::<u64>()
+        .map(|b| (ByteSize(b), None))
+        .map_err(|_| {
+            ProbeError::HostMemory(format!("`sysctl -n hw.memsize` printed {:?}", text.trim()))
+        })
+}
+
+/// (MemTotal, MemAvailable) from `/proc/meminfo` text (values in kB = KiB).
+pub fn parse_meminfo(text: &str) -> Option<(ByteSize, Option<ByteSize>)> {
+    let field = |key: &str| {
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+            let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some(ByteSize(kb * KIB))
+        })
+    };
+    Some((field("MemTotal")?, field("MemAvailable")))
+}
+
+fn cpu_model() -> Option<String> {
+    if let Ok(text) = std::fs::read_to_string("/proc/cpuinfo") {
+        return parse_cpuinfo(&text);
+    }
+    let out = std::process::Command::new("sysctl")
+        .args(["-n", "machdep.cpu.brand_string"])
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// The CPU model from `/proc/cpuinfo` text, with its logical CPU count:
+/// `AMD EPYC 9654 96-Core Processor (×192)`.
+pub fn parse_cpuinfo(text: &str) -> Option<String> {
+    let value = |l: &str, key: &str| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    };
+    let model = text
+        .lines()
+        .find_map(|l| value(l, "model name").or_else(|| value(l, "Model")))?;
+    let n = text
+        .lines()
+        .filter(|l| value(l, "processor").is_some())
+        .count();
+    Some(if n > 1 {
+        format!("{model} (×{n})")
+    } else {
+        model
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::GIB;
+
+    #[test]
+    fn meminfo() {
+        let text = "MemTotal:       131900000 kB\nMemFree:         1000 kB\nMemAvailable:   120000000 kB\n";
+        let (t, a) = parse_meminfo(text).unwrap();
+        assert_eq!(t, ByteSize(131_900_000 * 1024));
+        assert_eq!(a, Some(ByteSize(120_000_000 * 1024)));
+        assert_eq!(parse_meminfo("MemFree: 3 kB\n"), None);
+        assert_eq!(parse_meminfo("MemTotal: 4 kB\n").unwrap().1, None);
+    }
+
+    #[test]
+    fn cpuinfo() {
+        let text = "processor\t: 0\nmodel name\t: AMD EPYC 9654 96-Core Processor\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9654 96-Core Processor\n";
+        assert_eq!(
+            parse_cpuinfo(text).as_deref(),
+            Some("AMD EPYC 9654 96-Core Processor (×2)")
+        );
+        assert_eq!(parse_cpuinfo("processor : 0\n"), None);
+    }
+
+    #[test]
+    fn probes_this_host() {
+        let r = probe(false).unwrap();
+        let cpu = r
+            .hardware
+            .device(DeviceName::Cpu)
+            .expect("cpu is always probed");
+        assert!(cpu.memory.0 > GIB / 4, "{cpu:?}");
+        r.hardware.validate().unwrap();
+        if !CUDA_BUILD {
+            assert!(r.notes.iter().any(|n| n.contains("no CUDA support")));
+            assert!(probe(true)
+                .unwrap()
+                .notes
+                .iter()
+                .any(|n| n.contains("needs the CUDA build")));
+        }
+    }
+
+    #[test]
+    fn bench_results_become_measured_links() {
+        let mut hw = Hardware {
+            devices: vec![host().unwrap()],
+            links: vec![],
+        };
+        hw.devices.push(Device {
+            name: DeviceName::Cuda(0),
+            memory: ByteSize::gib(80),
+            free: None,
+            tflops_bf16: None,
+            label: None,
+            compute_capability: None,
+        });
+        let r = BenchResult {
+            h2d_pinned: vec![(DeviceName::Cuda(0), 55.123)],
+            d2h_pinned: vec![(DeviceName::Cuda(0), 54.0)],
+            tflops: vec![(DeviceName::Cuda(0), 791.3)],
+            ..Default::default()
+        };
+        apply_bench(&mut hw, &r);
+        apply_bench(&mut hw, &r);
+        assert_eq!(hw.links.len(), 2);
+        assert_eq!(hw.link(DeviceName::Cpu, DeviceName::Cuda(0)).value, 55.12);
+        assert!(!hw.tflops(DeviceName::Cuda(0)).is_assumed());
+        hw.validate().unwrap();
+    }
+}

@@ -1,0 +1,305 @@
+//! The cost model: floating-point work per unit and activation memory per job, from a family's
+//! architecture, the inventory's shapes and the workload. Formulas are written out in
+//! `docs/planning.md`; this module is their one implementation.
+//!
+//! Work: a weight matrix of `P` elements applied to `T` tokens costs `2·P·T` FLOPs; attention
+//! over `L` tokens of width `d` costs `4·L²·d` (QKᵀ and AV). Which tokens a weight sees is
+//! family knowledge (FLUX's `img_*` weights see image tokens, `txt_*` text tokens, modulation
+//! weights one vector per job). Time = FLOPs / (device bf16 matrix rate × [`EFFICIENCY`]).
+
+use crate::family::Family;
+use crate::inventory::{canonical_name, Inventory, Unit};
+use crate::weights::{DType, TensorInfo};
+
+use super::Workload;
+
+/// Fraction of the device's bf16 matrix-product rate a whole model step reaches. Calibrated on
+/// one measurement (`shared/reference/anchors.md`): FLUX.1-dev at 1024×1024 does 74.4 TFLOP per
+/// step and took 0.183 s on an H100 whose 8192³ product runs at 791 TFLOP/s:
+/// 74.4e12 / (0.183 × 791e12) = 0.514. Applied to every family and device.
+pub const EFFICIENCY: f64 = 0.514;
+
+/// Architecture numbers the cost formulas need, read from the inventory where it has them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arch {
+    pub family: Family,
+    /// Width of the residual stream.
+    pub hidden: u64,
+    /// Width of the MLP's hidden layer.
+    pub mlp: u64,
+    pub heads: u64,
+    /// Image (or video) tokens per job, and text tokens.
+    pub img_tokens: u64,
+    pub txt_tokens: u64,
+    /// Bytes per activation element.
+    pub act_bytes: u64,
+    /// Output pixels (VAE).
+    pub pixels: u64,
+}
+
+fn dim(inv: &Inventory, name: &str, axis: usize) -> Option<u64> {
+    inv.tensors
+        .iter()
+        .find(|t| canonical_name(inv.family, &t.name) == name)
+        .and_then(|t| t.shape.get(axis).copied())
+}
+
+impl Arch {
+    pub fn new(family: Family, inv: &Inventory, w: &Workload) -> Self {
+        let (wd, ht) = (w.width as u64, w.height as u64);
+        let latent_frames = 1 + (w.frames.max(1) as u64 - 1) / 4;
+        let txt = w.text_tokens as u64;
+        // Activations are computed in bf16 unless the weights are stored wider.
+        let act_bytes = inv
+            .tensors
+            .iter()
+            .max_by_key(|t| t.len)
+            .map(|t| match t.dtype {
+                DType::F32 => 4,
+                _ => 2,
+            })
+            .unwrap_or(2);
+        let (hidden, mlp, heads, img_tokens, txt_tokens) = match family {
+            Family::Flux => {
+                let h = dim(inv, "img_in.weight", 0).unwrap_or(3072);
+                let m = dim(inv, "double_blocks.0.img_mlp.0.weight", 0).unwrap_or(4 * h);
+                (h, m, h / 128, (wd / 16) * (ht / 16), txt)
+            }
+            Family::Wan => {
+                let h = dim(inv, "patch_embedding.weight", 0).unwrap_or(5120);
+                let m = dim(inv, "blocks.0.ffn.0.weight", 0).unwrap_or(13824);
+                (h, m, h / 128, latent_frames * (wd / 16) * (ht / 16), txt)
+            }
+            Family::T5 | Family::UmT5 => {
+                let h = dim(inv, "shared.weight", 1).unwrap_or(4096);
+                let m = dim(inv, "encoder.block.0.layer.1.DenseReluDense.wi_0.weight", 0)
+                    .unwrap_or(10240);
+                (h, m, h / 64, 0, txt)
+            }
+            Family::ClipL => {
+                let h = dim(inv, "text_model.embeddings.token_embedding.weight", 1).unwrap_or(768);
+                let m = dim(inv, "text_model.encoder.layers.0.mlp.fc1.weight", 0).unwrap_or(4 * h);
+                (h, m, h / 64, 0, 77)
+            }
+            Family::FluxVae | Family::WanVae => (512, 0, 1, (wd / 8) * (ht / 8) * latent_frames, 0),
+        };
+        Arch {
+            family,
+            hidden,
+            mlp,
+            heads: heads.max(1),
+            img_tokens,
+            txt_tokens,
+            act_bytes,
+            pixels: wd
+                * ht
+                * if family == Family::WanVae {
+                    w.frames.max(1) as u64
+                } else {
+                    1
+                },
+        }
+    }
+
+    /// Tokens of one sequence through the blocks.
+    pub fn seq(&self) -> u64 {
+        match self.family {
+            Family::Flux => self.img_tokens + self.txt_tokens,
+            Family::Wan | Family::FluxVae | Family::WanVae => self.img_tokens,
+            _ => self.txt_tokens,
+        }
+    }
+
+    /// FLOPs of one forward pass of `unit` for one job.
+    pub fn unit_flops(&self, inv: &Inventory, unit: &Unit) -> f64 {
+        let mut flops: f64 = inv
+            .tensors_of(unit)
+            .map(|t| self.tensor_flops(inv, t))
+            .sum();
+        if unit.kind == crate::inventory::UnitKind::Block {
+            flops += self.attention_flops(&unit.name);
+        }
+        flops
+    }
+
+    fn tensor_flops(&self, inv: &Inventory, t: &TensorInfo) -> f64 {
+        let name = canonical_name(inv.family, &t.name);
+        let n = name.as_ref();
+        if t.shape.len() < 2 || n.ends_with(".bias") {
+            return 0.0;
+        }
+        let params = t.numel() as f64;
+        let tokens = match self.family {
+            Family::Flux => {
+                // Modulation and embedding MLPs act on one vector per job.
+                let per_job = ["_mod.", ".modulation.", "adaLN_modulation"]
+                    .iter()
+                    .any(|p| n.contains(p))
+                    || ["time_in.", "vector_in.", "guidance_in."]
+                        .iter()
+                        .any(|p| n.starts_with(p));
+                if per_job {
+                    1
+                } else if n.starts_with("txt_in.") || n.contains(".txt_") {
+                    self.txt_tokens
+                } else if n.starts_with("single_blocks.") {
+                    self.seq()
+                } else {
+                    self.img_tokens
+                }
+            }
+            Family::Wan => {
+                if n.starts_with("time_") || n.contains("modulation") {
+                    1
+                } else if n.starts_with("text_embedding.")
+                    || n.contains("cross_attn.k.")
+                    || n.contains("cross_attn.v.")
+                {
+                    self.txt_tokens
+                } else {
+                    self.img_tokens
+                }
+            }
+            Family::T5 | Family::UmT5 | Family::ClipL => {
+                // Embedding tables are looked up, not multiplied.
+                if n.contains("shared.") || n.contains("embedding") {
+                    0
+                } else {
+                    self.txt_tokens
+                }
+            }
+            // Convolutions: each output position applies the whole kernel. Positions per
+            // layer are approximated by the resolution of the layer's stage.
+            Family::FluxVae | Family::WanVae => return 2.0 * params * self.vae_positions(n),
+        };
+        2.0 * params * tokens as f64
+    }
+
+    /// Output positions of a VAE layer (LDM layout: `encoder.down.i` at 1/2ⁱ of the image,
+    /// `decoder.up.i` likewise, `mid` and latent-side convs at 1/8).
+    fn vae_positions(&self, n: &str) -> f64 {
+        let full = self.pixels as f64;
+        let level = |prefix: &str| -> Option<i32> {
+            let rest = n.strip_prefix(prefix)?;
+            rest.split('.').next()?.parse().ok()
+        };
+        let scale = if let Some(i) = level("encoder.down.") {
+            let i = if n.contains(".downsample.") { i + 1 } else { i };
+            i.min(3)
+        } else if let Some(i) = level("decoder.up.") {
+            let i = if n.contains(".upsample.") { i - 1 } else { i };
+            i.clamp(0, 3)
+        } else if n.starts_with("encoder.conv_in") || n.starts_with("decoder.conv_out") {
+            0
+        } else {
+            3
+        };
+        full / 4f64.powi(scale)
+    }
+
+    fn attention_flops(&self, unit: &str) -> f64 {
+        let l = self.seq() as f64;
+        let d = self.hidden as f64;
+        match self.family {
+            Family::Flux | Family::T5 | Family::UmT5 | Family::ClipL => 4.0 * l * l * d,
+            // Self-attention over video tokens plus cross-attention to the text.
+            Family::Wan => 4.0 * l * l * d + 4.0 * l * self.txt_tokens as f64 * d,
+            // One single-head attention in the mid block at 1/8 resolution, width 512.
+            Family::FluxVae | Family::WanVae if unit == "decoder" || unit == "encoder" => {
+                4.0 * l * l * 512.0
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Peak activation bytes while one job runs through one block, and the formula as text.
+    pub fn activations(&self) -> (u64, String) {
+        let (l, h, m, n, b) = (
+            self.seq(),
+            self.hidden,
+            self.mlp,
+            self.heads,
+            self.act_bytes,
+        );
+        match self.family {
+            Family::Flux | Family::T5 | Family::UmT5 | Family::ClipL => {
+                // Residual stream, fused QKV/MLP projections and their outputs (8h + 3m per
+                // token), plus the attention scores and their softmax held at once (2·n·L²).
+                let bytes = b * (l * (8 * h + 3 * m) + 2 * n * l * l);
+                (bytes, format!("{b} B × (L·(8h + 3m) + 2·heads·L²), L = {l}, h = {h}, m = {m}, heads = {n}"))
+            }
+            Family::Wan => {
+                // Video sequences need memory-efficient attention: no L² term.
+                let bytes = b * l * (12 * h + 3 * m);
+                (bytes, format!("{b} B × L·(12h + 3m) (memory-efficient attention), L = {l}, h = {h}, m = {m}"))
+            }
+            Family::FluxVae | Family::WanVae => {
+                // Three 128-channel full-resolution buffers in f32, and the mid-block attention
+                // scores and softmax at 1/8 resolution.
+                let p = self.pixels;
+                let bytes = 4 * (3 * 128 * p) + 4 * 2 * l * l;
+                (
+                    bytes,
+                    format!("4 B × (3·128·pixels + 2·L²), pixels = {p}, L = {l}"),
+                )
+            }
+        }
+    }
+
+    /// Bytes each job of a batch keeps for the whole run on the compute device: sampler state
+    /// (latents, noise, denoised: 4 × 16 channels at 1/8 resolution in f32) and conditioning.
+    pub fn per_job(&self) -> u64 {
+        match self.family {
+            Family::Flux | Family::Wan => {
+                let latents = 4 * 16 * (self.img_tokens * 4) * 4;
+                latents + self.txt_tokens * 4096 * 2 + 768 * 2
+            }
+            Family::T5 | Family::UmT5 | Family::ClipL => self.txt_tokens * self.hidden * 2,
+            Family::FluxVae | Family::WanVae => self.pixels * 3 * 4,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::synthetic;
+
+    #[test]
+    fn flux_dev_step_flops_and_calibration() {
+        let inv = synthetic::flux_dev(DType::BF16);
+        let arch = Arch::new(Family::Flux, &inv, &Workload::image(1024, 1024));
+        assert_eq!(
+            (
+                arch.hidden,
+                arch.mlp,
+                arch.heads,
+                arch.img_tokens,
+                arch.txt_tokens
+            ),
+            (3072, 12288, 24, 4096, 512)
+        );
+        let total: f64 = inv.units.iter().map(|u| arch.unit_flops(&inv, u)).sum();
+        assert!((total / 1e12 - 74.4).abs() < 0.05, "{}", total / 1e12);
+        let step = total / (791e12 * EFFICIENCY);
+        assert!((step - 0.183).abs() < 0.0005, "{step}");
+        // Double and single blocks do the same work: 113 M-parameter projections over the
+        // joint sequence plus attention.
+        let d = arch.unit_flops(&inv, inv.unit("double_blocks.0").unwrap());
+        let s = arch.unit_flops(&inv, inv.unit("single_blocks.0").unwrap());
+        assert!((d / s - 1.0).abs() < 0.01, "{d} {s}");
+    }
+
+    #[test]
+    fn flux_activations_at_1024() {
+        let inv = synthetic::flux_dev(DType::BF16);
+        let arch = Arch::new(Family::Flux, &inv, &Workload::image(1024, 1024));
+        let (bytes, formula) = arch.activations();
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        assert!((2.4..2.6).contains(&gib), "{gib} {formula}");
+        let small = Arch::new(Family::Flux, &inv, &Workload::image(512, 512))
+            .activations()
+            .0;
+        assert!(small * 4 < bytes, "attention is quadratic in tokens");
+    }
+}

@@ -1,0 +1,192 @@
+//! The resolved update of one canonical tensor: a list of terms (one per LoRA module that
+//! touches it), each adding `scale · up · down` (or `scale · diff`) to a row range. Kept as
+//! factors, not as a dense matrix, so that [`super::QuantizedLora::OnDequant`] can hold them
+//! beside a quantised weight for the price of `(rows + cols) · rank` floats.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use super::math;
+
+/// The factors of one term, f32, rows already in canonical order (a diffusers
+/// `norm_out.linear` LoRA has its `up` rows swapped in halves at load).
+#[derive(Debug, Clone)]
+pub enum DeltaKind {
+    /// `up`: `rows.len() × rank`, `down`: `rank × cols`, both row-major.
+    LowRank {
+        rank: usize,
+        up: Arc<[f32]>,
+        down: Arc<[f32]>,
+    },
+    /// `diff`: `rows.len() × cols`.
+    Full { diff: Arc<[f32]> },
+}
+
+/// One LoRA module's contribution to a canonical tensor.
+#[derive(Debug, Clone)]
+pub struct DeltaTerm {
+    /// Index of the LoRA file in the set (manifest order).
+    pub file: usize,
+    /// The module key as stored in the LoRA file.
+    pub module: String,
+    /// Rows of the canonical tensor it adds to.
+    pub rows: Range<u64>,
+    /// `alpha / rank` (`alpha / √rank` for rsLoRA, 1 for full differences), before strength.
+    pub factor: f64,
+    /// The multiplier applied: `f32(factor · strength)`.
+    pub scale: f32,
+    pub kind: DeltaKind,
+}
+
+/// All terms patching one canonical tensor (`rows × cols`, cols = product of trailing dims).
+#[derive(Debug, Clone)]
+pub struct TensorDelta {
+    pub name: String,
+    pub rows: u64,
+    pub cols: u64,
+    /// In application order: file order, then module order.
+    pub terms: Vec<DeltaTerm>,
+}
+
+impl TensorDelta {
+    pub(crate) fn check_shape(&self, shape: &[u64]) -> Result<(), String> {
+        let rows = shape.first().copied().unwrap_or(1);
+        let cols: u64 = shape.iter().skip(1).product();
+        if rows != self.rows || cols != self.cols {
+            return Err(format!(
+                "shape {shape:?} does not match the base layout the LoRAs were loaded for ({} × {})",
+                self.rows, self.cols
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds every term to row `i` (`w` holds that row, `acc` is scratch of `cols` values).
+    pub(crate) fn apply_row(&self, i: u64, w: &mut [f32], acc: &mut [f32]) {
+        for t in &self.terms {
+            if !t.rows.contains(&i) {
+                continue;
+            }
+            let li = (i - t.rows.start) as usize;
+            match &t.kind {
+                DeltaKind::LowRank { rank, up, down } => {
+                    math::add_low_rank_row(w, &up[li * rank..(li + 1) * rank], down, t.scale, acc)
+                }
+                DeltaKind::Full { diff } => {
+                    let c = w.len();
+                    math::add_full_row(w, &diff[li * c..(li + 1) * c], t.scale)
+                }
+            }
+        }
+    }
+
+    /// Adds every term to `w` (the whole tensor, f32, canonical shape), with the arithmetic of
+    /// [`math`]: the reference for both bake and apply-at-dequantisation.
+    pub fn apply_f32(&self, w: &mut [f32]) -> Result<(), String> {
+        use rayon::prelude::*;
+        let cols = self.cols as usize;
+        if w.len() as u64 != self.rows * self.cols {
+            return Err(format!(
+                "{} values given, {} × {} expected",
+                w.len(),
+                self.rows,
+                self.cols
+            ));
+        }
+        w.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
+            || vec![0f32; cols],
+            |acc, (i, row)| self.apply_row(i as u64, row, acc),
+        );
+        Ok(())
+    }
+
+    /// Bytes the factors take in f32 (what apply-at-dequantisation keeps per tensor).
+    pub fn factor_bytes(&self) -> u64 {
+        self.terms
+            .iter()
+            .map(|t| match &t.kind {
+                DeltaKind::LowRank { up, down, .. } => (up.len() + down.len()) as u64 * 4,
+                DeltaKind::Full { diff } => diff.len() as u64 * 4,
+            })
+            .sum()
+    }
+
+    /// Floating-point operations to add the delta to a dequantised weight once:
+    /// `2 · rank` per element of each low-rank term's rows (the k-sum), plus 2 (scale, add).
+    pub fn flops(&self) -> u64 {
+        self.terms
+            .iter()
+            .map(|t| {
+                let n = (t.rows.end - t.rows.start) * self.cols;
+                match &t.kind {
+                    DeltaKind::LowRank { rank, .. } => n * (2 * *rank as u64 + 2),
+                    DeltaKind::Full { .. } => 2 * n,
+                }
+            })
+            .sum()
+    }
+
+    /// The factors as tensors on `device`, for adding the delta there after dequantisation.
+    pub fn to_device(&self, device: &Device) -> candle_core::Result<DeviceDelta> {
+        let mut terms = Vec::with_capacity(self.terms.len());
+        for t in &self.terms {
+            let n = (t.rows.end - t.rows.start) as usize;
+            let cols = self.cols as usize;
+            let kind = match &t.kind {
+                DeltaKind::LowRank { rank, up, down } => DeviceKind::LowRank {
+                    up: Tensor::from_slice(up, (n, *rank), device)?,
+                    down: Tensor::from_slice(down, (*rank, cols), device)?,
+                },
+                DeltaKind::Full { diff } => DeviceKind::Full {
+                    diff: Tensor::from_slice(diff, (n, cols), device)?,
+                },
+            };
+            terms.push((t.rows.start as usize..t.rows.end as usize, t.scale, kind));
+        }
+        Ok(DeviceDelta {
+            rows: self.rows as usize,
+            cols: self.cols as usize,
+            terms,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum DeviceKind {
+    LowRank { up: Tensor, down: Tensor },
+    Full { diff: Tensor },
+}
+
+/// A [`TensorDelta`] resident on a compute device.
+#[derive(Debug, Clone)]
+pub struct DeviceDelta {
+    rows: usize,
+    cols: usize,
+    terms: Vec<(Range<usize>, f32, DeviceKind)>,
+}
+
+impl DeviceDelta {
+    /// `w + Σ scale · up · down` for a dequantised weight `w` of any float dtype and the
+    /// canonical shape; computed in f32 and returned in `w`'s dtype. The matrix product is the
+    /// device's (cuBLAS, gemm), so the bits can differ from [`TensorDelta::apply_f32`]'s fixed
+    /// summation order in the last place.
+    pub fn apply(&self, w: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = w.dtype();
+        let shape = w.shape().clone();
+        let mut x = w
+            .to_dtype(candle_core::DType::F32)?
+            .reshape((self.rows, self.cols))?;
+        for (rows, scale, kind) in &self.terms {
+            let d = match kind {
+                DeviceKind::LowRank { up, down } => up.matmul(down)?,
+                DeviceKind::Full { diff } => diff.clone(),
+            };
+            let d = (d * f64::from(*scale))?;
+            let cur = x.narrow(0, rows.start, rows.len())?;
+            x = x.slice_assign(&[rows.clone(), 0..self.cols], &(cur + d)?)?;
+        }
+        x.reshape(shape)?.to_dtype(dtype)
+    }
+}
