@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod inspect;
 pub mod make_tiny;
 pub mod probe;
 
@@ -37,6 +38,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    Inspect(inspect::Args),
     MakeTiny(make_tiny::Args),
     Bench(bench::Args),
     Probe(probe::Args),
@@ -64,6 +66,7 @@ pub fn main() -> ExitCode {
 
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
+        Command::Inspect(args) => inspect::run(args),
         Command::MakeTiny(args) => make_tiny::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Probe(args) => probe::run(args),

@@ -1,5 +1,8 @@
-//! Element types of stored tensors, for safetensors and GGUF alike: plain floats and integers,
-//! fp8, and GGML block-quantised types (which store `block_elems` values in `block_bytes`).
+//! Element types of stored tensors, for safetensors, GGUF and PyTorch checkpoints alike: plain
+//! floats and integers, fp8, and GGML block-quantised types (which store `block_elems` values in
+//! `block_bytes`). GGML type ids (the numbers GGUF files store) map to these in
+//! [`DType::from_ggml`]; ids mgpu cannot dequantise are named by [`ggml_type_name`] so errors can
+//! say what a file holds.
 
 use std::fmt;
 
@@ -97,6 +100,40 @@ impl DType {
         .find(|d| d.safetensors_name() == Some(s))
     }
 
+    /// The GGML type id of this dtype in GGUF files, `None` for types GGUF cannot store.
+    pub const fn ggml_id(self) -> Option<u32> {
+        use DType::*;
+        Some(match self {
+            F32 => 0,
+            F16 => 1,
+            Q4_0 => 2,
+            Q4_1 => 3,
+            Q5_0 => 6,
+            Q5_1 => 7,
+            Q8_0 => 8,
+            Q2_K => 10,
+            Q3_K => 11,
+            Q4_K => 12,
+            Q5_K => 13,
+            Q6_K => 14,
+            I8 => 24,
+            I16 => 25,
+            I32 => 26,
+            I64 => 27,
+            F64 => 28,
+            BF16 => 30,
+            Bool | U8 | F8_E4M3 | F8_E5M2 => return None,
+        })
+    }
+
+    /// The dtype of GGML type id `id`, if mgpu can read it.
+    pub fn from_ggml(id: u32) -> Option<Self> {
+        GGML_SUPPORTED
+            .iter()
+            .copied()
+            .find(|d| d.ggml_id() == Some(id))
+    }
+
     pub const fn name(self) -> &'static str {
         use DType::*;
         match self.safetensors_name() {
@@ -116,6 +153,89 @@ impl DType {
             },
         }
     }
+}
+
+/// GGML types mgpu reads from GGUF files, in id order (for "supported: …" messages).
+pub const GGML_SUPPORTED: &[DType] = &[
+    DType::F32,
+    DType::F16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::I8,
+    DType::I16,
+    DType::I32,
+    DType::I64,
+    DType::F64,
+    DType::BF16,
+];
+
+/// The name ggml gives type id `id` (`IQ4_XS`, `TQ1_0`, …), for every id ggml has defined,
+/// supported or not; `None` for ids ggml never defined.
+pub fn ggml_type_name(id: u32) -> Option<&'static str> {
+    // ggml.h `enum ggml_type`; 4, 5 (Q4_2, Q4_3) and 31..33, 36..38 (repacked Q4_0/IQ4_NL
+    // variants) were removed from ggml but may still appear in old files.
+    const NAMES: &[&str] = &[
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
+        "NVFP4",
+        "Q1_0",
+    ];
+    NAMES.get(id as usize).copied()
+}
+
+/// `F32, F16, Q4_0, …` for messages.
+pub fn ggml_supported_names() -> String {
+    GGML_SUPPORTED
+        .iter()
+        .map(|d| d.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl fmt::Display for DType {
@@ -141,6 +261,18 @@ mod tests {
         assert_eq!(DType::Q8_0.storage_bytes(33), None);
         assert_eq!(DType::Q6_K.storage_bytes(512), Some(420));
         assert_eq!(DType::F64.storage_bytes(u64::MAX), None);
+    }
+
+    #[test]
+    fn ggml_ids_round_trip() {
+        for d in GGML_SUPPORTED {
+            let id = d.ggml_id().unwrap();
+            assert_eq!(DType::from_ggml(id), Some(*d));
+            assert_eq!(ggml_type_name(id), Some(d.name()), "{d}");
+        }
+        assert_eq!(DType::from_ggml(23), None);
+        assert_eq!(ggml_type_name(23), Some("IQ4_XS"));
+        assert_eq!(ggml_type_name(9999), None);
     }
 
     #[test]

@@ -26,22 +26,52 @@ pub struct Header {
     pub data_start: u64,
 }
 
-/// Reads and validates the header of the safetensors file at `path`.
+/// Reads and validates the header of the safetensors file at `path` (reads only the header).
 pub fn read_header(path: &Path) -> Result<Header, WeightsError> {
     let mut f = File::open(path).map_err(|e| WeightsError::io(path, e))?;
     let file_len = f.metadata().map_err(|e| WeightsError::io(path, e))?.len();
     let mut len_bytes = [0u8; 8];
     if file_len < 8 {
-        return Err(WeightsError::format(
-            path,
-            format!(
-                "file is {file_len} bytes: too short for a safetensors header (needs at least 8)"
-            ),
-        ));
+        return Err(too_short(path, file_len));
     }
     f.read_exact(&mut len_bytes)
         .map_err(|e| WeightsError::io(path, e))?;
-    let n = u64::from_le_bytes(len_bytes);
+    let n = check_header_len(path, u64::from_le_bytes(len_bytes), file_len)?;
+    let mut json = vec![0u8; n as usize];
+    f.seek(SeekFrom::Start(8))
+        .map_err(|e| WeightsError::io(path, e))?;
+    f.read_exact(&mut json)
+        .map_err(|e| WeightsError::io(path, e))?;
+    parse_header(path, &json, file_len)
+}
+
+/// Validates the header of a safetensors file whose complete contents are `bytes` (a memory
+/// map): the same checks as [`read_header`], without a second read of the file.
+pub fn header_from_bytes(path: &Path, bytes: &[u8]) -> Result<Header, WeightsError> {
+    let file_len = bytes.len() as u64;
+    if file_len < 8 {
+        return Err(too_short(path, file_len));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let n = check_header_len(path, n, file_len)?;
+    parse_header(path, &bytes[8..8 + n as usize], file_len)
+}
+
+/// Whether `bytes` start like a safetensors file: a plausible header length, then `{`.
+pub fn has_magic(bytes: &[u8]) -> bool {
+    bytes.len() >= 9
+        && u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) <= MAX_HEADER_BYTES
+        && bytes[8] == b'{'
+}
+
+fn too_short(path: &Path, file_len: u64) -> WeightsError {
+    WeightsError::format(
+        path,
+        format!("file is {file_len} bytes: too short for a safetensors header (needs at least 8)"),
+    )
+}
+
+fn check_header_len(path: &Path, n: u64, file_len: u64) -> Result<u64, WeightsError> {
     if n > MAX_HEADER_BYTES {
         return Err(WeightsError::format(
             path,
@@ -54,12 +84,7 @@ pub fn read_header(path: &Path) -> Result<Header, WeightsError> {
             format!("header length {n} runs past the end of the {file_len}-byte file: truncated or not a safetensors file"),
         ));
     }
-    let mut json = vec![0u8; n as usize];
-    f.seek(SeekFrom::Start(8))
-        .map_err(|e| WeightsError::io(path, e))?;
-    f.read_exact(&mut json)
-        .map_err(|e| WeightsError::io(path, e))?;
-    parse_header(path, &json, file_len)
+    Ok(n)
 }
 
 /// Validates a header's JSON `bytes` for a file of `file_len` bytes.

@@ -1,0 +1,302 @@
+//! Which model family a file holds, and in which key layout, guessed from tensor names alone
+//! (no data read). [`detect_family`] is shared by `mgpu inspect` and `inventory::read`.
+//!
+//! Each family has signature tensor-name endings in each layout it is published in; the first
+//! tensor whose name ends with a signature fixes the family, the layout and the prefix before
+//! it (`model.diffusion_model.` in ComfyUI full checkpoints, `transformer.` in some diffusers
+//! exports, none in BFL's own files). Diffusion models win over text encoders and VAEs when a
+//! checkpoint bundles several components. Hidden sizes are not used: mgpu's tiny test models
+//! keep the real key layout with tiny dimensions and must be detected like the real ones.
+
+use crate::family::Family;
+
+use super::TensorInfo;
+
+/// How a file names its tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyLayout {
+    /// Black Forest Labs / ComfyUI names (`double_blocks.0.img_attn.qkv.weight`), the original
+    /// Wan names (`blocks.0.self_attn.q.weight`), the original VAE names.
+    Original,
+    /// Hugging Face diffusers names (`transformer_blocks.0.attn.to_q.weight`).
+    Diffusers,
+    /// Hugging Face transformers names (`encoder.block.0.layer.0.SelfAttention.q.weight`).
+    Transformers,
+    /// llama.cpp GGUF names (`enc.blk.0.attn_q.weight`).
+    LlamaCpp,
+}
+
+impl KeyLayout {
+    pub const fn name(self) -> &'static str {
+        match self {
+            KeyLayout::Original => "original",
+            KeyLayout::Diffusers => "diffusers",
+            KeyLayout::Transformers => "transformers",
+            KeyLayout::LlamaCpp => "llama.cpp",
+        }
+    }
+}
+
+/// What [`detect`] found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Detection {
+    pub family: Family,
+    pub layout: KeyLayout,
+    /// The prefix before the family's own names (`model.diffusion_model.`), or empty.
+    pub prefix: String,
+}
+
+/// (family, layout, name ending that identifies it). Checked in this order.
+const SIGNATURES: &[(Family, KeyLayout, &str)] = &[
+    (
+        Family::Flux,
+        KeyLayout::Original,
+        "double_blocks.0.img_attn.qkv.weight",
+    ),
+    (
+        Family::Flux,
+        KeyLayout::Original,
+        "single_blocks.0.linear1.weight",
+    ),
+    (
+        Family::Flux,
+        KeyLayout::Diffusers,
+        "single_transformer_blocks.0.attn.to_q.weight",
+    ),
+    (
+        Family::Wan,
+        KeyLayout::Original,
+        "blocks.0.self_attn.q.weight",
+    ),
+    (
+        Family::Wan,
+        KeyLayout::Original,
+        "blocks.0.cross_attn.k.weight",
+    ),
+    (
+        Family::Wan,
+        KeyLayout::Diffusers,
+        "blocks.0.attn2.to_k.weight",
+    ),
+    (
+        Family::UmT5,
+        KeyLayout::Transformers,
+        "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight",
+    ),
+    (
+        Family::T5,
+        KeyLayout::Transformers,
+        "encoder.block.0.layer.0.SelfAttention.q.weight",
+    ),
+    (Family::T5, KeyLayout::LlamaCpp, "enc.blk.0.attn_q.weight"),
+    (
+        Family::ClipL,
+        KeyLayout::Transformers,
+        "text_model.encoder.layers.0.self_attn.q_proj.weight",
+    ),
+    (
+        Family::FluxVae,
+        KeyLayout::Original,
+        "decoder.up.0.block.0.conv1.weight",
+    ),
+    (
+        Family::FluxVae,
+        KeyLayout::Diffusers,
+        "decoder.up_blocks.0.resnets.0.conv1.weight",
+    ),
+    (
+        Family::WanVae,
+        KeyLayout::Original,
+        "decoder.upsamples.0.residual.0.gamma",
+    ),
+];
+
+/// The family of a file's tensors, if recognised. Same as `detect(tensors).map(|d| d.family)`.
+pub fn detect_family(tensors: &[TensorInfo]) -> Option<Family> {
+    detect(tensors).map(|d| d.family)
+}
+
+/// Family, layout and prefix of a file's tensors, if recognised.
+pub fn detect(tensors: &[TensorInfo]) -> Option<Detection> {
+    for &(family, layout, sig) in SIGNATURES {
+        let Some(t) = tensors.iter().find(|t| ends_with_component(&t.name, sig)) else {
+            continue;
+        };
+        let prefix = t.name[..t.name.len() - sig.len()].to_string();
+        let mut d = Detection {
+            family,
+            layout,
+            prefix,
+        };
+        refine(&mut d, tensors);
+        if accept(&d, tensors) {
+            return Some(d);
+        }
+    }
+    None
+}
+
+/// `name` ends with `sig` at a component boundary (`x.blocks.0…` but not `xblocks.0…`).
+fn ends_with_component(name: &str, sig: &str) -> bool {
+    name.strip_suffix(sig)
+        .is_some_and(|p| p.is_empty() || p.ends_with('.'))
+}
+
+fn has(tensors: &[TensorInfo], prefix: &str, rest: &str) -> Option<usize> {
+    let full = format!("{prefix}{rest}");
+    tensors.iter().position(|t| t.name == full)
+}
+
+/// Distinctions a single signature cannot make.
+fn refine(d: &mut Detection, tensors: &[TensorInfo]) {
+    // llama.cpp T5 files: umT5 (Wan's encoder) has a 256384-token vocabulary.
+    if d.family == Family::T5 && d.layout == KeyLayout::LlamaCpp {
+        if let Some(i) = has(tensors, &d.prefix, "token_embd.weight") {
+            if tensors[i].shape.first() == Some(&256_384) {
+                d.family = Family::UmT5;
+            }
+        }
+    }
+}
+
+/// Rejects look-alikes: a VAE whose latent has 4 channels is SD's, not FLUX's (`decoder.conv_in`
+/// reads `[C, latent, 3, 3]`); CLIP's text model with 32 layers is CLIP-G; diffusers'
+/// HunyuanVideo also has `single_transformer_blocks` but patchifies with a conv
+/// (`x_embedder.proj`), where FLUX has a linear `x_embedder`.
+fn accept(d: &Detection, tensors: &[TensorInfo]) -> bool {
+    match d.family {
+        Family::Flux if d.layout == KeyLayout::Diffusers => {
+            has(tensors, &d.prefix, "x_embedder.weight").is_some()
+        }
+        Family::FluxVae => has(tensors, &d.prefix, "decoder.conv_in.weight")
+            .map(|i| tensors[i].shape.get(1) != Some(&4))
+            .unwrap_or(true),
+        Family::ClipL => has(
+            tensors,
+            &d.prefix,
+            "text_model.encoder.layers.31.self_attn.q_proj.weight",
+        )
+        .is_none(),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::DType;
+
+    fn infos(names: &[&str]) -> Vec<TensorInfo> {
+        names
+            .iter()
+            .map(|n| TensorInfo {
+                name: n.to_string(),
+                dtype: DType::F32,
+                shape: vec![4, 4],
+                offset: 0,
+                len: 64,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn detection_table() {
+        type Case<'a> = (&'a [&'a str], Option<(Family, KeyLayout, &'a str)>);
+        let cases: &[Case] = &[
+            (
+                &["img_in.weight", "double_blocks.0.img_attn.qkv.weight"],
+                Some((Family::Flux, KeyLayout::Original, "")),
+            ),
+            (
+                &[
+                    "model.diffusion_model.double_blocks.0.img_attn.qkv.weight",
+                    "vae.decoder.up.0.block.0.conv1.weight",
+                ],
+                Some((Family::Flux, KeyLayout::Original, "model.diffusion_model.")),
+            ),
+            (
+                &[
+                    "x_embedder.weight",
+                    "single_transformer_blocks.0.attn.to_q.weight",
+                ],
+                Some((Family::Flux, KeyLayout::Diffusers, "")),
+            ),
+            (
+                &[
+                    "x_embedder.proj.weight",
+                    "single_transformer_blocks.0.attn.to_q.weight",
+                ],
+                None,
+            ),
+            (
+                &["model.diffusion_model.blocks.0.self_attn.q.weight"],
+                Some((Family::Wan, KeyLayout::Original, "model.diffusion_model.")),
+            ),
+            (
+                &["blocks.0.attn2.to_k.weight"],
+                Some((Family::Wan, KeyLayout::Diffusers, "")),
+            ),
+            (
+                &[
+                    "encoder.block.0.layer.0.SelfAttention.q.weight",
+                    "shared.weight",
+                ],
+                Some((Family::T5, KeyLayout::Transformers, "")),
+            ),
+            (
+                &[
+                    "encoder.block.0.layer.0.SelfAttention.q.weight",
+                    "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight",
+                ],
+                Some((Family::UmT5, KeyLayout::Transformers, "")),
+            ),
+            (
+                &["enc.blk.0.attn_q.weight"],
+                Some((Family::T5, KeyLayout::LlamaCpp, "")),
+            ),
+            (
+                &["text_model.encoder.layers.0.self_attn.q_proj.weight"],
+                Some((Family::ClipL, KeyLayout::Transformers, "")),
+            ),
+            (
+                &[
+                    "text_model.encoder.layers.0.self_attn.q_proj.weight",
+                    "text_model.encoder.layers.31.self_attn.q_proj.weight",
+                ],
+                None,
+            ),
+            (
+                &[
+                    "decoder.up.0.block.0.conv1.weight",
+                    "encoder.conv_in.weight",
+                ],
+                Some((Family::FluxVae, KeyLayout::Original, "")),
+            ),
+            (
+                &["decoder.upsamples.0.residual.0.gamma"],
+                Some((Family::WanVae, KeyLayout::Original, "")),
+            ),
+            (&["model.layers.0.self_attn.q_proj.weight"], None),
+            (&["xdouble_blocks.0.img_attn.qkv.weight"], None),
+            (&[], None),
+        ];
+        for (names, want) in cases {
+            let got = detect(&infos(names)).map(|d| (d.family, d.layout, d.prefix));
+            let want = want.map(|(f, l, p)| (f, l, p.to_string()));
+            assert_eq!(got, want, "{names:?}");
+        }
+    }
+
+    #[test]
+    fn sd_vae_is_not_flux_vae() {
+        let mut t = infos(&[
+            "decoder.up.0.block.0.conv1.weight",
+            "decoder.conv_in.weight",
+        ]);
+        t[1].shape = vec![512, 4, 3, 3];
+        assert_eq!(detect_family(&t), None);
+        t[1].shape = vec![512, 16, 3, 3];
+        assert_eq!(detect_family(&t), Some(Family::FluxVae));
+    }
+}

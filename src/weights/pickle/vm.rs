@@ -1,0 +1,811 @@
+//! A restricted unpickler: runs the pickle opcodes PyTorch's `torch.save` emits for state
+//! dicts and builds plain data (dicts, lists, tuples, strings, numbers) plus storage and tensor
+//! references. It never executes code: every `GLOBAL` is checked against a fixed allowlist of
+//! names whose meaning is implemented here (an `OrderedDict`, the tensor-rebuild functions, the
+//! storage classes, dtypes); any other global is refused before anything is built from it.
+//!
+//! Every length in the stream is bounded by the bytes left in the stream, and shared values are
+//! reference-counted, so a hostile pickle cannot make this allocate more than a small multiple
+//! of its own size.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::rc::Rc;
+
+use crate::weights::DType;
+
+/// A global the unpickler knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Global {
+    OrderedDict,
+    RebuildTensorV2,
+    RebuildTensorV3,
+    RebuildParameter,
+    RebuildParameterWithState,
+    /// `torch.FloatStorage` and friends: a typed storage of this dtype.
+    Storage(DType),
+    /// `torch.storage.UntypedStorage`: bytes, typed by the tensor that uses them.
+    UntypedStorage,
+    /// `torch.float16` and friends.
+    Dtype(DType),
+    /// `torch.Size`: a tuple.
+    Size,
+}
+
+impl Global {
+    /// The allowlist. Anything else is refused.
+    fn lookup(module: &str, name: &str) -> Option<Global> {
+        use DType::*;
+        Some(match (module, name) {
+            ("collections", "OrderedDict") => Global::OrderedDict,
+            ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
+            ("torch._utils", "_rebuild_tensor_v3") => Global::RebuildTensorV3,
+            ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
+            ("torch._utils", "_rebuild_parameter_with_state") => Global::RebuildParameterWithState,
+            ("torch.storage" | "torch", "UntypedStorage") => Global::UntypedStorage,
+            ("torch", "Size") => Global::Size,
+            ("torch", storage) if storage.ends_with("Storage") => Global::Storage(match storage {
+                "FloatStorage" => F32,
+                "HalfStorage" => F16,
+                "BFloat16Storage" => BF16,
+                "DoubleStorage" => F64,
+                "LongStorage" => I64,
+                "IntStorage" => I32,
+                "ShortStorage" => I16,
+                "CharStorage" => I8,
+                "ByteStorage" => U8,
+                "BoolStorage" => Bool,
+                _ => return None,
+            }),
+            ("torch", dtype) => Global::Dtype(match dtype {
+                "float32" | "float" => F32,
+                "float16" | "half" => F16,
+                "bfloat16" => BF16,
+                "float64" | "double" => F64,
+                "int64" | "long" => I64,
+                "int32" | "int" => I32,
+                "int16" | "short" => I16,
+                "int8" => I8,
+                "uint8" => U8,
+                "bool" => Bool,
+                "float8_e4m3fn" => F8_E4M3,
+                "float8_e5m2" => F8_E5M2,
+                _ => return None,
+            }),
+            _ => return None,
+        })
+    }
+}
+
+/// A storage named by a persistent id: `('storage', type, key, location, numel)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageRef {
+    /// The archive entry `data/<key>`.
+    pub key: String,
+    /// `None` for an untyped (byte) storage.
+    pub dtype: Option<DType>,
+    /// Elements of `dtype` (bytes when untyped).
+    pub numel: u64,
+}
+
+/// A tensor rebuilt by `_rebuild_tensor_v2/v3`: a view of a storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorRef {
+    pub storage: Rc<StorageRef>,
+    pub dtype: DType,
+    /// In elements of `dtype`.
+    pub storage_offset: u64,
+    pub size: Vec<u64>,
+    pub stride: Vec<u64>,
+}
+
+/// A value on the unpickler's stack.
+#[derive(Debug, Clone)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Rc<str>),
+    Bytes(Rc<[u8]>),
+    Tuple(Rc<[Value]>),
+    List(Rc<RefCell<Vec<Value>>>),
+    Dict(Rc<RefCell<Dict>>),
+    Global(Global),
+    Storage(Rc<StorageRef>),
+    Tensor(Rc<TensorRef>),
+}
+
+/// An insertion-ordered dict with hashable primitive keys.
+#[derive(Debug, Default)]
+pub struct Dict {
+    pub entries: Vec<(Value, Value)>,
+    index: HashMap<Key, usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    None,
+    Bool(bool),
+    Int(i64),
+    Str(Rc<str>),
+}
+
+impl Dict {
+    fn insert(&mut self, k: Value, v: Value) -> Result<(), String> {
+        let key = match &k {
+            Value::None => Key::None,
+            Value::Bool(b) => Key::Bool(*b),
+            Value::Int(i) => Key::Int(*i),
+            Value::Str(s) => Key::Str(s.clone()),
+            other => {
+                return Err(format!(
+                    "dict key of kind {} (only str, int, bool and None keys are supported)",
+                    other.kind()
+                ))
+            }
+        };
+        match self.index.get(&key) {
+            Some(&i) => self.entries[i].1 = v,
+            None => {
+                self.index.insert(key, self.entries.len());
+                self.entries.push((k, v));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Value {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::None => "None",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Str(_) => "str",
+            Value::Bytes(_) => "bytes",
+            Value::Tuple(_) => "tuple",
+            Value::List(_) => "list",
+            Value::Dict(_) => "dict",
+            Value::Global(_) => "global",
+            Value::Storage(_) => "storage",
+            Value::Tensor(_) => "tensor",
+        }
+    }
+}
+
+/// Why unpickling stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PickleError {
+    /// A global outside the allowlist.
+    Refused { module: String, name: String },
+    /// Anything else, at byte `at` of the pickle stream.
+    Bad { at: usize, message: String },
+}
+
+impl fmt::Display for PickleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PickleError::Refused { module, name } => write!(f, "refusing global {module}.{name}"),
+            PickleError::Bad { at, message } => write!(f, "at byte {at} of the pickle: {message}"),
+        }
+    }
+}
+
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    stack: Vec<Value>,
+    marks: Vec<usize>,
+    memo: HashMap<u32, Value>,
+    /// Storages by key, so two tensors naming one storage share it.
+    storages: HashMap<String, Rc<StorageRef>>,
+    op_at: usize,
+}
+
+/// Runs the pickle in `data` and returns the value it builds.
+pub fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
+    let mut m = Machine {
+        data,
+        pos: 0,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        storages: HashMap::new(),
+        op_at: 0,
+    };
+    m.run()
+}
+
+impl<'a> Machine<'a> {
+    fn bad(&self, message: impl Into<String>) -> PickleError {
+        PickleError::Bad {
+            at: self.op_at,
+            message: message.into(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PickleError> {
+        if n > self.data.len() - self.pos {
+            return Err(self.bad(format!(
+                "needs {n} bytes but the stream has {} left (truncated)",
+                self.data.len() - self.pos
+            )));
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], PickleError> {
+        Ok(self.take(N)?.try_into().expect("take returns N bytes"))
+    }
+
+    fn len_u64(&mut self, n: u64) -> Result<usize, PickleError> {
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= self.data.len() - self.pos)
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "length {n} exceeds the {} bytes left in the stream",
+                    self.data.len() - self.pos
+                ))
+            })
+    }
+
+    fn pop(&mut self) -> Result<Value, PickleError> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err(self.bad("stack underflow"));
+        }
+        Ok(self.stack.pop().expect("checked non-empty"))
+    }
+
+    fn top(&self) -> Result<&Value, PickleError> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err(self.bad("stack underflow"));
+        }
+        Ok(self.stack.last().expect("checked non-empty"))
+    }
+
+    /// Pops everything above the last MARK, and the mark.
+    fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
+        let m = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.bad("no MARK to pop to"))?;
+        Ok(self.stack.split_off(m))
+    }
+
+    fn text_line(&mut self) -> Result<&'a str, PickleError> {
+        let rest = &self.data[self.pos..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| self.bad("unterminated text argument"))?;
+        self.pos += end + 1;
+        std::str::from_utf8(&rest[..end]).map_err(|_| self.bad("text argument is not UTF-8"))
+    }
+
+    fn global(&self, module: &str, name: &str) -> Result<Value, PickleError> {
+        Global::lookup(module, name)
+            .map(Value::Global)
+            .ok_or_else(|| PickleError::Refused {
+                module: module.to_string(),
+                name: name.to_string(),
+            })
+    }
+
+    fn memo_get(&self, i: u32) -> Result<Value, PickleError> {
+        self.memo
+            .get(&i)
+            .cloned()
+            .ok_or_else(|| self.bad(format!("memo entry {i} was never stored")))
+    }
+
+    fn run(&mut self) -> Result<Value, PickleError> {
+        loop {
+            self.op_at = self.pos;
+            let op = self.arr::<1>()?[0];
+            match op {
+                0x80 => {
+                    // PROTO
+                    let p = self.arr::<1>()?[0];
+                    if p > 5 {
+                        return Err(self.bad(format!("pickle protocol {p} (supported: 2..=5)")));
+                    }
+                }
+                0x95 => {
+                    // FRAME: a length hint only
+                    self.arr::<8>()?;
+                }
+                b'.' => return self.pop(), // STOP
+                b'(' => self.marks.push(self.stack.len()),
+                b'0' => {
+                    self.pop()?;
+                }
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                b'2' => {
+                    let v = self.top()?.clone();
+                    self.stack.push(v);
+                }
+                b'N' => self.stack.push(Value::None),
+                0x88 => self.stack.push(Value::Bool(true)),
+                0x89 => self.stack.push(Value::Bool(false)),
+                b'J' => {
+                    let v = i32::from_le_bytes(self.arr()?);
+                    self.stack.push(Value::Int(v.into()))
+                }
+                b'K' => {
+                    let v = self.arr::<1>()?[0];
+                    self.stack.push(Value::Int(v.into()))
+                }
+                b'M' => {
+                    let v = u16::from_le_bytes(self.arr()?);
+                    self.stack.push(Value::Int(v.into()))
+                }
+                0x8a | 0x8b => {
+                    // LONG1, LONG4: little-endian two's complement
+                    let n = if op == 0x8a {
+                        self.arr::<1>()?[0] as u64
+                    } else {
+                        u32::from_le_bytes(self.arr()?) as u64
+                    };
+                    let n = self.len_u64(n)?;
+                    if n > 8 {
+                        return Err(self.bad(format!("integer of {n} bytes does not fit in 64 bits")));
+                    }
+                    let b = self.take(n)?;
+                    let mut v: i64 = 0;
+                    for (i, &x) in b.iter().enumerate() {
+                        v |= (x as i64) << (8 * i);
+                    }
+                    if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
+                        v -= 1i64 << (8 * n);
+                    }
+                    self.stack.push(Value::Int(v));
+                }
+                b'G' => {
+                    let v = f64::from_be_bytes(self.arr()?);
+                    self.stack.push(Value::Float(v))
+                }
+                b'X' | 0x8c | 0x8d => {
+                    // BINUNICODE (u32 len), SHORT_BINUNICODE (u8), BINUNICODE8 (u64)
+                    let n = match op {
+                        b'X' => u32::from_le_bytes(self.arr()?) as u64,
+                        0x8c => self.arr::<1>()?[0] as u64,
+                        _ => u64::from_le_bytes(self.arr()?),
+                    };
+                    let n = self.len_u64(n)?;
+                    let b = self.take(n)?;
+                    let s = std::str::from_utf8(b).map_err(|_| self.bad("string is not valid UTF-8"))?;
+                    self.stack.push(Value::Str(s.into()));
+                }
+                b'T' | b'U' => {
+                    // BINSTRING (i32 len), SHORT_BINSTRING (u8): Python 2 str, read as text
+                    let n = if op == b'T' {
+                        u32::from_le_bytes(self.arr()?) as u64
+                    } else {
+                        self.arr::<1>()?[0] as u64
+                    };
+                    let n = self.len_u64(n)?;
+                    let b = self.take(n)?;
+                    self.stack.push(Value::Str(String::from_utf8_lossy(b).into()));
+                }
+                b'B' | b'C' | 0x8e => {
+                    // BINBYTES (u32), SHORT_BINBYTES (u8), BINBYTES8 (u64)
+                    let n = match op {
+                        b'B' => u32::from_le_bytes(self.arr()?) as u64,
+                        b'C' => self.arr::<1>()?[0] as u64,
+                        _ => u64::from_le_bytes(self.arr()?),
+                    };
+                    let n = self.len_u64(n)?;
+                    let b = self.take(n)?;
+                    self.stack.push(Value::Bytes(b.into()));
+                }
+                b')' => self.stack.push(Value::Tuple(Rc::from(Vec::new()))),
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.stack.push(Value::Tuple(items.into()));
+                }
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.pop()?);
+                    }
+                    items.reverse();
+                    self.stack.push(Value::Tuple(items.into()));
+                }
+                b']' => self.stack.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
+                b'l' => {
+                    let items = self.pop_mark()?;
+                    self.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                }
+                b'a' => {
+                    let v = self.pop()?;
+                    match self.top()? {
+                        Value::List(l) => l.borrow_mut().push(v),
+                        other => return Err(self.bad(format!("APPEND to a {}", other.kind()))),
+                    }
+                }
+                b'e' => {
+                    let items = self.pop_mark()?;
+                    match self.top()? {
+                        Value::List(l) => l.borrow_mut().extend(items),
+                        other => return Err(self.bad(format!("APPENDS to a {}", other.kind()))),
+                    }
+                }
+                b'}' => self.stack.push(Value::Dict(Rc::new(RefCell::new(Dict::default())))),
+                b'd' => {
+                    let items = self.pop_mark()?;
+                    let dict = Rc::new(RefCell::new(Dict::default()));
+                    self.fill_dict(&dict, items)?;
+                    self.stack.push(Value::Dict(dict));
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    let dict = match self.top()? {
+                        Value::Dict(d) => d.clone(),
+                        other => return Err(self.bad(format!("SETITEM on a {}", other.kind()))),
+                    };
+                    self.fill_dict(&dict, vec![k, v])?;
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    let dict = match self.top()? {
+                        Value::Dict(d) => d.clone(),
+                        other => return Err(self.bad(format!("SETITEMS on a {}", other.kind()))),
+                    };
+                    self.fill_dict(&dict, items)?;
+                }
+                b'c' => {
+                    let module = self.text_line()?;
+                    let name = self.text_line()?;
+                    let g = self.global(module, name)?;
+                    self.stack.push(g);
+                }
+                0x93 => {
+                    // STACK_GLOBAL
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    match (&module, &name) {
+                        (Value::Str(m), Value::Str(n)) => {
+                            let g = self.global(m, n)?;
+                            self.stack.push(g);
+                        }
+                        _ => return Err(self.bad("STACK_GLOBAL needs two strings")),
+                    }
+                }
+                b'q' => {
+                    let i = self.arr::<1>()?[0] as u32;
+                    let v = self.top()?.clone();
+                    self.memo.insert(i, v);
+                }
+                b'r' => {
+                    let i = u32::from_le_bytes(self.arr()?);
+                    let v = self.top()?.clone();
+                    self.memo.insert(i, v);
+                }
+                0x94 => {
+                    // MEMOIZE
+                    let i = u32::try_from(self.memo.len()).map_err(|_| self.bad("memo overflow"))?;
+                    let v = self.top()?.clone();
+                    self.memo.insert(i, v);
+                }
+                b'h' => {
+                    let i = self.arr::<1>()?[0] as u32;
+                    let v = self.memo_get(i)?;
+                    self.stack.push(v);
+                }
+                b'j' => {
+                    let i = u32::from_le_bytes(self.arr()?);
+                    let v = self.memo_get(i)?;
+                    self.stack.push(v);
+                }
+                b'Q' => {
+                    // BINPERSID
+                    let pid = self.pop()?;
+                    let s = self.persistent_load(pid)?;
+                    self.stack.push(s);
+                }
+                b'R' | 0x81 => {
+                    // REDUCE: callable(*args); NEWOBJ: cls.__new__(cls, *args)
+                    let args = self.pop()?;
+                    let callable = self.pop()?;
+                    let args = match args {
+                        Value::Tuple(t) => t,
+                        other => return Err(self.bad(format!("call arguments are a {}, not a tuple", other.kind()))),
+                    };
+                    let v = self.call(callable, &args)?;
+                    self.stack.push(v);
+                }
+                b'b' => {
+                    // BUILD: set state on the object below. Dict state (an OrderedDict's
+                    // `_metadata` attribute) carries no tensors and is dropped.
+                    let _state = self.pop()?;
+                    match self.top()? {
+                        Value::Dict(_) | Value::Tensor(_) => {}
+                        other => return Err(self.bad(format!("BUILD on a {}", other.kind()))),
+                    }
+                }
+                other => {
+                    return Err(self.bad(format!(
+                        "unsupported pickle opcode 0x{other:02x}{} (mgpu reads the subset torch.save writes for tensors)",
+                        opcode_name(other).map(|n| format!(" ({n})")).unwrap_or_default()
+                    )))
+                }
+            }
+        }
+    }
+
+    fn fill_dict(&self, dict: &Rc<RefCell<Dict>>, items: Vec<Value>) -> Result<(), PickleError> {
+        if items.len() % 2 != 0 {
+            return Err(self.bad("odd number of items for a dict"));
+        }
+        let mut d = dict.borrow_mut();
+        let mut it = items.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            d.insert(k, v).map_err(|m| self.bad(m))?;
+        }
+        Ok(())
+    }
+
+    fn persistent_load(&mut self, pid: Value) -> Result<Value, PickleError> {
+        let Value::Tuple(t) = &pid else {
+            return Err(self.bad(format!("persistent id is a {}, not a tuple", pid.kind())));
+        };
+        match &t[..] {
+            [Value::Str(tag), Value::Global(g), Value::Str(key), Value::Str(_location), Value::Int(numel)]
+                if &**tag == "storage" =>
+            {
+                let dtype = match g {
+                    Global::Storage(d) => Some(*d),
+                    Global::UntypedStorage => None,
+                    _ => {
+                        return Err(self
+                            .bad("persistent id names a storage type that is not a storage class"))
+                    }
+                };
+                let numel = u64::try_from(*numel).map_err(|_| self.bad("negative storage size"))?;
+                if let Some(s) = self.storages.get(&**key) {
+                    if s.dtype != dtype || s.numel != numel {
+                        return Err(
+                            self.bad(format!("storage `{key}` is described two different ways"))
+                        );
+                    }
+                    return Ok(Value::Storage(s.clone()));
+                }
+                let s = Rc::new(StorageRef {
+                    key: key.to_string(),
+                    dtype,
+                    numel,
+                });
+                self.storages.insert(key.to_string(), s.clone());
+                Ok(Value::Storage(s))
+            }
+            _ => Err(self.bad("persistent id is not ('storage', type, key, location, numel)")),
+        }
+    }
+
+    fn call(&self, callable: Value, args: &[Value]) -> Result<Value, PickleError> {
+        let Value::Global(g) = callable else {
+            return Err(self.bad(format!("call of a {}", callable.kind())));
+        };
+        match g {
+            Global::OrderedDict => {
+                let dict = Rc::new(RefCell::new(Dict::default()));
+                match args {
+                    [] => {}
+                    [Value::List(pairs)] => {
+                        let mut items = Vec::new();
+                        for p in pairs.borrow().iter() {
+                            match p {
+                                Value::Tuple(kv) if kv.len() == 2 => {
+                                    items.extend(kv.iter().cloned())
+                                }
+                                _ => {
+                                    return Err(
+                                        self.bad("OrderedDict item is not a (key, value) pair")
+                                    )
+                                }
+                            }
+                        }
+                        self.fill_dict(&dict, items)?;
+                    }
+                    _ => return Err(self.bad("OrderedDict called with unexpected arguments")),
+                }
+                Ok(Value::Dict(dict))
+            }
+            Global::RebuildTensorV2 | Global::RebuildTensorV3 => self.rebuild_tensor(g, args),
+            Global::RebuildParameter | Global::RebuildParameterWithState => {
+                match args.first() {
+                    Some(Value::Tensor(t)) if args.len() == 3 || args.len() == 4 => {
+                        Ok(Value::Tensor(t.clone()))
+                    }
+                    _ => Err(self
+                        .bad("_rebuild_parameter needs (tensor, requires_grad, hooks[, state])")),
+                }
+            }
+            Global::Size => match args {
+                [Value::Tuple(t)] => Ok(Value::Tuple(t.clone())),
+                _ => Err(self.bad("torch.Size needs one tuple")),
+            },
+            Global::Storage(_) | Global::UntypedStorage | Global::Dtype(_) => {
+                Err(self.bad("a storage class or dtype is called like a function"))
+            }
+        }
+    }
+
+    /// `_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])`,
+    /// `_rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype[, metadata])`.
+    fn rebuild_tensor(&self, g: Global, args: &[Value]) -> Result<Value, PickleError> {
+        let v3 = g == Global::RebuildTensorV3;
+        let ok_len = if v3 { 7..=8 } else { 6..=7 };
+        if !ok_len.contains(&args.len()) {
+            return Err(self.bad(format!("tensor rebuild with {} arguments", args.len())));
+        }
+        let Value::Storage(storage) = &args[0] else {
+            return Err(self.bad(format!(
+                "tensor rebuild from a {}, not a storage",
+                args[0].kind()
+            )));
+        };
+        let int = |v: &Value, what: &str| -> Result<u64, PickleError> {
+            match v {
+                Value::Int(i) => {
+                    u64::try_from(*i).map_err(|_| self.bad(format!("negative {what} {i}")))
+                }
+                other => Err(self.bad(format!("{what} is a {}, not an int", other.kind()))),
+            }
+        };
+        let ints = |v: &Value, what: &str| -> Result<Vec<u64>, PickleError> {
+            match v {
+                Value::Tuple(t) => t.iter().map(|x| int(x, what)).collect(),
+                other => Err(self.bad(format!("{what} is a {}, not a tuple", other.kind()))),
+            }
+        };
+        let storage_offset = int(&args[1], "storage offset")?;
+        let size = ints(&args[2], "size")?;
+        let stride = ints(&args[3], "stride")?;
+        if size.len() != stride.len() {
+            return Err(self.bad(format!(
+                "size {size:?} and stride {stride:?} differ in length"
+            )));
+        }
+        let dtype = if v3 {
+            match &args[6] {
+                Value::Global(Global::Dtype(d)) => *d,
+                other => return Err(self.bad(format!("tensor dtype is a {}", other.kind()))),
+            }
+        } else {
+            storage
+                .dtype
+                .ok_or_else(|| self.bad("_rebuild_tensor_v2 on an untyped storage"))?
+        };
+        if let Some(sd) = storage.dtype {
+            if sd != dtype {
+                return Err(self.bad(format!("{dtype} tensor on a {sd} storage")));
+            }
+        }
+        Ok(Value::Tensor(Rc::new(TensorRef {
+            storage: storage.clone(),
+            dtype,
+            storage_offset,
+            size,
+            stride,
+        })))
+    }
+}
+
+fn opcode_name(op: u8) -> Option<&'static str> {
+    Some(match op {
+        b'I' => "INT",
+        b'L' => "LONG",
+        b'F' => "FLOAT",
+        b'S' => "STRING",
+        b'V' => "UNICODE",
+        b'P' => "PERSID",
+        b'g' => "GET",
+        b'p' => "PUT",
+        b'i' => "INST",
+        b'o' => "OBJ",
+        0x82..=0x84 => "EXT",
+        0x8f => "EMPTY_SET",
+        0x90 => "ADDITEMS",
+        0x91 => "FROZENSET",
+        0x92 => "NEWOBJ_EX",
+        0x96 => "BYTEARRAY8",
+        0x97 => "NEXT_BUFFER",
+        0x98 => "READONLY_BUFFER",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(b: &[u8]) -> Result<Value, PickleError> {
+        unpickle(b)
+    }
+
+    #[test]
+    fn refuses_unknown_globals() {
+        let p = b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.";
+        assert_eq!(
+            run(p).unwrap_err(),
+            PickleError::Refused {
+                module: "posix".into(),
+                name: "system".into()
+            }
+        );
+        // STACK_GLOBAL too.
+        let p = b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.";
+        assert_eq!(
+            run(p).unwrap_err().to_string(),
+            "refusing global builtins.eval"
+        );
+        // A lookalike of an allowed name.
+        let p = b"\x80\x02ctorch\nload\n.";
+        assert!(matches!(run(p), Err(PickleError::Refused { .. })));
+    }
+
+    #[test]
+    fn builds_plain_data() {
+        // {'a': [1, -2, 3.5], 'b': (True, None), 300: 'x'} with protocol-2 opcodes.
+        let mut p = b"\x80\x02}q\x00(X\x01\x00\x00\x00a]q\x01(K\x01J\xfe\xff\xff\xffG@\x0c\x00\x00\x00\x00\x00\x00eX\x01\x00\x00\x00b\x88N\x86M,\x01X\x01\x00\x00\x00xu.".to_vec();
+        let v = run(&p).unwrap();
+        let Value::Dict(d) = v else { panic!() };
+        let d = d.borrow();
+        assert_eq!(d.entries.len(), 3);
+        let Value::List(l) = &d.entries[0].1 else {
+            panic!()
+        };
+        assert!(
+            matches!(l.borrow()[..], [Value::Int(1), Value::Int(-2), Value::Float(f)] if f == 3.5)
+        );
+        assert!(matches!(&d.entries[2].0, Value::Int(300)));
+        // Every truncation is an error, never a panic.
+        for n in 0..p.len() {
+            assert!(run(&p[..n]).is_err(), "prefix {n}");
+        }
+        p[2] = 0xff;
+        assert!(run(&p).unwrap_err().to_string().contains("0xff"));
+    }
+
+    #[test]
+    fn long_and_lengths() {
+        assert!(matches!(
+            run(b"\x8a\x02\x00\x80.").unwrap(),
+            Value::Int(-32768)
+        ));
+        assert!(matches!(run(b"\x8a\x01\x7f.").unwrap(), Value::Int(127)));
+        assert!(run(b"\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.").is_err());
+        let e = run(b"\x8d\xff\xff\xff\xff\xff\xff\xff\x3f.")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exceeds"), "{e}");
+        let e = run(b"h\x07.").unwrap_err().to_string();
+        assert!(e.contains("memo entry 7"), "{e}");
+        assert!(run(b"0.").unwrap_err().to_string().contains("underflow"));
+        assert!(run(b"(0.").unwrap_err().to_string().contains("underflow"));
+    }
+
+    #[test]
+    fn memo_shares_mutable_dicts() {
+        // d = {}; memo[0] = d; d['k'] = 1; return (memo[0],)  -> the filled dict.
+        let p = b"}q\x00X\x01\x00\x00\x00kK\x01sh\x00\x85.";
+        let Value::Tuple(t) = run(p).unwrap() else {
+            panic!()
+        };
+        let Value::Dict(d) = &t[0] else { panic!() };
+        assert_eq!(d.borrow().entries.len(), 1);
+    }
+}
