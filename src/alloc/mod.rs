@@ -35,6 +35,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::device::DeviceName;
 use crate::units::ByteSize;
 
+pub(crate) use parse::{
+    device_help as parse_device_help, device_message as parse_device_message,
+    size_message as parse_size_message,
+};
 pub use parse::{parse, parse_all, AllocError, AllocErrorKind, ParseAllocationError};
 
 /// A parsed allocation for one model.
@@ -113,7 +117,12 @@ pub struct EntrySpan {
 impl Entry {
     /// An entry built in code (no source span).
     pub fn new(device: DeviceName, value: Option<Value>, wildcard: bool) -> Self {
-        Entry { device, value, wildcard, span: EntrySpan::default() }
+        Entry {
+            device,
+            value,
+            wildcard,
+            span: EntrySpan::default(),
+        }
     }
 }
 
@@ -192,7 +201,10 @@ pub struct Override {
 impl Override {
     /// Compiles `pattern` anchored at both ends.
     pub fn new(pattern: &str, device: DeviceName) -> Result<Self, regex::Error> {
-        Ok(Override { pattern: regex::Regex::new(&anchor(pattern))?, device })
+        Ok(Override {
+            pattern: regex::Regex::new(&anchor(pattern))?,
+            device,
+        })
     }
 
     /// Whether `name` (a unit or tensor name) matches the whole pattern.
@@ -203,7 +215,9 @@ impl Override {
     /// The pattern as the user wrote it (without the anchors [`Override::new`] adds).
     pub fn pattern_str(&self) -> &str {
         let s = self.pattern.as_str();
-        s.strip_prefix("^(?:").and_then(|s| s.strip_suffix(")$")).unwrap_or(s)
+        s.strip_prefix("^(?:")
+            .and_then(|s| s.strip_suffix(")$"))
+            .unwrap_or(s)
     }
 
     /// The device of the first override in `overrides` that matches `name`.
@@ -286,7 +300,9 @@ impl fmt::Display for Allocation {
         match self {
             Allocation::Auto => f.write_str("auto"),
             Allocation::Expert(e) => write!(f, "{e}"),
-            Allocation::VirtualVram { bytes, donor } => write!(f, "virtual_vram={bytes};donor={donor}"),
+            Allocation::VirtualVram { bytes, donor } => {
+                write!(f, "virtual_vram={bytes};donor={donor}")
+            }
         }
     }
 }
@@ -304,7 +320,10 @@ impl fmt::Display for Mode {
 impl FromStr for Allocation {
     type Err = ParseAllocationError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_all(s).map_err(|errors| ParseAllocationError { input: s.to_string(), errors })
+        parse_all(s).map_err(|errors| ParseAllocationError {
+            input: s.to_string(),
+            errors,
+        })
     }
 }
 
@@ -344,7 +363,9 @@ const VAL: &str =
 /// duplicate devices and out-of-range values are caught by `mgpu check`.
 pub static ALLOCATION_PATTERN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let entry = format!(r"\s*{DEV}\s*,\s*{VAL}\s*");
-    let size = crate::units::SIZE_PATTERN.trim_start_matches('^').trim_end_matches('$');
+    let size = crate::units::SIZE_PATTERN
+        .trim_start_matches('^')
+        .trim_end_matches('$');
     let virt = format!(
         r"\s*virtual_vram\s*=\s*{size}\s*(;\s*donor\s*=\s*{DEV}\s*)?;?\s*|\s*donor\s*=\s*{DEV}\s*;\s*virtual_vram\s*=\s*{size}\s*;?\s*"
     );

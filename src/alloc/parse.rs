@@ -28,7 +28,10 @@ pub fn parse_all(s: &str) -> Result<Allocation, Vec<AllocError>> {
         return Ok(Allocation::Auto);
     }
     if let Some(i) = s.find('#') {
-        return Err(vec![AllocError::new(AllocErrorKind::DisTorchSuffix, i..s.trim_end().len())]);
+        return Err(vec![AllocError::new(
+            AllocErrorKind::DisTorchSuffix,
+            i..s.trim_end().len(),
+        )]);
     }
     let mut errors = Vec::new();
     let result = if s.contains('=') {
@@ -85,7 +88,12 @@ pub enum AllocErrorKind {
     #[error("`*` after {}", .mode.noun())]
     ValueThenWildcard { mode: Mode },
     #[error("`{this}` is {} but `{first}` is {}: one allocation uses one kind of value", .this_mode.noun(), .first_mode.noun())]
-    MixedModes { this: String, this_mode: Mode, first: String, first_mode: Mode },
+    MixedModes {
+        this: String,
+        this_mode: Mode,
+        first: String,
+        first_mode: Mode,
+    },
     #[error("`{device}` has more than one entry")]
     DuplicateDevice { device: DeviceName },
     #[error("more than one `*`")]
@@ -94,12 +102,17 @@ pub enum AllocErrorKind {
     WildcardInFraction,
     #[error("`disk` cannot take a fraction of its memory")]
     DiskInFraction,
-    #[error("percentages add up to {sum}%, more than the 100% that `{wildcard},*` takes the rest of")]
+    #[error(
+        "percentages add up to {sum}%, more than the 100% that `{wildcard},*` takes the rest of"
+    )]
     PercentSumOver100 { sum: f64, wildcard: DeviceName },
     #[error("every percentage is 0%")]
     PercentSumZero,
     #[error("unknown key `{key}` in a virtual VRAM allocation")]
-    UnknownVirtualKey { key: String, suggestion: Option<&'static str> },
+    UnknownVirtualKey {
+        key: String,
+        suggestion: Option<&'static str>,
+    },
     #[error("`{0}` is given twice")]
     DuplicateVirtualKey(String),
     #[error("`{0}` is not `key=value`")]
@@ -130,13 +143,18 @@ pub(crate) fn device_message(e: &DeviceError) -> String {
 /// The help line for a device error: the suggestion, if any, and what is valid.
 pub(crate) fn device_help(e: &DeviceError) -> String {
     match e {
-        DeviceError::Unknown { suggestion: Some(s), .. } => format!("did you mean `{s}`? {DEVICES_HELP}"),
-        DeviceError::BadIndex { .. } => format!("write `cuda:N` with N a whole number, like `cuda:1`; {DEVICES_HELP}"),
+        DeviceError::Unknown {
+            suggestion: Some(s),
+            ..
+        } => format!("did you mean `{s}`? {DEVICES_HELP}"),
+        DeviceError::BadIndex { .. } => {
+            format!("write `cuda:N` with N a whole number, like `cuda:1`; {DEVICES_HELP}")
+        }
         _ => DEVICES_HELP.to_string(),
     }
 }
 
-fn size_message(k: &SizeErrorKind) -> String {
+pub(crate) fn size_message(k: &SizeErrorKind) -> String {
     match k {
         SizeErrorKind::Empty => "empty size".into(),
         SizeErrorKind::BadNumber(s) => format!("`{s}` is not a number"),
@@ -183,9 +201,14 @@ impl AllocErrorKind {
                 "a value then `*` (`cpu,4gb*`) works only with sizes; fractions have no remainder to take".into()
             }
             MixedModes { this_mode, first_mode, this, .. } => {
-                let lone_int = (*this_mode == Mode::Bytes && *first_mode == Mode::Fraction && this.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| format!(" (`{this}` without a unit is a byte count: write `{this}.0` for a fraction)"))
-                    .unwrap_or_default();
+                let lone_int = if *this_mode == Mode::Bytes
+                    && *first_mode == Mode::Fraction
+                    && this.bytes().all(|b| b.is_ascii_digit())
+                {
+                    format!(" (`{this}` without a unit is a byte count: write `{this}.0` for a fraction)")
+                } else {
+                    String::new()
+                };
                 format!(
                     "write every value as a size (`cuda:0,8gb;cpu,*`), every value as a percentage (`cuda:0,25%;cpu,75%`) \
                      or every value as a fraction (`cuda:0,0.5;cpu,0.25`){lone_int}"
@@ -213,7 +236,11 @@ impl AllocErrorKind {
 
 impl AllocError {
     fn new(kind: AllocErrorKind, span: Range<usize>) -> Self {
-        AllocError { kind, span, related: None }
+        AllocError {
+            kind,
+            span,
+            related: None,
+        }
     }
 
     fn related(mut self, span: Range<usize>, message: impl Into<String>) -> Self {
@@ -229,7 +256,11 @@ impl AllocError {
     /// the bad part (and `-` under a related part), the help line.
     pub fn render(&self, input: &str) -> String {
         let line = input.replace(['\t', '\n', '\r'], " ");
-        let col = |byte: usize| input.get(..byte.min(input.len())).map_or(0, |p| p.chars().count());
+        let col = |byte: usize| {
+            input
+                .get(..byte.min(input.len()))
+                .map_or(0, |p| p.chars().count())
+        };
         let width = |r: &Range<usize>| input.get(r.clone()).map_or(0, |p| p.chars().count()).max(1);
         let mut marks: Vec<char> = vec![' '; line.chars().count() + 1];
         let mut put = |r: &Range<usize>, c: char| {
@@ -343,7 +374,10 @@ fn parse_entry(s: &str, text: &str, off: usize, errors: &mut Vec<AllocError>) ->
     let Some(comma) = text.find(',') else {
         let device_like = DeviceName::parse(text).is_ok();
         errors.push(AllocError::new(
-            AllocErrorKind::MissingComma { text: text.to_string(), device_like },
+            AllocErrorKind::MissingComma {
+                text: text.to_string(),
+                device_like,
+            },
             entry_span,
         ));
         return None;
@@ -352,11 +386,19 @@ fn parse_entry(s: &str, text: &str, off: usize, errors: &mut Vec<AllocError>) ->
     let (val, val_off) = trim_at(&text[comma + 1..], off + comma + 1);
     let comma_span = off + comma..off + comma + 1;
     let device = if dev.is_empty() {
-        errors.push(AllocError::new(AllocErrorKind::Device(DeviceError::Empty), comma_span.clone()));
+        errors.push(AllocError::new(
+            AllocErrorKind::Device(DeviceError::Empty),
+            comma_span.clone(),
+        ));
         None
     } else {
         DeviceName::parse(dev)
-            .map_err(|e| errors.push(AllocError::new(AllocErrorKind::Device(e), dev_off..dev_off + dev.len())))
+            .map_err(|e| {
+                errors.push(AllocError::new(
+                    AllocErrorKind::Device(e),
+                    dev_off..dev_off + dev.len(),
+                ))
+            })
             .ok()
     };
     let value = if let Some(c2) = val.find(',') {
@@ -364,10 +406,18 @@ fn parse_entry(s: &str, text: &str, off: usize, errors: &mut Vec<AllocError>) ->
         let mut fixed = s.trim().to_string();
         let lead = s.len() - s.trim_start().len();
         fixed.replace_range(at - lead..at - lead + 1, ";");
-        errors.push(AllocError::new(AllocErrorKind::CommaInValue { fixed }, at..at + 1));
+        errors.push(AllocError::new(
+            AllocErrorKind::CommaInValue { fixed },
+            at..at + 1,
+        ));
         None
     } else if val.is_empty() {
-        errors.push(AllocError::new(AllocErrorKind::EmptyValue { what: format!("{dev},") }, comma_span));
+        errors.push(AllocError::new(
+            AllocErrorKind::EmptyValue {
+                what: format!("{dev},"),
+            },
+            comma_span,
+        ));
         None
     } else {
         classify(val, val_off).map_err(|e| errors.push(e)).ok()
@@ -377,7 +427,11 @@ fn parse_entry(s: &str, text: &str, off: usize, errors: &mut Vec<AllocError>) ->
         device: device?,
         value,
         wildcard,
-        span: EntrySpan { entry: entry_span, device: dev_off..dev_off + dev.len(), value: val_off..val_off + val.len() },
+        span: EntrySpan {
+            entry: entry_span,
+            device: dev_off..dev_off + dev.len(),
+            value: val_off..val_off + val.len(),
+        },
     })
 }
 
@@ -412,7 +466,10 @@ fn classify(v: &str, off: usize) -> Result<(Option<Value>, bool), AllocError> {
         let (value, _) = classify(inner, off)?;
         return match value.map(Value::mode) {
             Some(Mode::Bytes) | None => Ok((value, true)),
-            Some(mode) => Err(AllocError::new(AllocErrorKind::ValueThenWildcard { mode }, star..star + 1)),
+            Some(mode) => Err(AllocError::new(
+                AllocErrorKind::ValueThenWildcard { mode },
+                star..star + 1,
+            )),
         };
     }
     if is_not_finite(v.trim_end_matches('%').trim_end()) {
@@ -436,7 +493,10 @@ fn classify(v: &str, off: usize) -> Result<(Option<Value>, bool), AllocError> {
             Ok(b) => Ok((Some(Value::Bytes(b)), false)),
             Err(e) => {
                 let start = off + e.offset;
-                Err(AllocError::new(AllocErrorKind::Size(e.kind), start..start + e.len))
+                Err(AllocError::new(
+                    AllocErrorKind::Size(e.kind),
+                    start..start + e.len,
+                ))
             }
         };
     }
@@ -454,8 +514,14 @@ fn check_whole(s: &str, entries: &[Entry], errors: &mut Vec<AllocError>) -> Mode
     for (i, e) in entries.iter().enumerate() {
         if let Some(first) = entries[..i].iter().find(|f| f.device == e.device) {
             errors.push(
-                AllocError::new(AllocErrorKind::DuplicateDevice { device: e.device }, e.span.device.clone())
-                    .related(first.span.device.clone(), format!("first entry for `{}`", e.device)),
+                AllocError::new(
+                    AllocErrorKind::DuplicateDevice { device: e.device },
+                    e.span.device.clone(),
+                )
+                .related(
+                    first.span.device.clone(),
+                    format!("first entry for `{}`", e.device),
+                ),
             );
         }
     }
@@ -476,7 +542,10 @@ fn check_whole(s: &str, entries: &[Entry], errors: &mut Vec<AllocError>) -> Mode
                         },
                         e.span.value.clone(),
                     )
-                    .related(first.span.value.clone(), format!("the first value is {}", mode.noun())),
+                    .related(
+                        first.span.value.clone(),
+                        format!("the first value is {}", mode.noun()),
+                    ),
                 );
             }
         }
@@ -494,10 +563,16 @@ fn check_whole(s: &str, entries: &[Entry], errors: &mut Vec<AllocError>) -> Mode
             for e in entries {
                 if e.wildcard {
                     let star = e.span.value.end - 1;
-                    errors.push(AllocError::new(AllocErrorKind::WildcardInFraction, star..star + 1));
+                    errors.push(AllocError::new(
+                        AllocErrorKind::WildcardInFraction,
+                        star..star + 1,
+                    ));
                 }
                 if e.device == DeviceName::Disk {
-                    errors.push(AllocError::new(AllocErrorKind::DiskInFraction, e.span.device.clone()));
+                    errors.push(AllocError::new(
+                        AllocErrorKind::DiskInFraction,
+                        e.span.device.clone(),
+                    ));
                 }
             }
         }
@@ -512,13 +587,19 @@ fn check_whole(s: &str, entries: &[Entry], errors: &mut Vec<AllocError>) -> Mode
             if let Some(w) = wild.first() {
                 if sum > 100.0 + 1e-9 {
                     errors.push(AllocError::new(
-                        AllocErrorKind::PercentSumOver100 { sum: (sum * 1e6).round() / 1e6, wildcard: w.device },
+                        AllocErrorKind::PercentSumOver100 {
+                            sum: (sum * 1e6).round() / 1e6,
+                            wildcard: w.device,
+                        },
                         w.span.entry.clone(),
                     ));
                 }
             } else if sum <= 0.0 {
                 let lead = s.len() - s.trim_start().len();
-                errors.push(AllocError::new(AllocErrorKind::PercentSumZero, lead..s.trim_end().len()));
+                errors.push(AllocError::new(
+                    AllocErrorKind::PercentSumZero,
+                    lead..s.trim_end().len(),
+                ));
             }
         }
         Mode::Bytes => {}
@@ -535,7 +616,10 @@ fn parse_virtual(s: &str, errors: &mut Vec<AllocError>) -> Option<Allocation> {
     for (text, off) in pieces(s, errors) {
         let span = off..off + text.len();
         let Some(eq) = text.find('=') else {
-            errors.push(AllocError::new(AllocErrorKind::BadVirtualEntry(text.to_string()), span));
+            errors.push(AllocError::new(
+                AllocErrorKind::BadVirtualEntry(text.to_string()),
+                span,
+            ));
             failed = true;
             continue;
         };
@@ -545,7 +629,12 @@ fn parse_virtual(s: &str, errors: &mut Vec<AllocError>) -> Option<Allocation> {
         let val_span = val_off..val_off + val.len();
         if val.is_empty() {
             let at = off + eq;
-            errors.push(AllocError::new(AllocErrorKind::EmptyValue { what: format!("{key}=") }, at..at + 1));
+            errors.push(AllocError::new(
+                AllocErrorKind::EmptyValue {
+                    what: format!("{key}="),
+                },
+                at..at + 1,
+            ));
             failed = true;
             continue;
         }
@@ -568,7 +657,10 @@ fn parse_virtual(s: &str, errors: &mut Vec<AllocError>) -> Option<Allocation> {
                 Ok(b) => bytes = Some((b, key_span)),
                 Err(e) => {
                     let start = val_off + e.offset;
-                    errors.push(AllocError::new(AllocErrorKind::Size(e.kind), start..start + e.len));
+                    errors.push(AllocError::new(
+                        AllocErrorKind::Size(e.kind),
+                        start..start + e.len,
+                    ));
                     failed = true;
                 }
             },
@@ -587,7 +679,10 @@ fn parse_virtual(s: &str, errors: &mut Vec<AllocError>) -> Option<Allocation> {
                     .min()
                     .map(|(_, k)| k);
                 errors.push(AllocError::new(
-                    AllocErrorKind::UnknownVirtualKey { key: key.to_string(), suggestion },
+                    AllocErrorKind::UnknownVirtualKey {
+                        key: key.to_string(),
+                        suggestion,
+                    },
                     key_span,
                 ));
                 failed = true;
@@ -597,12 +692,18 @@ fn parse_virtual(s: &str, errors: &mut Vec<AllocError>) -> Option<Allocation> {
     let Some((bytes, _)) = bytes else {
         if !failed {
             let lead = s.len() - s.trim_start().len();
-            errors.push(AllocError::new(AllocErrorKind::MissingVirtualVram, lead..s.trim_end().len()));
+            errors.push(AllocError::new(
+                AllocErrorKind::MissingVirtualVram,
+                lead..s.trim_end().len(),
+            ));
         }
         return None;
     };
     if failed {
         return None;
     }
-    Some(Allocation::VirtualVram { bytes, donor: donor.map_or(DeviceName::Cpu, |d| d.0) })
+    Some(Allocation::VirtualVram {
+        bytes,
+        donor: donor.map_or(DeviceName::Cpu, |d| d.0),
+    })
 }

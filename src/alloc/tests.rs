@@ -24,7 +24,10 @@ fn parses_table() {
     let cases: Vec<(&str, Allocation)> = vec![
         ("auto", Allocation::Auto),
         (" AUTO ", Allocation::Auto),
-        ("cuda:0,2.5gb;cpu,*", expert(Mode::Bytes, vec![bytes(C0, 5 * GIB / 2), wild(CPU)])),
+        (
+            "cuda:0,2.5gb;cpu,*",
+            expert(Mode::Bytes, vec![bytes(C0, 5 * GIB / 2), wild(CPU)]),
+        ),
         (
             "cuda:0,500mb;cuda:1,3.0g;cpu,5gb*",
             expert(
@@ -36,25 +39,64 @@ fn parses_table() {
                 ],
             ),
         ),
-        ("cuda:0, 4 GiB ; cpu , * ;", expert(Mode::Bytes, vec![bytes(C0, 4 * GIB), wild(CPU)])),
-        ("cuda:0,1024;cpu,*", expert(Mode::Bytes, vec![bytes(C0, 1024), wild(CPU)])),
+        (
+            "cuda:0, 4 GiB ; cpu , * ;",
+            expert(Mode::Bytes, vec![bytes(C0, 4 * GIB), wild(CPU)]),
+        ),
+        (
+            "cuda:0,1024;cpu,*",
+            expert(Mode::Bytes, vec![bytes(C0, 1024), wild(CPU)]),
+        ),
         ("cuda,8gb", expert(Mode::Bytes, vec![bytes(C0, 8 * GIB)])),
         ("cpu,*", expert(Mode::Bytes, vec![wild(CPU)])),
-        ("cuda:0,8gb;disk,*", expert(Mode::Bytes, vec![bytes(C0, 8 * GIB), wild(DeviceName::Disk)])),
-        ("cuda:0,25%;cpu,75%", expert(Mode::Ratio, vec![pct(C0, 25.0), pct(CPU, 75.0)])),
+        (
+            "cuda:0,8gb;disk,*",
+            expert(
+                Mode::Bytes,
+                vec![bytes(C0, 8 * GIB), wild(DeviceName::Disk)],
+            ),
+        ),
+        (
+            "cuda:0,25%;cpu,75%",
+            expert(Mode::Ratio, vec![pct(C0, 25.0), pct(CPU, 75.0)]),
+        ),
         (
             "cuda:0,8%;cuda:1,8%;cpu,4%",
             expert(Mode::Ratio, vec![pct(C0, 8.0), pct(C1, 8.0), pct(CPU, 4.0)]),
         ),
-        ("cuda:0,50%;cpu,*", expert(Mode::Ratio, vec![pct(C0, 50.0), wild(CPU)])),
-        ("cuda:0,0.1;cpu,0.5", expert(Mode::Fraction, vec![frac(C0, 0.1), frac(CPU, 0.5)])),
-        ("cuda:0,1.0;cuda:1,.5", expert(Mode::Fraction, vec![frac(C0, 1.0), frac(C1, 0.5)])),
+        (
+            "cuda:0,50%;cpu,*",
+            expert(Mode::Ratio, vec![pct(C0, 50.0), wild(CPU)]),
+        ),
+        (
+            "cuda:0,0.1;cpu,0.5",
+            expert(Mode::Fraction, vec![frac(C0, 0.1), frac(CPU, 0.5)]),
+        ),
+        (
+            "cuda:0,1.0;cuda:1,.5",
+            expert(Mode::Fraction, vec![frac(C0, 1.0), frac(C1, 0.5)]),
+        ),
         (
             "virtual_vram=12gb;donor=cuda:1",
-            Allocation::VirtualVram { bytes: ByteSize::gib(12), donor: C1 },
+            Allocation::VirtualVram {
+                bytes: ByteSize::gib(12),
+                donor: C1,
+            },
         ),
-        ("virtual_vram = 4GiB", Allocation::VirtualVram { bytes: ByteSize::gib(4), donor: CPU }),
-        ("donor=cpu;virtual_vram=4GiB;", Allocation::VirtualVram { bytes: ByteSize::gib(4), donor: CPU }),
+        (
+            "virtual_vram = 4GiB",
+            Allocation::VirtualVram {
+                bytes: ByteSize::gib(4),
+                donor: CPU,
+            },
+        ),
+        (
+            "donor=cpu;virtual_vram=4GiB;",
+            Allocation::VirtualVram {
+                bytes: ByteSize::gib(4),
+                donor: CPU,
+            },
+        ),
     ];
     for (s, want) in cases {
         assert_eq!(parse(s).as_ref(), Ok(&want), "{s}");
@@ -84,13 +126,24 @@ fn display_table() {
 #[test]
 fn spans_point_at_parts() {
     let s = " cuda:0, 2.5gb ; cpu,*";
-    let Allocation::Expert(e) = parse(s).unwrap() else { panic!() };
+    let Allocation::Expert(e) = parse(s).unwrap() else {
+        panic!()
+    };
     let parts: Vec<(&str, &str, &str)> = e
         .entries
         .iter()
-        .map(|e| (&s[e.span.entry.clone()], &s[e.span.device.clone()], &s[e.span.value.clone()]))
+        .map(|e| {
+            (
+                &s[e.span.entry.clone()],
+                &s[e.span.device.clone()],
+                &s[e.span.value.clone()],
+            )
+        })
         .collect();
-    assert_eq!(parts, [("cuda:0, 2.5gb", "cuda:0", "2.5gb"), ("cpu,*", "cpu", "*")]);
+    assert_eq!(
+        parts,
+        [("cuda:0, 2.5gb", "cuda:0", "2.5gb"), ("cpu,*", "cpu", "*")]
+    );
 }
 
 #[test]
@@ -103,7 +156,10 @@ fn mode_is_decided_by_values_not_device_letters() {
     assert_eq!(a.mode(), Some(Mode::Ratio));
     // `mps` itself is refused as a device, with the reason, not misread as a mode.
     let e = parse("mps,25%;cpu,75%").unwrap_err();
-    assert_eq!(e.to_string(), "`mps` is not supported: mgpu runs on CPUs and CUDA GPUs");
+    assert_eq!(
+        e.to_string(),
+        "`mps` is not supported: mgpu runs on CPUs and CUDA GPUs"
+    );
 }
 
 #[test]
@@ -114,8 +170,14 @@ fn serde_and_from_str() {
     }
     let w: W = toml::from_str("a = \"cuda:0,8gb;cpu,*\"").unwrap();
     assert_eq!(w.a, parse("cuda:0,8gb;cpu,*").unwrap());
-    assert_eq!(toml::to_string(&w).unwrap().trim(), "a = \"cuda:0,8GiB;cpu,*\"");
-    let e = toml::from_str::<W>("a = \"cuda:0,8xb;cpu,*\"").err().unwrap().to_string();
+    assert_eq!(
+        toml::to_string(&w).unwrap().trim(),
+        "a = \"cuda:0,8GiB;cpu,*\""
+    );
+    let e = toml::from_str::<W>("a = \"cuda:0,8xb;cpu,*\"")
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("unknown unit `xb`") && e.contains("^^"), "{e}");
     let e = "cuda:0,1gb;;cpu,*".parse::<Allocation>().unwrap_err();
     assert_eq!(e.errors.len(), 1);
@@ -267,10 +329,19 @@ fn overrides_match_whole_names() {
     assert!(!o.matches("single_blocks.37.linear1.weight"));
     assert!(!o.matches("xsingle_blocks.30"));
     assert_eq!(o.pattern_str(), r"single_blocks\.(3[0-7])");
-    let list = [Override::new(r"single_blocks\..*", C1).unwrap(), Override::new(r".*", CPU).unwrap()];
-    assert_eq!(Override::first_match(&list, "single_blocks.2.linear1.weight"), Some(C1));
+    let list = [
+        Override::new(r"single_blocks\..*", C1).unwrap(),
+        Override::new(r".*", CPU).unwrap(),
+    ];
+    assert_eq!(
+        Override::first_match(&list, "single_blocks.2.linear1.weight"),
+        Some(C1)
+    );
     assert_eq!(Override::first_match(&list, "img_in.weight"), Some(CPU));
-    assert_eq!(serde_json::to_string(&list[0]).unwrap(), r#"{"pattern":"single_blocks\\..*","device":"cuda:1"}"#);
+    assert_eq!(
+        serde_json::to_string(&list[0]).unwrap(),
+        r#"{"pattern":"single_blocks\\..*","device":"cuda:1"}"#
+    );
 }
 
 fn device_pool(allow_disk: bool) -> Vec<DeviceName> {
@@ -284,7 +355,12 @@ fn device_pool(allow_disk: bool) -> Vec<DeviceName> {
 
 /// Valid allocations of every mode.
 fn valid_allocation() -> impl Strategy<Value = Allocation> {
-    let bytes_mode = (proptest::sample::subsequence(device_pool(true), 1..5), prop::collection::vec(any::<u64>(), 5), any::<Option<usize>>(), any::<bool>())
+    let bytes_mode = (
+        proptest::sample::subsequence(device_pool(true), 1..5),
+        prop::collection::vec(any::<u64>(), 5),
+        any::<Option<usize>>(),
+        any::<bool>(),
+    )
         .prop_map(|(devs, vals, wild, wild_value)| {
             let n = devs.len();
             let w = wild.map(|i| i % n);
@@ -300,7 +376,11 @@ fn valid_allocation() -> impl Strategy<Value = Allocation> {
                 .collect();
             expert(Mode::Bytes, entries)
         });
-    let ratio_mode = (proptest::sample::subsequence(device_pool(true), 1..5), prop::collection::vec(0.0f64..=100.0, 5), any::<Option<usize>>())
+    let ratio_mode = (
+        proptest::sample::subsequence(device_pool(true), 1..5),
+        prop::collection::vec(0.0f64..=100.0, 5),
+        any::<Option<usize>>(),
+    )
         .prop_filter_map("needs a share above 0", |(devs, vals, wild)| {
             let n = devs.len();
             let w = wild.map(|i| i % n);
@@ -317,18 +397,40 @@ fn valid_allocation() -> impl Strategy<Value = Allocation> {
                     }
                 })
                 .collect();
-            let sum: f64 = entries.iter().filter_map(|e| e.value).map(|v| if let Value::Percent(p) = v { p } else { 0.0 }).sum();
+            let sum: f64 = entries
+                .iter()
+                .filter_map(|e| e.value)
+                .map(|v| if let Value::Percent(p) = v { p } else { 0.0 })
+                .sum();
             let has_value = entries.iter().any(|e| e.value.is_some());
             (has_value && (w.is_some() || sum > 0.0)).then(|| expert(Mode::Ratio, entries))
         });
-    let fraction_mode = (proptest::sample::subsequence(device_pool(false), 1..5), prop::collection::vec(0.0f64..=1.0, 5))
+    let fraction_mode = (
+        proptest::sample::subsequence(device_pool(false), 1..5),
+        prop::collection::vec(0.0f64..=1.0, 5),
+    )
         .prop_map(|(devs, vals)| {
-            let entries = devs.into_iter().zip(vals).map(|(d, v)| Entry::new(d, Some(Value::Fraction(v)), false)).collect();
+            let entries = devs
+                .into_iter()
+                .zip(vals)
+                .map(|(d, v)| Entry::new(d, Some(Value::Fraction(v)), false))
+                .collect();
             expert(Mode::Fraction, entries)
         });
-    let virt = (any::<u64>(), proptest::sample::select(device_pool(true)))
-        .prop_map(|(b, donor)| Allocation::VirtualVram { bytes: ByteSize(b), donor });
-    prop_oneof![Just(Allocation::Auto), bytes_mode, ratio_mode, fraction_mode, virt]
+    let virt =
+        (any::<u64>(), proptest::sample::select(device_pool(true))).prop_map(|(b, donor)| {
+            Allocation::VirtualVram {
+                bytes: ByteSize(b),
+                donor,
+            }
+        });
+    prop_oneof![
+        Just(Allocation::Auto),
+        bytes_mode,
+        ratio_mode,
+        fraction_mode,
+        virt
+    ]
 }
 
 /// Strings made of the language's own characters, to reach deep into the parser.
@@ -375,8 +477,18 @@ fn check_errors(s: &str) -> Result<(), TestCaseError> {
     if let Err(errs) = parse_all(s) {
         prop_assert!(!errs.is_empty());
         for e in &errs {
-            prop_assert!(e.span.end <= s.len(), "{:?} out of bounds in {:?}", e.span, s);
-            prop_assert!(s.get(e.span.clone()).is_some(), "{:?} not on char boundaries in {:?}", e.span, s);
+            prop_assert!(
+                e.span.end <= s.len(),
+                "{:?} out of bounds in {:?}",
+                e.span,
+                s
+            );
+            prop_assert!(
+                s.get(e.span.clone()).is_some(),
+                "{:?} not on char boundaries in {:?}",
+                e.span,
+                s
+            );
             let _ = e.render(s);
         }
     }

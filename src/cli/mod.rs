@@ -8,6 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod check;
+pub mod schema;
+
 /// What a command concluded, when it ran to the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -32,7 +35,15 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Validate a manifest: syntax, keys, references, numbers, output paths, and that the
+    /// files it names exist. Prints every problem with its place in the file; exit 0 when
+    /// valid (warnings allowed), 1 when not.
+    Check(check::Args),
+    /// Print the JSON schema of the manifest (for editors: start a manifest with
+    /// `#:schema ../schemas/manifest.schema.json`).
+    Schema(schema::Args),
+}
 
 /// Parses the command line, runs it and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
@@ -55,5 +66,8 @@ pub fn main() -> ExitCode {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
-    match cli.command {}
+    match cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Schema(args) => schema::run(args),
+    }
 }
