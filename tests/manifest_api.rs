@@ -205,3 +205,29 @@ fn unreadable_manifest_is_one_error() {
         .render(false)
         .starts_with("error: cannot read manifest `no/such/manifest.toml`"));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+    /// Damaged manifests (a byte range replaced by arbitrary text) never panic, and every
+    /// diagnostic points inside the text.
+    #[test]
+    fn damaged_manifests_never_panic(at in 0usize..2000, len in 0usize..12, junk in "\\PC{0,6}") {
+        let text = std::fs::read_to_string("manifests/flux-dev-2gpu.toml").unwrap();
+        let mut at = at.min(text.len());
+        while !text.is_char_boundary(at) { at -= 1; }
+        let mut end = (at + len).min(text.len());
+        while !text.is_char_boundary(end) { end -= 1; }
+        let damaged = format!("{}{}{}", &text[..at], junk, &text[end..]);
+        let diags = match manifest::load_str(Path::new("d.toml"), &damaged) {
+            Ok(m) => m.warnings,
+            Err(d) => d,
+        };
+        for d in &diags {
+            if let Some(l) = &d.primary {
+                proptest::prop_assert!(l.span.end <= damaged.len(), "{:?} in {:?}", l.span, damaged);
+            }
+            let _ = d.render(true);
+        }
+    }
+}

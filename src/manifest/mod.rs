@@ -140,7 +140,7 @@ impl Manifest {
     /// let mgpu::alloc::Allocation::Expert(e) = &m.models["vae"].allocation else { panic!() };
     /// let d = m.diagnostic_at("vae", "allocation", Some(e.entries[1].span.device.clone()),
     ///     "`cuda:3` is not on this machine", "devices here: cpu, cuda:0");
-    /// assert!(d.render(false).contains("m.toml:6:25"));
+    /// assert!(d.render(false).contains("m.toml:6:26"));
     /// ```
     pub fn diagnostic_at(
         &self,

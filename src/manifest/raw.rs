@@ -242,3 +242,51 @@ pub(crate) fn key_home(key: &str, path: &str) -> Option<&'static str> {
         .find(|(_, keys)| keys.contains(&key))
         .map(|(home, _)| home)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reader's keys are the schema's properties (both come from one declaration; this
+    /// guards against attributes such as `rename` that would split them).
+    #[test]
+    fn reader_keys_are_schema_properties() {
+        fn check<T: RawTable + schemars::JsonSchema>() {
+            let schema = crate::manifest::schema::generator().into_root_schema_for::<T>();
+            let mut props: Vec<&str> = schema
+                .get("properties")
+                .and_then(|p| p.as_object())
+                .map(|p| p.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            props.sort_unstable();
+            let mut keys = T::meta().keys.to_vec();
+            keys.sort_unstable();
+            assert_eq!(keys, props, "{}", T::schema_name());
+            assert_eq!(
+                schema.get("additionalProperties"),
+                Some(&serde_json::Value::Bool(false))
+            );
+        }
+        check::<RawManifest>();
+        check::<RawSettings>();
+        check::<RawDefaults>();
+        check::<RawModel>();
+        check::<RawLora>();
+        check::<RawOverride>();
+        check::<RawPipeline>();
+        check::<RawJob>();
+    }
+
+    #[test]
+    fn key_homes() {
+        assert_eq!(
+            key_home("steps", "models.flux"),
+            Some("a `[[jobs]]` table or `[defaults]`")
+        );
+        assert_eq!(
+            key_home("family", "jobs.0"),
+            Some("a `[models.NAME]` table")
+        );
+        assert_eq!(key_home("zzz", "jobs.0"), None);
+    }
+}

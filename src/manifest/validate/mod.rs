@@ -141,6 +141,14 @@ pub(crate) fn validate(raw: RawManifest, cx: &mut Cx, path: &Path) -> Option<Man
         compute: settings_compute.as_ref().map(|c| c.value),
     });
 
+    if let Some(m) = raw.models.as_ref().filter(|m| m.value.0.is_empty()) {
+        cx.error(
+            m.span.clone(),
+            "`[models]` has no model",
+            "",
+            Some("define at least one model: `[models.NAME]` with `family` and `file`".into()),
+        );
+    }
     let raw_models = raw.models.map(|m| m.value.0).unwrap_or_default();
     let models = models::validate_models(cx, &raw_models, &dir, settings_compute.as_ref());
     let raw_pipelines = raw.pipelines.map(|p| p.value.0).unwrap_or_default();
