@@ -18,12 +18,7 @@ pub fn generator() -> SchemaGenerator {
 
 /// The manifest schema.
 pub fn manifest_schema() -> Schema {
-    let mut s = generator().into_root_schema_for::<super::raw::RawManifest>();
-    s.insert(
-        "$id".into(),
-        "https://github.com/mgpu/mgpu/schemas/manifest.schema.json".into(),
-    );
-    s
+    generator().into_root_schema_for::<super::raw::RawManifest>()
 }
 
 /// The manifest schema as pretty JSON with a final newline (the committed file's content).
