@@ -9,9 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod check;
 pub mod inspect;
 pub mod make_tiny;
 pub mod probe;
+pub mod schema;
 
 /// What a command concluded, when it ran to the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,13 @@ pub enum Command {
     MakeTiny(make_tiny::Args),
     Bench(bench::Args),
     Probe(probe::Args),
+    /// Validate a manifest: syntax, keys, references, numbers, output paths, and that the
+    /// files it names exist. Prints every problem with its place in the file; exit 0 when
+    /// valid (warnings allowed), 1 when not.
+    Check(check::Args),
+    /// Print the JSON schema of the manifest (for editors: start a manifest with
+    /// `#:schema ../schemas/manifest.schema.json`).
+    Schema(schema::Args),
 }
 
 /// Parses the command line, runs it and maps the outcome to an exit code.
@@ -70,5 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::MakeTiny(args) => make_tiny::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Probe(args) => probe::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Schema(args) => schema::run(args),
     }
 }

@@ -52,6 +52,7 @@ fn entry(device: DeviceName, bytes: Option<ByteSize>) -> Entry {
         device,
         value: bytes.map(Value::Bytes),
         wildcard: bytes.is_none(),
+        span: Default::default(),
     }
 }
 

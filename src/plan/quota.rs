@@ -241,6 +241,7 @@ mod tests {
             device: dev.parse().unwrap(),
             value,
             wildcard,
+            span: Default::default(),
         }
     }
     fn b(g: f64) -> Option<Value> {

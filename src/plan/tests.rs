@@ -67,6 +67,7 @@ fn bytes(entries: &[(&str, Option<f64>)]) -> Allocation {
                 device: d.parse().unwrap(),
                 value: v.map(|g| Value::Bytes(gib(g))),
                 wildcard: v.is_none(),
+                span: Default::default(),
             })
             .collect(),
     })
@@ -81,6 +82,7 @@ fn expert(mode: Mode, entries: &[(&str, Value)]) -> Allocation {
                 device: d.parse().unwrap(),
                 value: Some(*v),
                 wildcard: false,
+                span: Default::default(),
             })
             .collect(),
     })
@@ -114,6 +116,7 @@ fn parse_fix(text: &str) -> Allocation {
                 device: d.parse().unwrap(),
                 value,
                 wildcard,
+                span: Default::default(),
             }
         })
         .collect();
@@ -546,6 +549,7 @@ fn quotas_without_wildcard_that_cannot_hold_the_model() {
             device: DeviceName::Disk,
             value: None,
             wildcard: true,
+            span: Default::default(),
         });
     }
     insta::assert_snapshot!("error_ratio_overflow", errors(one(model(a), &h)));

@@ -1,0 +1,387 @@
+//! Validation of `[[jobs]]` (with `[defaults]`) and of output collisions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::{check_path, resolve, PathKind};
+use crate::family::Family;
+use crate::manifest::raw::{RawDefaults, RawJob, RawPipeline};
+use crate::manifest::read::{valid_name, Cx, Sp};
+use crate::manifest::template::OutputTemplate;
+use crate::manifest::types::Job;
+use crate::manifest::Diagnostic;
+use crate::sample::names::suggest;
+use crate::sample::{Sampler, Scheduler};
+
+/// Defaults when neither the job nor `[defaults]` gives a value.
+pub const DEFAULT_SIZE: u32 = 1024;
+pub const DEFAULT_STEPS: u32 = 20;
+pub const DEFAULT_GUIDANCE: f64 = 3.5;
+pub const DEFAULT_DENOISE: f64 = 0.75;
+pub const DEFAULT_OUTPUT: &str = "{job}-{seed}.png";
+/// The most images one job may ask for (so collision checks and plans stay tractable).
+pub const MAX_COUNT: u32 = 100_000;
+
+/// The job's value, else the default's; with its span.
+fn pick<'a, T>(job: &'a Option<Sp<T>>, def: &'a Option<Sp<T>>) -> Option<&'a Sp<T>> {
+    job.as_ref().or(def.as_ref())
+}
+
+pub(super) fn validate_jobs(
+    cx: &mut Cx,
+    raw: &[Sp<RawJob>],
+    defaults: &RawDefaults,
+    pipelines: &[(Sp<String>, Sp<RawPipeline>)],
+    families: &BTreeMap<String, Family>,
+    dir: &Path,
+    output_root: &Path,
+) -> Option<Vec<Job>> {
+    let pipeline_names: Vec<&str> = pipelines.iter().map(|(n, _)| n.value.as_str()).collect();
+    let mut out = Vec::new();
+    let mut ok = true;
+    let mut names: HashMap<String, Range<usize>> = HashMap::new();
+    for (i, j) in raw.iter().enumerate() {
+        let header = j.span.clone();
+        let job = &j.value;
+        let mut fine = true;
+
+        // Name: given (checked) or `jobN`; unique.
+        let name = match &job.name {
+            Some(n) => {
+                if !valid_name(&n.value) {
+                    cx.error(
+                        n.span.clone(),
+                        format!("`{}` is not a valid job name", n.value),
+                        "",
+                        Some(
+                            "names use letters, digits, `_` and `-` (they appear in output paths)"
+                                .into(),
+                        ),
+                    );
+                    fine = false;
+                }
+                n.value.clone()
+            }
+            None => format!("job{}", i + 1),
+        };
+        let name_span = job.name.as_ref().map_or(header.clone(), |n| n.span.clone());
+        if let Some(first) = names.get(&name) {
+            let d = Diagnostic::error(format!("two jobs are named `{name}`"))
+                .at(&cx.src, name_span.clone(), "")
+                .with_secondary(first.clone(), "first named here")
+                .with_help("give each job its own `name` (unnamed jobs are called job1, job2, … by position)");
+            cx.push(d);
+            fine = false;
+        } else {
+            names.insert(name.clone(), name_span);
+        }
+
+        // Pipeline: the job's, the default, or the only one.
+        let pipeline = match pick(&job.pipeline, &defaults.pipeline) {
+            Some(p) => {
+                if pipeline_names.contains(&p.value.as_str()) {
+                    Some(p.value.clone())
+                } else {
+                    let dym = suggest(&p.value, pipeline_names.iter().copied())
+                        .map(|s| format!("did you mean `{s}`? "))
+                        .unwrap_or_default();
+                    let list = if pipeline_names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        pipeline_names.join(", ")
+                    };
+                    cx.error(
+                        p.span.clone(),
+                        format!("no pipeline named `{}`", p.value),
+                        "",
+                        Some(format!("{dym}pipelines: {list}")),
+                    );
+                    None
+                }
+            }
+            None if pipeline_names.len() == 1 => Some(pipeline_names[0].to_string()),
+            None => {
+                let help = if pipeline_names.is_empty() {
+                    "define a `[pipelines.NAME]` table with `diffusion`, `text_encoders` and `vae`"
+                        .to_string()
+                } else {
+                    format!(
+                        "add `pipeline = \"{}\"` (pipelines: {}), or a default `pipeline` in `[defaults]`",
+                        pipeline_names[0],
+                        pipeline_names.join(", ")
+                    )
+                };
+                cx.error(
+                    header.clone(),
+                    format!("job `{name}` has no pipeline"),
+                    "no `pipeline` here",
+                    Some(help),
+                );
+                None
+            }
+        };
+        // The diffusion family decides the size multiple.
+        let family = pipeline.as_ref().and_then(|p| {
+            let (_, rp) = pipelines.iter().find(|(n, _)| n.value == *p)?;
+            families.get(&rp.value.diffusion.as_ref()?.value).copied()
+        });
+
+        let count_sp = pick(&job.count, &defaults.count);
+        let count = count_sp.map_or(1, |c| c.value);
+        if let Some(c) = count_sp {
+            if !(1..=MAX_COUNT).contains(&c.value) {
+                cx.error(
+                    c.span.clone(),
+                    format!("`count` must be 1 to {MAX_COUNT}, not {}", c.value),
+                    "",
+                    Some("count is the number of images, from consecutive seeds".into()),
+                );
+                fine = false;
+            }
+        }
+        let seed = job.seed.as_ref().map_or(0, |s| s.value);
+        if count >= 1 && seed.checked_add(count as u64 - 1).is_none() {
+            let span = job.seed.as_ref().map_or(header.clone(), |s| s.span.clone());
+            cx.error(
+                span,
+                format!(
+                    "{count} images from seed {seed} need seeds beyond the largest, {}",
+                    u64::MAX
+                ),
+                "",
+                Some(format!(
+                    "use a seed of at most {}",
+                    u64::MAX - (count as u64 - 1)
+                )),
+            );
+            fine = false;
+        }
+
+        let mut size = |key: &str, v: Option<&Sp<u32>>| -> u32 {
+            let Some(v) = v else { return DEFAULT_SIZE };
+            let multiple = family.map_or(1, Family::size_multiple);
+            if v.value == 0 || v.value % multiple != 0 {
+                let lower = (v.value / multiple) * multiple;
+                let upper = lower + multiple;
+                let choices = if lower == 0 {
+                    format!("{upper}")
+                } else {
+                    format!("{lower} or {upper}")
+                };
+                let fam = family.map_or(String::new(), |f| format!(" for {f}"));
+                cx.error(
+                    v.span.clone(),
+                    format!(
+                        "`{key}` must be a positive multiple of {multiple}{fam}, not {}",
+                        v.value
+                    ),
+                    "",
+                    Some(format!("use {choices}")),
+                );
+                fine = false;
+            }
+            v.value
+        };
+        let width = size("width", pick(&job.width, &defaults.width));
+        let height = size("height", pick(&job.height, &defaults.height));
+
+        let steps_sp = pick(&job.steps, &defaults.steps);
+        if let Some(s) = steps_sp.filter(|s| s.value == 0) {
+            cx.error(
+                s.span.clone(),
+                "`steps` must be at least 1",
+                "",
+                Some("FLUX dev is usually run with 20–50 steps, schnell with 1–4".into()),
+            );
+            fine = false;
+        }
+        let steps = steps_sp.map_or(DEFAULT_STEPS, |s| s.value);
+        let sampler = pick(&job.sampler, &defaults.sampler).map_or(Sampler::Euler, |s| s.value);
+        let scheduler =
+            pick(&job.scheduler, &defaults.scheduler).map_or(Scheduler::Simple, |s| s.value);
+        let guidance_sp = pick(&job.guidance, &defaults.guidance);
+        if let Some(g) = guidance_sp.filter(|g| g.value < 0.0) {
+            cx.error(
+                g.span.clone(),
+                format!("`guidance` must be 0 or more, not {}", g.value),
+                "",
+                Some("FLUX dev is usually run with guidance 2.5–4".into()),
+            );
+            fine = false;
+        }
+        let guidance = guidance_sp.map_or(DEFAULT_GUIDANCE, |g| g.value);
+
+        let init_image = match &job.init_image {
+            Some(p) => match check_path(cx, p, PathKind::Other) {
+                Some(s) => Some(resolve(dir, s)),
+                None => {
+                    fine = false;
+                    None
+                }
+            },
+            None => None,
+        };
+        let denoise = match (&job.init_image, &job.denoise, &defaults.denoise) {
+            (None, Some(d), _) => {
+                cx.error(
+                    d.span.clone(),
+                    "`denoise` without `init_image`",
+                    "",
+                    Some("denoise is how much of `init_image` is replaced; a job without one starts from pure noise (denoise 1)".into()),
+                );
+                fine = false;
+                1.0
+            }
+            (None, None, _) => 1.0,
+            (Some(_), j, d) => match j.as_ref().or(d.as_ref()) {
+                Some(d) if d.value <= 0.0 || d.value > 1.0 => {
+                    cx.error(
+                        d.span.clone(),
+                        format!(
+                            "`denoise` must be more than 0 and at most 1, not {}",
+                            d.value
+                        ),
+                        "",
+                        Some("0.3 keeps most of the image, 1 replaces it entirely".into()),
+                    );
+                    fine = false;
+                    1.0
+                }
+                Some(d) => d.value,
+                None => DEFAULT_DENOISE,
+            },
+        };
+        let batch_sp = pick(&job.batch, &defaults.batch);
+        if let Some(b) = batch_sp.filter(|b| b.value == 0) {
+            cx.error(
+                b.span.clone(),
+                "`batch` must be at least 1",
+                "",
+                Some("leave `batch` out to let mgpu choose from free memory".into()),
+            );
+            fine = false;
+        }
+
+        let output = match pick(&job.output, &defaults.output) {
+            Some(o) => match OutputTemplate::parse(&o.value) {
+                Ok(t) => {
+                    if count > 1
+                        && !t.uses(crate::manifest::template::Var::Seed)
+                        && !t.uses(crate::manifest::template::Var::Index)
+                    {
+                        cx.error(
+                            o.span.clone(),
+                            format!("job `{name}` makes {count} images but `output` has no `{{seed}}` or `{{index}}`"),
+                            "every image would be written here",
+                            Some(format!("add `{{seed}}` or `{{index}}`, like `output = \"{}\"`", t.with_seed())),
+                        );
+                        fine = false;
+                    }
+                    Some(t)
+                }
+                Err(errors) => {
+                    for e in errors {
+                        let span = cx.content(&o.span, e.span);
+                        cx.error(span, e.message, "", Some(e.help));
+                    }
+                    None
+                }
+            },
+            None => OutputTemplate::parse(DEFAULT_OUTPUT).ok(),
+        };
+
+        match (pipeline, &job.prompt, output) {
+            (Some(pipeline), Some(prompt), Some(output)) if fine => out.push(Job {
+                index: i,
+                name,
+                pipeline,
+                prompt: prompt.value.clone(),
+                seed,
+                count,
+                width,
+                height,
+                steps,
+                sampler,
+                scheduler,
+                guidance,
+                output,
+                output_root: output_root.to_path_buf(),
+                init_image,
+                denoise,
+                batch: batch_sp.map(|b| b.value),
+            }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// The most images checked for colliding outputs.
+const MAX_CHECKED_IMAGES: u64 = 1_000_000;
+
+/// Two images (of one job or of two) must not write the same file.
+pub(super) fn check_collisions(
+    cx: &mut Cx,
+    jobs: &[Job],
+    raw: &[Sp<RawJob>],
+    defaults: &RawDefaults,
+) {
+    let total: u64 = jobs.iter().map(|j| j.count as u64).sum();
+    if total > MAX_CHECKED_IMAGES {
+        let mut d = Diagnostic::warning(format!(
+            "{total} images: outputs were not checked for collisions (at most {MAX_CHECKED_IMAGES} are)"
+        ));
+        d.source = Some(cx.src.clone());
+        cx.push(d);
+        return;
+    }
+    let output_span = |j: &Job| -> Range<usize> {
+        let rj = &raw[j.index];
+        rj.value
+            .output
+            .as_ref()
+            .or(defaults.output.as_ref())
+            .map_or(rj.span.clone(), |o| o.span.clone())
+    };
+    let mut seen: HashMap<PathBuf, (usize, u32)> = HashMap::new();
+    let mut reported: std::collections::HashSet<(usize, usize)> = Default::default();
+    for j in jobs {
+        for img in j.images() {
+            let Some(&(first_job, first_img)) = seen.get(&img.path) else {
+                seen.insert(img.path, (j.index, img.index));
+                continue;
+            };
+            if !reported.insert((first_job, j.index)) {
+                continue;
+            }
+            let first = jobs.iter().find(|f| f.index == first_job).unwrap_or(j);
+            let shown = img
+                .path
+                .strip_prefix(&j.output_root)
+                .unwrap_or(&img.path)
+                .display()
+                .to_string();
+            let (here, there) = (output_span(j), output_span(first));
+            let mut d = Diagnostic::error(format!("two images would be written to `{shown}`")).at(
+                &cx.src,
+                here.clone(),
+                format!("job `{}`, image {} (seed {})", j.name, img.index, img.seed),
+            );
+            let first_label = format!(
+                "job `{}`, image {} (seed {})",
+                first.name,
+                first_img,
+                first.image(first_img).seed
+            );
+            if there == here {
+                d = d.with_note(format!("also written by {first_label}"));
+            } else {
+                d = d.with_secondary(there, first_label);
+            }
+            cx.push(d.with_help(
+                "make the output templates differ, e.g. with `{job}`, `{seed}` or `{index}`",
+            ));
+        }
+    }
+}
