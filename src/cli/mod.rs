@@ -12,6 +12,7 @@ pub mod bench;
 pub mod check;
 pub mod inspect;
 pub mod make_tiny;
+pub mod plan;
 pub mod probe;
 pub mod schema;
 
@@ -40,17 +41,24 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    Inspect(inspect::Args),
-    MakeTiny(make_tiny::Args),
-    Bench(bench::Args),
-    Probe(probe::Args),
     /// Validate a manifest: syntax, keys, references, numbers, output paths, and that the
     /// files it names exist. Prints every problem with its place in the file; exit 0 when
     /// valid (warnings allowed), 1 when not.
     Check(check::Args),
-    /// Print the JSON schema of the manifest (for editors: start a manifest with
-    /// `#:schema ../schemas/manifest.schema.json`).
+    /// Show where every block of every model will live, the memory per device and the
+    /// predicted step time, before loading any weights (reads file headers only).
+    Plan(plan::Args),
+    /// List this machine's devices and link rates; `--save` writes a hardware file.
+    Probe(probe::Args),
+    /// Show what a weight file holds (format, family, tensors) or dump one tensor as .npy.
+    Inspect(inspect::Args),
+    /// Print the JSON schema of the manifest or of the hardware file (for editors: start a
+    /// manifest with `#:schema ../schemas/manifest.schema.json`).
     Schema(schema::Args),
+    /// Write a tiny random-weight model of a family in its real key layout (demo and tests).
+    MakeTiny(make_tiny::Args),
+    /// Measure block streaming on a FLUX-shaped transformer with generated weights.
+    Bench(bench::Args),
 }
 
 /// Parses the command line, runs it and maps the outcome to an exit code.
@@ -75,6 +83,7 @@ pub fn main() -> ExitCode {
 
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
+        Command::Plan(args) => plan::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::MakeTiny(args) => make_tiny::run(args),
         Command::Bench(args) => bench::run(args),

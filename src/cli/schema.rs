@@ -17,12 +17,15 @@ pub struct Args {
 pub enum Which {
     /// The manifest (`schemas/manifest.schema.json`).
     Manifest,
+    /// The hardware file of `mgpu probe --save` / `--hardware` (`schemas/hardware.schema.json`).
+    Hardware,
 }
 
 /// The schema text for `which`, ending in a newline.
 pub fn text(which: Which) -> String {
     match which {
         Which::Manifest => crate::manifest::schema::manifest_schema_json(),
+        Which::Hardware => crate::hardware::file::schema_json(),
     }
 }
 

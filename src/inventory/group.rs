@@ -30,7 +30,8 @@ pub enum Grouping {
     Prefix,
 }
 
-/// Checkpoint prefixes stripped before grouping, longest first.
+/// Checkpoint prefixes stripped when the family is unknown (or its mapping does not know a
+/// name), longest first.
 const PREFIXES: &[&str] = &[
     "model.diffusion_model.",
     "diffusion_model.",
@@ -41,9 +42,14 @@ const PREFIXES: &[&str] = &[
     "model.",
 ];
 
-/// A tensor's canonical name: `raw` without its checkpoint prefix. The family is accepted so
-/// that family-specific mappings can live here later.
-pub fn canonical_name<'a>(_family: Option<Family>, raw: &'a str) -> Cow<'a, str> {
+/// A tensor's canonical name: the family's key mapping ([`crate::weights::keymap`]: prefixes
+/// stripped, diffusers layouts mapped to BFL; parts of fused tensors give the fused name) when
+/// the family is known and the mapping knows the name, else `raw` without its checkpoint
+/// prefix.
+pub fn canonical_name<'a>(family: Option<Family>, raw: &'a str) -> Cow<'a, str> {
+    if let Some(c) = family.and_then(|f| crate::weights::keymap::canonical_name(f, raw)) {
+        return Cow::Owned(c);
+    }
     for p in PREFIXES {
         if let Some(rest) = raw.strip_prefix(p) {
             if !rest.is_empty() {
@@ -55,49 +61,9 @@ pub fn canonical_name<'a>(_family: Option<Family>, raw: &'a str) -> Cow<'a, str>
 }
 
 /// The family a set of tensors belongs to, with the key that showed it; `None` if no rule
-/// matches. Rules look for one distinctive key (and a shape where families share names).
+/// matches ([`crate::weights::detect`], shared with `mgpu inspect`).
 pub fn detect_family(tensors: &[TensorInfo]) -> Option<(Family, String)> {
-    let canon: BTreeMap<Cow<str>, &TensorInfo> = tensors
-        .iter()
-        .map(|t| (canonical_name(None, &t.name), t))
-        .collect();
-    let has = |k: &str| canon.contains_key(k);
-    let shape = |k: &str| canon.get(k).map(|t| t.shape.as_slice());
-    let found = |f: Family, k: &str| Some((f, k.to_string()));
-    let flux = "double_blocks.0.img_attn.qkv.weight";
-    if has(flux) {
-        return found(Family::Flux, flux);
-    }
-    let t5 = "encoder.block.0.layer.0.SelfAttention.q.weight";
-    if has(t5) {
-        // umT5 gives every layer its own relative position bias; T5 only the first.
-        let umt5 = "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight";
-        return if has(umt5) {
-            found(Family::UmT5, umt5)
-        } else {
-            found(Family::T5, t5)
-        };
-    }
-    let clip = "text_model.encoder.layers.0.self_attn.q_proj.weight";
-    if shape(clip).is_some_and(|s| s.first() == Some(&768)) {
-        return found(Family::ClipL, clip);
-    }
-    let vae_in = "decoder.conv_in.weight";
-    if has("decoder.up.0.block.0.conv1.weight")
-        && shape(vae_in).is_some_and(|s| s.get(1) == Some(&16))
-    {
-        return found(Family::FluxVae, vae_in);
-    }
-    let wan = "blocks.0.cross_attn.q.weight";
-    if has("blocks.0.self_attn.q.weight") && has(wan) {
-        return found(Family::Wan, wan);
-    }
-    if let Some(k) = canon.keys().find(|k| k.starts_with("decoder.upsamples.")) {
-        if shape("decoder.conv1.weight").is_some_and(|s| s.len() == 5) {
-            return found(Family::WanVae, k);
-        }
-    }
-    None
+    crate::weights::detect(tensors).map(|d| (d.family, d.key))
 }
 
 /// The unit a canonical name belongs to under prefix grouping.
@@ -351,7 +317,7 @@ mod tests {
 
     #[test]
     fn family_grouping_falls_back_to_prefix_when_it_finds_no_blocks() {
-        // A diffusers-layout FLUX file: no BFL block names.
+        // A diffusers-layout FLUX file: the key mapping names its blocks the BFL way.
         let inv = Inventory::synthetic(
             Some(Family::Flux),
             &[
@@ -361,8 +327,16 @@ mod tests {
                 t("single_transformer_blocks.1.proj_out.weight", &[4]),
             ],
         );
-        assert_eq!(inv.grouping, Grouping::Prefix);
-        assert_eq!(inv.blocks().count(), 4);
+        assert_eq!(inv.grouping, Grouping::Family);
+        assert_eq!(
+            names(&inv),
+            [
+                "double_blocks.0",
+                "double_blocks.1",
+                "single_blocks.0",
+                "single_blocks.1"
+            ]
+        );
         let inv = Inventory::synthetic(
             Some(Family::Flux),
             &[

@@ -12,14 +12,12 @@
 pub mod group;
 pub mod synthetic;
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::family::Family;
-use crate::weights::{safetensors, TensorInfo, WeightsError};
+use crate::weights::{TensorInfo, WeightsError};
 
 pub use group::{canonical_name, detect_family, Grouping};
 
@@ -46,6 +44,8 @@ pub struct Inventory {
 pub enum Format {
     Safetensors,
     Gguf,
+    /// A `torch.save` zip archive, read without running code.
+    PyTorch,
     /// Built in memory by [`Inventory::synthetic`] (tests, benchmarks, examples).
     Synthetic,
 }
@@ -110,72 +110,19 @@ pub enum InventoryError {
     },
 }
 
-/// Reads the header of the weight file at `path` and groups its tensors into units.
-/// `family` is what the manifest says; when `None` it is detected from key names.
+/// Reads the header of the weight file at `path` (safetensors, a sharded safetensors index,
+/// GGUF, or a PyTorch zip checkpoint read by the restricted unpickler) and groups its tensors
+/// into units. `family` is what the manifest says; when `None` it is detected from key names.
 pub fn read(path: &Path, family: Option<Family>) -> Result<Inventory, InventoryError> {
-    let format = detect_format(path)?;
-    let tensors = match format {
-        Format::Safetensors => safetensors::read_header(path)?.tensors,
-        // One place to plug the GGUF header reader in when it lands.
-        Format::Gguf => {
-            return Err(InventoryError::Unsupported {
-                path: path.to_path_buf(),
-                format: "GGUF",
-                hint: "GGUF support: the GGUF header reader is not in this build yet; use the safetensors version of the model",
-            })
+    let file = crate::weights::WeightFile::open(path)?;
+    let format = match file.format() {
+        crate::weights::Format::Safetensors | crate::weights::Format::SafetensorsSharded { .. } => {
+            Format::Safetensors
         }
-        Format::Synthetic => unreachable!("detect_format never returns Synthetic"),
+        crate::weights::Format::Gguf { .. } => Format::Gguf,
+        crate::weights::Format::PyTorch => Format::PyTorch,
     };
-    Inventory::build(path.to_path_buf(), format, family, tensors)
-}
-
-/// The format of the file at `path`, from its first bytes.
-pub fn detect_format(path: &Path) -> Result<Format, InventoryError> {
-    let mut head = [0u8; 16];
-    let mut f = File::open(path).map_err(|e| WeightsError::io(path, e))?;
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(WeightsError::io(path, e).into()),
-        }
-    }
-    sniff(path, &head[..n])
-}
-
-fn sniff(path: &Path, head: &[u8]) -> Result<Format, InventoryError> {
-    if head.starts_with(b"GGUF") {
-        return Ok(Format::Gguf);
-    }
-    // safetensors: u64 little-endian header length, then a JSON object.
-    if head.len() >= 9 && head[8] == b'{' {
-        return Ok(Format::Safetensors);
-    }
-    if head.starts_with(b"PK\x03\x04")
-        || (head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]))
-    {
-        return Err(InventoryError::Unsupported {
-            path: path.to_path_buf(),
-            format: "PyTorch pickle (.pt/.bin/.ckpt)",
-            hint: "pickle checkpoints can run code when loaded and are never read; convert to safetensors (e.g. `safetensors.torch.save_file`)",
-        });
-    }
-    if head.len() < 9 {
-        // Let the safetensors reader explain what is wrong with a short file.
-        return Ok(Format::Safetensors);
-    }
-    let magic = head
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    Err(InventoryError::UnknownFormat {
-        path: path.to_path_buf(),
-        magic,
-    })
+    Inventory::build(path.to_path_buf(), format, family, file.tensors().to_vec())
 }
 
 impl Inventory {
@@ -393,27 +340,26 @@ mod tests {
 
     #[test]
     fn format_is_decided_by_magic_bytes() {
-        let e = read(write(b"GGUF\x03\0\0\0rest of a gguf file").path(), None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("GGUF support:"), "{e}");
-        let e = read(write(b"PK\x03\x04zip archive........").path(), None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("PyTorch pickle"), "{e}");
-        let e = read(write(b"\x80\x02pickle protocol 2......").path(), None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("PyTorch pickle"), "{e}");
-        let e = read(write(b"hello world, not weights").path(), None)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("not a safetensors or GGUF file (it starts with bytes 68 65 6c 6c"),
-            "{e}"
-        );
-        let e = read(write(b"abc").path(), None).unwrap_err().to_string();
-        assert!(e.contains("too short"), "{e}");
+        let cases: &[(&[u8], &str)] = &[
+            (b"GGUF\x03\0\0\0rest of a gguf file", "header declares"),
+            (
+                b"PK\x03\x04zip archive........",
+                "not a readable zip archive",
+            ),
+            (
+                b"\x80\x02pickle protocol 2......",
+                "legacy PyTorch serialization",
+            ),
+            (
+                b"hello world, not weights",
+                "unrecognised format (first bytes 68 65 6c 6c",
+            ),
+            (b"abc", "unrecognised format"),
+        ];
+        for (bytes, want) in cases {
+            let e = read(write(bytes).path(), None).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
         let e = read(Path::new("/nonexistent/x.safetensors"), None)
             .unwrap_err()
             .to_string();

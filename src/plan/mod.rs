@@ -22,6 +22,7 @@
 pub mod cost;
 pub mod error;
 mod fix;
+pub mod manifest;
 mod place;
 pub mod quota;
 mod render;

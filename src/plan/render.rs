@@ -169,15 +169,15 @@ fn model(out: &mut String, m: &ModelPlan, assumed: &mut Vec<String>) {
     );
     let _ = writeln!(
         out,
-        "  compute      {}/step on {} at {:.0} TFLOP/s{} × {:.3} efficiency",
+        "  compute      {}/step on {} at {} TFLOP/s{} × {:.3} efficiency",
         secs(p.compute_seconds),
         m.compute,
-        p.tflops,
+        tflops_text(p.tflops),
         star(p.tflops_assumed),
         p.efficiency
     );
     if p.tflops_assumed {
-        let a = format!("{} at {:.0} TFLOP/s bf16", m.compute, p.tflops);
+        let a = format!("{} at {} TFLOP/s bf16", m.compute, tflops_text(p.tflops));
         if !assumed.contains(&a) {
             assumed.push(a);
         }
@@ -288,5 +288,16 @@ mod tests {
         let lines = wrap(&s, 20);
         assert!(lines.iter().all(|l| l.len() <= 21), "{lines:?}");
         assert_eq!(lines.concat().replace(' ', ""), s);
+    }
+}
+
+/// A TFLOP/s figure with the precision it deserves: `790`, `25.0`, `0.50`.
+fn tflops_text(t: f64) -> String {
+    if t >= 100.0 {
+        format!("{t:.0}")
+    } else if t >= 10.0 {
+        format!("{t:.1}")
+    } else {
+        format!("{t:.2}")
     }
 }

@@ -45,6 +45,8 @@ pub struct Detection {
     pub layout: KeyLayout,
     /// The prefix before the family's own names (`model.diffusion_model.`), or empty.
     pub prefix: String,
+    /// The tensor whose name identified the family (for messages: "it has `…`").
+    pub key: String,
 }
 
 /// (family, layout, name ending that identifies it). Checked in this order.
@@ -128,6 +130,7 @@ pub fn detect(tensors: &[TensorInfo]) -> Option<Detection> {
             family,
             layout,
             prefix,
+            key: t.name.clone(),
         };
         refine(&mut d, tensors);
         if accept(&d, tensors) {
@@ -172,12 +175,21 @@ fn accept(d: &Detection, tensors: &[TensorInfo]) -> bool {
         Family::FluxVae => has(tensors, &d.prefix, "decoder.conv_in.weight")
             .map(|i| tensors[i].shape.get(1) != Some(&4))
             .unwrap_or(true),
-        Family::ClipL => has(
-            tensors,
-            &d.prefix,
-            "text_model.encoder.layers.31.self_attn.q_proj.weight",
-        )
-        .is_none(),
+        // CLIP-G / bigG (SDXL, SD3) share CLIP-L's names: 32 layers of width 1280.
+        Family::ClipL => {
+            has(
+                tensors,
+                &d.prefix,
+                "text_model.encoder.layers.31.self_attn.q_proj.weight",
+            )
+            .is_none()
+                && has(
+                    tensors,
+                    &d.prefix,
+                    "text_model.encoder.layers.0.self_attn.q_proj.weight",
+                )
+                .is_none_or(|i| tensors[i].shape.first() != Some(&1280))
+        }
         _ => true,
     }
 }

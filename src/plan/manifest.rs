@@ -1,0 +1,209 @@
+//! From a validated manifest to a [`PlanRequest`]: which models the jobs need, their
+//! inventories (weight-file headers only), the workload each model computes, and plan errors
+//! turned back into diagnostics that point into the manifest.
+//!
+//! Used by `mgpu plan` and by the executor, so both plan exactly the same thing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{Location, ModelRequest, PlanError, PlanErrors, PlanRequest, Workload};
+use crate::alloc::Allocation;
+use crate::family::Role;
+use crate::inventory::{self, Inventory};
+use crate::manifest::{Diagnostic, Diagnostics, FluxVariant, Manifest, Model};
+use crate::sample::Sampler;
+
+/// The models that the manifest's jobs use, in a stable order: for each pipeline used (in
+/// name order), its diffusion model, text encoders and VAE; each model once.
+pub fn needed_models(m: &Manifest) -> Vec<&Model> {
+    let mut names: Vec<&str> = Vec::new();
+    for p in m.pipelines.values() {
+        if !m.jobs.iter().any(|j| j.pipeline == p.name) {
+            continue;
+        }
+        let all = std::iter::once(p.diffusion.as_str())
+            .chain(p.text_encoders.iter().map(String::as_str))
+            .chain(std::iter::once(p.vae.as_str()));
+        for n in all {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names.iter().filter_map(|n| m.models.get(*n)).collect()
+}
+
+/// Reads the header of every needed model's file. Errors point at the model's `file` key.
+pub fn read_inventories(m: &Manifest) -> Result<BTreeMap<String, Arc<Inventory>>, Diagnostics> {
+    let mut out = BTreeMap::new();
+    let mut diags = Diagnostics::default();
+    for model in needed_models(m) {
+        match inventory::read(&model.file, Some(model.family)) {
+            Ok(inv) => {
+                out.insert(model.name.clone(), Arc::new(inv));
+            }
+            Err(e) => diags.push(m.diagnostic_at(
+                &model.name,
+                "file",
+                None,
+                format!("model `{}`: {e}", model.name),
+                "`file` must name a safetensors, GGUF or PyTorch (zip) weight file of this family, relative to the manifest's folder",
+            )),
+        }
+    }
+    if diags.has_errors() {
+        Err(diags)
+    } else {
+        Ok(out)
+    }
+}
+
+/// Model evaluations per step of a sampler (Heun evaluates twice).
+fn evals_per_step(s: Sampler) -> u32 {
+    match s {
+        Sampler::Heun => 2,
+        _ => 1,
+    }
+}
+
+/// The workload `model` computes across the jobs that use it: the largest image, the largest
+/// batch, the most steps.
+fn workload(m: &Manifest, model: &Model) -> Workload {
+    let uses = |p: &crate::manifest::Pipeline| {
+        p.diffusion == model.name || p.vae == model.name || p.text_encoders.contains(&model.name)
+    };
+    let jobs: Vec<_> = m
+        .jobs
+        .iter()
+        .filter(|j| m.pipelines.get(&j.pipeline).is_some_and(uses))
+        .collect();
+    let mut w = Workload::image(1024, 1024);
+    if let Some(big) = jobs.iter().max_by_key(|j| j.width as u64 * j.height as u64) {
+        w.width = big.width;
+        w.height = big.height;
+    }
+    w.batch = jobs.iter().map(|j| j.batch.unwrap_or(1)).max().unwrap_or(1);
+    let diffusion = model.family.role() == Role::Diffusion;
+    w.steps = if diffusion {
+        jobs.iter().map(|j| j.steps).max().unwrap_or(20)
+    } else {
+        1
+    };
+    w.evals_per_step = if diffusion {
+        jobs.iter()
+            .map(|j| evals_per_step(j.sampler))
+            .max()
+            .unwrap_or(1)
+    } else {
+        1
+    };
+    // T5 keeps 512 tokens for FLUX dev, 256 for schnell; the pipeline's diffusion model says
+    // which (schnell only when the manifest says so).
+    let schnell = jobs.iter().all(|j| {
+        m.pipelines
+            .get(&j.pipeline)
+            .and_then(|p| m.models.get(&p.diffusion))
+            .is_some_and(|d| d.variant == Some(FluxVariant::Schnell))
+    });
+    w.text_tokens = if schnell && !jobs.is_empty() {
+        256
+    } else {
+        512
+    };
+    w
+}
+
+/// Bytes a unit takes on the compute device per stored byte: the compute dtype's size per
+/// element over the stored size (bf16 stored, f32 compute on a CPU: 2.0; GGUF Q8_0
+/// dequantised to bf16: ≈ 1.88).
+fn device_bytes_factor(model: &Model, inv: &Inventory) -> f64 {
+    let stored: u64 = inv.tensors.iter().map(|t| t.len).sum();
+    if stored == 0 {
+        return 1.0;
+    }
+    let (_, esize) = model.dtype.dtype().block();
+    let computed: u64 = inv
+        .tensors
+        .iter()
+        .map(|t| {
+            use crate::weights::DType as D;
+            let integer = matches!(t.dtype, D::Bool | D::U8 | D::I8 | D::I16 | D::I32 | D::I64);
+            if !integer {
+                t.numel() * esize
+            } else {
+                t.len
+            }
+        })
+        .sum();
+    computed as f64 / stored as f64
+}
+
+/// The plan request for every needed model.
+pub fn request(m: &Manifest, inventories: &BTreeMap<String, Arc<Inventory>>) -> PlanRequest {
+    let models = needed_models(m)
+        .into_iter()
+        .filter_map(|model| {
+            let inv = inventories.get(&model.name)?.clone();
+            Some(ModelRequest {
+                name: model.name.clone(),
+                family: model.family,
+                compute: model.compute,
+                allocation: model.allocation.clone(),
+                overrides: model.overrides.clone(),
+                device_bytes_factor: device_bytes_factor(model, &inv),
+                workload: workload(m, model),
+                prefetch: model.prefetch,
+                inventory: inv,
+            })
+        })
+        .collect();
+    PlanRequest { models }
+}
+
+/// Plan errors as diagnostics pointing at the manifest key (and, for allocation entries, the
+/// entry inside the string) they are about.
+pub fn diagnostics(m: &Manifest, errors: &PlanErrors) -> Diagnostics {
+    let mut out = Diagnostics::default();
+    for e in &errors.0 {
+        out.push(diagnostic(m, e));
+    }
+    out
+}
+
+fn diagnostic(m: &Manifest, e: &PlanError) -> Diagnostic {
+    let message = e.to_string();
+    let help = match e {
+        PlanError::DoesNotFit(_) => "move weights to a donor as the message says, or lower the job size or batch",
+        PlanError::UnknownDevice { .. } => "run `mgpu probe` to list this machine's devices, or plan for another machine with `--hardware FILE`",
+        _ => "see docs/allocation.md for the allocation language",
+    };
+    let (Some(model), Some(at)) = (e.model(), e.location()) else {
+        // Not tied to one key: point at the model's allocation when the error names a fix for
+        // one model, else at nothing.
+        if let PlanError::DoesNotFit(nf) = e {
+            if let super::Fix::Allocation { model, key, .. } = &nf.fix {
+                return m.diagnostic_at(model, key, None, message, help);
+            }
+        }
+        return Diagnostic::error(message).with_help(help);
+    };
+    let entry_range = |i: usize| match m.models.get(model).map(|x| &x.allocation) {
+        Some(Allocation::Expert(ex)) => ex.entries.get(i).map(|en| en.span.entry.clone()),
+        _ => None,
+    };
+    match at {
+        Location::Compute => m.diagnostic_at(model, "compute", None, message, help),
+        Location::Allocation => m.diagnostic_at(model, "allocation", None, message, help),
+        Location::Entry(i) => m.diagnostic_at(model, "allocation", entry_range(i), message, help),
+        Location::VirtualVram => m.diagnostic_at(model, "virtual_vram", None, message, help),
+        Location::Donor => m.diagnostic_at(model, "donor", None, message, help),
+        Location::Override(i) => m.diagnostic_at_path(
+            &format!("models.{model}.overrides.{i}"),
+            None,
+            message,
+            help,
+        ),
+        Location::Prefetch => m.diagnostic_at(model, "prefetch", None, message, help),
+    }
+}
