@@ -52,16 +52,19 @@ fn bench(c: &mut Criterion) {
                 device: DeviceName::Cuda(0),
                 value: Some(Value::Bytes(ByteSize::gib(40))),
                 wildcard: false,
+                span: Default::default(),
             },
             Entry {
                 device: DeviceName::Cuda(1),
                 value: Some(Value::Bytes(ByteSize::gib(30))),
                 wildcard: false,
+                span: Default::default(),
             },
             Entry {
                 device: DeviceName::Cpu,
                 value: None,
                 wildcard: true,
+                span: Default::default(),
             },
         ],
     });

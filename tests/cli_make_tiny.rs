@@ -190,7 +190,7 @@ fn text_encoders_and_tokenizers_load_and_run() {
         );
     }
     let dev = Device::Cpu;
-    let tok = tokenize::T5Tokenizer::from_file(&d.path().join("t5-tokenizer.json")).unwrap();
+    let tok = tokenize::T5Tokenizer::from_file(d.path().join("t5-tokenizer.json")).unwrap();
     let ids = tok.encode("a red fox in snow", 16).unwrap();
     let w = candle_core::safetensors::load(d.path().join("t5-tiny.safetensors"), &dev).unwrap();
     let vb = candle_nn::VarBuilder::from_tensors(w, DType::F32, &dev);
@@ -200,7 +200,7 @@ fn text_encoders_and_tokenizers_load_and_run() {
         .unwrap();
     assert_eq!(h.dims3().unwrap(), (1, 16, t5::Config::tiny().d_model));
 
-    let tok = tokenize::ClipTokenizer::from_file(&d.path().join("clip-tokenizer.json")).unwrap();
+    let tok = tokenize::ClipTokenizer::from_file(d.path().join("clip-tokenizer.json")).unwrap();
     let ids = tok.encode("a red fox in snow").unwrap();
     let w = candle_core::safetensors::load(d.path().join("clip-tiny.safetensors"), &dev).unwrap();
     let vb = candle_nn::VarBuilder::from_tensors(w, DType::F32, &dev);

@@ -117,7 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
                 bail!("a cuda:N donor needs a CUDA compute device (--device cuda:0)")
             }
             let mut f = bench::cpu_backend_factory(dtype);
-            (bench::run(&cfg, &Device::Cpu, &mut f, progress)?, None)
+            (bench::run(&cfg, &Device::Cpu, &mut *f, progress)?, None)
         }
         DeviceName::Cuda(i) => cuda_run(&cfg, i as usize, progress)?,
         DeviceName::Disk => bail!("--device disk: disk stores weights, it cannot compute"),

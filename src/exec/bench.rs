@@ -451,13 +451,10 @@ fn tensor_bytes(t: &Tensor) -> candle_core::Result<Bytes> {
 }
 
 /// The CPU backend factory: every placement streams through worker threads.
-pub fn cpu_backend_factory(
-    dtype: DType,
-) -> impl FnMut(&[EngineUnit], &[String], &Option<Source>, usize) -> Result<Box<dyn Backend>, EngineError>
-{
-    move |_units, links, _source, slots| {
+pub fn cpu_backend_factory(dtype: DType) -> Box<BackendFactory<'static>> {
+    Box::new(move |_units, links, _source, slots| {
         Ok(Box::new(CpuBackend::new(links, slots, dtype)?) as Box<dyn Backend>)
-    }
+    })
 }
 
 /// Renders the measurements as a table.
@@ -507,86 +504,6 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
         ));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spread_is_even_and_exact() {
-        assert_eq!(spread(4, 50), [false, true, false, true]);
-        assert_eq!(spread(4, 0), [false; 4]);
-        assert_eq!(spread(4, 100), [true; 4]);
-        for n in [19usize, 38, 57] {
-            for p in [25u32, 50, 75] {
-                let s = spread(n, p);
-                assert_eq!(
-                    s.iter().filter(|b| **b).count(),
-                    (n * p as usize + 50) / 100,
-                    "{n} {p}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn placements_parse() {
-        assert_eq!(
-            "resident".parse::<Placement>().unwrap().to_string(),
-            "resident"
-        );
-        assert_eq!("cpu:50".parse::<Placement>().unwrap().to_string(), "cpu:50");
-        assert_eq!(
-            "cuda:1:100".parse::<Placement>().unwrap().to_string(),
-            "cuda:1:100"
-        );
-        assert!("cpu:150".parse::<Placement>().is_err());
-        assert!("mps:10"
-            .parse::<Placement>()
-            .unwrap_err()
-            .contains("not supported"));
-    }
-
-    /// On the tiny model, every placement and batch size computes the same bytes as the
-    /// all-resident batch-1 run (the CPU version of the GPU bit-identity check).
-    #[test]
-    fn tiny_placements_are_bit_identical() {
-        let cfg = BenchConfig {
-            model: flux::Config::tiny(),
-            model_name: "tiny".into(),
-            width: 64,
-            height: 64,
-            txt_tokens: 8,
-            steps: 2,
-            warmup: 0,
-            batches: vec![1, 3],
-            placements: ["resident", "cpu:50", "cpu:100", "disk:100"]
-                .iter()
-                .map(|p| p.parse().unwrap())
-                .collect(),
-            slots: 2,
-            dtype: DType::F32,
-            seed: 7,
-        };
-        let mut f = cpu_backend_factory(DType::F32);
-        let r = run(&cfg, &Device::Cpu, &mut f, |_| {}).unwrap();
-        assert_eq!(r.measurements.len(), 8);
-        for m in &r.measurements {
-            assert_eq!(m.identical, Some(true), "{} batch {}", m.placement, m.batch);
-            assert_eq!(m.steps.len(), 2);
-        }
-        // Batch 3 jobs differ from each other (different inputs) but job 0 matches batch 1.
-        let b3 = r.measurements.iter().find(|m| m.batch == 3).unwrap();
-        assert_ne!(b3.hashes[0], b3.hashes[1]);
-        let cpu100 = r
-            .measurements
-            .iter()
-            .find(|m| m.placement == "cpu:100" && m.batch == 1)
-            .unwrap();
-        assert!(cpu100.streamed_bytes > 0);
-        assert!(cpu100.steps.iter().all(|s| s.fetched_units == 4));
-    }
 }
 
 /// Times the building blocks of one FLUX-dev step at 1024² on `device` (milliseconds per call,
@@ -668,5 +585,85 @@ trait ForwardT {
 impl ForwardT for candle_nn::Linear {
     fn forward_t(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         candle_core::Module::forward(self, x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_even_and_exact() {
+        assert_eq!(spread(4, 50), [false, true, false, true]);
+        assert_eq!(spread(4, 0), [false; 4]);
+        assert_eq!(spread(4, 100), [true; 4]);
+        for n in [19usize, 38, 57] {
+            for p in [25u32, 50, 75] {
+                let s = spread(n, p);
+                assert_eq!(
+                    s.iter().filter(|b| **b).count(),
+                    (n * p as usize + 50) / 100,
+                    "{n} {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn placements_parse() {
+        assert_eq!(
+            "resident".parse::<Placement>().unwrap().to_string(),
+            "resident"
+        );
+        assert_eq!("cpu:50".parse::<Placement>().unwrap().to_string(), "cpu:50");
+        assert_eq!(
+            "cuda:1:100".parse::<Placement>().unwrap().to_string(),
+            "cuda:1:100"
+        );
+        assert!("cpu:150".parse::<Placement>().is_err());
+        assert!("mps:10"
+            .parse::<Placement>()
+            .unwrap_err()
+            .contains("not supported"));
+    }
+
+    /// On the tiny model, every placement and batch size computes the same bytes as the
+    /// all-resident batch-1 run (the CPU version of the GPU bit-identity check).
+    #[test]
+    fn tiny_placements_are_bit_identical() {
+        let cfg = BenchConfig {
+            model: flux::Config::tiny(),
+            model_name: "tiny".into(),
+            width: 64,
+            height: 64,
+            txt_tokens: 8,
+            steps: 2,
+            warmup: 0,
+            batches: vec![1, 3],
+            placements: ["resident", "cpu:50", "cpu:100", "disk:100"]
+                .iter()
+                .map(|p| p.parse().unwrap())
+                .collect(),
+            slots: 2,
+            dtype: DType::F32,
+            seed: 7,
+        };
+        let mut f = cpu_backend_factory(DType::F32);
+        let r = run(&cfg, &Device::Cpu, &mut *f, |_| {}).unwrap();
+        assert_eq!(r.measurements.len(), 8);
+        for m in &r.measurements {
+            assert_eq!(m.identical, Some(true), "{} batch {}", m.placement, m.batch);
+            assert_eq!(m.steps.len(), 2);
+        }
+        // Batch 3 jobs differ from each other (different inputs) but job 0 matches batch 1.
+        let b3 = r.measurements.iter().find(|m| m.batch == 3).unwrap();
+        assert_ne!(b3.hashes[0], b3.hashes[1]);
+        let cpu100 = r
+            .measurements
+            .iter()
+            .find(|m| m.placement == "cpu:100" && m.batch == 1)
+            .unwrap();
+        assert!(cpu100.streamed_bytes > 0);
+        assert!(cpu100.steps.iter().all(|s| s.fetched_units == 4));
     }
 }

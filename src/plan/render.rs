@@ -278,6 +278,17 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
         .collect()
 }
 
+/// A TFLOP/s figure with the precision it deserves: `790`, `25.0`, `0.50`.
+fn tflops_text(t: f64) -> String {
+    if t >= 100.0 {
+        format!("{t:.0}")
+    } else if t >= 10.0 {
+        format!("{t:.1}")
+    } else {
+        format!("{t:.2}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,16 +299,5 @@ mod tests {
         let lines = wrap(&s, 20);
         assert!(lines.iter().all(|l| l.len() <= 21), "{lines:?}");
         assert_eq!(lines.concat().replace(' ', ""), s);
-    }
-}
-
-/// A TFLOP/s figure with the precision it deserves: `790`, `25.0`, `0.50`.
-fn tflops_text(t: f64) -> String {
-    if t >= 100.0 {
-        format!("{t:.0}")
-    } else if t >= 10.0 {
-        format!("{t:.1}")
-    } else {
-        format!("{t:.2}")
     }
 }
