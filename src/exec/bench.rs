@@ -38,16 +38,25 @@ pub struct Placement {
     pub source: Option<Source>,
     /// Percent of blocks streamed.
     pub percent: u32,
+    /// `@q8_0`: the blocks' matrices are stored as GGUF Q8_0 (as city96's FLUX GGUF files
+    /// store them); streamed blocks travel quantised and are dequantised on the compute
+    /// device, resident ones are dequantised once.
+    pub q8_0: bool,
 }
 
 impl std::str::FromStr for Placement {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
+        let (t, q8_0) = match t.strip_suffix("@q8_0") {
+            Some(rest) => (rest, true),
+            None => (t, false),
+        };
         if t == "resident" {
             return Ok(Placement {
                 source: None,
                 percent: 0,
+                q8_0,
             });
         }
         let (src, pct) = t.rsplit_once(':').ok_or_else(|| {
@@ -66,6 +75,7 @@ impl std::str::FromStr for Placement {
         Ok(Placement {
             source: Some(source),
             percent,
+            q8_0,
         })
     }
 }
@@ -77,7 +87,11 @@ impl std::fmt::Display for Placement {
             Some(Source::Cpu) => write!(f, "cpu:{}", self.percent),
             Some(Source::Disk) => write!(f, "disk:{}", self.percent),
             Some(Source::Cuda(i)) => write!(f, "cuda:{i}:{}", self.percent),
+        }?;
+        if self.q8_0 {
+            f.write_str("@q8_0")?;
         }
+        Ok(())
     }
 }
 
@@ -253,30 +267,47 @@ pub fn run(
         .iter()
         .map(|m| m.values().map(|t| t.elem_count() as u64 * esize).sum())
         .collect();
-    // Host copies of the blocks, made once, shared by every streamed placement.
+    // Host copies of the blocks, made once, shared by every streamed placement; Q8_0 copies
+    // for the `@q8_0` placements.
+    let streams = |q: bool| {
+        cfg.placements
+            .iter()
+            .any(|p| p.q8_0 == q && (q || (p.source.is_some() && p.percent > 0)))
+    };
     let mut host: Vec<Option<Arc<UnitData>>> = vec![None; units.len()];
-    let needs_host = cfg
-        .placements
-        .iter()
-        .any(|p| p.source.is_some() && p.percent > 0);
-    if needs_host {
-        progress("copying blocks to host memory");
+    let mut host_q8: Vec<Option<Arc<UnitData>>> = vec![None; units.len()];
+    let mut resident_q8: Vec<HashMap<String, Tensor>> = Vec::new();
+    for (q, want) in [(false, streams(false)), (true, streams(true))] {
+        if !want {
+            continue;
+        }
+        progress(if q {
+            "quantising blocks to Q8_0 in host memory"
+        } else {
+            "copying blocks to host memory"
+        });
         for (i, (name, tensors)) in units.iter().enumerate().skip(1) {
             let mut ts = Vec::new();
             for (tname, shape) in tensors {
                 let t = resident[i][tname].to_device(&Device::Cpu)?;
-                let bytes = tensor_bytes(&t)?;
-                ts.push(HostTensor {
-                    name: tname.clone(),
-                    dtype: cfg.dtype,
-                    shape: shape.clone(),
-                    bytes,
-                });
+                ts.push(host_tensor(tname, shape, &t, cfg.dtype, q)?);
             }
-            host[i] = Some(Arc::new(UnitData {
+            let data = Some(Arc::new(UnitData {
                 name: name.clone(),
                 tensors: ts,
             }));
+            if q {
+                host_q8[i] = data;
+            } else {
+                host[i] = data;
+            }
+        }
+        if q {
+            // Resident Q8_0 blocks: dequantised once, through the same path as a fetch.
+            resident_q8.push(resident[0].clone());
+            for d in host_q8.iter().skip(1).flatten() {
+                resident_q8.push(d.materialize(device, cfg.dtype)?);
+            }
         }
     }
     let setup_seconds = t0.elapsed().as_secs_f64();
@@ -307,7 +338,8 @@ pub fn run(
     let guidance = cfg.model.guidance_embed.then_some(3.5);
 
     let mut measurements = Vec::new();
-    let mut reference: Option<String> = None;
+    // The all-resident batch-1 hash, per storage (plain, Q8_0).
+    let mut reference: HashMap<bool, String> = HashMap::new();
     for &batch in &cfg.batches {
         for placement in &cfg.placements {
             progress(&format!("{placement}, batch {batch}"));
@@ -321,15 +353,20 @@ pub fn run(
                 Some(Source::Disk) => vec![format!("disk→{}", device_name(device))],
                 Some(Source::Cuda(i)) => vec![format!("cuda:{i}→{}", device_name(device))],
             };
+            let (homes, residents) = if placement.q8_0 {
+                (&host_q8, &resident_q8)
+            } else {
+                (&host, &resident)
+            };
             let engine_units: Vec<EngineUnit> = (1..units.len())
                 .map(|i| {
                     let home = if streamed[i - 1] {
                         Home::Streamed {
-                            data: host[i].clone().expect("host copies exist when streaming"),
+                            data: homes[i].clone().expect("host copies exist when streaming"),
                             link: 0,
                         }
                     } else {
-                        Home::Resident(Arc::new(resident[i].clone()))
+                        Home::Resident(Arc::new(residents[i].clone()))
                     };
                     EngineUnit {
                         name: units[i].0.clone(),
@@ -339,7 +376,7 @@ pub fn run(
                 .collect();
             let streamed_bytes: u64 = (1..units.len())
                 .filter(|&i| streamed[i - 1])
-                .map(|i| unit_bytes[i])
+                .map(|i| homes[i].as_ref().map_or(0, |d| d.bytes()))
                 .sum();
             let backend = make_backend(&engine_units, &link_names, &placement.source, cfg.slots)?;
             let mut engine =
@@ -383,9 +420,13 @@ pub fn run(
                 }
             }
             if placement.source.is_none() && batch == 1 {
-                reference = hashes.first().cloned();
+                if let Some(h) = hashes.first() {
+                    reference.insert(placement.q8_0, h.clone());
+                }
             }
-            let identical = reference.as_ref().map(|r| hashes.first() == Some(r));
+            let identical = reference
+                .get(&placement.q8_0)
+                .map(|r| hashes.first() == Some(r));
             let step_seconds = median(stats.iter().map(|s| s.seconds).collect());
             let wait_seconds = median(stats.iter().map(|s| s.wait_seconds).collect());
             measurements.push(Measurement {
@@ -426,6 +467,40 @@ fn device_name(d: &Device) -> String {
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         other => format!("{other:?}"),
     }
+}
+
+/// The host copy of one generated tensor: its bytes as stored, or Q8_0 blocks for matrices
+/// (rank ≥ 2, whole blocks of 32) when `q8_0`, as city96's GGUF files store FLUX.
+fn host_tensor(
+    name: &str,
+    shape: &[usize],
+    t: &Tensor,
+    dtype: DType,
+    q8_0: bool,
+) -> candle_core::Result<HostTensor> {
+    let numel: usize = shape.iter().product();
+    if q8_0 && shape.len() >= 2 && numel % 32 == 0 {
+        use rayon::prelude::*;
+        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let q: Vec<u8> = v
+            .par_chunks(32 * 4096)
+            .flat_map_iter(crate::weights::gguf::dequant::quantize_q8_0)
+            .collect();
+        return Ok(HostTensor {
+            name: name.to_string(),
+            dtype,
+            shape: shape.to_vec(),
+            bytes: Bytes::Owned(Arc::from(q)),
+            quant: Some(crate::weights::DType::Q8_0),
+        });
+    }
+    Ok(HostTensor {
+        name: name.to_string(),
+        dtype,
+        shape: shape.to_vec(),
+        bytes: tensor_bytes(t)?,
+        quant: None,
+    })
 }
 
 /// A CPU tensor's bytes, little-endian as stored.
@@ -640,17 +715,24 @@ mod tests {
             steps: 2,
             warmup: 0,
             batches: vec![1, 3],
-            placements: ["resident", "cpu:50", "cpu:100", "disk:100"]
-                .iter()
-                .map(|p| p.parse().unwrap())
-                .collect(),
+            placements: [
+                "resident",
+                "cpu:50",
+                "cpu:100",
+                "disk:100",
+                "resident@q8_0",
+                "cpu:100@q8_0",
+            ]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect(),
             slots: 2,
             dtype: DType::F32,
             seed: 7,
         };
         let mut f = cpu_backend_factory(DType::F32);
         let r = run(&cfg, &Device::Cpu, &mut *f, |_| {}).unwrap();
-        assert_eq!(r.measurements.len(), 8);
+        assert_eq!(r.measurements.len(), 12);
         for m in &r.measurements {
             assert_eq!(m.identical, Some(true), "{} batch {}", m.placement, m.batch);
             assert_eq!(m.steps.len(), 2);
@@ -665,5 +747,13 @@ mod tests {
             .unwrap();
         assert!(cpu100.streamed_bytes > 0);
         assert!(cpu100.steps.iter().all(|s| s.fetched_units == 4));
+        // Q8_0 storage changes the values (so its own reference), and fewer bytes travel.
+        let q8 = r
+            .measurements
+            .iter()
+            .find(|m| m.placement == "cpu:100@q8_0" && m.batch == 1)
+            .unwrap();
+        assert_ne!(q8.hashes[0], cpu100.hashes[0]);
+        assert!(q8.streamed_bytes < cpu100.streamed_bytes);
     }
 }

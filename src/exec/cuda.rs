@@ -68,12 +68,53 @@ pub enum LinkKind {
 struct Place {
     name: String,
     shape: Vec<usize>,
+    /// The region holding the tensor's values as the model reads them (for a quantised
+    /// tensor: the dequantised values).
     region: usize,
     /// Byte offset inside the region.
     offset: usize,
-    len: usize,
-    /// Byte offset inside the unit's mirrored host/donor buffer.
+    /// Byte offset of the copied bytes inside the unit's mirrored host/donor buffer.
     home_offset: usize,
+    /// For a quantised tensor: its type and where its blocks land (region, byte offset, length)
+    /// before the dequantisation kernel writes `region`.
+    quant: Option<(crate::weights::DType, usize, usize, usize)>,
+}
+
+/// A slot region: a dtype, and whether copies fill it (`Copied`) or the dequantisation
+/// kernel does (`Dequant`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionKey {
+    pub dtype: DType,
+    pub copied: bool,
+}
+
+/// The region keys a unit's tensors need.
+fn region_keys(data: &UnitData) -> Vec<RegionKey> {
+    let mut keys = Vec::new();
+    for t in &data.tensors {
+        let ks: &[RegionKey] = &match t.quant {
+            None => vec![RegionKey {
+                dtype: t.dtype,
+                copied: true,
+            }],
+            Some(_) => vec![
+                RegionKey {
+                    dtype: DType::U8,
+                    copied: true,
+                },
+                RegionKey {
+                    dtype: t.dtype,
+                    copied: false,
+                },
+            ],
+        };
+        for k in ks {
+            if !keys.contains(k) {
+                keys.push(*k);
+            }
+        }
+    }
+    keys
 }
 
 /// A unit's layout: its tensors' places and, per region, the bytes it uses and where that
@@ -81,55 +122,116 @@ struct Place {
 #[derive(Debug, Clone)]
 struct Layout {
     places: Vec<Place>,
-    /// (region index, bytes used, offset in the home buffer)
+    /// Copied regions: (region index, bytes used, offset in the home buffer).
     regions: Vec<(usize, usize, usize)>,
     home_bytes: usize,
+    /// Bytes used per region (copied or dequantised), for sizing the slots.
+    region_sizes: Vec<usize>,
 }
 
-fn layout_of(data: &UnitData, region_dtypes: &[DType]) -> Result<Layout, EngineError> {
-    let mut used = vec![0usize; region_dtypes.len()];
-    let mut places = Vec::with_capacity(data.tensors.len());
-    for t in &data.tensors {
-        let region = region_dtypes
-            .iter()
-            .position(|d| *d == t.dtype)
+fn layout_of(data: &UnitData, keys: &[RegionKey]) -> Result<Layout, EngineError> {
+    let mut used = vec![0usize; keys.len()];
+    let find = |k: RegionKey, name: &str| {
+        keys.iter()
+            .position(|x| *x == k)
             .ok_or_else(|| EngineError::Fetch {
                 unit: data.name.clone(),
                 link: "cuda".into(),
-                message: format!(
-                    "tensor `{}` has dtype {:?}, which has no slot region",
-                    t.name, t.dtype
-                ),
-            })?;
+                message: format!("tensor `{name}` ({:?}) has no slot region", k.dtype),
+            })
+    };
+    let mut places = Vec::with_capacity(data.tensors.len());
+    for t in &data.tensors {
+        let numel: usize = t.shape.iter().product();
+        let (region, len, quant) = match t.quant {
+            None => (
+                find(
+                    RegionKey {
+                        dtype: t.dtype,
+                        copied: true,
+                    },
+                    &t.name,
+                )?,
+                t.bytes.len(),
+                None,
+            ),
+            Some(q) => {
+                if q != crate::weights::DType::Q8_0 || t.dtype != DType::BF16 {
+                    return Err(EngineError::Fetch {
+                        unit: data.name.clone(),
+                        link: "cuda".into(),
+                        message: format!(
+                            "tensor `{}`: {q} → {:?} cannot be dequantised on the GPU (supported: Q8_0 → bf16); dequantise it at load",
+                            t.name, t.dtype
+                        ),
+                    });
+                }
+                let src = find(
+                    RegionKey {
+                        dtype: DType::U8,
+                        copied: true,
+                    },
+                    &t.name,
+                )?;
+                let off = used[src];
+                used[src] = align(off + t.bytes.len());
+                let dst = find(
+                    RegionKey {
+                        dtype: t.dtype,
+                        copied: false,
+                    },
+                    &t.name,
+                )?;
+                (
+                    dst,
+                    numel * t.dtype.size_in_bytes(),
+                    Some((q, src, off, t.bytes.len())),
+                )
+            }
+        };
         let offset = used[region];
-        used[region] = align(offset + t.bytes.len());
+        used[region] = align(offset + len);
         places.push(Place {
             name: t.name.clone(),
             shape: t.shape.clone(),
             region,
             offset,
-            len: t.bytes.len(),
             home_offset: 0,
+            quant,
         });
     }
     let mut regions = Vec::new();
     let mut home = 0usize;
-    let mut region_home = vec![0usize; region_dtypes.len()];
+    let mut region_home = vec![0usize; keys.len()];
     for (r, &u) in used.iter().enumerate() {
-        if u > 0 {
+        if u > 0 && keys[r].copied {
             regions.push((r, u, home));
             region_home[r] = home;
             home += u;
         }
     }
     for p in &mut places {
-        p.home_offset = region_home[p.region] + p.offset;
+        p.home_offset = match p.quant {
+            Some((_, src, off, _)) => region_home[src] + off,
+            None => region_home[p.region] + p.offset,
+        };
     }
+    // The dequantisation regions' sizes matter for the slots too.
+    let sizes = used;
     Ok(Layout {
         places,
         regions,
         home_bytes: home,
+        region_sizes: sizes,
     })
+}
+
+/// Writes a unit's stored bytes into its home buffer at their layout offsets.
+fn fill_home(layout: &Layout, data: &UnitData, dst: &mut [u8]) {
+    for (p, t) in layout.places.iter().zip(&data.tensors) {
+        let b = t.bytes.as_slice();
+        dst[p.home_offset..p.home_offset + b.len()].copy_from_slice(b);
+    }
 }
 
 /// Page-locked copies of units, by unit name, kept across engines: pinning costs seconds per
@@ -168,9 +270,7 @@ impl PinnedPool {
         let dst = buf
             .as_mut_slice()
             .map_err(cuda_err("mapping page-locked memory"))?;
-        for (p, t) in layout.places.iter().zip(&data.tensors) {
-            dst[p.home_offset..p.home_offset + p.len].copy_from_slice(t.bytes.as_slice());
-        }
+        fill_home(layout, data, dst);
         let buf = Arc::new(buf);
         self.bufs.insert(name.to_string(), buf.clone());
         Ok(buf)
@@ -237,6 +337,7 @@ struct EventCell(CudaEvent);
 
 /// Backend for a CUDA compute device.
 pub struct CudaBackend {
+    device: Device,
     ctx: Arc<CudaContext>,
     compute: Arc<CudaStream>,
     links: Vec<Link>,
@@ -320,25 +421,25 @@ impl CudaBackend {
             });
         }
         // Region dtypes and sizes: the union over streamed units, each sized for the largest.
-        let mut region_dtypes: Vec<DType> = Vec::new();
+        let mut region_keys_all: Vec<RegionKey> = Vec::new();
         for u in units {
             if let Home::Streamed { data, .. } = &u.home {
-                for t in &data.tensors {
-                    if !region_dtypes.contains(&t.dtype) {
-                        region_dtypes.push(t.dtype);
+                for k in region_keys(data) {
+                    if !region_keys_all.contains(&k) {
+                        region_keys_all.push(k);
                     }
                 }
             }
         }
-        let mut region_bytes = vec![0usize; region_dtypes.len()];
+        let mut region_bytes = vec![0usize; region_keys_all.len()];
         let mut streamed = HashMap::new();
         let mut peer_ctxs: HashMap<usize, Arc<CudaContext>> = HashMap::new();
         for (i, u) in units.iter().enumerate() {
             let Home::Streamed { data, link } = &u.home else {
                 continue;
             };
-            let layout = layout_of(data, &region_dtypes)?;
-            for &(r, used, _) in &layout.regions {
+            let layout = layout_of(data, &region_keys_all)?;
+            for (r, &used) in layout.region_sizes.iter().enumerate() {
                 region_bytes[r] = region_bytes[r].max(used);
             }
             let kind = &links[*link].kind;
@@ -356,10 +457,7 @@ impl CudaBackend {
                         }
                     };
                     let mut host = vec![0u8; layout.home_bytes.max(1)];
-                    for (p, t) in layout.places.iter().zip(&data.tensors) {
-                        host[p.home_offset..p.home_offset + p.len]
-                            .copy_from_slice(t.bytes.as_slice());
-                    }
+                    fill_home(&layout, data, &mut host);
                     let s = pctx.default_stream();
                     let buf = s
                         .clone_htod(&host)
@@ -395,14 +493,15 @@ impl CudaBackend {
         let mut disk_events = Vec::new();
         for _ in 0..slots {
             let mut regions = Vec::new();
-            for (d, &b) in region_dtypes.iter().zip(&region_bytes) {
+            for (k, &b) in region_keys_all.iter().zip(&region_bytes) {
+                let d = k.dtype;
                 let n = (b / d.size_in_bytes()).max(1);
-                let tensor = Tensor::zeros(n, *d, device).map_err(candle_err)?;
+                let tensor = Tensor::zeros(n, d, device).map_err(candle_err)?;
                 let ptr = region_ptr(&tensor, &compute)?;
                 regions.push(Region {
                     tensor,
                     ptr,
-                    dtype: *d,
+                    dtype: d,
                 });
             }
             let staging = if has_disk {
@@ -455,6 +554,7 @@ impl CudaBackend {
             (None, None)
         };
         Ok(CudaBackend {
+            device: device.clone(),
             ctx,
             compute,
             links,
@@ -518,9 +618,7 @@ fn disk_worker(ctx: Arc<CudaContext>, rx: Receiver<DiskJob>) {
             job.ready.0.synchronize().map_err(|e| format!("{e:?}"))?;
             {
                 let buf = staging.as_mut_slice().map_err(|e| format!("{e:?}"))?;
-                for (p, t) in job.layout.places.iter().zip(&job.data.tensors) {
-                    buf[p.home_offset..p.home_offset + p.len].copy_from_slice(t.bytes.as_slice());
-                }
+                fill_home(&job.layout, &job.data, buf);
             }
             if let Some(free) = &job.free {
                 job.stream.wait(&free.0).map_err(|e| format!("{e:?}"))?;
@@ -696,6 +794,13 @@ impl Backend for CudaBackend {
         after
             .record(&self.compute)
             .map_err(|e| err(format!("{e:?}")))?;
+        for p in &u.layout.places {
+            if let Some((_, src_region, src_off, src_len)) = p.quant {
+                let src = s.regions[src_region].ptr + src_off as u64;
+                let dst = s.regions[p.region].ptr + p.offset as u64;
+                dequant_q8_0(&self.device, src, dst, (src_len / 34) as u64).map_err(&err)?;
+            }
+        }
         let mut out = HashMap::with_capacity(u.layout.places.len());
         for p in &u.layout.places {
             let r = &s.regions[p.region];
@@ -808,4 +913,39 @@ pub fn keep_pool_memory(device: &Device) -> Result<(), EngineError> {
         .map_err(cuda_err("setting the pool's release threshold"))?;
     }
     Ok(())
+}
+
+/// PTX of `src/exec/kernels/dequant.cu`, compiled by build.rs.
+const DEQUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dequant.ptx"));
+
+/// Launches the Q8_0 → bf16 dequantisation of `nblocks` blocks at `src` into `dst` on the
+/// compute stream (candle's stream of `device`).
+fn dequant_q8_0(
+    device: &Device,
+    src: sys::CUdeviceptr,
+    dst: sys::CUdeviceptr,
+    nblocks: u64,
+) -> Result<(), String> {
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    let cdev = device.as_cuda_device().map_err(|e| e.to_string())?;
+    let f = cdev
+        .get_or_load_custom_func("dequant_q8_0_bf16", "mgpu_dequant", DEQUANT_PTX)
+        .map_err(|e| e.to_string())?;
+    let n = nblocks * 32;
+    let threads = 256u32;
+    let blocks = n.div_ceil(threads as u64);
+    let grid =
+        u32::try_from(blocks).map_err(|_| format!("{n} values are too many for one launch"))?;
+    let cfg = LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = f.builder();
+    b.arg(&src).arg(&dst).arg(&nblocks);
+    // SAFETY: src holds nblocks·34 bytes and dst nblocks·32 bf16 values inside live slot regions
+    // (sized by the layout); the kernel reads and writes only those ranges.
+    unsafe { b.launch(cfg) }
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
 }

@@ -21,6 +21,7 @@ fn unit_data(name: &str, value: f32, n: usize) -> Arc<UnitData> {
             dtype: DType::F32,
             shape: vec![n],
             bytes: Bytes::Owned(Arc::from(bytes)),
+            quant: None,
         }],
     })
 }

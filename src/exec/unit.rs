@@ -57,16 +57,43 @@ impl Bytes {
 #[derive(Debug, Clone)]
 pub struct HostTensor {
     pub name: String,
+    /// The stored element type; for a quantised tensor, the type it dequantises to.
     pub dtype: DType,
     pub shape: Vec<usize>,
     pub bytes: Bytes,
+    /// `Some(Q8_0 …)`: `bytes` hold GGML blocks of that type; they travel quantised and are
+    /// dequantised (to f32, then rounded to `dtype`) where they are used.
+    pub quant: Option<crate::weights::DType>,
 }
 
 impl HostTensor {
     /// The tensor on `device` in `dtype`. Floating-point tensors are converted to `dtype`;
     /// integer tensors keep their type.
     pub fn materialize(&self, device: &Device, dtype: DType) -> candle_core::Result<Tensor> {
-        let want = self.shape.iter().product::<usize>() * self.dtype.size_in_bytes();
+        let numel: usize = self.shape.iter().product();
+        if let Some(q) = self.quant {
+            let want = q.storage_bytes(numel as u64);
+            if want != Some(self.bytes.len() as u64) {
+                candle_core::bail!(
+                    "tensor `{}`: {:?} of {q} needs {want:?} bytes, the store holds {}",
+                    self.name,
+                    self.shape,
+                    self.bytes.len()
+                )
+            }
+            let v = crate::weights::convert::to_f32(q, self.bytes.as_slice(), numel);
+            // Round to the tensor's type first (as the device-side dequantisation does), then
+            // to the compute dtype.
+            let t =
+                Tensor::from_vec(v, self.shape.as_slice(), &Device::Cpu)?.to_dtype(self.dtype)?;
+            let t = if self.dtype != dtype {
+                t.to_dtype(dtype)?
+            } else {
+                t
+            };
+            return t.to_device(device);
+        }
+        let want = numel * self.dtype.size_in_bytes();
         if want != self.bytes.len() {
             candle_core::bail!(
                 "tensor `{}`: {:?} of {:?} needs {want} bytes, the store holds {}",
@@ -138,6 +165,7 @@ mod tests {
             dtype: DType::F32,
             shape: vec![vals.len()],
             bytes: Bytes::Owned(Arc::from(bytes)),
+            quant: None,
         }
     }
 

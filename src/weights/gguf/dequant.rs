@@ -288,3 +288,39 @@ mod tests {
         assert_eq!(y[1], -8.0);
     }
 }
+
+/// Q8_0 quantisation as llama.cpp's reference `quantize_row_q8_0_ref` defines it: per block of
+/// 32, `d = max|x| / 127` stored as f16, `q = round(x / d)` (half away from zero). Used to make
+/// quantised test and benchmark weights; `src.len()` must be a multiple of 32.
+pub fn quantize_q8_0(src: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len() / 32 * 34);
+    for block in src.chunks(32) {
+        let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        out.extend(block.iter().map(|x| (x * id).round() as i8 as u8));
+    }
+    out
+}
+
+#[cfg(test)]
+mod quantize_tests {
+    #[test]
+    fn q8_0_round_trips_within_half_a_step() {
+        let x: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let q = super::quantize_q8_0(&x);
+        assert_eq!(q.len(), 3 * 34);
+        let mut y = vec![0f32; 96];
+        super::q8_0(&q, &mut y);
+        for (b, (xs, ys)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+            let d = xs.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (a, c) in xs.iter().zip(ys) {
+                assert!((a - c).abs() <= d * 0.5 + 1e-3 * d, "block {b}: {a} vs {c}");
+            }
+        }
+        assert!(super::quantize_q8_0(&[0.0; 32]).iter().all(|&b| b == 0));
+    }
+}
