@@ -547,7 +547,7 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
         report.slots
     );
     out.push_str(&format!(
-        "{:<12} {:>5} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}\n",
+        "{:<15} {:>5} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}\n",
         "placement", "batch", "s/step", "stall s", "streamed", "GB/s", "floor", "identical"
     ));
     let resident: BTreeMap<usize, f64> = report
@@ -563,7 +563,7 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
             _ => "-".into(),
         };
         out.push_str(&format!(
-            "{:<12} {:>5} {:>9.4} {:>9.4} {:>8.2}GB {:>9.1} {:>9} {:>9}\n",
+            "{:<15} {:>5} {:>9.4} {:>9.4} {:>8.2}GB {:>9.1} {:>9} {:>9}\n",
             m.placement,
             m.batch,
             m.step_seconds,
