@@ -422,7 +422,10 @@ impl WeightFile {
         }
         let t = &self.tensors[i];
         let map = &self.sources[self.slots[i].source].map;
-        Ok(Some((map.clone(), t.offset as usize..(t.offset + t.len) as usize)))
+        Ok(Some((
+            map.clone(),
+            t.offset as usize..(t.offset + t.len) as usize,
+        )))
     }
 
     /// The stored bytes of `name` in row-major order: borrowed from the map when contiguous,
