@@ -654,3 +654,120 @@ fn load_failures_are_errors_not_panics() {
         assert!(e.contains("built without CUDA"), "{e}");
     }
 }
+
+/// Writes `tensors` (name, PyTorch shape, f32 values) as a GGUF v3 file: Q8_0 (llama.cpp's
+/// reference quantisation: per 32 values, `d = max|x| / 127` as f16, `q = round(x / d)`) for
+/// matrices whose rows are whole blocks, F32 for the rest.
+fn write_gguf_q8(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let mut head = Vec::new();
+    let mut data = Vec::new();
+    head.extend_from_slice(b"GGUF");
+    head.extend_from_slice(&3u32.to_le_bytes());
+    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    head.extend_from_slice(&0u64.to_le_bytes());
+    for (name, shape, vals) in tensors {
+        while data.len() % 32 != 0 {
+            data.push(0);
+        }
+        let offset = data.len() as u64;
+        let q8 = shape.len() == 2 && shape[1] % 32 == 0;
+        if q8 {
+            for block in vals.chunks(32) {
+                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                data.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+                data.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
+            }
+        } else {
+            data.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        head.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(&(shape.len() as u32).to_le_bytes());
+        for d in shape.iter().rev() {
+            head.extend_from_slice(&(*d as u64).to_le_bytes());
+        }
+        head.extend_from_slice(&(if q8 { 8u32 } else { 0u32 }).to_le_bytes());
+        head.extend_from_slice(&offset.to_le_bytes());
+    }
+    while head.len() % 32 != 0 {
+        head.push(0);
+    }
+    head.extend_from_slice(&data);
+    std::fs::write(path, head).unwrap();
+}
+
+#[test]
+fn a_gguf_base_is_dequantised_at_load_and_placement_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    let src = mgpu::weights::WeightFile::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/tiny/flux-tiny.safetensors"),
+    )
+    .unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = src
+        .tensors()
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.shape.iter().map(|&d| d as usize).collect(),
+                src.to_f32(&t.name).unwrap(),
+            )
+        })
+        .collect();
+    let gguf = dir.path().join("flux-tiny-Q8_0.gguf");
+    write_gguf_q8(&gguf, &tensors);
+    let jobs = r#"
+[[jobs]]
+name = "fox"
+prompt = "a red fox in snow"
+seed = 42
+count = 2
+"#;
+    let flux_q8 = |extra: &str| {
+        manifest_text(&out, extra, jobs)
+            .replace("tiny/flux-tiny.safetensors", &gguf.display().to_string())
+    };
+    let resident = run(&load(&flux_q8("")), options(&cache), &[&[0], &[1]]);
+    let disk = run(
+        &load(&flux_q8("")),
+        everything_on(options(&cache), UnitHome::Disk),
+        &[&[0, 1]],
+    );
+    assert_all_same(&resident, &disk, 2, "GGUF, all blocks from disk");
+    // Dequantised weights are not the file's bytes: disk homes went through a spill file.
+    assert!(
+        disk.notes()
+            .iter()
+            .any(|n| n.contains("model `flux`") && n.contains("spill file")),
+        "{:?}",
+        disk.notes()
+    );
+    // Q8_0 is not bf16: the image differs from the safetensors run (but is an image).
+    let bf16 = run(
+        &load(&manifest_text(&out, "", jobs)),
+        options(&cache),
+        &[&[0]],
+    );
+    assert_ne!(bf16.ok(0).latent, resident.ok(0).latent);
+    // With a LoRA (baked into the dequantised weights; `on_dequant` is the same numbers and
+    // says so): placements agree, and the LoRA changes the output.
+    let lora = r#"loras = [{ file = "tiny/lora-tiny.safetensors" }]
+lora_mode = "on_dequant""#;
+    let with_lora = run(&load(&flux_q8(lora)), options(&cache), &[&[0, 1]]);
+    let with_lora_host = run(
+        &load(&flux_q8(lora)),
+        everything_on(options(&cache), UnitHome::Host),
+        &[&[1], &[0]],
+    );
+    assert_all_same(&with_lora, &with_lora_host, 2, "GGUF + LoRA, host homes");
+    assert_ne!(with_lora.ok(0).latent, resident.ok(0).latent);
+    assert!(
+        with_lora.notes().iter().any(|n| n.contains("on_dequant")),
+        "{:?}",
+        with_lora.notes()
+    );
+}

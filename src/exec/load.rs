@@ -3,12 +3,12 @@
 //! ([`HostTensor`]) for [`super::distribute`] to give each unit its home.
 //!
 //! Stages, per model (docs/executor.md, "Load → patch → distribute"):
-//! 1. [`ModelFile::open`]: [`WeightFile::open`] (memory map, header validated, no data read)
-//!    and [`keymap::canonicalize`]; model code infers its config from
+//! 1. Open ([`ModelFile::open`]): [`WeightFile::open`] (memory map, header validated, no
+//!    data read) and [`keymap::canonicalize`]; model code infers its config from
 //!    [`ModelFile::shape_of`] and lists the tensors it needs ([`ModelFile::check`]).
-//! 2. [`ModelFile::load_loras`]: every LoRA of the model, in manifest order, resolved against
-//!    the canonical layout (`weights::lora`); `strict` is honoured per file.
-//! 3. [`ModelFile::tensor`], called once per needed tensor while distributing: the canonical
+//! 2. LoRAs ([`ModelFile::load_loras`]): every LoRA of the model, in manifest order, resolved
+//!    against the canonical layout (`weights::lora`); `strict` is honoured per file.
+//! 3. Tensors ([`ModelFile::tensor`]), once per needed tensor while distributing: the canonical
 //!    bytes (a zero-copy range of the map when the tensor is stored as used, else assembled
 //!    from its parts), LoRAs added in f32 and rounded once to the stored dtype, and dtypes
 //!    candle cannot hold as stored (fp8, scaled fp8, GGML blocks) converted once to the
@@ -51,13 +51,13 @@ pub enum LoadError {
         model: String,
         file: PathBuf,
         #[source]
-        source: KeymapError,
+        source: Box<KeymapError>,
     },
     #[error("model `{model}`: {source}")]
     Lora {
         model: String,
         #[source]
-        source: LoraError,
+        source: Box<LoraError>,
     },
     #[error("model `{model}` ({}): {message}", file.display())]
     Layout {
@@ -141,26 +141,42 @@ impl ModelFile {
     /// Opens `model.file` and maps its names to `model.family`'s canonical layout. Reads the
     /// header only. `compute` is the dtype the model computes in.
     pub fn open(model: &Model, compute: CDType) -> Result<ModelFile, LoadError> {
-        let file = WeightFile::open(&model.file).map_err(|source| LoadError::Weights {
-            model: model.name.clone(),
+        Self::open_file(
+            &model.name,
+            model.family,
+            &model.file,
+            model.lora_mode,
+            compute,
+        )
+    }
+
+    /// [`ModelFile::open`] without a manifest model: `name` is the model's name in messages.
+    pub fn open_file(
+        name: &str,
+        family: Family,
+        path: &Path,
+        lora_mode: LoraMode,
+        compute: CDType,
+    ) -> Result<ModelFile, LoadError> {
+        let file = WeightFile::open(path).map_err(|source| LoadError::Weights {
+            model: name.to_string(),
             source,
         })?;
-        let layout = keymap::canonicalize(model.family, file.tensors()).map_err(|source| {
-            LoadError::Keymap {
-                model: model.name.clone(),
-                file: model.file.clone(),
-                source,
-            }
-        })?;
+        let layout =
+            keymap::canonicalize(family, file.tensors()).map_err(|source| LoadError::Keymap {
+                model: name.to_string(),
+                file: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
         Ok(ModelFile {
-            model: model.name.clone(),
-            family: model.family,
-            path: model.file.clone(),
+            model: name.to_string(),
+            family,
+            path: path.to_path_buf(),
             file: Arc::new(file),
             layout,
             compute,
-            loras: LoraSet::empty(model.family),
-            lora_mode: model.lora_mode,
+            loras: LoraSet::empty(family),
+            lora_mode,
             notes: Vec::new(),
         })
     }
@@ -230,12 +246,13 @@ impl ModelFile {
             .filter(|n| !needed.contains_key(*n))
             .collect();
         if !unused.is_empty() {
+            let n = unused.len();
             self.notes.push(format!(
-                "model `{}`: {} tensor{} of {} not used by the model and not loaded (e.g. `{}`)",
+                "model `{}`: {n} tensor{} of {} {} not used by the model and not loaded (e.g. `{}`)",
                 self.model,
-                unused.len(),
-                if unused.len() == 1 { " is" } else { "s are" },
+                if n == 1 { "" } else { "s" },
                 self.path.display(),
+                if n == 1 { "is" } else { "are" },
                 unused[0]
             ));
         }
@@ -254,7 +271,7 @@ impl ModelFile {
         }
         let lerr = |source| LoadError::Lora {
             model: self.model.clone(),
-            source,
+            source: Box::new(source),
         };
         let specs: Vec<(PathBuf, f32)> = loras
             .iter()
@@ -297,7 +314,8 @@ impl ModelFile {
         for w in &report.warnings {
             self.notes.push(format!("model `{}`: {w}", self.model));
         }
-        if self.lora_mode == LoraMode::OnDequant && !set.is_empty() {
+        let quantized = self.layout.tensors.iter().any(|t| t.dtype.is_quantized());
+        if self.lora_mode == LoraMode::OnDequant && !set.is_empty() && quantized {
             self.notes.push(format!(
                 "model `{}`: lora_mode = on_dequant: GGUF weights are dequantised at load in this version, so LoRAs are added before the one rounding, as with `bake` (same numbers)",
                 self.model
@@ -363,7 +381,7 @@ impl ModelFile {
         })?;
         let lerr = |model: &str, source| LoadError::Lora {
             model: model.to_string(),
-            source,
+            source: Box::new(source),
         };
         let (dtype, bytes) = if ct.dtype.is_quantized() {
             // GGUF: dequantise (exact), add LoRAs in f32, round once to the compute dtype.
@@ -538,4 +556,126 @@ pub fn display_path(path: &Path, manifest_dir: &Path) -> String {
         .unwrap_or(path)
         .to_string_lossy()
         .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{flux, tiny};
+    use safetensors::tensor::{serialize_to_file, TensorView};
+    use safetensors::Dtype as St;
+
+    const QKV: &str = "double_blocks.0.img_attn.qkv.weight";
+    const SCALE: f32 = 0.015625;
+
+    /// The tiny FLUX in f32, except `QKV` as ComfyUI scaled fp8 (e4m3 + `scale_weight`).
+    fn write_scaled_fp8(path: &Path) -> Vec<f32> {
+        let w = tiny::flux_weights(&flux::Config::tiny(), 3).unwrap();
+        let mut owned: Vec<(String, St, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut fp8_values = Vec::new();
+        for (name, t) in &w {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            if name == QKV {
+                let bytes: Vec<u8> = v
+                    .iter()
+                    .map(|x| float8::F8E4M3::from_f32(x / SCALE).to_bits())
+                    .collect();
+                fp8_values = bytes
+                    .iter()
+                    .map(|b| float8::F8E4M3::from_bits(*b).to_f32() * SCALE)
+                    .collect();
+                owned.push((name.clone(), St::F8_E4M3, t.dims().to_vec(), bytes));
+                owned.push((
+                    name.replace(".weight", ".scale_weight"),
+                    St::F32,
+                    vec![],
+                    SCALE.to_le_bytes().to_vec(),
+                ));
+            } else {
+                let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                owned.push((name.clone(), St::F32, t.dims().to_vec(), bytes));
+            }
+        }
+        let views: Vec<(String, TensorView)> = owned
+            .iter()
+            .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        serialize_to_file(views, None, path).unwrap();
+        fp8_values
+    }
+
+    fn open(path: &Path, compute: CDType) -> ModelFile {
+        ModelFile::open_file("flux", Family::Flux, path, LoraMode::Bake, compute).unwrap()
+    }
+
+    #[test]
+    fn stored_tensors_stay_mapped_and_scaled_fp8_is_converted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fp8.safetensors");
+        let want = write_scaled_fp8(&path);
+        let mut mf = open(&path, CDType::F32);
+        // As stored: a range of the map.
+        let (t, origin) = mf.tensor("img_in.weight", "img_in.weight").unwrap();
+        assert_eq!(origin, Origin::AsStored);
+        assert!(matches!(t.bytes, Bytes::Mapped { .. }));
+        // Scaled fp8: fp8 × scale in f32 (exact), stored in the compute dtype.
+        let (t, origin) = mf.tensor(QKV, "img_attn.qkv.weight").unwrap();
+        assert_eq!(origin, Origin::Converted);
+        assert_eq!(t.dtype, CDType::F32);
+        let got: Vec<f32> = t
+            .bytes
+            .as_slice()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(got, want);
+        // In bf16 compute: the same f32 values rounded once.
+        let mut mf = open(&path, CDType::BF16);
+        let (t, _) = mf.tensor(QKV, "img_attn.qkv.weight").unwrap();
+        assert_eq!(t.dtype, CDType::BF16);
+        let m = t
+            .materialize(&candle_core::Device::Cpu, CDType::BF16)
+            .unwrap();
+        let round = candle_core::Tensor::from_vec(want, m.dims(), &candle_core::Device::Cpu)
+            .unwrap()
+            .to_dtype(CDType::BF16)
+            .unwrap();
+        assert_eq!(
+            m.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap(),
+            round
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<half::bf16>()
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn check_lists_missing_and_misshapen_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fp8.safetensors");
+        write_scaled_fp8(&path);
+        let mut mf = open(&path, CDType::F32);
+        let mut needed = tiny::flux_layout(&flux::Config::tiny()).unwrap();
+        needed.insert("double_blocks.9.img_attn.qkv.weight".into(), vec![96, 32]);
+        needed.insert("img_in.weight".into(), vec![32, 65]);
+        let e = mf.check(&needed).unwrap_err().to_string();
+        assert!(e.contains("fp8.safetensors"), "{e}");
+        assert!(
+            e.contains("`double_blocks.9.img_attn.qkv.weight` [96, 32] is missing"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`img_in.weight` has shape [32, 64], the model needs [32, 65]"),
+            "{e}"
+        );
+        // Only what the model reads is loaded; the rest is noted.
+        let mut fewer = tiny::flux_layout(&flux::Config::tiny()).unwrap();
+        fewer.remove("img_in.bias");
+        mf.check(&fewer).unwrap();
+        assert!(mf.notes[0].contains("1 tensor of"), "{:?}", mf.notes);
+        // A tensor the file does not have.
+        let e = mf.tensor("nope", "nope").unwrap_err().to_string();
+        assert!(e.contains("tensor `nope`: is not in the file"), "{e}");
+    }
 }

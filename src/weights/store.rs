@@ -51,6 +51,9 @@ impl fmt::Display for Format {
     }
 }
 
+/// A memory map and a byte range in it ([`WeightFile::mapped`]).
+pub type MappedRange = (Arc<Mmap>, std::ops::Range<usize>);
+
 /// One mapped file of the set.
 struct Source {
     path: PathBuf,
@@ -412,10 +415,7 @@ impl WeightFile {
     /// The memory map holding `name`'s stored bytes and their byte range in it, for callers
     /// that keep the bytes in place beyond this borrow (the executor's `disk` homes). `None`
     /// for strided PyTorch views, which have no single range (see [`Self::bytes`]).
-    pub fn mapped(
-        &self,
-        name: &str,
-    ) -> Result<Option<(Arc<Mmap>, std::ops::Range<usize>)>, WeightsError> {
+    pub fn mapped(&self, name: &str) -> Result<Option<MappedRange>, WeightsError> {
         let i = self.index(name)?;
         if self.slots[i].stride.is_some() {
             return Ok(None);

@@ -259,7 +259,8 @@ impl FluxPipeline {
         events: &mut dyn FnMut(Event),
     ) -> Result<(), ExecError> {
         // (clip, t5) → (t5_len → prompts), in first-seen order.
-        let mut todo: Vec<((String, String), Vec<(usize, Vec<String>)>)> = Vec::new();
+        type ByLen = Vec<(usize, Vec<String>)>;
+        let mut todo: Vec<((String, String), ByLen)> = Vec::new();
         let mut seen = HashSet::new();
         for t in tasks {
             let key = self.cond_key(t)?;
