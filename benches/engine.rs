@@ -191,6 +191,9 @@ fn engine_pass(c: &mut Criterion) {
                 })
             });
             let (secs, wait, n) = *totals.borrow();
+            if n == 0 {
+                continue; // filtered out on the command line
+            }
             lines.push(format!(
                 "{case}/{placement}: {n} passes, mean pass {:.2} ms, compute/block {:.2} ms, wait fraction {:.4}",
                 secs / n as f64 * 1e3,
