@@ -509,7 +509,6 @@ guidance = 4.5
     assert_eq!(rec.loras[0].name, "lora-tiny");
     assert_eq!(rec.loras[0].strength, 0.5);
     assert!(rec.loras[0].autov3.is_some());
-    assert!(cache.join("hashes.json").exists());
     // The long prompt was truncated by CLIP (77 tokens) and said so.
     assert!(
         r.notes()
@@ -518,8 +517,22 @@ guidance = 4.5
         "{:?}",
         r.notes()
     );
-    // Text encoders are released after encoding.
+    // Text encoders are released after encoding, unless asked to keep them.
     assert!(r.notes().iter().any(|n| n.contains("`t5` released")));
+    let kept = run(
+        &m,
+        PipelineOptions {
+            keep_text_encoders: true,
+            ..options(&cache)
+        },
+        &[&[0]],
+    );
+    assert!(
+        !kept.notes().iter().any(|n| n.contains("text encoder")),
+        "{:?}",
+        kept.notes()
+    );
+    assert_same(r.ok(0), kept.ok(0), "kept text encoders");
     // Stages: loading, patching, distributing for every model.
     for model in ["flux", "vae", "clip", "t5"] {
         let stages: Vec<&str> = r
@@ -770,4 +783,70 @@ lora_mode = "on_dequant""#;
         "{:?}",
         with_lora.notes()
     );
+}
+
+#[test]
+fn max_batch_follows_the_plans_free_memory_and_the_jobs_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let plan_for = |m: &Arc<Manifest>, hw: &str| {
+        let hw = hardware::file::parse(Path::new("hw.toml"), hw).unwrap();
+        let inv = plan::manifest::read_inventories(m).unwrap();
+        let p = plan::plan(&plan::manifest::request(m, &inv), &hw).unwrap();
+        (p, hw)
+    };
+    let m = load(&manifest_text(&out, "", JOBS));
+    let task = tasks(&m).remove(0);
+    // 16 GiB: the cap.
+    let (p, hw) = plan_for(&m, HW);
+    let g = generator(m.clone(), Arc::new(p), Arc::new(hw), options(dir.path())).unwrap();
+    assert_eq!(g.max_batch(&task), mgpu::exec::pipeline::MAX_BATCH);
+    // A host with ~100 MiB usable: the free memory over the planner's per-job bytes.
+    let small = "[[devices]]\nname = \"cpu\"\nmemory = \"2148MiB\"\n";
+    let (p, hw) = plan_for(&m, small);
+    let mp = p.models.iter().find(|x| x.name == "flux").unwrap();
+    let per_job = mp.working_set.latents / mp.workload.batch as u64;
+    let free = p
+        .devices
+        .iter()
+        .find(|d| d.name == mgpu::device::DeviceName::Cpu)
+        .unwrap()
+        .free
+        .unwrap();
+    let want = (1 + free / per_job) as usize;
+    assert!(want > 1 && want < mgpu::exec::pipeline::MAX_BATCH, "{want}");
+    let g = generator(m.clone(), Arc::new(p), Arc::new(hw), options(dir.path())).unwrap();
+    assert_eq!(g.max_batch(&task), want);
+    // The job's `batch` when smaller.
+    let b2 = load(&manifest_text(
+        &out,
+        "",
+        &JOBS.replace("count = 3", "count = 3\nbatch = 2"),
+    ));
+    let (p, hw) = plan_for(&b2, HW);
+    let g = generator(b2.clone(), Arc::new(p), Arc::new(hw), options(dir.path())).unwrap();
+    assert_eq!(g.max_batch(&tasks(&b2)[0]), 2);
+}
+
+#[test]
+fn invalid_numbers_fail_the_task_not_the_run() {
+    // A LoRA strength so large that activations overflow to ±∞ and NaN: every task fails with
+    // the step where its latent went bad, as a task error, and the run goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let m = load(&manifest_text(
+        &out,
+        r#"loras = [{ file = "tiny/lora-tiny.safetensors", strength = 1e30 }]"#,
+        JOBS,
+    ));
+    let r = run(&m, options(dir.path()), &[&[0, 1, 2], &[3]]);
+    for (i, res) in r.results.iter().enumerate() {
+        match res {
+            Some(Err(e)) => assert!(
+                e.to_string().contains("NaN or infinite") && e.to_string().contains("step 1 of 2"),
+                "task {i}: {e}"
+            ),
+            _ => panic!("task {i} should fail"),
+        }
+    }
 }

@@ -529,7 +529,7 @@ impl ModelFile {
         for name in needed {
             match self.family.unit_of(name) {
                 Some(u) => {
-                    let rel = name[u.len() + 1..].to_string();
+                    let rel = name.get(u.len() + 1..).unwrap_or_default().to_string();
                     out.entry(u).or_default().push((name.clone(), rel));
                 }
                 None => out

@@ -250,6 +250,7 @@ mod tests {
         h.start(vec![f.clone()]);
         let a = h.get(&f).unwrap();
         assert_eq!(a, FileHashes::compute(&f).unwrap());
+        h.join(); // the cache file is written after the last hash
         assert!(cache.join("hashes.json").exists());
         // A new run finds it in the cache without reading the file: prove it by checking the
         // cached entry is used (same value) and that a changed file is hashed again.
