@@ -18,7 +18,7 @@
 //! from disk never holds more than one unit's patched bytes in RAM. The bytes each device
 //! holds are summed from what was actually allocated ([`Distributed::held`]).
 //!
-//! Backends are created in one place, [`make_backend`]: the CPU backend, or on CUDA builds
+//! Backends are created in one place, `make_backend`: the CPU backend, or on CUDA builds
 //! `exec::cuda::CudaBackend` when the compute device is a GPU.
 
 use std::collections::{BTreeMap, HashMap};

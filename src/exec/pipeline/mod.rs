@@ -7,13 +7,13 @@
 //! 2. [`Generator::prepare`] with every task of the run: starts hashing the model and LoRA
 //!    files in the background ([`hashes`]); reads each diffusion model's header for its
 //!    variant (T5 keeps 512 tokens for dev, 256 for schnell); loads each CLIP/T5 pair and
-//!    encodes every distinct prompt once ([`encode`]), keeping the results on the host;
+//!    encodes every distinct prompt once (`encode`), keeping the results on the host;
 //!    releases the text encoders (unless `keep_loaded` or
 //!    [`PipelineOptions::keep_text_encoders`]); then loads the first pipeline's diffusion
 //!    model and VAE. Loading is [`crate::exec::load`] → [`crate::exec::distribute`] per
-//!    model ([`models`]), and reports [`Event::Loaded`] with the bytes held per device.
+//!    model (`models`), and reports [`Event::Loaded`] with the bytes held per device.
 //! 3. [`Generator::run_batch`]: loads what the batch's pipeline needs (releasing models no
-//!    remaining task needs first), samples the batch ([`denoise`]) and fills [`Rendered`]
+//!    remaining task needs first), samples the batch (`denoise`) and fills [`Rendered`]
 //!    with the record (model and LoRA hashes). Conditioning and models are dropped as soon as
 //!    no remaining task needs them.
 //!
