@@ -13,7 +13,9 @@ pub mod bench;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod distribute;
 pub mod engine;
+pub mod load;
 pub mod pipeline;
 pub mod unit;
 

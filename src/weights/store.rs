@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
@@ -50,10 +51,14 @@ impl fmt::Display for Format {
     }
 }
 
+/// A memory map and a byte range in it ([`WeightFile::mapped`]).
+pub type MappedRange = (Arc<Mmap>, std::ops::Range<usize>);
+
 /// One mapped file of the set.
 struct Source {
     path: PathBuf,
-    map: Mmap,
+    /// Shared so the executor can keep ranges of it as `disk` homes ([`WeightFile::mapped`]).
+    map: Arc<Mmap>,
 }
 
 /// Per-tensor facts beside its [`TensorInfo`].
@@ -113,7 +118,7 @@ impl WeightFile {
                 format,
                 vec![Source {
                     path: path.into(),
-                    map: m,
+                    map: Arc::new(m),
                 }],
                 h.metadata,
                 one_source(h.tensors),
@@ -157,7 +162,7 @@ impl WeightFile {
                 Format::PyTorch,
                 vec![Source {
                     path: path.into(),
-                    map: m,
+                    map: Arc::new(m),
                 }],
                 metadata,
                 tensors,
@@ -175,7 +180,7 @@ impl WeightFile {
                 Format::Safetensors,
                 vec![Source {
                     path: path.into(),
-                    map: m,
+                    map: Arc::new(m),
                 }],
                 metadata,
                 one_source(h.tensors),
@@ -212,7 +217,7 @@ impl WeightFile {
             headers.push(h);
             sources.push(Source {
                 path: shard.clone(),
-                map: m,
+                map: Arc::new(m),
             });
         }
         for (i, h) in headers.iter().enumerate() {
@@ -405,6 +410,22 @@ impl WeightFile {
             ));
         }
         Ok(&self.sources[self.slots[i].source].map[t.offset as usize..(t.offset + t.len) as usize])
+    }
+
+    /// The memory map holding `name`'s stored bytes and their byte range in it, for callers
+    /// that keep the bytes in place beyond this borrow (the executor's `disk` homes). `None`
+    /// for strided PyTorch views, which have no single range (see [`Self::bytes`]).
+    pub fn mapped(&self, name: &str) -> Result<Option<MappedRange>, WeightsError> {
+        let i = self.index(name)?;
+        if self.slots[i].stride.is_some() {
+            return Ok(None);
+        }
+        let t = &self.tensors[i];
+        let map = &self.sources[self.slots[i].source].map;
+        Ok(Some((
+            map.clone(),
+            t.offset as usize..(t.offset + t.len) as usize,
+        )))
     }
 
     /// The stored bytes of `name` in row-major order: borrowed from the map when contiguous,

@@ -1,21 +1,17 @@
 //! Reading LoRA files: tensors as f32, plus the adapter configuration peft/diffusers keep
 //! outside the tensors (alpha when no `.alpha` tensor exists).
 //!
-//! [`read_tensors_f32`] is the one place that touches a LoRA file's bytes. It validates the
-//! header with [`crate::weights::safetensors::read_header`] first, then reads the data through
-//! a memory map with the `safetensors` crate. When the unified `WeightFile` reader lands, this
-//! function is the one to swap.
+//! [`read_tensors_f32`] reads through [`WeightFile`], the one door through which tensor bytes
+//! leave files: the header is validated completely before any data is touched, and the data
+//! is read from the memory map.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::Path;
 
-use half::{bf16, f16};
 use regex::Regex;
 
 use super::LoraError;
-use crate::weights::safetensors::read_header;
-use crate::weights::DType;
+use crate::weights::{DType, MetaValue, WeightFile};
 
 /// One LoRA tensor, converted to f32.
 #[derive(Debug, Clone)]
@@ -30,54 +26,25 @@ pub(crate) struct LoraFile {
     pub tensors: Vec<LoraTensor>,
 }
 
-/// Reads every tensor of the safetensors file at `path` as f32. LoRA tensors must be F32, F16
-/// or BF16 and finite.
+/// Reads every tensor of the weight file at `path` (safetensors normally; any format
+/// [`WeightFile`] reads) as f32. LoRA tensors must be F32, F16 or BF16 and finite. String
+/// metadata (safetensors `__metadata__`) is kept for the adapter configuration.
 pub(crate) fn read_tensors_f32(path: &Path) -> Result<LoraFile, LoraError> {
-    let header = read_header(path)?;
-    let file = File::open(path).map_err(|e| LoraError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    // SAFETY: the map is read-only and dropped before this function returns; mgpu does not
-    // write weight files while running (a file changed underneath would be a user error that
-    // at worst yields wrong numbers, which the header validation above cannot rule out).
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LoraError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| LoraError::Tensor {
-        path: path.to_path_buf(),
-        tensor: String::new(),
-        message: format!("not a readable safetensors file: {e}"),
-    })?;
-    let mut tensors = Vec::with_capacity(header.tensors.len());
-    for info in &header.tensors {
+    let file = WeightFile::open(path)?;
+    let mut tensors = Vec::with_capacity(file.tensors().len());
+    for info in file.tensors() {
         let bad = |message: String| LoraError::Tensor {
             path: path.to_path_buf(),
             tensor: info.name.clone(),
             message,
         };
-        let view = st.tensor(&info.name).map_err(|e| bad(e.to_string()))?;
-        let bytes = view.data();
-        let data: Vec<f32> = match info.dtype {
-            DType::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            DType::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            DType::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(bad(format!(
-                    "is {other}; LoRA tensors must be F32, F16 or BF16"
-                )));
-            }
-        };
+        if !matches!(info.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(bad(format!(
+                "is {}; LoRA tensors must be F32, F16 or BF16",
+                info.dtype
+            )));
+        }
+        let data = file.to_f32(&info.name)?;
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
             return Err(bad(format!(
                 "holds a non-finite value ({}) at element {i}: the LoRA is broken",
@@ -90,10 +57,15 @@ pub(crate) fn read_tensors_f32(path: &Path) -> Result<LoraFile, LoraError> {
             data,
         });
     }
-    Ok(LoraFile {
-        metadata: header.metadata,
-        tensors,
-    })
+    let metadata = file
+        .metadata()
+        .iter()
+        .filter_map(|(k, v)| match v {
+            MetaValue::String(s) => Some((k.clone(), s.clone())),
+            _ => None,
+        })
+        .collect();
+    Ok(LoraFile { metadata, tensors })
 }
 
 /// The parts of a peft `LoraConfig` that change the arithmetic.

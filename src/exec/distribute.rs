@@ -1,0 +1,485 @@
+//! Distribute: every placement unit of a loaded model to its home, and the streaming
+//! engines that bring the non-resident ones to the compute device.
+//!
+//! Homes ([`UnitHome`], from the plan's `home` per unit):
+//! - [`UnitHome::Compute`]: materialised once on the compute device in the compute dtype
+//!   (`Home::Resident`);
+//! - [`UnitHome::Host`]: the unit's stored bytes in host memory (owned; page-locked by the
+//!   CUDA backend), fetched into a slot at every use;
+//! - [`UnitHome::Disk`]: left in the memory map of the weight file when the bytes used are
+//!   the bytes stored. A tensor that was patched, assembled or converted at load is written
+//!   once to a *spill file* in the cache folder and that file is mapped instead: `disk` never
+//!   silently means RAM. Spill files are unnamed temporary files (`O_TMPFILE` / unlinked at
+//!   creation), so nothing is left behind when the process ends, even after `kill -9`; they
+//!   are synced before mapping, so their pages are clean and the kernel may drop them;
+//! - [`UnitHome::Donor`]: device memory of another GPU (CUDA builds), peer-copied per use.
+//!
+//! Units are processed one at a time (load → patch → home), so a model whose blocks stream
+//! from disk never holds more than one unit's patched bytes in RAM. The bytes each device
+//! holds are summed from what was actually allocated ([`Distributed::held`]).
+//!
+//! Backends are created in one place, `make_backend`: the CPU backend, or on CUDA builds
+//! `exec::cuda::CudaBackend` when the compute device is a GPU.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType as CDType, Device, Tensor};
+use serde::Serialize;
+
+use super::cpu::CpuBackend;
+use super::engine::{Backend, Engine, EngineUnit, Home};
+use super::load::{LoadError, ModelFile};
+use super::unit::{Bytes, HostTensor, UnitData};
+use crate::device::DeviceName;
+
+/// Where one unit lives during the run, relative to its model's compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitHome {
+    /// Resident on the compute device.
+    Compute,
+    /// Host memory, streamed.
+    Host,
+    /// The memory-mapped weight file (or a spill file), streamed.
+    Disk,
+    /// Another GPU's memory (`cuda:N`), streamed.
+    Donor(u32),
+}
+
+impl UnitHome {
+    /// The home of a unit the plan put on `home` for a model computing on `compute`.
+    pub fn from_plan(home: DeviceName, compute: DeviceName) -> UnitHome {
+        match home {
+            h if h == compute => UnitHome::Compute,
+            DeviceName::Cpu => UnitHome::Host,
+            DeviceName::Disk => UnitHome::Disk,
+            DeviceName::Cuda(n) => UnitHome::Donor(n),
+        }
+    }
+
+    /// The device name the home's bytes are counted under.
+    pub fn device(self, compute: DeviceName) -> DeviceName {
+        match self {
+            UnitHome::Compute => compute,
+            UnitHome::Host => DeviceName::Cpu,
+            UnitHome::Disk => DeviceName::Disk,
+            UnitHome::Donor(n) => DeviceName::Cuda(n),
+        }
+    }
+}
+
+impl std::fmt::Display for UnitHome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnitHome::Compute => f.write_str("compute"),
+            UnitHome::Host => f.write_str("host"),
+            UnitHome::Disk => f.write_str("disk"),
+            UnitHome::Donor(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// The compute side of a model: device, its name, the compute dtype.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: DeviceName,
+    pub device: Device,
+    pub dtype: CDType,
+}
+
+/// The compute device `name` (`cpu`, or `cuda:N` on CUDA builds).
+pub fn compute_device(name: DeviceName) -> Result<Device, String> {
+    match name {
+        DeviceName::Cpu => Ok(Device::Cpu),
+        DeviceName::Disk => Err("`disk` stores weights; it cannot compute".into()),
+        DeviceName::Cuda(i) => cuda_device(i),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(i: u32) -> Result<Device, String> {
+    let d = Device::new_cuda_with_stream(i as usize)
+        .map_err(|e| format!("cannot open cuda:{i}: {e}"))?;
+    super::cuda::keep_pool_memory(&d).map_err(|e| format!("cuda:{i}: {e}"))?;
+    Ok(d)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(i: u32) -> Result<Device, String> {
+    Err(format!(
+        "compute = \"cuda:{i}\": this mgpu was built without CUDA (build it with `--features cuda`, see docs/gpu.md), or compute on `cpu`"
+    ))
+}
+
+/// One unit to distribute: its name, home, and tensors (canonical name, name in the unit).
+#[derive(Debug, Clone)]
+pub struct UnitSpec {
+    pub name: String,
+    pub home: UnitHome,
+    pub tensors: Vec<(String, String)>,
+}
+
+/// A model after distribution.
+pub struct Distributed {
+    /// The resident unit's tensors on the compute device, by full canonical name.
+    pub resident: HashMap<String, Tensor>,
+    /// One engine per group of units (a cyclic execution order), in the order given.
+    pub engines: Vec<Engine<Box<dyn Backend>>>,
+    /// Bytes of weights held per device, as allocated: tensors on the compute device (in the
+    /// compute dtype), host copies, ranges of mapped files, donor copies.
+    pub held: BTreeMap<DeviceName, u64>,
+    /// Bytes of prefetch slots (all engines).
+    pub slot_bytes: u64,
+    /// Bytes written to spill files (part of `held[disk]`).
+    pub spilled: u64,
+    /// Units per home, for the log.
+    pub homes: BTreeMap<UnitHome, usize>,
+}
+
+impl std::fmt::Debug for Distributed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Distributed")
+            .field("held", &self.held)
+            .field("slot_bytes", &self.slot_bytes)
+            .field("spilled", &self.spilled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialOrd for UnitHome {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for UnitHome {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |h: &UnitHome| match h {
+            UnitHome::Compute => (0, 0),
+            UnitHome::Donor(n) => (1, *n),
+            UnitHome::Host => (2, 0),
+            UnitHome::Disk => (3, 0),
+        };
+        key(self).cmp(&key(other))
+    }
+}
+
+/// Bytes of a materialised tensor.
+fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.elem_count() * t.dtype().size_in_bytes()) as u64
+}
+
+/// Bytes a unit occupies once materialised in `dtype` (floats converted, integers kept).
+fn materialized_bytes(data: &UnitData, dtype: CDType) -> u64 {
+    data.tensors
+        .iter()
+        .map(|t| {
+            let n: usize = t.shape.iter().product();
+            let size = if t.dtype.is_float() {
+                dtype.size_in_bytes()
+            } else {
+                t.dtype.size_in_bytes()
+            };
+            (n * size) as u64
+        })
+        .sum()
+}
+
+/// Loads, patches and distributes a model: the `resident` tensors (canonical name, name) on
+/// the compute device, then every unit of every group to its home; one engine per group
+/// with `slots` prefetch slots. Spill files go to `cache_dir`.
+pub fn distribute(
+    mf: &mut ModelFile,
+    resident: &[(String, String)],
+    groups: &[Vec<UnitSpec>],
+    target: &Target,
+    slots: usize,
+    cache_dir: &Path,
+) -> Result<Distributed, LoadError> {
+    let model = mf.model.clone();
+    let other = |message: String| LoadError::Other {
+        model: model.clone(),
+        message,
+    };
+    let mut held: BTreeMap<DeviceName, u64> = BTreeMap::new();
+    let mut homes: BTreeMap<UnitHome, usize> = BTreeMap::new();
+    let mut spilled = 0u64;
+    // The resident rest: materialised once.
+    let mut resident_tensors = HashMap::with_capacity(resident.len());
+    for (canonical, rel) in resident {
+        let (t, _) = mf.tensor(canonical, rel)?;
+        let m = t
+            .materialize(&target.device, target.dtype)
+            .map_err(|e| other(format!("placing `{canonical}` on {}: {e}", target.name)))?;
+        *held.entry(target.name).or_default() += tensor_bytes(&m);
+        resident_tensors.insert(rel.clone(), m);
+    }
+    let mut engines = Vec::with_capacity(groups.len());
+    let mut slot_bytes = 0u64;
+    for group in groups {
+        let mut units = Vec::with_capacity(group.len());
+        let mut links: Vec<(String, UnitHome)> = Vec::new();
+        let mut largest = 0u64;
+        for spec in group {
+            let mut data = UnitData {
+                name: spec.name.clone(),
+                tensors: Vec::with_capacity(spec.tensors.len()),
+            };
+            for (canonical, rel) in &spec.tensors {
+                data.tensors.push(mf.tensor(canonical, rel)?.0);
+            }
+            *homes.entry(spec.home).or_default() += 1;
+            let home = match spec.home {
+                UnitHome::Compute => {
+                    let m = data
+                        .materialize(&target.device, target.dtype)
+                        .map_err(|e| {
+                            other(format!("placing `{}` on {}: {e}", spec.name, target.name))
+                        })?;
+                    *held.entry(target.name).or_default() +=
+                        m.values().map(tensor_bytes).sum::<u64>();
+                    Home::Resident(Arc::new(m))
+                }
+                streamed => {
+                    let data = match streamed {
+                        // On a CPU compute device, host homes are owned copies; the CUDA
+                        // backend copies host homes into page-locked memory itself.
+                        UnitHome::Host if !target.device.is_cuda() => data.to_owned_data(),
+                        UnitHome::Disk => {
+                            let (d, n) = spill(data, cache_dir)
+                                .map_err(|e| other(format!("unit `{}`: {e}", spec.name)))?;
+                            spilled += n;
+                            d
+                        }
+                        UnitHome::Donor(n) if !target.device.is_cuda() => {
+                            return Err(other(format!(
+                                "unit `{}` is homed on donor cuda:{n}, which needs a CUDA compute device (this model computes on {})",
+                                spec.name, target.name
+                            )))
+                        }
+                        _ => data,
+                    };
+                    *held.entry(streamed.device(target.name)).or_default() += data.bytes();
+                    largest = largest.max(materialized_bytes(&data, target.dtype));
+                    let link = match links.iter().position(|(_, h)| *h == streamed) {
+                        Some(i) => i,
+                        None => {
+                            let from = streamed.device(target.name);
+                            links.push((format!("{from}→{}", target.name), streamed));
+                            links.len() - 1
+                        }
+                    };
+                    Home::Streamed {
+                        data: Arc::new(data),
+                        link,
+                    }
+                }
+            };
+            units.push(EngineUnit {
+                name: spec.name.clone(),
+                home,
+            });
+        }
+        let k = if links.is_empty() { 0 } else { slots.max(1) };
+        let (backend, slots_held) = make_backend(target, &units, &links, k, largest)
+            .map_err(|e| other(format!("starting the streaming engine: {e}")))?;
+        slot_bytes += slots_held;
+        let engine = Engine::new(units, k, backend, target.device.clone(), target.dtype)
+            .map_err(|e| other(format!("starting the streaming engine: {e}")))?;
+        engines.push(engine);
+    }
+    Ok(Distributed {
+        resident: resident_tensors,
+        engines,
+        held,
+        slot_bytes,
+        spilled,
+        homes,
+    })
+}
+
+/// Writes the tensors of `data` that are not ranges of a mapped file (patched, assembled or
+/// converted at load) to an unnamed file in `dir`, syncs it, maps it, and returns the unit
+/// with those tensors as ranges of the new map, and the bytes written.
+fn spill(data: UnitData, dir: &Path) -> Result<(UnitData, u64), String> {
+    const ALIGN: usize = 64;
+    let owned: Vec<usize> = data
+        .tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| matches!(t.bytes, Bytes::Owned(_)))
+        .map(|(i, _)| i)
+        .collect();
+    if owned.is_empty() {
+        return Ok((data, 0));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the cache folder {}: {e}", dir.display()))?;
+    let io = |what: &str, e: std::io::Error| {
+        format!(
+            "cannot {what} a spill file in {} (patched weights homed on disk are written there): {e}",
+            dir.display()
+        )
+    };
+    let file = tempfile::tempfile_in(dir).map_err(|e| io("create", e))?;
+    let mut offsets = Vec::with_capacity(owned.len());
+    {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
+        let mut pos = 0usize;
+        for &i in &owned {
+            let pad = pos.next_multiple_of(ALIGN) - pos;
+            w.write_all(&[0u8; ALIGN][..pad])
+                .map_err(|e| io("write", e))?;
+            pos += pad;
+            let b = data.tensors[i].bytes.as_slice();
+            w.write_all(b).map_err(|e| io("write", e))?;
+            offsets.push((pos, b.len()));
+            pos += b.len();
+        }
+        w.flush().map_err(|e| io("write", e))?;
+    }
+    file.sync_data().map_err(|e| io("sync", e))?;
+    // SAFETY: the file is unnamed and private to this process; nothing else can change it
+    // while it is mapped.
+    let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io("map", e))?);
+    let mut written = 0u64;
+    let mut tensors = data.tensors;
+    for (&i, &(start, len)) in owned.iter().zip(&offsets) {
+        written += len as u64;
+        tensors[i] = HostTensor {
+            bytes: Bytes::Mapped {
+                map: map.clone(),
+                start,
+                len,
+            },
+            ..tensors[i].clone()
+        };
+    }
+    Ok((
+        UnitData {
+            name: data.name,
+            tensors,
+        },
+        written,
+    ))
+}
+
+/// The engine backend for `units` on `target`, with `links` (name, home) and `slots` slots;
+/// returns it with the bytes its slots hold. The one place backends are created: on CUDA
+/// builds a GPU compute device gets the CUDA backend; everything else the CPU backend.
+/// `largest` is the largest streamed unit as materialised (CPU slot size).
+fn make_backend(
+    target: &Target,
+    units: &[EngineUnit],
+    links: &[(String, UnitHome)],
+    slots: usize,
+    largest: u64,
+) -> Result<(Box<dyn Backend>, u64), String> {
+    let names: Vec<String> = links.iter().map(|(n, _)| n.clone()).collect();
+    #[cfg(feature = "cuda")]
+    if target.device.is_cuda() {
+        use super::cuda::{CudaBackend, LinkKind, PinnedPool};
+        let kinds = links
+            .iter()
+            .map(|(n, h)| match h {
+                UnitHome::Host => Ok(LinkKind::Host),
+                UnitHome::Disk => Ok(LinkKind::Disk),
+                UnitHome::Donor(d) => Ok(LinkKind::Peer(*d as usize)),
+                UnitHome::Compute => Err(format!("link {n} has no source")),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        // One pool per engine: the pool reuses buffers by unit name, and two models may have
+        // units of the same name.
+        let mut pool = PinnedPool::default();
+        let b = CudaBackend::new(&target.device, units, &names, &kinds, slots, &mut pool)
+            .map_err(|e| e.to_string())?;
+        let slot_bytes = b.slot_bytes();
+        return Ok((Box::new(b), slot_bytes));
+    }
+    #[cfg(not(feature = "cuda"))]
+    if target.device.is_cuda() {
+        return Err(format!(
+            "compute on {}: this mgpu was built without CUDA (build it with `--features cuda`, see docs/gpu.md), or compute on `cpu`",
+            target.name
+        ));
+    }
+    let _ = units;
+    let b = CpuBackend::new(&names, slots, target.dtype).map_err(|e| e.to_string())?;
+    Ok((Box::new(b), slots as u64 * largest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn homes_from_plan() {
+        use DeviceName::*;
+        assert_eq!(UnitHome::from_plan(Cpu, Cpu), UnitHome::Compute);
+        assert_eq!(UnitHome::from_plan(Disk, Cpu), UnitHome::Disk);
+        assert_eq!(UnitHome::from_plan(Cpu, Cuda(0)), UnitHome::Host);
+        assert_eq!(UnitHome::from_plan(Cuda(1), Cuda(0)), UnitHome::Donor(1));
+        assert_eq!(UnitHome::from_plan(Cuda(0), Cuda(0)), UnitHome::Compute);
+        assert_eq!(UnitHome::Donor(2).device(Cuda(0)), Cuda(2));
+        assert_eq!(UnitHome::Compute.device(Cuda(0)), Cuda(0));
+    }
+
+    #[test]
+    fn spill_maps_owned_tensors_and_keeps_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = |name: &str, vals: &[f32]| HostTensor {
+            name: name.into(),
+            dtype: CDType::F32,
+            shape: vec![vals.len()],
+            bytes: Bytes::Owned(Arc::from(
+                vals.iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            )),
+        };
+        let data = UnitData {
+            name: "u".into(),
+            tensors: vec![t("a", &[1.0, 2.0, 3.0]), t("b", &[-4.5])],
+        };
+        let before = data.materialize(&Device::Cpu, CDType::F32).unwrap();
+        let (spilled, n) = spill(data, dir.path()).unwrap();
+        assert_eq!(n, 16);
+        assert!(spilled
+            .tensors
+            .iter()
+            .all(|t| matches!(t.bytes, Bytes::Mapped { .. })));
+        let after = spilled.materialize(&Device::Cpu, CDType::F32).unwrap();
+        for k in ["a", "b"] {
+            assert_eq!(
+                before[k].to_vec1::<f32>().unwrap(),
+                after[k].to_vec1::<f32>().unwrap()
+            );
+        }
+        // Unnamed: nothing is left in the folder.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn spill_reports_an_unusable_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-folder");
+        std::fs::write(&file, b"x").unwrap();
+        let data = UnitData {
+            name: "u".into(),
+            tensors: vec![HostTensor {
+                name: "a".into(),
+                dtype: CDType::F32,
+                shape: vec![1],
+                bytes: Bytes::Owned(Arc::from(vec![0u8; 4])),
+            }],
+        };
+        let e = spill(data, &file).unwrap_err();
+        assert!(
+            e.contains("cache folder") || e.contains("spill file"),
+            "{e}"
+        );
+    }
+}

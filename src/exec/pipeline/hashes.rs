@@ -1,0 +1,273 @@
+//! File hashes for image records (A1111 "Model hash", "Lora hashes"), computed once per file
+//! version and off the critical path.
+//!
+//! Hashing a file reads all of it (a 23 GB FLUX checkpoint takes as long to hash as to read).
+//! So: hashes are kept in `CACHE/hashes.json`, keyed by absolute path, size and modification
+//! time, and reused while those match; files not in it are hashed on one background thread
+//! started when the run's models are known ([`FileHasher::start`]), so hashing overlaps text
+//! encoding, loading and the first batch; a record asks for a hash only when the batch is done
+//! ([`FileHasher::get`], which waits for the thread if that file is not finished). With
+//! [`HashMode::Off`] records carry no hashes at all and nothing is read.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+
+use crate::output::FileHashes;
+
+/// Whether image records carry file hashes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HashMode {
+    /// Hash each model and LoRA file once per version (cached in the cache folder).
+    #[default]
+    Cached,
+    /// No hashes in the records; files are not read for them.
+    Off,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Entry {
+    path: PathBuf,
+    size: u64,
+    mtime_ns: u128,
+    sha256: String,
+    autov3: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CacheFile {
+    version: u32,
+    files: Vec<Entry>,
+}
+
+fn stamp(path: &Path) -> Option<(u64, u128)> {
+    let m = std::fs::metadata(path).ok()?;
+    let t = m
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some((m.len(), t.as_nanos()))
+}
+
+type Results = Arc<Mutex<HashMap<PathBuf, Option<FileHashes>>>>;
+
+/// The run's file hashes; see the module docs.
+pub struct FileHasher {
+    mode: HashMode,
+    cache: PathBuf,
+    done: Results,
+    worker: Option<JoinHandle<Vec<String>>>,
+    notes: Vec<String>,
+}
+
+impl std::fmt::Debug for FileHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileHasher")
+            .field("mode", &self.mode)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileHasher {
+    /// Hashes kept in `cache_dir/hashes.json`.
+    pub fn new(mode: HashMode, cache_dir: &Path) -> Self {
+        FileHasher {
+            mode,
+            cache: cache_dir.join("hashes.json"),
+            done: Arc::default(),
+            worker: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Starts hashing `files` (those not already known) on a background thread.
+    pub fn start(&mut self, files: Vec<PathBuf>) {
+        if self.mode == HashMode::Off {
+            return;
+        }
+        self.join();
+        let cached: CacheFile = std::fs::read(&self.cache)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut todo = Vec::new();
+        {
+            let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+            for f in files {
+                let abs = std::path::absolute(&f).unwrap_or(f);
+                if done.contains_key(&abs) || todo.contains(&abs) {
+                    continue;
+                }
+                let hit = stamp(&abs).and_then(|(size, mtime_ns)| {
+                    cached
+                        .files
+                        .iter()
+                        .find(|e| e.path == abs && e.size == size && e.mtime_ns == mtime_ns)
+                });
+                match hit {
+                    Some(e) => {
+                        done.insert(
+                            abs,
+                            Some(FileHashes {
+                                sha256: e.sha256.clone(),
+                                autov3: e.autov3.clone(),
+                            }),
+                        );
+                    }
+                    None => todo.push(abs),
+                }
+            }
+        }
+        if todo.is_empty() {
+            return;
+        }
+        let done = self.done.clone();
+        let cache = self.cache.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mgpu-hash".into())
+            .spawn(move || hash_all(todo, done, cache, cached));
+        match spawned {
+            Ok(h) => self.worker = Some(h),
+            Err(e) => self.notes.push(format!(
+                "cannot start the hashing thread ({e}): records carry no file hashes"
+            )),
+        }
+    }
+
+    fn join(&mut self) {
+        if let Some(h) = self.worker.take() {
+            match h.join() {
+                Ok(notes) => self.notes.extend(notes),
+                Err(_) => self
+                    .notes
+                    .push("the hashing thread failed: some records carry no file hashes".into()),
+            }
+        }
+    }
+
+    /// The hashes of `path` (waiting for the background thread when it is still hashing it);
+    /// `None` when hashing is off or the file could not be read (noted).
+    pub fn get(&mut self, path: &Path) -> Option<FileHashes> {
+        if self.mode == HashMode::Off {
+            return None;
+        }
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let known = |s: &Self| {
+            s.done
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&abs)
+                .cloned()
+        };
+        if let Some(h) = known(self) {
+            return h;
+        }
+        self.join();
+        if let Some(h) = known(self) {
+            return h;
+        }
+        // Not started for this file: hash it now.
+        self.start(vec![abs.clone()]);
+        self.join();
+        known(self).flatten()
+    }
+
+    /// Notes for the log (unreadable files, an unwritable cache).
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+}
+
+fn hash_all(
+    todo: Vec<PathBuf>,
+    done: Results,
+    cache: PathBuf,
+    mut cached: CacheFile,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    for path in todo {
+        let before = stamp(&path);
+        let r = FileHashes::compute(&path);
+        let h = match r {
+            Ok(h) => {
+                if let (Some((size, mtime_ns)), true) = (before, stamp(&path) == before) {
+                    cached.files.retain(|e| e.path != path);
+                    cached.files.push(Entry {
+                        path: path.clone(),
+                        size,
+                        mtime_ns,
+                        sha256: h.sha256.clone(),
+                        autov3: h.autov3.clone(),
+                    });
+                }
+                Some(h)
+            }
+            Err(e) => {
+                notes.push(format!(
+                    "cannot hash {} for the image records: {e}",
+                    path.display()
+                ));
+                None
+            }
+        };
+        done.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path, h);
+    }
+    cached.version = 1;
+    let text = match serde_json::to_vec_pretty(&cached) {
+        Ok(t) => t,
+        Err(e) => {
+            notes.push(format!("cannot save the hash cache: {e}"));
+            return notes;
+        }
+    };
+    if let Err(e) = crate::output::write_atomic(&cache, |w| w.write_all(&text)) {
+        notes.push(format!(
+            "cannot save the hash cache {}: {e} (files will be hashed again next run)",
+            cache.display()
+        ));
+    }
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_cached_by_size_and_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.safetensors");
+        std::fs::write(&f, b"\x02\0\0\0\0\0\0\0{}abc").unwrap();
+        let cache = dir.path().join("cache");
+        let mut h = FileHasher::new(HashMode::Cached, &cache);
+        h.start(vec![f.clone()]);
+        let a = h.get(&f).unwrap();
+        assert_eq!(a, FileHashes::compute(&f).unwrap());
+        h.join(); // the cache file is written after the last hash
+        assert!(cache.join("hashes.json").exists());
+        // A new run finds it in the cache without reading the file: prove it by checking the
+        // cached entry is used (same value) and that a changed file is hashed again.
+        let mut h2 = FileHasher::new(HashMode::Cached, &cache);
+        h2.start(vec![f.clone()]);
+        assert_eq!(h2.get(&f).unwrap(), a);
+        std::fs::write(&f, b"\x02\0\0\0\0\0\0\0{}abcd").unwrap();
+        let mut h3 = FileHasher::new(HashMode::Cached, &cache);
+        h3.start(vec![f.clone()]);
+        assert_ne!(h3.get(&f).unwrap(), a);
+        // Off: nothing.
+        let mut off = FileHasher::new(HashMode::Off, &cache);
+        off.start(vec![f.clone()]);
+        assert_eq!(off.get(&f), None);
+        // A missing file: no hash, a note.
+        let mut m = FileHasher::new(HashMode::Cached, &cache);
+        assert_eq!(m.get(&dir.path().join("missing")), None);
+        assert!(m.take_notes()[0].contains("cannot hash"));
+    }
+}

@@ -1,0 +1,852 @@
+//! Issue #5, "bit-identical across placements": the tiny FLUX pipeline (manifests/tiny/, made by
+//! `mgpu make-tiny`) run through the executor's [`Generator`] with its weights
+//! (a) all resident, (b) half of the transformer's blocks streamed from host memory, (c) every
+//! block of every model streamed from `disk`, (d) with a LoRA (resident, host, disk: the
+//! patched units homed on disk go through a spill file), (e) in batches of 1 and 3 — every
+//! image's latent and RGB pixels are compared bit for bit with the all-resident batch-1 run.
+//! Also: a task that fails in a batch (an init image of the wrong size) fails alone and leaves
+//! its neighbours' bytes unchanged, and the events and records say what happened.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mgpu::exec::pipeline::{generator, HashMode, PipelineOptions, UnitHome};
+use mgpu::exec::{Event, ImageTask, JobError, Rendered};
+use mgpu::manifest::{self, Manifest};
+use mgpu::{hardware, plan};
+
+const HW: &str = "[[devices]]\nname = \"cpu\"\nmemory = \"16GiB\"\n";
+
+/// The tiny pipeline with `flux_extra` added to the FLUX model's table and `jobs` appended.
+fn manifest_text(out: &Path, flux_extra: &str, jobs: &str) -> String {
+    format!(
+        r#"
+[settings]
+output_root = "{out}"
+compute = "cpu"
+
+[models.flux]
+family = "flux"
+file = "tiny/flux-tiny.safetensors"
+{flux_extra}
+
+[models.t5]
+family = "t5"
+file = "tiny/t5-tiny.safetensors"
+tokenizer = "tiny/t5-tokenizer.json"
+
+[models.clip]
+family = "clip-l"
+file = "tiny/clip-tiny.safetensors"
+tokenizer = "tiny/clip-tokenizer.json"
+
+[models.vae]
+family = "flux-vae"
+file = "tiny/ae-tiny.safetensors"
+
+[pipelines.tiny]
+diffusion = "flux"
+text_encoders = ["clip", "t5"]
+vae = "vae"
+
+[defaults]
+width = 64
+height = 48
+steps = 2
+sampler = "euler_ancestral"
+{jobs}
+"#,
+        out = out.display()
+    )
+}
+
+const JOBS: &str = r#"
+[[jobs]]
+name = "fox"
+prompt = "a red fox in snow"
+seed = 42
+count = 3
+
+[[jobs]]
+name = "house"
+prompt = "a lighthouse at night, long exposure"
+seed = 7
+"#;
+
+fn load(text: &str) -> Arc<Manifest> {
+    // The manifest "lives" in manifests/, so `tiny/…` resolves to the committed tiny models.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/exec-test.toml");
+    Arc::new(manifest::load_str(&path, text).unwrap_or_else(|d| panic!("{}", d.render(false))))
+}
+
+fn tasks(m: &Manifest) -> Vec<ImageTask> {
+    m.jobs
+        .iter()
+        .flat_map(|j| {
+            let job = Arc::new(j.clone());
+            j.images().map(move |image| ImageTask {
+                job: job.clone(),
+                image,
+                hash: String::new(),
+            })
+        })
+        .collect()
+}
+
+struct Run {
+    results: Vec<Option<Result<Rendered, JobError>>>,
+    events: Vec<Event>,
+}
+
+impl Run {
+    fn ok(&self, i: usize) -> &Rendered {
+        match &self.results[i] {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => panic!("task {i} failed: {e}"),
+            None => panic!("task {i} was not run"),
+        }
+    }
+    fn notes(&self) -> Vec<&str> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Note { message } => Some(message.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+    /// Units fetched by each engine pass of the diffusion model (one per `Step` pass).
+    fn fetched(&self) -> Vec<usize> {
+        self.events
+            .iter()
+            .flat_map(|e| match e {
+                Event::Step { passes, .. } => passes.iter().map(|p| p.fetched_units).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+    fn measured(&self, model: &str) -> Vec<(String, u64)> {
+        self.events
+            .iter()
+            .find_map(|e| match e {
+                Event::Loaded { model: m, measured } if m == model => Some(measured.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no Loaded event for `{model}`"))
+    }
+}
+
+/// Plans `m` for a CPU-only machine and runs its tasks in `batches` (indices into the task
+/// list) through the generator.
+fn run(m: &Arc<Manifest>, options: PipelineOptions, batches: &[&[usize]]) -> Run {
+    let hw = hardware::file::parse(Path::new("hw.toml"), HW).unwrap();
+    let inv = plan::manifest::read_inventories(m).unwrap_or_else(|d| panic!("{}", d.render(false)));
+    let req = plan::manifest::request(m, &inv);
+    let p = plan::plan(&req, &hw).unwrap_or_else(|e| panic!("{e:?}"));
+    let all = tasks(m);
+    let mut events = Vec::new();
+    let mut g = generator(m.clone(), Arc::new(p), Arc::new(hw), options).unwrap();
+    g.prepare(&all, &mut |e| events.push(e)).unwrap();
+    let mut results: Vec<Option<Result<Rendered, JobError>>> =
+        (0..all.len()).map(|_| None).collect();
+    for b in batches {
+        let batch: Vec<ImageTask> = b.iter().map(|&i| all[i].clone()).collect();
+        let out = g.run_batch(&batch, &mut |e| events.push(e)).unwrap();
+        assert_eq!(out.len(), b.len());
+        for (&i, r) in b.iter().zip(out) {
+            results[i] = Some(r);
+        }
+    }
+    Run { results, events }
+}
+
+fn options(cache: &Path) -> PipelineOptions {
+    PipelineOptions {
+        cache_dir: Some(cache.to_path_buf()),
+        hashes: HashMode::Off,
+        ..Default::default()
+    }
+}
+
+const FLUX_BLOCKS: [&str; 4] = [
+    "double_blocks.0",
+    "double_blocks.1",
+    "single_blocks.0",
+    "single_blocks.1",
+];
+
+/// Every unit of every model of the tiny pipeline homed on `home`.
+fn everything_on(mut o: PipelineOptions, home: UnitHome) -> PipelineOptions {
+    for u in FLUX_BLOCKS {
+        o = o.with_home("flux", u, home);
+    }
+    for u in ["encoder.block.0", "encoder.block.1"] {
+        o = o.with_home("t5", u, home);
+    }
+    for u in ["text_model.encoder.layers.0", "text_model.encoder.layers.1"] {
+        o = o.with_home("clip", u, home);
+    }
+    for u in ["encoder", "decoder"] {
+        o = o.with_home("vae", u, home);
+    }
+    o
+}
+
+/// Same latent bits, same shape, same pixels.
+fn assert_same(a: &Rendered, b: &Rendered, what: &str) {
+    assert_eq!(a.latent_shape, b.latent_shape, "{what}: latent shape");
+    let bits = |r: &Rendered| r.latent.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(a) == bits(b), "{what}: latents differ");
+    assert_eq!(a.rgb.dimensions(), b.rgb.dimensions(), "{what}: image size");
+    assert!(a.rgb.as_raw() == b.rgb.as_raw(), "{what}: pixels differ");
+}
+
+fn assert_all_same(reference: &Run, other: &Run, n: usize, what: &str) {
+    for i in 0..n {
+        assert_same(reference.ok(i), other.ok(i), &format!("{what}, task {i}"));
+    }
+}
+
+#[test]
+fn placements_batches_and_loras_give_identical_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    let m = load(&manifest_text(&out, "", JOBS));
+    let n = tasks(&m).len();
+    assert_eq!(n, 4);
+    let singles: Vec<&[usize]> = vec![&[0], &[1], &[2], &[3]];
+
+    // (a) all resident, one task per batch: the reference.
+    let reference = run(&m, options(&cache), &singles);
+    let r0 = reference.ok(0);
+    assert_eq!(r0.latent_shape, vec![1, 16, 6, 8]);
+    assert_eq!(r0.rgb.dimensions(), (64, 48));
+    // Different seeds and prompts give different images (the comparison below can fail).
+    assert_ne!(r0.latent, reference.ok(1).latent);
+    assert_ne!(r0.rgb.as_raw(), reference.ok(3).rgb.as_raw());
+    let resident_cpu = reference
+        .measured("flux")
+        .iter()
+        .find(|(d, _)| d == "cpu")
+        .map(|x| x.1)
+        .unwrap();
+    assert!(resident_cpu > 0);
+    assert!(reference.fetched().iter().all(|&f| f == 0));
+
+    // (e) the same, in a batch of 3 (and a batch of 1), and mixing prompts across batches.
+    let batched = run(&m, options(&cache), &[&[0, 1, 2], &[3]]);
+    assert_all_same(&reference, &batched, n, "resident, batches of 3 and 1");
+    let mixed = run(&m, options(&cache), &[&[3, 0], &[2, 1]]);
+    assert_all_same(&reference, &mixed, n, "resident, mixed batches of 2");
+
+    // (b) half of the blocks streamed from host memory, batch of 3.
+    let half = options(&cache)
+        .with_home("flux", "double_blocks.1", UnitHome::Host)
+        .with_home("flux", "single_blocks.1", UnitHome::Host);
+    let host = run(&m, half, &[&[0, 1, 2], &[3]]);
+    assert_all_same(&reference, &host, n, "half the blocks from host memory");
+    let held = host.measured("flux");
+    assert!(held.iter().any(|(d, b)| d == "cpu" && *b > 0), "{held:?}");
+    // Two blocks fetched per pass, one pass per step and batch (2 steps × 2 batches).
+    assert_eq!(host.fetched(), vec![2; 4]);
+
+    // (c) every block of every model streamed from disk (the memory map), batches of 1 and 3.
+    let disk = run(
+        &m,
+        everything_on(options(&cache), UnitHome::Disk),
+        &[&[2], &[0, 1, 3]],
+    );
+    assert_all_same(&reference, &disk, n, "all blocks from disk");
+    assert_eq!(disk.fetched(), vec![4; 4]);
+    for model in ["flux", "t5", "clip", "vae"] {
+        let held = disk.measured(model);
+        assert!(
+            held.iter().any(|(d, b)| d == "disk" && *b > 0),
+            "{model}: {held:?}"
+        );
+    }
+    // Unpatched tensors stored as used stay in the file: nothing to spill.
+    assert!(
+        !disk.notes().iter().any(|n| n.contains("spill file")),
+        "{:?}",
+        disk.notes()
+    );
+
+    // (d) with the tiny LoRA: every placement gives the same bytes, and they differ from the
+    // run without it.
+    let lora = load(&manifest_text(
+        &out,
+        r#"loras = [{ file = "tiny/lora-tiny.safetensors", strength = 0.8 }]"#,
+        JOBS,
+    ));
+    let lora_resident = run(&lora, options(&cache), &singles);
+    assert_ne!(
+        lora_resident.ok(0).latent,
+        r0.latent,
+        "the LoRA changes the output"
+    );
+    assert_ne!(lora_resident.ok(0).rgb.as_raw(), r0.rgb.as_raw());
+    let lora_disk = run(
+        &lora,
+        everything_on(options(&cache), UnitHome::Disk),
+        &[&[0, 1, 2], &[3]],
+    );
+    assert_all_same(&lora_resident, &lora_disk, n, "LoRA, all blocks from disk");
+    // Patched blocks homed on disk went through a spill file, which left nothing behind.
+    assert!(
+        lora_disk
+            .notes()
+            .iter()
+            .any(|n| n.contains("model `flux`") && n.contains("spill file")),
+        "{:?}",
+        lora_disk.notes()
+    );
+    assert!(std::fs::read_dir(&cache)
+        .map(|d| d
+            .filter_map(Result::ok)
+            .all(|e| e.file_name() == "hashes.json"))
+        .unwrap_or(true));
+    let lora_host = run(
+        &lora,
+        options(&cache)
+            .with_home("flux", "double_blocks.0", UnitHome::Host)
+            .with_home("flux", "single_blocks.0", UnitHome::Disk),
+        &[&[1, 3], &[0, 2]],
+    );
+    assert_all_same(&lora_resident, &lora_host, n, "LoRA, host and disk homes");
+}
+
+#[test]
+fn the_plan_streams_from_disk_with_the_demo_allocation() {
+    // The allocation the demo manifest uses: half the blocks stay, half stream from the
+    // memory-mapped file, as planned (no overrides). Same bytes as all resident.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    let jobs = r#"
+[[jobs]]
+name = "fox"
+prompt = "a red fox in snow"
+seed = 5
+count = 2
+"#;
+    let resident = run(
+        &load(&manifest_text(&out, "", jobs)),
+        options(&cache),
+        &[&[0], &[1]],
+    );
+    let planned = run(
+        &load(&manifest_text(
+            &out,
+            r#"allocation = "cpu,50%;disk,50%""#,
+            jobs,
+        )),
+        options(&cache),
+        &[&[0, 1]],
+    );
+    assert_all_same(&resident, &planned, 2, "planned cpu,50%;disk,50%");
+    let held = planned.measured("flux");
+    assert!(held.iter().any(|(d, b)| d == "disk" && *b > 0), "{held:?}");
+    assert!(held.iter().any(|(d, b)| d == "cpu" && *b > 0), "{held:?}");
+    // Steps report their engine passes, with bytes fetched from disk.
+    let steps: Vec<_> = planned
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step {
+                step,
+                steps,
+                passes,
+            } => Some((*step, *steps, passes.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(),
+        vec![(1, 2), (2, 2)]
+    );
+    for (_, _, passes) in &steps {
+        assert_eq!(passes.len(), 1);
+        assert!(passes[0].fetched_units > 0);
+        assert!(passes[0].link_bytes.iter().sum::<u64>() > 0);
+    }
+}
+
+/// A 64×48 (or other size) RGB PNG with a gradient.
+fn write_png(path: &Path, w: u32, h: u32) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8])
+    });
+    img.save(path).unwrap();
+}
+
+#[test]
+fn a_failing_task_fails_alone_and_leaves_its_neighbours_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    let good: PathBuf = dir.path().join("init.png");
+    let bad: PathBuf = dir.path().join("small.png");
+    write_png(&good, 64, 48);
+    write_png(&bad, 32, 32);
+    let jobs = format!(
+        r#"
+[[jobs]]
+name = "i2i"
+prompt = "a red fox in snow"
+seed = 11
+count = 2
+init_image = "{good}"
+denoise = 0.6
+
+[[jobs]]
+name = "bad"
+prompt = "a red fox in snow"
+seed = 12
+init_image = "{bad}"
+denoise = 0.6
+"#,
+        good = good.display(),
+        bad = bad.display()
+    );
+    let m = load(&manifest_text(&out, "", &jobs));
+    // tasks: 0 = i2i seed 11, 1 = i2i seed 12, 2 = bad seed 12.
+    let alone = run(&m, options(&cache), &[&[0], &[1]]);
+    let together = run(
+        &m,
+        everything_on(options(&cache), UnitHome::Disk),
+        &[&[0, 2, 1]],
+    );
+    assert_same(
+        alone.ok(0),
+        together.ok(0),
+        "neighbour before the failing task",
+    );
+    assert_same(
+        alone.ok(1),
+        together.ok(1),
+        "neighbour after the failing task",
+    );
+    let e = match &together.results[2] {
+        Some(Err(e)) => e.to_string(),
+        other => panic!(
+            "the wrong-size init image should fail its task: {other:?}",
+            other = other.as_ref().map(|r| r.as_ref().map(|_| ()))
+        ),
+    };
+    assert!(e.contains("small.png") && e.contains("32"), "{e}");
+    // img2img really used the init image: the same seed with another image gives other bytes.
+    let other = dir.path().join("other.png");
+    image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([255 - (x * 4) as u8, (y * 3) as u8, 9])
+    })
+    .save(&other)
+    .unwrap();
+    let swapped = run(
+        &load(&manifest_text(
+            &out,
+            "",
+            &jobs.replace(&good.display().to_string(), &other.display().to_string()),
+        )),
+        options(&cache),
+        &[&[0]],
+    );
+    assert_ne!(swapped.ok(0).latent, alone.ok(0).latent);
+    assert_eq!(
+        alone
+            .ok(0)
+            .record
+            .init_image
+            .as_deref()
+            .map(|p| p.ends_with("init.png")),
+        Some(true)
+    );
+}
+
+#[test]
+fn records_events_and_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    let long_prompt = "fox ".repeat(120);
+    let jobs = format!(
+        r#"
+[[jobs]]
+name = "long"
+prompt = "{long_prompt}"
+seed = 3
+guidance = 4.5
+"#
+    );
+    let m = load(&manifest_text(
+        &out,
+        r#"loras = [{ file = "tiny/lora-tiny.safetensors", strength = 0.5 }]"#,
+        &jobs,
+    ));
+    let o = PipelineOptions {
+        cache_dir: Some(cache.clone()),
+        hashes: HashMode::Cached,
+        ..Default::default()
+    };
+    let r = run(&m, o, &[&[0]]);
+    let rec = &r.ok(0).record;
+    assert_eq!(rec.job, "long");
+    assert_eq!(rec.seed, 3);
+    assert_eq!(rec.guidance, Some(4.5));
+    assert_eq!((rec.width, rec.height, rec.steps), (64, 48, 2));
+    assert_eq!(
+        rec.models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>(),
+        ["flux", "vae", "clip", "t5"]
+    );
+    assert_eq!(rec.models[0].file, "tiny/flux-tiny.safetensors");
+    let sha = mgpu::output::FileHashes::compute(&m.models["flux"].file).unwrap();
+    assert_eq!(rec.models[0].sha256.as_deref(), Some(sha.sha256.as_str()));
+    assert_eq!(rec.loras.len(), 1);
+    assert_eq!(rec.loras[0].name, "lora-tiny");
+    assert_eq!(rec.loras[0].strength, 0.5);
+    assert!(rec.loras[0].autov3.is_some());
+    // The long prompt was truncated by CLIP (77 tokens) and said so.
+    assert!(
+        r.notes()
+            .iter()
+            .any(|n| n.contains("CLIP tokens") && n.contains("keeps 77")),
+        "{:?}",
+        r.notes()
+    );
+    // Text encoders are released after encoding, unless asked to keep them.
+    assert!(r.notes().iter().any(|n| n.contains("`t5` released")));
+    let kept = run(
+        &m,
+        PipelineOptions {
+            keep_text_encoders: true,
+            ..options(&cache)
+        },
+        &[&[0]],
+    );
+    assert!(
+        !kept.notes().iter().any(|n| n.contains("text encoder")),
+        "{:?}",
+        kept.notes()
+    );
+    assert_same(r.ok(0), kept.ok(0), "kept text encoders");
+    // Stages: loading, patching, distributing for every model.
+    for model in ["flux", "vae", "clip", "t5"] {
+        let stages: Vec<&str> = r
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Stage { model: m, stage } if m == model => Some(stage.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            stages.starts_with(&["loading", "patching", "distributing"]),
+            "{model}: {stages:?}"
+        );
+    }
+}
+
+#[test]
+fn load_failures_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let m = load(&manifest_text(&out, "", JOBS));
+    let hw = hardware::file::parse(Path::new("hw.toml"), HW).unwrap();
+    let inv = plan::manifest::read_inventories(&m).unwrap();
+    let p = plan::plan(&plan::manifest::request(&m, &inv), &hw).unwrap();
+    let all = tasks(&m);
+
+    // A plan for other models.
+    let mut other = p.clone();
+    other.models.retain(|x| x.name != "t5");
+    let mut g = generator(
+        m.clone(),
+        Arc::new(other),
+        Arc::new(hw.clone()),
+        options(dir.path()),
+    )
+    .unwrap();
+    let e = g.prepare(&all, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("no entry for model `t5`"), "{e}");
+
+    // A strict LoRA with modules the model does not have.
+    let alien = dir.path().join("alien.safetensors");
+    {
+        use safetensors::tensor::{serialize_to_file, TensorView};
+        let down = vec![0u8; 4 * 4 * 8];
+        let up = vec![0u8; 4 * 8 * 4];
+        serialize_to_file(
+            vec![
+                (
+                    "lora_unet_no_such_layer.lora_down.weight".to_string(),
+                    TensorView::new(safetensors::Dtype::F32, vec![4, 8], &down).unwrap(),
+                ),
+                (
+                    "lora_unet_no_such_layer.lora_up.weight".to_string(),
+                    TensorView::new(safetensors::Dtype::F32, vec![8, 4], &up).unwrap(),
+                ),
+            ],
+            None,
+            &alien,
+        )
+        .unwrap();
+    }
+    let lm = load(&manifest_text(
+        &out,
+        &format!(r#"loras = [{{ file = "{}" }}]"#, alien.display()),
+        JOBS,
+    ));
+    let inv = plan::manifest::read_inventories(&lm).unwrap();
+    let lp = plan::plan(&plan::manifest::request(&lm, &inv), &hw).unwrap();
+    let mut g = generator(
+        lm.clone(),
+        Arc::new(lp.clone()),
+        Arc::new(hw.clone()),
+        options(dir.path()),
+    )
+    .unwrap();
+    let e = g.prepare(&tasks(&lm), &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        e.contains("model `flux`") && e.contains("no_such_layer"),
+        "{e}"
+    );
+    // Lenient: a note, and the run goes on.
+    let lenient = load(&manifest_text(
+        &out,
+        &format!(
+            r#"loras = [{{ file = "{}", strict = false }}]"#,
+            alien.display()
+        ),
+        JOBS,
+    ));
+    let mut g = generator(
+        lenient.clone(),
+        Arc::new(lp),
+        Arc::new(hw.clone()),
+        options(dir.path()),
+    )
+    .unwrap();
+    let mut notes = Vec::new();
+    g.prepare(&tasks(&lenient), &mut |e| {
+        if let Event::Note { message } = e {
+            notes.push(message)
+        }
+    })
+    .unwrap();
+    assert!(
+        notes.iter().any(|n| n.contains("match nothing")),
+        "{notes:?}"
+    );
+
+    // A CUDA compute device in a CPU build is refused with the reason.
+    if !cfg!(feature = "cuda") {
+        let mut cuda = p.clone();
+        for mp in &mut cuda.models {
+            mp.compute = mgpu::device::DeviceName::Cuda(0);
+        }
+        let cm = load(
+            &manifest_text(&out, "", JOBS).replace("compute = \"cpu\"", "compute = \"cuda:0\""),
+        );
+        let hw0 = hardware::file::parse(
+            Path::new("hw.toml"),
+            "[[devices]]\nname = \"cpu\"\nmemory = \"16GiB\"\n[[devices]]\nname = \"cuda:0\"\nmemory = \"24GiB\"\n",
+        )
+        .unwrap();
+        let mut g = generator(
+            cm.clone(),
+            Arc::new(cuda),
+            Arc::new(hw0),
+            options(dir.path()),
+        )
+        .unwrap();
+        let e = g.prepare(&tasks(&cm), &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("built without CUDA"), "{e}");
+    }
+}
+
+/// Writes `tensors` (name, PyTorch shape, f32 values) as a GGUF v3 file: Q8_0 (llama.cpp's
+/// reference quantisation: per 32 values, `d = max|x| / 127` as f16, `q = round(x / d)`) for
+/// matrices whose rows are whole blocks, F32 for the rest.
+fn write_gguf_q8(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let mut head = Vec::new();
+    let mut data = Vec::new();
+    head.extend_from_slice(b"GGUF");
+    head.extend_from_slice(&3u32.to_le_bytes());
+    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    head.extend_from_slice(&0u64.to_le_bytes());
+    for (name, shape, vals) in tensors {
+        while data.len() % 32 != 0 {
+            data.push(0);
+        }
+        let offset = data.len() as u64;
+        let q8 = shape.len() == 2 && shape[1] % 32 == 0;
+        if q8 {
+            for block in vals.chunks(32) {
+                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                data.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+                data.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
+            }
+        } else {
+            data.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        head.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(&(shape.len() as u32).to_le_bytes());
+        for d in shape.iter().rev() {
+            head.extend_from_slice(&(*d as u64).to_le_bytes());
+        }
+        head.extend_from_slice(&(if q8 { 8u32 } else { 0u32 }).to_le_bytes());
+        head.extend_from_slice(&offset.to_le_bytes());
+    }
+    while head.len() % 32 != 0 {
+        head.push(0);
+    }
+    head.extend_from_slice(&data);
+    std::fs::write(path, head).unwrap();
+}
+
+#[test]
+fn a_gguf_base_is_dequantised_at_load_and_placement_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    let src = mgpu::weights::WeightFile::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/tiny/flux-tiny.safetensors"),
+    )
+    .unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = src
+        .tensors()
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.shape.iter().map(|&d| d as usize).collect(),
+                src.to_f32(&t.name).unwrap(),
+            )
+        })
+        .collect();
+    let gguf = dir.path().join("flux-tiny-Q8_0.gguf");
+    write_gguf_q8(&gguf, &tensors);
+    let jobs = r#"
+[[jobs]]
+name = "fox"
+prompt = "a red fox in snow"
+seed = 42
+count = 2
+"#;
+    let flux_q8 = |extra: &str| {
+        manifest_text(&out, extra, jobs)
+            .replace("tiny/flux-tiny.safetensors", &gguf.display().to_string())
+    };
+    let resident = run(&load(&flux_q8("")), options(&cache), &[&[0], &[1]]);
+    let disk = run(
+        &load(&flux_q8("")),
+        everything_on(options(&cache), UnitHome::Disk),
+        &[&[0, 1]],
+    );
+    assert_all_same(&resident, &disk, 2, "GGUF, all blocks from disk");
+    // Dequantised weights are not the file's bytes: disk homes went through a spill file.
+    assert!(
+        disk.notes()
+            .iter()
+            .any(|n| n.contains("model `flux`") && n.contains("spill file")),
+        "{:?}",
+        disk.notes()
+    );
+    // Q8_0 is not bf16: the image differs from the safetensors run (but is an image).
+    let bf16 = run(
+        &load(&manifest_text(&out, "", jobs)),
+        options(&cache),
+        &[&[0]],
+    );
+    assert_ne!(bf16.ok(0).latent, resident.ok(0).latent);
+    // With a LoRA (baked into the dequantised weights; `on_dequant` is the same numbers and
+    // says so): placements agree, and the LoRA changes the output.
+    let lora = r#"loras = [{ file = "tiny/lora-tiny.safetensors" }]
+lora_mode = "on_dequant""#;
+    let with_lora = run(&load(&flux_q8(lora)), options(&cache), &[&[0, 1]]);
+    let with_lora_host = run(
+        &load(&flux_q8(lora)),
+        everything_on(options(&cache), UnitHome::Host),
+        &[&[1], &[0]],
+    );
+    assert_all_same(&with_lora, &with_lora_host, 2, "GGUF + LoRA, host homes");
+    assert_ne!(with_lora.ok(0).latent, resident.ok(0).latent);
+    assert!(
+        with_lora.notes().iter().any(|n| n.contains("on_dequant")),
+        "{:?}",
+        with_lora.notes()
+    );
+}
+
+#[test]
+fn max_batch_follows_the_plans_free_memory_and_the_jobs_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let plan_for = |m: &Arc<Manifest>, hw: &str| {
+        let hw = hardware::file::parse(Path::new("hw.toml"), hw).unwrap();
+        let inv = plan::manifest::read_inventories(m).unwrap();
+        let p = plan::plan(&plan::manifest::request(m, &inv), &hw).unwrap();
+        (p, hw)
+    };
+    let m = load(&manifest_text(&out, "", JOBS));
+    let task = tasks(&m).remove(0);
+    // 16 GiB: the cap.
+    let (p, hw) = plan_for(&m, HW);
+    let g = generator(m.clone(), Arc::new(p), Arc::new(hw), options(dir.path())).unwrap();
+    assert_eq!(g.max_batch(&task), mgpu::exec::pipeline::MAX_BATCH);
+    // A host with ~100 MiB usable: the free memory over the planner's per-job bytes.
+    let small = "[[devices]]\nname = \"cpu\"\nmemory = \"2148MiB\"\n";
+    let (p, hw) = plan_for(&m, small);
+    let mp = p.models.iter().find(|x| x.name == "flux").unwrap();
+    let per_job = mp.working_set.latents / mp.workload.batch as u64;
+    let free = p
+        .devices
+        .iter()
+        .find(|d| d.name == mgpu::device::DeviceName::Cpu)
+        .unwrap()
+        .free
+        .unwrap();
+    let want = (1 + free / per_job) as usize;
+    assert!(want > 1 && want < mgpu::exec::pipeline::MAX_BATCH, "{want}");
+    let g = generator(m.clone(), Arc::new(p), Arc::new(hw), options(dir.path())).unwrap();
+    assert_eq!(g.max_batch(&task), want);
+    // The job's `batch` when smaller.
+    let b2 = load(&manifest_text(
+        &out,
+        "",
+        &JOBS.replace("count = 3", "count = 3\nbatch = 2"),
+    ));
+    let (p, hw) = plan_for(&b2, HW);
+    let g = generator(b2.clone(), Arc::new(p), Arc::new(hw), options(dir.path())).unwrap();
+    assert_eq!(g.max_batch(&tasks(&b2)[0]), 2);
+}
+
+#[test]
+fn invalid_numbers_fail_the_task_not_the_run() {
+    // A LoRA strength so large that activations overflow to ±∞ and NaN: every task fails with
+    // the step where its latent went bad, as a task error, and the run goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let m = load(&manifest_text(
+        &out,
+        r#"loras = [{ file = "tiny/lora-tiny.safetensors", strength = 1e30 }]"#,
+        JOBS,
+    ));
+    let r = run(&m, options(dir.path()), &[&[0, 1, 2], &[3]]);
+    for (i, res) in r.results.iter().enumerate() {
+        match res {
+            Some(Err(e)) => assert!(
+                e.to_string().contains("NaN or infinite") && e.to_string().contains("step 1 of 2"),
+                "task {i}: {e}"
+            ),
+            _ => panic!("task {i} should fail"),
+        }
+    }
+}
