@@ -125,6 +125,16 @@ impl Run {
             })
             .collect()
     }
+    /// Bytes streamed by the diffusion model's first engine pass, over all links.
+    fn first_pass_bytes(&self) -> u64 {
+        self.events
+            .iter()
+            .find_map(|e| match e {
+                Event::Step { passes, .. } => passes.first().map(|p| p.link_bytes.iter().sum()),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
     fn measured(&self, model: &str) -> Vec<(String, u64)> {
         self.events
             .iter()
@@ -782,6 +792,33 @@ lora_mode = "on_dequant""#;
         with_lora.notes().iter().any(|n| n.contains("on_dequant")),
         "{:?}",
         with_lora.notes()
+    );
+    // Computed in bf16, the Q8_0 blocks stay quantised in their homes and travel that way
+    // (dequantised where they are used): placements still agree, and a pass moves fewer
+    // bytes than the same model stored in bf16.
+    let bf16_q8 = flux_q8("dtype = \"bf16\"");
+    let q_res = run(&load(&bf16_q8), options(&cache), &[&[0], &[1]]);
+    let q_host = run(
+        &load(&bf16_q8),
+        everything_on(options(&cache), UnitHome::Host),
+        &[&[0, 1]],
+    );
+    let q_disk = run(
+        &load(&bf16_q8),
+        everything_on(options(&cache), UnitHome::Disk),
+        &[&[1], &[0]],
+    );
+    assert_all_same(&q_res, &q_host, 2, "GGUF in bf16, host homes");
+    assert_all_same(&q_res, &q_disk, 2, "GGUF in bf16, disk homes");
+    let plain_host = run(
+        &load(&manifest_text(&out, "dtype = \"bf16\"", jobs)),
+        everything_on(options(&cache), UnitHome::Host),
+        &[&[0]],
+    );
+    let (q, plain) = (q_host.first_pass_bytes(), plain_host.first_pass_bytes());
+    assert!(
+        q > 0 && q < plain,
+        "Q8_0 pass {q} bytes, bf16 pass {plain} bytes"
     );
 }
 

@@ -362,10 +362,42 @@ impl ModelFile {
                             start: range.start,
                             len: range.len(),
                         },
+                        quant: None,
                     },
                     Origin::AsStored,
                 ));
             }
+        }
+        // GGUF Q8_0 computed in bf16: the blocks stay as stored and travel quantised; they are
+        // dequantised where they are used (on a GPU by a kernel with the CPU's arithmetic:
+        // docs/gpu.md), always through `HostTensor::materialize`'s rounding to bf16.
+        if ct.dtype == DType::Q8_0
+            && !touched
+            && ct.is_passthrough()
+            && self.compute == CDType::BF16
+        {
+            let wf = |source| LoadError::Weights {
+                model: self.model.clone(),
+                source,
+            };
+            let bytes = match self.file.mapped(&ct.parts[0].source).map_err(wf)? {
+                Some((map, range)) => Bytes::Mapped {
+                    map,
+                    start: range.start,
+                    len: range.len(),
+                },
+                None => Bytes::Owned(Arc::from(self.assemble(&ct)?)),
+            };
+            return Ok((
+                HostTensor {
+                    name: rel.to_string(),
+                    dtype: CDType::BF16,
+                    shape,
+                    bytes,
+                    quant: Some(DType::Q8_0),
+                },
+                Origin::AsStored,
+            ));
         }
         let mut bytes = self.assemble(&ct)?;
         let mut origin = if ct.is_passthrough() {
@@ -451,6 +483,7 @@ impl ModelFile {
                 dtype,
                 shape,
                 bytes: Bytes::Owned(Arc::from(bytes)),
+                quant: None,
             },
             origin,
         ))
