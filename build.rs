@@ -6,11 +6,17 @@
 //! `sm_<CUDA_COMPUTE_CAP>` (default 90: H100/H200). The driver JIT-compiles the PTX, so it must
 //! accept this nvcc's PTX version (docs/gpu.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (source file, PTX name in OUT_DIR)
-const KERNELS: &[(&str, &str)] = &[("src/exec/kernels/dequant.cu", "dequant.ptx")];
+const KERNELS: &[(&str, &str)] = &[
+    ("src/models/flux/kernels/elementwise.cu", "elementwise.ptx"),
+    ("src/models/flux/kernels/flash.cu", "flash.ptx"),
+    ("src/exec/kernels/dequant.cu", "dequant.ptx"),
+];
+/// Headers the kernels include.
+const HEADERS: &[&str] = &["src/models/flux/kernels/common.cuh"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -20,19 +26,21 @@ fn main() {
     for var in ["CUDA_HOME", "CUDA_PATH", "CUDA_COMPUTE_CAP"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
+    for h in HEADERS {
+        println!("cargo:rerun-if-changed={h}");
+    }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let nvcc = ["CUDA_HOME", "CUDA_PATH"]
-        .iter()
-        .filter_map(|v| std::env::var_os(v))
-        .map(|d| PathBuf::from(d).join("bin").join("nvcc"))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("nvcc"));
+    let nvcc = find_nvcc();
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
     let cap = cap.trim().trim_start_matches("sm_").replace('.', "");
+    if cap.is_empty() || !cap.chars().all(|c| c.is_ascii_alphanumeric()) {
+        panic!("CUDA_COMPUTE_CAP=`{cap}`: expected a compute capability such as 90 or 80");
+    }
     for (src, ptx) in KERNELS {
         println!("cargo:rerun-if-changed={src}");
         let status = Command::new(&nvcc)
-            .args(["-ptx", &format!("-arch=sm_{cap}"), "-O3", src, "-o"])
+            // -lineinfo: source lines for compute-sanitizer and profilers; no effect on the code.
+            .args(["-ptx", &format!("-arch=sm_{cap}"), "-O3", "-std=c++17", "-lineinfo", src, "-o"])
             .arg(out.join(ptx))
             .status()
             .unwrap_or_else(|e| {
@@ -40,4 +48,25 @@ fn main() {
             });
         assert!(status.success(), "nvcc failed on {src}");
     }
+}
+
+/// `$CUDA_HOME/bin/nvcc`, `$CUDA_PATH/bin/nvcc`, or the first `nvcc` on `PATH`.
+fn find_nvcc() -> PathBuf {
+    let from_home = ["CUDA_HOME", "CUDA_PATH"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .map(|d| PathBuf::from(d).join("bin").join("nvcc"));
+    let from_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nvcc"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    from_home
+        .chain(from_path)
+        .find(|p| Path::new(p).is_file())
+        .unwrap_or_else(|| {
+            panic!("the `cuda` feature needs nvcc: found neither $CUDA_HOME/bin/nvcc, $CUDA_PATH/bin/nvcc nor nvcc on PATH; install the CUDA toolkit and set CUDA_HOME (docs/gpu.md)")
+        })
 }

@@ -11,6 +11,7 @@ use super::Status;
 use crate::device::DeviceName;
 use crate::exec::bench::{self, BenchConfig, Placement};
 use crate::models::flux;
+use crate::models::flux::kernels::CheckSize;
 
 /// Measure block streaming on a FLUX-shaped transformer with generated weights.
 ///
@@ -56,6 +57,11 @@ pub struct Args {
     /// (linear layers, attention, norms) on the device: a diagnostic.
     #[arg(long)]
     pub ops: bool,
+    /// Instead of the placement table, compare every fused FLUX CUDA kernel (and whole blocks
+    /// at FLUX-dev size) with the candle path and with f32 on random inputs; fails if one is
+    /// off or not deterministic. `small` (for compute-sanitizer) or `full` (the default).
+    #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "full")]
+    pub check_kernels: Option<CheckSize>,
     /// Seed of the weight generator.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -78,6 +84,9 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     }
     if args.batch.is_empty() || args.batch.contains(&0) {
         bail!("--batch: every batch size must be at least 1")
+    }
+    if let Some(size) = args.check_kernels {
+        return check_kernels(&args.device, size);
     }
     if args.ops {
         let device = match args.device {
@@ -138,6 +147,27 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     } else {
         Status::Failed
     })
+}
+
+#[cfg(feature = "cuda")]
+fn check_kernels(device: &DeviceName, size: CheckSize) -> anyhow::Result<Status> {
+    use crate::models::flux::kernels::check;
+    let DeviceName::Cuda(i) = device else {
+        bail!("--check-kernels needs a CUDA device (--device cuda:N)")
+    };
+    let dev = Device::new_cuda_with_stream(*i as usize).context("opening the CUDA device")?;
+    let rows = check::check_kernels(&dev, size, |m| eprintln!("check: {m}"))?;
+    println!("{}", check::render(&rows));
+    Ok(if rows.iter().all(|r| r.pass()) {
+        Status::Ok
+    } else {
+        Status::Failed
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn check_kernels(_device: &DeviceName, _size: CheckSize) -> anyhow::Result<Status> {
+    bail!("--check-kernels: this mgpu was built without CUDA (build with --features cuda; see docs/gpu.md)")
 }
 
 #[cfg(feature = "cuda")]

@@ -651,6 +651,54 @@ pub fn profile_ops(device: &Device, dtype: DType) -> candle_core::Result<Vec<(St
             .permute((1, 2, 0, 3))?
             .contiguous()
     })?;
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() && dtype == DType::BF16 {
+        // The fused kernels of the FLUX blocks (models::flux::kernels) on the same sizes.
+        use crate::models::flux::kernels as kern;
+        let qkv = Tensor::stack(&[&q, &k, &v], 0)?;
+        let fused = Tensor::randn(0f32, 1.0, (l, 3 * hid + 4 * hid), device)?.to_dtype(dtype)?;
+        let row = Tensor::randn(0f32, 0.5, (1, 4 * hid), device)?.to_dtype(dtype)?;
+        let (vh, vm) = (
+            row.narrow(1, 0, hid)?,
+            row.narrow(1, 0, 4 * hid)?.squeeze(0)?,
+        );
+        let vh2 = (&vh * 0.5)?;
+        let y = (&x * 0.5)?;
+        let norm = Tensor::ones(dh, dtype, device)?;
+        time("kernel: softmax over bf16 scores, f32 inside", &|| {
+            kern::softmax_scaled(&scores, 0.088)
+        })?;
+        for var in kern::FlashVariant::ALL {
+            time(
+                &format!("kernel: flash attention {var} (whole attention)"),
+                &|| kern::flash_attention(&qkv, var),
+            )?;
+        }
+        time("kernel path: cublas q k^T + fused softmax + p v", &|| {
+            kern::attention_cublas(&qkv)
+        })?;
+        time("kernel: ln_modulate [4608,3072]", &|| {
+            kern::ln_modulate(&x, &vh, &vh2)
+        })?;
+        let b = vm.narrow(0, 0, 3 * hid)?;
+        time("kernel: qkv_rope from linear1 output", &|| {
+            let seg = kern::QkvSegment {
+                src: &fused,
+                bias: &b,
+                q_scale: &norm,
+                k_scale: &norm,
+            };
+            kern::qkv_rope(&[seg], heads, &cos, &sin)
+        })?;
+        let attn = x.clone();
+        time("kernel: cat_gelu (single block cat + gelu)", &|| {
+            kern::cat_gelu(Some(&attn), &fused, 3 * hid, 4 * hid, &vm)
+        })?;
+        let vh1 = vh.squeeze(0)?;
+        time("kernel: gated_residual [4608,3072]", &|| {
+            kern::gated_residual(&x, &y, &vh1, &vh2)
+        })?;
+    }
     Ok(out)
 }
 

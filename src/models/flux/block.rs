@@ -7,6 +7,13 @@
 //! `apply_rope`). Precision follows the reference: RMSNorm, LayerNorm, RoPE and softmax are
 //! computed in f32 and rounded back to the compute dtype; everything else runs in the dtype of
 //! the weights.
+//!
+//! On a CUDA device in bf16/f16, `forward` takes the fused path of `block/fused.rs` (the same
+//! computation and rounding points through the kernels of [`super::kernels`]); the code below
+//! is the CPU path and the reference for it.
+
+#[cfg(feature = "cuda")]
+mod fused;
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
@@ -286,6 +293,14 @@ impl DoubleBlock {
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        #[cfg(feature = "cuda")]
+        if fused::applies(
+            img,
+            img.dim(1)? / self.heads,
+            self.img.mlp.l0.weight().dim(0)?,
+        )? {
+            return fused::double(self, img, txt, vec, cos, sin);
+        }
         let (l_txt, _) = txt.dims2()?;
         let (l_img, _) = img.dims2()?;
         let (im1, im2, iq, ik, iv) = self.img.pre_attention(img, vec, self.heads)?;
@@ -330,6 +345,14 @@ impl SingleBlock {
 
     /// `x [L_txt + L_img, hidden]`, `vec [1, hidden]`, RoPE table over the same positions.
     pub fn forward(&self, x: &Tensor, vec: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if fused::applies(
+            x,
+            self.hidden / self.heads,
+            self.linear2.weight().dim(1)? - self.hidden,
+        )? {
+            return fused::single(self, x, vec, cos, sin);
+        }
         let (_l, _) = x.dims2()?;
         let m = self.modulation.single(vec)?;
         let fused = m.modulate(&layer_norm(x)?)?.apply(&self.linear1)?;
@@ -361,6 +384,11 @@ impl LastLayer {
     }
 
     pub fn forward(&self, x: &Tensor, vec: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        // No attention or MLP here: only the width matters.
+        if fused::applies(x, 8, 8)? {
+            return fused::last(self, x, vec);
+        }
         let chunks = vec.silu()?.apply(&self.ada_ln)?.chunk(2, D::Minus1)?;
         let (shift, scale) = (&chunks[0], &chunks[1]);
         layer_norm(x)?

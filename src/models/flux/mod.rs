@@ -21,6 +21,7 @@
 pub mod block;
 pub mod config;
 pub mod embed;
+pub mod kernels;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};

@@ -1,0 +1,133 @@
+//! The FLUX blocks on a CUDA device through the fused kernels of [`crate::models::flux::kernels`]:
+//! the same computation as the candle path of `block.rs`, with the same rounding points, in
+//! about a third of the kernels and without the L×L score matrix. Matrix products stay with
+//! cuBLAS, without their bias, which the next fused kernel adds.
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::Linear;
+
+use super::{DoubleBlock, LastLayer, ModOut, QkNorm, SingleBlock, Stream};
+use crate::models::flux::kernels::{self, QkvSegment};
+
+/// Whether the fused path runs `x` (a block input): on a CUDA device, in bf16 or f16, with
+/// kernels switched on (`MGPU_FLUX_KERNELS`) and shapes the kernels take.
+pub(super) fn applies(x: &Tensor, head_dim: usize, mlp_hidden: usize) -> Result<bool> {
+    let hidden = x.dim(candle_core::D::Minus1)?;
+    Ok(x.device().is_cuda()
+        && matches!(x.dtype(), DType::BF16 | DType::F16)
+        && kernels::shapes_supported(hidden, head_dim, mlp_hidden)
+        && kernels::settings()?.kernels)
+}
+
+/// `x · wᵀ` without the bias.
+fn matmul_t(x: &Tensor, lin: &Linear) -> Result<Tensor> {
+    x.matmul(&lin.weight().t()?)
+}
+
+/// The layer's bias, or zeros of its output width.
+fn bias(lin: &Linear) -> Result<Tensor> {
+    match lin.bias() {
+        Some(b) => Ok(b.clone()),
+        None => {
+            let w = lin.weight();
+            Tensor::zeros(w.dim(0)?, w.dtype(), w.device())
+        }
+    }
+}
+
+fn segment<'a>(src: &'a Tensor, bias: &'a Tensor, norm: &'a QkNorm) -> QkvSegment<'a> {
+    QkvSegment {
+        src,
+        bias,
+        q_scale: &norm.query_norm.scale,
+        k_scale: &norm.key_norm.scale,
+    }
+}
+
+/// The post-attention half of a double-block stream (`Stream::post_attention`).
+fn post_attention(
+    s: &Stream,
+    x: &Tensor,
+    attn: &Tensor,
+    m1: &ModOut,
+    m2: &ModOut,
+) -> Result<Tensor> {
+    let proj = matmul_t(attn, &s.attn.proj)?;
+    let x = kernels::gated_residual(x, &proj, &bias(&s.attn.proj)?, &m1.gate)?;
+    let h = matmul_t(&kernels::ln_modulate(&x, &m2.shift, &m2.scale)?, &s.mlp.l0)?;
+    let width = h.dim(1)?;
+    let h = kernels::cat_gelu(None, &h, 0, width, &bias(&s.mlp.l0)?)?;
+    let y = matmul_t(&h, &s.mlp.l2)?;
+    kernels::gated_residual(&x, &y, &bias(&s.mlp.l2)?, &m2.gate)
+}
+
+/// [`DoubleBlock::forward`] on the fused path.
+pub(super) fn double(
+    b: &DoubleBlock,
+    img: &Tensor,
+    txt: &Tensor,
+    vec: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let (l_txt, _) = txt.dims2()?;
+    let (l_img, _) = img.dims2()?;
+    let (im1, im2) = b.img.modulation.double(vec)?;
+    let (tm1, tm2) = b.txt.modulation.double(vec)?;
+    let img_qkv = matmul_t(
+        &kernels::ln_modulate(img, &im1.shift, &im1.scale)?,
+        &b.img.attn.qkv,
+    )?;
+    let txt_qkv = matmul_t(
+        &kernels::ln_modulate(txt, &tm1.shift, &tm1.scale)?,
+        &b.txt.attn.qkv,
+    )?;
+    let (img_b, txt_b) = (bias(&b.img.attn.qkv)?, bias(&b.txt.attn.qkv)?);
+    // Text first, as the reference concatenates [txt, img].
+    let qkv = kernels::qkv_rope(
+        &[
+            segment(&txt_qkv, &txt_b, &b.txt.attn.norm),
+            segment(&img_qkv, &img_b, &b.img.attn.norm),
+        ],
+        b.heads,
+        cos,
+        sin,
+    )?;
+    let attn = kernels::attention(&qkv)?;
+    let txt_attn = attn.narrow(0, 0, l_txt)?;
+    let img_attn = attn.narrow(0, l_txt, l_img)?;
+    let img = post_attention(&b.img, img, &img_attn, &im1, &im2)?;
+    let txt = post_attention(&b.txt, txt, &txt_attn, &tm1, &tm2)?;
+    Ok((img, txt))
+}
+
+/// [`SingleBlock::forward`] on the fused path.
+pub(super) fn single(
+    b: &SingleBlock,
+    x: &Tensor,
+    vec: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Tensor> {
+    let m = b.modulation.single(vec)?;
+    let fused = matmul_t(&kernels::ln_modulate(x, &m.shift, &m.scale)?, &b.linear1)?;
+    let qkv_w = 3 * b.hidden;
+    let mlp_w = fused.dim(1)? - qkv_w;
+    let b1 = bias(&b.linear1)?;
+    let qkv_b = b1.narrow(0, 0, qkv_w)?;
+    let mlp_b = b1.narrow(0, qkv_w, mlp_w)?;
+    let qkv = kernels::qkv_rope(&[segment(&fused, &qkv_b, &b.norm)], b.heads, cos, sin)?;
+    let attn = kernels::attention(&qkv)?;
+    let cat = kernels::cat_gelu(Some(&attn), &fused, qkv_w, mlp_w, &mlp_b)?;
+    let out = matmul_t(&cat, &b.linear2)?;
+    kernels::gated_residual(x, &out, &bias(&b.linear2)?, &m.gate)
+}
+
+/// [`LastLayer::forward`] on the fused path (the LayerNorm and modulation in one kernel).
+pub(super) fn last(l: &LastLayer, x: &Tensor, vec: &Tensor) -> Result<Tensor> {
+    let chunks = vec
+        .silu()?
+        .apply(&l.ada_ln)?
+        .chunk(2, candle_core::D::Minus1)?;
+    kernels::ln_modulate(x, &chunks[0], &chunks[1])?.apply(&l.linear)
+}
