@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod engine;
 pub mod pipeline;
+pub mod queue;
 pub mod unit;
 
 #[cfg(test)]
