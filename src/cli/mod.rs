@@ -2,7 +2,8 @@
 //!
 //! Each subcommand lives in its own file with its `Args` struct and a `run` function returning
 //! [`Status`]. Exit codes: 0 ok, 1 invalid input or failed checks/jobs, 2 usage or internal
-//! error. Only this module and [`crate::report`] print.
+//! error (and a locked output root), 130 interrupted. Only this module and [`crate::report`]
+//! print.
 
 use std::process::ExitCode;
 
@@ -55,7 +56,8 @@ impl Status {
 /// jobs to run; `mgpu check` validates it, `mgpu plan` shows where every block will live and
 /// how fast a step will be, `mgpu run` produces the images.
 ///
-/// Exit codes: 0 ok, 1 invalid input or failed jobs/checks, 2 usage or internal error.
+/// Exit codes: 0 ok, 1 invalid input or failed jobs/checks, 2 usage or internal error,
+/// 130 interrupted.
 #[derive(Debug, Parser)]
 #[command(name = "mgpu", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {

@@ -364,9 +364,8 @@ pub fn execute(opts: &RunOptions, make: MakeGenerator<'_>) -> anyhow::Result<Sta
     let outcome = match (&mut generator, &setup_error) {
         (Some(g), _) => queue.run(g.as_mut(), Some(&STOP), &mut watch),
         (None, None) => queue.run(&mut NothingToMake, Some(&STOP), &mut watch),
-        (None, Some((e, _))) => {
-            watch.progress.line(&format!("error: {e}"));
-            // Report every image as not run (refused ones as failed).
+        (None, Some(_)) => {
+            // The summary below says why; report every image as not run (refused ones as failed).
             let planned = RunEvent::Planned {
                 tasks: queue.infos(),
                 batches: 0,

@@ -96,10 +96,12 @@ fn decide(task: &ImageTask, force: bool) -> Action {
                 path.display()
             ))
         }
-        Ok(m) if m.is_dir() => return Action::Refuse(format!(
+        Ok(m) if m.is_dir() => {
+            return Action::Refuse(format!(
             "the output path {} is a folder: change the job's `output` template or move the folder",
             path.display()
-        )),
+        ))
+        }
         Ok(_) => {}
     }
     if force {
