@@ -83,7 +83,7 @@ pub enum LockError {
     Held {
         root: PathBuf,
         path: PathBuf,
-        holder: LockInfo,
+        holder: Box<LockInfo>,
         hint: String,
     },
     #[error("{} is not an mgpu lock file ({reason}); if no mgpu run uses {}, delete it", path.display(), root.display())]
@@ -283,7 +283,7 @@ fn held(root: &Path, path: &Path, holder: LockInfo) -> LockError {
     LockError::Held {
         root: root.to_path_buf(),
         path: path.to_path_buf(),
-        holder,
+        holder: Box::new(holder),
         hint,
     }
 }

@@ -137,7 +137,8 @@ mod tests {
 
     #[test]
     fn parses_and_displays() {
-        let table: &[(&str, Result<(u32, u32), &str>)] = &[
+        type Want = Result<(u32, u32), &'static str>;
+        let table: &[(&str, Want)] = &[
             ("0/1", Ok((0, 1))),
             ("3/8", Ok((3, 8))),
             (" 2 / 4 ", Ok((2, 4))),

@@ -315,7 +315,7 @@ fn file_fingerprint_reads_both_ends_and_whole_safetensors_header() {
         bytes[at] = 0;
     }
     // A safetensors header longer than the sample is hashed whole.
-    let header_len = (2 * hash::SAMPLE_BYTES) as u64;
+    let header_len = 2 * hash::SAMPLE_BYTES;
     bytes[..8].copy_from_slice(&header_len.to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
     let st = FileFingerprint::of(&path, dir.path(), "weights file").unwrap();
