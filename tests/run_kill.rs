@@ -17,6 +17,8 @@ use mgpu::exec::queue::{expand, TaskHasher};
 use mgpu::exec::Generator;
 
 const CHILD_ENV: &str = "MGPU_RUN_KILL_CHILD";
+const REPORT_ENV: &str = "MGPU_RUN_KILL_REPORT";
+const EXPECT_ENV: &str = "MGPU_RUN_KILL_EXPECT";
 
 fn options(manifest: &Path, report: Option<PathBuf>) -> RunOptions {
     RunOptions {
@@ -55,12 +57,17 @@ fn child_runner() {
     let Ok(manifest) = std::env::var(CHILD_ENV) else {
         return;
     };
+    let report = std::env::var_os(REPORT_ENV).map(PathBuf::from);
     let status = execute(
-        &options(Path::new(&manifest), None),
+        &options(Path::new(&manifest), report),
         &mut fake(Duration::from_millis(150)),
     )
     .unwrap();
-    assert_eq!(status, Status::Ok);
+    let want = match std::env::var(EXPECT_ENV).as_deref() {
+        Ok("interrupted") => Status::Interrupted,
+        _ => Status::Ok,
+    };
+    assert_eq!(status, want);
 }
 
 fn demo(count: u32) -> (tempfile::TempDir, PathBuf) {
@@ -153,4 +160,38 @@ fn killed_run_resumes() {
     let made = r["counts"]["made"].as_u64().unwrap() as usize;
     assert_eq!(skipped, before.len());
     assert_eq!(made + skipped, 10);
+}
+
+#[test]
+fn ctrl_c_stops_after_the_batch_and_releases_the_lock() {
+    let (dir, m) = demo(8);
+    let root = dir.path().join("out/demo");
+    let report = dir.path().join("report.json");
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args(["--exact", "child_runner", "--ignored", "--nocapture"])
+        .env(CHILD_ENV, &m)
+        .env(REPORT_ENV, &report)
+        .env(EXPECT_ENV, "interrupted")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while pngs(&root).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no image appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: sends SIGINT to our own child.
+    let r = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(r, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the child saw Status::Interrupted");
+    assert!(!root.join(".mgpu.lock").exists(), "the lock is released");
+    let made = pngs(&root).len();
+    assert!(made < 10, "stopped before the end: {made}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["status"], "interrupted");
+    assert_eq!(r["counts"]["made"].as_u64().unwrap() as usize, made);
+    assert_eq!(r["counts"]["not_run"].as_u64().unwrap() as usize, 10 - made);
 }
