@@ -216,3 +216,28 @@ fn units() {
     assert_eq!(human_seconds(7300.0), "2h01m");
     assert_eq!(human_seconds(f64::NAN), "?");
 }
+
+#[test]
+fn bars_mode_takes_every_event() {
+    // Not a terminal here, so indicatif draws nothing, but the templates are parsed and
+    // every event goes through the bar code; lines printed above the bars reach the sink
+    // only when no bar exists.
+    let p = Project::new();
+    let mut progress = Progress::with_sink(ProgressMode::Bars, Box::new(|_| {}));
+    struct P<'a>(&'a mut Progress);
+    impl Observer for P<'_> {
+        fn event(&mut self, e: &RunEvent) {
+            self.0.event(e)
+        }
+    }
+    let out = p.queue(None, false).run(
+        &mut FakeGenerator {
+            fail_seeds: [20].into(),
+            ..Default::default()
+        },
+        None,
+        &mut P(&mut progress),
+    );
+    progress.finish();
+    assert_eq!(out.failed(), 1);
+}
