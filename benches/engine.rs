@@ -46,11 +46,14 @@ fn config() -> flux::Config {
     }
 }
 
+/// A block's tensors materialised on the compute device, by name.
+type Materialised = Arc<HashMap<String, Tensor>>;
+
 struct Model {
     cfg: flux::Config,
     dit: FluxDit,
     /// Per block: the stored (bf16) bytes, and the same materialised in f32.
-    blocks: Vec<(Arc<UnitData>, Arc<HashMap<String, Tensor>>)>,
+    blocks: Vec<(Arc<UnitData>, Materialised)>,
 }
 
 fn model() -> Model {
@@ -81,6 +84,7 @@ fn model() -> Model {
                     dtype: DType::BF16,
                     shape: shape.clone(),
                     bytes: Bytes::Owned(Arc::from(bytes)),
+                    quant: None,
                 });
             }
             None => {

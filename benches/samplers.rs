@@ -88,6 +88,7 @@ fn png(c: &mut Criterion) {
         height: 1024,
         models: vec![],
         loras: vec![],
+        job_hash: None,
     };
     c.bench_function("image_to_rgb8: 1024×1024", |b| {
         b.iter(|| image_to_rgb8(black_box(&img)).unwrap())

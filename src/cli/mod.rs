@@ -2,7 +2,8 @@
 //!
 //! Each subcommand lives in its own file with its `Args` struct and a `run` function returning
 //! [`Status`]. Exit codes: 0 ok, 1 invalid input or failed checks/jobs, 2 usage or internal
-//! error. Only this module and [`crate::report`] print.
+//! error (and a locked output root), 130 interrupted. Only this module and [`crate::report`]
+//! print.
 
 use std::process::ExitCode;
 
@@ -10,10 +11,12 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod check;
+pub mod golden;
 pub mod inspect;
 pub mod make_tiny;
 pub mod plan;
 pub mod probe;
+pub mod run;
 pub mod schema;
 
 /// What a command concluded, when it ran to the end.
@@ -23,6 +26,28 @@ pub enum Status {
     Ok,
     /// The input was invalid or some check/job failed; details were printed (exit 1).
     Failed,
+    /// The command could not do its work for a reason other than the input (an output root
+    /// locked by another run, an internal error); details were printed (exit 2).
+    Error,
+    /// Stopped by Ctrl-C (exit 130).
+    Interrupted,
+}
+
+impl Status {
+    /// The more severe of two statuses (Ok < Failed < Error < Interrupted).
+    pub fn worst(self, other: Status) -> Status {
+        let rank = |s: Status| match s {
+            Status::Ok => 0,
+            Status::Failed => 1,
+            Status::Error => 2,
+            Status::Interrupted => 3,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 /// mgpu runs diffusion image and video models whose weights do not fit on one GPU.
@@ -31,7 +56,8 @@ pub enum Status {
 /// jobs to run; `mgpu check` validates it, `mgpu plan` shows where every block will live and
 /// how fast a step will be, `mgpu run` produces the images.
 ///
-/// Exit codes: 0 ok, 1 invalid input or failed jobs/checks, 2 usage or internal error.
+/// Exit codes: 0 ok, 1 invalid input or failed jobs/checks, 2 usage or internal error,
+/// 130 interrupted.
 #[derive(Debug, Parser)]
 #[command(name = "mgpu", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -59,6 +85,13 @@ pub enum Command {
     MakeTiny(make_tiny::Args),
     /// Measure block streaming on a FLUX-shaped transformer with generated weights.
     Bench(bench::Args),
+    /// Make the manifest's images: resumes (skips images whose file carries the same job
+    /// hash), `--shard I/N` splits a manifest over machines, `--report` writes a JSON run
+    /// report. Exit 0 all made, 1 failed images or invalid input, 2 usage/internal error or a
+    /// locked output root, 130 Ctrl-C.
+    Run(run::Args),
+    /// Record or verify golden outputs: hashes of decoded pixels and latents, with copies.
+    Golden(golden::Args),
 }
 
 /// Parses the command line, runs it and maps the outcome to an exit code.
@@ -74,6 +107,8 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(Status::Ok) => ExitCode::SUCCESS,
         Ok(Status::Failed) => ExitCode::from(1),
+        Ok(Status::Error) => ExitCode::from(2),
+        Ok(Status::Interrupted) => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -90,5 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Probe(args) => probe::run(args),
         Command::Check(args) => check::run(args),
         Command::Schema(args) => schema::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Golden(args) => golden::run(args),
     }
 }

@@ -439,6 +439,7 @@ mod tests {
                     .flat_map(|v| v.to_le_bytes())
                     .collect::<Vec<u8>>(),
             )),
+            quant: None,
         };
         let data = UnitData {
             name: "u".into(),
@@ -474,6 +475,7 @@ mod tests {
                 dtype: CDType::F32,
                 shape: vec![1],
                 bytes: Bytes::Owned(Arc::from(vec![0u8; 4])),
+                quant: None,
             }],
         };
         let e = spill(data, &file).unwrap_err();

@@ -17,6 +17,7 @@ pub mod distribute;
 pub mod engine;
 pub mod load;
 pub mod pipeline;
+pub mod queue;
 pub mod unit;
 
 #[cfg(test)]

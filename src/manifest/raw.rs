@@ -41,8 +41,8 @@ raw_table! {
         /// folder (default: the manifest's folder). Outputs cannot leave it.
         #[schemars(example = &"out")]
         output_root: String,
-        /// Regenerate images whose output file already exists (default false: they are skipped,
-        /// so an interrupted run resumes where it stopped).
+        /// Regenerate every image, like `mgpu run --force` (default false: an image whose file
+        /// carries the same job hash is skipped, so an interrupted run resumes where it stopped).
         overwrite: bool,
         /// Compute device for models that do not name one.
         #[schemars(example = &"cuda:0")]

@@ -18,7 +18,7 @@ use crate::sample::{Sampler, Scheduler};
 pub struct Settings {
     /// Absolute folder every job's output path is under.
     pub output_root: PathBuf,
-    /// Regenerate images whose output exists (false: skip them).
+    /// Regenerate every image, like `mgpu run --force` (false: skip up-to-date ones).
     pub overwrite: bool,
     /// The default compute device, if set.
     pub compute: Option<DeviceName>,

@@ -159,9 +159,16 @@ pub fn write_atomic(
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).map_err(io("create the folder", dir))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".tmp")
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // Outputs get the usual mode (0666 less the umask), not a temporary file's 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let tmp = builder
         .tempfile_in(dir)
         .map_err(io("create a temporary file in", dir))?;
     {
@@ -284,5 +291,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("cannot open "), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn outputs_are_readable_by_others_like_any_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.bin");
+        write_atomic(&path, |w: &mut dyn Write| w.write_all(b"x")).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        // 0666 less a umask; a temporary file's 0600 would fail this under any usual umask.
+        assert_eq!(mode & 0o600, 0o600, "{mode:o}");
+        assert_ne!(mode, 0o600, "{mode:o}");
     }
 }

@@ -49,6 +49,10 @@ pub struct ImageRecord {
     pub models: Vec<ModelRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<LoraRecord>,
+    /// The queue's task hash (everything that decides the pixels, docs/executor.md): a rerun
+    /// skips an image whose file carries the hash it would be made with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_hash: Option<String>,
 }
 
 /// A model file of the pipeline.
@@ -164,6 +168,7 @@ pub(crate) mod tests {
                     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
                 ),
             }],
+            job_hash: None,
         }
     }
 

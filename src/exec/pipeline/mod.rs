@@ -463,6 +463,8 @@ impl FluxPipeline {
             height: job.height,
             models,
             loras,
+            // The queue stamps the job hash after generation (`exec::queue`).
+            job_hash: None,
         }
     }
 

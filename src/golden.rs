@@ -1,1 +1,0 @@
-//! Golden outputs: record hashes of decoded pixels and latents, verify bit-exactly.

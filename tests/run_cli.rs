@@ -1,0 +1,332 @@
+//! `mgpu run` as a user runs it, on a copy of the tiny demo (manifests/demo.toml).
+//!
+//! Invalid input, bad `--shard`, a locked output root, a fully up-to-date output root (resume
+//! without loading a model), and whole runs through the real FLUX pipeline on the tiny
+//! models: end to end, resumed, sharded.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mgpu::exec::queue::{expand, TaskHasher};
+
+const TINY: [&str; 7] = [
+    "flux-tiny.safetensors",
+    "ae-tiny.safetensors",
+    "t5-tiny.safetensors",
+    "t5-tokenizer.json",
+    "clip-tiny.safetensors",
+    "clip-tokenizer.json",
+    "lora-tiny.safetensors",
+];
+
+/// A copy of the demo (manifest + tiny models) in a temporary folder.
+fn demo() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string("manifests/demo.toml").unwrap();
+    std::fs::write(dir.path().join("demo.toml"), text).unwrap();
+    std::fs::create_dir_all(dir.path().join("tiny")).unwrap();
+    for f in TINY {
+        std::fs::copy(
+            Path::new("manifests/tiny").join(f),
+            dir.path().join("tiny").join(f),
+        )
+        .unwrap();
+    }
+    let m = dir.path().join("demo.toml");
+    (dir, m)
+}
+
+fn mgpu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mgpu"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The entries of an output root, but the file-hash cache folder that every run keeps there
+/// (`.mgpu-cache`): temporary files and locks left behind would show.
+fn outputs(root: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != ".mgpu-cache")
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn invalid_manifest_exits_1_with_diagnostics() {
+    let (dir, m) = demo();
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace("steps = 4", "steps = 0");
+    std::fs::write(&m, text).unwrap();
+    let o = mgpu(&["run", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("demo.toml: invalid"), "{}", stderr(&o));
+    assert!(!dir.path().join("out").exists(), "nothing is written");
+}
+
+#[test]
+fn missing_model_file_exits_1_naming_it() {
+    let (dir, m) = demo();
+    std::fs::remove_file(dir.path().join("tiny/ae-tiny.safetensors")).unwrap();
+    let o = mgpu(&["run", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("weights file not found"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("ae-tiny.safetensors"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_shard_is_a_usage_error() {
+    let (_dir, m) = demo();
+    for (shard, want) in [
+        ("4/4", "shard index 4 is out of range for 4 shards"),
+        ("1/0", "has N = 0"),
+        ("x", "is not a shard: expected `I/N`"),
+    ] {
+        let o = mgpu(&["run", m.to_str().unwrap(), "--shard", shard]);
+        assert_eq!(o.status.code(), Some(2), "{shard}");
+        assert!(stderr(&o).contains(want), "{shard}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn a_locked_output_root_is_refused_naming_the_holder() {
+    let (dir, m) = demo();
+    let root = dir.path().join("out/demo");
+    std::fs::create_dir_all(&root).unwrap();
+    // This test process is alive: its lock must be respected.
+    let me = std::process::id();
+    let lock = mgpu::exec::queue::LockInfo::this_process(None, Some(Path::new("other.toml")));
+    std::fs::write(
+        root.join(".mgpu.lock"),
+        serde_json::to_string(&lock).unwrap(),
+    )
+    .unwrap();
+    let o = mgpu(&["run", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("another mgpu run is writing to"), "{e}");
+    assert!(e.contains(&format!("process {me} on host")), "{e}");
+    assert!(e.contains("running other.toml"), "{e}");
+    assert!(root.join(".mgpu.lock").exists(), "the holder's lock stays");
+    assert_eq!(outputs(&root), vec![".mgpu.lock"]);
+}
+
+/// Writes every demo image as if a finished run had made it (the job hash in its record).
+fn prefill(m: &Path) -> Vec<PathBuf> {
+    let manifest = mgpu::manifest::load(m).unwrap();
+    let hasher = TaskHasher::new(&manifest).unwrap();
+    expand(&manifest, &hasher)
+        .into_iter()
+        .map(|t| {
+            let (rgb, _, _) = mgpu::exec::queue::fake::FakeGenerator::image_of(&t);
+            let mut gen = mgpu::exec::queue::fake::FakeGenerator::default();
+            let mut r =
+                mgpu::exec::Generator::run_batch(&mut gen, std::slice::from_ref(&t), &mut |_| {})
+                    .unwrap()
+                    .remove(0)
+                    .unwrap()
+                    .record;
+            r.job_hash = Some(t.hash.clone());
+            mgpu::output::write_png(&t.image.path, &rgb, &r).unwrap();
+            t.image.path
+        })
+        .collect()
+}
+
+#[test]
+fn an_up_to_date_root_needs_no_model_and_reports_every_image_skipped() {
+    let (dir, m) = demo();
+    let made = prefill(&m);
+    assert_eq!(made.len(), 4);
+    let before: Vec<Vec<u8>> = made.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let report = dir.path().join("report.json");
+    let o = mgpu(&[
+        "run",
+        m.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(e.contains("4 images: 0 to make, 4 up to date"), "{e}");
+    assert!(e.contains("done: 0 made, 4 up to date, 0 failed"), "{e}");
+    let after: Vec<Vec<u8>> = made.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert_eq!(before, after, "files untouched");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["status"], "ok");
+    assert_eq!(r["counts"]["skipped"], 4);
+    assert!(r["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["status"] == "skipped" && t["sha256"].as_str().unwrap().len() == 64));
+    // No lock left behind.
+    assert!(!dir.path().join("out/demo/.mgpu.lock").exists());
+    // A shard of an up-to-date root: its own images only.
+    let o = mgpu(&["run", m.to_str().unwrap(), "--shard", "1/3", "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("0 made, 1 up to date, 0 failed"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("(shard 1/3)"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_file_mgpu_did_not_write_fails_its_image_with_exit_1() {
+    let (dir, m) = demo();
+    let made = prefill(&m);
+    std::fs::write(&made[1], b"my own picture").unwrap();
+    let o = mgpu(&["run", m.to_str().unwrap()]);
+    let e = stderr(&o);
+    // The other three are up to date; this one is refused without loading anything.
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("not a readable PNG") && e.contains("--force"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&made[1]).unwrap(), b"my own picture");
+    drop(dir);
+}
+
+// ---- With the FLUX pipeline ----
+
+#[test]
+fn demo_runs_end_to_end_then_resumes() {
+    let (dir, m) = demo();
+    let report = dir.path().join("report.json");
+    let o = mgpu(&[
+        "run",
+        m.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let root = dir.path().join("out/demo");
+    assert_eq!(
+        outputs(&root),
+        [
+            "fox-42.png",
+            "fox-43.png",
+            "lighthouse-7.png",
+            "small-123.png"
+        ]
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["counts"]["made"], 4);
+    // Plan vs measured bytes for every model, step times with fetch waits.
+    for model in r["models"].as_array().unwrap() {
+        assert!(
+            model["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["measured_bytes"].is_u64() && d["planned_bytes"].is_u64()),
+            "{model}"
+        );
+    }
+    assert!(r["batches"][0]["step_times"][0]["fetch_wait_seconds"].is_f64());
+    for t in r["tasks"].as_array().unwrap() {
+        let file = std::fs::read(t["output"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            t["sha256"].as_str().unwrap(),
+            mgpu::exec::queue::sha256_hex(&file)
+        );
+    }
+    let o = mgpu(&["run", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("0 made, 4 up to date"),
+        "{}",
+        stderr(&o)
+    );
+    let o = mgpu(&["run", m.to_str().unwrap(), "--force", "-q"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("4 made, 0 up to date"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn shards_split_the_demo_into_one_root() {
+    let (dir, m) = demo();
+    for s in ["0/2", "1/2"] {
+        let o = mgpu(&["run", m.to_str().unwrap(), "--shard", s, "-q"]);
+        assert_eq!(o.status.code(), Some(0), "{s}: {}", stderr(&o));
+        assert!(stderr(&o).contains("2 made"), "{s}: {}", stderr(&o));
+    }
+    assert_eq!(outputs(&dir.path().join("out/demo")).len(), 4);
+    let o = mgpu(&["run", m.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("0 made, 4 up to date"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn killed_demo_run_resumes_without_duplicates_or_corrupt_files() {
+    let (dir, m) = demo();
+    // More images so the kill lands mid-run.
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace("count = 2", "count = 12");
+    std::fs::write(&m, text).unwrap();
+    let root = dir.path().join("out/demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mgpu"))
+        .args(["run", m.to_str().unwrap(), "-q"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !outputs(&root)
+        .iter()
+        .any(|f| f.ends_with(".png") && !f.starts_with('.'))
+    {
+        assert!(t0.elapsed().as_secs() < 300, "no output appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let o = mgpu(&["run", m.to_str().unwrap()]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(
+        e.contains("taking over the stale lock") || !e.contains("lock"),
+        "{e}"
+    );
+    check_complete(&m, &root);
+}
+
+/// Every image of the manifest exists once, decodes, carries its job hash; no temporary or
+/// lock file is left.
+pub fn check_complete(m: &Path, root: &Path) {
+    let manifest = mgpu::manifest::load(m).unwrap();
+    let tasks = expand(&manifest, &TaskHasher::new(&manifest).unwrap());
+    let names = outputs(root);
+    assert_eq!(names.len(), tasks.len(), "{names:?}");
+    for t in tasks {
+        let meta = mgpu::output::read_png_metadata(&t.image.path).unwrap();
+        assert_eq!(meta.record.unwrap().job_hash.unwrap(), t.hash);
+        image::open(&t.image.path).unwrap();
+    }
+}
