@@ -65,6 +65,10 @@ pub struct Args {
     /// Seed of the weight generator.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// A hardware file (`mgpu probe --bench --save FILE`): print the planner's predicted step
+    /// time for every measured placement next to the measurement (dev and schnell shapes)
+    #[arg(long, value_name = "FILE")]
+    pub hardware: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Status> {
@@ -115,6 +119,20 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         dtype,
         seed: args.seed,
     };
+    // Checked before the run: a bad file fails in a second, not after minutes of measuring.
+    if args.hardware.is_some() && !matches!(args.model.as_str(), "dev" | "schnell") {
+        bail!(
+            "--hardware: predictions are for the dev and schnell shapes, not `{}`",
+            args.model
+        )
+    }
+    let hardware = match &args.hardware {
+        Some(p) => Some(
+            crate::hardware::file::read(p)
+                .with_context(|| format!("reading the hardware file {}", p.display()))?,
+        ),
+        None => None,
+    };
     let progress = |m: &str| eprintln!("bench: {m}");
     let (report, floor_gbps) = match args.device {
         DeviceName::Cpu => {
@@ -131,6 +149,10 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         DeviceName::Cuda(i) => cuda_run(&cfg, i as usize, progress)?,
         DeviceName::Disk => bail!("--device disk: disk stores weights, it cannot compute"),
     };
+    let mut report = report;
+    if let Some(hw) = &hardware {
+        predict(&mut report, &cfg, &args, hw)?;
+    }
     println!("{}", bench::render(&report, floor_gbps));
     if let Some(p) = &args.json {
         let mut v = serde_json::to_value(&report)?;
@@ -147,6 +169,69 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     } else {
         Status::Failed
     })
+}
+
+/// Fills each measurement's `predicted_seconds` with the planner's step time for the same
+/// placement: a FLUX inventory of the benchmarked shape (bf16, or Q8_0 for `@q8_0`), the same
+/// streamed blocks, slots, batch and image size, on `hw`.
+fn predict(
+    report: &mut bench::BenchReport,
+    cfg: &BenchConfig,
+    args: &Args,
+    hw: &crate::hardware::Hardware,
+) -> anyhow::Result<()> {
+    use crate::family::Family;
+    use crate::inventory::synthetic;
+    use crate::plan::{predict_step, ModelRequest, Workload};
+    use crate::weights::DType as WDType;
+    let guidance = args.model == "dev";
+    let block_names = flux::FluxDit::units(&cfg.model);
+    for m in &mut report.measurements {
+        let placement: Placement = m
+            .placement
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("{e}"))?;
+        let dtype = if placement.q8_0 {
+            WDType::Q8_0
+        } else {
+            WDType::BF16
+        };
+        let inventory = std::sync::Arc::new(synthetic::flux(dtype, 19, 38, guidance));
+        let streamed = match placement.source {
+            Some(_) => bench::spread(block_names.len(), placement.percent),
+            None => vec![false; block_names.len()],
+        };
+        let source = match placement.source {
+            None => args.device,
+            Some(bench::Source::Cpu) => DeviceName::Cpu,
+            Some(bench::Source::Disk) => DeviceName::Disk,
+            Some(bench::Source::Cuda(i)) => DeviceName::Cuda(i),
+        };
+        let homes: Vec<DeviceName> = inventory
+            .units
+            .iter()
+            .map(|u| match block_names.iter().position(|b| *b == u.name) {
+                Some(k) if streamed[k] => source,
+                _ => args.device,
+            })
+            .collect();
+        let mut workload = Workload::image(cfg.width as u32, cfg.height as u32);
+        workload.batch = m.batch as u32;
+        workload.text_tokens = cfg.txt_tokens as u32;
+        let req = ModelRequest {
+            name: "flux".into(),
+            family: Family::Flux,
+            compute: args.device,
+            allocation: crate::alloc::Allocation::Auto,
+            overrides: vec![],
+            inventory,
+            device_bytes_factor: 1.0,
+            workload,
+            prefetch: Some(cfg.slots as u32),
+        };
+        m.predicted_seconds = Some(predict_step(&req, hw, &homes, cfg.slots as u32));
+    }
+    Ok(())
 }
 
 #[cfg(feature = "cuda")]
@@ -212,4 +297,91 @@ fn cuda_run(
     _progress: impl FnMut(&str),
 ) -> anyhow::Result<(bench::BenchReport, Option<f64>)> {
     bail!("--device cuda:{ordinal}: this mgpu was built without CUDA (build with --features cuda; see docs/gpu.md), or use --device cpu")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn measurement(placement: &str, batch: usize, step: f64) -> bench::Measurement {
+        bench::Measurement {
+            placement: placement.into(),
+            batch,
+            step_seconds: step,
+            wait_seconds: 0.0,
+            streamed_bytes: 0,
+            streamed_gbps: 0.0,
+            hashes: vec![],
+            identical: None,
+            predicted_seconds: None,
+            steps: vec![],
+        }
+    }
+
+    /// Predictions for measured placements follow the planner: resident is compute-bound,
+    /// 100% from host memory is bound by the link (23.8 GB at the file's 55.1 GB/s), a
+    /// donor GPU over NVLink is compute-bound again, and batch 4 hides the copies.
+    #[test]
+    fn predictions_follow_the_planner_for_each_placement() {
+        let args = Cli::parse_from(["bench", "--hardware", "x.toml"]).args;
+        let hw = crate::hardware::file::read(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hw-h100-cpu.toml"),
+        )
+        .unwrap();
+        let cfg = BenchConfig {
+            model: flux::Config::dev(),
+            model_name: "flux-dev".into(),
+            width: 1024,
+            height: 1024,
+            txt_tokens: 512,
+            steps: 1,
+            warmup: 0,
+            batches: vec![1, 4],
+            placements: vec![],
+            slots: 2,
+            dtype: DType::BF16,
+            seed: 0,
+        };
+        let mut report = bench::BenchReport {
+            device: "cuda:0".into(),
+            model: "flux-dev".into(),
+            parameters: 0,
+            block_bytes: 0,
+            resident_bytes: 0,
+            width: 1024,
+            height: 1024,
+            txt_tokens: 512,
+            slots: 2,
+            setup_seconds: 0.0,
+            measurements: vec![
+                measurement("resident", 1, 0.15),
+                measurement("cpu:100", 1, 0.45),
+                measurement("cpu:100", 4, 0.75),
+                measurement("cpu:100@q8_0", 1, 0.3),
+            ],
+        };
+        predict(&mut report, &cfg, &args, &hw).unwrap();
+        let p: Vec<f64> = report
+            .measurements
+            .iter()
+            .map(|m| m.predicted_seconds.unwrap())
+            .collect();
+        assert!((p[0] - 0.1436).abs() < 0.002, "{p:?}");
+        let floor = 23.6e9 / 55.1e9;
+        assert!(p[1] > floor && p[1] < floor * 1.08, "{p:?}");
+        // Batch 4: compute-bound again, within the ring's start-up exposure.
+        assert!(p[2] >= 4.0 * p[0] && p[2] < 1.1 * 4.0 * p[0], "{p:?}");
+        // Q8_0 blocks travel in about half the bytes.
+        assert!(p[3] < 0.6 * p[1], "{p:?}");
+        let text = bench::render(&report, Some(55.1));
+        assert!(text.contains("predicted (error)"), "{text}");
+        assert!(text.contains("(-4.3%)"), "{text}");
+    }
 }

@@ -136,6 +136,9 @@ pub struct Measurement {
     pub hashes: Vec<String>,
     /// Same bytes as the all-resident batch-1 run.
     pub identical: Option<bool>,
+    /// The planner's step time for this placement on the hardware file given to `mgpu bench
+    /// --hardware` ([`crate::plan::predict_step`]); `None` without one.
+    pub predicted_seconds: Option<f64>,
     pub steps: Vec<PassStats>,
 }
 
@@ -442,6 +445,7 @@ pub fn run(
                 },
                 hashes,
                 identical,
+                predicted_seconds: None,
                 steps: stats,
             });
         }
@@ -546,9 +550,21 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
         report.txt_tokens,
         report.slots
     );
+    let predicted = report
+        .measurements
+        .iter()
+        .any(|m| m.predicted_seconds.is_some());
     out.push_str(&format!(
-        "{:<15} {:>5} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}\n",
-        "placement", "batch", "s/step", "stall s", "streamed", "GB/s", "floor", "identical"
+        "{:<15} {:>5} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}{}\n",
+        "placement",
+        "batch",
+        "s/step",
+        "stall s",
+        "streamed",
+        "GB/s",
+        "floor",
+        "identical",
+        if predicted { "  predicted (error)" } else { "" }
     ));
     let resident: BTreeMap<usize, f64> = report
         .measurements
@@ -562,8 +578,15 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
             (Some(r), None) => format!("≥{r:.3}"),
             _ => "-".into(),
         };
+        let prediction = match m.predicted_seconds {
+            Some(p) if predicted && m.step_seconds > 0.0 => {
+                format!("  {p:>9.4} ({:+.1}%)", (p / m.step_seconds - 1.0) * 100.0)
+            }
+            _ if predicted => format!("  {:>9}", "-"),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "{:<15} {:>5} {:>9.4} {:>9.4} {:>8.2}GB {:>9.1} {:>9} {:>9}\n",
+            "{:<15} {:>5} {:>9.4} {:>9.4} {:>8.2}GB {:>9.1} {:>9} {:>9}{prediction}\n",
             m.placement,
             m.batch,
             m.step_seconds,

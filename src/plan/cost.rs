@@ -13,11 +13,13 @@ use crate::weights::{DType, TensorInfo};
 
 use super::Workload;
 
-/// Fraction of the device's bf16 matrix-product rate a whole model step reaches. Calibrated on
-/// one measurement (`shared/reference/anchors.md`): FLUX.1-dev at 1024×1024 does 74.4 TFLOP per
-/// step and took 0.183 s on an H100 whose 8192³ product runs at 791 TFLOP/s:
-/// 74.4e12 / (0.183 × 791e12) = 0.514. Applied to every family and device.
-pub const EFFICIENCY: f64 = 0.514;
+/// Fraction of the device's bf16 matrix-product rate a whole model step reaches, for mgpu's
+/// own CUDA kernels. Calibrated on one measurement (benches/RESULTS.md, H100, 2026-11-26):
+/// FLUX.1-dev at 1024×1024 does 74.4 TFLOP per step and mgpu's resident step took 0.1495 s
+/// on an H100 whose 8192³ product `mgpu probe --bench` measured at 760 TFLOP/s:
+/// 74.4e12 / (0.1495 × 760e12) = 0.655. (diffusers' 0.183 s at 791 TFLOP/s is 0.514.)
+/// Applied to every family and device.
+pub const EFFICIENCY: f64 = 0.655;
 
 /// Architecture numbers the cost formulas need, read from the inventory where it has them.
 #[derive(Debug, Clone, PartialEq)]
@@ -281,8 +283,9 @@ mod tests {
         );
         let total: f64 = inv.units.iter().map(|u| arch.unit_flops(&inv, u)).sum();
         assert!((total / 1e12 - 74.4).abs() < 0.05, "{}", total / 1e12);
-        let step = total / (791e12 * EFFICIENCY);
-        assert!((step - 0.183).abs() < 0.0005, "{step}");
+        // The calibration measurement: 0.1495 s at 760 TFLOP/s.
+        let step = total / (760e12 * EFFICIENCY);
+        assert!((step - 0.1495).abs() < 0.0005, "{step}");
         // Double and single blocks do the same work: 113 M-parameter projections over the
         // joint sequence plus attention.
         let d = arch.unit_flops(&inv, inv.unit("double_blocks.0").unwrap());

@@ -339,6 +339,15 @@ impl Ledger {
     }
 }
 
+/// The planner's step time for `req` on `hw` with unit homes fixed by the caller (`homes[i]`
+/// for `inventory.units[i]`) and `slots` prefetch slots: the same cost model and ring
+/// simulation [`plan`] scores its layouts with, for a placement it did not choose. `mgpu bench
+/// --hardware` prints it next to each measured placement.
+pub fn predict_step(req: &ModelRequest, hw: &Hardware, homes: &[DeviceName], slots: u32) -> f64 {
+    let ctx = place::ModelCtx::new(req, hw);
+    simulate::step_seconds(&place::sim_units(&ctx, hw, homes), slots)
+}
+
 /// Plans `req` on `hw`.
 pub fn plan(req: &PlanRequest, hw: &Hardware) -> Result<Plan, PlanErrors> {
     plan_with(req, hw, true)

@@ -619,18 +619,30 @@ pub(crate) fn choose_k(ctx: &ModelCtx, hw: &Hardware, ledger: &Ledger, layout: L
     scored.swap_remove(pick)
 }
 
-/// Best choice among layouts: fits first, then fastest, then least compute-device memory.
+/// Best choice among layouts: fits first (least excess), then fastest, where steps within
+/// 0.5% of the fastest count as equal (the model is not that precise) and the one holding the
+/// least compute-device memory in slots wins among them.
 pub(crate) fn best(choices: Vec<Choice>) -> Choice {
+    let least_excess = |c: &Choice| (c.excess > 0, c.excess);
+    let fit = choices
+        .iter()
+        .map(least_excess)
+        .min()
+        .expect("every model has at least one layout");
+    let fastest = choices
+        .iter()
+        .filter(|c| least_excess(c) == fit)
+        .map(|c| c.step)
+        .fold(f64::INFINITY, f64::min);
     choices
         .into_iter()
+        .filter(|c| least_excess(c) == fit && c.step <= fastest * 1.005)
         .min_by(|a, b| {
-            (a.excess > 0)
-                .cmp(&(b.excess > 0))
-                .then(a.excess.cmp(&b.excess))
+            (a.slots as u64 * a.slot_bytes)
+                .cmp(&(b.slots as u64 * b.slot_bytes))
                 .then(a.step.total_cmp(&b.step))
-                .then((a.slots as u64 * a.slot_bytes).cmp(&(b.slots as u64 * b.slot_bytes)))
         })
-        .expect("every model has at least one layout")
+        .expect("the fastest choice passes its own filter")
 }
 
 /// Places one model against what earlier models already hold.

@@ -147,7 +147,8 @@ fn resident_step_matches_the_h100_anchor() {
     assert!(m.blocks.iter().all(|b| b.home == DeviceName::Cuda(0)));
     assert_eq!(m.prefetch_slots, 0);
     assert!(
-        (m.predicted.step_seconds - 0.183).abs() < 0.001,
+        // mgpu's measured 0.1495 s at 760 TFLOP/s, at the file's 791 TFLOP/s: 0.1436 s.
+        (m.predicted.step_seconds - 0.1436).abs() < 0.001,
         "{}",
         m.predicted.step_seconds
     );
@@ -188,7 +189,7 @@ fn full_offload_over_pcie_is_link_bound_at_the_anchor_floor() {
 
 #[test]
 fn interleaving_hides_copies_that_tail_first_does_not() {
-    // 5 GiB streamed over 55.1 GB/s = 0.097 s < 0.183 s of compute: hideable.
+    // 5 GiB streamed over 55.1 GB/s = 0.097 s < 0.144 s of compute: hideable.
     let h = hw("hw-h100-cpu.toml");
     let mut m = model(bytes(&[("cuda:0", Some(17.0)), ("cpu", None)]));
     m.prefetch = Some(2);
@@ -336,11 +337,14 @@ fn auto_on_a_24gb_card_streams_the_smallest_blocks() {
     let p = one(model(Allocation::Auto), &hw("hw-4090-cpu.toml")).unwrap();
     let m = &p.models[0];
     assert!(on(m, "cpu") > 0);
-    assert!(m
-        .blocks
-        .iter()
-        .filter(|b| b.home == DeviceName::Cpu)
-        .all(|b| b.name.starts_with("single_blocks.")));
+    assert!(
+        m.blocks
+            .iter()
+            .filter(|b| b.home == DeviceName::Cpu)
+            .all(|b| b.name.starts_with("single_blocks.")),
+        "{}",
+        render_text(&p)
+    );
     snap("auto_4090", &p);
 }
 
