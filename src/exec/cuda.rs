@@ -587,22 +587,25 @@ impl CudaBackend {
     }
 }
 
-/// Turns on peer access between the compute context and a donor, when the hardware allows;
-/// without it `cuMemcpyPeerAsync` still works, staged through host memory by the driver.
+/// Turns on direct access between the compute GPU and a donor, pool memory included
+/// ([`crate::hardware::cuda::enable_peer`]); without it `cuMemcpyPeerAsync` still works,
+/// staged through host memory by the driver, so a failure is a warning, not an error.
 fn enable_peer_access(compute: &Arc<CudaContext>, donor: &Arc<CudaContext>) {
-    let mut can = 0i32;
-    // SAFETY: plain driver queries on valid devices.
-    unsafe {
-        if sys::cuDeviceCanAccessPeer(&mut can, compute.cu_device(), donor.cu_device())
-            != sys::CUresult::CUDA_SUCCESS
-        {
-            return;
-        }
-        if can != 0 && compute.bind_to_thread().is_ok() {
-            // Already-enabled is fine; any other error leaves staged copies in place.
-            let _ = sys::cuCtxEnablePeerAccess(donor.cu_ctx(), 0);
-        }
+    match crate::hardware::cuda::enable_peer(compute, donor) {
+        Ok(true) => {}
+        Ok(false) => eprintln!(
+            "warning: GPUs {} and {} have no peer path: copies between them go through host memory",
+            compute.ordinal(),
+            donor.ordinal()
+        ),
+        Err(e) => eprintln!(
+            "warning: enabling peer access between GPUs {} and {} failed ({e}): copies between them go through host memory",
+            compute.ordinal(),
+            donor.ordinal()
+        ),
     }
+    // Later work of this thread runs on the compute context.
+    let _ = compute.bind_to_thread();
 }
 
 fn disk_worker(ctx: Arc<CudaContext>, rx: Receiver<DiskJob>) {

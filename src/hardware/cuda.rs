@@ -222,16 +222,48 @@ fn host_copies(ctx: &Arc<CudaContext>) -> Result<(f64, f64, f64), DriverError> {
     Ok((h2d_pinned, h2d_pageable, d2h_pinned))
 }
 
-/// GB/s of copies from `src`'s memory into `dst`'s, issued on a stream of `dst`.
-fn peer_copy(src: &Arc<CudaContext>, dst: &Arc<CudaContext>) -> Result<f64, DriverError> {
-    for (a, b) in [(dst, src), (src, dst)] {
-        a.bind_to_thread()?;
-        // SAFETY: enabling access from the current context `a` to the live context `b`.
-        let r = unsafe { sys::cuCtxEnablePeerAccess(b.cu_ctx(), 0) };
+/// Turns on direct access between two GPUs in both directions, for memory from `cuMemAlloc`
+/// (peer access of the contexts) *and* from the stream-ordered pools (`cuMemAllocAsync`, what
+/// cudarc and candle allocate from): `cuCtxEnablePeerAccess` does not cover pool memory, whose
+/// access is granted per pool. Without the pool grant, `cuMemcpyPeerAsync` between pool
+/// allocations still works but is staged through host memory: 37 GB/s instead of 390 GB/s
+/// over an H100 pair's NVLink (measured 2026-11-26, benches/RESULTS.md).
+/// Returns `Ok(false)` when the hardware has no peer path (copies then stay staged).
+pub fn enable_peer(a: &Arc<CudaContext>, b: &Arc<CudaContext>) -> Result<bool, DriverError> {
+    let mut can = 0i32;
+    // SAFETY: a plain driver query on two valid devices.
+    unsafe { sys::cuDeviceCanAccessPeer(&mut can, a.cu_device(), b.cu_device()) }.result()?;
+    if can == 0 {
+        return Ok(false);
+    }
+    for (x, y) in [(a, b), (b, a)] {
+        x.bind_to_thread()?;
+        // SAFETY: enabling access from the current context `x` to the live context `y`.
+        let r = unsafe { sys::cuCtxEnablePeerAccess(y.cu_ctx(), 0) };
         if r != sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED {
             r.result()?;
         }
+        // Device `y` may read and write `x`'s default pool.
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let desc = sys::CUmemAccessDesc {
+            location: sys::CUmemLocation {
+                type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+                id: y.cu_device(),
+            },
+            flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+        };
+        // SAFETY: valid out-pointer; `desc` lives across the call; count 1 matches.
+        unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, x.cu_device()).result()?;
+            sys::cuMemPoolSetAccess(pool, &desc, 1).result()?;
+        }
     }
+    Ok(true)
+}
+
+/// GB/s of copies from `src`'s memory into `dst`'s, issued on a stream of `dst`.
+fn peer_copy(src: &Arc<CudaContext>, dst: &Arc<CudaContext>) -> Result<f64, DriverError> {
+    enable_peer(src, dst)?;
     let src_stream = src.new_stream()?;
     let from: CudaSlice<u8> = src_stream.alloc_zeros::<u8>(COPY_BYTES)?;
     src_stream.synchronize()?;

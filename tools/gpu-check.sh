@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The GPU acceptance pass of mgpu, in one go on a GPU machine (one or two GPUs):
+#   probe     `mgpu probe --bench --save hw.toml`: devices, copy rates, bf16 TFLOP/s
+#   pipeline  `mgpu run` of the tiny demo computed on cuda:0 under several allocations (all
+#             resident, half in host RAM, all in host RAM, half on disk, a donor GPU, a mix,
+#             text encoders streamed): every PNG must be byte-identical to the resident run's
+#   bench     `mgpu bench` on the FLUX.1-dev shape at 1024²: resident, 25–100 % streamed from
+#             page-locked host memory, 100 % from a donor GPU, GGUF Q8_0; batch 1 and 4; with
+#             the planner's prediction for each cell (`--hardware hw.toml`)
+#   peer      the diffusers baseline on the same machine (.carry/peer, see its README)
+#
+# Usage: tools/gpu-check.sh [path/to/mgpu] [output folder]
+#   PHASES="probe pipeline bench peer"   which parts run (default: all but peer)
+#   PLACEMENTS=...  BATCHES=1,4  STEPS=10  the bench's cells
+# Needs: an mgpu built with `--features cuda` (docs/gpu.md), the CUDA 13 libraries in
+# /usr/local/cuda/lib64. Results: probe.txt, hw.toml, pipeline.txt, pipe-*.json, bench.txt,
+# bench.json (and anchors.json for peer) in the output folder. Exit code 1 if a pipeline
+# placement differs from the resident run or a bench placement is not bit-identical.
+set -u
+BIN=${1:-.carry/bin/mgpu}
+OUTDIR=${2:-${OUT:-/tmp/gpu-check}}
+PHASES=${PHASES:-"probe pipeline bench"}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$OUTDIR"
+OUTDIR=$(cd "$OUTDIR" && pwd)
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+has() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+FAIL=0
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUTDIR/gpu.txt"
+nvidia-smi topo -m >>"$OUTDIR/gpu.txt" 2>&1
+
+if has probe; then
+  echo "== probe"
+  timeout 120 "$BIN" probe --bench --save "$OUTDIR/hw.toml" 2>&1 | tee "$OUTDIR/probe.txt"
+fi
+
+if has pipeline; then
+  echo "== pipeline: the tiny demo on cuda:0 under several allocations"
+  W=$(mktemp -d)
+  cp -r "$ROOT/manifests/tiny" "$W/"
+  # name | flux allocation | t5 allocation
+  CASES="resident|cuda:0,*|cuda:0,*
+half-cpu|cuda:0,50%;cpu,*|cuda:0,*
+all-cpu|cpu,*|cuda:0,*
+half-disk|cuda:0,50%;disk,*|cuda:0,*
+encoders-streamed|cuda:0,50%;cpu,*|cpu,*"
+  if [ "$NGPU" -gt 1 ]; then
+    CASES="$CASES
+donor-gpu|cuda:0,25%;cuda:1,*|cuda:0,*
+mixed|cuda:0,25%;cuda:1,25%;cpu,25%;disk,*|cuda:1,*"
+  fi
+  : >"$OUTDIR/pipeline.txt"
+  while IFS='|' read -r name flux t5; do
+    sed -e 's/^compute = "cpu"/compute = "cuda:0"/' \
+        -e "s|^output_root = .*|output_root = \"out/$name\"|" \
+        -e "s|^allocation = \"cpu,50%;disk,50%\"|allocation = \"$flux\"|" \
+        -e "s|^tokenizer = \"tiny/t5-tokenizer.json\"|tokenizer = \"tiny/t5-tokenizer.json\"\nallocation = \"$t5\"|" \
+        "$ROOT/manifests/demo.toml" >"$W/$name.toml"
+    t0=$(date +%s.%N)
+    if timeout 120 "$BIN" run "$W/$name.toml" --report "$OUTDIR/pipe-$name.json" \
+        >"$OUTDIR/pipe-$name.log" 2>&1; then status=ok; else status="FAILED rc=$?"; fi
+    t1=$(date +%s.%N)
+    sum=$(cd "$W/out/$name" 2>/dev/null && sha256sum ./*.png | sha256sum | cut -c1-16)
+    n=$(ls "$W/out/$name"/*.png 2>/dev/null | wc -l)
+    [ "$name" = resident ] && REF=$sum
+    same=$([ "$sum" = "${REF:-}" ] && echo identical || echo DIFFERENT)
+    [ "$status" = ok ] && [ "$same" = identical ] || FAIL=1
+    printf '%-18s flux %-38s t5 %-10s %-8s %d PNGs  %s  %s  %.1fs\n' "$name" "$flux" "$t5" \
+      "$status" "$n" "$sum" "$same" "$(awk "BEGIN{print $t1 - $t0}")" | tee -a "$OUTDIR/pipeline.txt"
+    [ "$status" = ok ] || tail -n 20 "$OUTDIR/pipe-$name.log"
+  done <<<"$CASES"
+  # The plan of one streamed case, as a user would look at it first.
+  "$BIN" plan "$W/half-cpu.toml" --hardware "$OUTDIR/hw.toml" >"$OUTDIR/plan-half-cpu.txt" 2>&1
+  rm -rf "$W"
+fi
+
+if has bench; then
+  echo "== bench: FLUX.1-dev shape, 1024²"
+  P=${PLACEMENTS:-resident,cpu:25,cpu:50,cpu:75,cpu:100,resident@q8_0,cpu:100@q8_0}
+  if [ "$NGPU" -gt 1 ] && [ -z "${PLACEMENTS:-}" ]; then P="$P,cuda:1:100"; fi
+  HW=()
+  [ -f "$OUTDIR/hw.toml" ] && HW=(--hardware "$OUTDIR/hw.toml")
+  timeout 540 "$BIN" bench --model dev --size 1024 --steps "${STEPS:-10}" --warmup 2 \
+    --batch "${BATCHES:-1,4}" --placements "$P" "${HW[@]}" --json "$OUTDIR/bench.json" 2>&1 |
+    tee "$OUTDIR/bench.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || FAIL=1
+fi
+
+if has peer; then
+  echo "== peer: diffusers"
+  python3 -m pip install --no-deps -q "$ROOT"/.carry/peer/wheels/*.whl 2>&1 | tail -n 2
+  OUT="$OUTDIR" PYTHONUNBUFFERED=1 timeout 540 python3 "$ROOT/.carry/peer/peer_diffusers_flux.py" \
+    2>&1 | tee "$OUTDIR/peer.txt"
+fi
+exit $FAIL
