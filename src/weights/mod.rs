@@ -71,13 +71,21 @@ impl TensorInfo {
     }
 }
 
-/// Errors from reading weight files. Each names the file; `tensor` names the tensor when one
-/// is at fault.
+/// Errors from reading (and writing) weight files. Each names the file; `tensor` names the
+/// tensor when one is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing a file failed; `op` is the step (`write`, `move into place`, …).
+    #[error("cannot {op} {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        op: &'static str,
         #[source]
         source: std::io::Error,
     },
