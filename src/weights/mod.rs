@@ -30,6 +30,8 @@
 //! matching shape × dtype) before any tensor data is touched, and reports problems as
 //! [`WeightsError`] naming the file and the tensor. Readers never allocate on the word of an
 //! unchecked header: a corrupt length cannot make mgpu reserve gigabytes. See docs/weights.md.
+//!
+//! GGUF v3 files are also written, by [`gguf::GgufWriter`] (`mgpu make-tiny --format gguf`).
 
 pub mod convert;
 pub mod detect;
