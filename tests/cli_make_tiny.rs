@@ -1,5 +1,6 @@
 //! `mgpu make-tiny`: deterministic files in the real layouts that the models load and run,
-//! and clear refusals for what it cannot write.
+//! FLUX as a city96-style GGUF that `mgpu inspect` reads and `mgpu run` runs, and clear
+//! refusals for what it cannot write.
 
 use std::path::Path;
 use std::process::Command;
@@ -150,8 +151,12 @@ fn unsupported_requests_fail_with_exit_2_and_say_why() {
     let dir = d.path().to_str().unwrap();
     let cases = [
         (
-            vec!["make-tiny", "flux", "--out", dir, "--format", "gguf"],
-            "GGUF files is not available yet",
+            vec!["make-tiny", "t5", "--out", dir, "--format", "gguf"],
+            "GGUF is written for flux only",
+        ),
+        (
+            vec!["make-tiny", "flux-vae", "--out", dir, "--format", "gguf"],
+            "use --format safetensors for flux-vae",
         ),
         (
             vec!["make-tiny", "wan", "--out", dir],
@@ -214,4 +219,164 @@ fn text_encoders_and_tokenizers_load_and_run() {
         out.pooled.dims2().unwrap(),
         (1, clip::Config::tiny().hidden_size)
     );
+}
+
+fn mgpu_ok(args: &[&str]) -> String {
+    let out = mgpu(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn gguf_flux_is_city96_q8_0_of_the_safetensors_and_inspect_reads_it() {
+    use mgpu::weights::gguf::dequant::quantize_q8_0;
+    use mgpu::weights::{DType as W, Format, WeightFile};
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    make("flux", a.path(), &["--format", "gguf"]);
+    make("flux", a.path(), &[]); // the bf16 safetensors of the same seed
+    make("flux", b.path(), &["--format", "gguf"]);
+    make(
+        "flux",
+        b.path(),
+        &["--format", "gguf", "--variant", "schnell"],
+    );
+    let gg = a.path().join("flux-tiny-Q8_0.gguf");
+    let bytes = std::fs::read(&gg).unwrap();
+    assert_eq!(
+        bytes,
+        std::fs::read(b.path().join("flux-tiny-Q8_0.gguf")).unwrap(),
+        "same seed, same bytes"
+    );
+    assert!(bytes.len() < 400 * 1024, "{} bytes", bytes.len());
+    // The LoRA beside it stays safetensors.
+    let lora = WeightFile::open(b.path().join("lora-tiny.safetensors")).unwrap();
+    assert_eq!(lora.format(), Format::Safetensors);
+
+    let text = mgpu_ok(&["inspect", gg.to_str().unwrap()]);
+    assert!(text.contains("format    GGUF v3 (alignment 32)"), "{text}");
+    assert!(
+        text.contains("family    flux (original key layout)"),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&mgpu_ok(&["inspect", "--json", gg.to_str().unwrap()])).unwrap();
+    assert_eq!(
+        v["format"],
+        serde_json::json!({"kind": "gguf", "version": 3, "alignment": 32})
+    );
+    assert_eq!(v["detected"]["family"], "flux");
+    assert_eq!(v["metadata"]["general.architecture"], "flux");
+    assert_eq!(v["metadata"]["general.quantization_version"], 2);
+    assert_eq!(v["metadata"]["general.file_type"], 7);
+    let tensors = v["tensors"].as_array().unwrap();
+    let q8 = tensors.iter().filter(|t| t["dtype"] == "Q8_0").count();
+    assert_eq!(q8, 26, "every matrix of the blocks");
+    let qkv = tensors
+        .iter()
+        .find(|t| t["name"] == "double_blocks.0.img_attn.qkv.weight")
+        .unwrap();
+    assert_eq!(
+        (&qkv["dtype"], &qkv["shape"]),
+        (&serde_json::json!("Q8_0"), &serde_json::json!([96, 32]))
+    );
+
+    // City96's conversion of the bf16 safetensors: same names and shapes, F32 tensors hold
+    // the same values, Q8_0 blocks are llama.cpp's quantisation of them.
+    let st = WeightFile::open(a.path().join("flux-tiny.safetensors")).unwrap();
+    let g = WeightFile::open(&gg).unwrap();
+    assert_eq!(g.tensors().len(), st.tensors().len());
+    for t in g.tensors() {
+        let s = st.get(&t.name).unwrap();
+        assert_eq!(t.shape, s.shape, "{}", t.name);
+        let want = st.to_f32(&t.name).unwrap();
+        match t.dtype {
+            W::F32 => {
+                assert_eq!(g.to_f32(&t.name).unwrap(), want, "{}", t.name);
+                let kept = [
+                    "img_in.",
+                    "txt_in.",
+                    "time_in.",
+                    "vector_in.",
+                    "guidance_in.",
+                    "final_layer.",
+                ];
+                assert!(
+                    t.shape.len() == 1 || kept.iter().any(|k| t.name.starts_with(k)),
+                    "{} is F32",
+                    t.name
+                );
+            }
+            W::Q8_0 => assert_eq!(g.raw(&t.name).unwrap(), quantize_q8_0(&want), "{}", t.name),
+            other => panic!("{}: {other}", t.name),
+        }
+    }
+
+    let schnell = WeightFile::open(b.path().join("flux-schnell-tiny-Q8_0.gguf")).unwrap();
+    assert_eq!(
+        mgpu::weights::detect_family(schnell.tensors()),
+        Some(mgpu::family::Family::Flux)
+    );
+    assert!(schnell.get("guidance_in.in_layer.weight").is_none());
+    assert_eq!(schnell.tensors().len(), 80);
+}
+
+/// The demo (manifests/demo.toml: FLUX with a LoRA, half its blocks streamed from disk, T5,
+/// CLIP-L, VAE on the CPU) with its FLUX model replaced by `make-tiny flux --format gguf`:
+/// `mgpu run` makes every image, computing in f32 (dequantised at load) and in bf16 (the Q8_0
+/// blocks stay quantised until used).
+#[test]
+fn a_gguf_flux_runs_the_demo_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny");
+    std::fs::create_dir_all(&tiny).unwrap();
+    for f in [
+        "ae-tiny.safetensors",
+        "t5-tiny.safetensors",
+        "t5-tokenizer.json",
+        "clip-tiny.safetensors",
+        "clip-tokenizer.json",
+    ] {
+        std::fs::copy(Path::new("manifests/tiny").join(f), tiny.join(f)).unwrap();
+    }
+    make("flux", &tiny, &["--format", "gguf"]);
+    let demo = std::fs::read_to_string("manifests/demo.toml").unwrap();
+    let from = "file = \"tiny/flux-tiny.safetensors\"";
+    assert!(demo.contains(from));
+    let gguf = demo.replace(from, "file = \"tiny/flux-tiny-Q8_0.gguf\"");
+    let bf16 = gguf
+        .replace("out/demo", "out/bf16")
+        .replace("[models.flux]\n", "[models.flux]\ndtype = \"bf16\"\n");
+    assert!(bf16.contains("dtype = \"bf16\""));
+    for (name, text, root) in [
+        ("gguf.toml", gguf, "out/demo"),
+        ("bf16.toml", bf16, "out/bf16"),
+    ] {
+        let m = dir.path().join(name);
+        std::fs::write(&m, text).unwrap();
+        let report = dir.path().join(format!("{name}.json"));
+        mgpu_ok(&[
+            "run",
+            m.to_str().unwrap(),
+            "-q",
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(r["status"], "ok", "{name}");
+        assert_eq!(r["counts"]["made"], 4, "{name}");
+        for t in r["tasks"].as_array().unwrap() {
+            let png = Path::new(t["output"].as_str().unwrap());
+            assert!(png.starts_with(dir.path().join(root)), "{}", png.display());
+            let meta = mgpu::output::read_png_metadata(png).unwrap();
+            let record = meta.record.unwrap();
+            let flux = record.models.iter().find(|m| m.name == "flux").unwrap();
+            assert_eq!(flux.file, "tiny/flux-tiny-Q8_0.gguf");
+            assert_eq!(record.loras.len(), 1, "the demo's LoRA is applied");
+        }
+    }
 }

@@ -678,47 +678,19 @@ fn load_failures_are_errors_not_panics() {
     }
 }
 
-/// Writes `tensors` (name, PyTorch shape, f32 values) as a GGUF v3 file: Q8_0 (llama.cpp's
-/// reference quantisation: per 32 values, `d = max|x| / 127` as f16, `q = round(x / d)`) for
-/// matrices whose rows are whole blocks, F32 for the rest.
+/// Writes `tensors` (name, PyTorch shape, f32 values) as a GGUF v3 file with mgpu's writer:
+/// Q8_0 (llama.cpp's reference quantisation) for matrices whose rows are whole blocks, F32 for
+/// the rest.
 fn write_gguf_q8(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
-    let mut head = Vec::new();
-    let mut data = Vec::new();
-    head.extend_from_slice(b"GGUF");
-    head.extend_from_slice(&3u32.to_le_bytes());
-    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-    head.extend_from_slice(&0u64.to_le_bytes());
+    use mgpu::weights::{gguf::GgufWriter, DType};
+    let mut w = GgufWriter::new(path, "flux");
     for (name, shape, vals) in tensors {
-        while data.len() % 32 != 0 {
-            data.push(0);
-        }
-        let offset = data.len() as u64;
         let q8 = shape.len() == 2 && shape[1] % 32 == 0;
-        if q8 {
-            for block in vals.chunks(32) {
-                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                data.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
-                data.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
-            }
-        } else {
-            data.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
-        }
-        head.extend_from_slice(&(name.len() as u64).to_le_bytes());
-        head.extend_from_slice(name.as_bytes());
-        head.extend_from_slice(&(shape.len() as u32).to_le_bytes());
-        for d in shape.iter().rev() {
-            head.extend_from_slice(&(*d as u64).to_le_bytes());
-        }
-        head.extend_from_slice(&(if q8 { 8u32 } else { 0u32 }).to_le_bytes());
-        head.extend_from_slice(&offset.to_le_bytes());
+        let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        let ty = if q8 { DType::Q8_0 } else { DType::F32 };
+        w.add_f32(name, &shape, ty, vals).unwrap();
     }
-    while head.len() % 32 != 0 {
-        head.push(0);
-    }
-    head.extend_from_slice(&data);
-    std::fs::write(path, head).unwrap();
+    w.finish().unwrap();
 }
 
 #[test]

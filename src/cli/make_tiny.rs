@@ -8,6 +8,12 @@
 //! Text encoders write `t5-tiny.safetensors` + `t5-tokenizer.json` and
 //! `clip-tiny.safetensors` + `clip-tokenizer.json` (tiny Unigram and BPE vocabularies whose
 //! sizes match the tiny configs).
+//!
+//! `--format gguf` writes the FLUX transformer as city96's ComfyUI-GGUF Q8_0 files are made
+//! ([`write_flux_gguf`]): `flux-tiny-Q8_0.gguf` / `flux-schnell-tiny-Q8_0.gguf`, the LoRA still
+//! as safetensors. Only FLUX is written as GGUF: it is the family whose GGUF files mgpu runs
+//! (city96's T5 GGUFs use llama.cpp tensor names the T5 loader does not map; the VAE and
+//! CLIP-L are published as safetensors).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,6 +25,8 @@ use clap::ValueEnum;
 use super::Status;
 use crate::family::Family;
 use crate::models::{clip, flux, t5, tiny, tokenize, vae};
+use crate::weights::gguf::{city96_type, GgufWriter, FILE_TYPE_MOSTLY_Q8_0, QUANTIZATION_VERSION};
+use crate::weights::{DType as WDType, MetaValue};
 
 /// Write a tiny random-weight model (real key layout, deterministic from the seed).
 ///
@@ -32,7 +40,8 @@ pub struct Args {
     /// Directory to write into (created if missing).
     #[arg(long)]
     pub out: PathBuf,
-    /// File format.
+    /// File format: safetensors, or gguf (flux only: the transformer as city96's Q8_0
+    /// GGUF files store it; the LoRA stays safetensors).
     #[arg(long, value_enum, default_value_t = Format::Safetensors)]
     pub format: Format,
     /// Seed of the weight generator.
@@ -41,7 +50,9 @@ pub struct Args {
     /// FLUX variant: dev (with guidance embedding) or schnell (without).
     #[arg(long, value_enum, default_value_t = Variant::Dev)]
     pub variant: Variant,
-    /// Stored dtype: bf16 (as the real checkpoints), f16 or f32.
+    /// Stored dtype: bf16 (as the real checkpoints), f16 or f32. With --format gguf, the
+    /// precision of the checkpoint being converted: values are rounded to it, then stored as
+    /// Q8_0 or F32 as city96 does.
     #[arg(long, value_enum, default_value_t = StoreDType::Bf16)]
     pub dtype: StoreDType,
 }
@@ -80,30 +91,53 @@ struct Output {
     file: &'static str,
     what: String,
     tensors: BTreeMap<String, Tensor>,
+    /// Written as a city96-style FLUX GGUF rather than safetensors.
+    gguf: bool,
     /// A text file written beside it (a tokenizer), if any: (file name, contents).
     extra: Option<(&'static str, String)>,
 }
 
+/// Why `family` is not written as GGUF, for the refusal; `None` for FLUX (written) and for the
+/// families make-tiny refuses in any format.
+fn no_gguf(family: Family) -> Option<&'static str> {
+    match family {
+        Family::Flux | Family::Wan | Family::WanVae | Family::UmT5 => None,
+        Family::T5 => Some("city96's T5 GGUF files use llama.cpp tensor names (`enc.blk.0.attn_q.weight`), which `mgpu inspect` reads but the T5 loader does not map"),
+        Family::FluxVae | Family::ClipL => Some("this model is published as safetensors, not GGUF"),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<Status> {
-    if args.format == Format::Gguf {
-        bail!("make-tiny --format gguf: writing GGUF files is not available yet (it comes with the GGUF support of the weights module); use --format safetensors")
+    let gguf = args.format == Format::Gguf;
+    if let Some(why) = no_gguf(args.family).filter(|_| gguf) {
+        bail!(
+            "make-tiny {} --format gguf: {why}; GGUF is written for flux only (`make-tiny flux --format gguf`, --variant dev or schnell); use --format safetensors for {}",
+            args.family,
+            args.family
+        )
     }
     let seed = args.seed;
     let outputs = match args.family {
         Family::Flux => {
-            let (cfg, file) = match args.variant {
-                Variant::Dev => (flux::Config::tiny(), "flux-tiny.safetensors"),
-                Variant::Schnell => (
+            let (cfg, file) = match (args.variant, gguf) {
+                (Variant::Dev, false) => (flux::Config::tiny(), "flux-tiny.safetensors"),
+                (Variant::Dev, true) => (flux::Config::tiny(), "flux-tiny-Q8_0.gguf"),
+                (Variant::Schnell, false) => (
                     flux::Config::tiny_schnell(),
                     "flux-schnell-tiny.safetensors",
                 ),
+                (Variant::Schnell, true) => {
+                    (flux::Config::tiny_schnell(), "flux-schnell-tiny-Q8_0.gguf")
+                }
             };
             let variant = format!("{:?}", args.variant).to_lowercase();
+            let how = if gguf { ", GGUF Q8_0 as city96's" } else { "" };
             vec![
                 Output {
                     file,
-                    what: format!("tiny FLUX {variant} transformer"),
+                    what: format!("tiny FLUX {variant} transformer{how}"),
                     tensors: tiny::flux_weights(&cfg, seed)?,
+                    gguf,
                     extra: None,
                 },
                 Output {
@@ -114,6 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
                         tiny::LORA_ALPHA
                     ),
                     tensors: tiny::flux_lora(&cfg, seed)?,
+                    gguf: false,
                     extra: None,
                 },
             ]
@@ -122,12 +157,14 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
             file: "ae-tiny.safetensors",
             what: "tiny FLUX autoencoder".into(),
             tensors: tiny::vae_weights(&vae::Config::tiny(), seed)?,
+            gguf: false,
             extra: None,
         }],
         Family::T5 => vec![Output {
             file: "t5-tiny.safetensors",
             what: "tiny T5 encoder".into(),
             tensors: t5::tiny_weights(seed)?.into_iter().collect(),
+            gguf: false,
             extra: Some((
                 "t5-tokenizer.json",
                 tokenize::tiny::t5_json().map_err(anyhow::Error::msg)?,
@@ -137,6 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
             file: "clip-tiny.safetensors",
             what: "tiny CLIP-L text model".into(),
             tensors: clip::tiny_weights(seed)?.into_iter().collect(),
+            gguf: false,
             extra: Some((
                 "clip-tokenizer.json",
                 tokenize::tiny::clip_json().map_err(anyhow::Error::msg)?,
@@ -154,7 +192,11 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
             "mgpu make-tiny {} seed {}: {}; random weights, not a trained model",
             args.family, seed, o.what
         );
-        let bytes = write_safetensors(&path, &o.tensors, args.dtype.candle(), &note)?;
+        let bytes = if o.gguf {
+            write_flux_gguf(&path, &o.tensors, args.dtype.candle(), &note)?
+        } else {
+            write_safetensors(&path, &o.tensors, args.dtype.candle(), &note)?
+        };
         println!(
             "wrote {} ({} tensors, {:.1} KiB): {}",
             path.display(),
@@ -193,4 +235,38 @@ pub fn write_safetensors(
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(bytes.len())
+}
+
+/// Writes a FLUX transformer's `tensors` as city96's ComfyUI-GGUF Q8_0 files are made from a
+/// checkpoint stored in `dtype`: values rounded to `dtype` (the checkpoint), then each tensor
+/// stored as [`city96_type`] says (Q8_0 for the blocks' matrices, F32 — lossless for a bf16
+/// checkpoint — for biases, norms, the embedders and the final layer), with the key-values
+/// city96's files carry (`general.architecture = "flux"`, `general.quantization_version = 2`,
+/// `general.file_type = 7`, Q8_0) and `general.description = note`. Tensors are in name order.
+/// Written atomically. Returns the file size.
+pub fn write_flux_gguf(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    dtype: DType,
+    note: &str,
+) -> anyhow::Result<usize> {
+    let mut w = GgufWriter::new(path, "flux");
+    w.add_metadata(
+        "general.quantization_version",
+        MetaValue::U32(QUANTIZATION_VERSION),
+    )?;
+    w.add_metadata("general.file_type", MetaValue::U32(FILE_TYPE_MOSTLY_Q8_0))?;
+    w.add_metadata("general.description", MetaValue::String(note.into()))?;
+    for (name, t) in tensors {
+        let values = t
+            .to_dtype(dtype)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .with_context(|| format!("converting `{name}` for {}", path.display()))?;
+        let shape: Vec<u64> = t.dims().iter().map(|&d| d as u64).collect();
+        let ty = city96_type(name, &shape, WDType::Q8_0);
+        w.add_f32(name, &shape, ty, &values)?;
+    }
+    Ok(usize::try_from(w.finish()?)?)
 }

@@ -30,6 +30,8 @@
 //! matching shape × dtype) before any tensor data is touched, and reports problems as
 //! [`WeightsError`] naming the file and the tensor. Readers never allocate on the word of an
 //! unchecked header: a corrupt length cannot make mgpu reserve gigabytes. See docs/weights.md.
+//!
+//! GGUF v3 files are also written, by [`gguf::GgufWriter`] (`mgpu make-tiny --format gguf`).
 
 pub mod convert;
 pub mod detect;
@@ -71,13 +73,21 @@ impl TensorInfo {
     }
 }
 
-/// Errors from reading weight files. Each names the file; `tensor` names the tensor when one
-/// is at fault.
+/// Errors from reading (and writing) weight files. Each names the file; `tensor` names the
+/// tensor when one is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing a file failed; `op` is the step (`write`, `move into place`, …).
+    #[error("cannot {op} {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        op: &'static str,
         #[source]
         source: std::io::Error,
     },

@@ -1,7 +1,8 @@
 //! GGUF files (llama.cpp's format, also used by city96's ComfyUI-GGUF for FLUX/Wan checkpoints):
 //! header, metadata key-values, tensor infos and the aligned data section, versions 2 and 3,
 //! little-endian. [`parse`] reads all of it from the bytes of a memory map and validates it
-//! before any tensor data is touched; [`dequant`] turns the block-quantised data into f32.
+//! before any tensor data is touched; [`dequant`] turns the block-quantised data into f32;
+//! [`write::GgufWriter`] writes v3 files (what `mgpu make-tiny --format gguf` uses).
 //!
 //! Layout (<https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>): `GGUF` magic, `u32`
 //! version, `u64` tensor count, `u64` key-value count, the key-values (`string` key, `u32` value
@@ -21,6 +22,7 @@
 //! allocation.
 
 pub mod dequant;
+pub mod write;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -28,6 +30,8 @@ use std::path::Path;
 use super::dtype::{ggml_supported_names, ggml_type_name};
 use super::meta::{MetaArray, MetaValue, Metadata};
 use super::{DType, TensorInfo, WeightsError};
+
+pub use write::{city96_type, GgufWriter, FILE_TYPE_MOSTLY_Q8_0, QUANTIZATION_VERSION};
 
 /// `GGUF` as the first four bytes.
 pub const MAGIC: [u8; 4] = *b"GGUF";
@@ -52,22 +56,23 @@ pub struct Header {
     pub data_start: u64,
 }
 
-/// GGUF value type ids.
+/// GGUF value type ids (the discriminants are the ids files store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
 enum ValueType {
-    U8,
-    I8,
-    U16,
-    I16,
-    U32,
-    I32,
-    F32,
-    Bool,
-    String,
-    Array,
-    U64,
-    I64,
-    F64,
+    U8 = 0,
+    I8 = 1,
+    U16 = 2,
+    I16 = 3,
+    U32 = 4,
+    I32 = 5,
+    F32 = 6,
+    Bool = 7,
+    String = 8,
+    Array = 9,
+    U64 = 10,
+    I64 = 11,
+    F64 = 12,
 }
 
 impl ValueType {
