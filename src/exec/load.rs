@@ -22,7 +22,9 @@
 //! rounded once to the compute dtype; with LoRAs, `LoraSet::bake` adds the deltas before that
 //! rounding. `lora_mode = "on_dequant"` therefore computes the same numbers as `bake` here
 //! (the delta is added to the f32 dequantised weight before the one rounding either way); it
-//! is noted, not refused. Quantized weights do not travel quantized in this version.
+//! is noted, not refused. Q8_0 tensors computed in bf16 and untouched by LoRAs stay quantised
+//! and travel as stored (dequantised where they are used); the planner counts the rest in the
+//! compute dtype (`plan::manifest`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

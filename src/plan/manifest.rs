@@ -13,6 +13,7 @@ use crate::family::Role;
 use crate::inventory::{self, Inventory};
 use crate::manifest::{Diagnostic, Diagnostics, FluxVariant, Manifest, Model};
 use crate::sample::Sampler;
+use crate::weights::DType;
 
 /// The models that the manifest's jobs use, in a stable order: for each pipeline used (in
 /// name order), its diffusion model, text encoders and VAE; each model once.
@@ -139,12 +140,52 @@ fn device_bytes_factor(model: &Model, inv: &Inventory) -> f64 {
     computed as f64 / stored as f64
 }
 
+/// The dtype a stored tensor is held in after loading, when the executor converts it
+/// (`exec::load`): GGML-quantised and fp8 tensors are widened and rounded once to the compute
+/// dtype, except Q8_0 computed in bf16 without LoRAs, which stays quantised and travels as
+/// stored. With LoRAs every quantised tensor counts as patched (an upper bound: the LoRA files
+/// are not read when planning).
+fn loaded_dtype(stored: DType, compute: DType, loras: bool) -> Option<DType> {
+    let fp8 = matches!(stored, DType::F8_E4M3 | DType::F8_E5M2);
+    if stored.is_quantized() {
+        (stored != DType::Q8_0 || compute != DType::BF16 || loras).then_some(compute)
+    } else {
+        fp8.then_some(compute)
+    }
+}
+
+/// `inv` with each tensor's bytes as the executor will hold them in every home (see
+/// [`loaded_dtype`]), and unit sizes summed again: what the plan must place. Unchanged (the
+/// same `Arc`) when nothing is converted.
+fn as_loaded(model: &Model, inv: Arc<Inventory>) -> Arc<Inventory> {
+    let compute = model.dtype.dtype();
+    let loras = !model.loras.is_empty();
+    if !inv
+        .tensors
+        .iter()
+        .any(|t| loaded_dtype(t.dtype, compute, loras).is_some())
+    {
+        return inv;
+    }
+    let mut out = (*inv).clone();
+    for t in &mut out.tensors {
+        if let Some(d) = loaded_dtype(t.dtype, compute, loras) {
+            t.len = d.storage_bytes(t.numel()).unwrap_or(t.len);
+            t.dtype = d;
+        }
+    }
+    for u in &mut out.units {
+        u.bytes = u.tensors.iter().map(|&i| out.tensors[i].len).sum();
+    }
+    Arc::new(out)
+}
+
 /// The plan request for every needed model.
 pub fn request(m: &Manifest, inventories: &BTreeMap<String, Arc<Inventory>>) -> PlanRequest {
     let models = needed_models(m)
         .into_iter()
         .filter_map(|model| {
-            let inv = inventories.get(&model.name)?.clone();
+            let inv = as_loaded(model, inventories.get(&model.name)?.clone());
             Some(ModelRequest {
                 name: model.name.clone(),
                 family: model.family,
@@ -205,5 +246,36 @@ fn diagnostic(m: &Manifest, e: &PlanError) -> Diagnostic {
             help,
         ),
         Location::Prefetch => m.diagnostic_at(model, "prefetch", None, message, help),
+    }
+}
+
+#[cfg(test)]
+mod loaded_tests {
+    use super::*;
+
+    #[test]
+    fn converted_dtypes_follow_the_executor() {
+        use DType::*;
+        // (stored, compute, loras) → held as
+        let table = [
+            (BF16, BF16, false, None),
+            (BF16, F32, true, None),
+            (F16, BF16, true, None),
+            (Q8_0, BF16, false, None),
+            (Q8_0, BF16, true, Some(BF16)),
+            (Q8_0, F32, false, Some(F32)),
+            (Q4_K, BF16, false, Some(BF16)),
+            (Q4_0, F16, true, Some(F16)),
+            (F8_E4M3, BF16, false, Some(BF16)),
+            (F8_E5M2, F32, false, Some(F32)),
+            (I64, BF16, true, None),
+        ];
+        for (stored, compute, loras, want) in table {
+            assert_eq!(
+                loaded_dtype(stored, compute, loras),
+                want,
+                "{stored:?} {compute:?} {loras}"
+            );
+        }
     }
 }

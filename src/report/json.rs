@@ -128,6 +128,9 @@ pub struct ModelReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceBytes {
     pub device: String,
+    /// The plan's bytes on this device as held there: in the compute dtype on the compute
+    /// device (the plan's resident working set), as stored (after load-time conversion) on
+    /// donors.
     pub planned_bytes: Option<u64>,
     pub measured_bytes: Option<u64>,
 }
@@ -301,7 +304,12 @@ impl ReportBuilder {
                     .iter()
                     .map(|(d, b)| DeviceBytes {
                         device: d.to_string(),
-                        planned_bytes: Some(*b),
+                        // On the compute device weights are held in the compute dtype.
+                        planned_bytes: Some(if *d == m.compute {
+                            m.working_set.resident
+                        } else {
+                            *b
+                        }),
                         measured_bytes: None,
                     })
                     .collect();
