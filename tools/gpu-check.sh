@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU acceptance pass of mgpu, in one go on a GPU machine (one or two GPUs):
 #   probe     `mgpu probe --bench --save hw.toml`: devices, copy rates, bf16 TFLOP/s
-#   pipeline  `mgpu run` of the tiny demo computed on cuda:0 under several allocations (all
-#             resident, half in host RAM, all in host RAM, half on disk, a donor GPU, a mix,
-#             text encoders streamed): every PNG must be byte-identical to the resident run's
+#   pipeline  `mgpu run` of the tiny demo (5 images, one batch of 3) computed on cuda:0 under
+#             several allocations (all resident, half in host RAM, all in host RAM, half on
+#             disk, a donor GPU, a mix, text encoders streamed) and with batches of 1: every
+#             PNG must be byte-identical to the resident run's
 #   bench     `mgpu bench` on the FLUX.1-dev shape at 1024²: resident, 25–100 % streamed from
 #             page-locked host memory, 100 % from a donor GPU, GGUF Q8_0; batch 1 and 4; with
 #             the planner's prediction for each cell (`--hardware hw.toml`)
@@ -39,8 +40,10 @@ if has pipeline; then
   echo "== pipeline: the tiny demo on cuda:0 under several allocations"
   W=$(mktemp -d)
   cp -r "$ROOT/manifests/tiny" "$W/"
-  # name | flux allocation | t5 allocation
+  # name | flux allocation | t5 allocation. The fox job makes 3 images, run as one batch of
+  # 3 except in `batch-1`, which sets `batch = 1` for every job.
   CASES="resident|cuda:0,*|cuda:0,*
+batch-1|cuda:0,50%;cpu,*|cuda:0,*
 half-cpu|cuda:0,50%;cpu,*|cuda:0,*
 all-cpu|cpu,*|cuda:0,*
 half-disk|cuda:0,50%;disk,*|cuda:0,*
@@ -56,19 +59,27 @@ mixed|cuda:0,25%;cuda:1,25%;cpu,25%;disk,*|cuda:1,*"
         -e "s|^output_root = .*|output_root = \"out/$name\"|" \
         -e "s|^allocation = \"cpu,50%;disk,50%\"|allocation = \"$flux\"|" \
         -e "s|^tokenizer = \"tiny/t5-tokenizer.json\"|tokenizer = \"tiny/t5-tokenizer.json\"\nallocation = \"$t5\"|" \
+        -e 's/^count = 2$/count = 3/' \
         "$ROOT/manifests/demo.toml" >"$W/$name.toml"
+    [ "$name" = batch-1 ] && sed -i 's/^\[defaults\]$/[defaults]\nbatch = 1/' "$W/$name.toml"
     t0=$(date +%s.%N)
-    if timeout 120 "$BIN" run "$W/$name.toml" --report "$OUTDIR/pipe-$name.json" \
-        >"$OUTDIR/pipe-$name.log" 2>&1; then status=ok; else status="FAILED rc=$?"; fi
+    if timeout 120 "$BIN" run "$W/$name.toml" --report "$W/pipe-$name.json" \
+        >"$W/pipe-$name.log" 2>&1; then status=ok; else status="FAILED rc=$?"; fi
     t1=$(date +%s.%N)
     sum=$(cd "$W/out/$name" 2>/dev/null && sha256sum ./*.png | sha256sum | cut -c1-16)
     n=$(ls "$W/out/$name"/*.png 2>/dev/null | wc -l)
+    bs=$(python3 -c "import json,sys; print('+'.join(str(len(b['tasks'])) for b in json.load(open(sys.argv[1]))['batches']))" \
+      "$W/pipe-$name.json" 2>/dev/null || echo -)
     [ "$name" = resident ] && REF=$sum
     same=$([ "$sum" = "${REF:-}" ] && echo identical || echo DIFFERENT)
     [ "$status" = ok ] && [ "$same" = identical ] || FAIL=1
-    printf '%-18s flux %-38s t5 %-10s %-8s %d PNGs  %s  %s  %.1fs\n' "$name" "$flux" "$t5" \
-      "$status" "$n" "$sum" "$same" "$(awk "BEGIN{print $t1 - $t0}")" | tee -a "$OUTDIR/pipeline.txt"
-    [ "$status" = ok ] || tail -n 20 "$OUTDIR/pipe-$name.log"
+    printf '%-18s flux %-38s t5 %-10s %-8s %d PNGs in batches %-9s %s  %s  %.1fs\n' "$name" \
+      "$flux" "$t5" "$status" "$n" "$bs" "$sum" "$same" "$(awk "BEGIN{print $t1 - $t0}")" |
+      tee -a "$OUTDIR/pipeline.txt"
+    # Reports and logs come back only for failures (a device run returns few files).
+    [ "$status" = ok ] && [ "$same" = identical ] ||
+      cp "$W/pipe-$name.log" "$W/pipe-$name.json" "$OUTDIR/" 2>/dev/null
+    [ "$status" = ok ] || tail -n 20 "$W/pipe-$name.log"
   done <<<"$CASES"
   # The plan of one streamed case, as a user would look at it first.
   "$BIN" plan "$W/half-cpu.toml" --hardware "$OUTDIR/hw.toml" >"$OUTDIR/plan-half-cpu.txt" 2>&1
