@@ -50,6 +50,7 @@ const SCHEMA_REJECTS: &[&str] = &[
     "bad-family",
     "bad-name",
     "bad-virtual-vram",
+    "decode-tile",
     "denoise",
     "key-in-wrong-table",
     "many-errors",

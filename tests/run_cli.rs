@@ -330,3 +330,43 @@ pub fn check_complete(m: &Path, root: &Path) {
         image::open(&t.image.path).unwrap();
     }
 }
+
+/// `decode_tile` on the VAE: images wider than a tile decode in blended tiles, which changes
+/// pixels, so the job hash changes too and a rerun without it remakes them; an image that
+/// fits in one tile decodes exactly as untiled (only its hash differs).
+#[test]
+fn decode_tile_tiles_large_images_and_is_part_of_the_job_hash() {
+    let (dir, m) = demo();
+    let untiled = std::fs::read_to_string(&m).unwrap();
+    let tiled = untiled.replace(
+        "file = \"tiny/ae-tiny.safetensors\"",
+        "file = \"tiny/ae-tiny.safetensors\"\ndecode_tile = 16",
+    );
+    assert_ne!(tiled, untiled);
+    let pixels = |name: &str| image::open(dir.path().join("out/demo").join(name)).unwrap();
+    let run = |text: &str| {
+        std::fs::write(&m, text).unwrap();
+        let o = mgpu(&["run", m.to_str().unwrap(), "-q"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stderr(&o)
+    };
+    run(&untiled);
+    // fox: 128² = 16×16 latent pixels, one tile of 16: the same pixels either way.
+    let (fox, small) = (pixels("fox-42.png"), pixels("small-123.png"));
+    let tiled = tiled.replace("width = 96\nheight = 96", "width = 256\nheight = 96");
+    let untiled_wide = untiled.replace("width = 96\nheight = 96", "width = 256\nheight = 96");
+    assert_ne!(untiled_wide, untiled);
+    run(&untiled_wide);
+    let wide = pixels("small-123.png");
+    assert_eq!(wide.width(), 256);
+    let e = run(&tiled);
+    assert!(e.contains("5 made") || e.contains("4 made"), "{e}");
+    assert_eq!(pixels("fox-42.png"), fox, "one tile decodes as untiled");
+    let tiled_wide = pixels("small-123.png");
+    // 32×12 latent pixels in tiles of 16: blended tiles, not the untiled decode.
+    assert_ne!(tiled_wide, wide, "tiles change pixels");
+    assert_ne!(tiled_wide, small);
+    // Same manifest again: everything is up to date.
+    let e = run(&tiled);
+    assert!(e.contains("0 made"), "{e}");
+}

@@ -131,6 +131,12 @@ raw_table! {
         /// Keep this model's weights in place for the whole run (default false: its memory may
         /// be freed between uses, e.g. text encoders after all prompts are encoded).
         keep_loaded: bool,
+        /// VAEs only: decode in overlapping tiles of this many latent pixels (8× as many image
+        /// pixels), blended; bounds the decoder's memory for large images. Tiled pixels differ
+        /// slightly from an untiled decode, so it is never switched on automatically. Default:
+        /// off (one piece).
+        #[schemars(range(min = 16, max = 4096))]
+        decode_tile: u32,
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Model {
     /// Prefetch slots; `None`: the planner chooses.
     pub prefetch: Option<u32>,
     pub keep_loaded: bool,
+    /// VAEs only: tiled decoding with tiles of this many latent pixels (16–4096).
+    pub decode_tile: Option<u32>,
 }
 
 /// One LoRA of a model.

@@ -84,6 +84,11 @@ fn workload(m: &Manifest, model: &Model) -> Workload {
         w.width = big.width;
         w.height = big.height;
     }
+    // A tiled VAE decodes one tile at a time: its activations are a tile's.
+    if let Some(t) = model.decode_tile {
+        w.width = w.width.min(8 * t);
+        w.height = w.height.min(8 * t);
+    }
     w.batch = jobs.iter().map(|j| j.batch.unwrap_or(1)).max().unwrap_or(1);
     let diffusion = model.family.role() == Role::Diffusion;
     w.steps = if diffusion {

@@ -286,6 +286,7 @@ pub(crate) fn run(
     let mut images: Vec<Option<(image::RgbImage, f64)>> = vec![None; n];
     if latents.iter().any(Option::is_some) {
         let cfg = vae.cfg.clone();
+        let tiling = vae.tiling;
         vae.decoder.pass(|_, w| -> Result<(), ExecError> {
             let dec = vae::Decoder::new(&cfg, w.var_builder())?;
             for k in 0..n {
@@ -294,7 +295,10 @@ pub(crate) fn run(
                 let img = z
                     .to_device(&vdev)
                     .and_then(|z| z.to_dtype(vdtype))
-                    .and_then(|z| dec.decode(&z))
+                    .and_then(|z| match tiling {
+                        Some(t) => dec.decode_tiled(&z, t),
+                        None => dec.decode(&z),
+                    })
                     .map_err(|e| JobError::new(format!("VAE `{vname}` decode: {e}")))
                     .and_then(|img| {
                         image_to_rgb8(&img)

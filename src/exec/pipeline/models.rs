@@ -337,6 +337,8 @@ impl FluxModel {
 pub(crate) struct VaeModel {
     pub name: String,
     pub cfg: vae::Config,
+    /// `decode_tile` of the manifest: tiled decoding.
+    pub tiling: Option<vae::Tiling>,
     pub encoder: Eng,
     pub decoder: Eng,
     pub target: Target,
@@ -359,6 +361,10 @@ impl VaeModel {
         Ok(VaeModel {
             name: name.into(),
             cfg,
+            tiling: model.decode_tile.map(|t| vae::Tiling {
+                tile: t as usize,
+                ..vae::Tiling::default()
+            }),
             encoder,
             decoder,
             target: parts.target,

@@ -134,6 +134,9 @@ pub struct ModelKey {
     pub backend: &'static str,
     pub lora_mode: LoraMode,
     pub loras: Vec<LoraKey>,
+    /// VAE `decode_tile`: tiled decoding changes pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_tile: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -277,5 +280,6 @@ fn model_key(model: &Model, base: &Path) -> Result<ModelKey, HashError> {
         },
         lora_mode: model.lora_mode,
         loras,
+        decode_tile: model.decode_tile,
     })
 }

@@ -144,6 +144,30 @@ fn validate_model(
             );
         }
     }
+    if let Some(t) = &m.decode_tile {
+        if !(16..=4096).contains(&t.value) {
+            cx.error(
+                t.span.clone(),
+                format!(
+                    "`decode_tile` must be 16 to 4096 latent pixels, not {}",
+                    t.value
+                ),
+                "",
+                Some(
+                    "64 (512-pixel image tiles) is a good start; smaller tiles use less memory"
+                        .into(),
+                ),
+            );
+        }
+        if let Some(f) = family.filter(|f| f.role() != Role::Vae) {
+            cx.error(
+                t.span.clone(),
+                format!("`decode_tile` is only for VAEs, and `{name}` is {f}"),
+                "",
+                Some("put it on the pipeline's `vae` model".into()),
+            );
+        }
+    }
     if let (Some(f), Some(sp)) = (family, &m.family) {
         if !f.runnable() {
             let runnable: Vec<&str> = crate::family::ALL
@@ -189,6 +213,11 @@ fn validate_model(
             .map(|p| p.value)
             .filter(|p| (1..=64).contains(p)),
         keep_loaded: m.keep_loaded.as_ref().is_some_and(|v| v.value),
+        decode_tile: m
+            .decode_tile
+            .as_ref()
+            .map(|t| t.value)
+            .filter(|t| (16..=4096).contains(t) && family.is_some_and(|f| f.role() == Role::Vae)),
     })
 }
 
