@@ -11,11 +11,6 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
-use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::borrow::Cow;
-use std::fmt;
-use std::str::FromStr;
 
 use super::OutputError;
 

@@ -1,16 +1,12 @@
 //! Sampler and scheduler names as ComfyUI users write them (`euler`, `dpmpp_2m`, `karras`, …).
 //! Each is one type with `FromStr` (with "did you mean"), `Display`, serde and `JsonSchema`.
 
-use std::borrow::Cow;
-use std::fmt;
-use std::str::FromStr;
-
-use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-/// Generates a name enum with its string table and trait impls.
+/// Generates a name enum with its string table and trait impls: canonical names (`name()`,
+/// `Display`, serialisation), accepted aliases (`"fp16" | "float16"`, parsing only; the
+/// schema lists them too), `FromStr` with "did you mean", serde and `JsonSchema`.
 macro_rules! name_enum {
-    ($(#[$doc:meta])* $ty:ident, $what:literal, $schema_doc:literal, { $($(#[$vdoc:meta])* $var:ident => $s:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $ty:ident, $what:literal, $schema_doc:literal,
+     { $($(#[$vdoc:meta])* $var:ident => $s:literal $(| $alias:literal)*),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum $ty { $($(#[$vdoc])* $var),+ }
@@ -22,7 +18,11 @@ macro_rules! name_enum {
             }
             pub fn parse(s: &str) -> Result<Self, $crate::sample::names::NameError> {
                 let t = s.trim().to_ascii_lowercase();
-                Self::ALL.iter().copied().find(|v| v.name() == t).ok_or_else(|| $crate::sample::names::NameError {
+                match t.as_str() {
+                    $($s $(| $alias)* => return Ok($ty::$var),)+
+                    _ => {}
+                }
+                Err($crate::sample::names::NameError {
                     what: $what,
                     name: s.to_string(),
                     suggestion: $crate::sample::names::suggest(&t, Self::ALL.iter().map(|v| v.name())),
@@ -30,27 +30,27 @@ macro_rules! name_enum {
                 })
             }
         }
-        impl FromStr for $ty {
+        impl std::str::FromStr for $ty {
             type Err = $crate::sample::names::NameError;
             fn from_str(s: &str) -> Result<Self, Self::Err> { Self::parse(s) }
         }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.name()) }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.name()) }
         }
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> { s.serialize_str(self.name()) }
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> { s.serialize_str(self.name()) }
         }
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = Cow::<str>::deserialize(d)?;
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<str> as serde::Deserialize>::deserialize(d)?;
                 Self::parse(&s).map_err(serde::de::Error::custom)
             }
         }
-        impl JsonSchema for $ty {
-            fn schema_name() -> Cow<'static, str> { stringify!($ty).into() }
-            fn json_schema(_: &mut SchemaGenerator) -> Schema {
-                let names: Vec<&str> = Self::ALL.iter().map(|v| v.name()).collect();
-                json_schema!({ "description": $schema_doc, "type": "string", "enum": names })
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> { stringify!($ty).into() }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                let names: Vec<&str> = vec![$($s $(, $alias)*),+];
+                schemars::json_schema!({ "description": $schema_doc, "type": "string", "enum": names })
             }
         }
     };
