@@ -28,7 +28,7 @@ crate::sample::names::name_enum!(
 crate::sample::names::name_enum!(
     /// How LoRAs are applied to a model's weights.
     LoraMode, "LoRA mode",
-    "How LoRAs are applied. bake (default): once at load, in f32 on the compute device, rounded once to the stored dtype (output identical to a single-device run). on_dequant: GGUF weights stay quantized and the LoRA delta is added each time a block is dequantised (less memory, more compute per step).",
+    "How LoRAs are applied. bake (default): once at load, in f32 on the compute device, rounded once to the stored dtype (output identical to a single-device run). on_dequant: meant to keep GGUF weights quantized and add the LoRA delta at each dequantisation; in this version it computes exactly as bake (the patched GGUF weights are dequantised at load) and a note says so.",
     {
         Bake => "bake",
         OnDequant => "on_dequant" | "on-dequant",
