@@ -4,26 +4,16 @@
 //! recorder, verifier, exit status) runs with the fake generator, and the same flows run
 //! through the real binary and FLUX pipeline on the tiny models.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use common::{demo, mgpu, stderr};
 
 use mgpu::cli::run::{execute, GoldenMode, RunOptions};
 use mgpu::cli::Status;
 use mgpu::exec::queue::fake::FakeGenerator;
 use mgpu::exec::Generator;
-
-fn demo() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string("manifests/demo.toml").unwrap();
-    std::fs::write(dir.path().join("demo.toml"), text).unwrap();
-    std::fs::create_dir_all(dir.path().join("tiny")).unwrap();
-    for e in std::fs::read_dir("manifests/tiny").unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.path().join("tiny").join(e.file_name())).unwrap();
-    }
-    let m = dir.path().join("demo.toml");
-    (dir, m)
-}
 
 fn golden_run(
     m: &Path,
@@ -141,18 +131,6 @@ fn record_then_verify_then_catch_a_drift() {
         g,
         "the old recording stays"
     );
-}
-
-fn mgpu(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mgpu"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

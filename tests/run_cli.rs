@@ -4,49 +4,14 @@
 //! without loading a model), and whole runs through the real FLUX pipeline on the tiny
 //! models: end to end, resumed, sharded.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+use common::{demo, mgpu, stderr};
 
 use mgpu::exec::queue::{expand, TaskHasher};
-
-const TINY: [&str; 7] = [
-    "flux-tiny.safetensors",
-    "ae-tiny.safetensors",
-    "t5-tiny.safetensors",
-    "t5-tokenizer.json",
-    "clip-tiny.safetensors",
-    "clip-tokenizer.json",
-    "lora-tiny.safetensors",
-];
-
-/// A copy of the demo (manifest + tiny models) in a temporary folder.
-fn demo() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string("manifests/demo.toml").unwrap();
-    std::fs::write(dir.path().join("demo.toml"), text).unwrap();
-    std::fs::create_dir_all(dir.path().join("tiny")).unwrap();
-    for f in TINY {
-        std::fs::copy(
-            Path::new("manifests/tiny").join(f),
-            dir.path().join("tiny").join(f),
-        )
-        .unwrap();
-    }
-    let m = dir.path().join("demo.toml");
-    (dir, m)
-}
-
-fn mgpu(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mgpu"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// The entries of an output root, but the file-hash cache folder that every run keeps there
 /// (`.mgpu-cache`): temporary files and locks left behind would show.

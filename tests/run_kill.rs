@@ -6,6 +6,8 @@
 //! or lock file left, the stale lock taken over. (tests/run_cli.rs has the same test with the
 //! real binary and pipeline, ignored until the pipeline lands.)
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -72,18 +74,7 @@ fn child_runner() {
 }
 
 fn demo(count: u32) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string("manifests/demo.toml")
-        .unwrap()
-        .replace("count = 2", &format!("count = {count}"));
-    std::fs::write(dir.path().join("demo.toml"), text).unwrap();
-    std::fs::create_dir_all(dir.path().join("tiny")).unwrap();
-    for e in std::fs::read_dir("manifests/tiny").unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.path().join("tiny").join(e.file_name())).unwrap();
-    }
-    let m = dir.path().join("demo.toml");
-    (dir, m)
+    common::demo_with(|t| t.replace("count = 2", &format!("count = {count}")))
 }
 
 fn pngs(root: &Path) -> Vec<String> {

@@ -1,4 +1,5 @@
-//! Helpers shared by the manifest tests.
+//! Helpers shared by the integration tests: manifest files and schema, a copy of the tiny
+//! demo to run, the `mgpu` binary.
 
 #![allow(dead_code)]
 
@@ -51,4 +52,39 @@ pub fn schema_errors(json: &serde_json::Value) -> Vec<String> {
 
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A copy of the demo (manifests/demo.toml and every file of manifests/tiny/) in a temporary
+/// folder, its manifest text passed through `edit` first. Returns the folder and the manifest.
+pub fn demo_with(edit: impl FnOnce(String) -> String) -> (tempfile::TempDir, PathBuf) {
+    let root = repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root.join("manifests/demo.toml")).unwrap();
+    std::fs::write(dir.path().join("demo.toml"), edit(text)).unwrap();
+    std::fs::create_dir_all(dir.path().join("tiny")).unwrap();
+    for e in std::fs::read_dir(root.join("manifests/tiny")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join("tiny").join(e.file_name())).unwrap();
+    }
+    let m = dir.path().join("demo.toml");
+    (dir, m)
+}
+
+/// [`demo_with`] unchanged.
+pub fn demo() -> (tempfile::TempDir, PathBuf) {
+    demo_with(|t| t)
+}
+
+/// Runs the `mgpu` binary of this build without colours.
+pub fn mgpu(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mgpu"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+/// A finished command's stderr, lossily decoded.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
