@@ -184,7 +184,7 @@ impl fmt::Display for ByteSize {
             if b < factor {
                 continue;
             }
-            if b % factor == 0 {
+            if b.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", b / factor);
             }
             if factor == KIB {

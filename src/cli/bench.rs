@@ -83,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         "f32" => DType::F32,
         other => bail!("--dtype `{other}`: expected bf16 or f32"),
     };
-    if args.size % 16 != 0 || args.size == 0 {
+    if !args.size.is_multiple_of(16) || args.size == 0 {
         bail!("--size {}: must be a positive multiple of 16", args.size)
     }
     if args.batch.is_empty() || args.batch.contains(&0) {

@@ -483,7 +483,7 @@ fn host_tensor(
     q8_0: bool,
 ) -> candle_core::Result<HostTensor> {
     let numel: usize = shape.iter().product();
-    if q8_0 && shape.len() >= 2 && numel % 32 == 0 {
+    if q8_0 && shape.len() >= 2 && numel.is_multiple_of(32) {
         use rayon::prelude::*;
         let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let q: Vec<u8> = v

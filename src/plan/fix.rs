@@ -38,7 +38,7 @@ pub fn alloc_text(a: &Allocation) -> String {
 /// `bytes` rounded down to 0.1 GiB, as text (`17.5gb`) and as the bytes that text means.
 fn gb(bytes: u64) -> (String, ByteSize) {
     let tenths = bytes / (GIB / 10);
-    let text = if tenths % 10 == 0 {
+    let text = if tenths.is_multiple_of(10) {
         format!("{}gb", tenths / 10)
     } else {
         format!("{}.{}gb", tenths / 10, tenths % 10)
@@ -278,7 +278,7 @@ fn rewrite(
             let (_, keep) = gb(q);
             let moved = total - keep.0.min(total);
             let tenths = moved.div_ceil(GIB / 10);
-            let text = if tenths % 10 == 0 {
+            let text = if tenths.is_multiple_of(10) {
                 format!("{}gb", tenths / 10)
             } else {
                 format!("{}.{}gb", tenths / 10, tenths % 10)

@@ -27,7 +27,7 @@ pub fn to_f32_into(dtype: DType, src: &[u8], dst: &mut [f32]) {
     let (block_vals, block_bytes) = dtype.block();
     let (block_vals, block_bytes) = (block_vals as usize, block_bytes as usize);
     assert!(
-        dst.len() % block_vals == 0 && src.len() == dst.len() / block_vals * block_bytes,
+        dst.len().is_multiple_of(block_vals) && src.len() == dst.len() / block_vals * block_bytes,
         "{} bytes of {dtype} cannot hold {} values",
         src.len(),
         dst.len()

@@ -65,7 +65,7 @@ impl DType {
     /// blocks or the size overflows.
     pub fn storage_bytes(self, numel: u64) -> Option<u64> {
         let (elems, bytes) = self.block();
-        if numel % elems != 0 {
+        if !numel.is_multiple_of(elems) {
             return None;
         }
         (numel / elems).checked_mul(bytes)

@@ -612,7 +612,7 @@ impl WeightFile {
         // offset that is not 4-aligned (legal with `general.alignment` 1 or 2, or in
         // safetensors) must be copied to aligned memory first.
         let aligned: Vec<u32>;
-        let data: &[u8] = if (bytes.as_ptr() as usize) % 4 == 0 {
+        let data: &[u8] = if (bytes.as_ptr() as usize).is_multiple_of(4) {
             &bytes
         } else {
             let mut v = vec![0u32; bytes.len().div_ceil(4)];

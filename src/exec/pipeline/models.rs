@@ -475,7 +475,7 @@ pub(crate) fn clip_config(
     } == tiny;
     cfg.num_attention_heads = if like_tiny {
         tiny.num_attention_heads
-    } else if cfg.hidden_size % 64 == 0 && cfg.hidden_size > 0 {
+    } else if cfg.hidden_size.is_multiple_of(64) && cfg.hidden_size > 0 {
         cfg.hidden_size / 64
     } else {
         return Err(format!(

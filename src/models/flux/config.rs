@@ -102,7 +102,7 @@ impl Config {
 
     /// Checks the invariants the model relies on.
     pub fn validate(&self) -> Result<()> {
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             bail!(
                 "FLUX config: hidden size {} is not a multiple of the {} heads",
                 self.hidden_size,

@@ -35,7 +35,11 @@ pub fn pack(latent: &Tensor) -> Result<Tensor> {
 pub fn unpack(tokens: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (l, d) = tokens.dims2()?;
     let (hp, wp) = (h / PATCH, w / PATCH);
-    if l != hp * wp || d != LATENT_CHANNELS * PATCH * PATCH || h % PATCH != 0 || w % PATCH != 0 {
+    if l != hp * wp
+        || d != LATENT_CHANNELS * PATCH * PATCH
+        || !h.is_multiple_of(PATCH)
+        || !w.is_multiple_of(PATCH)
+    {
         bail!(
             "cannot unpack tokens {:?} into a {h}×{w} latent",
             tokens.shape()

@@ -66,7 +66,7 @@ impl Config {
             bail!("VAE config: ch_mult must be non-empty and num_groups positive")
         }
         for m in &self.ch_mult {
-            if (self.ch * m) % self.num_groups != 0 {
+            if !(self.ch * m).is_multiple_of(self.num_groups) {
                 bail!(
                     "VAE config: {} channels are not divisible into {} groups",
                     self.ch * m,

@@ -178,7 +178,7 @@ impl Builder {
         b.extend(self.n_kv.to_le_bytes());
         b.extend(&self.kv);
         b.extend(&self.infos);
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         b.extend(vec![0u8; self.data_len]);

@@ -181,7 +181,7 @@ impl CanonicalTensor {
         }
         if self.transform == Transform::SwapHalvesDim0 {
             let rows = self.rows();
-            if rows % 2 != 0 {
+            if !rows.is_multiple_of(2) {
                 return Err(bad(format!("cannot swap the halves of {rows} rows")));
             }
             out.rotate_left((rows / 2 * row_bytes) as usize);

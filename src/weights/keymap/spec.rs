@@ -68,7 +68,7 @@ impl Split {
     pub(crate) fn range(self, k: usize, rows: u64, cols: u64) -> Option<Range<u64>> {
         match self {
             Split::Thirds => {
-                if rows % 3 != 0 || k >= 3 {
+                if !rows.is_multiple_of(3) || k >= 3 {
                     return None;
                 }
                 let h = rows / 3;

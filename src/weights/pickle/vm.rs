@@ -546,7 +546,7 @@ impl<'a> Machine<'a> {
     }
 
     fn fill_dict(&self, dict: &Rc<RefCell<Dict>>, items: Vec<Value>) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.bad("odd number of items for a dict"));
         }
         let mut d = dict.borrow_mut();

@@ -244,7 +244,7 @@ pub fn set_settings(s: Option<Settings>) {
 /// must be a power of two of at most 32 (head dims 8 … 256).
 pub fn qkv_group(head_dim: usize) -> Option<usize> {
     let g = head_dim / 8;
-    (head_dim % 8 == 0 && g.is_power_of_two() && g <= 32).then_some(g)
+    (head_dim.is_multiple_of(8) && g.is_power_of_two() && g <= 32).then_some(g)
 }
 
 /// Threads of a one-block-per-row kernel over `vectors` 8-element vectors per row: the fewest
@@ -264,7 +264,7 @@ pub fn flat_blocks(vectors: usize) -> u32 {
 /// Whether the fused block path can run a model of this `hidden` width and `head_dim`: every
 /// row, bias and norm scale is read in 16-byte vectors of 8 elements.
 pub fn shapes_supported(hidden: usize, head_dim: usize, mlp_hidden: usize) -> bool {
-    hidden % 8 == 0 && mlp_hidden % 8 == 0 && qkv_group(head_dim).is_some()
+    hidden.is_multiple_of(8) && mlp_hidden.is_multiple_of(8) && qkv_group(head_dim).is_some()
 }
 
 #[cfg(test)]
@@ -361,7 +361,7 @@ mod tests {
         assert_eq!(row_threads(257), 160);
         for v in [1usize, 31, 33, 255, 256, 257, 1000, 4608, 100_000] {
             let t = row_threads(v) as usize;
-            assert!(t % 32 == 0 && (32..=256).contains(&t), "{v} → {t}");
+            assert!(t.is_multiple_of(32) && (32..=256).contains(&t), "{v} → {t}");
             assert!(v.div_ceil(t) == v.div_ceil(256), "{v}: no extra pass");
         }
         assert_eq!(qkv_group(128), Some(16));

@@ -108,7 +108,7 @@ fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a,
 /// Checks that `t` is a contiguous vector of `len` elements starting 16-byte aligned.
 fn check_vec(t: &Tensor, len: usize, dtype: DType, what: &str) -> Result<()> {
     let l = t.layout();
-    if t.elem_count() != len || !l.is_contiguous() || l.start_offset() % 8 != 0 {
+    if t.elem_count() != len || !l.is_contiguous() || !l.start_offset().is_multiple_of(8) {
         bail!(
             "{what}: expected a contiguous {len}-element vector at an offset divisible by 8, got {:?} (offset {})",
             t.shape(),
@@ -123,7 +123,7 @@ fn check_vec(t: &Tensor, len: usize, dtype: DType, what: &str) -> Result<()> {
 
 /// Checks the op's main input: contiguous, at an offset divisible by 8.
 fn check_main(l: &Layout, what: &str) -> Result<()> {
-    if !l.is_contiguous() || l.start_offset() % 8 != 0 {
+    if !l.is_contiguous() || !l.start_offset().is_multiple_of(8) {
         bail!(
             "{what}: input must be contiguous at an offset divisible by 8 (got strides {:?}, offset {})",
             l.stride(),
@@ -619,7 +619,11 @@ pub fn cat_gelu(
     bias: &Tensor,
 ) -> Result<Tensor> {
     let (rows, width) = src.dims2()?;
-    if col0 + m_cols > width || col0 % 8 != 0 || m_cols % 8 != 0 || width % 8 != 0 {
+    if col0 + m_cols > width
+        || !col0.is_multiple_of(8)
+        || !m_cols.is_multiple_of(8)
+        || width % 8 != 0
+    {
         bail!(
             "cat_gelu: columns {col0}..{} of a {width}-wide source (all multiples of 8)",
             col0 + m_cols

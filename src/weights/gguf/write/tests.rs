@@ -249,7 +249,7 @@ fn general_alignment_sets_the_data_alignment() {
     assert!(h
         .tensors
         .iter()
-        .all(|t| (t.offset - h.data_start) % 64 == 0));
+        .all(|t| (t.offset - h.data_start).is_multiple_of(64)));
     assert_eq!(size % 64, 0);
     assert_eq!(h.tensors[1].offset - h.data_start, 64);
 }
