@@ -127,9 +127,45 @@ pub fn gpus_of(hardware: &Hardware, compute: &[DeviceName]) -> Vec<GpuFingerprin
         .collect()
 }
 
-/// (driver version, cuBLAS version) of the CUDA build. Not wired yet: the CUDA executor
-/// knows its cudarc handles and fills these (issue: CUDA executor); until then they are
-/// `None`, so two CUDA machines with the same GPU model compare as equal.
+/// (driver version, cuBLAS version) of the CUDA build, as `13.0` and `13.0.2`: a different
+/// driver or cuBLAS may pick other kernels, so golden outputs recorded under one are compared
+/// by tolerance under another. `None` where the library does not answer (and always in the
+/// CPU build, where no GPU computes).
+#[cfg(feature = "cuda")]
+pub fn gpu_library_versions() -> (Option<String>, Option<String>) {
+    use cudarc::cublas::sys as cublas;
+    use cudarc::driver::sys as driver;
+    // The unwind guard: cudarc's loaders panic instead of returning when a library is absent.
+    let driver = std::panic::catch_unwind(|| {
+        let mut v = 0i32;
+        // SAFETY: a plain query with a valid out-pointer; needs no initialised context.
+        let r = unsafe { driver::cuDriverGetVersion(&mut v) };
+        (r == driver::CUresult::CUDA_SUCCESS).then(|| format!("{}.{}", v / 1000, (v % 1000) / 10))
+    })
+    .ok()
+    .flatten();
+    let cublas = std::panic::catch_unwind(|| {
+        let mut parts = [0i32; 3];
+        for (p, kind) in parts.iter_mut().zip([
+            cublas::libraryPropertyType::MAJOR_VERSION,
+            cublas::libraryPropertyType::MINOR_VERSION,
+            cublas::libraryPropertyType::PATCH_LEVEL,
+        ]) {
+            // SAFETY: a plain query with a valid out-pointer.
+            let r = unsafe { cublas::cublasGetProperty(kind, p) };
+            if r != cublas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return None;
+            }
+        }
+        Some(format!("{}.{}.{}", parts[0], parts[1], parts[2]))
+    })
+    .ok()
+    .flatten();
+    (driver, cublas)
+}
+
+/// (driver version, cuBLAS version): none in the CPU build.
+#[cfg(not(feature = "cuda"))]
 pub fn gpu_library_versions() -> (Option<String>, Option<String>) {
     (None, None)
 }
