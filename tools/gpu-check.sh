@@ -12,7 +12,8 @@
 #
 # Usage: tools/gpu-check.sh [path/to/mgpu] [output folder]
 #   PHASES="probe pipeline bench peer"   which parts run (default: all but peer)
-#   PLACEMENTS=...  BATCHES=1,4  STEPS=10  the bench's cells
+#   PLACEMENTS=...  BATCHES=1,4  STEPS=10  SLOTS=2|auto  the bench's cells (auto: the
+#   planner's K per cell, from hw.toml)
 # Needs: an mgpu built with `--features cuda` (docs/gpu.md), the CUDA 13 libraries in
 # /usr/local/cuda/lib64. Results: probe.txt, hw.toml, pipeline.txt, pipe-*.json, bench.txt,
 # bench.json (and anchors.json for peer) in the output folder. Exit code 1 if a pipeline
@@ -92,8 +93,11 @@ if has bench; then
   if [ "$NGPU" -gt 1 ] && [ -z "${PLACEMENTS:-}" ]; then P="$P,cuda:1:100"; fi
   HW=()
   [ -f "$OUTDIR/hw.toml" ] && HW=(--hardware "$OUTDIR/hw.toml")
+  SL=${SLOTS:-2}
+  [ ${#HW[@]} -eq 0 ] && [ "$SL" = auto ] && SL=2
   timeout 540 "$BIN" bench --model dev --size 1024 --steps "${STEPS:-10}" --warmup 2 \
-    --batch "${BATCHES:-1,4}" --placements "$P" "${HW[@]}" --json "$OUTDIR/bench.json" 2>&1 |
+    --batch "${BATCHES:-1,4}" --placements "$P" --slots "$SL" "${HW[@]}" \
+    --json "$OUTDIR/bench.json" 2>&1 |
     tee "$OUTDIR/bench.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || FAIL=1
 fi

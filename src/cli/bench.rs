@@ -41,9 +41,11 @@ pub struct Args {
     /// (a donor GPU), e.g. `cpu:50` streams half of the blocks from page-locked host memory.
     #[arg(long, value_delimiter = ',', default_value = "resident,cpu:100")]
     pub placements: Vec<Placement>,
-    /// Prefetch slots on the compute device.
-    #[arg(long, default_value_t = 2)]
-    pub slots: usize,
+    /// Prefetch slots K on the compute device: a number (1–64), or `auto`: per placement and
+    /// batch the K the planner would choose (the smallest of 2–8 within 1% of the fastest
+    /// predicted step; needs --hardware)
+    #[arg(long, default_value = "2", value_parser = parse_slots)]
+    pub slots: Slots,
     /// Compute device.
     #[arg(long, default_value = "cuda:0")]
     pub device: DeviceName,
@@ -69,6 +71,25 @@ pub struct Args {
     /// time for every measured placement next to the measurement (dev and schnell shapes)
     #[arg(long, value_name = "FILE")]
     pub hardware: Option<PathBuf>,
+}
+
+/// `--slots`: a fixed K, or the planner's choice per cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slots {
+    Fixed(usize),
+    Auto,
+}
+
+fn parse_slots(s: &str) -> Result<Slots, String> {
+    match s.trim() {
+        "auto" => Ok(Slots::Auto),
+        t => t
+            .parse::<usize>()
+            .ok()
+            .filter(|k| (1..=64).contains(k))
+            .map(Slots::Fixed)
+            .ok_or_else(|| format!("`{t}`: expected a number of slots 1–64, or `auto`")),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<Status> {
@@ -105,7 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         }
         return Ok(Status::Ok);
     }
-    let cfg = BenchConfig {
+    let mut cfg = BenchConfig {
         model,
         model_name: format!("flux-{}", args.model),
         width: args.size,
@@ -115,11 +136,18 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         warmup: args.warmup,
         batches: args.batch.clone(),
         placements: args.placements.clone(),
-        slots: args.slots,
+        slots: match args.slots {
+            Slots::Fixed(k) => k,
+            Slots::Auto => 2,
+        },
+        slots_for: Default::default(),
         dtype,
         seed: args.seed,
     };
     // Checked before the run: a bad file fails in a second, not after minutes of measuring.
+    if args.slots == Slots::Auto && args.hardware.is_none() {
+        bail!("--slots auto: the planner needs the machine's rates; give --hardware FILE (`mgpu probe --bench --save FILE` writes one)")
+    }
     if args.hardware.is_some() && !matches!(args.model.as_str(), "dev" | "schnell") {
         bail!(
             "--hardware: predictions are for the dev and schnell shapes, not `{}`",
@@ -133,6 +161,14 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         ),
         None => None,
     };
+    if let (Slots::Auto, Some(hw)) = (args.slots, &hardware) {
+        for &batch in &cfg.batches {
+            for p in &cfg.placements {
+                let k = auto_slots(&cfg, &args, hw, p, batch);
+                cfg.slots_for.insert((p.to_string(), batch), k);
+            }
+        }
+    }
     let progress = |m: &str| eprintln!("bench: {m}");
     let (report, floor_gbps) = match args.device {
         DeviceName::Cpu => {
@@ -171,65 +207,99 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     })
 }
 
+/// The planner's view of one cell: a FLUX inventory of the benchmarked shape (bf16, or Q8_0
+/// for `@q8_0`), the placement's streamed blocks as homes, the batch and image size.
+fn cell_request(
+    cfg: &BenchConfig,
+    args: &Args,
+    placement: &Placement,
+    batch: usize,
+) -> (crate::plan::ModelRequest, Vec<DeviceName>) {
+    use crate::family::Family;
+    use crate::inventory::synthetic;
+    use crate::plan::{ModelRequest, Workload};
+    use crate::weights::DType as WDType;
+    let guidance = args.model == "dev";
+    let block_names = flux::FluxDit::units(&cfg.model);
+    let dtype = if placement.q8_0 {
+        WDType::Q8_0
+    } else {
+        WDType::BF16
+    };
+    let inventory = std::sync::Arc::new(synthetic::flux(dtype, 19, 38, guidance));
+    let streamed = match placement.source {
+        Some(_) => bench::spread(block_names.len(), placement.percent),
+        None => vec![false; block_names.len()],
+    };
+    let source = match placement.source {
+        None => args.device,
+        Some(bench::Source::Cpu) => DeviceName::Cpu,
+        Some(bench::Source::Disk) => DeviceName::Disk,
+        Some(bench::Source::Cuda(i)) => DeviceName::Cuda(i),
+    };
+    let homes: Vec<DeviceName> = inventory
+        .units
+        .iter()
+        .map(|u| match block_names.iter().position(|b| *b == u.name) {
+            Some(k) if streamed[k] => source,
+            _ => args.device,
+        })
+        .collect();
+    let mut workload = Workload::image(cfg.width as u32, cfg.height as u32);
+    workload.batch = batch as u32;
+    workload.text_tokens = cfg.txt_tokens as u32;
+    let req = ModelRequest {
+        name: "flux".into(),
+        family: Family::Flux,
+        compute: args.device,
+        allocation: crate::alloc::Allocation::Auto,
+        overrides: vec![],
+        inventory,
+        device_bytes_factor: 1.0,
+        workload,
+        prefetch: None,
+    };
+    (req, homes)
+}
+
+/// `--slots auto` for one cell: the smallest K of 2–8 whose predicted step is within 1% of
+/// the fastest, the planner's own rule (memory is not checked: the benchmark's card holds it).
+fn auto_slots(
+    cfg: &BenchConfig,
+    args: &Args,
+    hw: &crate::hardware::Hardware,
+    placement: &Placement,
+    batch: usize,
+) -> usize {
+    if placement.source.is_none() || placement.percent == 0 {
+        return cfg.slots;
+    }
+    let (req, homes) = cell_request(cfg, args, placement, batch);
+    let steps: Vec<(usize, f64)> = (2..=8)
+        .map(|k| (k, crate::plan::predict_step(&req, hw, &homes, k as u32)))
+        .collect();
+    let best = steps.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
+    steps
+        .iter()
+        .find(|s| s.1 <= best * 1.01)
+        .map_or(cfg.slots, |s| s.0)
+}
+
 /// Fills each measurement's `predicted_seconds` with the planner's step time for the same
-/// placement: a FLUX inventory of the benchmarked shape (bf16, or Q8_0 for `@q8_0`), the same
-/// streamed blocks, slots, batch and image size, on `hw`.
+/// cell ([`cell_request`]) and slots, on `hw`.
 fn predict(
     report: &mut bench::BenchReport,
     cfg: &BenchConfig,
     args: &Args,
     hw: &crate::hardware::Hardware,
 ) -> anyhow::Result<()> {
-    use crate::family::Family;
-    use crate::inventory::synthetic;
-    use crate::plan::{predict_step, ModelRequest, Workload};
-    use crate::weights::DType as WDType;
-    let guidance = args.model == "dev";
-    let block_names = flux::FluxDit::units(&cfg.model);
     for m in &mut report.measurements {
         let placement: Placement = m
             .placement
             .parse()
             .map_err(|e: String| anyhow::anyhow!("{e}"))?;
-        let dtype = if placement.q8_0 {
-            WDType::Q8_0
-        } else {
-            WDType::BF16
-        };
-        let inventory = std::sync::Arc::new(synthetic::flux(dtype, 19, 38, guidance));
-        let streamed = match placement.source {
-            Some(_) => bench::spread(block_names.len(), placement.percent),
-            None => vec![false; block_names.len()],
-        };
-        let source = match placement.source {
-            None => args.device,
-            Some(bench::Source::Cpu) => DeviceName::Cpu,
-            Some(bench::Source::Disk) => DeviceName::Disk,
-            Some(bench::Source::Cuda(i)) => DeviceName::Cuda(i),
-        };
-        let homes: Vec<DeviceName> = inventory
-            .units
-            .iter()
-            .map(|u| match block_names.iter().position(|b| *b == u.name) {
-                Some(k) if streamed[k] => source,
-                _ => args.device,
-            })
-            .collect();
-        let mut workload = Workload::image(cfg.width as u32, cfg.height as u32);
-        workload.batch = m.batch as u32;
-        workload.text_tokens = cfg.txt_tokens as u32;
-        let req = ModelRequest {
-            name: "flux".into(),
-            family: Family::Flux,
-            compute: args.device,
-            allocation: crate::alloc::Allocation::Auto,
-            overrides: vec![],
-            inventory,
-            device_bytes_factor: 1.0,
-            workload,
-            prefetch: Some(cfg.slots as u32),
-        };
-        m.predicted_seconds = Some(predict_step(&req, hw, &homes, cfg.slots as u32));
+        let (req, homes) = cell_request(cfg, args, &placement, m.batch);
+        m.predicted_seconds = Some(crate::plan::predict_step(&req, hw, &homes, m.slots as u32));
     }
     Ok(())
 }
@@ -314,6 +384,7 @@ mod tests {
         bench::Measurement {
             placement: placement.into(),
             batch,
+            slots: 2,
             step_seconds: step,
             wait_seconds: 0.0,
             streamed_bytes: 0,
@@ -346,6 +417,7 @@ mod tests {
             batches: vec![1, 4],
             placements: vec![],
             slots: 2,
+            slots_for: Default::default(),
             dtype: DType::BF16,
             seed: 0,
         };
@@ -383,5 +455,48 @@ mod tests {
         let text = bench::render(&report, Some(55.1));
         assert!(text.contains("predicted (error)"), "{text}");
         assert!(text.contains("(-4.3%)"), "{text}");
+    }
+
+    #[test]
+    fn slots_parse_as_a_number_or_auto() {
+        assert_eq!(parse_slots("auto"), Ok(Slots::Auto));
+        assert_eq!(parse_slots("3"), Ok(Slots::Fixed(3)));
+        for bad in ["0", "65", "two", "-1", ""] {
+            let e = parse_slots(bad).unwrap_err();
+            assert!(e.contains("1–64, or `auto`"), "{bad}: {e}");
+        }
+    }
+
+    /// `--slots auto` takes the planner's K per cell: 2 where copies hide anyway, 7 (within 1%
+    /// of 8) for batch 4 fully streamed from host RAM on the measured 2×H100 (where K = 2 lost
+    /// 4.8%).
+    #[test]
+    fn auto_slots_follow_the_planners_simulation() {
+        let args = Cli::parse_from(["bench", "--hardware", "x.toml", "--slots", "auto"]).args;
+        let hw = crate::hardware::file::read(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("benches/hw-h100x2-2026-11-26.toml"),
+        )
+        .unwrap();
+        let cfg = BenchConfig {
+            model: flux::Config::dev(),
+            model_name: "flux-dev".into(),
+            width: 1024,
+            height: 1024,
+            txt_tokens: 512,
+            steps: 1,
+            warmup: 0,
+            batches: vec![1, 4],
+            placements: vec![],
+            slots: 2,
+            slots_for: Default::default(),
+            dtype: DType::BF16,
+            seed: 0,
+        };
+        let k = |p: &str, b: usize| auto_slots(&cfg, &args, &hw, &p.parse().unwrap(), b);
+        assert_eq!(k("resident", 4), 2);
+        assert_eq!(k("cpu:25", 1), 2);
+        assert_eq!(k("cuda:1:100", 1), 2);
+        assert_eq!(k("cpu:100", 4), 7);
     }
 }

@@ -115,6 +115,8 @@ pub struct BenchConfig {
     pub batches: Vec<usize>,
     pub placements: Vec<Placement>,
     pub slots: usize,
+    /// Slots for particular cells, by (placement as written, batch); `slots` elsewhere.
+    pub slots_for: std::collections::BTreeMap<(String, usize), usize>,
     pub dtype: DType,
     pub seed: u64,
 }
@@ -124,6 +126,8 @@ pub struct BenchConfig {
 pub struct Measurement {
     pub placement: String,
     pub batch: usize,
+    /// Prefetch slots K of this cell.
+    pub slots: usize,
     /// Median seconds per step over the timed steps.
     pub step_seconds: f64,
     /// Median seconds per step the compute device stalled waiting for fetches.
@@ -381,9 +385,13 @@ pub fn run(
                 .filter(|&i| streamed[i - 1])
                 .map(|i| homes[i].as_ref().map_or(0, |d| d.bytes()))
                 .sum();
-            let backend = make_backend(&engine_units, &link_names, &placement.source, cfg.slots)?;
-            let mut engine =
-                Engine::new(engine_units, cfg.slots, backend, device.clone(), cfg.dtype)?;
+            let slots = cfg
+                .slots_for
+                .get(&(placement.to_string(), batch))
+                .copied()
+                .unwrap_or(cfg.slots);
+            let backend = make_backend(&engine_units, &link_names, &placement.source, slots)?;
+            let mut engine = Engine::new(engine_units, slots, backend, device.clone(), cfg.dtype)?;
             let mut latents: Vec<Tensor> = inputs[..batch].iter().map(|x| x.0.clone()).collect();
             let mut stats = Vec::new();
             let mut hashes = Vec::new();
@@ -435,6 +443,7 @@ pub fn run(
             measurements.push(Measurement {
                 placement: placement.to_string(),
                 batch,
+                slots,
                 step_seconds,
                 wait_seconds,
                 streamed_bytes,
@@ -555,9 +564,10 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
         .iter()
         .any(|m| m.predicted_seconds.is_some());
     out.push_str(&format!(
-        "{:<15} {:>5} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}{}\n",
+        "{:<15} {:>5} {:>2} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}{}\n",
         "placement",
         "batch",
+        "K",
         "s/step",
         "stall s",
         "streamed",
@@ -586,9 +596,10 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
             _ => String::new(),
         };
         out.push_str(&format!(
-            "{:<15} {:>5} {:>9.4} {:>9.4} {:>8.2}GB {:>9.1} {:>9} {:>9}{prediction}\n",
+            "{:<15} {:>5} {:>2} {:>9.4} {:>9.4} {:>8.2}GB {:>9.1} {:>9} {:>9}{prediction}\n",
             m.placement,
             m.batch,
+            m.slots,
             m.step_seconds,
             m.wait_seconds,
             m.streamed_bytes as f64 / 1e9,
@@ -798,6 +809,7 @@ mod tests {
             .map(|p| p.parse().unwrap())
             .collect(),
             slots: 2,
+            slots_for: Default::default(),
             dtype: DType::F32,
             seed: 7,
         };
