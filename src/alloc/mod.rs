@@ -7,7 +7,7 @@
 //!   values' syntax (a unit or a bare byte count → bytes, `%` → ratio, a decimal fraction →
 //!   fraction), never from letters in device names.
 //! - `virtual_vram` + `donor` (manifest keys): move that many bytes of weights off the compute
-//!   device to the donor. Written as one string (in plans, JSON, [`Display`]) it reads
+//!   device to the donor. Written as one string (in plans, JSON, `Display`) it reads
 //!   `virtual_vram=12GiB;donor=cpu`, which [`Allocation::from_str`] accepts too.
 //! - `auto`: the planner picks the fastest placement that fits.
 //! - `overrides` (manifest key): regex on tensor or unit names → device, first match wins.

@@ -37,7 +37,7 @@ pub enum Action {
 pub struct Common {
     /// The manifest to run.
     pub manifest: PathBuf,
-    /// The golden folder (default: golden/<manifest-stem>, relative to the current folder).
+    /// The golden folder (default: `golden/<manifest-stem>`, relative to the current folder).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// `record`: replace existing golden files (the old ones are removed only once the new

@@ -1,5 +1,5 @@
 //! The machine as a value: devices (memory, bf16 compute rate) and directed links (GB/s), from
-//! `mgpu probe` ([`probe`]) on the real machine or a hardware TOML file ([`file`]) anywhere, so
+//! `mgpu probe` ([`probe`](mod@probe)) on the real machine or a hardware TOML file ([`file`](mod@file)) anywhere, so
 //! plans can be made on a laptop or in CI for a server.
 //!
 //! [`Hardware`] holds only what was measured or written down. What was not is filled in by the

@@ -2,7 +2,7 @@
 //!
 //! The host is always probed: total and available RAM from `/proc/meminfo` (Linux) or
 //! `sysctl hw.memsize` (macOS/BSD), the CPU model from `/proc/cpuinfo` or `sysctl`. CUDA
-//! devices come from [`super::cuda`] in builds with the `cuda` feature; the CPU build reports
+//! devices come from `super::cuda` in builds with the `cuda` feature; the CPU build reports
 //! none and says so. `--bench` (CUDA builds) measures copy and compute rates and writes them
 //! into the returned hardware as measured links and `tflops_bf16`.
 

@@ -61,7 +61,7 @@ pub fn canonical_name<'a>(family: Option<Family>, raw: &'a str) -> Cow<'a, str> 
 }
 
 /// The family a set of tensors belongs to, with the key that showed it; `None` if no rule
-/// matches ([`crate::weights::detect`], shared with `mgpu inspect`).
+/// matches ([`crate::weights::detect`](mod@crate::weights::detect), shared with `mgpu inspect`).
 pub fn detect_family(tensors: &[TensorInfo]) -> Option<(Family, String)> {
     crate::weights::detect(tensors).map(|d| (d.family, d.key))
 }

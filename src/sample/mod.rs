@@ -28,7 +28,7 @@
 //!   `flux_schnell()`; `sigma(t)`, `timestep(σ)`, `sigmas()`, `sigma_min()`, `sigma_max()`,
 //!   `percent_to_sigma(p)`, `noise_scaling(σ, &noise, Option<&init>)`,
 //!   `denoised_from_velocity(&x, σ, &v)`; [`flux_shift_for_size`]`(w, h) -> f64`.
-//! - [`schedule`]`(&ms, Scheduler, steps: u32, denoise: f64) -> Result<Vec<f64>>` and
+//! - [`schedule()`]`(&ms, Scheduler, steps: u32, denoise: f64) -> Result<Vec<f64>>` and
 //!   [`full_schedule`]`(&ms, Scheduler, steps)`.
 //! - [`SamplerRun`]: `start(&SampleSpec, &ms, shape, Option<&Tensor>, &Device, DType)`,
 //!   `new(Sampler, &ms, &sigmas, x, Box<dyn StepNoise>)`, `next_call() -> Option<ModelCall>`,

@@ -93,7 +93,7 @@ impl std::fmt::Debug for SamplerRun {
 }
 
 impl SamplerRun {
-    /// A run of `sampler` over `sigmas` (from [`super::schedule`]) starting from `x`, the
+    /// A run of `sampler` over `sigmas` (from [`super::schedule()`]) starting from `x`, the
     /// already noised latent (see [`ModelSampling::noise_scaling`]). `noise` supplies the
     /// per-step noise of the stochastic samplers.
     pub fn new(

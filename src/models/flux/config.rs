@@ -38,7 +38,7 @@ pub const PATCH: usize = 2;
 pub const TIME_EMBED_DIM: usize = 256;
 
 impl Config {
-    /// FLUX.1 [dev]: BFL `configs["flux-dev"].params` (util.py).
+    /// FLUX.1 \[dev\]: BFL `configs["flux-dev"].params` (util.py).
     pub fn dev() -> Self {
         Self {
             in_channels: 64,
@@ -56,7 +56,7 @@ impl Config {
         }
     }
 
-    /// FLUX.1 [schnell]: BFL `configs["flux-schnell"].params`: dev without guidance embedding.
+    /// FLUX.1 \[schnell\]: BFL `configs["flux-schnell"].params`: dev without guidance embedding.
     pub fn schnell() -> Self {
         Self {
             guidance_embed: false,

@@ -129,7 +129,7 @@ fn bpe(mut symbols: Vec<String>, rank: &HashMap<(String, String), usize>) -> Vec
     }
 }
 
-/// The tiny CLIP vocabulary and merges: each word of [`WORDS`] becomes one `word</w>` token by
+/// The tiny CLIP vocabulary and merges: each word of `WORDS` becomes one `word</w>` token by
 /// adding, while BPE (with the merges so far) still leaves it in pieces, a merge of its first
 /// two pieces; so the merges are valid BPE by construction.
 pub fn clip_vocab() -> (HashMap<String, u32>, Vec<(String, String)>) {

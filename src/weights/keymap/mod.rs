@@ -2,7 +2,7 @@
 //! one canonical layout per family that model code, placement units and LoRA patching see
 //! (docs/decisions.md §5).
 //!
-//! [`canonicalize`] takes a file's tensor list (from a header reader, [`TensorInfo`]) and a
+//! [`canonicalize`] takes a file's tensor list (from a header reader, [`TensorInfo`](crate::weights::TensorInfo)) and a
 //! [`Family`], strips wrapping prefixes (`model.diffusion_model.`, `diffusion_model.`, …), sets
 //! aside other components of all-in-one checkpoints, detects which layout the names follow
 //! (BFL or diffusers for FLUX, LDM or diffusers for its VAE, Hugging Face for T5/CLIP), and
