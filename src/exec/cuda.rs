@@ -33,14 +33,15 @@ use candle_core::{DType, Device, Storage, Tensor};
 use super::engine::{Backend, EngineError, EngineUnit, Home};
 use super::unit::UnitData;
 
-/// Alignment of every tensor inside a region, in bytes.
-pub const ALIGN: usize = 256;
+mod device;
+mod layout;
 
-fn align(n: usize) -> usize {
-    n.div_ceil(ALIGN) * ALIGN
-}
+use device::dequant_q8_0;
+pub use device::{keep_pool_memory, measure_h2d_gbps};
+use layout::{fill_home, layout_of, region_keys, Layout};
+pub use layout::{RegionKey, ALIGN};
 
-fn cuda_err(what: &str) -> impl Fn(result::DriverError) -> EngineError + '_ {
+pub(super) fn cuda_err(what: &str) -> impl Fn(result::DriverError) -> EngineError + '_ {
     move |e| EngineError::Fetch {
         unit: String::new(),
         link: "cuda".into(),
@@ -48,7 +49,7 @@ fn cuda_err(what: &str) -> impl Fn(result::DriverError) -> EngineError + '_ {
     }
 }
 
-fn candle_err(e: candle_core::Error) -> EngineError {
+pub(super) fn candle_err(e: candle_core::Error) -> EngineError {
     EngineError::Candle(e)
 }
 
@@ -61,177 +62,6 @@ pub enum LinkKind {
     Peer(usize),
     /// The memory-mapped weight file.
     Disk,
-}
-
-/// One tensor's place in a unit layout.
-#[derive(Debug, Clone)]
-struct Place {
-    name: String,
-    shape: Vec<usize>,
-    /// The region holding the tensor's values as the model reads them (for a quantised
-    /// tensor: the dequantised values).
-    region: usize,
-    /// Byte offset inside the region.
-    offset: usize,
-    /// Byte offset of the copied bytes inside the unit's mirrored host/donor buffer.
-    home_offset: usize,
-    /// For a quantised tensor: its type and where its blocks land (region, byte offset, length)
-    /// before the dequantisation kernel writes `region`.
-    quant: Option<(crate::weights::DType, usize, usize, usize)>,
-}
-
-/// A slot region: a dtype, and whether copies fill it (`Copied`) or the dequantisation
-/// kernel does (`Dequant`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RegionKey {
-    pub dtype: DType,
-    pub copied: bool,
-}
-
-/// The region keys a unit's tensors need.
-fn region_keys(data: &UnitData) -> Vec<RegionKey> {
-    let mut keys = Vec::new();
-    for t in &data.tensors {
-        let ks: &[RegionKey] = &match t.quant {
-            None => vec![RegionKey {
-                dtype: t.dtype,
-                copied: true,
-            }],
-            Some(_) => vec![
-                RegionKey {
-                    dtype: DType::U8,
-                    copied: true,
-                },
-                RegionKey {
-                    dtype: t.dtype,
-                    copied: false,
-                },
-            ],
-        };
-        for k in ks {
-            if !keys.contains(k) {
-                keys.push(*k);
-            }
-        }
-    }
-    keys
-}
-
-/// A unit's layout: its tensors' places and, per region, the bytes it uses and where that
-/// region starts in the unit's home buffer.
-#[derive(Debug, Clone)]
-struct Layout {
-    places: Vec<Place>,
-    /// Copied regions: (region index, bytes used, offset in the home buffer).
-    regions: Vec<(usize, usize, usize)>,
-    home_bytes: usize,
-    /// Bytes used per region (copied or dequantised), for sizing the slots.
-    region_sizes: Vec<usize>,
-}
-
-fn layout_of(data: &UnitData, keys: &[RegionKey]) -> Result<Layout, EngineError> {
-    let mut used = vec![0usize; keys.len()];
-    let find = |k: RegionKey, name: &str| {
-        keys.iter()
-            .position(|x| *x == k)
-            .ok_or_else(|| EngineError::Fetch {
-                unit: data.name.clone(),
-                link: "cuda".into(),
-                message: format!("tensor `{name}` ({:?}) has no slot region", k.dtype),
-            })
-    };
-    let mut places = Vec::with_capacity(data.tensors.len());
-    for t in &data.tensors {
-        let numel: usize = t.shape.iter().product();
-        let (region, len, quant) = match t.quant {
-            None => (
-                find(
-                    RegionKey {
-                        dtype: t.dtype,
-                        copied: true,
-                    },
-                    &t.name,
-                )?,
-                t.bytes.len(),
-                None,
-            ),
-            Some(q) => {
-                if q != crate::weights::DType::Q8_0 || t.dtype != DType::BF16 {
-                    return Err(EngineError::Fetch {
-                        unit: data.name.clone(),
-                        link: "cuda".into(),
-                        message: format!(
-                            "tensor `{}`: {q} → {:?} cannot be dequantised on the GPU (supported: Q8_0 → bf16); dequantise it at load",
-                            t.name, t.dtype
-                        ),
-                    });
-                }
-                let src = find(
-                    RegionKey {
-                        dtype: DType::U8,
-                        copied: true,
-                    },
-                    &t.name,
-                )?;
-                let off = used[src];
-                used[src] = align(off + t.bytes.len());
-                let dst = find(
-                    RegionKey {
-                        dtype: t.dtype,
-                        copied: false,
-                    },
-                    &t.name,
-                )?;
-                (
-                    dst,
-                    numel * t.dtype.size_in_bytes(),
-                    Some((q, src, off, t.bytes.len())),
-                )
-            }
-        };
-        let offset = used[region];
-        used[region] = align(offset + len);
-        places.push(Place {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            region,
-            offset,
-            home_offset: 0,
-            quant,
-        });
-    }
-    let mut regions = Vec::new();
-    let mut home = 0usize;
-    let mut region_home = vec![0usize; keys.len()];
-    for (r, &u) in used.iter().enumerate() {
-        if u > 0 && keys[r].copied {
-            regions.push((r, u, home));
-            region_home[r] = home;
-            home += u;
-        }
-    }
-    for p in &mut places {
-        p.home_offset = match p.quant {
-            Some((_, src, off, _)) => region_home[src] + off,
-            None => region_home[p.region] + p.offset,
-        };
-    }
-    // The dequantisation regions' sizes matter for the slots too.
-    let sizes = used;
-    Ok(Layout {
-        places,
-        regions,
-        home_bytes: home,
-        region_sizes: sizes,
-    })
-}
-
-/// Writes a unit's stored bytes into its home buffer at their layout offsets.
-fn fill_home(layout: &Layout, data: &UnitData, dst: &mut [u8]) {
-    for (p, t) in layout.places.iter().zip(&data.tensors) {
-        let b = t.bytes.as_slice();
-        dst[p.home_offset..p.home_offset + b.len()].copy_from_slice(b);
-    }
 }
 
 /// Page-locked copies of units, by unit name, kept across engines: pinning costs seconds per
@@ -856,99 +686,4 @@ impl Drop for CudaBackend {
             let _ = l.stream.synchronize();
         }
     }
-}
-
-/// Measured page-locked host→device bandwidth in GB/s (1e9 B/s): `bytes` copied `reps` times
-/// on a fresh stream, timed with events.
-pub fn measure_h2d_gbps(device: &Device, bytes: usize, reps: usize) -> Result<f64, EngineError> {
-    let cdev = device.as_cuda_device().map_err(candle_err)?;
-    let ctx = cdev.cuda_stream().context().clone();
-    let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
-    // SAFETY: contents are irrelevant to a bandwidth measurement.
-    let host = unsafe { ctx.alloc_pinned_with_flags::<u8>(bytes, sys::CU_MEMHOSTALLOC_PORTABLE) }
-        .map_err(cuda_err("allocating page-locked memory"))?;
-    // SAFETY: as above.
-    let mut dev =
-        unsafe { stream.alloc::<u8>(bytes) }.map_err(cuda_err("allocating device memory"))?;
-    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let start = ctx
-        .new_event(flags)
-        .map_err(cuda_err("creating an event"))?;
-    let end = ctx
-        .new_event(flags)
-        .map_err(cuda_err("creating an event"))?;
-    stream
-        .memcpy_htod(&host, &mut dev)
-        .map_err(cuda_err("copying"))?;
-    start.record(&stream).map_err(cuda_err("recording"))?;
-    for _ in 0..reps {
-        stream
-            .memcpy_htod(&host, &mut dev)
-            .map_err(cuda_err("copying"))?;
-    }
-    end.record(&stream).map_err(cuda_err("recording"))?;
-    end.synchronize().map_err(cuda_err("synchronising"))?;
-    let ms = start.elapsed_ms(&end).map_err(cuda_err("reading timers"))? as f64;
-    Ok((bytes * reps) as f64 / (ms / 1e3) / 1e9)
-}
-
-/// Keeps freed device memory in the stream-ordered pool instead of returning it to the driver
-/// at every synchronisation (the default release threshold is 0), so a step's activations are
-/// not unmapped and re-mapped every step.
-pub fn keep_pool_memory(device: &Device) -> Result<(), EngineError> {
-    let cdev = device.as_cuda_device().map_err(candle_err)?;
-    let ctx = cdev.cuda_stream().context().clone();
-    ctx.bind_to_thread()
-        .map_err(cuda_err("binding the context"))?;
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    let mut threshold: u64 = u64::MAX;
-    // SAFETY: plain driver calls with valid out-pointers on a live device.
-    unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
-            .result()
-            .map_err(cuda_err("reading the memory pool"))?;
-        sys::cuMemPoolSetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            &mut threshold as *mut u64 as *mut std::ffi::c_void,
-        )
-        .result()
-        .map_err(cuda_err("setting the pool's release threshold"))?;
-    }
-    Ok(())
-}
-
-/// PTX of `src/exec/kernels/dequant.cu`, compiled by build.rs.
-const DEQUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dequant.ptx"));
-
-/// Launches the Q8_0 → bf16 dequantisation of `nblocks` blocks at `src` into `dst` on the
-/// compute stream (candle's stream of `device`).
-fn dequant_q8_0(
-    device: &Device,
-    src: sys::CUdeviceptr,
-    dst: sys::CUdeviceptr,
-    nblocks: u64,
-) -> Result<(), String> {
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-    let cdev = device.as_cuda_device().map_err(|e| e.to_string())?;
-    let f = cdev
-        .get_or_load_custom_func("dequant_q8_0_bf16", "mgpu_dequant", DEQUANT_PTX)
-        .map_err(|e| e.to_string())?;
-    let n = nblocks * 32;
-    let threads = 256u32;
-    let blocks = n.div_ceil(threads as u64);
-    let grid =
-        u32::try_from(blocks).map_err(|_| format!("{n} values are too many for one launch"))?;
-    let cfg = LaunchConfig {
-        grid_dim: (grid, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut b = f.builder();
-    b.arg(&src).arg(&dst).arg(&nblocks);
-    // SAFETY: src holds nblocks·34 bytes and dst nblocks·32 bf16 values inside live slot regions
-    // (sized by the layout); the kernel reads and writes only those ranges.
-    unsafe { b.launch(cfg) }
-        .map(|_| ())
-        .map_err(|e| format!("{e:?}"))
 }

@@ -1,0 +1,103 @@
+//! Device-wide helpers of the CUDA backend: the page-locked copy-rate measurement, the memory
+//! pool setting that keeps freed activations mapped, and the Q8_0 dequantisation kernel.
+
+use candle_core::cuda_backend::cudarc::driver::sys;
+use candle_core::Device;
+
+use super::super::engine::EngineError;
+use super::{candle_err, cuda_err};
+
+/// Measured page-locked host→device bandwidth in GB/s (1e9 B/s): `bytes` copied `reps` times
+/// on a fresh stream, timed with events.
+pub fn measure_h2d_gbps(device: &Device, bytes: usize, reps: usize) -> Result<f64, EngineError> {
+    let cdev = device.as_cuda_device().map_err(candle_err)?;
+    let ctx = cdev.cuda_stream().context().clone();
+    let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
+    // SAFETY: contents are irrelevant to a bandwidth measurement.
+    let host = unsafe { ctx.alloc_pinned_with_flags::<u8>(bytes, sys::CU_MEMHOSTALLOC_PORTABLE) }
+        .map_err(cuda_err("allocating page-locked memory"))?;
+    // SAFETY: as above.
+    let mut dev =
+        unsafe { stream.alloc::<u8>(bytes) }.map_err(cuda_err("allocating device memory"))?;
+    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let start = ctx
+        .new_event(flags)
+        .map_err(cuda_err("creating an event"))?;
+    let end = ctx
+        .new_event(flags)
+        .map_err(cuda_err("creating an event"))?;
+    stream
+        .memcpy_htod(&host, &mut dev)
+        .map_err(cuda_err("copying"))?;
+    start.record(&stream).map_err(cuda_err("recording"))?;
+    for _ in 0..reps {
+        stream
+            .memcpy_htod(&host, &mut dev)
+            .map_err(cuda_err("copying"))?;
+    }
+    end.record(&stream).map_err(cuda_err("recording"))?;
+    end.synchronize().map_err(cuda_err("synchronising"))?;
+    let ms = start.elapsed_ms(&end).map_err(cuda_err("reading timers"))? as f64;
+    Ok((bytes * reps) as f64 / (ms / 1e3) / 1e9)
+}
+
+/// Keeps freed device memory in the stream-ordered pool instead of returning it to the driver
+/// at every synchronisation (the default release threshold is 0), so a step's activations are
+/// not unmapped and re-mapped every step.
+pub fn keep_pool_memory(device: &Device) -> Result<(), EngineError> {
+    let cdev = device.as_cuda_device().map_err(candle_err)?;
+    let ctx = cdev.cuda_stream().context().clone();
+    ctx.bind_to_thread()
+        .map_err(cuda_err("binding the context"))?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: plain driver calls with valid out-pointers on a live device.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(cuda_err("reading the memory pool"))?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+        .map_err(cuda_err("setting the pool's release threshold"))?;
+    }
+    Ok(())
+}
+
+/// PTX of `src/exec/kernels/dequant.cu`, compiled by build.rs.
+const DEQUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dequant.ptx"));
+
+/// Launches the Q8_0 → bf16 dequantisation of `nblocks` blocks at `src` into `dst` on the
+/// compute stream (candle's stream of `device`).
+pub(super) fn dequant_q8_0(
+    device: &Device,
+    src: sys::CUdeviceptr,
+    dst: sys::CUdeviceptr,
+    nblocks: u64,
+) -> Result<(), String> {
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    let cdev = device.as_cuda_device().map_err(|e| e.to_string())?;
+    let f = cdev
+        .get_or_load_custom_func("dequant_q8_0_bf16", "mgpu_dequant", DEQUANT_PTX)
+        .map_err(|e| e.to_string())?;
+    let n = nblocks * 32;
+    let threads = 256u32;
+    let blocks = n.div_ceil(threads as u64);
+    let grid =
+        u32::try_from(blocks).map_err(|_| format!("{n} values are too many for one launch"))?;
+    let cfg = LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = f.builder();
+    b.arg(&src).arg(&dst).arg(&nblocks);
+    // SAFETY: src holds nblocks·34 bytes and dst nblocks·32 bf16 values inside live slot regions
+    // (sized by the layout); the kernel reads and writes only those ranges.
+    unsafe { b.launch(cfg) }
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+}
