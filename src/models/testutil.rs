@@ -92,3 +92,15 @@ pub fn split_units(
     }
     (resident, units)
 }
+
+/// (max |a − b|, max |b|): the largest error and the reference's scale, in f32.
+pub fn max_err_and_scale(a: &Tensor, b: &Tensor) -> (f32, f32) {
+    let max = |t: Tensor| {
+        t.abs()
+            .and_then(|t| t.max_all())
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_scalar::<f32>())
+            .expect("test tensors reduce to a scalar")
+    };
+    (max((a - b).expect("same shapes")), max(b.clone()))
+}

@@ -247,21 +247,7 @@ fn reduced_precision_stays_close_to_f32() {
                 DType::F32,
                 "outputs are f32 whatever the compute dtype"
             );
-            let err = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = b
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let (err, scale) = crate::models::testutil::max_err_and_scale(a, b);
             assert!(err / scale < 0.05, "{dtype:?}: max error {err} of {scale}");
         }
     }

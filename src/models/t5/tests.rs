@@ -225,21 +225,7 @@ fn reduced_precision_stays_close_to_f32() {
             DType::F32,
             "output is f32 whatever the compute dtype"
         );
-        let err = (&got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let (err, scale) = crate::models::testutil::max_err_and_scale(&got, &want);
         assert!(err / scale < 0.05, "{dtype:?}: max error {err} of {scale}");
     }
 }
