@@ -373,10 +373,10 @@ impl ModelFile {
         // GGUF Q8_0 computed in bf16: the blocks stay as stored and travel quantised; they are
         // dequantised where they are used (on a GPU by a kernel with the CPU's arithmetic:
         // docs/gpu.md), always through `HostTensor::materialize`'s rounding to bf16.
-        if ct.dtype == DType::Q8_0
-            && !touched
+        if ct
+            .dtype
+            .stays_quantized(stored_of(self.compute).unwrap_or(DType::F32), touched)
             && ct.is_passthrough()
-            && self.compute == CDType::BF16
         {
             let wf = |source| LoadError::Weights {
                 model: self.model.clone(),

@@ -152,11 +152,7 @@ fn device_bytes_factor(model: &Model, inv: &Inventory) -> f64 {
 /// are not read when planning).
 fn loaded_dtype(stored: DType, compute: DType, loras: bool) -> Option<DType> {
     let fp8 = matches!(stored, DType::F8_E4M3 | DType::F8_E5M2);
-    if stored.is_quantized() {
-        (stored != DType::Q8_0 || compute != DType::BF16 || loras).then_some(compute)
-    } else {
-        fp8.then_some(compute)
-    }
+    ((stored.is_quantized() && !stored.stays_quantized(compute, loras)) || fp8).then_some(compute)
 }
 
 /// `inv` with each tensor's bytes as the executor will hold them in every home (see

@@ -61,6 +61,15 @@ impl DType {
         self.block().0 > 1
     }
 
+    /// Whether a tensor stored as `self` stays in its stored blocks after loading, to be
+    /// dequantised where it is used: Q8_0 computed in bf16 and not patched by a LoRA (the GPU
+    /// has a dequantisation kernel with the CPU's arithmetic for exactly that). Every other
+    /// quantised or fp8 tensor is converted to `compute` at load. The executor (`exec::load`)
+    /// and the planner (`plan::manifest`) both decide by this.
+    pub fn stays_quantized(self, compute: DType, patched: bool) -> bool {
+        self == DType::Q8_0 && compute == DType::BF16 && !patched
+    }
+
     /// Bytes needed to store `numel` elements, or `None` if `numel` is not a whole number of
     /// blocks or the size overflows.
     pub fn storage_bytes(self, numel: u64) -> Option<u64> {
