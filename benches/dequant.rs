@@ -18,6 +18,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use half::f16;
 
 use mgpu::weights::convert::{to_f32, to_f32_into};
+use mgpu::weights::store::ggml_type;
 use mgpu::weights::DType;
 
 const VALUES: usize = 16 << 20;
@@ -59,25 +60,6 @@ fn blocks(dtype: DType, n: usize) -> Vec<u8> {
         }
     }
     v
-}
-
-fn candle_type(d: DType) -> Option<candle_core::quantized::GgmlDType> {
-    use candle_core::quantized::GgmlDType as G;
-    Some(match d {
-        DType::F16 => G::F16,
-        DType::BF16 => G::BF16,
-        DType::Q4_0 => G::Q4_0,
-        DType::Q4_1 => G::Q4_1,
-        DType::Q5_0 => G::Q5_0,
-        DType::Q5_1 => G::Q5_1,
-        DType::Q8_0 => G::Q8_0,
-        DType::Q2_K => G::Q2K,
-        DType::Q3_K => G::Q3K,
-        DType::Q4_K => G::Q4K,
-        DType::Q5_K => G::Q5K,
-        DType::Q6_K => G::Q6K,
-        _ => return None,
-    })
 }
 
 /// candle's kernel for block type `T` on `VALUES` values quantised by candle itself.
@@ -160,7 +142,7 @@ fn bench(c: &mut Criterion) {
                 _ => {}
             }
         }
-        if let Some(ct) = candle_type(d) {
+        if let Some(ct) = ggml_type(d) {
             let dev = candle_core::Device::Cpu;
             // candle casts the bytes to block structs: hand it 4-aligned memory.
             let mut aligned = vec![0u32; src.len().div_ceil(4)];

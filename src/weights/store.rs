@@ -581,31 +581,18 @@ impl WeightFile {
         name: &str,
         device: &candle_core::Device,
     ) -> Result<candle_core::quantized::QTensor, WeightsError> {
-        use candle_core::quantized::GgmlDType as G;
         let i = self.index(name)?;
         let t = &self.tensors[i];
-        let g = match t.dtype {
-            DType::F32 => G::F32,
-            DType::F16 => G::F16,
-            DType::BF16 => G::BF16,
-            DType::Q4_0 => G::Q4_0,
-            DType::Q4_1 => G::Q4_1,
-            DType::Q5_0 => G::Q5_0,
-            DType::Q5_1 => G::Q5_1,
-            DType::Q8_0 => G::Q8_0,
-            DType::Q2_K => G::Q2K,
-            DType::Q3_K => G::Q3K,
-            DType::Q4_K => G::Q4K,
-            DType::Q5_K => G::Q5K,
-            DType::Q6_K => G::Q6K,
-            other => {
-                return Err(WeightsError::tensor(
-                    &self.path,
-                    name,
-                    format!("{other} is not a GGML type candle's QTensor holds; use to_candle"),
-                ))
-            }
-        };
+        let g = ggml_type(t.dtype).ok_or_else(|| {
+            WeightsError::tensor(
+                &self.path,
+                name,
+                format!(
+                    "{} is not a GGML type candle's QTensor holds; use to_candle",
+                    t.dtype
+                ),
+            )
+        })?;
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
         let bytes = self.bytes(name)?;
         // candle reinterprets the bytes as block structs (f16/f32 fields): a mapped tensor at an
@@ -639,6 +626,28 @@ fn one_source(tensors: Vec<TensorInfo>) -> Vec<(TensorInfo, Slot)> {
             )
         })
         .collect()
+}
+
+/// candle's GGML type for a stored dtype, where candle's `QTensor` holds it (F32, F16, BF16 and
+/// the Q4_0…Q6_K block types).
+pub fn ggml_type(d: DType) -> Option<candle_core::quantized::GgmlDType> {
+    use candle_core::quantized::GgmlDType as G;
+    Some(match d {
+        DType::F32 => G::F32,
+        DType::F16 => G::F16,
+        DType::BF16 => G::BF16,
+        DType::Q4_0 => G::Q4_0,
+        DType::Q4_1 => G::Q4_1,
+        DType::Q5_0 => G::Q5_0,
+        DType::Q5_1 => G::Q5_1,
+        DType::Q8_0 => G::Q8_0,
+        DType::Q2_K => G::Q2K,
+        DType::Q3_K => G::Q3K,
+        DType::Q4_K => G::Q4K,
+        DType::Q5_K => G::Q5K,
+        DType::Q6_K => G::Q6K,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
