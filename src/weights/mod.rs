@@ -130,3 +130,18 @@ impl WeightsError {
         }
     }
 }
+
+/// Header check shared by the readers: no tensor's data runs into the next one's. `sorted`
+/// is in offset order.
+pub(crate) fn check_no_overlap(path: &Path, sorted: &[&TensorInfo]) -> Result<(), WeightsError> {
+    for pair in sorted.windows(2) {
+        if pair[0].offset + pair[0].len > pair[1].offset {
+            return Err(WeightsError::tensor(
+                path,
+                &pair[1].name,
+                format!("data overlaps tensor `{}`", pair[0].name),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -122,15 +122,7 @@ pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<Header, 
         tensors.push(parse_entry(path, &name, &entry, data_start, data_len)?);
     }
     tensors.sort_by_key(|t| (t.offset, t.len));
-    for pair in tensors.windows(2) {
-        if pair[0].offset + pair[0].len > pair[1].offset {
-            return Err(WeightsError::tensor(
-                path,
-                &pair[1].name,
-                format!("data overlaps tensor `{}`", pair[0].name),
-            ));
-        }
-    }
+    super::check_no_overlap(path, &tensors.iter().collect::<Vec<_>>())?;
     Ok(Header {
         metadata,
         tensors,

@@ -479,15 +479,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Header, WeightsError> {
 
     let mut by_offset: Vec<&TensorInfo> = tensors.iter().filter(|t| t.len > 0).collect();
     by_offset.sort_by_key(|t| t.offset);
-    for pair in by_offset.windows(2) {
-        if pair[0].offset + pair[0].len > pair[1].offset {
-            return Err(WeightsError::tensor(
-                path,
-                &pair[1].name,
-                format!("data overlaps tensor `{}`", pair[0].name),
-            ));
-        }
-    }
+    super::check_no_overlap(path, &by_offset)?;
     Ok(Header {
         version,
         metadata,
