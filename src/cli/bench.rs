@@ -380,6 +380,25 @@ mod tests {
         args: Args,
     }
 
+    /// FLUX.1-dev at 1024², batches 1 and 4, K = 2.
+    fn dev_config() -> BenchConfig {
+        BenchConfig {
+            model: flux::Config::dev(),
+            model_name: "flux-dev".into(),
+            width: 1024,
+            height: 1024,
+            txt_tokens: 512,
+            steps: 1,
+            warmup: 0,
+            batches: vec![1, 4],
+            placements: vec![],
+            slots: 2,
+            slots_for: Default::default(),
+            dtype: DType::BF16,
+            seed: 0,
+        }
+    }
+
     fn measurement(placement: &str, batch: usize, step: f64) -> bench::Measurement {
         bench::Measurement {
             placement: placement.into(),
@@ -406,21 +425,7 @@ mod tests {
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hw-h100-cpu.toml"),
         )
         .unwrap();
-        let cfg = BenchConfig {
-            model: flux::Config::dev(),
-            model_name: "flux-dev".into(),
-            width: 1024,
-            height: 1024,
-            txt_tokens: 512,
-            steps: 1,
-            warmup: 0,
-            batches: vec![1, 4],
-            placements: vec![],
-            slots: 2,
-            slots_for: Default::default(),
-            dtype: DType::BF16,
-            seed: 0,
-        };
+        let cfg = dev_config();
         let mut report = bench::BenchReport {
             device: "cuda:0".into(),
             model: "flux-dev".into(),
@@ -478,21 +483,7 @@ mod tests {
                 .join("benches/hw-h100x2-2026-11-26.toml"),
         )
         .unwrap();
-        let cfg = BenchConfig {
-            model: flux::Config::dev(),
-            model_name: "flux-dev".into(),
-            width: 1024,
-            height: 1024,
-            txt_tokens: 512,
-            steps: 1,
-            warmup: 0,
-            batches: vec![1, 4],
-            placements: vec![],
-            slots: 2,
-            slots_for: Default::default(),
-            dtype: DType::BF16,
-            seed: 0,
-        };
+        let cfg = dev_config();
         let k = |p: &str, b: usize| auto_slots(&cfg, &args, &hw, &p.parse().unwrap(), b);
         assert_eq!(k("resident", 4), 2);
         assert_eq!(k("cpu:25", 1), 2);
