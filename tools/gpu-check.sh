@@ -8,20 +8,25 @@
 #   bench     `mgpu bench` on the FLUX.1-dev shape at 1024²: resident, 25–100 % streamed from
 #             page-locked host memory, 100 % from a donor GPU, GGUF Q8_0; batch 1 and 4; with
 #             the planner's prediction for each cell (`--hardware hw.toml`)
+#   golden    `mgpu golden record` of the tiny demo on cuda:0, then `golden verify` of it under
+#             streamed allocations (bit-exact: same machine fingerprint), and `golden verify` of
+#             the committed CPU golden files (golden/demo) on this machine's CPU (tolerance
+#             rule when its CPU differs from the recording's)
 #   peer      the diffusers baseline on the same machine (.carry/peer, see its README)
 #
 # Usage: tools/gpu-check.sh [path/to/mgpu] [output folder]
-#   PHASES="probe pipeline bench peer"   which parts run (default: all but peer)
+#   PHASES="probe pipeline golden bench peer"   which parts run (default: all but peer)
 #   PLACEMENTS=...  BATCHES=1,4  STEPS=10  SLOTS=2|auto  the bench's cells (auto: the
 #   planner's K per cell, from hw.toml)
 # Needs: an mgpu built with `--features cuda` (docs/gpu.md), the CUDA 13 libraries in
 # /usr/local/cuda/lib64. Results: probe.txt, hw.toml, pipeline.txt, pipe-*.json, bench.txt,
-# bench.json (and anchors.json for peer) in the output folder. Exit code 1 if a pipeline
-# placement differs from the resident run or a bench placement is not bit-identical.
+# golden.txt, golden-gpu.json, bench.json (and anchors.json for peer) in the output folder.
+# Exit code 1 if a pipeline placement differs from the resident run, a golden check fails or a
+# bench placement is not bit-identical.
 set -u
 BIN=${1:-.carry/bin/mgpu}
 OUTDIR=${2:-${OUT:-/tmp/gpu-check}}
-PHASES=${PHASES:-"probe pipeline bench"}
+PHASES=${PHASES:-"probe pipeline golden bench"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
@@ -36,6 +41,17 @@ if has probe; then
   echo "== probe"
   timeout 120 "$BIN" probe --bench --save "$OUTDIR/hw.toml" 2>&1 | tee "$OUTDIR/probe.txt"
 fi
+
+# demo_on_gpu NAME FLUX_ALLOCATION T5_ALLOCATION: manifests/demo.toml computed on cuda:0, with
+# the fox job at 3 images (so a run makes 5 images in batches of 3 + 1 + 1), to stdout.
+demo_on_gpu() {
+  sed -e 's/^compute = "cpu"/compute = "cuda:0"/' \
+      -e "s|^output_root = .*|output_root = \"out/$1\"|" \
+      -e "s|^allocation = \"cpu,50%;disk,50%\"|allocation = \"$2\"|" \
+      -e "s|^tokenizer = \"tiny/t5-tokenizer.json\"|tokenizer = \"tiny/t5-tokenizer.json\"\nallocation = \"$3\"|" \
+      -e 's/^count = 2$/count = 3/' \
+      "$ROOT/manifests/demo.toml"
+}
 
 if has pipeline; then
   echo "== pipeline: the tiny demo on cuda:0 under several allocations"
@@ -56,12 +72,7 @@ mixed|cuda:0,25%;cuda:1,25%;cpu,25%;disk,*|cuda:1,*"
   fi
   : >"$OUTDIR/pipeline.txt"
   while IFS='|' read -r name flux t5; do
-    sed -e 's/^compute = "cpu"/compute = "cuda:0"/' \
-        -e "s|^output_root = .*|output_root = \"out/$name\"|" \
-        -e "s|^allocation = \"cpu,50%;disk,50%\"|allocation = \"$flux\"|" \
-        -e "s|^tokenizer = \"tiny/t5-tokenizer.json\"|tokenizer = \"tiny/t5-tokenizer.json\"\nallocation = \"$t5\"|" \
-        -e 's/^count = 2$/count = 3/' \
-        "$ROOT/manifests/demo.toml" >"$W/$name.toml"
+    demo_on_gpu "$name" "$flux" "$t5" >"$W/$name.toml"
     [ "$name" = batch-1 ] && sed -i 's/^\[defaults\]$/[defaults]\nbatch = 1/' "$W/$name.toml"
     t0=$(date +%s.%N)
     if timeout 120 "$BIN" run "$W/$name.toml" --report "$W/pipe-$name.json" \
@@ -84,6 +95,37 @@ mixed|cuda:0,25%;cuda:1,25%;cpu,25%;disk,*|cuda:1,*"
   done <<<"$CASES"
   # The plan of one streamed case, as a user would look at it first.
   "$BIN" plan "$W/half-cpu.toml" --hardware "$OUTDIR/hw.toml" >"$OUTDIR/plan-half-cpu.txt" 2>&1
+  rm -rf "$W"
+fi
+
+if has golden; then
+  echo "== golden: record on cuda:0, verify under other allocations; committed CPU golden files"
+  W=$(mktemp -d)
+  cp -r "$ROOT/manifests/tiny" "$W/"
+  : >"$OUTDIR/golden.txt"
+  # check NAME COMMAND...: one line of the pass/fail table; the log comes back on failure.
+  check() {
+    local name=$1; shift
+    if timeout 180 "$@" >"$W/golden-$name.log" 2>&1; then status=pass; else
+      status="FAIL rc=$?"; FAIL=1; cp "$W/golden-$name.log" "$OUTDIR/"; fi
+    printf '%-28s %-10s %s\n' "$name" "$status" \
+      "$(grep -E 'identical|differ|within|golden|error' "$W/golden-$name.log" | tail -n 1)" |
+      tee -a "$OUTDIR/golden.txt"
+  }
+  demo_on_gpu gpu 'cuda:0,*' 'cuda:0,*' >"$W/gpu.toml"
+  demo_on_gpu gpu-half-cpu 'cuda:0,50%;cpu,*' 'cpu,*' >"$W/gpu-half-cpu.toml"
+  check record-cuda0 "$BIN" golden record "$W/gpu.toml" --dir "$W/golden-gpu"
+  cp "$W/golden-gpu/golden.json" "$OUTDIR/golden-gpu.json" 2>/dev/null
+  check verify-cuda0 "$BIN" golden verify "$W/gpu.toml" --dir "$W/golden-gpu"
+  check verify-cuda0-half-cpu "$BIN" golden verify "$W/gpu-half-cpu.toml" --dir "$W/golden-gpu"
+  if [ "$NGPU" -gt 1 ]; then
+    demo_on_gpu gpu-donor 'cuda:0,25%;cuda:1,*' 'cuda:1,*' >"$W/gpu-donor.toml"
+    check verify-cuda0-donor-cuda1 "$BIN" golden verify "$W/gpu-donor.toml" --dir "$W/golden-gpu"
+  fi
+  # The committed golden files were recorded on another machine's CPU: bit-exact only if this
+  # CPU has the same fingerprint, else the tolerance rule (docs/golden.md).
+  check verify-committed-cpu-demo "$BIN" golden verify "$ROOT/manifests/demo.toml" \
+    --dir "$ROOT/golden/demo" --report "$OUTDIR/golden-cpu-report.json"
   rm -rf "$W"
 fi
 
