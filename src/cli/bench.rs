@@ -462,6 +462,63 @@ mod tests {
         assert!(text.contains("(-4.3%)"), "{text}");
     }
 
+    /// The planner's predictions against every cell measured on the GPU machines
+    /// (benches/RESULTS.md, 2026-11-26), each with the K it ran with and the hardware file
+    /// probed in the same session: all within ±10 %.
+    #[test]
+    fn predictions_are_within_ten_percent_of_the_gpu_measurements() {
+        #[rustfmt::skip]
+        let h100: &[(&str, usize, usize, f64)] = &[
+            ("resident", 1, 2, 0.1500), ("cpu:25", 1, 2, 0.1512), ("cpu:50", 1, 2, 0.2081),
+            ("cpu:75", 1, 2, 0.3115), ("cpu:100", 1, 2, 0.4259), ("resident@q8_0", 1, 2, 0.1499),
+            ("cpu:100@q8_0", 1, 2, 0.2310), ("cuda:1:100", 1, 2, 0.1545),
+            ("resident", 4, 2, 0.6051), ("cpu:25", 4, 2, 0.6060), ("cpu:50", 4, 2, 0.6106),
+            ("cpu:75", 4, 2, 0.6199), ("cpu:100", 4, 2, 0.6342), ("resident@q8_0", 4, 2, 0.6046),
+            ("cpu:100@q8_0", 4, 2, 0.6383), ("cuda:1:100", 4, 2, 0.6155),
+            ("cpu:100", 4, 3, 0.6470), ("cpu:100", 4, 4, 0.6281),
+        ];
+        #[rustfmt::skip]
+        let h200: &[(&str, usize, usize, f64)] = &[
+            ("resident", 1, 2, 0.1505), ("cpu:25", 1, 2, 0.1520), ("cpu:50", 1, 2, 0.2053),
+            ("cpu:75", 1, 2, 0.3115), ("cpu:100", 1, 2, 0.4113), ("cuda:1:100", 1, 2, 0.1548),
+            ("resident", 4, 2, 0.6040), ("cpu:25", 4, 2, 0.6053), ("cpu:50", 4, 2, 0.6079),
+            ("cpu:75", 4, 3, 0.6096), ("cpu:100", 4, 6, 0.6111), ("cuda:1:100", 4, 2, 0.6176),
+            ("cpu:100", 1, 2, 0.4128), ("resident@q8_0", 1, 2, 0.1500),
+            ("cpu:100@q8_0", 1, 2, 0.2300), ("cuda:1:100", 1, 2, 0.1556),
+            ("cpu:100", 4, 6, 0.6101), ("resident@q8_0", 4, 2, 0.6041),
+            ("cpu:100@q8_0", 4, 2, 0.6359), ("cuda:1:100", 4, 2, 0.6220),
+        ];
+        let args = Cli::parse_from(["bench", "--hardware", "x.toml"]).args;
+        let cfg = dev_config();
+        let mut worst = 0.0f64;
+        for (file, cells) in [
+            ("hw-h100x2-2026-11-26.toml", h100),
+            ("hw-h200x2-2026-11-26.toml", h200),
+        ] {
+            let hw = crate::hardware::file::read(
+                &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("benches")
+                    .join(file),
+            )
+            .unwrap();
+            for &(p, batch, k, measured) in cells {
+                let (req, homes) = cell_request(&cfg, &args, &p.parse().unwrap(), batch);
+                let predicted = crate::plan::predict_step(&req, &hw, &homes, k as u32);
+                let err = predicted / measured - 1.0;
+                eprintln!(
+                    "{file} {p} b{batch} K{k}: {measured} predicted {predicted:.4} ({:+.1}%)",
+                    err * 100.0
+                );
+                worst = worst.max(err.abs());
+            }
+        }
+        assert!(
+            worst <= 0.10,
+            "worst prediction error {:.1}%",
+            worst * 100.0
+        );
+    }
+
     #[test]
     fn slots_parse_as_a_number_or_auto() {
         assert_eq!(parse_slots("auto"), Ok(Slots::Auto));

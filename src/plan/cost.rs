@@ -21,6 +21,17 @@ use super::Workload;
 /// Applied to every family and device.
 pub const EFFICIENCY: f64 = 0.655;
 
+/// What dequantising a unit that travels quantised (GGUF Q8_0 computed in bf16) costs the
+/// compute GPU each time it is fetched: GB of bf16 written per second, per TFLOP/s of the
+/// device's bf16 rate. Calibrated on two measurements (benches/RESULTS.md, 2026-11-26):
+/// FLUX.1-dev at 1024², batch 4, every block streamed from host RAM as Q8_0, with no stall,
+/// took 33.2 ms (H100, 760 TFLOP/s) and 31.7 ms (H200, 761 TFLOP/s) per step more than the
+/// resident step, for 23.67 GB of bf16 written: 713 and 747 GB/s, ≈ 0.96 GB/s per TFLOP/s.
+/// More than the kernel's own memory traffic would take: it shares the SMs, the memory and
+/// the power budget with the step's compute. Scaled by the bf16 rate on other GPUs, for want
+/// of a measured memory bandwidth.
+pub const DEQUANT_GBPS_PER_TFLOPS: f64 = 0.96;
+
 /// Architecture numbers the cost formulas need, read from the inventory where it has them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Arch {

@@ -32,6 +32,10 @@ pub(crate) struct ModelCtx<'a> {
     pub compute: Vec<f64>,
     /// Whether the unit runs in this workload (a VAE's encoder does not when decoding).
     pub runs: Vec<bool>,
+    /// Seconds the compute device spends dequantising the unit per fetch: non-zero for units
+    /// that travel quantised (tensors still quantised after [`super::manifest::as_loaded`])
+    /// to a GPU; a resident unit is dequantised once, at load.
+    pub dequant: Vec<f64>,
     pub tflops: Rate,
     pub activations: u64,
     pub activation_formula: String,
@@ -71,6 +75,26 @@ impl<'a> ModelCtx<'a> {
                 }
             })
             .collect();
+        let dequant_rate = super::cost::DEQUANT_GBPS_PER_TFLOPS * tflops.value * 1e9;
+        let dequant = inv
+            .units
+            .iter()
+            .map(|u| {
+                // Quantised tensors are widened to bf16 (2 bytes) on the GPU.
+                let out: u64 = u
+                    .tensors
+                    .iter()
+                    .map(|&t| &inv.tensors[t])
+                    .filter(|t| t.dtype.is_quantized())
+                    .map(|t| t.numel() * 2)
+                    .sum();
+                if out > 0 && req.compute.is_cuda() && dequant_rate > 0.0 {
+                    out as f64 / dequant_rate
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let (activations, activation_formula) = arch.activations();
         let factor = if req.device_bytes_factor.is_finite() && req.device_bytes_factor > 0.0 {
             req.device_bytes_factor
@@ -82,6 +106,7 @@ impl<'a> ModelCtx<'a> {
             inv,
             compute,
             runs,
+            dequant,
             tflops,
             activations,
             activation_formula,
@@ -561,7 +586,7 @@ pub(crate) fn sim_units(ctx: &ModelCtx, hw: &Hardware, homes: &[DeviceName]) -> 
                 (queue_of(homes[i]), u.bytes as f64 / (gbps * 1e9))
             });
             SimUnit {
-                compute: ctx.compute[i],
+                compute: ctx.compute[i] + if fetch.is_some() { ctx.dequant[i] } else { 0.0 },
                 fetch,
             }
         })
