@@ -16,8 +16,9 @@
 #
 # Usage: tools/gpu-check.sh [path/to/mgpu] [output folder]
 #   PHASES="probe pipeline golden bench peer"   which parts run (default: all but peer)
-#   PLACEMENTS=...  BATCHES=1,4  STEPS=10  SLOTS=2|auto  the bench's cells (auto: the
-#   planner's K per cell, from hw.toml)
+#   PLACEMENTS=...  BATCHES=1,4  STEPS=20  SLOTS=auto|K  the bench's cells (auto, the
+#   default: the planner's K per cell from hw.toml, what `mgpu run` would use; 2 without
+#   hw.toml)
 # Needs: an mgpu built with `--features cuda` (docs/gpu.md), the CUDA 13 libraries in
 # /usr/local/cuda/lib64. Results: probe.txt, hw.toml, pipeline.txt, pipe-*.json, bench.txt,
 # golden.txt, golden-gpu.json, bench.json (and anchors.json for peer) in the output folder.
@@ -135,9 +136,9 @@ if has bench; then
   if [ "$NGPU" -gt 1 ] && [ -z "${PLACEMENTS:-}" ]; then P="$P,cuda:1:100"; fi
   HW=()
   [ -f "$OUTDIR/hw.toml" ] && HW=(--hardware "$OUTDIR/hw.toml")
-  SL=${SLOTS:-2}
+  SL=${SLOTS:-auto}
   [ ${#HW[@]} -eq 0 ] && [ "$SL" = auto ] && SL=2
-  timeout 540 "$BIN" bench --model dev --size 1024 --steps "${STEPS:-10}" --warmup 2 \
+  timeout 540 "$BIN" bench --model dev --size 1024 --steps "${STEPS:-20}" --warmup 2 \
     --batch "${BATCHES:-1,4}" --placements "$P" --slots "$SL" "${HW[@]}" \
     --json "$OUTDIR/bench.json" 2>&1 |
     tee "$OUTDIR/bench.txt"
