@@ -19,6 +19,10 @@
 #   PLACEMENTS=...  BATCHES=1,4  STEPS=20  SLOTS=auto|K  the bench's cells (auto, the
 #   default: the planner's K per cell from hw.toml, what `mgpu run` would use; 2 without
 #   hw.toml)
+# Timing (2x H200, 2026-11-26): probe ~20 s, pipeline + golden ~40 s, bench ~70 s of setup
+# (+~150 s to quantise when a @q8_0 placement is asked) and 5-25 s per cell at 20 steps:
+# the whole default bench is close to a 600 s device call, so give it its own call or
+# narrow PLACEMENTS.
 # Needs: an mgpu built with `--features cuda` (docs/gpu.md), the CUDA 13 libraries in
 # /usr/local/cuda/lib64. Results: probe.txt, hw.toml, pipeline.txt, pipe-*.json, bench.txt,
 # golden.txt, golden-gpu.json, bench.json (and anchors.json for peer) in the output folder.
