@@ -38,13 +38,29 @@ impl Elem for f16 {
     const SUFFIX: &'static str = "f16";
 }
 
-/// Calls `$f::<T>` for the storage's dtype (bf16 or f16).
-macro_rules! dispatch {
-    ($op:expr, $dtype:expr, $f:ident($($arg:expr),*)) => {
-        match $dtype {
-            DType::BF16 => $f::<bf16>($($arg),*),
-            DType::F16 => $f::<f16>($($arg),*),
-            d => bail!("{}: dtype {d:?} is not supported (bf16 or f16)", $op),
+/// `impl CustomOp1` for a fused kernel op `$ty` with the given name: CUDA only, computed by
+/// `$ty::run::<T>` for the storage's dtype (bf16 or f16).
+macro_rules! cuda_op {
+    ($ty:ty, $name:literal) => {
+        impl CustomOp1 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+                cuda_only(self.name())
+            }
+
+            fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+                match s.dtype() {
+                    DType::BF16 => <$ty>::run::<bf16>(self, s, l),
+                    DType::F16 => <$ty>::run::<f16>(self, s, l),
+                    d => bail!(
+                        "{}: dtype {d:?} is not supported (bf16 or f16)",
+                        self.name()
+                    ),
+                }
+            }
         }
     };
 }
@@ -148,52 +164,36 @@ struct LnModulate {
     scale: Tensor,
 }
 
-impl CustomOp1 for LnModulate {
-    fn name(&self) -> &'static str {
-        "flux-ln-modulate"
-    }
+cuda_op!(LnModulate, "flux-ln-modulate");
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cuda_only(self.name())
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        fn run<T: Elem>(
-            op: &LnModulate,
-            s: &CudaStorage,
-            l: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let dev = &s.device;
-            let (rows, cols) = l.shape().dims2()?;
-            let x = view::<T>(s, l)?;
-            let (shift, scale) = (hold(&op.shift, "shift"), hold(&op.scale, "scale"));
-            let (shift, scale) = (shift.view::<T>()?, scale.view::<T>()?);
-            let mut out = unsafe { dev.alloc::<T>(rows * cols)? };
-            let f = dev.get_or_load_custom_func(
-                &format!("ln_modulate_{}", T::SUFFIX),
-                EW_MODULE,
-                EW_PTX,
-            )?;
-            let smem = (cols * 4) as u32;
-            allow_smem(dev, &f, smem, "ln_modulate")?;
-            let (cols_i, eps) = (i32_arg(cols, "columns")?, EPS);
-            let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (row_threads(cols / 8), 1, 1),
-                shared_mem_bytes: smem,
-            };
-            let mut b = f.builder();
-            b.arg(&x)
-                .arg(&shift)
-                .arg(&scale)
-                .arg(&mut out)
-                .arg(&cols_i)
-                .arg(&eps);
-            unsafe { b.launch(cfg) }.w()?;
-            Ok((out_storage(out, dev), l.shape().clone()))
-        }
-        check_main(l, self.name())?;
-        dispatch!(self.name(), s.dtype(), run(self, s, l))
+impl LnModulate {
+    fn run<T: Elem>(op: &Self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        check_main(l, op.name())?;
+        let dev = &s.device;
+        let (rows, cols) = l.shape().dims2()?;
+        let x = view::<T>(s, l)?;
+        let (shift, scale) = (hold(&op.shift, "shift"), hold(&op.scale, "scale"));
+        let (shift, scale) = (shift.view::<T>()?, scale.view::<T>()?);
+        let mut out = unsafe { dev.alloc::<T>(rows * cols)? };
+        let f =
+            dev.get_or_load_custom_func(&format!("ln_modulate_{}", T::SUFFIX), EW_MODULE, EW_PTX)?;
+        let smem = (cols * 4) as u32;
+        allow_smem(dev, &f, smem, "ln_modulate")?;
+        let (cols_i, eps) = (i32_arg(cols, "columns")?, EPS);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (row_threads(cols / 8), 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let mut b = f.builder();
+        b.arg(&x)
+            .arg(&shift)
+            .arg(&scale)
+            .arg(&mut out)
+            .arg(&cols_i)
+            .arg(&eps);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok((out_storage(out, dev), l.shape().clone()))
     }
 }
 
@@ -239,82 +239,73 @@ struct QkvRope {
     l_total: usize,
 }
 
-impl CustomOp1 for QkvRope {
-    fn name(&self) -> &'static str {
-        "flux-qkv-rope"
-    }
+cuda_op!(QkvRope, "flux-qkv-rope");
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cuda_only(self.name())
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        fn run<T: Elem>(op: &QkvRope, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-            let dev = &s.device;
-            let (h, d, lt) = (op.heads, op.head_dim, op.l_total);
-            let g = qkv_group(d).expect("checked by qkv_rope");
-            let mut out = unsafe { dev.alloc::<T>(3 * h * lt * d)? };
-            let f =
-                dev.get_or_load_custom_func(&format!("qkv_rope_{}", T::SUFFIX), EW_MODULE, EW_PTX)?;
-            let (cos, sin) = (hold(&op.cos, "cos"), hold(&op.sin, "sin"));
-            let (cos, sin) = (cos.view::<f32>()?, sin.view::<f32>()?);
-            let (heads_i, d_i, lt_i, eps) = (h as i32, d as i32, i32_arg(lt, "tokens")?, EPS);
-            let mut tok0 = 0usize;
-            // The first segment's source is the op's input storage; the others are held.
-            let mut launch = |src: &CudaView<T>,
-                              width: usize,
-                              n_tok: usize,
-                              meta: &[&Tensor; 3],
-                              out: &mut CudaSlice<T>|
-             -> Result<()> {
-                let (bias, qs, ks) = (
-                    hold(meta[0], "qkv bias"),
-                    hold(meta[1], "query_norm.scale"),
-                    hold(meta[2], "key_norm.scale"),
-                );
-                let (bias, qs, ks) = (bias.view::<T>()?, qs.view::<T>()?, ks.view::<T>()?);
-                let total = n_tok * 3 * h;
-                let gpb = 256 / g;
-                let cfg = LaunchConfig {
-                    grid_dim: (total.div_ceil(gpb) as u32, 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let (w_i, n_i, t0_i) = (
-                    i32_arg(width, "qkv width")?,
-                    i32_arg(n_tok, "tokens")?,
-                    i32_arg(tok0, "tokens")?,
-                );
-                let mut b = f.builder();
-                b.arg(src)
-                    .arg(&w_i)
-                    .arg(&bias)
-                    .arg(&qs)
-                    .arg(&ks)
-                    .arg(&cos)
-                    .arg(&sin);
-                b.arg(out)
-                    .arg(&n_i)
-                    .arg(&t0_i)
-                    .arg(&lt_i)
-                    .arg(&heads_i)
-                    .arg(&d_i)
-                    .arg(&eps);
-                unsafe { b.launch(cfg) }.w()?;
-                tok0 += n_tok;
-                Ok(())
+impl QkvRope {
+    fn run<T: Elem>(op: &Self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = &s.device;
+        let (h, d, lt) = (op.heads, op.head_dim, op.l_total);
+        let g = qkv_group(d).expect("checked by qkv_rope");
+        let mut out = unsafe { dev.alloc::<T>(3 * h * lt * d)? };
+        let f =
+            dev.get_or_load_custom_func(&format!("qkv_rope_{}", T::SUFFIX), EW_MODULE, EW_PTX)?;
+        let (cos, sin) = (hold(&op.cos, "cos"), hold(&op.sin, "sin"));
+        let (cos, sin) = (cos.view::<f32>()?, sin.view::<f32>()?);
+        let (heads_i, d_i, lt_i, eps) = (h as i32, d as i32, i32_arg(lt, "tokens")?, EPS);
+        let mut tok0 = 0usize;
+        // The first segment's source is the op's input storage; the others are held.
+        let mut launch = |src: &CudaView<T>,
+                          width: usize,
+                          n_tok: usize,
+                          meta: &[&Tensor; 3],
+                          out: &mut CudaSlice<T>|
+         -> Result<()> {
+            let (bias, qs, ks) = (
+                hold(meta[0], "qkv bias"),
+                hold(meta[1], "query_norm.scale"),
+                hold(meta[2], "key_norm.scale"),
+            );
+            let (bias, qs, ks) = (bias.view::<T>()?, qs.view::<T>()?, ks.view::<T>()?);
+            let total = n_tok * 3 * h;
+            let gpb = 256 / g;
+            let cfg = LaunchConfig {
+                grid_dim: (total.div_ceil(gpb) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
             };
-            let (n0, w0) = l.shape().dims2()?;
-            let [b0, q0, k0] = &op.first_meta;
-            launch(&view::<T>(s, l)?, w0, n0, &[b0, q0, k0], &mut out)?;
-            for [src, bias, qs, ks] in &op.rest {
-                let (n, w) = src.dims2()?;
-                let held = hold(src, "qkv");
-                launch(&held.view::<T>()?, w, n, &[bias, qs, ks], &mut out)?;
-            }
-            Ok((out_storage(out, dev), Shape::from_dims(&[3, h, lt, d])))
+            let (w_i, n_i, t0_i) = (
+                i32_arg(width, "qkv width")?,
+                i32_arg(n_tok, "tokens")?,
+                i32_arg(tok0, "tokens")?,
+            );
+            let mut b = f.builder();
+            b.arg(src)
+                .arg(&w_i)
+                .arg(&bias)
+                .arg(&qs)
+                .arg(&ks)
+                .arg(&cos)
+                .arg(&sin);
+            b.arg(out)
+                .arg(&n_i)
+                .arg(&t0_i)
+                .arg(&lt_i)
+                .arg(&heads_i)
+                .arg(&d_i)
+                .arg(&eps);
+            unsafe { b.launch(cfg) }.w()?;
+            tok0 += n_tok;
+            Ok(())
+        };
+        let (n0, w0) = l.shape().dims2()?;
+        let [b0, q0, k0] = &op.first_meta;
+        launch(&view::<T>(s, l)?, w0, n0, &[b0, q0, k0], &mut out)?;
+        for [src, bias, qs, ks] in &op.rest {
+            let (n, w) = src.dims2()?;
+            let held = hold(src, "qkv");
+            launch(&held.view::<T>()?, w, n, &[bias, qs, ks], &mut out)?;
         }
-        dispatch!(self.name(), s.dtype(), run(self, s, l))
+        Ok((out_storage(out, dev), Shape::from_dims(&[3, h, lt, d])))
     }
 }
 
@@ -396,54 +387,40 @@ struct SoftmaxScaled {
     scale: f32,
 }
 
-impl CustomOp1 for SoftmaxScaled {
-    fn name(&self) -> &'static str {
-        "flux-softmax"
-    }
+cuda_op!(SoftmaxScaled, "flux-softmax");
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cuda_only(self.name())
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        fn run<T: Elem>(
-            op: &SoftmaxScaled,
-            s: &CudaStorage,
-            l: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let dev = &s.device;
-            let cols = l.shape().dims().last().copied().unwrap_or(1);
-            let n = l.shape().elem_count();
-            let rows = n / cols.max(1);
-            let x = view::<T>(s, l)?;
-            let vec = cols % 8 == 0;
-            let name = if vec { "softmax_vec" } else { "softmax_scalar" };
-            let f =
-                dev.get_or_load_custom_func(&format!("{name}_{}", T::SUFFIX), EW_MODULE, EW_PTX)?;
-            let smem = (cols * 4) as u32;
-            allow_smem(dev, &f, smem, "softmax")?;
-            let mut out = unsafe { dev.alloc::<T>(n)? };
-            let (cols_i, k) = (
-                i32_arg(cols, "softmax width")?,
-                op.scale * std::f32::consts::LOG2_E,
-            );
-            let threads = if vec {
-                row_threads(cols / 8)
-            } else {
-                row_threads(cols)
-            };
-            let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: smem,
-            };
-            let mut b = f.builder();
-            b.arg(&x).arg(&mut out).arg(&cols_i).arg(&k);
-            unsafe { b.launch(cfg) }.w()?;
-            Ok((out_storage(out, dev), l.shape().clone()))
-        }
-        check_main(l, self.name())?;
-        dispatch!(self.name(), s.dtype(), run(self, s, l))
+impl SoftmaxScaled {
+    fn run<T: Elem>(op: &Self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        check_main(l, op.name())?;
+        let dev = &s.device;
+        let cols = l.shape().dims().last().copied().unwrap_or(1);
+        let n = l.shape().elem_count();
+        let rows = n / cols.max(1);
+        let x = view::<T>(s, l)?;
+        let vec = cols % 8 == 0;
+        let name = if vec { "softmax_vec" } else { "softmax_scalar" };
+        let f = dev.get_or_load_custom_func(&format!("{name}_{}", T::SUFFIX), EW_MODULE, EW_PTX)?;
+        let smem = (cols * 4) as u32;
+        allow_smem(dev, &f, smem, "softmax")?;
+        let mut out = unsafe { dev.alloc::<T>(n)? };
+        let (cols_i, k) = (
+            i32_arg(cols, "softmax width")?,
+            op.scale * std::f32::consts::LOG2_E,
+        );
+        let threads = if vec {
+            row_threads(cols / 8)
+        } else {
+            row_threads(cols)
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let mut b = f.builder();
+        b.arg(&x).arg(&mut out).arg(&cols_i).arg(&k);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok((out_storage(out, dev), l.shape().clone()))
     }
 }
 
@@ -459,58 +436,49 @@ struct Flash {
     variant: FlashVariant,
 }
 
-impl CustomOp1 for Flash {
-    fn name(&self) -> &'static str {
-        "flux-flash-attention"
-    }
+cuda_op!(Flash, "flux-flash-attention");
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cuda_only(self.name())
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        fn run<T: Elem>(op: &Flash, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-            let dev = &s.device;
-            let (three, h, len, d) = l.shape().dims4()?;
-            if three != 3 || d != FLASH_HEAD_DIM {
-                bail!(
-                    "flash attention takes qkv [3, heads, L, {FLASH_HEAD_DIM}], got {:?}",
-                    l.shape()
-                )
-            }
-            let all = s.as_cuda_slice::<T>()?;
-            let off = l.start_offset();
-            let per = h * len * d;
-            let (q, k, v) = (
-                all.slice(off..off + per),
-                all.slice(off + per..off + 2 * per),
-                all.slice(off + 2 * per..off + 3 * per),
-            );
-            let var = op.variant;
-            let f =
-                dev.get_or_load_custom_func(&var.kernel_name(T::SUFFIX), FLASH_MODULE, FLASH_PTX)?;
-            allow_smem(dev, &f, var.smem_bytes(), "flash attention")?;
-            let mut out = unsafe { dev.alloc::<T>(len * h * d)? };
-            let (len_i, stride_i) = (i32_arg(len, "tokens")?, i32_arg(h * d, "width")?);
-            let scale_log2 = (1.0 / (d as f64).sqrt() * std::f64::consts::LOG2_E) as f32;
-            let cfg = LaunchConfig {
-                grid_dim: var.grid(len, h),
-                block_dim: (var.threads(), 1, 1),
-                shared_mem_bytes: var.smem_bytes(),
-            };
-            let mut b = f.builder();
-            b.arg(&q)
-                .arg(&k)
-                .arg(&v)
-                .arg(&mut out)
-                .arg(&len_i)
-                .arg(&stride_i)
-                .arg(&scale_log2);
-            unsafe { b.launch(cfg) }.w()?;
-            Ok((out_storage(out, dev), Shape::from_dims(&[len, h * d])))
+impl Flash {
+    fn run<T: Elem>(op: &Self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        check_main(l, op.name())?;
+        let dev = &s.device;
+        let (three, h, len, d) = l.shape().dims4()?;
+        if three != 3 || d != FLASH_HEAD_DIM {
+            bail!(
+                "flash attention takes qkv [3, heads, L, {FLASH_HEAD_DIM}], got {:?}",
+                l.shape()
+            )
         }
-        check_main(l, self.name())?;
-        dispatch!(self.name(), s.dtype(), run(self, s, l))
+        let all = s.as_cuda_slice::<T>()?;
+        let off = l.start_offset();
+        let per = h * len * d;
+        let (q, k, v) = (
+            all.slice(off..off + per),
+            all.slice(off + per..off + 2 * per),
+            all.slice(off + 2 * per..off + 3 * per),
+        );
+        let var = op.variant;
+        let f =
+            dev.get_or_load_custom_func(&var.kernel_name(T::SUFFIX), FLASH_MODULE, FLASH_PTX)?;
+        allow_smem(dev, &f, var.smem_bytes(), "flash attention")?;
+        let mut out = unsafe { dev.alloc::<T>(len * h * d)? };
+        let (len_i, stride_i) = (i32_arg(len, "tokens")?, i32_arg(h * d, "width")?);
+        let scale_log2 = (1.0 / (d as f64).sqrt() * std::f64::consts::LOG2_E) as f32;
+        let cfg = LaunchConfig {
+            grid_dim: var.grid(len, h),
+            block_dim: (var.threads(), 1, 1),
+            shared_mem_bytes: var.smem_bytes(),
+        };
+        let mut b = f.builder();
+        b.arg(&q)
+            .arg(&k)
+            .arg(&v)
+            .arg(&mut out)
+            .arg(&len_i)
+            .arg(&stride_i)
+            .arg(&scale_log2);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok((out_storage(out, dev), Shape::from_dims(&[len, h * d])))
     }
 }
 
@@ -551,60 +519,51 @@ struct CatGelu {
     bias: Tensor,
 }
 
-impl CustomOp1 for CatGelu {
-    fn name(&self) -> &'static str {
-        "flux-cat-gelu"
-    }
+cuda_op!(CatGelu, "flux-cat-gelu");
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cuda_only(self.name())
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        fn run<T: Elem>(op: &CatGelu, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-            let dev = &s.device;
-            let (rows, width) = l.shape().dims2()?;
-            let src = view::<T>(s, l)?;
-            let a_cols = match &op.a {
-                Some(a) => a.dims2()?.1,
-                None => 0,
-            };
-            let held_a = op.a.as_ref().map(|a| hold(a, "attention output"));
-            let a = match &held_a {
-                Some(h) => h.view::<T>()?,
-                None => view::<T>(s, l)?, // never read when a_cols = 0
-            };
-            let bias = hold(&op.bias, "mlp bias");
-            let bias = bias.view::<T>()?;
-            let cols = a_cols + op.m_cols;
-            let mut out = unsafe { dev.alloc::<T>(rows * cols)? };
-            let f =
-                dev.get_or_load_custom_func(&format!("cat_gelu_{}", T::SUFFIX), EW_MODULE, EW_PTX)?;
-            let (w_i, c0_i, r_i, a_i, m_i) = (
-                i32_arg(width, "width")?,
-                i32_arg(op.col0, "column")?,
-                i32_arg(rows, "rows")?,
-                i32_arg(a_cols, "width")?,
-                i32_arg(op.m_cols, "width")?,
-            );
-            let cfg = LaunchConfig {
-                grid_dim: (flat_blocks(rows * cols / 8), 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut b = f.builder();
-            b.arg(&a)
-                .arg(&src)
-                .arg(&w_i)
-                .arg(&c0_i)
-                .arg(&bias)
-                .arg(&mut out);
-            b.arg(&r_i).arg(&a_i).arg(&m_i);
-            unsafe { b.launch(cfg) }.w()?;
-            Ok((out_storage(out, dev), Shape::from_dims(&[rows, cols])))
-        }
-        check_main(l, self.name())?;
-        dispatch!(self.name(), s.dtype(), run(self, s, l))
+impl CatGelu {
+    fn run<T: Elem>(op: &Self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        check_main(l, op.name())?;
+        let dev = &s.device;
+        let (rows, width) = l.shape().dims2()?;
+        let src = view::<T>(s, l)?;
+        let a_cols = match &op.a {
+            Some(a) => a.dims2()?.1,
+            None => 0,
+        };
+        let held_a = op.a.as_ref().map(|a| hold(a, "attention output"));
+        let a = match &held_a {
+            Some(h) => h.view::<T>()?,
+            None => view::<T>(s, l)?, // never read when a_cols = 0
+        };
+        let bias = hold(&op.bias, "mlp bias");
+        let bias = bias.view::<T>()?;
+        let cols = a_cols + op.m_cols;
+        let mut out = unsafe { dev.alloc::<T>(rows * cols)? };
+        let f =
+            dev.get_or_load_custom_func(&format!("cat_gelu_{}", T::SUFFIX), EW_MODULE, EW_PTX)?;
+        let (w_i, c0_i, r_i, a_i, m_i) = (
+            i32_arg(width, "width")?,
+            i32_arg(op.col0, "column")?,
+            i32_arg(rows, "rows")?,
+            i32_arg(a_cols, "width")?,
+            i32_arg(op.m_cols, "width")?,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (flat_blocks(rows * cols / 8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = f.builder();
+        b.arg(&a)
+            .arg(&src)
+            .arg(&w_i)
+            .arg(&c0_i)
+            .arg(&bias)
+            .arg(&mut out);
+        b.arg(&r_i).arg(&a_i).arg(&m_i);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok((out_storage(out, dev), Shape::from_dims(&[rows, cols])))
     }
 }
 
@@ -660,55 +619,42 @@ struct GatedResidual {
     gate: Tensor,
 }
 
-impl CustomOp1 for GatedResidual {
-    fn name(&self) -> &'static str {
-        "flux-gated-residual"
-    }
+cuda_op!(GatedResidual, "flux-gated-residual");
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cuda_only(self.name())
-    }
-
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        fn run<T: Elem>(
-            op: &GatedResidual,
-            s: &CudaStorage,
-            l: &Layout,
-        ) -> Result<(CudaStorage, Shape)> {
-            let dev = &s.device;
-            let (rows, cols) = l.shape().dims2()?;
-            let x = view::<T>(s, l)?;
-            let (y, bias, gate) = (
-                hold(&op.y, "residual branch"),
-                hold(&op.bias, "projection bias"),
-                hold(&op.gate, "gate"),
-            );
-            let (y, bias, gate) = (y.view::<T>()?, bias.view::<T>()?, gate.view::<T>()?);
-            let mut out = unsafe { dev.alloc::<T>(rows * cols)? };
-            let f = dev.get_or_load_custom_func(
-                &format!("gated_residual_{}", T::SUFFIX),
-                EW_MODULE,
-                EW_PTX,
-            )?;
-            let (r_i, c_i) = (i32_arg(rows, "rows")?, i32_arg(cols, "width")?);
-            let cfg = LaunchConfig {
-                grid_dim: (flat_blocks(rows * cols / 8), 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut b = f.builder();
-            b.arg(&x)
-                .arg(&y)
-                .arg(&bias)
-                .arg(&gate)
-                .arg(&mut out)
-                .arg(&r_i)
-                .arg(&c_i);
-            unsafe { b.launch(cfg) }.w()?;
-            Ok((out_storage(out, dev), l.shape().clone()))
-        }
-        check_main(l, self.name())?;
-        dispatch!(self.name(), s.dtype(), run(self, s, l))
+impl GatedResidual {
+    fn run<T: Elem>(op: &Self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        check_main(l, op.name())?;
+        let dev = &s.device;
+        let (rows, cols) = l.shape().dims2()?;
+        let x = view::<T>(s, l)?;
+        let (y, bias, gate) = (
+            hold(&op.y, "residual branch"),
+            hold(&op.bias, "projection bias"),
+            hold(&op.gate, "gate"),
+        );
+        let (y, bias, gate) = (y.view::<T>()?, bias.view::<T>()?, gate.view::<T>()?);
+        let mut out = unsafe { dev.alloc::<T>(rows * cols)? };
+        let f = dev.get_or_load_custom_func(
+            &format!("gated_residual_{}", T::SUFFIX),
+            EW_MODULE,
+            EW_PTX,
+        )?;
+        let (r_i, c_i) = (i32_arg(rows, "rows")?, i32_arg(cols, "width")?);
+        let cfg = LaunchConfig {
+            grid_dim: (flat_blocks(rows * cols / 8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = f.builder();
+        b.arg(&x)
+            .arg(&y)
+            .arg(&bias)
+            .arg(&gate)
+            .arg(&mut out)
+            .arg(&r_i)
+            .arg(&c_i);
+        unsafe { b.launch(cfg) }.w()?;
+        Ok((out_storage(out, dev), l.shape().clone()))
     }
 }
 
