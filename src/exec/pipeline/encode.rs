@@ -12,8 +12,11 @@ use std::time::Instant;
 
 use candle_core::{DType as CDType, Device, Tensor};
 
-use super::models::{ClipModel, T5Model};
+use candle_nn::VarBuilder;
+
+use super::models::{ClipModel, Eng, T5Model};
 use crate::exec::{Event, ExecError, JobError};
+use crate::models::tokenize::{Encoded, TokenizeError};
 
 /// Prompts per encoder pass: the per-prompt activations of T5-XXL (hidden states and the
 /// position bias, ≈ 75 MB in f32 at 512 tokens) bound it, not the weights' transfer.
@@ -80,50 +83,16 @@ fn clip_chunk(
     prompts: &[String],
     events: &mut dyn FnMut(Event),
 ) -> Result<Vec<Result<Tensor, JobError>>, ExecError> {
-    let mut states: Vec<Result<crate::models::clip::State, JobError>> = prompts
-        .iter()
-        .map(|p| {
-            let e = clip
-                .tokenizer
-                .encode(p)
-                .map_err(|e| JobError::new(format!("CLIP tokenizer: {e}")))?;
-            if e.truncated {
-                events(Event::Note {
-                    message: format!(
-                        "prompt \"{}\" is {} CLIP tokens; `{}` keeps {} (the rest is ignored)",
-                        short(p),
-                        e.tokens,
-                        clip.name,
-                        e.ids.len()
-                    ),
-                });
-            }
-            clip.model
-                .prepare(&e.ids)
-                .map_err(|e| JobError::new(format!("CLIP `{}`: {e}", clip.name)))
-        })
-        .collect();
-    let (model, name) = (&clip.model, clip.name.clone());
-    clip.engine.pass(|i, w| -> Result<(), ExecError> {
-        for s in states.iter_mut() {
-            if let Ok(st) = s {
-                if let Err(e) = model.run_unit(i, w.var_builder(), st) {
-                    *s = Err(JobError::new(format!("CLIP `{name}`: {e}")));
-                }
-            }
-        }
-        Ok(())
-    })?;
-    Ok(states
-        .into_iter()
-        .map(|s| {
-            let s = s?;
-            model
-                .finish(s)
-                .map(|o| o.pooled)
-                .map_err(|e| JobError::new(format!("CLIP `{name}`: {e}")))
-        })
-        .collect())
+    let (model, tokenizer) = (&clip.model, &clip.tokenizer);
+    let encoder = Encoder {
+        label: "CLIP",
+        name: &clip.name,
+        tokenize: |p: &str| tokenizer.encode(p),
+        prepare: |ids: &[u32]| model.prepare(ids),
+        run_unit: |i, vb, st: &mut _| model.run_unit(i, vb, st),
+        finish: |st| model.finish(st).map(|o| o.pooled),
+    };
+    encoder.chunk(&mut clip.engine, prompts, events)
 }
 
 fn t5_chunk(
@@ -132,45 +101,79 @@ fn t5_chunk(
     len: usize,
     events: &mut dyn FnMut(Event),
 ) -> Result<Vec<Result<Tensor, JobError>>, ExecError> {
-    let mut states: Vec<Result<crate::models::t5::State, JobError>> = prompts
-        .iter()
-        .map(|p| {
-            let e = t5
-                .tokenizer
-                .encode(p, len)
-                .map_err(|e| JobError::new(format!("T5 tokenizer: {e}")))?;
-            if e.truncated {
-                events(Event::Note {
-                    message: format!(
-                        "prompt \"{}\" is {} T5 tokens; `{}` keeps {} (the rest is ignored)",
-                        short(p),
-                        e.tokens,
-                        t5.name,
-                        e.ids.len()
-                    ),
-                });
-            }
-            t5.enc
-                .prepare(&e.ids)
-                .map_err(|e| JobError::new(format!("T5 `{}`: {e}", t5.name)))
-        })
-        .collect();
-    let (enc, name) = (&t5.enc, t5.name.clone());
-    t5.engine.pass(|i, w| -> Result<(), ExecError> {
-        for s in states.iter_mut() {
-            if let Ok(st) = s {
-                if let Err(e) = enc.run_unit(i, w.var_builder(), st) {
-                    *s = Err(JobError::new(format!("T5 `{name}`: {e}")));
+    let (enc, tokenizer) = (&t5.enc, &t5.tokenizer);
+    let encoder = Encoder {
+        label: "T5",
+        name: &t5.name,
+        tokenize: |p: &str| tokenizer.encode(p, len),
+        prepare: |ids: &[u32]| enc.prepare(ids),
+        run_unit: |i, vb, st: &mut _| enc.run_unit(i, vb, st),
+        finish: |st| enc.finish(st),
+    };
+    encoder.chunk(&mut t5.engine, prompts, events)
+}
+
+/// A unit-streamed text encoder, as one chunk of prompts goes through it.
+struct Encoder<'a, Tk, Pr, Ru, Fi> {
+    /// `CLIP` or `T5`, for messages.
+    label: &'static str,
+    /// The model's name in the manifest.
+    name: &'a str,
+    tokenize: Tk,
+    prepare: Pr,
+    run_unit: Ru,
+    finish: Fi,
+}
+
+impl<S, Tk, Pr, Ru, Fi> Encoder<'_, Tk, Pr, Ru, Fi>
+where
+    Tk: Fn(&str) -> Result<Encoded, TokenizeError>,
+    Pr: Fn(&[u32]) -> candle_core::Result<S>,
+    Ru: Fn(usize, VarBuilder<'static>, &mut S) -> candle_core::Result<()>,
+    Fi: Fn(S) -> candle_core::Result<Tensor>,
+{
+    /// Tokenises each prompt (a note when it is cut), prepares its state, applies every unit
+    /// of one engine pass to every state in turn, and finishes: one result per prompt; a
+    /// prompt that fails fails alone.
+    fn chunk(
+        &self,
+        engine: &mut Eng,
+        prompts: &[String],
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<Result<Tensor, JobError>>, ExecError> {
+        let (label, name) = (self.label, self.name);
+        let failed = |e: candle_core::Error| JobError::new(format!("{label} `{name}`: {e}"));
+        let mut states: Vec<Result<S, JobError>> = prompts
+            .iter()
+            .map(|p| {
+                let e = (self.tokenize)(p)
+                    .map_err(|e| JobError::new(format!("{label} tokenizer: {e}")))?;
+                if e.truncated {
+                    events(Event::Note {
+                        message: format!(
+                            "prompt \"{}\" is {} {label} tokens; `{name}` keeps {} (the rest is ignored)",
+                            short(p),
+                            e.tokens,
+                            e.ids.len()
+                        ),
+                    });
+                }
+                (self.prepare)(&e.ids).map_err(failed)
+            })
+            .collect();
+        engine.pass(|i, w| -> Result<(), ExecError> {
+            for s in states.iter_mut() {
+                if let Ok(st) = s {
+                    if let Err(e) = (self.run_unit)(i, w.var_builder(), st) {
+                        *s = Err(failed(e));
+                    }
                 }
             }
-        }
-        Ok(())
-    })?;
-    Ok(states
-        .into_iter()
-        .map(|s| {
-            enc.finish(s?)
-                .map_err(|e| JobError::new(format!("T5 `{name}`: {e}")))
-        })
-        .collect())
+            Ok(())
+        })?;
+        Ok(states
+            .into_iter()
+            .map(|s| (self.finish)(s?).map_err(failed))
+            .collect())
+    }
 }
