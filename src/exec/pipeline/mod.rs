@@ -137,6 +137,26 @@ struct FluxPipeline {
     hasher: hashes::FileHasher,
 }
 
+/// Drops the loaded models of `loaded` that no job in `needed` uses, with a note for each.
+fn release_unneeded<V>(
+    loaded: &mut HashMap<String, V>,
+    needed: &HashSet<String>,
+    events: &mut dyn FnMut(Event),
+) {
+    let mut gone: Vec<String> = loaded
+        .keys()
+        .filter(|k| !needed.contains(*k))
+        .cloned()
+        .collect();
+    gone.sort();
+    for k in gone {
+        loaded.remove(&k);
+        events(Event::Note {
+            message: format!("model `{k}` released: no remaining job needs it"),
+        });
+    }
+}
+
 fn load_err(msg: String) -> ExecError {
     ExecError::Load(msg)
 }
@@ -360,30 +380,8 @@ impl FluxPipeline {
             needed_d.insert(r.diffusion.clone());
             needed_v.insert(r.vae.clone());
         }
-        let drop_d: Vec<String> = self
-            .flux
-            .keys()
-            .filter(|k| !needed_d.contains(*k))
-            .cloned()
-            .collect();
-        for k in drop_d {
-            self.flux.remove(&k);
-            events(Event::Note {
-                message: format!("model `{k}` released: no remaining job needs it"),
-            });
-        }
-        let drop_v: Vec<String> = self
-            .vaes
-            .keys()
-            .filter(|k| !needed_v.contains(*k))
-            .cloned()
-            .collect();
-        for k in drop_v {
-            self.vaes.remove(&k);
-            events(Event::Note {
-                message: format!("model `{k}` released: no remaining job needs it"),
-            });
-        }
+        release_unneeded(&mut self.flux, &needed_d, events);
+        release_unneeded(&mut self.vaes, &needed_v, events);
     }
 
     fn ensure_loaded(&mut self, r: &Roles, events: &mut dyn FnMut(Event)) -> Result<(), ExecError> {
