@@ -15,6 +15,7 @@ pub mod clip;
 pub mod coverage;
 pub mod flux;
 pub mod seeded;
+pub mod spec;
 pub mod t5;
 #[cfg(test)]
 pub(crate) mod testutil;
