@@ -1,6 +1,7 @@
 //! Device names: `cpu`, `cuda:N`, and `disk` (weights left in the memory-mapped file).
 //!
-//! One type, [`DeviceName`], used by manifests, allocation strings, hardware files and plans.
+//! One type, [`DeviceName`], used by manifests, allocation strings, hardware files and plans;
+//! [`UnitHome`] is the same place seen from a model's compute device (the executor's view).
 //! `cuda` alone means `cuda:0` and is written back as `cuda:0`. Names other ComfyUI tools accept
 //! (`mps`, `xpu:0`, `npu:0`, `mlu:0`, `directml`) are recognised and refused with a message
 //! saying mgpu runs on CPUs and CUDA GPUs. Whether a device exists on the machine is checked
@@ -169,9 +170,91 @@ impl JsonSchema for DeviceName {
     }
 }
 
+/// Where one placement unit lives during a run, relative to its model's compute device: the
+/// one type for a block's home in the executor, the streaming backends and the benchmark
+/// ([`DeviceName`] is the absolute name plans and manifests use; [`UnitHome::from_plan`] and
+/// [`UnitHome::device`] convert). Relative, because a CPU compute device can still stream a
+/// unit from host memory (`Host`), which an absolute `cpu` home could not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitHome {
+    /// Resident on the compute device.
+    Compute,
+    /// Host memory, streamed.
+    Host,
+    /// The memory-mapped weight file (or a spill file), streamed.
+    Disk,
+    /// Another GPU's memory (`cuda:N`), streamed.
+    Donor(u32),
+}
+
+impl UnitHome {
+    /// The home of a unit the plan put on `home` for a model computing on `compute`.
+    pub fn from_plan(home: DeviceName, compute: DeviceName) -> UnitHome {
+        match home {
+            h if h == compute => UnitHome::Compute,
+            DeviceName::Cpu => UnitHome::Host,
+            DeviceName::Disk => UnitHome::Disk,
+            DeviceName::Cuda(n) => UnitHome::Donor(n),
+        }
+    }
+
+    /// The device name the home's bytes are counted under.
+    pub fn device(self, compute: DeviceName) -> DeviceName {
+        match self {
+            UnitHome::Compute => compute,
+            UnitHome::Host => DeviceName::Cpu,
+            UnitHome::Disk => DeviceName::Disk,
+            UnitHome::Donor(n) => DeviceName::Cuda(n),
+        }
+    }
+}
+
+impl std::fmt::Display for UnitHome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnitHome::Compute => f.write_str("compute"),
+            UnitHome::Host => f.write_str("host"),
+            UnitHome::Disk => f.write_str("disk"),
+            UnitHome::Donor(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl PartialOrd for UnitHome {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for UnitHome {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |h: &UnitHome| match h {
+            UnitHome::Compute => (0, 0),
+            UnitHome::Donor(n) => (1, *n),
+            UnitHome::Host => (2, 0),
+            UnitHome::Disk => (3, 0),
+        };
+        key(self).cmp(&key(other))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn homes_from_plan() {
+        use DeviceName::*;
+        assert_eq!(UnitHome::from_plan(Cpu, Cpu), UnitHome::Compute);
+        assert_eq!(UnitHome::from_plan(Disk, Cpu), UnitHome::Disk);
+        assert_eq!(UnitHome::from_plan(Cpu, Cuda(0)), UnitHome::Host);
+        assert_eq!(UnitHome::from_plan(Cuda(1), Cuda(0)), UnitHome::Donor(1));
+        assert_eq!(UnitHome::from_plan(Cuda(0), Cuda(0)), UnitHome::Compute);
+        assert_eq!(UnitHome::Donor(2).device(Cuda(0)), Cuda(2));
+        assert_eq!(UnitHome::Compute.device(Cuda(0)), Cuda(0));
+    }
+
     use proptest::prelude::*;
 
     #[test]

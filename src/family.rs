@@ -79,6 +79,35 @@ impl Family {
         )
     }
 
+    /// How messages name the family's model code (`FLUX \`flux\`: …`).
+    pub const fn label(self) -> &'static str {
+        match self {
+            Family::Flux => "FLUX",
+            Family::FluxVae => "VAE",
+            Family::T5 => "T5",
+            Family::ClipL => "CLIP",
+            Family::Wan => "Wan",
+            Family::WanVae => "Wan VAE",
+            Family::UmT5 => "umT5",
+        }
+    }
+
+    /// For a diffusion family: the families of the text encoders it needs (in the order they
+    /// run) and of its VAE. The one pairing table: manifest validation and the executor read
+    /// it. `None` for families that are not diffusion models.
+    pub const fn companions(self) -> Option<(&'static [Family], Family)> {
+        match self {
+            Family::Flux => Some((&[Family::ClipL, Family::T5], Family::FluxVae)),
+            Family::Wan => Some((&[Family::UmT5], Family::WanVae)),
+            _ => None,
+        }
+    }
+
+    /// Whether the family makes videos (its jobs have `frames`).
+    pub const fn is_video(self) -> bool {
+        matches!(self, Family::Wan | Family::WanVae)
+    }
+
     /// Image width and height must be multiples of this (VAE factor × patch size).
     pub const fn size_multiple(self) -> u32 {
         match self {

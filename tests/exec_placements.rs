@@ -29,10 +29,10 @@ fn placements_batches_and_loras_give_identical_bytes() {
     let reference = run(&m, options(&cache), &singles);
     let r0 = reference.ok(0);
     assert_eq!(r0.latent_shape, vec![1, 16, 6, 8]);
-    assert_eq!(r0.rgb.dimensions(), (64, 48));
+    assert_eq!(r0.rgb().dimensions(), (64, 48));
     // Different seeds and prompts give different images (the comparison below can fail).
     assert_ne!(r0.latent, reference.ok(1).latent);
-    assert_ne!(r0.rgb.as_raw(), reference.ok(3).rgb.as_raw());
+    assert_ne!(r0.rgb().as_raw(), reference.ok(3).rgb().as_raw());
     let resident_cpu = reference
         .measured("flux")
         .iter()
@@ -94,7 +94,7 @@ fn placements_batches_and_loras_give_identical_bytes() {
         r0.latent,
         "the LoRA changes the output"
     );
-    assert_ne!(lora_resident.ok(0).rgb.as_raw(), r0.rgb.as_raw());
+    assert_ne!(lora_resident.ok(0).rgb().as_raw(), r0.rgb().as_raw());
     let lora_disk = run(
         &lora,
         everything_on(options(&cache), UnitHome::Disk),

@@ -27,60 +27,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType as CDType, Device, Tensor};
-use serde::Serialize;
 
 use super::cpu::CpuBackend;
 use super::engine::{Backend, Engine, EngineUnit, Home};
 use super::load::{LoadError, ModelFile};
 use super::unit::{Bytes, HostTensor, UnitData};
+pub use crate::device::UnitHome;
 use crate::device::DeviceName;
-
-/// Where one unit lives during the run, relative to its model's compute device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnitHome {
-    /// Resident on the compute device.
-    Compute,
-    /// Host memory, streamed.
-    Host,
-    /// The memory-mapped weight file (or a spill file), streamed.
-    Disk,
-    /// Another GPU's memory (`cuda:N`), streamed.
-    Donor(u32),
-}
-
-impl UnitHome {
-    /// The home of a unit the plan put on `home` for a model computing on `compute`.
-    pub fn from_plan(home: DeviceName, compute: DeviceName) -> UnitHome {
-        match home {
-            h if h == compute => UnitHome::Compute,
-            DeviceName::Cpu => UnitHome::Host,
-            DeviceName::Disk => UnitHome::Disk,
-            DeviceName::Cuda(n) => UnitHome::Donor(n),
-        }
-    }
-
-    /// The device name the home's bytes are counted under.
-    pub fn device(self, compute: DeviceName) -> DeviceName {
-        match self {
-            UnitHome::Compute => compute,
-            UnitHome::Host => DeviceName::Cpu,
-            UnitHome::Disk => DeviceName::Disk,
-            UnitHome::Donor(n) => DeviceName::Cuda(n),
-        }
-    }
-}
-
-impl std::fmt::Display for UnitHome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UnitHome::Compute => f.write_str("compute"),
-            UnitHome::Host => f.write_str("host"),
-            UnitHome::Disk => f.write_str("disk"),
-            UnitHome::Donor(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
 
 /// The compute side of a model: device, its name, the compute dtype.
 #[derive(Debug, Clone)]
@@ -146,24 +99,6 @@ impl std::fmt::Debug for Distributed {
             .field("slot_bytes", &self.slot_bytes)
             .field("spilled", &self.spilled)
             .finish_non_exhaustive()
-    }
-}
-
-impl PartialOrd for UnitHome {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for UnitHome {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let key = |h: &UnitHome| match h {
-            UnitHome::Compute => (0, 0),
-            UnitHome::Donor(n) => (1, *n),
-            UnitHome::Host => (2, 0),
-            UnitHome::Disk => (3, 0),
-        };
-        key(self).cmp(&key(other))
     }
 }
 
@@ -414,18 +349,6 @@ fn make_backend(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn homes_from_plan() {
-        use DeviceName::*;
-        assert_eq!(UnitHome::from_plan(Cpu, Cpu), UnitHome::Compute);
-        assert_eq!(UnitHome::from_plan(Disk, Cpu), UnitHome::Disk);
-        assert_eq!(UnitHome::from_plan(Cpu, Cuda(0)), UnitHome::Host);
-        assert_eq!(UnitHome::from_plan(Cuda(1), Cuda(0)), UnitHome::Donor(1));
-        assert_eq!(UnitHome::from_plan(Cuda(0), Cuda(0)), UnitHome::Compute);
-        assert_eq!(UnitHome::Donor(2).device(Cuda(0)), Cuda(2));
-        assert_eq!(UnitHome::Compute.device(Cuda(0)), Cuda(0));
-    }
 
     #[test]
     fn spill_maps_owned_tensors_and_keeps_values() {

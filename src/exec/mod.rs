@@ -41,10 +41,11 @@ pub struct ImageTask {
     pub hash: String,
 }
 
-/// A finished image before it is written.
+/// A finished image (or video) before it is written.
 #[derive(Debug, Clone)]
 pub struct Rendered {
-    pub rgb: image::RgbImage,
+    /// The decoded frames, at least one; an image is one frame.
+    pub frames: Vec<image::RgbImage>,
     /// The final latent (what the VAE decoded), f32 in C order, and its shape: golden files
     /// hash it next to the pixels.
     pub latent: Vec<f32>,
@@ -53,6 +54,13 @@ pub struct Rendered {
     pub record: ImageRecord,
     /// Seconds spent on this image's share of the batch (encode + denoise + decode).
     pub seconds: f64,
+}
+
+impl Rendered {
+    /// The first frame (the image, for image families).
+    pub fn rgb(&self) -> &image::RgbImage {
+        &self.frames[0]
+    }
 }
 
 /// Why one image failed (the run goes on; the report lists it).

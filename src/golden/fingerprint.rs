@@ -23,6 +23,13 @@ pub struct Fingerprint {
     /// `/proc/cpuinfo` "cache size" when present (gemm sizes its blocks from the caches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_cache: Option<String>,
+    /// Every cache level as gemm reads it (`/sys/devices/system/cpu/cpu0/cache`): size,
+    /// associativity and line of L1d, L2, L3. gemm sizes its matrix blocks from them, which
+    /// fixes the order of the additions: two CPUs with the same model name and L2 but another
+    /// L1 (AMD EPYC Zen 4: 32K, Zen 5: 48K) give different low bits. `None` in golden files
+    /// recorded before mgpu read it, which therefore compare by tolerance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_caches: Option<String>,
     /// SIMD features the CPU kernels may dispatch on (`avx2`, `fma`, `avx512f`, `neon`, …).
     pub cpu_features: Vec<String>,
     /// Recorded, not compared.
@@ -55,6 +62,7 @@ impl Fingerprint {
             arch: std::env::consts::ARCH.into(),
             cpu: cpu.unwrap_or_else(|| "unknown".into()),
             cpu_cache,
+            cpu_caches: cpu_caches(),
             cpu_features: cpu_features(),
             mgpu_version: env!("CARGO_PKG_VERSION").into(),
             gpus,
@@ -75,6 +83,7 @@ impl Fingerprint {
         cmp("CPU", self.cpu.clone(), other.cpu.clone());
         let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "unknown".into());
         cmp("CPU cache", opt(&self.cpu_cache), opt(&other.cpu_cache));
+        cmp("CPU caches", opt(&self.cpu_caches), opt(&other.cpu_caches));
         cmp(
             "CPU features",
             self.cpu_features.join(" "),
@@ -168,6 +177,35 @@ pub fn gpu_library_versions() -> (Option<String>, Option<String>) {
 #[cfg(not(feature = "cuda"))]
 pub fn gpu_library_versions() -> (Option<String>, Option<String>) {
     (None, None)
+}
+
+/// The data and unified cache levels of CPU 0 as Linux describes them (what gemm reads),
+/// `L1d 48K 12-way 64B; L2 1024K 16-way 64B; …`; `None` where Linux does not say.
+fn cpu_caches() -> Option<String> {
+    let base = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let mut levels = Vec::new();
+    for i in 0..8 {
+        let dir = base.join(format!("index{i}"));
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size"))
+        else {
+            break;
+        };
+        if kind == "Instruction" {
+            continue;
+        }
+        let tag = if kind == "Data" { "d" } else { "" };
+        levels.push(format!(
+            "L{level}{tag} {size} {}-way {}B",
+            read("ways_of_associativity").unwrap_or_else(|| "?".into()),
+            read("coherency_line_size").unwrap_or_else(|| "?".into())
+        ));
+    }
+    (!levels.is_empty()).then(|| levels.join("; "))
 }
 
 fn cpu_model_and_cache() -> (Option<String>, Option<String>) {

@@ -128,7 +128,8 @@ pub struct Captured {
     /// Relative to the output root, `/` separators.
     pub output: String,
     pub job_hash: String,
-    pub rgb: RgbImage,
+    /// The decoded frames (one for an image).
+    pub frames: Vec<RgbImage>,
     /// `None` for an image that was not rendered in this run (up to date, read from its file).
     pub latent: Option<(Vec<f32>, Vec<usize>)>,
     /// The written PNG.
@@ -144,6 +145,11 @@ fn relative(path: &Path, root: &Path) -> String {
 }
 
 impl Captured {
+    /// The first frame (the image, for image families).
+    pub fn rgb(&self) -> &RgbImage {
+        &self.frames[0]
+    }
+
     /// A rendered image, written to `png` under `output_root`.
     pub fn rendered(task: &ImageTask, r: &Rendered, png: &Path, output_root: &Path) -> Self {
         Captured {
@@ -152,7 +158,7 @@ impl Captured {
             seed: task.image.seed,
             output: relative(png, output_root),
             job_hash: task.hash.clone(),
-            rgb: r.rgb.clone(),
+            frames: r.frames.clone(),
             latent: Some((r.latent.clone(), r.latent_shape.clone())),
             png: png.to_path_buf(),
         }
@@ -170,7 +176,7 @@ impl Captured {
             seed: task.image.seed,
             output: relative(png, output_root),
             job_hash: task.hash.clone(),
-            rgb,
+            frames: vec![rgb],
             latent: None,
             png: png.clone(),
         })
@@ -239,10 +245,10 @@ impl Recorder {
             index: c.index,
             seed: c.seed,
             output: c.output.clone(),
-            width: c.rgb.width(),
-            height: c.rgb.height(),
+            width: c.rgb().width(),
+            height: c.rgb().height(),
             job_hash: c.job_hash.clone(),
-            pixels_sha256: pixels_sha256(&c.rgb),
+            pixels_sha256: pixels_sha256(c.rgb()),
             latent_sha256: latent_sha256(latent),
             latent_shape: shape.clone(),
             png,
@@ -462,7 +468,7 @@ impl Verifier {
 
 fn compare_one(dir: &Path, g: &GoldenOutput, c: &Captured, rule: Rule) -> OutputCheck {
     let mut notes = Vec::new();
-    let pixels_equal = pixels_sha256(&c.rgb) == g.pixels_sha256;
+    let pixels_equal = pixels_sha256(c.rgb()) == g.pixels_sha256;
     let (mut max_pixel_diff, mut psnr_db) = (0u8, None);
     let mut pixels_comparable = true;
     if !pixels_equal {
@@ -470,17 +476,17 @@ fn compare_one(dir: &Path, g: &GoldenOutput, c: &Captured, rule: Rule) -> Output
         match image::open(&png) {
             Ok(img) => {
                 let img = img.to_rgb8();
-                if img.dimensions() != c.rgb.dimensions() {
+                if img.dimensions() != c.rgb().dimensions() {
                     pixels_comparable = false;
                     notes.push(format!(
                         "size differs: golden {}x{}, now {}x{}",
                         img.width(),
                         img.height(),
-                        c.rgb.width(),
-                        c.rgb.height()
+                        c.rgb().width(),
+                        c.rgb().height()
                     ));
                 } else {
-                    let d = pixel_diff(img.as_raw(), c.rgb.as_raw());
+                    let d = pixel_diff(img.as_raw(), c.rgb().as_raw());
                     max_pixel_diff = d.max_abs;
                     psnr_db = d.psnr_db;
                 }

@@ -82,6 +82,20 @@ raw_table! {
         /// Default largest batch.
         #[schemars(range(min = 1))]
         batch: u32,
+        /// Default negative prompt (true classifier-free guidance).
+        negative_prompt: String,
+        /// Default classifier-free guidance scale.
+        #[schemars(range(min = 0.0))]
+        cfg: f64,
+        /// Default model-sampling shift.
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
+        shift: f64,
+        /// Default number of video frames (4k+1).
+        #[schemars(range(min = 1))]
+        frames: u32,
+        /// Default video frame rate.
+        #[schemars(range(min = 1, max = 240))]
+        fps: u32,
     }
 }
 
@@ -228,6 +242,26 @@ raw_table! {
         /// Largest batch this job's images are run in (default: chosen from free memory).
         #[schemars(range(min = 1))]
         batch: u32,
+        /// What the image should not show: the unconditional half of true classifier-free
+        /// guidance (default empty). Used when `cfg` is not 1.
+        negative_prompt: String,
+        /// Classifier-free guidance scale: each step evaluates the model on the prompt and on
+        /// the negative prompt (in one pass over the weights) and moves `cfg` times their
+        /// difference from the negative (default 5 for Wan, 1 = off for FLUX, whose dev model
+        /// uses the distilled `guidance` instead).
+        #[schemars(range(min = 0.0))]
+        cfg: f64,
+        /// Model-sampling shift of the noise schedule (default: the model's own — FLUX dev's
+        /// size-dependent μ, 1 for schnell, 5 for Wan).
+        #[schemars(extend("exclusiveMinimum" = 0.0))]
+        shift: f64,
+        /// Video families (wan): frames per video, 4k+1 (default 81: about 5 s at 16 fps).
+        /// Image families make one frame.
+        #[schemars(range(min = 1))]
+        frames: u32,
+        /// Video families: frames per second of the written video (default 16, Wan 2.1's).
+        #[schemars(range(min = 1, max = 240))]
+        fps: u32,
     }
 }
 

@@ -260,6 +260,16 @@ impl OutputTemplate {
         out
     }
 
+    /// The file ending, lowercase, one of [`EXTENSIONS`].
+    pub fn extension(&self) -> &'static str {
+        let lower = self.text.to_ascii_lowercase();
+        EXTENSIONS
+            .iter()
+            .find(|e| lower.ends_with(&format!(".{e}")))
+            .copied()
+            .unwrap_or("png")
+    }
+
     /// The template with `-{seed}` inserted before its extension (for help texts).
     pub fn with_seed(&self) -> String {
         match self.text.rfind('.') {
@@ -269,7 +279,12 @@ impl OutputTemplate {
     }
 }
 
-/// Absolute paths, `\`, `..` that climbs out of the root, and the `.png` ending.
+/// The file endings an output template may have: `png` (an image, or an animated PNG for a
+/// video), `apng` (an animated PNG) and `mp4` (H.264 through ffmpeg); which ones a job may
+/// use depends on its family (`manifest::validate`).
+pub const EXTENSIONS: [&str; 3] = ["png", "apng", "mp4"];
+
+/// Absolute paths, `\`, `..` that climbs out of the root, and the file ending.
 fn check_path(text: &str, parts: &[Part], errors: &mut Vec<TemplateError>) {
     let mut err = |span: Range<usize>, message: &str, help: &str| {
         errors.push(TemplateError {
@@ -322,10 +337,14 @@ fn check_path(text: &str, parts: &[Part], errors: &mut Vec<TemplateError>) {
         }
         start += seg.len() + 1;
     }
-    let ends_png = matches!(parts.last(), Some(Part::Lit(s)) if s.to_ascii_lowercase().ends_with(".png"))
-        && !text.ends_with("/.png")
-        && !text.eq_ignore_ascii_case(".png");
-    if !ends_png {
+    let lower = text.to_ascii_lowercase();
+    let ext = EXTENSIONS.iter().find(|e| {
+        let dotted = format!(".{e}");
+        matches!(parts.last(), Some(Part::Lit(s)) if s.to_ascii_lowercase().ends_with(&dotted))
+            && !lower.ends_with(&format!("/{dotted}"))
+            && lower != dotted
+    });
+    if ext.is_none() {
         let end = text.len();
         let at = text
             .rfind('.')
@@ -333,8 +352,8 @@ fn check_path(text: &str, parts: &[Part], errors: &mut Vec<TemplateError>) {
             .unwrap_or(end);
         err(
             at..end,
-            "output path must end in `.png`",
-            "mgpu writes PNG images: end the template with a file name and `.png`, like `out/{job}-{seed}.png`",
+            "output path must end in `.png`, `.apng` or `.mp4`",
+            "end the template with a file name and `.png` (images; animated PNG for videos), `.apng` or `.mp4` (videos), like `out/{job}-{seed}.png`",
         );
     }
 }
@@ -412,9 +431,15 @@ mod tests {
         );
         assert_eq!(
             msg("out/{seed}.jpg"),
-            ["output path must end in `.png`@10..14"]
+            ["output path must end in `.png`, `.apng` or `.mp4`@10..14"]
         );
-        assert_eq!(msg("out/{seed}"), ["output path must end in `.png`@10..10"]);
+        assert_eq!(
+            msg("out/{seed}"),
+            ["output path must end in `.png`, `.apng` or `.mp4`@10..10"]
+        );
+        assert!(msg("out/{seed}.mp4").is_empty());
+        assert!(msg("out/{seed}.APNG").is_empty());
+        assert_eq!(msg("out/.mp4").len(), 1);
         assert_eq!(msg("{}.png"), ["empty placeholder `{}`@0..2"]);
         assert_eq!(
             msg("{job:03}.png"),

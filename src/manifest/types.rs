@@ -103,6 +103,17 @@ pub struct Job {
     pub denoise: f64,
     /// Largest batch for this job's images; `None`: chosen from free memory.
     pub batch: Option<u32>,
+    /// The unconditional prompt of true classifier-free guidance; `None`: empty.
+    pub negative_prompt: Option<String>,
+    /// Classifier-free guidance scale, ≥ 0 (the family's default applied); 1 = no
+    /// unconditional evaluation.
+    pub cfg: f64,
+    /// Model-sampling shift, > 0; `None`: the model's own.
+    pub shift: Option<f64>,
+    /// Frames per output: 1 for image families, 4k+1 for video families.
+    pub frames: u32,
+    /// Frames per second of a video output (video families only).
+    pub fps: Option<u32>,
 }
 
 /// One image of a job.
@@ -116,6 +127,16 @@ pub struct JobImage {
 }
 
 impl Job {
+    /// Whether each step evaluates the model twice (prompt and negative prompt).
+    pub fn true_cfg(&self) -> bool {
+        self.cfg != 1.0
+    }
+
+    /// Whether the outputs are videos.
+    pub fn is_video(&self) -> bool {
+        self.fps.is_some()
+    }
+
     /// The placeholder values of image `index`.
     pub fn vars(&self, index: u32) -> Vars<'_> {
         Vars {

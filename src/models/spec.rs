@@ -20,6 +20,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::family::Family;
+use crate::sample::{ModelSampling, SampleError};
 
 /// A tensor's shape in the canonical layout, or `None` when the file does not hold it.
 pub type ShapeOf<'a> = &'a dyn Fn(&str) -> Option<Vec<usize>>;
@@ -77,8 +78,26 @@ pub trait DiffusionModel: Sized {
     fn build_unit(cfg: &Self::Config, index: usize, vb: VarBuilder) -> Result<Self::Block>;
     /// The latent shape of one job: `[1, C, h, w]` or `[1, C, T, h, w]`.
     fn latent_shape(cfg: &Self::Config, width: u32, height: u32, frames: u32) -> Vec<usize>;
-    /// The text encoders the family needs (`pooled` only if the config uses one).
+    /// The text encoders the family needs (`pooled` only if the config uses one). Their
+    /// families are those of [`Family::companions`].
     fn text_needs(cfg: &Self::Config) -> TextNeeds;
+    /// How σ maps to the model's timestep, and the σ table schedulers pick from, for a job of
+    /// `width × height`; `shift` is the manifest's `shift` when given.
+    fn model_sampling(
+        cfg: &Self::Config,
+        width: u32,
+        height: u32,
+        shift: Option<f64>,
+    ) -> std::result::Result<ModelSampling, SampleError>;
+    /// The distilled-guidance input for a job's `guidance` value, if the model takes one.
+    fn guidance(_cfg: &Self::Config, _guidance: f64) -> Option<f64> {
+        None
+    }
+    /// The variant the weights are (FLUX: `dev`/`schnell`), when the family has variants; a
+    /// manifest's `variant` must agree with it.
+    fn variant(_cfg: &Self::Config) -> Option<&'static str> {
+        None
+    }
 
     /// Embeds one evaluation's inputs.
     fn prepare(&self, inputs: &StepInputs) -> Result<Self::State>;

@@ -22,6 +22,8 @@ pub mod infotext;
 pub mod pixels;
 pub mod png;
 pub mod record;
+mod ffmpeg_tmp;
+pub use ffmpeg_tmp::Ffmpeg;
 
 use std::path::PathBuf;
 

@@ -45,6 +45,12 @@ pub struct ImageRecord {
     pub shift: Option<f64>,
     pub width: u32,
     pub height: u32,
+    /// Frames of a video (absent for images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<u32>,
+    /// Frames per second of a video.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<u32>,
     /// Every model file the pipeline used: diffusion model, VAE, text encoders.
     pub models: Vec<ModelRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -131,6 +137,8 @@ pub(crate) mod tests {
             shift: Some(1.15),
             width: 1024,
             height: 1024,
+            frames: None,
+            fps: None,
             models: vec![
                 ModelRecord {
                     name: "dit".into(),

@@ -1,21 +1,25 @@
-//! One batch: img2img encoding, lockstep sampling through the streaming engine, decoding.
+//! One batch, for any family: img2img encoding, lockstep sampling through the streaming
+//! engine, decoding.
 //!
 //! Every task has its own [`SamplerRun`] (seeded noise from its own seed, so nothing depends
-//! on the batch). A round asks each unfinished run for its next model call; the calls are
-//! evaluated in ONE engine pass, each fetched block applied to every task in turn
-//! (docs/decisions.md §4, never one concatenated tensor); each run then advances. The VAE
-//! passes work the same way: the encoder (img2img tasks) and the decoder are each fetched
-//! once per batch and applied per task.
+//! on the batch). A round asks each unfinished run for its next model call; the calls become
+//! model evaluations — one per task, two for a task with classifier-free guidance (its prompt
+//! and its negative prompt) — evaluated in ONE engine pass, each fetched block applied to
+//! every evaluation in turn (docs/decisions.md §4, never one concatenated tensor), so one
+//! weight fetch serves the whole batch and both halves of its guidance. Guidance combines the
+//! two model outputs as `uncond + cfg · (cond − uncond)`, as Wan's reference and diffusers'
+//! pipelines do; each run then advances. The VAE passes work the same way: the encoder
+//! (img2img tasks) and the decoder are each fetched once per batch and applied per task.
 //!
 //! A task fails alone ([`JobError`]): an init image that cannot be read or has the wrong
-//! size, a model call that errors, or a NaN/∞ anywhere in its denoised latent (checked after
-//! every model call, so a failing task stops costing compute at once). Its neighbours'
+//! size, a model evaluation that errors, or a NaN/∞ anywhere in its denoised latent (checked
+//! after every model call, so a failing task stops costing compute at once). Its neighbours'
 //! computations never see it. An engine error (a fetch failing) fails the batch
 //! ([`ExecError`]): the weights are no longer trustworthy.
 //!
 //! img2img: the init image is encoded deterministically to the posterior *mean* (no sampled
-//! latent, so no extra noise stream), shifted and scaled into model space, and mixed with the
-//! task's seeded noise at the schedule's first σ ([`SamplerRun::start`]).
+//! latent, so no extra noise stream), in the diffusion model's latent space, and mixed with
+//! the task's seeded noise at the schedule's first σ ([`SamplerRun::start`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,36 +27,32 @@ use std::time::Instant;
 use candle_core::{DType as CDType, Device, Tensor};
 
 use super::encode::Conditioning;
-use super::models::{FluxModel, VaeModel};
+use super::family::{Codec, Denoiser};
 use crate::exec::{Event, ExecError, ImageTask, JobError, PassStats};
-use crate::manifest::FluxVariant;
-use crate::models::{flux, vae};
+use crate::models::spec::StepInputs;
 use crate::output::{image_to_rgb8, load_init_image, InitFit};
 use crate::sample::{ModelSampling, SampleSpec, SamplerRun};
 
-/// A task of the batch with its conditioning.
+/// A task of the batch with its conditioning (and, under classifier-free guidance, the
+/// conditioning of its negative prompt).
 pub(crate) struct TaskIn<'a> {
     pub task: &'a ImageTask,
     pub cond: Result<Arc<Conditioning>, JobError>,
+    pub uncond: Option<Result<Arc<Conditioning>, JobError>>,
 }
 
 /// What a finished task produced.
 pub(crate) struct TaskOut {
-    /// The final latent `[1, 16, h, w]`, f32 on the host.
+    /// The final latent (`[1, C, h, w]` or `[1, C, T, h, w]`), f32 on the host.
     pub latent: Tensor,
-    pub rgb: image::RgbImage,
+    /// The decoded frames (one for an image).
+    pub frames: Vec<image::RgbImage>,
     /// The model-sampling shift used.
     pub shift: f64,
+    /// The distilled guidance given to the model, if it takes one.
+    pub guidance: Option<f64>,
     /// This task's share of the batch.
     pub seconds: f64,
-}
-
-/// The model sampling of a FLUX variant at a size.
-pub(crate) fn model_sampling(variant: FluxVariant, width: u32, height: u32) -> ModelSampling {
-    match variant {
-        FluxVariant::Dev => ModelSampling::flux_dev(width, height),
-        FluxVariant::Schnell => ModelSampling::flux_schnell(),
-    }
 }
 
 fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
@@ -60,34 +60,56 @@ fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
     Ok(v.iter().all(|x| x.is_finite()))
 }
 
+/// One conditioning on the compute device.
+struct Cond {
+    context: Tensor,
+    pooled: Option<Tensor>,
+}
+
+impl Cond {
+    fn on(c: &Conditioning, dev: &Device) -> Result<Cond, JobError> {
+        let to = |t: &Tensor| {
+            t.to_device(dev)
+                .map_err(|e| JobError::new(format!("conditioning: {e}")))
+        };
+        Ok(Cond {
+            context: to(&c.context)?,
+            pooled: c.pooled.as_ref().map(to).transpose()?,
+        })
+    }
+}
+
 /// A task in flight.
 struct Live<'a> {
     task: &'a ImageTask,
     run: SamplerRun,
     ms: ModelSampling,
-    txt: Tensor,
-    vec: Tensor,
+    guidance: Option<f64>,
+    cond: Cond,
+    /// The negative prompt's conditioning under classifier-free guidance.
+    uncond: Option<Cond>,
 }
 
 /// Runs one batch; one result per input, in order.
 pub(crate) fn run(
-    flux: &mut FluxModel,
-    vae: &mut VaeModel,
+    dit: &mut dyn Denoiser,
+    vae: &mut dyn Codec,
     inputs: Vec<TaskIn<'_>>,
     events: &mut dyn FnMut(Event),
 ) -> Result<Vec<Result<TaskOut, JobError>>, ExecError> {
     let t0 = Instant::now();
     let n = inputs.len();
     let mut failed: Vec<Option<JobError>> = vec![None; n];
-    let fdev = flux.target.device.clone();
-    let vdev = vae.target.device.clone();
-    let vdtype = vae.target.dtype;
-    let vname = vae.name.clone();
+    let fdev = dit.device().clone();
 
     // img2img: read the init images, then one encoder pass for all of them.
     let mut init_images: Vec<Option<Tensor>> = vec![None; n];
     for (k, inp) in inputs.iter().enumerate() {
-        if let Err(e) = &inp.cond {
+        if let Some(e) = [Some(&inp.cond), inp.uncond.as_ref()]
+            .into_iter()
+            .flatten()
+            .find_map(|c| c.as_ref().err())
+        {
             failed[k] = Some(e.clone());
             continue;
         }
@@ -96,8 +118,8 @@ pub(crate) fn run(
             match load_init_image(path, job.width, job.height, InitFit::Exact)
                 .map_err(|e| JobError::new(format!("init image: {e}")))
                 .and_then(|t| {
-                    t.to_device(&vdev)
-                        .and_then(|t| t.to_dtype(vdtype))
+                    t.to_device(vae.device())
+                        .and_then(|t| t.to_dtype(vae.dtype()))
                         .map_err(|e| JobError::new(format!("init image: {e}")))
                 }) {
                 Ok(t) => init_images[k] = Some(t),
@@ -106,23 +128,17 @@ pub(crate) fn run(
         }
     }
     let mut inits: Vec<Option<Tensor>> = vec![None; n];
-    if init_images.iter().any(Option::is_some) {
-        let cfg = vae.cfg.clone();
-        vae.encoder.pass(|_, w| -> Result<(), ExecError> {
-            let enc = vae::Encoder::new(&cfg, w.var_builder())?;
-            for k in 0..n {
-                let Some(img) = &init_images[k] else { continue };
-                match enc
-                    .encode(img, None)
-                    .and_then(|z| z.to_device(&fdev)?.to_dtype(CDType::F32))
-                {
-                    Ok(z) => inits[k] = Some(z),
-                    Err(e) => failed[k] = Some(JobError::new(format!("VAE `{vname}` encode: {e}"))),
-                }
-            }
-            Ok(())
-        })?;
+    for (k, r) in vae.encode(&init_images)?.into_iter().enumerate() {
+        match r {
+            None => {}
+            Some(Ok(z)) => match z.to_device(&fdev).and_then(|z| z.to_dtype(CDType::F32)) {
+                Ok(z) => inits[k] = Some(z),
+                Err(e) => failed[k] = Some(JobError::new(format!("init image: {e}"))),
+            },
+            Some(Err(e)) => failed[k] = Some(JobError::new(e)),
+        }
     }
+    drop(init_images);
 
     // Sampler runs.
     let mut live: Vec<Option<Live>> = Vec::with_capacity(n);
@@ -134,7 +150,7 @@ pub(crate) fn run(
         let job = &inp.task.job;
         let started = (|| -> Result<Live, JobError> {
             let cond = inp.cond.as_ref().map_err(Clone::clone)?;
-            let ms = model_sampling(flux.variant, job.width, job.height);
+            let ms = dit.sampling(job).map_err(JobError::new)?;
             let spec = SampleSpec {
                 sampler: job.sampler,
                 scheduler: job.scheduler,
@@ -142,20 +158,20 @@ pub(crate) fn run(
                 denoise: job.denoise,
                 seed: inp.task.image.seed,
             };
-            let (h, w) = (job.height as usize / 8, job.width as usize / 8);
-            let shape = [1, flux::config::LATENT_CHANNELS, h, w];
+            let shape = dit.latent_shape(job);
             let run = SamplerRun::start(&spec, &ms, &shape, inits[k].as_ref(), &fdev, CDType::F32)
                 .map_err(|e| JobError::new(format!("sampler: {e}")))?;
-            let dev = |t: &Tensor| {
-                t.to_device(&fdev)
-                    .map_err(|e| JobError::new(format!("conditioning: {e}")))
+            let uncond = match &inp.uncond {
+                Some(u) => Some(Cond::on(u.as_ref().map_err(Clone::clone)?, &fdev)?),
+                None => None,
             };
             Ok(Live {
                 task: inp.task,
                 run,
                 ms,
-                txt: dev(&cond.txt)?,
-                vec: dev(&cond.vec)?,
+                guidance: dit.guidance(job),
+                cond: Cond::on(cond, &fdev)?,
+                uncond,
             })
         })();
         match started {
@@ -198,50 +214,47 @@ pub(crate) fn run(
             });
         }
         current_step = Some(step);
-        let guidance = |job: &crate::manifest::Job| match flux.variant {
-            FluxVariant::Dev => Some(job.guidance),
-            FluxVariant::Schnell => None,
-        };
-        let mut states: Vec<(usize, Option<flux::State>)> = Vec::with_capacity(calls.len());
-        for (k, x, sigma, _) in &calls {
+        // Evaluations: per call, the prompt's, then the negative prompt's under guidance.
+        let mut owners: Vec<usize> = Vec::new();
+        let mut evals: Vec<StepInputs> = Vec::new();
+        for (c, (k, x, sigma, _)) in calls.iter().enumerate() {
             let l = live[*k].as_ref().expect("calls come from live runs");
-            let g = guidance(&l.task.job);
-            match flux
-                .dit
-                .prepare(x, &l.txt, &l.vec, l.ms.timestep(*sigma), g)
-            {
-                Ok(s) => states.push((*k, Some(s))),
-                Err(e) => {
-                    failed[*k] = Some(JobError::new(format!("FLUX `{}`: {e}", flux.name)));
-                    states.push((*k, None));
-                }
+            for cond in std::iter::once(&l.cond).chain(l.uncond.as_ref()) {
+                owners.push(c);
+                evals.push(StepInputs {
+                    latent: x,
+                    context: &cond.context,
+                    pooled: cond.pooled.as_ref(),
+                    timestep: l.ms.timestep(*sigma),
+                    guidance: l.guidance,
+                });
             }
         }
-        let (dit, cfg, name) = (&flux.dit, &flux.cfg, &flux.name);
-        let pass = flux.engine.pass(|i, w| -> Result<(), ExecError> {
-            let block = flux::FluxDit::build_unit(cfg, i, w.var_builder())?;
-            for (k, s) in states.iter_mut() {
-                if let Some(st) = s {
-                    if let Err(e) = dit.run_block(&block, st) {
-                        failed[*k] = Some(JobError::new(format!("FLUX `{name}`: {e}")));
-                        *s = None;
-                    }
-                }
-            }
-            Ok(())
-        })?;
+        let (outputs, pass) = dit.evaluate(&evals)?;
+        drop(evals);
         pending.push(pass);
-        for ((k, s), (_, x, sigma, _)) in states.into_iter().zip(&calls) {
-            let Some(st) = s else {
-                live[k] = None;
-                continue;
-            };
-            let l = live[k].as_mut().expect("calls come from live runs");
+        let mut per_call: Vec<Vec<Result<Tensor, String>>> = calls.iter().map(|_| vec![]).collect();
+        for (c, o) in owners.into_iter().zip(outputs) {
+            per_call[c].push(o);
+        }
+        for ((k, x, sigma, _), outs) in calls.iter().zip(per_call) {
+            let k = *k;
             let r = (|| -> Result<(), JobError> {
-                let v = flux
-                    .dit
-                    .finish(st)
-                    .map_err(|e| JobError::new(format!("FLUX `{}`: {e}", flux.name)))?;
+                let l = live[k].as_mut().expect("calls come from live runs");
+                let mut outs = outs.into_iter();
+                let cond = outs.next().unwrap_or_else(|| Err("no model output".into()));
+                let v = cond.map_err(JobError::new)?;
+                let v = match outs.next() {
+                    None => v,
+                    Some(u) => {
+                        let u = u.map_err(JobError::new)?;
+                        let scale = l.task.job.cfg;
+                        v.sub(&u)
+                            .and_then(|d| d * scale)
+                            .and_then(|d| &u + d)
+                            .map_err(|e| JobError::new(format!("guidance: {e}")))?
+                    }
+                };
                 let d =
                     l.ms.denoised_from_velocity(x, *sigma, &v)
                         .map_err(|e| JobError::new(format!("sampler: {e}")))?;
@@ -275,63 +288,64 @@ pub(crate) fn run(
     // Decode: one decoder pass for the batch.
     let mut latents: Vec<Option<Tensor>> = vec![None; n];
     let mut shifts = vec![0.0; n];
+    let mut guidances = vec![None; n];
     for (k, l) in live.into_iter().enumerate() {
         let Some(l) = l else { continue };
         shifts[k] = l.ms.shift();
+        guidances[k] = l.guidance;
         match l.run.finish() {
             Ok(x) => latents[k] = Some(x),
             Err(e) => failed[k] = Some(JobError::new(format!("sampler: {e}"))),
         }
     }
-    let mut images: Vec<Option<(image::RgbImage, f64)>> = vec![None; n];
-    if latents.iter().any(Option::is_some) {
-        let cfg = vae.cfg.clone();
-        let tiling = vae.tiling;
-        vae.decoder.pass(|_, w| -> Result<(), ExecError> {
-            let dec = vae::Decoder::new(&cfg, w.var_builder())?;
-            for k in 0..n {
-                let Some(z) = &latents[k] else { continue };
-                let t = Instant::now();
-                let img = z
-                    .to_device(&vdev)
-                    .and_then(|z| z.to_dtype(vdtype))
-                    .and_then(|z| match tiling {
-                        Some(t) => dec.decode_tiled(&z, t),
-                        None => dec.decode(&z),
-                    })
-                    .map_err(|e| JobError::new(format!("VAE `{vname}` decode: {e}")))
-                    .and_then(|img| {
-                        image_to_rgb8(&img)
-                            .map_err(|e| JobError::new(format!("VAE `{vname}` decode: {e}")))
-                    });
-                match img {
-                    Ok(rgb) => images[k] = Some((rgb, t.elapsed().as_secs_f64())),
-                    Err(e) => failed[k] = Some(e),
-                }
-            }
-            Ok(())
-        })?;
-    }
+    let decoded = vae.decode(&latents)?;
     let share = sampled_seconds / n.max(1) as f64;
     let mut out = Vec::with_capacity(n);
-    for k in 0..n {
+    for (k, d) in decoded.into_iter().enumerate() {
         if let Some(e) = failed[k].take() {
             out.push(Err(e));
             continue;
         }
-        let (Some(z), Some((rgb, decode_s))) = (latents[k].take(), images[k].take()) else {
+        let (Some(z), Some(d)) = (latents[k].take(), d) else {
             out.push(Err(JobError::new(
                 "the task produced no image (a bug in the executor)",
             )));
             continue;
         };
+        let name = vae.name().to_string();
+        let frames = d.map_err(JobError::new).and_then(|(frames, s)| {
+            to_rgb(&frames)
+                .map(|f| (f, s))
+                .map_err(|e| JobError::new(format!("VAE `{name}` decode: {e}")))
+        });
+        let (frames, decode_s) = match frames {
+            Ok(f) => f,
+            Err(e) => {
+                out.push(Err(e));
+                continue;
+            }
+        };
         let latent = z.to_device(&Device::Cpu).map_err(ExecError::from)?;
         out.push(Ok(TaskOut {
             latent,
-            rgb,
+            frames,
             shift: shifts[k],
+            guidance: guidances[k],
             seconds: share + decode_s,
         }));
     }
     Ok(out)
+}
+
+/// Frames `[F, 3, H, W]` in [-1, 1] → one RGB8 image per frame (at least one).
+fn to_rgb(frames: &Tensor) -> Result<Vec<image::RgbImage>, crate::output::OutputError> {
+    let (f, _c, _h, _w) = frames.dims4()?;
+    if f == 0 {
+        return Err(crate::output::OutputError::NotAnImage {
+            shape: frames.dims().to_vec(),
+        });
+    }
+    (0..f)
+        .map(|i| image_to_rgb8(&frames.narrow(0, i, 1)?))
+        .collect()
 }

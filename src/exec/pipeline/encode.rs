@@ -1,20 +1,26 @@
-//! Text encoding: every distinct prompt of the run through CLIP-L (pooled vector) and T5
-//! (hidden states), in streaming passes that apply each fetched block to every prompt of a
-//! chunk in turn, as denoising does for jobs (docs/decisions.md §4).
+//! Text encoding: every distinct prompt of the run through the pipeline's text encoders —
+//! the context encoder's hidden states (T5-XXL for FLUX, umT5-XXL for Wan) and, for families
+//! that take one, CLIP-L's pooled vector — in streaming passes that apply each fetched block
+//! to every prompt of a chunk in turn, as denoising does for jobs (docs/decisions.md §4).
 //!
 //! Truncation: a prompt longer than an encoder keeps its first tokens (CLIP: 77 with
-//! `<|endoftext|>` last; T5: 512 for dev, 256 for schnell), as diffusers and ComfyUI do. It is
-//! reported as a note naming the prompt and both counts; the job goes on (there is no
-//! per-job `strict` setting to make it fail). A prompt the tokenizer or the encoder cannot
-//! handle fails the jobs that use it, alone.
+//! `<|endoftext|>` last; T5: 512 for dev, 256 for schnell; umT5: 512), as diffusers and
+//! ComfyUI do. It is reported as a note naming the prompt and both counts; the job goes on
+//! (there is no per-job `strict` setting to make it fail). A prompt the tokenizer or the
+//! encoder cannot handle fails the jobs that use it, alone.
+//!
+//! Masked encoding (Wan): the context encoder attends only to the prompt's real tokens and
+//! the states past them are zeroed, as Wan's reference pipeline and diffusers' `WanPipeline`
+//! do; FLUX encodes all padded tokens unmasked, as its references do.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{DType as CDType, Device, Tensor};
 
 use candle_nn::VarBuilder;
 
-use super::models::{ClipModel, Eng, T5Model};
+use super::models::{ClipModel, Ctx, Eng, T5Model};
 use crate::exec::{Event, ExecError, JobError};
 use crate::models::tokenize::{Encoded, TokenizeError};
 
@@ -22,14 +28,14 @@ use crate::models::tokenize::{Encoded, TokenizeError};
 /// position bias, ≈ 75 MB in f32 at 512 tokens) bound it, not the weights' transfer.
 pub const ENCODE_CHUNK: usize = 8;
 
-/// One prompt's conditioning, on the host, in the diffusion model's compute dtype (what
-/// `FluxDit::prepare` converts it to anyway, so storing it converted changes nothing).
+/// One prompt's conditioning, on the host, in the diffusion model's compute dtype (what the
+/// model's `prepare` converts it to anyway, so storing it converted changes nothing).
 #[derive(Debug, Clone)]
 pub struct Conditioning {
-    /// T5 hidden states `[1, L, 4096]`.
-    pub txt: Tensor,
-    /// CLIP pooled output `[1, 768]`.
-    pub vec: Tensor,
+    /// The context encoder's hidden states `[1, L, D]`.
+    pub context: Tensor,
+    /// CLIP's pooled output `[1, 768]`, for families that take it.
+    pub pooled: Option<Tensor>,
     /// Seconds spent encoding this prompt (its share of the passes).
     pub seconds: f64,
 }
@@ -42,40 +48,88 @@ fn short(prompt: &str) -> String {
     s
 }
 
-/// Encodes `prompts` (distinct) with both encoders; one result per prompt, in order.
-pub(crate) fn encode(
-    clip: &mut ClipModel,
-    t5: &mut T5Model,
-    prompts: &[String],
-    t5_len: usize,
-    store: CDType,
-    events: &mut dyn FnMut(Event),
-) -> Result<Vec<Result<Conditioning, JobError>>, ExecError> {
-    let mut out = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(ENCODE_CHUNK) {
-        let t0 = Instant::now();
-        let pooled = clip_chunk(clip, chunk, events)?;
-        let hidden = t5_chunk(t5, chunk, t5_len, events)?;
-        let share = t0.elapsed().as_secs_f64() / chunk.len() as f64;
-        for (p, h) in pooled.into_iter().zip(hidden) {
-            let host = |t: Tensor| -> Result<Tensor, JobError> {
-                t.to_dtype(store)
-                    .and_then(|t| t.to_device(&Device::Cpu))
-                    .map_err(|e| JobError::new(format!("storing the text encoding: {e}")))
-            };
-            out.push(match (p, h) {
-                (Ok(vec), Ok(txt)) => host(txt).and_then(|txt| {
-                    Ok(Conditioning {
-                        txt,
-                        vec: host(vec)?,
-                        seconds: share,
-                    })
-                }),
-                (Err(e), _) | (_, Err(e)) => Err(e),
+/// The loaded text encoders, by model name.
+#[derive(Default)]
+pub(crate) struct TextModels {
+    clips: HashMap<String, ClipModel>,
+    t5s: HashMap<String, T5Model>,
+}
+
+impl TextModels {
+    /// Encodes `prompts` (distinct) with context encoder `context` (`tokens` long, `masked`
+    /// or not) and pooled encoder `pooled`, loading them if needed; one result per prompt,
+    /// in order. Results are stored on the host in `store`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode(
+        &mut self,
+        cx: &mut Ctx,
+        context: &str,
+        pooled: Option<&str>,
+        prompts: &[String],
+        (tokens, masked): (usize, bool),
+        store: CDType,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<Result<Conditioning, JobError>>, ExecError> {
+        if let Some(p) = pooled {
+            if !self.clips.contains_key(p) {
+                let m = ClipModel::load(cx, p, events)?;
+                self.clips.insert(p.to_string(), m);
+            }
+        }
+        if !self.t5s.contains_key(context) {
+            let m = T5Model::load(cx, context, events)?;
+            self.t5s.insert(context.to_string(), m);
+        }
+        for m in pooled.iter().copied().chain(std::iter::once(context)) {
+            events(Event::Stage {
+                model: m.to_string(),
+                stage: format!(
+                    "encoding {} prompt{}",
+                    prompts.len(),
+                    if prompts.len() == 1 { "" } else { "s" }
+                ),
             });
         }
+        let mut clip = pooled.and_then(|p| self.clips.get_mut(p));
+        let Some(t5) = self.t5s.get_mut(context) else {
+            return Err(ExecError::Other(format!(
+                "text encoder `{context}` not loaded (a bug in the executor)"
+            )));
+        };
+        let mut out = Vec::with_capacity(prompts.len());
+        for chunk in prompts.chunks(ENCODE_CHUNK) {
+            let t0 = Instant::now();
+            let pooled_out = match clip.as_deref_mut() {
+                Some(c) => clip_chunk(c, chunk, events)?.into_iter().map(Some).collect(),
+                None => vec![None; chunk.len()],
+            };
+            let hidden = t5_chunk(t5, chunk, tokens, masked, events)?;
+            let share = t0.elapsed().as_secs_f64() / chunk.len() as f64;
+            for (p, h) in pooled_out.into_iter().zip(hidden) {
+                let host = |t: Tensor| -> Result<Tensor, JobError> {
+                    t.to_dtype(store)
+                        .and_then(|t| t.to_device(&Device::Cpu))
+                        .map_err(|e| JobError::new(format!("storing the text encoding: {e}")))
+                };
+                out.push(match (p.transpose(), h) {
+                    (Ok(vec), Ok(txt)) => host(txt).and_then(|context| {
+                        Ok(Conditioning {
+                            context,
+                            pooled: vec.map(host).transpose()?,
+                            seconds: share,
+                        })
+                    }),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                });
+            }
+        }
+        Ok(out)
     }
-    Ok(out)
+
+    /// Drops text encoder `name` if it is loaded; whether it was.
+    pub fn release(&mut self, name: &str) -> bool {
+        self.clips.remove(name).is_some() | self.t5s.remove(name).is_some()
+    }
 }
 
 fn clip_chunk(
@@ -88,7 +142,7 @@ fn clip_chunk(
         label: "CLIP",
         name: &clip.name,
         tokenize: |p: &str| tokenizer.encode(p),
-        prepare: |ids: &[u32]| model.prepare(ids),
+        prepare: |e: &Encoded| model.prepare(&e.ids),
         run_unit: |i, vb, st: &mut _| model.run_unit(i, vb, st),
         finish: |st| model.finish(st).map(|o| o.pooled),
     };
@@ -99,14 +153,22 @@ fn t5_chunk(
     t5: &mut T5Model,
     prompts: &[String],
     len: usize,
+    masked: bool,
     events: &mut dyn FnMut(Event),
 ) -> Result<Vec<Result<Tensor, JobError>>, ExecError> {
     let (enc, tokenizer) = (&t5.enc, &t5.tokenizer);
+    let label = if masked { "umT5" } else { "T5" };
     let encoder = Encoder {
-        label: "T5",
+        label,
         name: &t5.name,
         tokenize: |p: &str| tokenizer.encode(p, len),
-        prepare: |ids: &[u32]| enc.prepare(ids),
+        prepare: |e: &Encoded| {
+            if masked {
+                candle_core::bail!("masked T5 encoding is not available in this build")
+            } else {
+                enc.prepare(&e.ids)
+            }
+        },
         run_unit: |i, vb, st: &mut _| enc.run_unit(i, vb, st),
         finish: |st| enc.finish(st),
     };
@@ -115,7 +177,7 @@ fn t5_chunk(
 
 /// A unit-streamed text encoder, as one chunk of prompts goes through it.
 struct Encoder<'a, Tk, Pr, Ru, Fi> {
-    /// `CLIP` or `T5`, for messages.
+    /// `CLIP`, `T5` or `umT5`, for messages.
     label: &'static str,
     /// The model's name in the manifest.
     name: &'a str,
@@ -128,7 +190,7 @@ struct Encoder<'a, Tk, Pr, Ru, Fi> {
 impl<S, Tk, Pr, Ru, Fi> Encoder<'_, Tk, Pr, Ru, Fi>
 where
     Tk: Fn(&str) -> Result<Encoded, TokenizeError>,
-    Pr: Fn(&[u32]) -> candle_core::Result<S>,
+    Pr: Fn(&Encoded) -> candle_core::Result<S>,
     Ru: Fn(usize, VarBuilder<'static>, &mut S) -> candle_core::Result<()>,
     Fi: Fn(S) -> candle_core::Result<Tensor>,
 {
@@ -158,7 +220,7 @@ where
                         ),
                     });
                 }
-                (self.prepare)(&e.ids).map_err(failed)
+                (self.prepare)(&e).map_err(failed)
             })
             .collect();
         engine.pass(|i, w| -> Result<(), ExecError> {

@@ -1,28 +1,32 @@
-//! The FLUX pipeline as a [`Generator`]: load → patch → distribute each model per the plan,
-//! encode prompts, sample batches in lockstep through the streaming engine, decode.
+//! The pipeline as a [`Generator`], for every family: load → patch → distribute each model
+//! per the plan, encode prompts, sample batches in lockstep through the streaming engine,
+//! decode. One runner; a family's model code comes in through the traits of
+//! [`crate::models::spec`] (adapted in `family`), never as a copy of this module.
 //!
 //! Stages (docs/executor.md):
-//! 1. [`generator`]: checks that every pipeline the manifest's jobs use can run (FLUX, its
-//!    VAE, one CLIP-L and one T5); nothing is loaded yet.
+//! 1. [`generator`]: checks that every pipeline the manifest's jobs use can run (its diffusion
+//!    family's text encoders and VAE, [`Family::companions`]); nothing is loaded yet.
 //! 2. [`Generator::prepare`] with every task of the run: starts hashing the model and LoRA
-//!    files in the background ([`hashes`]); reads each diffusion model's header for its
-//!    variant (T5 keeps 512 tokens for dev, 256 for schnell); loads each CLIP/T5 pair and
-//!    encodes every distinct prompt once (`encode`), keeping the results on the host;
-//!    releases the text encoders (unless `keep_loaded` or
+//!    files in the background ([`hashes`]); reads each diffusion model's header for what text
+//!    it needs (FLUX: T5 at 512 tokens for dev, 256 for schnell, and CLIP's pooled vector;
+//!    Wan: umT5 at 512 tokens, masked); loads the text encoders and encodes every distinct
+//!    prompt — and negative prompt of a job with classifier-free guidance — once (`encode`),
+//!    keeping the results on the host; releases the text encoders (unless `keep_loaded` or
 //!    [`PipelineOptions::keep_text_encoders`]); then loads the first pipeline's diffusion
-//!    model and VAE. Loading is [`crate::exec::load`] → [`crate::exec::distribute`] per
-//!    model (`models`), and reports [`Event::Loaded`] with the bytes held per device.
+//!    model and VAE. Loading is [`crate::exec::load`] → [`crate::exec::distribute`] per model
+//!    (`models`), and reports [`Event::Loaded`] with the bytes held per device.
 //! 3. [`Generator::run_batch`]: loads what the batch's pipeline needs (releasing models no
-//!    remaining task needs first), samples the batch (`denoise`) and fills [`Rendered`]
-//!    with the record (model and LoRA hashes). Conditioning and models are dropped as soon as
-//!    no remaining task needs them.
+//!    remaining task needs first), samples the batch (`denoise`) and fills [`Rendered`] with
+//!    the record (model and LoRA hashes). Conditioning and models are dropped as soon as no
+//!    remaining task needs them.
 //!
 //! Placement never changes a value: every unit's bytes are fixed at load, whatever its home,
-//! and converted to the compute dtype by one function; batches apply each block to each job
-//! in turn. `tests/exec_placements.rs` proves it bit for bit.
+//! and converted to the compute dtype by one function; batches apply each block to each model
+//! evaluation in turn. `tests/exec_placements.rs` proves it bit for bit.
 
 mod denoise;
 mod encode;
+mod family;
 pub mod hashes;
 mod models;
 
@@ -35,8 +39,7 @@ use candle_core::DType as CDType;
 use super::{Event, ExecError, Generator, ImageTask, JobError, Rendered};
 use crate::family::Family;
 use crate::hardware::Hardware;
-use crate::manifest::{FluxVariant, Manifest};
-use crate::models::tokenize::T5Tokenizer;
+use crate::manifest::Manifest;
 use crate::output::record::file_stem;
 use crate::output::{ImageRecord, LoraRecord, ModelRecord, RECORD_FORMAT};
 use crate::plan::Plan;
@@ -45,8 +48,9 @@ pub use super::distribute::UnitHome;
 pub use encode::ENCODE_CHUNK;
 pub use hashes::HashMode;
 
-use encode::Conditioning;
-use models::{ClipModel, Ctx, FluxModel, T5Model, VaeModel};
+use encode::{Conditioning, TextModels};
+use family::{Codec, Denoiser, Header};
+use models::Ctx;
 
 /// Unit homes that replace the plan's: model name → unit name → home.
 pub type HomeOverrides = BTreeMap<String, BTreeMap<String, UnitHome>>;
@@ -91,26 +95,37 @@ pub fn generator(
     hardware: Arc<Hardware>,
     options: PipelineOptions,
 ) -> Result<Box<dyn Generator>, ExecError> {
-    Ok(Box::new(FluxPipeline::new(
-        manifest, plan, hardware, options,
-    )?))
+    Ok(Box::new(Pipeline::new(manifest, plan, hardware, options)?))
 }
 
 /// The model names of one pipeline, by role.
 #[derive(Debug, Clone)]
 struct Roles {
     diffusion: String,
-    clip: String,
-    t5: String,
+    /// The encoder whose hidden states condition the model (T5, umT5).
+    context: String,
+    /// The encoder whose pooled vector conditions it (CLIP-L for FLUX), if any.
+    pooled: Option<String>,
     vae: String,
 }
 
-/// Identifies one encoded prompt: the encoders, T5's length, the text.
+impl Roles {
+    /// Every model, in the order records list them: diffusion, VAE, text encoders.
+    fn models(&self) -> Vec<&String> {
+        let mut v = vec![&self.diffusion, &self.vae];
+        v.extend(self.pooled.as_ref());
+        v.push(&self.context);
+        v
+    }
+}
+
+/// Identifies one encoded prompt: the encoders, how the context encoder runs, the text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct CondKey {
-    clip: String,
-    t5: String,
-    t5_len: usize,
+    context: String,
+    tokens: usize,
+    masked: bool,
+    pooled: Option<String>,
     prompt: String,
 }
 
@@ -120,20 +135,19 @@ fn task_id(t: &ImageTask) -> TaskId {
     (t.job.index, t.image.index)
 }
 
-struct FluxPipeline {
+struct Pipeline {
     cx: Ctx,
     roles: BTreeMap<String, Roles>,
-    /// Diffusion model → variant, from its header.
-    variants: HashMap<String, FluxVariant>,
+    /// Diffusion model → what its header says.
+    headers: HashMap<String, Header>,
     /// Tasks handed to `prepare` and not yet run.
     remaining: HashMap<TaskId, ImageTask>,
     conds: HashMap<CondKey, Result<Arc<Conditioning>, JobError>>,
     /// Remaining tasks per prompt (for the encode-time share and release).
     users: HashMap<CondKey, usize>,
-    flux: HashMap<String, FluxModel>,
-    vaes: HashMap<String, VaeModel>,
-    clips: HashMap<String, ClipModel>,
-    t5s: HashMap<String, T5Model>,
+    diffusion: HashMap<String, Box<dyn Denoiser>>,
+    vaes: HashMap<String, Box<dyn Codec>>,
+    text: TextModels,
     hasher: hashes::FileHasher,
 }
 
@@ -161,7 +175,81 @@ fn load_err(msg: String) -> ExecError {
     ExecError::Load(msg)
 }
 
-impl FluxPipeline {
+/// The roles of pipeline `name`: its diffusion model's companions ([`Family::companions`])
+/// found among its text encoders, each exactly once.
+fn roles_of(manifest: &Manifest, name: &str) -> Result<Roles, ExecError> {
+    let p = manifest
+        .pipelines
+        .get(name)
+        .ok_or_else(|| load_err(format!("no pipeline `{name}`")))?;
+    let family = |m: &str| manifest.models.get(m).map(|m| m.family);
+    let df = family(&p.diffusion)
+        .ok_or_else(|| load_err(format!("pipeline `{name}`: no model `{}`", p.diffusion)))?;
+    let Some((text_families, vae_family)) = df.companions().filter(|_| df.runnable()) else {
+        return Err(load_err(format!(
+            "pipeline `{name}`: diffusion `{}` is a {df} model, which this version cannot run",
+            p.diffusion
+        )));
+    };
+    match family(&p.vae) {
+        Some(got) if got == vae_family => {}
+        Some(got) => {
+            return Err(load_err(format!(
+                "pipeline `{name}`: vae `{}` is a {got} model; {df} needs a {vae_family} VAE",
+                p.vae
+            )))
+        }
+        None => return Err(load_err(format!("pipeline `{name}`: no model `{}`", p.vae))),
+    }
+    let mut context = None;
+    let mut pooled = None;
+    for f in text_families {
+        let found: Vec<&String> = p
+            .text_encoders
+            .iter()
+            .filter(|e| family(e) == Some(*f))
+            .collect();
+        let [one] = found.as_slice() else {
+            return Err(load_err(format!(
+                "pipeline `{name}`: {} needs exactly one {f} text encoder, `text_encoders` has {}",
+                df.label(),
+                found.len()
+            )));
+        };
+        if *f == Family::ClipL {
+            pooled = Some((*one).clone());
+        } else {
+            context = Some((*one).clone());
+        }
+    }
+    if p.text_encoders.len() != text_families.len() {
+        return Err(load_err(format!(
+            "pipeline `{name}`: {} takes {} text encoder{} ({}), `text_encoders` has {}",
+            df.label(),
+            text_families.len(),
+            if text_families.len() == 1 { "" } else { "s" },
+            text_families
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            p.text_encoders.len()
+        )));
+    }
+    let context = context.ok_or_else(|| {
+        load_err(format!(
+            "pipeline `{name}`: {df} has no context text encoder (a bug in the family table)"
+        ))
+    })?;
+    Ok(Roles {
+        diffusion: p.diffusion.clone(),
+        context,
+        pooled,
+        vae: p.vae.clone(),
+    })
+}
+
+impl Pipeline {
     fn new(
         manifest: Arc<Manifest>,
         plan: Arc<Plan>,
@@ -169,63 +257,23 @@ impl FluxPipeline {
         options: PipelineOptions,
     ) -> Result<Self, ExecError> {
         let mut roles = BTreeMap::new();
-        for (name, p) in &manifest.pipelines {
-            if !manifest.jobs.iter().any(|j| &j.pipeline == name) {
-                continue;
+        for name in manifest.pipelines.keys() {
+            if manifest.jobs.iter().any(|j| &j.pipeline == name) {
+                roles.insert(name.clone(), roles_of(&manifest, name)?);
             }
-            let family = |m: &str| manifest.models.get(m).map(|m| m.family);
-            let want = |m: &str, f: Family, role: &str| -> Result<(), ExecError> {
-                match family(m) {
-                    Some(got) if got == f => Ok(()),
-                    Some(got) => Err(load_err(format!(
-                        "pipeline `{name}`: {role} `{m}` is a {got} model; this version runs FLUX pipelines ({role}: {f})"
-                    ))),
-                    None => Err(load_err(format!("pipeline `{name}`: no model `{m}`"))),
-                }
-            };
-            want(&p.diffusion, Family::Flux, "diffusion")?;
-            want(&p.vae, Family::FluxVae, "vae")?;
-            let pick = |f: Family| -> Result<String, ExecError> {
-                let found: Vec<&String> = p
-                    .text_encoders
-                    .iter()
-                    .filter(|e| family(e) == Some(f))
-                    .collect();
-                match found.as_slice() {
-                    [one] => Ok((*one).clone()),
-                    _ => Err(load_err(format!(
-                        "pipeline `{name}`: FLUX needs exactly one {f} text encoder, `text_encoders` has {}",
-                        found.len()
-                    ))),
-                }
-            };
-            let r = Roles {
-                diffusion: p.diffusion.clone(),
-                clip: pick(Family::ClipL)?,
-                t5: pick(Family::T5)?,
-                vae: p.vae.clone(),
-            };
-            if p.text_encoders.len() != 2 {
-                return Err(load_err(format!(
-                    "pipeline `{name}`: FLUX takes one clip-l and one t5 text encoder, `text_encoders` has {}",
-                    p.text_encoders.len()
-                )));
-            }
-            roles.insert(name.clone(), r);
         }
         let cx = Ctx::new(manifest, plan, hardware, options);
         let hasher = hashes::FileHasher::new(cx.options.hashes, &cx.cache_dir);
-        Ok(FluxPipeline {
+        Ok(Pipeline {
             cx,
             roles,
-            variants: HashMap::new(),
+            headers: HashMap::new(),
             remaining: HashMap::new(),
             conds: HashMap::new(),
             users: HashMap::new(),
-            flux: HashMap::new(),
+            diffusion: HashMap::new(),
             vaes: HashMap::new(),
-            clips: HashMap::new(),
-            t5s: HashMap::new(),
+            text: TextModels::default(),
             hasher,
         })
     }
@@ -238,35 +286,40 @@ impl FluxPipeline {
         })
     }
 
-    fn variant(&mut self, diffusion: &str) -> Result<FluxVariant, ExecError> {
-        if let Some(v) = self.variants.get(diffusion) {
-            return Ok(*v);
+    /// What diffusion model `name`'s header says (read once).
+    fn header(&mut self, name: &str) -> Result<Header, ExecError> {
+        if let Some(h) = self.headers.get(name) {
+            return Ok(h.clone());
         }
-        let model = self.cx.model(diffusion)?.clone();
-        let (_, v) = models::flux_config(&model)?;
-        self.variants.insert(diffusion.to_string(), v);
-        Ok(v)
+        let h = family::header(self.cx.model(name)?)?;
+        self.headers.insert(name.to_string(), h.clone());
+        Ok(h)
     }
 
-    fn cond_key(&mut self, task: &ImageTask) -> Result<CondKey, ExecError> {
+    /// The prompts a task needs encoded: its prompt, and its negative prompt when it uses
+    /// classifier-free guidance.
+    fn cond_keys(&mut self, task: &ImageTask) -> Result<Vec<CondKey>, ExecError> {
         let r = self.roles(&task.job.pipeline)?;
-        let t5_len = match self.variant(&r.diffusion)? {
-            FluxVariant::Dev => T5Tokenizer::MAX_LEN_DEV,
-            FluxVariant::Schnell => T5Tokenizer::MAX_LEN_SCHNELL,
+        let h = self.header(&r.diffusion)?;
+        let key = |prompt: &str| CondKey {
+            context: r.context.clone(),
+            tokens: h.text.context_tokens,
+            masked: h.text.masked,
+            pooled: r.pooled.clone(),
+            prompt: prompt.to_string(),
         };
-        Ok(CondKey {
-            clip: r.clip,
-            t5: r.t5,
-            t5_len,
-            prompt: task.job.prompt.clone(),
-        })
+        let mut keys = vec![key(&task.job.prompt)];
+        if task.job.true_cfg() {
+            keys.push(key(task.job.negative_prompt.as_deref().unwrap_or("")));
+        }
+        Ok(keys)
     }
 
     /// The compute dtype conditioning is stored in: the diffusion model's.
     fn cond_dtype(&self, key: &CondKey) -> CDType {
         self.roles
             .values()
-            .find(|r| r.clip == key.clip && r.t5 == key.t5)
+            .find(|r| r.context == key.context && r.pooled == key.pooled)
             .and_then(|r| self.cx.manifest.models.get(&r.diffusion))
             .map(|m| models::candle_dtype(m.dtype))
             .unwrap_or(CDType::F32)
@@ -278,57 +331,53 @@ impl FluxPipeline {
         tasks: &[ImageTask],
         events: &mut dyn FnMut(Event),
     ) -> Result<(), ExecError> {
-        // (clip, t5) → (t5_len → prompts), in first-seen order.
-        type ByLen = Vec<(usize, Vec<String>)>;
-        let mut todo: Vec<((String, String), ByLen)> = Vec::new();
+        let mut todo: Vec<CondKey> = Vec::new();
         let mut seen = HashSet::new();
         for t in tasks {
-            let key = self.cond_key(t)?;
-            if self.conds.contains_key(&key) || !seen.insert(key.clone()) {
-                continue;
-            }
-            let pair = (key.clip.clone(), key.t5.clone());
-            let i = match todo.iter().position(|(p, _)| *p == pair) {
-                Some(i) => i,
-                None => {
-                    todo.push((pair, Vec::new()));
-                    todo.len() - 1
+            for key in self.cond_keys(t)? {
+                if !self.conds.contains_key(&key) && seen.insert(key.clone()) {
+                    todo.push(key);
                 }
-            };
-            let lens = &mut todo[i].1;
-            match lens.iter_mut().find(|(l, _)| *l == key.t5_len) {
-                Some((_, ps)) => ps.push(key.prompt),
-                None => lens.push((key.t5_len, vec![key.prompt])),
             }
         }
-        for ((clip_name, t5_name), lens) in todo {
-            let mut clip = match self.clips.remove(&clip_name) {
-                Some(c) => c,
-                None => ClipModel::load(&mut self.cx, &clip_name, events)?,
-            };
-            let mut t5 = match self.t5s.remove(&t5_name) {
-                Some(t) => t,
-                None => T5Model::load(&mut self.cx, &t5_name, events)?,
-            };
-            for (len, prompts) in lens {
-                for m in [&clip_name, &t5_name] {
-                    events(Event::Stage {
-                        model: m.clone(),
-                        stage: format!(
-                            "encoding {} prompt{}",
-                            prompts.len(),
-                            if prompts.len() == 1 { "" } else { "s" }
-                        ),
-                    });
+        // (context, pooled) → ((tokens, masked) → prompts), in first-seen order.
+        type ByRun = Vec<((usize, bool), Vec<String>)>;
+        let mut groups: Vec<((String, Option<String>), ByRun)> = Vec::new();
+        for key in todo {
+            let pair = (key.context.clone(), key.pooled.clone());
+            let i = match groups.iter().position(|(p, _)| *p == pair) {
+                Some(i) => i,
+                None => {
+                    groups.push((pair, Vec::new()));
+                    groups.len() - 1
                 }
+            };
+            let runs = &mut groups[i].1;
+            let run = (key.tokens, key.masked);
+            match runs.iter_mut().find(|(r, _)| *r == run) {
+                Some((_, ps)) => ps.push(key.prompt),
+                None => runs.push((run, vec![key.prompt])),
+            }
+        }
+        for ((context, pooled), runs) in groups {
+            for ((tokens, masked), prompts) in runs {
                 let key0 = CondKey {
-                    clip: clip_name.clone(),
-                    t5: t5_name.clone(),
-                    t5_len: len,
+                    context: context.clone(),
+                    tokens,
+                    masked,
+                    pooled: pooled.clone(),
                     prompt: String::new(),
                 };
                 let store = self.cond_dtype(&key0);
-                let out = encode::encode(&mut clip, &mut t5, &prompts, len, store, events)?;
+                let out = self.text.encode(
+                    &mut self.cx,
+                    &context,
+                    pooled.as_deref(),
+                    &prompts,
+                    (tokens, masked),
+                    store,
+                    events,
+                )?;
                 for (p, r) in prompts.into_iter().zip(out) {
                     let key = CondKey {
                         prompt: p,
@@ -337,30 +386,17 @@ impl FluxPipeline {
                     self.conds.insert(key, r.map(Arc::new));
                 }
             }
+            let keep_all = self.cx.options.keep_text_encoders;
+            let manifest = self.cx.manifest.clone();
             let keep = |name: &str| {
-                self.cx.options.keep_text_encoders
-                    || self
-                        .cx
-                        .manifest
-                        .models
-                        .get(name)
-                        .is_some_and(|m| m.keep_loaded)
+                keep_all || manifest.models.get(name).is_some_and(|m| m.keep_loaded)
             };
-            if keep(&clip_name) {
-                self.clips.insert(clip_name, clip);
-            } else {
-                drop(clip);
-                events(Event::Note {
-                    message: format!("text encoder `{clip_name}` released"),
-                });
-            }
-            if keep(&t5_name) {
-                self.t5s.insert(t5_name, t5);
-            } else {
-                drop(t5);
-                events(Event::Note {
-                    message: format!("text encoder `{t5_name}` released"),
-                });
+            for name in pooled.iter().chain(std::iter::once(&context)) {
+                if !keep(name) && self.text.release(name) {
+                    events(Event::Note {
+                        message: format!("text encoder `{name}` released"),
+                    });
+                }
             }
         }
         Ok(())
@@ -380,18 +416,18 @@ impl FluxPipeline {
             needed_d.insert(r.diffusion.clone());
             needed_v.insert(r.vae.clone());
         }
-        release_unneeded(&mut self.flux, &needed_d, events);
+        release_unneeded(&mut self.diffusion, &needed_d, events);
         release_unneeded(&mut self.vaes, &needed_v, events);
     }
 
     fn ensure_loaded(&mut self, r: &Roles, events: &mut dyn FnMut(Event)) -> Result<(), ExecError> {
-        if !self.flux.contains_key(&r.diffusion) {
-            let m = FluxModel::load(&mut self.cx, &r.diffusion, events)?;
-            self.variants.insert(r.diffusion.clone(), m.variant);
-            self.flux.insert(r.diffusion.clone(), m);
+        if !self.diffusion.contains_key(&r.diffusion) {
+            let m = family::load_diffusion(&mut self.cx, &r.diffusion, events)?;
+            self.headers.insert(r.diffusion.clone(), m.header());
+            self.diffusion.insert(r.diffusion.clone(), m);
         }
         if !self.vaes.contains_key(&r.vae) {
-            let v = VaeModel::load(&mut self.cx, &r.vae, events)?;
+            let v = family::load_vae(&mut self.cx, &r.vae, events)?;
             self.vaes.insert(r.vae.clone(), v);
         }
         Ok(())
@@ -403,7 +439,7 @@ impl FluxPipeline {
         let pipelines: HashSet<&str> = tasks.iter().map(|t| t.job.pipeline.as_str()).collect();
         for p in pipelines {
             if let Some(r) = self.roles.get(p) {
-                for m in [&r.diffusion, &r.vae, &r.clip, &r.t5] {
+                for m in r.models() {
                     if let Some(model) = self.cx.manifest.models.get(m) {
                         out.push(model.file.clone());
                         out.extend(model.loras.iter().map(|l| l.file.clone()));
@@ -414,13 +450,19 @@ impl FluxPipeline {
         out
     }
 
-    fn record(&mut self, task: &ImageTask, r: &Roles, shift: f64) -> ImageRecord {
+    fn record(
+        &mut self,
+        task: &ImageTask,
+        r: &Roles,
+        shift: f64,
+        guidance: Option<f64>,
+    ) -> ImageRecord {
         let m = self.cx.manifest.clone();
         let job = &task.job;
         let shown = |p: &std::path::Path| super::load::display_path(p, &m.dir);
         let mut models = Vec::new();
         let mut loras = Vec::new();
-        for name in [&r.diffusion, &r.vae, &r.clip, &r.t5] {
+        for name in r.models() {
             let Some(model) = m.models.get(name) else {
                 continue;
             };
@@ -441,24 +483,27 @@ impl FluxPipeline {
                 });
             }
         }
-        let dev = self.variants.get(&r.diffusion) != Some(&FluxVariant::Schnell);
         ImageRecord {
             format: RECORD_FORMAT,
             mgpu_version: env!("CARGO_PKG_VERSION").to_string(),
             job: job.name.clone(),
             prompt: job.prompt.clone(),
-            negative_prompt: None,
+            negative_prompt: job
+                .true_cfg()
+                .then(|| job.negative_prompt.clone().unwrap_or_default()),
             seed: task.image.seed,
             sampler: job.sampler,
             scheduler: job.scheduler,
             steps: job.steps,
-            cfg_scale: 1.0,
-            guidance: dev.then_some(job.guidance),
+            cfg_scale: job.cfg,
+            guidance,
             denoise: job.denoise,
             init_image: job.init_image.as_deref().map(shown),
             shift: Some(shift),
             width: job.width,
             height: job.height,
+            frames: job.is_video().then_some(job.frames),
+            fps: job.fps,
             models,
             loras,
             // The queue stamps the job hash after generation (`exec::queue`).
@@ -494,7 +539,7 @@ impl FluxPipeline {
     }
 }
 
-impl Generator for FluxPipeline {
+impl Generator for Pipeline {
     fn prepare(
         &mut self,
         tasks: &[ImageTask],
@@ -503,8 +548,9 @@ impl Generator for FluxPipeline {
         for t in tasks {
             self.roles(&t.job.pipeline)?;
             self.remaining.insert(task_id(t), t.clone());
-            let key = self.cond_key(t)?;
-            *self.users.entry(key).or_default() += 1;
+            for key in self.cond_keys(t)? {
+                *self.users.entry(key).or_default() += 1;
+            }
         }
         self.hasher.start(self.files(tasks));
         self.encode(tasks, events)?;
@@ -540,38 +586,53 @@ impl Generator for FluxPipeline {
         self.ensure_loaded(&r, events)?;
         let mut inputs = Vec::with_capacity(batch.len());
         let mut keys = Vec::with_capacity(batch.len());
+        let missing = || {
+            Err(JobError::new(
+                "the prompt was not encoded (a bug in the executor)",
+            ))
+        };
         for t in batch {
-            let key = self.cond_key(t)?;
-            let cond = self.conds.get(&key).cloned().unwrap_or_else(|| {
-                Err(JobError::new(
-                    "the prompt was not encoded (a bug in the executor)",
-                ))
+            let k = self.cond_keys(t)?;
+            let cond = self.conds.get(&k[0]).cloned().unwrap_or_else(missing);
+            let uncond = k
+                .get(1)
+                .map(|n| self.conds.get(n).cloned().unwrap_or_else(missing));
+            keys.push(k);
+            inputs.push(denoise::TaskIn {
+                task: t,
+                cond,
+                uncond,
             });
-            keys.push(key);
-            inputs.push(denoise::TaskIn { task: t, cond });
         }
-        let (Some(flux), Some(vae)) = (self.flux.get_mut(&r.diffusion), self.vaes.get_mut(&r.vae))
-        else {
+        let (Some(dit), Some(vae)) = (
+            self.diffusion.get_mut(&r.diffusion),
+            self.vaes.get_mut(&r.vae),
+        ) else {
             return Err(ExecError::Other(
                 "models not loaded (a bug in the executor)".into(),
             ));
         };
-        let outs = denoise::run(flux, vae, inputs, events)?;
+        let outs = denoise::run(dit.as_mut(), vae.as_mut(), inputs, events)?;
         let mut results = Vec::with_capacity(batch.len());
-        for ((t, key), out) in batch.iter().zip(&keys).zip(outs) {
-            let users = self.users.get(key).copied().unwrap_or(1).max(1);
-            let encode_share = match self.conds.get(key) {
-                Some(Ok(c)) => c.seconds / users as f64,
-                _ => 0.0,
-            };
+        for ((t, ks), out) in batch.iter().zip(&keys).zip(outs) {
+            let encode_share: f64 = ks
+                .iter()
+                .map(|key| {
+                    let users = self.users.get(key).copied().unwrap_or(1).max(1);
+                    match self.conds.get(key) {
+                        Some(Ok(c)) => c.seconds / users as f64,
+                        _ => 0.0,
+                    }
+                })
+                .sum();
             let rendered = match out {
                 Err(e) => Err(e),
                 Ok(o) => {
-                    let record = self.record(t, &r, o.shift);
+                    let record = self.record(t, &r, o.shift, o.guidance);
                     let shape = o.latent.dims().to_vec();
                     match o.latent.flatten_all().and_then(|l| l.to_vec1::<f32>()) {
                         Ok(latent) => Ok(Rendered {
-                            rgb: o.rgb,
+                            frames: o.frames,
                             latent,
                             latent_shape: shape,
                             record,
@@ -584,13 +645,15 @@ impl Generator for FluxPipeline {
             results.push(rendered);
         }
         // Done: forget the tasks, drop what no remaining task needs.
-        for (t, key) in batch.iter().zip(keys) {
+        for (t, ks) in batch.iter().zip(keys) {
             if self.remaining.remove(&task_id(t)).is_some() {
-                if let Some(u) = self.users.get_mut(&key) {
-                    *u = u.saturating_sub(1);
-                    if *u == 0 {
-                        self.users.remove(&key);
-                        self.conds.remove(&key);
+                for key in ks {
+                    if let Some(u) = self.users.get_mut(&key) {
+                        *u = u.saturating_sub(1);
+                        if *u == 0 {
+                            self.users.remove(&key);
+                            self.conds.remove(&key);
+                        }
                     }
                 }
             }

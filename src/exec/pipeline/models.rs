@@ -1,13 +1,13 @@
-//! The four models of a FLUX pipeline as the executor holds them: each one's config inferred
-//! from its weights, the tensors its code reads (which is also the load-time check of the
-//! file), its placement units grouped into engines, and the loading of all of it through
-//! [`crate::exec::load`] and [`crate::exec::distribute`].
+//! What every model load shares ([`Ctx`]: the run's inputs and opened devices; [`load_parts`]:
+//! load → patch → distribute with the model's placement units grouped into engines) and the
+//! text encoders as the executor holds them. The diffusion model and the VAE are loaded by
+//! `family`, generically over their family traits.
 //!
 //! | model | config | units (engines) |
 //! |---|---|---|
-//! | FLUX DiT | [`flux::Config::infer`] | `double_blocks.*`, `single_blocks.*` (one engine) |
-//! | VAE | [`vae::Config::infer`] | `encoder` and `decoder` (one engine each: encoding happens only for img2img) |
-//! | T5 | [`t5_config`] | `encoder.block.*` (one engine) |
+//! | diffusion model | `DiffusionModel::infer_config` | its blocks (one engine) |
+//! | VAE | `Autoencoder::infer_config` | `encoder` and `decoder` (one engine each: encoding happens only for img2img) |
+//! | T5 / umT5 | [`t5_config`] | `encoder.block.*` (one engine) |
 //! | CLIP-L | [`clip_config`] | `text_model.encoder.layers.*` (one engine) |
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -25,9 +25,9 @@ use crate::exec::load::ModelFile;
 use crate::exec::{Event, ExecError};
 use crate::hardware::Hardware;
 use crate::inventory::RESIDENT;
-use crate::manifest::{ComputeDtype, FluxVariant, Manifest, Model};
+use crate::manifest::{ComputeDtype, Manifest, Model};
 use crate::models::tokenize::{ClipTokenizer, T5Tokenizer};
-use crate::models::{clip, flux, t5, tiny, vae};
+use crate::models::{clip, t5};
 use crate::plan::{ModelPlan, Plan};
 
 /// A streaming engine as the pipeline holds it.
@@ -251,7 +251,10 @@ pub(crate) fn load_parts(
     })
 }
 
-fn opened(model: &Model, events: &mut dyn FnMut(Event)) -> Result<ModelFile, ExecError> {
+pub(crate) fn opened(
+    model: &Model,
+    events: &mut dyn FnMut(Event),
+) -> Result<ModelFile, ExecError> {
     events(Event::Stage {
         model: model.name.clone(),
         stage: "loading".into(),
@@ -259,7 +262,7 @@ fn opened(model: &Model, events: &mut dyn FnMut(Event)) -> Result<ModelFile, Exe
     Ok(ModelFile::open(model, candle_dtype(model.dtype))?)
 }
 
-fn infer_err(model: &Model, e: impl std::fmt::Display) -> ExecError {
+pub(crate) fn infer_err(model: &Model, e: impl std::fmt::Display) -> ExecError {
     ExecError::Load(format!(
         "model `{}` ({}): {e}",
         model.name,
@@ -269,107 +272,6 @@ fn infer_err(model: &Model, e: impl std::fmt::Display) -> ExecError {
 
 fn layout_map(v: Vec<(String, Vec<usize>)>) -> BTreeMap<String, Vec<usize>> {
     v.into_iter().collect()
-}
-
-/// The FLUX transformer: resident embeddings and final layer, blocks through one engine.
-pub(crate) struct FluxModel {
-    pub name: String,
-    pub cfg: flux::Config,
-    pub variant: FluxVariant,
-    pub dit: flux::FluxDit,
-    pub engine: Eng,
-    pub target: Target,
-}
-
-/// A FLUX file's config and variant from its header (no data read). The manifest's `variant`
-/// must agree with the weights when given.
-pub(crate) fn flux_config(model: &Model) -> Result<(flux::Config, FluxVariant), ExecError> {
-    let mf = ModelFile::open(model, candle_dtype(model.dtype))?;
-    let cfg = flux::Config::infer(|n| mf.shape_of(n)).map_err(|e| infer_err(model, e))?;
-    let detected = if cfg.guidance_embed {
-        FluxVariant::Dev
-    } else {
-        FluxVariant::Schnell
-    };
-    match model.variant {
-        Some(v) if v != detected => Err(infer_err(
-            model,
-            format!(
-                "`variant = \"{v}\"`, but the weights are FLUX.1 {detected} ({} `guidance_in`)",
-                if cfg.guidance_embed {
-                    "they have"
-                } else {
-                    "they have no"
-                }
-            ),
-        )),
-        _ => Ok((cfg, detected)),
-    }
-}
-
-impl FluxModel {
-    pub fn load(
-        cx: &mut Ctx,
-        name: &str,
-        events: &mut dyn FnMut(Event),
-    ) -> Result<Self, ExecError> {
-        let model = cx.model(name)?.clone();
-        let (cfg, variant) = flux_config(&model)?;
-        let mf = opened(&model, events)?;
-        let needed = tiny::flux_layout(&cfg).map_err(|e| infer_err(&model, e))?;
-        let units = flux::FluxDit::units(&cfg);
-        let mut parts = load_parts(cx, &model, mf, &needed, &[units], events)?;
-        let dit =
-            flux::FluxDit::new(&cfg, parts.var_builder()).map_err(|e| infer_err(&model, e))?;
-        let engine = parts.engines.remove(0);
-        Ok(FluxModel {
-            name: name.into(),
-            cfg,
-            variant,
-            dit,
-            engine,
-            target: parts.target,
-        })
-    }
-}
-
-/// The autoencoder: an engine for the encoder (img2img) and one for the decoder.
-pub(crate) struct VaeModel {
-    pub name: String,
-    pub cfg: vae::Config,
-    /// `decode_tile` of the manifest: tiled decoding.
-    pub tiling: Option<vae::Tiling>,
-    pub encoder: Eng,
-    pub decoder: Eng,
-    pub target: Target,
-}
-
-impl VaeModel {
-    pub fn load(
-        cx: &mut Ctx,
-        name: &str,
-        events: &mut dyn FnMut(Event),
-    ) -> Result<Self, ExecError> {
-        let model = cx.model(name)?.clone();
-        let mf = opened(&model, events)?;
-        let cfg = vae::Config::infer(|n| mf.shape_of(n)).map_err(|e| infer_err(&model, e))?;
-        let needed = tiny::vae_layout(&cfg).map_err(|e| infer_err(&model, e))?;
-        let groups = vae::AutoEncoder::units().map(|u| vec![u.to_string()]);
-        let mut parts = load_parts(cx, &model, mf, &needed, &groups, events)?;
-        let decoder = parts.engines.remove(1);
-        let encoder = parts.engines.remove(0);
-        Ok(VaeModel {
-            name: name.into(),
-            cfg,
-            tiling: model.decode_tile.map(|t| vae::Tiling {
-                tile: t as usize,
-                ..vae::Tiling::default()
-            }),
-            encoder,
-            decoder,
-            target: parts.target,
-        })
-    }
 }
 
 /// T5's config from canonical shapes: widths from `shared.weight` (or its tied copy) and the

@@ -107,6 +107,8 @@ impl FakeGenerator {
             shift: None,
             width: j.width,
             height: j.height,
+            frames: None,
+            fps: None,
             models: vec![],
             loras: vec![],
             job_hash: None,
@@ -193,7 +195,7 @@ impl Generator for FakeGenerator {
                 }
                 latent.iter_mut().for_each(|v| *v += self.latent_delta);
                 Ok(Rendered {
-                    rgb,
+                    frames: vec![rgb],
                     latent,
                     latent_shape,
                     record: Self::record(t),

@@ -2,7 +2,8 @@
 //! tell a finished output (same hash in its PNG's `mgpu` record) from a stale one.
 //!
 //! Covered: prompt, seed, size, steps, sampler, scheduler, guidance, denoise, the init image's
-//! bytes; for every model of the job's pipeline (diffusion model, text encoders in order, VAE):
+//! bytes; the classifier-free guidance scale and negative prompt (when `cfg` is not 1), the
+//! `shift` when given, a video's frames and frame rate; for every model of the job's pipeline (diffusion model, text encoders in order, VAE):
 //! family, the weights file ([`FileFingerprint`]: path, size and a hash of its first and last
 //! MiB, which hold the header), the tokenizer file, the FLUX variant if forced, the compute
 //! dtype, the compute backend (`cpu`/`cuda`: kernels round differently), the LoRA mode and
@@ -164,6 +165,24 @@ pub struct TaskKey<'a> {
     pub init_image: Option<&'a str>,
     /// Diffusion model, text encoders in the pipeline's order, VAE.
     pub models: Vec<&'a ModelKey>,
+    /// True classifier-free guidance: the scale and the negative prompt (left out at
+    /// `cfg = 1`, where neither changes a pixel, so image jobs hash as they always did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cfg: Option<CfgKey<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shift: Option<f64>,
+    /// Frames and frame rate of a video (left out for images).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frames: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fps: Option<u32>,
+}
+
+/// The guidance part of a [`TaskKey`].
+#[derive(Debug, Clone, Serialize)]
+pub struct CfgKey<'a> {
+    pub scale: f64,
+    pub negative_prompt: &'a str,
 }
 
 /// Hashes the images of one manifest: reads each model, tokenizer, LoRA and init image file
@@ -242,6 +261,13 @@ impl TaskHasher {
                 .and_then(|p| self.init_images.get(p))
                 .map(String::as_str),
             models,
+            cfg: job.true_cfg().then(|| CfgKey {
+                scale: job.cfg,
+                negative_prompt: job.negative_prompt.as_deref().unwrap_or(""),
+            }),
+            shift: job.shift,
+            frames: job.is_video().then_some(job.frames),
+            fps: job.fps,
         }
     }
 

@@ -327,14 +327,17 @@ fn forward(obs: &mut dyn Observer, e: Event) {
 fn write(task: &ImageTask, r: &Rendered) -> Result<String, String> {
     let mut record = r.record.clone();
     record.job_hash = Some(task.hash.clone());
-    let (w, h) = r.rgb.dimensions();
+    let (w, h) = r.rgb().dimensions();
     if (w, h) != (task.job.width, task.job.height) {
         return Err(format!(
             "the pipeline made a {w}x{h} image for a {}x{} job",
             task.job.width, task.job.height
         ));
     }
-    let bytes = encode_png(&r.rgb, &record).map_err(|e| e.to_string())?;
+    if r.frames.len() != 1 {
+        return Err("video outputs are not written by this build".into());
+    }
+    let bytes = encode_png(r.rgb(), &record).map_err(|e| e.to_string())?;
     write_atomic(&task.image.path, |out| out.write_all(&bytes)).map_err(|e| e.to_string())?;
     Ok(sha256_hex(&bytes))
 }

@@ -20,6 +20,12 @@ pub const DEFAULT_STEPS: u32 = 20;
 pub const DEFAULT_GUIDANCE: f64 = 3.5;
 pub const DEFAULT_DENOISE: f64 = 0.75;
 pub const DEFAULT_OUTPUT: &str = "{job}-{seed}.png";
+/// Frames of a video job that does not say (Wan's default: 81, about 5 s at 16 fps).
+pub const DEFAULT_FRAMES: u32 = 81;
+/// Frames per second of a video job that does not say (Wan 2.1's).
+pub const DEFAULT_FPS: u32 = 16;
+/// Classifier-free guidance of a video job that does not say (Wan 2.1's `sample_guide_scale`).
+pub const DEFAULT_CFG_VIDEO: f64 = 5.0;
 /// The most images one job may ask for (so collision checks and plans stay tractable).
 pub const MAX_COUNT: u32 = 100_000;
 
@@ -263,6 +269,103 @@ pub(super) fn validate_jobs(
             fine = false;
         }
 
+        let video = family.is_some_and(Family::is_video);
+        let fam_name = family.map_or("this family", Family::name);
+        // Video keys: frames (4k+1) and fps for video families; refused for image families.
+        let frames_sp = pick(&job.frames, &defaults.frames);
+        let frames = match frames_sp {
+            Some(f) if video && (f.value == 0 || f.value % 4 != 1) => {
+                let lower = f.value.saturating_sub(1) / 4 * 4 + 1;
+                cx.error(
+                    f.span.clone(),
+                    format!("`frames` must be 4k+1 (1, 5, 9, …, 81, …) for {fam_name}, not {}", f.value),
+                    "",
+                    Some(format!(
+                        "the video autoencoder compresses 4 frames into one latent frame after the first: use {lower} or {}",
+                        lower + 4
+                    )),
+                );
+                fine = false;
+                f.value
+            }
+            Some(f) if !video && f.value != 1 => {
+                cx.error(
+                    f.span.clone(),
+                    format!("`frames` is for video families (wan); {fam_name} makes images"),
+                    "",
+                    Some("remove `frames`, or use a pipeline whose diffusion model is a video model".into()),
+                );
+                fine = false;
+                1
+            }
+            Some(f) => f.value,
+            None if video => DEFAULT_FRAMES,
+            None => 1,
+        };
+        let fps = match pick(&job.fps, &defaults.fps) {
+            Some(f) if !video => {
+                cx.error(
+                    f.span.clone(),
+                    format!("`fps` is for video families (wan); {fam_name} makes images"),
+                    "",
+                    Some("remove `fps`".into()),
+                );
+                fine = false;
+                None
+            }
+            Some(f) if !(1..=240).contains(&f.value) => {
+                cx.error(
+                    f.span.clone(),
+                    format!("`fps` must be 1 to 240, not {}", f.value),
+                    "",
+                    Some(format!("Wan 2.1 makes {DEFAULT_FPS} frames per second")),
+                );
+                fine = false;
+                None
+            }
+            Some(f) => Some(f.value),
+            None => video.then_some(DEFAULT_FPS),
+        };
+        if let (true, Some(i)) = (video, &job.init_image) {
+            cx.error(
+                i.span.clone(),
+                format!("`init_image` (image-to-video) is not supported for {fam_name} yet"),
+                "",
+                Some("remove `init_image`: this version makes Wan videos from text".into()),
+            );
+            fine = false;
+        }
+        let cfg_sp = pick(&job.cfg, &defaults.cfg);
+        if let Some(c) = cfg_sp.filter(|c| !(c.value.is_finite() && c.value >= 0.0)) {
+            cx.error(
+                c.span.clone(),
+                format!("`cfg` must be a number 0 or more, not {}", c.value),
+                "",
+                Some("1 turns classifier-free guidance off; Wan is usually run at 5–6".into()),
+            );
+            fine = false;
+        }
+        let cfg = cfg_sp.map_or(if video { DEFAULT_CFG_VIDEO } else { 1.0 }, |c| c.value);
+        let negative_sp = pick(&job.negative_prompt, &defaults.negative_prompt);
+        if let (Some(n), true) = (negative_sp, cfg == 1.0) {
+            let mut d = Diagnostic::warning(format!(
+                "job `{name}`: `negative_prompt` has no effect with `cfg = 1`"
+            ))
+            .at(&cx.src, n.span.clone(), "ignored");
+            d = d.with_help("set `cfg` above 1 (true classifier-free guidance evaluates the negative prompt at every step)");
+            cx.push(d);
+        }
+        let shift_sp = pick(&job.shift, &defaults.shift);
+        if let Some(sh) = shift_sp.filter(|sh| !(sh.value.is_finite() && sh.value > 0.0)) {
+            cx.error(
+                sh.span.clone(),
+                format!("`shift` must be a number above 0, not {}", sh.value),
+                "",
+                Some("leave `shift` out to use the model's own (Wan: 5, FLUX dev: from the image size)".into()),
+            );
+            fine = false;
+        }
+
         let output = match pick(&job.output, &defaults.output) {
             Some(o) => match OutputTemplate::parse(&o.value) {
                 Ok(t) => {
@@ -275,6 +378,25 @@ pub(super) fn validate_jobs(
                             format!("job `{name}` makes {count} images but `output` has no `{{seed}}` or `{{index}}`"),
                             "every image would be written here",
                             Some(format!("add `{{seed}}` or `{{index}}`, like `output = \"{}\"`", t.with_seed())),
+                        );
+                        fine = false;
+                    }
+                    let ext = t.extension();
+                    if !video && ext != "png" {
+                        cx.error(
+                            o.span.clone(),
+                            format!("{fam_name} makes images: the output must end in `.png`, not `.{ext}`"),
+                            "",
+                            Some("`.apng` and `.mp4` are for video families (wan)".into()),
+                        );
+                        fine = false;
+                    }
+                    if video && ext == "mp4" && crate::output::Ffmpeg::find().is_none() {
+                        cx.error(
+                            o.span.clone(),
+                            "`.mp4` outputs need `ffmpeg`, which is not on PATH (nor named by MGPU_FFMPEG)",
+                            "",
+                            Some("install ffmpeg (e.g. `apt install ffmpeg`), or write lossless animated PNGs: end the template in `.png` or `.apng`".into()),
                         );
                         fine = false;
                     }
@@ -310,6 +432,11 @@ pub(super) fn validate_jobs(
                 init_image,
                 denoise,
                 batch: batch_sp.map(|b| b.value),
+                negative_prompt: negative_sp.map(|n| n.value.clone()),
+                cfg,
+                shift: shift_sp.map(|s| s.value),
+                frames,
+                fps,
             }),
             _ => ok = false,
         }

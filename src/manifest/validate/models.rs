@@ -410,10 +410,8 @@ fn loras(cx: &mut Cx, m: &RawModel, dir: &Path) -> Option<Vec<Lora>> {
 
 /// The families of the text encoders and the VAE a diffusion family needs.
 fn companions(f: Family) -> (&'static [Family], Family) {
-    match f {
-        Family::Wan => (&[Family::UmT5], Family::WanVae),
-        _ => (&[Family::ClipL, Family::T5], Family::FluxVae),
-    }
+    f.companions()
+        .unwrap_or((&[Family::ClipL, Family::T5], Family::FluxVae))
 }
 
 pub(super) fn validate_pipelines(

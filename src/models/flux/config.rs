@@ -133,13 +133,26 @@ impl Config {
         Ok(())
     }
 
+    /// [`Config::infer_with`] without metadata.
+    pub fn infer(shape_of: impl Fn(&str) -> Option<Vec<usize>>) -> Result<Self> {
+        Self::infer_with(&shape_of, &std::collections::BTreeMap::new())
+    }
+
     /// Infers the configuration from tensor shapes in the canonical BFL layout (`shape_of`
     /// returns a tensor's shape, `None` when absent), as ComfyUI does: widths from `img_in`,
     /// `txt_in`, `vector_in`, `double_blocks.0.img_mlp.0`; head dimension from the query-norm
-    /// scale; block counts by probing; guidance from the presence of `guidance_in`. RoPE axes
-    /// are not stored in the file: they are known for the real head dimension 128
-    /// ([16, 56, 56]) and the tiny 16 ([4, 6, 6]); other head dimensions are refused.
-    pub fn infer(shape_of: impl Fn(&str) -> Option<Vec<usize>>) -> Result<Self> {
+    /// scale; block counts by probing; guidance from the presence of `guidance_in`.
+    ///
+    /// The RoPE split of the head dimension over the (t, h, w) axes is not stored in the
+    /// weights. It is read from `meta` when given (`axes_dims_rope`, the diffusers
+    /// `config.json` key, or `axes_dim`, as a list like `[16, 56, 56]`); otherwise BFL's split
+    /// is used for head dimension 128 ([16, 56, 56], every released FLUX.1) and mgpu's tiny
+    /// models' for 16 ([4, 6, 6]). Any other head dimension without metadata is ambiguous
+    /// and refused, with the fix in the message.
+    pub fn infer_with(
+        shape_of: &dyn Fn(&str) -> Option<Vec<usize>>,
+        meta: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self> {
         let need = |name: &str, rank: usize| -> Result<Vec<usize>> {
             match shape_of(name) {
                 Some(s) if s.len() == rank => Ok(s),
@@ -162,11 +175,19 @@ impl Config {
         };
         let depth = count("double_blocks", "img_attn.qkv.weight");
         let depth_single_blocks = count("single_blocks", "linear1.weight");
-        let axes_dim = match head_dim {
-            128 => vec![16, 56, 56],
-            16 => vec![4, 6, 6],
-            d => bail!(
-                "FLUX weights: head dimension {d} has no known RoPE axis split (known: 128 → [16, 56, 56], 16 → [4, 6, 6])"
+        let given = ["axes_dims_rope", "axes_dim"]
+            .iter()
+            .find_map(|k| meta.get(*k).map(|v| (*k, v)));
+        let axes_dim = match (given, head_dim) {
+            (Some((key, v)), _) => parse_axes(v).ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "FLUX metadata: `{key}` = `{v}` is not a list of three whole numbers like [16, 56, 56]"
+                ))
+            })?,
+            (None, 128) => vec![16, 56, 56],
+            (None, 16) => vec![4, 6, 6],
+            (None, d) => bail!(
+                "FLUX weights: head dimension {d} has no known RoPE axis split (known: 128 → [16, 56, 56], 16 → [4, 6, 6]); give it as `axes_dims_rope` in a config.json beside the weights file (as diffusers writes it) or in the safetensors metadata"
             ),
         };
         if head_dim == 0 || hidden_size % head_dim != 0 {
@@ -191,6 +212,16 @@ impl Config {
     }
 }
 
+/// `[16, 56, 56]` (JSON list, spaces optional) → the three numbers.
+fn parse_axes(v: &str) -> Option<Vec<usize>> {
+    let inner = v.trim().strip_prefix('[')?.strip_suffix(']')?;
+    let axes: Vec<usize> = inner
+        .split(',')
+        .map(|x| x.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    (axes.len() == 3).then_some(axes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +238,30 @@ mod tests {
         }
         assert_eq!(Config::dev().head_dim(), 128);
         assert_eq!(Config::dev().mlp_hidden(), 12288);
+    }
+
+    /// Regression (issue 10): unseen head dimensions were refused outright; metadata (a
+    /// diffusers `config.json` beside the file) now decides, and only a missing split is an
+    /// error.
+    #[test]
+    fn head_dims_other_than_the_known_ones_take_axes_from_metadata() {
+        let cfg = Config {
+            hidden_size: 48,
+            num_heads: 2,
+            axes_dim: vec![4, 10, 10],
+            ..Config::tiny()
+        };
+        let layout = crate::models::tiny::flux_layout(&cfg).unwrap();
+        let shape_of = |n: &str| layout.get(n).cloned();
+        let e = Config::infer_with(&shape_of, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("head dimension 24") && e.contains("axes_dims_rope"), "{e}");
+        let meta = [("axes_dims_rope".to_string(), "[4, 10, 10]".to_string())].into();
+        assert_eq!(Config::infer_with(&shape_of, &meta).unwrap(), cfg);
+        let bad = [("axes_dims_rope".to_string(), "[4, 10]".to_string())].into();
+        let e = Config::infer_with(&shape_of, &bad).unwrap_err().to_string();
+        assert!(e.contains("three whole numbers"), "{e}");
     }
 
     #[test]

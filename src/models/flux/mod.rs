@@ -23,8 +23,15 @@ pub mod config;
 pub mod embed;
 pub mod kernels;
 
+use std::collections::BTreeMap;
+
 use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
+
+use super::spec::{DiffusionModel, ShapeOf, StepInputs, TextNeeds};
+use crate::family::Family;
+use crate::models::tokenize::T5Tokenizer;
+use crate::sample::{ModelSampling, SampleError};
 
 pub use block::{DoubleBlock, LastLayer, SingleBlock};
 pub use config::Config;
@@ -282,5 +289,100 @@ impl FluxDit {
             self.run_unit(i, unit_weights(i)?, &mut state)?;
         }
         self.finish(state)
+    }
+}
+
+impl DiffusionModel for FluxDit {
+    type Config = Config;
+    type Block = Block;
+    type State = State;
+
+    const FAMILY: Family = Family::Flux;
+
+    fn infer_config(shape_of: ShapeOf, meta: &BTreeMap<String, String>) -> Result<Config> {
+        Config::infer_with(shape_of, meta)
+    }
+
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        FluxDit::new(cfg, vb)
+    }
+
+    fn units(cfg: &Config) -> Vec<String> {
+        FluxDit::units(cfg)
+    }
+
+    fn build_unit(cfg: &Config, index: usize, vb: VarBuilder) -> Result<Block> {
+        FluxDit::build_unit(cfg, index, vb)
+    }
+
+    /// `[1, 16, h/8, w/8]`; FLUX makes one frame.
+    fn latent_shape(_cfg: &Config, width: u32, height: u32, _frames: u32) -> Vec<usize> {
+        vec![
+            1,
+            config::LATENT_CHANNELS,
+            height as usize / 8,
+            width as usize / 8,
+        ]
+    }
+
+    /// T5-XXL's padded states (512 tokens for dev, 256 for schnell, unmasked, as diffusers'
+    /// `FluxPipeline` and ComfyUI encode them) and CLIP-L's pooled vector.
+    fn text_needs(cfg: &Config) -> TextNeeds {
+        TextNeeds {
+            context: Family::T5,
+            context_tokens: if cfg.guidance_embed {
+                T5Tokenizer::MAX_LEN_DEV
+            } else {
+                T5Tokenizer::MAX_LEN_SCHNELL
+            },
+            masked: false,
+            pooled: Some(Family::ClipL),
+        }
+    }
+
+    /// dev: `ModelSamplingFlux` with the size-dependent shift (or `shift` as its μ);
+    /// schnell: `ModelSamplingDiscreteFlow` with shift 1 (or `shift`), as ComfyUI loads them.
+    fn model_sampling(
+        cfg: &Config,
+        width: u32,
+        height: u32,
+        shift: Option<f64>,
+    ) -> std::result::Result<ModelSampling, SampleError> {
+        match (cfg.guidance_embed, shift) {
+            (true, None) => Ok(ModelSampling::flux_dev(width, height)),
+            (true, Some(s)) => ModelSampling::flux(s),
+            (false, None) => Ok(ModelSampling::flux_schnell()),
+            (false, Some(s)) => ModelSampling::discrete_flow(s, 1.0),
+        }
+    }
+
+    fn guidance(cfg: &Config, guidance: f64) -> Option<f64> {
+        cfg.guidance_embed.then_some(guidance)
+    }
+
+    fn variant(cfg: &Config) -> Option<&'static str> {
+        Some(if cfg.guidance_embed { "dev" } else { "schnell" })
+    }
+
+    fn prepare(&self, inputs: &StepInputs) -> Result<State> {
+        let Some(pooled) = inputs.pooled else {
+            bail!("FLUX needs a pooled text vector (CLIP-L)")
+        };
+        FluxDit::prepare(
+            self,
+            inputs.latent,
+            inputs.context,
+            pooled,
+            inputs.timestep,
+            inputs.guidance,
+        )
+    }
+
+    fn run_block(&self, block: &Block, state: &mut State) -> Result<()> {
+        FluxDit::run_block(self, block, state)
+    }
+
+    fn finish(&self, state: State) -> Result<Tensor> {
+        FluxDit::finish(self, state)
     }
 }

@@ -77,12 +77,26 @@ impl Config {
         Ok(())
     }
 
+    /// [`Config::infer_with`] without metadata.
+    pub fn infer(shape_of: impl Fn(&str) -> Option<Vec<usize>>) -> Result<Self> {
+        Self::infer_with(&shape_of, &std::collections::BTreeMap::new())
+    }
+
     /// Infers the configuration from tensor shapes in the `ae.safetensors` layout: `ch` from
     /// `encoder.conv_in`, the levels by probing `encoder.down.N`, resnets per level by
-    /// probing `encoder.down.0.block.M`, latent channels from `decoder.conv_in`. The group
-    /// count and the scale/shift factors are not stored: 32 and FLUX's values are used unless
-    /// the channel count is the tiny one (8), which uses 4 groups.
-    pub fn infer(shape_of: impl Fn(&str) -> Option<Vec<usize>>) -> Result<Self> {
+    /// probing `encoder.down.0.block.M`, latent channels from `decoder.conv_in`.
+    ///
+    /// Not stored in the weights, so taken from `meta` (safetensors metadata or a diffusers
+    /// `config.json` beside the file) when given: the GroupNorm group count
+    /// (`norm_num_groups`) and the latent `scaling_factor` / `shift_factor`. Without them:
+    /// FLUX's factors; 32 groups when every level's channel count is a multiple of 32 (every
+    /// released autoencoder); 4 for mgpu's own tiny models (8 base channels, which older
+    /// `make-tiny` files do not record). Any other channel count is ambiguous and refused
+    /// with the fix in the message.
+    pub fn infer_with(
+        shape_of: &dyn Fn(&str) -> Option<Vec<usize>>,
+        meta: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self> {
         let need = |name: &str| -> Result<Vec<usize>> {
             match shape_of(name) {
                 Some(s) if s.len() == 4 => Ok(s),
@@ -112,6 +126,26 @@ impl Config {
         }
         let z_channels = need("decoder.conv_in.weight")?[1];
         let out_ch = need("decoder.conv_out.weight")?[0];
+        let number = |key: &str| -> Result<Option<f64>> {
+            match meta.get(key) {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<f64>() {
+                    Ok(x) if x.is_finite() => Ok(Some(x)),
+                    _ => bail!("VAE metadata: `{key}` = `{v}` is not a number"),
+                },
+            }
+        };
+        let all_by_32 = ch_mult.iter().all(|m| (ch * m).is_multiple_of(32));
+        let num_groups = match number("norm_num_groups")? {
+            Some(g) if g >= 1.0 && g.fract() == 0.0 => g as usize,
+            Some(g) => bail!("VAE metadata: `norm_num_groups` = {g} is not a whole number ≥ 1"),
+            None if all_by_32 => 32,
+            None if ch == 8 => 4,
+            None => bail!(
+                "VAE weights: the GroupNorm group count is not stored, and {ch} base channels are not the usual multiple of 32; give `norm_num_groups` in a config.json beside the weights file (as diffusers writes it) or in the safetensors metadata"
+            ),
+        };
+        let flux = Self::flux();
         let cfg = Self {
             in_channels,
             out_ch,
@@ -119,10 +153,40 @@ impl Config {
             ch_mult,
             num_res_blocks,
             z_channels,
-            num_groups: if ch == 8 { 4 } else { 32 },
-            ..Self::flux()
+            num_groups,
+            scale_factor: number("scaling_factor")?.unwrap_or(flux.scale_factor),
+            shift_factor: number("shift_factor")?.unwrap_or(flux.shift_factor),
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 10): an unseen channel count was given 32 groups and failed with a
+    /// divisibility error; now metadata decides, and without it the message says how.
+    #[test]
+    fn groups_from_metadata_or_refused() {
+        let cfg = Config {
+            ch: 16,
+            num_groups: 8,
+            ..Config::tiny()
+        };
+        let layout = crate::models::tiny::vae_layout(&cfg).unwrap();
+        let shape_of = |n: &str| layout.get(n).cloned();
+        let e = Config::infer_with(&shape_of, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("norm_num_groups"), "{e}");
+        let meta = [("norm_num_groups".to_string(), "8".to_string())].into();
+        assert_eq!(Config::infer_with(&shape_of, &meta).unwrap(), cfg);
+        // The real layout needs no metadata; the tiny one keeps its 4 groups.
+        let flux = crate::models::tiny::vae_layout(&Config::flux()).unwrap();
+        assert_eq!(Config::infer(|n| flux.get(n).cloned()).unwrap(), Config::flux());
+        let tiny = crate::models::tiny::vae_layout(&Config::tiny()).unwrap();
+        assert_eq!(Config::infer(|n| tiny.get(n).cloned()).unwrap(), Config::tiny());
     }
 }

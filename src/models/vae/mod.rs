@@ -274,3 +274,54 @@ impl AutoEncoder {
         ["encoder", "decoder"]
     }
 }
+
+impl super::spec::Autoencoder for AutoEncoder {
+    type Config = Config;
+    type Encoder = Encoder;
+    type Decoder = Decoder;
+
+    const FAMILY: crate::family::Family = crate::family::Family::FluxVae;
+
+    fn infer_config(
+        shape_of: super::spec::ShapeOf,
+        meta: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Config> {
+        Config::infer_with(shape_of, meta)
+    }
+
+    fn units() -> [&'static str; 2] {
+        AutoEncoder::units()
+    }
+
+    /// The FLUX autoencoder has no tensors outside its two units.
+    fn encoder(cfg: &Config, unit: VarBuilder, _resident: VarBuilder) -> Result<Encoder> {
+        Encoder::new(cfg, unit)
+    }
+
+    fn decoder(cfg: &Config, unit: VarBuilder, _resident: VarBuilder) -> Result<Decoder> {
+        Decoder::new(cfg, unit)
+    }
+
+    /// One image `[1, 3, H, W]`: the posterior mean (no sampled noise, so img2img stays
+    /// deterministic), scaled into the DiT's space.
+    fn encode(enc: &Encoder, pixels: &Tensor) -> Result<Tensor> {
+        let (f, _c, _h, _w) = pixels.dims4()?;
+        if f != 1 {
+            bail!("the FLUX autoencoder encodes one image, got {f} frames")
+        }
+        enc.encode(pixels, None)
+    }
+
+    fn decode(dec: &Decoder, latent: &Tensor, tile: Option<usize>) -> Result<Tensor> {
+        match tile {
+            Some(t) => dec.decode_tiled(
+                latent,
+                Tiling {
+                    tile: t,
+                    ..Tiling::default()
+                },
+            ),
+            None => dec.decode(latent),
+        }
+    }
+}
