@@ -437,8 +437,13 @@ mod tests {
             msg("out/{seed}"),
             ["output path must end in `.png`, `.apng` or `.mp4`@10..10"]
         );
-        assert!(msg("out/{seed}.mp4").is_empty());
-        assert!(msg("out/{seed}.APNG").is_empty());
+        for ok in ["out/{seed}.mp4", "out/{seed}.APNG"] {
+            assert!(OutputTemplate::parse(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            OutputTemplate::parse("out/{seed}.MP4").unwrap().extension(),
+            "mp4"
+        );
         assert_eq!(msg("out/.mp4").len(), 1);
         assert_eq!(msg("{}.png"), ["empty placeholder `{}`@0..2"]);
         assert_eq!(
