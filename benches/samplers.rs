@@ -86,6 +86,8 @@ fn png(c: &mut Criterion) {
         shift: Some(1.15),
         width: 1024,
         height: 1024,
+        frames: None,
+        fps: None,
         models: vec![],
         loras: vec![],
         job_hash: None,

@@ -24,7 +24,7 @@ fn golden_run(
 ) -> Status {
     let opts = RunOptions {
         manifest: m.to_path_buf(),
-        hardware: None,
+        hardware: Default::default(),
         force: true,
         shard: None,
         report,

@@ -25,7 +25,7 @@ const EXPECT_ENV: &str = "MGPU_RUN_KILL_EXPECT";
 fn options(manifest: &Path, report: Option<PathBuf>) -> RunOptions {
     RunOptions {
         manifest: manifest.to_path_buf(),
-        hardware: None,
+        hardware: Default::default(),
         force: false,
         shard: None,
         report,

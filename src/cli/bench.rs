@@ -1,6 +1,7 @@
 //! `mgpu bench`: the streaming benchmark harness (see [`crate::exec::bench`]). Runs a
-//! FLUX-shaped transformer with generated weights under several placements and prints s/step,
-//! stall time, streamed GB/s, the floor and whether every placement computed the same bytes.
+//! diffusion transformer (FLUX or Wan shapes) with generated weights under several
+//! placements and prints s/step, stall time, streamed GB/s, the floor and whether every
+//! placement computed the same bytes.
 
 use std::path::PathBuf;
 
@@ -8,26 +9,42 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 
 use super::Status;
-use crate::device::DeviceName;
+use crate::device::{DeviceName, UnitHome};
 use crate::exec::bench::{self, BenchConfig, Placement};
+use crate::exec::distribute::Pools;
+use crate::family::Family;
 use crate::models::flux;
 use crate::models::flux::kernels::CheckSize;
+use crate::models::spec as mspec;
 
-/// Measure block streaming on a FLUX-shaped transformer with generated weights.
+/// Measure block streaming on a diffusion transformer with generated weights.
 ///
 /// Example (GPU): `mgpu bench --model dev --size 1024 --steps 20 --batch 1,4
 /// --placements resident,cpu:25,cpu:50,cpu:75,cpu:100,cuda:1:100 --json bench.json`
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model shape: dev (FLUX.1-dev, 11.9 B parameters), schnell, or tiny.
+    /// Model shape: dev (FLUX.1-dev, 11.9 B parameters), schnell, tiny (FLUX).
     #[arg(long, default_value = "dev")]
     pub model: String,
-    /// Image width and height in pixels (multiples of 16).
+    /// Image width and height in pixels (multiples of 16); --width/--height override it.
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
-    /// T5 tokens per prompt (FLUX dev: 512).
+    /// Width in pixels (default: --size).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Height in pixels (default: --size).
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Video frames (4k+1) for video models (default 81); images make one.
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Text tokens per prompt (FLUX dev and Wan: 512).
     #[arg(long, default_value_t = 512)]
     pub txt_tokens: usize,
+    /// True classifier-free guidance: two model evaluations per job and step (prompt and
+    /// negative prompt) in the same pass over the weights, as Wan runs.
+    #[arg(long)]
+    pub cfg: bool,
     /// Timed steps per cell (the median is reported).
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
@@ -52,6 +69,10 @@ pub struct Args {
     /// Weight and compute dtype: bf16 or f32.
     #[arg(long, default_value = "bf16")]
     pub dtype: String,
+    /// Folder for the spill files of `disk` placements (default: the system's temporary
+    /// folder; choose one on a disk, not in RAM).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Write the full report (every step of every cell) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -67,10 +88,8 @@ pub struct Args {
     /// Seed of the weight generator.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// A hardware file (`mgpu probe --bench --save FILE`): print the planner's predicted step
-    /// time for every measured placement next to the measurement (dev and schnell shapes)
-    #[arg(long, value_name = "FILE")]
-    pub hardware: Option<PathBuf>,
+    #[command(flatten)]
+    pub hardware: super::HardwareArg,
 }
 
 /// `--slots`: a fixed K, or the planner's choice per cell.
@@ -92,21 +111,84 @@ fn parse_slots(s: &str) -> Result<Slots, String> {
     }
 }
 
+/// A benchmarked model shape: its family's config.
+#[derive(Debug, Clone)]
+pub enum BenchModel {
+    Flux(flux::Config),
+}
+
+/// The `--model` names and what they are.
+pub const MODELS: &str = "dev, schnell, tiny (FLUX)";
+
+impl BenchModel {
+    pub fn parse(name: &str) -> anyhow::Result<Self> {
+        Ok(match name {
+            "dev" => BenchModel::Flux(flux::Config::dev()),
+            "schnell" => BenchModel::Flux(flux::Config::schnell()),
+            "tiny" => BenchModel::Flux(flux::Config::tiny()),
+            other => bail!("--model `{other}`: expected one of {MODELS}"),
+        })
+    }
+
+    pub fn family(&self) -> Family {
+        match self {
+            BenchModel::Flux(_) => Family::Flux,
+        }
+    }
+
+    /// Names and shapes of the model's checkpoint.
+    fn layout(&self) -> candle_core::Result<std::collections::BTreeMap<String, Vec<usize>>> {
+        match self {
+            BenchModel::Flux(c) => mspec::diffusion_layout::<flux::FluxDit>(c),
+        }
+    }
+
+    fn units(&self) -> Vec<String> {
+        match self {
+            BenchModel::Flux(c) => flux::FluxDit::units(c),
+        }
+    }
+
+    fn run(
+        &self,
+        cfg: &BenchConfig,
+        device: &Device,
+        cache_dir: &std::path::Path,
+        pools: &mut Pools,
+        progress: impl FnMut(&str),
+    ) -> Result<bench::BenchReport, crate::exec::engine::EngineError> {
+        match self {
+            BenchModel::Flux(c) => {
+                bench::run::<flux::FluxDit>(c, cfg, device, cache_dir, pools, progress)
+            }
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<Status> {
-    let model = match args.model.as_str() {
-        "dev" => flux::Config::dev(),
-        "schnell" => flux::Config::schnell(),
-        "tiny" => flux::Config::tiny(),
-        other => bail!("--model `{other}`: expected dev, schnell or tiny"),
-    };
+    let model = BenchModel::parse(&args.model)?;
     let dtype = match args.dtype.as_str() {
         "bf16" => DType::BF16,
         "f32" => DType::F32,
         other => bail!("--dtype `{other}`: expected bf16 or f32"),
     };
-    if !args.size.is_multiple_of(16) || args.size == 0 {
-        bail!("--size {}: must be a positive multiple of 16", args.size)
+    let (width, height) = (
+        args.width.unwrap_or(args.size),
+        args.height.unwrap_or(args.size),
+    );
+    for (flag, v) in [("--width", width), ("--height", height)] {
+        if !v.is_multiple_of(16) || v == 0 {
+            bail!("{flag} {v}: must be a positive multiple of 16")
+        }
     }
+    let video = model.family().is_video();
+    let frames = match (args.frames, video) {
+        (Some(f), true) if f % 4 == 1 => f,
+        (Some(f), true) => bail!("--frames {f}: video frames are 4k+1 (81, 49, 33, …)"),
+        (Some(f), false) if f != 1 => bail!("--frames: {} makes images", args.model),
+        (None, true) => 81,
+        _ => 1,
+    };
     if args.batch.is_empty() || args.batch.contains(&0) {
         bail!("--batch: every batch size must be at least 1")
     }
@@ -127,10 +209,12 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         return Ok(Status::Ok);
     }
     let mut cfg = BenchConfig {
-        model,
-        model_name: format!("flux-{}", args.model),
-        width: args.size,
-        height: args.size,
+        model_name: match &model {
+            BenchModel::Flux(_) => format!("flux-{}", args.model),
+        },
+        width,
+        height,
+        frames,
         txt_tokens: args.txt_tokens,
         steps: args.steps.max(1),
         warmup: args.warmup,
@@ -143,51 +227,52 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         slots_for: Default::default(),
         dtype,
         seed: args.seed,
+        cfg: args.cfg,
     };
     // Checked before the run: a bad file fails in a second, not after minutes of measuring.
-    if args.slots == Slots::Auto && args.hardware.is_none() {
+    if args.slots == Slots::Auto && args.hardware.hardware.is_none() {
         bail!("--slots auto: the planner needs the machine's rates; give --hardware FILE (`mgpu probe --bench --save FILE` writes one)")
     }
-    if args.hardware.is_some() && !matches!(args.model.as_str(), "dev" | "schnell") {
-        bail!(
-            "--hardware: predictions are for the dev and schnell shapes, not `{}`",
-            args.model
-        )
-    }
-    let hardware = match &args.hardware {
-        Some(p) => Some(
-            crate::hardware::file::read(p)
-                .with_context(|| format!("reading the hardware file {}", p.display()))?,
-        ),
-        None => None,
-    };
+    let hardware = args.hardware.read()?;
     if let (Slots::Auto, Some(hw)) = (args.slots, &hardware) {
         for &batch in &cfg.batches {
             for p in &cfg.placements {
-                let k = auto_slots(&cfg, &args, hw, p, batch);
+                let k = auto_slots(&model, &cfg, &args, hw, p, batch)?;
                 cfg.slots_for.insert((p.to_string(), batch), k);
             }
         }
     }
     let progress = |m: &str| eprintln!("bench: {m}");
+    let cache = match &args.cache_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir(),
+    };
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("creating the cache folder {}", cache.display()))?;
     let (report, floor_gbps) = match args.device {
         DeviceName::Cpu => {
             if args
                 .placements
                 .iter()
-                .any(|p| matches!(p.source, Some(bench::Source::Cuda(_))))
+                .any(|p| matches!(p.source, Some(UnitHome::Donor(_))))
             {
                 bail!("a cuda:N donor needs a CUDA compute device (--device cuda:0)")
             }
-            let mut f = bench::cpu_backend_factory(dtype);
-            (bench::run(&cfg, &Device::Cpu, &mut *f, progress)?, None)
+            let mut pools = Pools::default();
+            let r = model.run(&cfg, &Device::Cpu, &cache, &mut pools, progress)?;
+            (r, None)
         }
-        DeviceName::Cuda(i) => cuda_run(&cfg, i as usize, progress)?,
+        DeviceName::Cuda(i) => {
+            let (device, h2d) = cuda_device(i as usize)?;
+            let mut pools = Pools::default();
+            let r = model.run(&cfg, &device, &cache, &mut pools, progress)?;
+            (r, h2d)
+        }
         DeviceName::Disk => bail!("--device disk: disk stores weights, it cannot compute"),
     };
     let mut report = report;
     if let Some(hw) = &hardware {
-        predict(&mut report, &cfg, &args, hw)?;
+        predict(&mut report, &model, &cfg, &args, hw)?;
     }
     println!("{}", bench::render(&report, floor_gbps));
     if let Some(p) = &args.json {
@@ -207,35 +292,41 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     })
 }
 
-/// The planner's view of one cell: a FLUX inventory of the benchmarked shape (bf16, or Q8_0
-/// for `@q8_0`), the placement's streamed blocks as homes, the batch and image size.
+/// The planner's view of one cell: the benchmarked model's inventory (its own layout, in
+/// bf16, or Q8_0 matrices for `@q8_0`), the placement's streamed blocks as homes, the batch,
+/// size, frames and evaluations per step.
 fn cell_request(
+    model: &BenchModel,
     cfg: &BenchConfig,
     args: &Args,
     placement: &Placement,
     batch: usize,
-) -> (crate::plan::ModelRequest, Vec<DeviceName>) {
-    use crate::family::Family;
-    use crate::inventory::synthetic;
+) -> anyhow::Result<(crate::plan::ModelRequest, Vec<DeviceName>)> {
+    use crate::inventory::Inventory;
     use crate::plan::{ModelRequest, Workload};
     use crate::weights::DType as WDType;
-    let guidance = args.model == "dev";
-    let block_names = flux::FluxDit::units(&cfg.model);
-    let dtype = if placement.q8_0 {
-        WDType::Q8_0
-    } else {
-        WDType::BF16
-    };
-    let inventory = std::sync::Arc::new(synthetic::flux(dtype, 19, 38, guidance));
+    let block_names = model.units();
+    let tensors: Vec<(String, WDType, Vec<u64>)> = model
+        .layout()?
+        .into_iter()
+        .map(|(name, shape)| {
+            let numel: usize = shape.iter().product();
+            let dtype = if placement.q8_0 && shape.len() >= 2 && numel.is_multiple_of(32) {
+                WDType::Q8_0
+            } else {
+                WDType::BF16
+            };
+            (name, dtype, shape.iter().map(|&d| d as u64).collect())
+        })
+        .collect();
+    let inventory = std::sync::Arc::new(Inventory::synthetic(Some(model.family()), &tensors));
     let streamed = match placement.source {
         Some(_) => bench::spread(block_names.len(), placement.percent),
         None => vec![false; block_names.len()],
     };
     let source = match placement.source {
         None => args.device,
-        Some(bench::Source::Cpu) => DeviceName::Cpu,
-        Some(bench::Source::Disk) => DeviceName::Disk,
-        Some(bench::Source::Cuda(i)) => DeviceName::Cuda(i),
+        Some(h) => h.device(args.device),
     };
     let homes: Vec<DeviceName> = inventory
         .units
@@ -246,11 +337,13 @@ fn cell_request(
         })
         .collect();
     let mut workload = Workload::image(cfg.width as u32, cfg.height as u32);
+    workload.frames = cfg.frames as u32;
     workload.batch = batch as u32;
     workload.text_tokens = cfg.txt_tokens as u32;
+    workload.evals_per_step = if cfg.cfg { 2 } else { 1 };
     let req = ModelRequest {
-        name: "flux".into(),
-        family: Family::Flux,
+        name: "model".into(),
+        family: model.family(),
         compute: args.device,
         allocation: crate::alloc::Allocation::Auto,
         overrides: vec![],
@@ -259,36 +352,38 @@ fn cell_request(
         workload,
         prefetch: None,
     };
-    (req, homes)
+    Ok((req, homes))
 }
 
 /// `--slots auto` for one cell: the smallest K of 2–8 whose predicted step is within 1% of
 /// the fastest, the planner's own rule (memory is not checked: the benchmark's card holds it).
 fn auto_slots(
+    model: &BenchModel,
     cfg: &BenchConfig,
     args: &Args,
     hw: &crate::hardware::Hardware,
     placement: &Placement,
     batch: usize,
-) -> usize {
+) -> anyhow::Result<usize> {
     if placement.source.is_none() || placement.percent == 0 {
-        return cfg.slots;
+        return Ok(cfg.slots);
     }
-    let (req, homes) = cell_request(cfg, args, placement, batch);
+    let (req, homes) = cell_request(model, cfg, args, placement, batch)?;
     let steps: Vec<(usize, f64)> = (2..=8)
         .map(|k| (k, crate::plan::predict_step(&req, hw, &homes, k as u32)))
         .collect();
     let best = steps.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
-    steps
+    Ok(steps
         .iter()
         .find(|s| s.1 <= best * 1.01)
-        .map_or(cfg.slots, |s| s.0)
+        .map_or(cfg.slots, |s| s.0))
 }
 
 /// Fills each measurement's `predicted_seconds` with the planner's step time for the same
 /// cell ([`cell_request`]) and slots, on `hw`.
 fn predict(
     report: &mut bench::BenchReport,
+    model: &BenchModel,
     cfg: &BenchConfig,
     args: &Args,
     hw: &crate::hardware::Hardware,
@@ -298,7 +393,7 @@ fn predict(
             .placement
             .parse()
             .map_err(|e: String| anyhow::anyhow!("{e}"))?;
-        let (req, homes) = cell_request(cfg, args, &placement, m.batch);
+        let (req, homes) = cell_request(model, cfg, args, &placement, m.batch)?;
         m.predicted_seconds = Some(crate::plan::predict_step(&req, hw, &homes, m.slots as u32));
     }
     Ok(())
@@ -325,47 +420,22 @@ fn check_kernels(_device: &DeviceName, _size: CheckSize) -> anyhow::Result<Statu
     bail!("--check-kernels: this mgpu was built without CUDA (build with --features cuda; see docs/gpu.md)")
 }
 
+/// The CUDA compute device (with the pool settings `mgpu run` uses) and its measured
+/// page-locked host→device rate.
 #[cfg(feature = "cuda")]
-fn cuda_run(
-    cfg: &BenchConfig,
-    ordinal: usize,
-    progress: impl FnMut(&str),
-) -> anyhow::Result<(bench::BenchReport, Option<f64>)> {
-    use crate::exec::cuda::{measure_h2d_gbps, CudaBackend, LinkKind, PinnedPool};
-    use crate::exec::engine::Backend;
+fn cuda_device(ordinal: usize) -> anyhow::Result<(Device, Option<f64>)> {
+    use crate::exec::cuda::measure_h2d_gbps;
     let device = Device::new_cuda_with_stream(ordinal).context("opening the CUDA device")?;
     if std::env::var_os("MGPU_RELEASE_POOL").is_none() {
         crate::exec::cuda::keep_pool_memory(&device)?;
     }
     let h2d = measure_h2d_gbps(&device, 1 << 30, 8)?;
     eprintln!("bench: page-locked host→device {h2d:.1} GB/s");
-    let mut pool = PinnedPool::default();
-    let dev2 = device.clone();
-    let mut factory = move |units: &[crate::exec::engine::EngineUnit],
-                            links: &[String],
-                            source: &Option<bench::Source>,
-                            slots: usize|
-          -> Result<Box<dyn Backend>, crate::exec::engine::EngineError> {
-        let kinds: Vec<LinkKind> = match source {
-            None => vec![],
-            Some(bench::Source::Cpu) => vec![LinkKind::Host],
-            Some(bench::Source::Disk) => vec![LinkKind::Disk],
-            Some(bench::Source::Cuda(i)) => vec![LinkKind::Peer(*i as usize)],
-        };
-        Ok(Box::new(CudaBackend::new(
-            &dev2, units, links, &kinds, slots, &mut pool,
-        )?))
-    };
-    let report = bench::run(cfg, &device, &mut factory, progress)?;
-    Ok((report, Some(h2d)))
+    Ok((device, Some(h2d)))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_run(
-    _cfg: &BenchConfig,
-    ordinal: usize,
-    _progress: impl FnMut(&str),
-) -> anyhow::Result<(bench::BenchReport, Option<f64>)> {
+fn cuda_device(ordinal: usize) -> anyhow::Result<(Device, Option<f64>)> {
     bail!("--device cuda:{ordinal}: this mgpu was built without CUDA (build with --features cuda; see docs/gpu.md), or use --device cpu")
 }
 
@@ -383,10 +453,10 @@ mod tests {
     /// FLUX.1-dev at 1024², batches 1 and 4, K = 2.
     fn dev_config() -> BenchConfig {
         BenchConfig {
-            model: flux::Config::dev(),
             model_name: "flux-dev".into(),
             width: 1024,
             height: 1024,
+            frames: 1,
             txt_tokens: 512,
             steps: 1,
             warmup: 0,
@@ -396,7 +466,12 @@ mod tests {
             slots_for: Default::default(),
             dtype: DType::BF16,
             seed: 0,
+            cfg: false,
         }
+    }
+
+    fn dev() -> BenchModel {
+        BenchModel::parse("dev").unwrap()
     }
 
     fn measurement(placement: &str, batch: usize, step: f64) -> bench::Measurement {
@@ -434,7 +509,10 @@ mod tests {
             resident_bytes: 0,
             width: 1024,
             height: 1024,
+            frames: 1,
+            tokens: 4608,
             txt_tokens: 512,
+            evals_per_job: 1,
             slots: 2,
             setup_seconds: 0.0,
             measurements: vec![
@@ -444,7 +522,7 @@ mod tests {
                 measurement("cpu:100@q8_0", 1, 0.3),
             ],
         };
-        predict(&mut report, &cfg, &args, &hw).unwrap();
+        predict(&mut report, &dev(), &cfg, &args, &hw).unwrap();
         let p: Vec<f64> = report
             .measurements
             .iter()
@@ -502,7 +580,7 @@ mod tests {
             )
             .unwrap();
             for &(p, batch, k, measured) in cells {
-                let (req, homes) = cell_request(&cfg, &args, &p.parse().unwrap(), batch);
+                let (req, homes) = cell_request(&dev(), &cfg, &args, &p.parse().unwrap(), batch).unwrap();
                 let predicted = crate::plan::predict_step(&req, &hw, &homes, k as u32);
                 let err = predicted / measured - 1.0;
                 eprintln!(
@@ -541,7 +619,7 @@ mod tests {
         )
         .unwrap();
         let cfg = dev_config();
-        let k = |p: &str, b: usize| auto_slots(&cfg, &args, &hw, &p.parse().unwrap(), b);
+        let k = |p: &str, b: usize| auto_slots(&dev(), &cfg, &args, &hw, &p.parse().unwrap(), b).unwrap();
         assert_eq!(k("resident", 4), 2);
         assert_eq!(k("cpu:25", 1), 2);
         assert_eq!(k("cuda:1:100", 1), 2);

@@ -2,10 +2,9 @@
 //! templates) and checks that the files it names exist, without loading any weights.
 //! Prints every error and warning cargo-style, then a one-line summary, on stderr.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use clap::{Args as ClapArgs, ValueEnum};
+use clap::Args as ClapArgs;
 
 use super::Status;
 use crate::manifest::{self, Diagnostics};
@@ -14,31 +13,8 @@ use crate::manifest::{self, Diagnostics};
 pub struct Args {
     /// The manifest to check.
     pub manifest: PathBuf,
-    /// Color the diagnostics: auto (when stderr is a terminal and NO_COLOR is not set),
-    /// always or never.
-    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
-    pub color: ColorChoice,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ColorChoice {
-    Auto,
-    Always,
-    Never,
-}
-
-impl ColorChoice {
-    /// Whether to color output written to stderr.
-    pub fn for_stderr(self) -> bool {
-        match self {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            ColorChoice::Auto => {
-                std::io::stderr().is_terminal()
-                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-            }
-        }
-    }
+    #[command(flatten)]
+    pub color: super::ColorArg,
 }
 
 /// The diagnostics and summary line `mgpu check` prints, and whether the manifest is valid.

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::check::ColorChoice;
 use super::run::{execute, pipeline_generator, GoldenMode, RunOptions};
 use super::Status;
 use crate::golden;
@@ -44,18 +43,16 @@ pub struct Common {
     /// recording is complete).
     #[arg(long)]
     pub force: bool,
-    /// Plan for this hardware file instead of probing this machine.
-    #[arg(long, value_name = "FILE")]
-    pub hardware: Option<PathBuf>,
+    #[command(flatten)]
+    pub hardware: super::HardwareArg,
     /// Write the JSON run report (with the golden comparison) to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Print only failures, warnings and the summary.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Color diagnostics: auto, always or never.
-    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
-    pub color: ColorChoice,
+    #[command(flatten)]
+    pub color: super::ColorArg,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Status> {

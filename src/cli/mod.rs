@@ -5,9 +5,14 @@
 //! error (and a locked output root), 130 interrupted. Only this module and [`crate::report`]
 //! print.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::hardware::{file, Hardware};
 
 pub mod bench;
 pub mod check;
@@ -92,6 +97,75 @@ pub enum Command {
     Run(run::Args),
     /// Record or verify golden outputs: hashes of decoded pixels and latents, with copies.
     Golden(golden::Args),
+}
+
+/// `--hardware FILE`, defined once for every subcommand that plans (plan, run, golden,
+/// bench).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HardwareArg {
+    /// Plan (and predict) for the machine described by this hardware file instead of probing
+    /// this one (`mgpu probe --bench --save FILE` writes one; benches/*.toml are measured
+    /// machines).
+    #[arg(long, value_name = "FILE")]
+    pub hardware: Option<PathBuf>,
+}
+
+impl HardwareArg {
+    /// The file's machine, if a file was given.
+    pub fn read(&self) -> anyhow::Result<Option<Hardware>> {
+        self.hardware
+            .as_ref()
+            .map(|p| file::read(p).map_err(|e| anyhow::anyhow!("{e}")))
+            .transpose()
+    }
+
+    /// The file's machine, else a probe of this one.
+    pub fn resolve(&self) -> anyhow::Result<Hardware> {
+        match self.read()? {
+            Some(h) => Ok(h),
+            None => Ok(crate::hardware::probe::probe(false)
+                .context("probing this machine")?
+                .hardware),
+        }
+    }
+}
+
+/// `--color WHEN`, defined once for every subcommand that prints diagnostics.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct ColorArg {
+    /// Color diagnostics: auto (when stderr is a terminal and NO_COLOR is not set), always
+    /// or never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+}
+
+impl ColorArg {
+    /// Whether to color output written to stderr.
+    pub fn for_stderr(self) -> bool {
+        self.color.for_stderr()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to color output written to stderr.
+    pub fn for_stderr(self) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
 }
 
 /// Parses the command line, runs it and maps the outcome to an exit code.

@@ -4,11 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-
-use super::check::ColorChoice;
 use super::Status;
-use crate::hardware::{file, probe, Hardware};
 use crate::manifest::{self, Diagnostics};
 use crate::plan;
 
@@ -16,26 +12,13 @@ use crate::plan;
 pub struct Args {
     /// The manifest to plan.
     pub manifest: PathBuf,
-    /// Plan for the machine described by this hardware file (`mgpu probe --save FILE` writes
-    /// one) instead of probing this machine.
-    #[arg(long, value_name = "FILE")]
-    pub hardware: Option<PathBuf>,
+    #[command(flatten)]
+    pub hardware: super::HardwareArg,
     /// Print the plan as JSON (models[].name, compute, placement, blocks[], predicted, …).
     #[arg(long)]
     pub json: bool,
-    /// Color diagnostics: auto, always or never.
-    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
-    pub color: ColorChoice,
-}
-
-/// The hardware to plan for: the file given, else a probe of this machine.
-pub fn hardware(path: Option<&PathBuf>) -> anyhow::Result<Hardware> {
-    match path {
-        Some(p) => file::read(p).map_err(|e| anyhow::anyhow!("{e}")),
-        None => Ok(probe::probe(false)
-            .context("probing this machine")?
-            .hardware),
-    }
+    #[command(flatten)]
+    pub color: super::ColorArg,
 }
 
 fn fail(diags: &Diagnostics, color: bool, what: &str) -> Status {
@@ -54,7 +37,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     if !m.warnings.is_empty() {
         eprintln!("{}", m.warnings.render(color));
     }
-    let hw = hardware(args.hardware.as_ref())?;
+    let hw = args.hardware.resolve()?;
     let inventories = match plan::manifest::read_inventories(&m) {
         Ok(i) => i,
         Err(d) => return Ok(fail(&d, color, &format!("{shown}: cannot plan"))),

@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::check::ColorChoice;
 use super::Status;
 use crate::exec::pipeline::{self, PipelineOptions};
 use crate::exec::queue::{
@@ -35,10 +34,8 @@ use crate::report::{self, Progress, ProgressMode, ReportBuilder};
 pub struct Args {
     /// The manifest to run.
     pub manifest: PathBuf,
-    /// Plan for the machine described by this hardware file (`mgpu probe --save FILE`)
-    /// instead of probing this machine.
-    #[arg(long, value_name = "FILE")]
-    pub hardware: Option<PathBuf>,
+    #[command(flatten)]
+    pub hardware: super::HardwareArg,
     /// Make every image again, even those whose file is up to date (same job hash), and
     /// overwrite files mgpu did not write.
     #[arg(long)]
@@ -60,9 +57,8 @@ pub struct Args {
     /// Print only failures, warnings and the summary.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Color diagnostics: auto, always or never.
-    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
-    pub color: ColorChoice,
+    #[command(flatten)]
+    pub color: super::ColorArg,
 }
 
 /// What a run does with golden files.
@@ -82,7 +78,7 @@ pub enum GoldenMode {
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub manifest: PathBuf,
-    pub hardware: Option<PathBuf>,
+    pub hardware: super::HardwareArg,
     pub force: bool,
     pub shard: Option<Shard>,
     pub report: Option<PathBuf>,
@@ -293,7 +289,7 @@ pub fn execute(opts: &RunOptions, make: MakeGenerator<'_>) -> anyhow::Result<Sta
     let mut generator = None;
     let mut setup_error: Option<(String, Status)> = None;
     if !queue.to_run().is_empty() {
-        let hw = match super::plan::hardware(opts.hardware.as_ref()) {
+        let hw = match opts.hardware.resolve() {
             Ok(h) => h,
             Err(e) => {
                 progress.finish();
@@ -471,7 +467,7 @@ fn plan_gpus(m: &Manifest, opts: &RunOptions) -> Vec<golden::GpuFingerprint> {
     if !compute.iter().any(|d| d.is_cuda()) {
         return Vec::new();
     }
-    super::plan::hardware(opts.hardware.as_ref())
+    opts.hardware.resolve()
         .map(|hw| golden::gpus_of(&hw, &compute))
         .unwrap_or_default()
 }

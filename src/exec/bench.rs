@@ -1,47 +1,44 @@
-//! The streaming benchmark harness (`mgpu bench`): a FLUX-shaped transformer with generated
-//! weights, run for a number of denoising steps under several placements, on the CPU or a CUDA
-//! GPU, with the measured step times next to the floor and the bit-identity check.
+//! The streaming benchmark harness (`mgpu bench`): a diffusion transformer of any family
+//! (FLUX, Wan) with generated weights, run for a number of denoising steps under several
+//! placements, on the CPU or a CUDA GPU, with the measured step times next to the floor and
+//! the bit-identity check.
 //!
-//! Weights are generated on the compute device (no files: the 12 B FLUX-dev shape is 23.8 GB)
-//! from a fixed seed, so every placement computes on the same bytes. A placement is
-//! `resident` or `SOURCE:P` — P % of the blocks (spread evenly through the execution order)
-//! streamed from SOURCE (`cpu`, `disk`, or a donor `cuda:N`). Each step is one engine pass
-//! that applies every fetched block to every job of the batch in turn, then an Euler update.
-//! The velocity of the first step is hashed per job: placements and batch sizes must give the
-//! same bytes as the all-resident batch-1 run.
+//! Weights are generated on the compute device (no files: the 12 B FLUX-dev shape is 23.8 GB,
+//! Wan 14B 28.6 GB) from a fixed seed, so every placement computes on the same bytes. A
+//! placement is `resident` or `SOURCE:P` — P % of the blocks (spread evenly through the
+//! execution order) streamed from SOURCE (`cpu`, `disk`, or a donor `cuda:N`). Engines are
+//! built by [`crate::exec::distribute::build_engine`], the same homes and backends
+//! `mgpu run` uses. Each step is one engine pass that applies every fetched block to every
+//! model evaluation of the batch in turn (with `cfg`, two per job: prompt and negative
+//! prompt, combined as the pipeline does), then an Euler update. The model output of the
+//! first step is hashed per job: placements and batch sizes must give the same bytes as the
+//! all-resident batch-1 run.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::cpu::CpuBackend;
-use super::engine::{Backend, Engine, EngineError, EngineUnit, Home, PassStats};
+use super::distribute::{build_engine, PlacedUnit, Pools, Target, UnitSource};
+use super::engine::{EngineError, PassStats};
 use super::unit::{Bytes, HostTensor, UnitData};
-use crate::device::DeviceName;
-use crate::models::flux::{self, FluxDit};
+use crate::device::{DeviceName, UnitHome};
+use crate::models::spec::{self, DiffusionModel, StepInputs};
 use crate::models::tiny;
 
 mod ops;
 pub use ops::profile_ops;
 
-/// Where the streamed share of a placement lives.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub enum Source {
-    Cpu,
-    Disk,
-    Cuda(u32),
-}
-
 /// One placement to measure.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Placement {
-    /// `None`: all resident.
-    pub source: Option<Source>,
+    /// Where the streamed share lives (`Host`, `Disk` or a `Donor`); `None`: all resident.
+    pub source: Option<UnitHome>,
     /// Percent of blocks streamed.
     pub percent: u32,
-    /// `@q8_0`: the blocks' matrices are stored as GGUF Q8_0 (as city96's FLUX GGUF files
+    /// `@q8_0`: the blocks' matrices are stored as GGUF Q8_0 (as city96's GGUF files
     /// store them); streamed blocks travel quantised and are dequantised on the compute
     /// device, resident ones are dequantised once.
     pub q8_0: bool,
@@ -71,9 +68,9 @@ impl std::str::FromStr for Placement {
             .filter(|p| *p <= 100)
             .ok_or_else(|| format!("placement `{t}`: `{pct}` is not a percentage 0–100"))?;
         let source = match DeviceName::parse(src).map_err(|e| format!("placement `{t}`: {e}"))? {
-            DeviceName::Cpu => Source::Cpu,
-            DeviceName::Disk => Source::Disk,
-            DeviceName::Cuda(i) => Source::Cuda(i),
+            DeviceName::Cpu => UnitHome::Host,
+            DeviceName::Disk => UnitHome::Disk,
+            DeviceName::Cuda(i) => UnitHome::Donor(i),
         };
         Ok(Placement {
             source: Some(source),
@@ -86,10 +83,10 @@ impl std::str::FromStr for Placement {
 impl std::fmt::Display for Placement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.source {
-            None => f.write_str("resident"),
-            Some(Source::Cpu) => write!(f, "cpu:{}", self.percent),
-            Some(Source::Disk) => write!(f, "disk:{}", self.percent),
-            Some(Source::Cuda(i)) => write!(f, "cuda:{i}:{}", self.percent),
+            None | Some(UnitHome::Compute) => f.write_str("resident"),
+            Some(UnitHome::Host) => write!(f, "cpu:{}", self.percent),
+            Some(UnitHome::Disk) => write!(f, "disk:{}", self.percent),
+            Some(UnitHome::Donor(i)) => write!(f, "cuda:{i}:{}", self.percent),
         }?;
         if self.q8_0 {
             f.write_str("@q8_0")?;
@@ -105,13 +102,14 @@ pub fn spread(n: usize, percent: u32) -> Vec<bool> {
     (0..n).map(|i| (i + 1) * k / n > i * k / n).collect()
 }
 
-/// Settings of one benchmark run.
+/// Settings of one benchmark run (the model's config is given to [`run`] beside it).
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    pub model: flux::Config,
     pub model_name: String,
     pub width: usize,
     pub height: usize,
+    /// Frames of a video (1 for images).
+    pub frames: usize,
     pub txt_tokens: usize,
     pub steps: usize,
     pub warmup: usize,
@@ -122,6 +120,8 @@ pub struct BenchConfig {
     pub slots_for: std::collections::BTreeMap<(String, usize), usize>,
     pub dtype: DType,
     pub seed: u64,
+    /// True classifier-free guidance: two model evaluations per job and step.
+    pub cfg: bool,
 }
 
 /// One measured (placement, batch) cell.
@@ -159,7 +159,12 @@ pub struct BenchReport {
     pub resident_bytes: u64,
     pub width: usize,
     pub height: usize,
+    pub frames: usize,
+    /// Tokens of one evaluation through the blocks (image/video + text for FLUX).
+    pub tokens: usize,
     pub txt_tokens: usize,
+    /// Model evaluations per job and step (2 with `cfg`).
+    pub evals_per_job: usize,
     pub slots: usize,
     pub setup_seconds: f64,
     pub measurements: Vec<Measurement>,
@@ -169,9 +174,9 @@ type Units = Vec<(String, Vec<(String, Vec<usize>)>)>;
 
 /// Unit names in order, each with its tensors (relative names, shapes); the resident rest
 /// under the empty name first.
-fn layout_units(cfg: &flux::Config) -> candle_core::Result<Units> {
-    let layout = tiny::flux_layout(cfg)?;
-    let names = FluxDit::units(cfg);
+fn layout_units<M: DiffusionModel>(cfg: &M::Config) -> candle_core::Result<Units> {
+    let layout = spec::diffusion_layout::<M>(cfg)?;
+    let names = M::units(cfg);
     let mut units: Units = std::iter::once((String::new(), vec![]))
         .chain(names.iter().map(|n| (n.clone(), vec![])))
         .collect();
@@ -200,7 +205,7 @@ fn generate(
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let leaf = name.rsplit('.').next().unwrap_or(name);
-    let is_input = matches!(name, "latent" | "txt" | "vec");
+    let is_input = matches!(name, "latent" | "txt" | "vec" | "neg");
     let is_norm =
         leaf == "scale" || (shape.len() == 1 && leaf == "weight" && name.contains("norm"));
     if device.is_cuda() {
@@ -240,20 +245,28 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Builds the backend for a placement.
-pub type BackendFactory<'a> = dyn FnMut(&[EngineUnit], &[String], &Option<Source>, usize) -> Result<Box<dyn Backend>, EngineError>
-    + 'a;
+/// The engine error for a setup failure outside the engine itself.
+fn setup_err(unit: &str, message: String) -> EngineError {
+    EngineError::Fetch {
+        unit: unit.into(),
+        link: "setup".into(),
+        message,
+    }
+}
 
-/// Runs the benchmark on `device` (CPU or CUDA). `make_backend` builds the engine backend for
-/// the streamed units of a placement (links named in its second argument).
-pub fn run(
+/// Runs the benchmark for family `M` with config `model` on `device` (CPU or CUDA). `pools`
+/// keeps page-locked copies across placements; `cache_dir` takes the spill files of `disk`
+/// placements (choose a folder on a disk: it holds the streamed blocks).
+pub fn run<M: DiffusionModel>(
+    model: &M::Config,
     cfg: &BenchConfig,
     device: &Device,
-    make_backend: &mut BackendFactory,
+    cache_dir: &Path,
+    pools: &mut Pools,
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport, EngineError> {
     let t0 = Instant::now();
-    let units = layout_units(&cfg.model)?;
+    let units = layout_units::<M>(model)?;
     // Weights: generated on the device, deterministic from the seed.
     device.set_seed(cfg.seed).ok();
     let mut resident: Vec<HashMap<String, Tensor>> = Vec::with_capacity(units.len());
@@ -284,8 +297,8 @@ pub fn run(
             .iter()
             .any(|p| p.q8_0 == q && (q || (p.source.is_some() && p.percent > 0)))
     };
-    let mut host: Vec<Option<Arc<UnitData>>> = vec![None; units.len()];
-    let mut host_q8: Vec<Option<Arc<UnitData>>> = vec![None; units.len()];
+    let mut host: Vec<Option<UnitData>> = vec![None; units.len()];
+    let mut host_q8: Vec<Option<UnitData>> = vec![None; units.len()];
     let mut resident_q8: Vec<HashMap<String, Tensor>> = Vec::new();
     for (q, want) in [(false, streams(false)), (true, streams(true))] {
         if !want {
@@ -302,10 +315,10 @@ pub fn run(
                 let t = resident[i][tname].to_device(&Device::Cpu)?;
                 ts.push(host_tensor(tname, shape, &t, cfg.dtype, q)?);
             }
-            let data = Some(Arc::new(UnitData {
+            let data = Some(UnitData {
                 name: name.clone(),
                 tensors: ts,
-            }));
+            });
             if q {
                 host_q8[i] = data;
             } else {
@@ -322,30 +335,46 @@ pub fn run(
     }
     let setup_seconds = t0.elapsed().as_secs_f64();
     let n_blocks = units.len() - 1;
-    // Inputs, per job (seeded per job index, so a job's inputs do not depend on its batch).
-    let (h, w) = (cfg.height / 8, cfg.width / 8);
+    let target = Target {
+        name: match device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => DeviceName::Cuda(gpu_id as u32),
+            _ => DeviceName::Cpu,
+        },
+        device: device.clone(),
+        dtype: cfg.dtype,
+    };
+    // Inputs, per job (seeded per job index, so a job's inputs do not depend on its batch):
+    // the latent, the text context, the pooled vector if the family takes one, and under
+    // `cfg` a second context standing for the negative prompt.
+    let needs = M::text_needs(model);
+    let latent_shape = M::latent_shape(
+        model,
+        cfg.width as u32,
+        cfg.height as u32,
+        cfg.frames as u32,
+    );
     let max_batch = cfg.batches.iter().copied().max().unwrap_or(1);
     let mut inputs = Vec::with_capacity(max_batch);
     for j in 0..max_batch {
         let seed = cfg.seed.wrapping_add(1000 + j as u64);
-        let latent = generate(
-            seed,
-            "latent",
-            &[1, cfg.model.in_channels / 4, h, w],
-            device,
-        )?;
-        let txt = generate(
-            seed,
-            "txt",
-            &[1, cfg.txt_tokens, cfg.model.context_in_dim],
-            device,
-        )?;
-        let vec = generate(seed, "vec", &[1, cfg.model.vec_in_dim], device)?;
-        inputs.push((latent, txt, vec));
+        let latent = generate(seed, "latent", &latent_shape, device)?;
+        let ctx_shape = [1, cfg.txt_tokens, needs.context_dim];
+        let txt = generate(seed, "txt", &ctx_shape, device)?;
+        let neg = cfg
+            .cfg
+            .then(|| generate(seed, "neg", &ctx_shape, device))
+            .transpose()?;
+        let vec = needs
+            .pooled
+            .map(|(_, d)| generate(seed, "vec", &[1, d], device))
+            .transpose()?;
+        inputs.push((latent, txt, vec, neg));
     }
     let resident_vb = candle_nn::VarBuilder::from_tensors(resident[0].clone(), cfg.dtype, device);
-    let dit = FluxDit::new(&cfg.model, resident_vb)?;
-    let guidance = cfg.model.guidance_embed.then_some(3.5);
+    let dit = M::new(model, resident_vb)?;
+    let ms = M::model_sampling(model, cfg.width as u32, cfg.height as u32, None)
+        .map_err(|e| setup_err("model sampling", e.to_string()))?;
+    let guidance = M::guidance(model, 3.5);
 
     let mut measurements = Vec::new();
     // The all-resident batch-1 hash, per storage (plain, Q8_0).
@@ -357,33 +386,29 @@ pub fn run(
                 Some(_) => spread(n_blocks, placement.percent),
                 None => vec![false; n_blocks],
             };
-            let link_names: Vec<String> = match &placement.source {
-                None => vec![],
-                Some(Source::Cpu) => vec![format!("cpu→{}", device_name(device))],
-                Some(Source::Disk) => vec![format!("disk→{}", device_name(device))],
-                Some(Source::Cuda(i)) => vec![format!("cuda:{i}→{}", device_name(device))],
-            };
             let (homes, residents) = if placement.q8_0 {
                 (&host_q8, &resident_q8)
             } else {
                 (&host, &resident)
             };
-            let engine_units: Vec<EngineUnit> = (1..units.len())
-                .map(|i| {
-                    let home = if streamed[i - 1] {
-                        Home::Streamed {
-                            data: homes[i].clone().expect("host copies exist when streaming"),
-                            link: 0,
-                        }
-                    } else {
-                        Home::Resident(Arc::new(residents[i].clone()))
-                    };
-                    EngineUnit {
-                        name: units[i].0.clone(),
+            let mut placed = Vec::with_capacity(n_blocks);
+            for i in 1..units.len() {
+                let name = units[i].0.clone();
+                placed.push(match (streamed[i - 1], placement.source) {
+                    (true, Some(home)) => PlacedUnit {
                         home,
-                    }
-                })
-                .collect();
+                        data: UnitSource::Host(homes[i].clone().ok_or_else(|| {
+                            setup_err(&name, "no host copy of a streamed unit".into())
+                        })?),
+                        name,
+                    },
+                    _ => PlacedUnit {
+                        home: UnitHome::Compute,
+                        data: UnitSource::Device(residents[i].clone()),
+                        name,
+                    },
+                });
+            }
             let streamed_bytes: u64 = (1..units.len())
                 .filter(|&i| streamed[i - 1])
                 .map(|i| homes[i].as_ref().map_or(0, |d| d.bytes()))
@@ -393,30 +418,51 @@ pub fn run(
                 .get(&(placement.to_string(), batch))
                 .copied()
                 .unwrap_or(cfg.slots);
-            let backend = make_backend(&engine_units, &link_names, &placement.source, slots)?;
-            let mut engine = Engine::new(engine_units, slots, backend, device.clone(), cfg.dtype)?;
+            let mut engine = build_engine(placed, &target, slots, cache_dir, pools)
+                .map_err(|e| setup_err(&placement.to_string(), e))?
+                .engine;
             let mut latents: Vec<Tensor> = inputs[..batch].iter().map(|x| x.0.clone()).collect();
             let mut stats = Vec::new();
             let mut hashes = Vec::new();
             let total = cfg.warmup + cfg.steps;
             for step in 0..total {
                 let sigma = 1.0 - step as f64 / total as f64;
-                let mut states = latents
+                let mut evals = Vec::new();
+                for (l, (_, txt, vec, neg)) in latents.iter().zip(&inputs) {
+                    for context in std::iter::once(txt).chain(neg) {
+                        evals.push(StepInputs {
+                            latent: l,
+                            context,
+                            pooled: vec.as_ref(),
+                            timestep: ms.timestep(sigma),
+                            guidance,
+                        });
+                    }
+                }
+                let mut states = evals
                     .iter()
-                    .zip(&inputs)
-                    .map(|(l, (_, txt, vec))| dit.prepare(l, txt, vec, sigma, guidance))
+                    .map(|e| dit.prepare(e))
                     .collect::<candle_core::Result<Vec<_>>>()?;
+                drop(evals);
                 let pass = engine.pass(|i, wts| {
-                    let block = FluxDit::build_unit(&cfg.model, i, wts.var_builder())?;
+                    let block = M::build_unit(model, i, wts.var_builder())?;
                     for s in states.iter_mut() {
                         dit.run_block(&block, s)?;
                     }
                     Ok::<_, EngineError>(())
                 })?;
-                let mut vels = Vec::with_capacity(batch);
+                let mut outs = Vec::with_capacity(states.len());
                 for s in states {
-                    vels.push(dit.finish(s)?);
+                    outs.push(dit.finish(s)?);
                 }
+                // Guidance as the pipeline combines it: uncond + 5 · (cond − uncond).
+                let vels: Vec<Tensor> = if cfg.cfg {
+                    outs.chunks(2)
+                        .map(|p| &p[1] + ((&p[0] - &p[1])? * 5.0)?)
+                        .collect::<candle_core::Result<_>>()?
+                } else {
+                    outs
+                };
                 if step == 0 {
                     hashes = vels
                         .iter()
@@ -462,6 +508,7 @@ pub fn run(
             });
         }
     }
+    let latent_tokens: usize = latent_shape.iter().skip(2).product::<usize>() / 4;
     Ok(BenchReport {
         device: device_name(device),
         model: cfg.model_name.clone(),
@@ -470,7 +517,15 @@ pub fn run(
         resident_bytes: unit_bytes[0],
         width: cfg.width,
         height: cfg.height,
+        frames: cfg.frames,
+        tokens: latent_tokens
+            + if needs.pooled.is_some() {
+                cfg.txt_tokens
+            } else {
+                0
+            },
         txt_tokens: cfg.txt_tokens,
+        evals_per_job: if cfg.cfg { 2 } else { 1 },
         slots: cfg.slots,
         setup_seconds,
         measurements,
@@ -541,17 +596,15 @@ fn tensor_bytes(t: &Tensor) -> candle_core::Result<Bytes> {
     Ok(Bytes::Owned(Arc::from(v)))
 }
 
-/// The CPU backend factory: every placement streams through worker threads.
-pub fn cpu_backend_factory(dtype: DType) -> Box<BackendFactory<'static>> {
-    Box::new(move |_units, links, _source, slots| {
-        Ok(Box::new(CpuBackend::new(links, slots, dtype)?) as Box<dyn Backend>)
-    })
-}
-
 /// Renders the measurements as a table.
 pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
+    let frames = if report.frames > 1 {
+        format!("×{} frames", report.frames)
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        "{} on {}: {:.2} B parameters ({:.2} GB in blocks, {:.2} GB resident rest), {}×{}, {} text tokens, {} slots\n",
+        "{} on {}: {:.2} B parameters ({:.2} GB in blocks, {:.2} GB resident rest), {}×{}{frames}, {} tokens, {} text tokens, {} evaluation{} per job, {} slots\n",
         report.model,
         report.device,
         report.parameters as f64 / 1e9,
@@ -559,7 +612,10 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
         report.resident_bytes as f64 / 1e9,
         report.width,
         report.height,
+        report.tokens,
         report.txt_tokens,
+        report.evals_per_job,
+        if report.evals_per_job == 1 { "" } else { "s" },
         report.slots
     );
     let predicted = report
@@ -621,6 +677,36 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::flux::{self, FluxDit};
+
+    pub(super) fn tiny_config(cfg: bool) -> BenchConfig {
+        BenchConfig {
+            model_name: "tiny".into(),
+            width: 64,
+            height: 64,
+            frames: 1,
+            txt_tokens: 8,
+            steps: 2,
+            warmup: 0,
+            batches: vec![1, 3],
+            placements: [
+                "resident",
+                "cpu:50",
+                "cpu:100",
+                "disk:100",
+                "resident@q8_0",
+                "cpu:100@q8_0",
+            ]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect(),
+            slots: 2,
+            slots_for: Default::default(),
+            dtype: DType::F32,
+            seed: 7,
+            cfg,
+        }
+    }
 
     #[test]
     fn spread_is_even_and_exact() {
@@ -661,33 +747,17 @@ mod tests {
     /// all-resident batch-1 run (the CPU version of the GPU bit-identity check).
     #[test]
     fn tiny_placements_are_bit_identical() {
-        let cfg = BenchConfig {
-            model: flux::Config::tiny(),
-            model_name: "tiny".into(),
-            width: 64,
-            height: 64,
-            txt_tokens: 8,
-            steps: 2,
-            warmup: 0,
-            batches: vec![1, 3],
-            placements: [
-                "resident",
-                "cpu:50",
-                "cpu:100",
-                "disk:100",
-                "resident@q8_0",
-                "cpu:100@q8_0",
-            ]
-            .iter()
-            .map(|p| p.parse().unwrap())
-            .collect(),
-            slots: 2,
-            slots_for: Default::default(),
-            dtype: DType::F32,
-            seed: 7,
-        };
-        let mut f = cpu_backend_factory(DType::F32);
-        let r = run(&cfg, &Device::Cpu, &mut *f, |_| {}).unwrap();
+        let cfg = tiny_config(false);
+        let dir = tempfile::tempdir().unwrap();
+        let r = run::<FluxDit>(
+            &flux::Config::tiny(),
+            &cfg,
+            &Device::Cpu,
+            dir.path(),
+            &mut Pools::default(),
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(r.measurements.len(), 12);
         for m in &r.measurements {
             assert_eq!(m.identical, Some(true), "{} batch {}", m.placement, m.batch);
@@ -711,5 +781,49 @@ mod tests {
             .unwrap();
         assert_ne!(q8.hashes[0], cpu100.hashes[0]);
         assert!(q8.streamed_bytes < cpu100.streamed_bytes);
+    }
+}
+
+#[cfg(test)]
+mod cfg_tests {
+    use super::*;
+    use crate::models::flux::{self, FluxDit};
+
+    /// With classifier-free guidance every job evaluates twice per step in the same pass;
+    /// placements still compute the same bytes, and the guided output differs from the
+    /// unguided one.
+    #[test]
+    fn guided_cells_are_bit_identical_and_guided() {
+        let mut cfg = super::tests::tiny_config(true);
+        cfg.placements = ["resident", "cpu:100", "disk:50"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let run_it = |c: &BenchConfig| {
+            run::<FluxDit>(
+                &flux::Config::tiny(),
+                c,
+                &Device::Cpu,
+                dir.path(),
+                &mut Pools::default(),
+                |_| {},
+            )
+            .unwrap()
+        };
+        let guided = run_it(&cfg);
+        assert_eq!(guided.evals_per_job, 2);
+        for m in &guided.measurements {
+            assert_eq!(m.identical, Some(true), "{} batch {}", m.placement, m.batch);
+        }
+        cfg.cfg = false;
+        let plain = run_it(&cfg);
+        assert_ne!(
+            guided.measurements[0].hashes[0],
+            plain.measurements[0].hashes[0]
+        );
+        // Twice the evaluations cost more than one pass of them on the same weights.
+        let fetched = |r: &BenchReport| r.measurements[1].steps[0].fetched_units;
+        assert_eq!(fetched(&guided), fetched(&plain), "one fetch serves both halves");
     }
 }

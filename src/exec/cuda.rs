@@ -31,6 +31,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::{DType, Device, Storage, Tensor};
 
 use super::engine::{Backend, EngineError, EngineUnit, Home};
+use crate::device::UnitHome;
 use super::unit::UnitData;
 
 mod device;
@@ -51,17 +52,6 @@ pub(super) fn cuda_err(what: &str) -> impl Fn(result::DriverError) -> EngineErro
 
 pub(super) fn candle_err(e: candle_core::Error) -> EngineError {
     EngineError::Candle(e)
-}
-
-/// Where a source of streamed units sits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkKind {
-    /// Page-locked host memory.
-    Host,
-    /// Device memory of another GPU (ordinal).
-    Peer(usize),
-    /// The memory-mapped weight file.
-    Disk,
 }
 
 /// Page-locked copies of units, by unit name, kept across engines: pinning costs seconds per
@@ -145,7 +135,7 @@ struct StagingBuf(std::sync::Mutex<PinnedHostSlice<u8>>);
 
 struct Link {
     name: String,
-    kind: LinkKind,
+    kind: UnitHome,
     stream: Arc<CudaStream>,
 }
 
@@ -232,7 +222,7 @@ impl CudaBackend {
         device: &Device,
         units: &[EngineUnit],
         link_names: &[String],
-        link_kinds: &[LinkKind],
+        link_kinds: &[UnitHome],
         slots: usize,
         pool: &mut PinnedPool,
     ) -> Result<Self, EngineError> {
@@ -274,15 +264,18 @@ impl CudaBackend {
             }
             let kind = &links[*link].kind;
             let source = match kind {
-                LinkKind::Host => Source::Pinned(pool.get_or_fill(&ctx, &u.name, &layout, data)?),
-                LinkKind::Peer(ord) => {
-                    let pctx = match peer_ctxs.get(ord) {
+                UnitHome::Host => {
+                    Source::Pinned(pool.get_or_fill(&ctx, &u.name, &layout, data)?)
+                }
+                UnitHome::Donor(ord) => {
+                    let ord = *ord as usize;
+                    let pctx = match peer_ctxs.get(&ord) {
                         Some(c) => c.clone(),
                         None => {
-                            let c = CudaContext::new(*ord)
+                            let c = CudaContext::new(ord)
                                 .map_err(cuda_err("opening the donor GPU"))?;
                             enable_peer_access(&ctx, &c);
-                            peer_ctxs.insert(*ord, c.clone());
+                            peer_ctxs.insert(ord, c.clone());
                             c
                         }
                     };
@@ -302,7 +295,14 @@ impl CudaBackend {
                         ctx: pctx,
                     }
                 }
-                LinkKind::Disk => Source::Disk(data.clone()),
+                UnitHome::Disk => Source::Disk(data.clone()),
+                UnitHome::Compute => {
+                    return Err(EngineError::Fetch {
+                        unit: u.name.clone(),
+                        link: links[*link].name.clone(),
+                        message: "a resident unit has no link to stream from (a bug in the executor)".into(),
+                    })
+                }
             };
             streamed.insert(
                 i,
@@ -318,7 +318,7 @@ impl CudaBackend {
             .map(|u| u.layout.home_bytes)
             .max()
             .unwrap_or(0);
-        let has_disk = link_kinds.contains(&LinkKind::Disk);
+        let has_disk = link_kinds.contains(&UnitHome::Disk);
         let mut slot_vec = Vec::with_capacity(slots);
         let mut disk_events = Vec::new();
         for _ in 0..slots {

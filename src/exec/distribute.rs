@@ -156,8 +156,6 @@ pub fn distribute(
     let mut slot_bytes = 0u64;
     for group in groups {
         let mut units = Vec::with_capacity(group.len());
-        let mut links: Vec<(String, UnitHome)> = Vec::new();
-        let mut largest = 0u64;
         for spec in group {
             let mut data = UnitData {
                 name: spec.name.clone(),
@@ -167,64 +165,22 @@ pub fn distribute(
                 data.tensors.push(mf.tensor(canonical, rel)?.0);
             }
             *homes.entry(spec.home).or_default() += 1;
-            let home = match spec.home {
-                UnitHome::Compute => {
-                    let m = data
-                        .materialize(&target.device, target.dtype)
-                        .map_err(|e| {
-                            other(format!("placing `{}` on {}: {e}", spec.name, target.name))
-                        })?;
-                    *held.entry(target.name).or_default() +=
-                        m.values().map(tensor_bytes).sum::<u64>();
-                    Home::Resident(Arc::new(m))
-                }
-                streamed => {
-                    let data = match streamed {
-                        // On a CPU compute device, host homes are owned copies; the CUDA
-                        // backend copies host homes into page-locked memory itself.
-                        UnitHome::Host if !target.device.is_cuda() => data.to_owned_data(),
-                        UnitHome::Disk => {
-                            let (d, n) = spill(data, cache_dir)
-                                .map_err(|e| other(format!("unit `{}`: {e}", spec.name)))?;
-                            spilled += n;
-                            d
-                        }
-                        UnitHome::Donor(n) if !target.device.is_cuda() => {
-                            return Err(other(format!(
-                                "unit `{}` is homed on donor cuda:{n}, which needs a CUDA compute device (this model computes on {})",
-                                spec.name, target.name
-                            )))
-                        }
-                        _ => data,
-                    };
-                    *held.entry(streamed.device(target.name)).or_default() += data.bytes();
-                    largest = largest.max(materialized_bytes(&data, target.dtype));
-                    let link = match links.iter().position(|(_, h)| *h == streamed) {
-                        Some(i) => i,
-                        None => {
-                            let from = streamed.device(target.name);
-                            links.push((format!("{from}→{}", target.name), streamed));
-                            links.len() - 1
-                        }
-                    };
-                    Home::Streamed {
-                        data: Arc::new(data),
-                        link,
-                    }
-                }
-            };
-            units.push(EngineUnit {
+            units.push(PlacedUnit {
                 name: spec.name.clone(),
-                home,
+                home: spec.home,
+                data: UnitSource::Host(data),
             });
         }
-        let k = if links.is_empty() { 0 } else { slots.max(1) };
-        let (backend, slots_held) = make_backend(target, &units, &links, k, largest)
-            .map_err(|e| other(format!("starting the streaming engine: {e}")))?;
-        slot_bytes += slots_held;
-        let engine = Engine::new(units, k, backend, target.device.clone(), target.dtype)
-            .map_err(|e| other(format!("starting the streaming engine: {e}")))?;
-        engines.push(engine);
+        // One pool per engine: the pool reuses buffers by unit name, and two models may have
+        // units of the same name.
+        let built = build_engine(units, target, slots, cache_dir, &mut Pools::default())
+            .map_err(other)?;
+        for (d, b) in built.held {
+            *held.entry(d).or_default() += b;
+        }
+        slot_bytes += built.slot_bytes;
+        spilled += built.spilled;
+        engines.push(built.engine);
     }
     Ok(Distributed {
         resident: resident_tensors,
@@ -233,6 +189,135 @@ pub fn distribute(
         slot_bytes,
         spilled,
         homes,
+    })
+}
+
+/// A unit's bytes as the caller has them.
+pub enum UnitSource {
+    /// Stored bytes on the host (owned or mapped): materialised on the compute device when
+    /// the home is the compute device, otherwise homed as they are.
+    Host(UnitData),
+    /// Already on the compute device in the compute dtype (generated weights of the
+    /// benchmark): only a `Compute` home can take them.
+    Device(HashMap<String, Tensor>),
+}
+
+/// One unit to give a home to.
+pub struct PlacedUnit {
+    pub name: String,
+    pub home: UnitHome,
+    pub data: UnitSource,
+}
+
+/// What backends keep across engines: on CUDA builds the page-locked copies of host-homed
+/// units, by unit name (pinning costs seconds per GiB). A run uses one per engine; the
+/// benchmark one for all its placements of the same weights.
+#[derive(Default)]
+pub struct Pools {
+    #[cfg(feature = "cuda")]
+    pinned: super::cuda::PinnedPool,
+}
+
+/// An engine and what its units hold.
+pub struct BuiltEngine {
+    pub engine: Engine<Box<dyn Backend>>,
+    /// Bytes of weights per device (compute-device tensors in the compute dtype, host and
+    /// donor copies, mapped ranges).
+    pub held: BTreeMap<DeviceName, u64>,
+    /// Bytes of its prefetch slots.
+    pub slot_bytes: u64,
+    /// Bytes written to spill files (disk homes of patched or converted tensors).
+    pub spilled: u64,
+}
+
+/// Homes every unit of one cyclic execution order and builds the streaming engine over them
+/// with `slots` prefetch slots (none when nothing streams): `Compute` units are materialised
+/// on the compute device, host units are kept as owned bytes (the CUDA backend pins them),
+/// disk units stay mapped (owned bytes are spilled to a file in `cache_dir` first), donor
+/// units are uploaded by the CUDA backend. The one place where units get homes, for
+/// `mgpu run` and `mgpu bench` alike.
+pub fn build_engine(
+    units: Vec<PlacedUnit>,
+    target: &Target,
+    slots: usize,
+    cache_dir: &Path,
+    pools: &mut Pools,
+) -> Result<BuiltEngine, String> {
+    let mut held: BTreeMap<DeviceName, u64> = BTreeMap::new();
+    let mut spilled = 0u64;
+    let mut engine_units = Vec::with_capacity(units.len());
+    let mut links: Vec<(String, UnitHome)> = Vec::new();
+    let mut largest = 0u64;
+    for unit in units {
+        let home = match (unit.home, unit.data) {
+            (UnitHome::Compute, UnitSource::Device(m)) => {
+                *held.entry(target.name).or_default() += m.values().map(tensor_bytes).sum::<u64>();
+                Home::Resident(Arc::new(m))
+            }
+            (UnitHome::Compute, UnitSource::Host(data)) => {
+                let m = data
+                    .materialize(&target.device, target.dtype)
+                    .map_err(|e| format!("placing `{}` on {}: {e}", unit.name, target.name))?;
+                *held.entry(target.name).or_default() += m.values().map(tensor_bytes).sum::<u64>();
+                Home::Resident(Arc::new(m))
+            }
+            (streamed, UnitSource::Device(_)) => {
+                return Err(format!(
+                    "unit `{}` is on the compute device but homed on {streamed} (a bug in the caller)",
+                    unit.name
+                ))
+            }
+            (streamed, UnitSource::Host(data)) => {
+                let data = match streamed {
+                    // On a CPU compute device, host homes are owned copies; the CUDA
+                    // backend copies host homes into page-locked memory itself.
+                    UnitHome::Host if !target.device.is_cuda() => data.to_owned_data(),
+                    UnitHome::Disk => {
+                        let (d, n) = spill(data, cache_dir)
+                            .map_err(|e| format!("unit `{}`: {e}", unit.name))?;
+                        spilled += n;
+                        d
+                    }
+                    UnitHome::Donor(n) if !target.device.is_cuda() => {
+                        return Err(format!(
+                            "unit `{}` is homed on donor cuda:{n}, which needs a CUDA compute device (this model computes on {})",
+                            unit.name, target.name
+                        ))
+                    }
+                    _ => data,
+                };
+                *held.entry(streamed.device(target.name)).or_default() += data.bytes();
+                largest = largest.max(materialized_bytes(&data, target.dtype));
+                let link = match links.iter().position(|(_, h)| *h == streamed) {
+                    Some(i) => i,
+                    None => {
+                        let from = streamed.device(target.name);
+                        links.push((format!("{from}→{}", target.name), streamed));
+                        links.len() - 1
+                    }
+                };
+                Home::Streamed {
+                    data: Arc::new(data),
+                    link,
+                }
+            }
+        };
+        engine_units.push(EngineUnit {
+            name: unit.name,
+            home,
+        });
+    }
+    let k = if links.is_empty() { 0 } else { slots.max(1) };
+    let start = |e: String| format!("starting the streaming engine: {e}");
+    let (backend, slot_bytes) =
+        make_backend(target, &engine_units, &links, k, largest, pools).map_err(start)?;
+    let engine = Engine::new(engine_units, k, backend, target.device.clone(), target.dtype)
+        .map_err(|e| start(e.to_string()))?;
+    Ok(BuiltEngine {
+        engine,
+        held,
+        slot_bytes,
+        spilled,
     })
 }
 
@@ -304,33 +389,30 @@ fn spill(data: UnitData, dir: &Path) -> Result<(UnitData, u64), String> {
 
 /// The engine backend for `units` on `target`, with `links` (name, home) and `slots` slots;
 /// returns it with the bytes its slots hold. The one place backends are created: on CUDA
-/// builds a GPU compute device gets the CUDA backend; everything else the CPU backend.
-/// `largest` is the largest streamed unit as materialised (CPU slot size).
+/// builds a GPU compute device gets the CUDA backend (its page-locked copies in `pools`);
+/// everything else the CPU backend. `largest` is the largest streamed unit as materialised
+/// (CPU slot size).
 fn make_backend(
     target: &Target,
     units: &[EngineUnit],
     links: &[(String, UnitHome)],
     slots: usize,
     largest: u64,
+    pools: &mut Pools,
 ) -> Result<(Box<dyn Backend>, u64), String> {
     let names: Vec<String> = links.iter().map(|(n, _)| n.clone()).collect();
     #[cfg(feature = "cuda")]
     if target.device.is_cuda() {
-        use super::cuda::{CudaBackend, LinkKind, PinnedPool};
-        let kinds = links
-            .iter()
-            .map(|(n, h)| match h {
-                UnitHome::Host => Ok(LinkKind::Host),
-                UnitHome::Disk => Ok(LinkKind::Disk),
-                UnitHome::Donor(d) => Ok(LinkKind::Peer(*d as usize)),
-                UnitHome::Compute => Err(format!("link {n} has no source")),
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        // One pool per engine: the pool reuses buffers by unit name, and two models may have
-        // units of the same name.
-        let mut pool = PinnedPool::default();
-        let b = CudaBackend::new(&target.device, units, &names, &kinds, slots, &mut pool)
-            .map_err(|e| e.to_string())?;
+        let homes: Vec<UnitHome> = links.iter().map(|(_, h)| *h).collect();
+        let b = super::cuda::CudaBackend::new(
+            &target.device,
+            units,
+            &names,
+            &homes,
+            slots,
+            &mut pools.pinned,
+        )
+        .map_err(|e| e.to_string())?;
         let slot_bytes = b.slot_bytes();
         return Ok((Box::new(b), slot_bytes));
     }
@@ -341,6 +423,7 @@ fn make_backend(
             target.name
         ));
     }
+    let _ = pools;
     let _ = units;
     let b = CpuBackend::new(&names, slots, target.dtype).map_err(|e| e.to_string())?;
     Ok((Box::new(b), slots as u64 * largest))

@@ -44,15 +44,18 @@ pub struct StepInputs<'a> {
 /// Which text encoding a family consumes, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TextNeeds {
-    /// The encoder whose hidden states are the context (`t5`, `umt5`), and its token length.
+    /// The encoder whose hidden states are the context (`t5`, `umt5`), its token length and
+    /// the width the model expects.
     pub context: Family,
     pub context_tokens: usize,
+    pub context_dim: usize,
     /// Whether the context encoder runs with an attention mask over the real tokens and its
     /// states past the prompt's length are zeroed (Wan, as its reference pipeline does), or
     /// over all padded tokens unmasked (FLUX).
     pub masked: bool,
-    /// The encoder whose pooled output is the vector input (`clip-l` for FLUX), if any.
-    pub pooled: Option<Family>,
+    /// The encoder whose pooled output is the vector input (`clip-l` for FLUX), if any, and
+    /// the vector's width.
+    pub pooled: Option<(Family, usize)>,
 }
 
 /// A diffusion transformer family, written for block streaming.

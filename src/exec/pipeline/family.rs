@@ -51,6 +51,9 @@ pub(crate) trait Denoiser {
     ) -> Result<(Vec<Result<Tensor, String>>, PassStats), ExecError>;
 }
 
+/// Frames `[F, 3, H, W]` decoded from one latent, and the seconds the decode took.
+pub(crate) type Decoded = Result<(Tensor, f64), String>;
+
 /// A loaded VAE.
 pub(crate) trait Codec {
     fn name(&self) -> &str;
@@ -66,7 +69,7 @@ pub(crate) trait Codec {
     fn decode(
         &mut self,
         latents: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Result<(Tensor, f64), String>>>, ExecError>;
+    ) -> Result<Vec<Option<Decoded>>, ExecError>;
 }
 
 /// The file's metadata as strings: safetensors `__metadata__` / GGUF key-values, and the keys
@@ -329,8 +332,8 @@ impl<V: Autoencoder> Codec for Vae<V> {
     fn decode(
         &mut self,
         latents: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Result<(Tensor, f64), String>>>, ExecError> {
-        let mut out: Vec<Option<Result<(Tensor, f64), String>>> = vec![None; latents.len()];
+    ) -> Result<Vec<Option<Decoded>>, ExecError> {
+        let mut out: Vec<Option<Decoded>> = vec![None; latents.len()];
         if latents.iter().all(Option::is_none) {
             return Ok(out);
         }

@@ -335,8 +335,9 @@ impl DiffusionModel for FluxDit {
             } else {
                 T5Tokenizer::MAX_LEN_SCHNELL
             },
+            context_dim: cfg.context_in_dim,
             masked: false,
-            pooled: Some(Family::ClipL),
+            pooled: Some((Family::ClipL, cfg.vec_in_dim)),
         }
     }
 
