@@ -68,8 +68,8 @@ fn evals_per_step(s: Sampler) -> u32 {
     }
 }
 
-/// The workload `model` computes across the jobs that use it: the largest image, the largest
-/// batch, the most steps.
+/// The workload `model` computes across the jobs that use it: the largest image, the most
+/// frames, the largest batch, the most steps and evaluations per step.
 fn workload(m: &Manifest, model: &Model) -> Workload {
     let uses = |p: &crate::manifest::Pipeline| {
         p.diffusion == model.name || p.vae == model.name || p.text_encoders.contains(&model.name)
@@ -96,14 +96,16 @@ fn workload(m: &Manifest, model: &Model) -> Workload {
     } else {
         1
     };
+    // Classifier-free guidance evaluates the prompt and the negative prompt at every call.
     w.evals_per_step = if diffusion {
         jobs.iter()
-            .map(|j| evals_per_step(j.sampler))
+            .map(|j| evals_per_step(j.sampler) * if j.true_cfg() { 2 } else { 1 })
             .max()
             .unwrap_or(1)
     } else {
         1
     };
+    w.frames = jobs.iter().map(|j| j.frames).max().unwrap_or(1);
     // T5 keeps 512 tokens for FLUX dev, 256 for schnell; the pipeline's diffusion model says
     // which (schnell only when the manifest says so).
     let schnell = jobs.iter().all(|j| {
