@@ -15,6 +15,7 @@ use image::RgbImage;
 
 use super::infotext::Infotext;
 use super::record::ImageRecord;
+use super::video::Fps;
 use super::OutputError;
 
 /// The A1111/Forge/civitai text chunk keyword.
@@ -24,22 +25,27 @@ pub const RECORD_KEY: &str = "mgpu";
 
 /// Encodes `image` as PNG with the record's `parameters` and `mgpu` chunks.
 pub fn encode_png(image: &RgbImage, record: &ImageRecord) -> Result<Vec<u8>, OutputError> {
-    let record_json = serde_json::to_string(record).expect("an ImageRecord always serialises");
-    let texts = [
-        (PARAMETERS_KEY, Infotext::from_record(record).to_string()),
-        (RECORD_KEY, record_json),
-    ];
-    encode_png_with_text(image, &texts)
+    encode_png_with_text(image, &record_texts(record))
 }
 
-/// Encodes `image` with the given text chunks (Latin-1 → `tEXt`, else `iTXt`).
-pub fn encode_png_with_text(
-    image: &RgbImage,
+/// The two metadata entries of every output, in file order: `parameters` (the record's
+/// [`Infotext`]) and `mgpu` (the record as JSON).
+pub(crate) fn record_texts(record: &ImageRecord) -> [(&'static str, String); 2] {
+    let record_json = serde_json::to_string(record).expect("an ImageRecord always serialises");
+    [
+        (PARAMETERS_KEY, Infotext::from_record(record).to_string()),
+        (RECORD_KEY, record_json),
+    ]
+}
+
+/// An encoder with mgpu's fixed settings (8-bit RGB, `Compression::Balanced`, adaptive filter)
+/// and the given text chunks (Latin-1 → `tEXt`, else `iTXt`), shared by PNG and APNG.
+pub(crate) fn encoder<W: Write>(
+    out: W,
+    (w, h): (u32, u32),
     texts: &[(&str, String)],
-) -> Result<Vec<u8>, OutputError> {
-    let (w, h) = image.dimensions();
-    let mut out = Vec::with_capacity(image.as_raw().len() / 2 + 1024);
-    let mut enc = png::Encoder::new(&mut out, w, h);
+) -> Result<png::Encoder<'static, W>, OutputError> {
+    let mut enc = png::Encoder::new(out, w, h);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     enc.set_compression(png::Compression::Balanced);
@@ -52,6 +58,16 @@ pub fn encode_png_with_text(
         };
         r.map_err(OutputError::PngEncode)?;
     }
+    Ok(enc)
+}
+
+/// Encodes `image` with the given text chunks (Latin-1 → `tEXt`, else `iTXt`).
+pub fn encode_png_with_text(
+    image: &RgbImage,
+    texts: &[(&str, String)],
+) -> Result<Vec<u8>, OutputError> {
+    let mut out = Vec::with_capacity(image.as_raw().len() / 2 + 1024);
+    let enc = encoder(&mut out, image.dimensions(), texts)?;
     let mut writer = enc.write_header().map_err(OutputError::PngEncode)?;
     writer
         .write_image_data(image.as_raw())
@@ -66,18 +82,26 @@ pub fn write_png(path: &Path, image: &RgbImage, record: &ImageRecord) -> Result<
     write_atomic(path, |w| w.write_all(&bytes))
 }
 
-/// What [`read_png_metadata`] finds in a PNG.
+/// What [`read_png_metadata`] finds in a PNG (still or animated).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PngMetadata {
     pub width: u32,
     pub height: u32,
+    /// Whether the file is an APNG (has an `acTL` chunk).
+    pub animated: bool,
+    /// The animation's frame count (`acTL`), 1 for a still PNG.
+    pub frames: u32,
+    /// The frame rate from the first frame's delay (`fcTL` before the image data), when it
+    /// has one and it is a valid [`Fps`].
+    pub fps: Option<Fps>,
     /// The `parameters` chunk (any A1111-style writer's), parsed.
     pub parameters: Option<Infotext>,
     /// The `mgpu` chunk, if this file has one.
     pub record: Option<ImageRecord>,
 }
 
-/// Reads the `parameters` and `mgpu` chunks back from a PNG (tEXt, zTXt or iTXt).
+/// Reads the `parameters` and `mgpu` chunks back from a PNG or APNG (tEXt, zTXt or iTXt, before
+/// or after the image data), with the frame count and rate of an APNG.
 pub fn read_png_metadata(path: &Path) -> Result<PngMetadata, OutputError> {
     let file = File::open(path).map_err(|e| OutputError::Io {
         path: path.to_path_buf(),
@@ -91,6 +115,12 @@ pub fn read_png_metadata(path: &Path) -> Result<PngMetadata, OutputError> {
     let mut reader = png::Decoder::new(BufReader::new(file))
         .read_info()
         .map_err(decode)?;
+    let animation = reader.info().animation_control;
+    // The first frame's fcTL, when the default image is part of the animation.
+    let fps = reader.info().frame_control.and_then(|fc| {
+        let den = if fc.delay_den == 0 { 100 } else { fc.delay_den };
+        Fps::new(u32::from(den), u32::from(fc.delay_num)).ok()
+    });
     // Text chunks after the image data are only seen once the image has been read.
     let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
     reader.next_frame(&mut buf).map_err(decode)?;
@@ -128,6 +158,9 @@ pub fn read_png_metadata(path: &Path) -> Result<PngMetadata, OutputError> {
     Ok(PngMetadata {
         width: info.width,
         height: info.height,
+        animated: animation.is_some(),
+        frames: animation.map_or(1, |a| a.num_frames),
+        fps: fps.filter(|_| animation.is_some()),
         parameters,
         record,
     })
