@@ -234,10 +234,16 @@ mod tests {
         let wan = ModelSampling::wan(5.0).unwrap();
         let a = full_schedule(&wan, Scheduler::SimpleExact, 8).unwrap();
         let b = full_schedule(&wan, Scheduler::Simple, 8).unwrap();
-        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-15), "{a:?} {b:?}");
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-15),
+            "{a:?} {b:?}"
+        );
         let a = full_schedule(&wan, Scheduler::SimpleExact, 6).unwrap();
         let b = full_schedule(&wan, Scheduler::Simple, 6).unwrap();
-        assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-4), "{a:?} {b:?}");
+        assert!(
+            a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-4),
+            "{a:?} {b:?}"
+        );
         // flow_sigmas: first σ 1 − 1e-6, t ends at 1/1000 + (1 − 1/1000)/steps.
         let f = full_schedule(&wan, Scheduler::FlowSigmas, 5).unwrap();
         assert_eq!(f.len(), 6);
