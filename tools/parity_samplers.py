@@ -2,7 +2,7 @@
 """Reference fixtures for mgpu's samplers, schedulers and seeded noise (src/sample/).
 
 Install (pinned versions this was generated with):
-    pip install torch==2.15.0 k-diffusion==0.1.1.post1 scipy==1.17.1 numpy==1.26.4
+    pip install torch==2.15.0 k-diffusion==0.1.1.post1 scipy==1.17.1 numpy==2.4.6 diffusers==0.42.1
 Run from the repository root:
     python tools/parity_samplers.py
 It writes small JSON files to tests/fixtures/samplers/, read by tests/sampler_parity.rs (CI
@@ -18,6 +18,12 @@ What is the reference for what:
   schedulers, KSampler's denoise < 1 handling, sample_euler_ancestral_RF (ComfyUI's
   euler_ancestral for CONST models) and the CONST (half-log-SNR) sample_dpmpp_2m_sde with
   offset_first_sigma_for_snr.
+- diffusers 0.42.1, called directly: UniPCMultistepScheduler (uni_pc = bh1, uni_pc_bh2 = bh2;
+  solver_order=2, lower_order_final, flow_prediction, use_flow_sigmas, as WanPipeline configures
+  it) fed the fixture's float64 σ sequence; its own float32 sigma arrays for the diffusers-exact
+  schedulers (simple_exact = FluxPipeline + FlowMatchEulerDiscreteScheduler, flow_sigmas =
+  UniPCMultistepScheduler.set_timesteps with use_flow_sigmas), next to a float64 evaluation of the
+  same formulas (diffusers rounds to float32; FlowMatchEuler even computes the shift in float32).
 - mgpu's documented noise generator (Philox4x32-10 + Box-Muller, src/sample/noise.rs),
   re-implemented here from its documentation; the stochastic samplers get that noise through
   k-diffusion's `noise_sampler` hook, so their trajectories are comparable.
@@ -35,6 +41,7 @@ import struct
 import numpy as np
 import scipy.stats
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from k_diffusion import sampling as K
 
 torch.set_default_dtype(torch.float64)
@@ -134,6 +141,8 @@ MODEL_SAMPLINGS = {
     "dev_1024": ({"kind": "flux", "shift": flux_shift_for_size(1024, 1024)}, Flux(flux_shift_for_size(1024, 1024))),
     "dev_768x1344": ({"kind": "flux", "shift": flux_shift_for_size(768, 1344)}, Flux(flux_shift_for_size(768, 1344))),
     "schnell": ({"kind": "discrete_flow", "shift": 1.0, "multiplier": 1.0}, DiscreteFlow(1.0, 1.0)),
+    # Wan 2.1 text-to-video: ComfyUI's ModelSamplingDiscreteFlow, multiplier 1000, Wan's shift 5.
+    "wan_shift5": ({"kind": "discrete_flow", "shift": 5.0, "multiplier": 1000.0}, DiscreteFlow(5.0, 1000.0)),
 }
 
 # ---------------------------------------------------------------- schedulers (ComfyUI)
@@ -174,7 +183,53 @@ def beta(ms, steps, alpha=0.6, b=0.6):
     return sigs + [0.0]
 
 
+def np_linspace(a, b, n):
+    return [float(v) for v in np.linspace(a, b, n)]
+
+
+def flow_sigma(ms, t):
+    """The model's shift at flow time t (no multiplier): FLUX's time_shift(mu), or time_snr_shift."""
+    if isinstance(ms, Flux):
+        e = math.exp(ms.shift)
+        return e / (e + (1.0 / t - 1.0) ** 1.0)
+    return ms.shift * t / (1 + (ms.shift - 1) * t)
+
+
+def simple_exact(ms, steps):
+    """FluxPipeline's sigmas (np.linspace(1, 1/steps, steps) through the shift), float64."""
+    return [flow_sigma(ms, t) for t in np_linspace(1.0, 1.0 / steps, steps)] + [0.0]
+
+
+def flow_sigmas(ms, steps):
+    """UniPCMultistepScheduler.set_timesteps with use_flow_sigmas, float64."""
+    sig = [flow_sigma(ms, t) for t in np_linspace(1.0, 1.0 / 1000, steps + 1)[:-1]]
+    if abs(sig[0] - 1) < 1e-6:
+        sig[0] -= 1e-6
+    return sig + [0.0]
+
+
+def diffusers_sigmas(ms, name, steps):
+    """diffusers' own (float32) sigma arrays for the two diffusers-exact schedulers."""
+    dynamic = isinstance(ms, Flux)
+    if name == "simple_exact":
+        sch = FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, use_dynamic_shifting=dynamic, shift=1.0 if dynamic else ms.shift,
+            time_shift_type="exponential")
+        sch.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=ms.shift if dynamic else None)
+    else:
+        sch = UniPCMultistepScheduler(
+            num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
+            flow_shift=1.0 if dynamic else ms.shift, use_dynamic_shifting=dynamic,
+            time_shift_type="exponential", solver_order=2, final_sigmas_type="zero")
+        sch.set_timesteps(steps, mu=ms.shift if dynamic else None)
+    return [float(v) for v in sch.sigmas]
+
+
 def full_schedule(ms, name, steps):
+    if name == "simple_exact":
+        return simple_exact(ms, steps)
+    if name == "flow_sigmas":
+        return flow_sigmas(ms, steps)
     if name == "simple":
         return simple(ms, steps)
     if name == "normal":
@@ -199,6 +254,7 @@ def schedule(ms, name, steps, denoise):
 
 
 SCHEDULERS = ["simple", "normal", "karras", "exponential", "beta", "sgm_uniform"]
+EXACT_SCHEDULERS = ["simple_exact", "flow_sigmas"]
 
 # ---------------------------------------------------------------- samplers
 
@@ -251,7 +307,41 @@ def sample_dpmpp_2m_sde_const(model, x, sigmas, ms, callback, noise_sampler, eta
     return x
 
 
+def sample_unipc_diffusers(model, x, sigmas, callback, variant):
+    """diffusers' UniPCMultistepScheduler as WanPipeline configures it (order 2, lower-order
+    final, flow prediction, flow sigmas), fed this float64 σ sequence instead of its float32 one.
+    A first σ of 1 is lowered by 1e-6, as diffusers' own flow schedule does. The model's
+    x0-prediction D is handed over as the velocity v = (x − D)/σ the pipeline would pass."""
+    sigmas = sigmas.clone()
+    if sigmas[0] >= 1:
+        sigmas[0] = 1 - 1e-6
+    n = len(sigmas) - 1
+    sch = UniPCMultistepScheduler(
+        num_train_timesteps=1000, solver_order=2, solver_type=variant, lower_order_final=True,
+        prediction_type="flow_prediction", use_flow_sigmas=True, final_sigmas_type="zero", predict_x0=True)
+    sch.set_timesteps(n)
+    sch.sigmas = sigmas
+    sch.set_begin_index(0)
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(n):
+        denoised = model(x, sigmas[i] * s_in)
+        callback({"x": x, "i": i})
+        v = (x - denoised) / sigmas[i]
+        x_next = sch.step(v, sch.timesteps[i], x).prev_sample
+        if i == n - 1 and sigmas[-1] == 0:
+            # Last step, first order, to σ = 0: the update's limit is the x0-prediction. bh2
+            # reaches it; bh1 computes B(h)·0 = −inf·0 and returns NaN (mgpu returns the limit).
+            if variant == "bh1":
+                assert torch.isnan(x_next).all(), "diffusers' bh1 final step is expected to be NaN"
+                x_next = denoised.clone()
+            else:
+                assert (x_next - denoised).abs().max() < 1e-12
+        x = x_next
+    return x
+
+
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "ddim"]
+UNIPC_SAMPLERS = {"uni_pc": "bh1", "uni_pc_bh2": "bh2"}
 
 
 class Toy:
@@ -298,6 +388,8 @@ def run_case(sampler, sched, ms_name, steps, denoise, seed, init, toy_mean, toy_
         out = sample_euler_ancestral_rf(toy, x, sigmas, cb, noise_sampler)
     elif sampler == "dpmpp_2m_sde":
         out = sample_dpmpp_2m_sde_const(toy, x, sigmas, ms, cb, noise_sampler)
+    elif sampler in UNIPC_SAMPLERS:
+        out = sample_unipc_diffusers(toy, x, sigmas, cb, UNIPC_SAMPLERS[sampler])
     else:
         raise ValueError(sampler)
     traj.append(out.reshape(-1).tolist())
@@ -351,16 +443,43 @@ def main():
         if isinstance(ms, Flux):
             f32_table = math.exp(ms.shift) / (math.exp(ms.shift) + (1 / t32.float() - 1))
         else:
-            f32_table = t32.float()
+            t = t32.float()
+            f32_table = ms.shift * t / (1 + (ms.shift - 1) * t) if ms.shift != 1.0 else t
         diff = (f32_table.double() - torch.tensor(ms.sigmas)).abs().max().item()
         print(f"{name}: ComfyUI's float32 table differs from float64 by at most {diff:.2e}")
     sched_cases = []
     for ms_name, (_, ms) in MODEL_SAMPLINGS.items():
-        for sched in SCHEDULERS:
+        for sched in SCHEDULERS + EXACT_SCHEDULERS:
+            if ms_name == "wan_shift5" and sched not in EXACT_SCHEDULERS + ["simple"]:
+                continue
             for steps in [1, 3, 10, 20]:
                 for denoise in [1.0, 0.45]:
                     sched_cases.append({"model_sampling": ms_name, "scheduler": sched, "steps": steps, "denoise": denoise, "sigmas": schedule(ms, sched, steps, denoise)})
     write("schedules.json", {"about": header, "model_samplings": tables, "cases": sched_cases})
+
+    # diffusers' own sigma arrays (float32) against the float64 formulas above, and against
+    # ComfyUI's table-based `simple`, for several step counts and shifts.
+    exact_ms = {
+        "dev_1024": MODEL_SAMPLINGS["dev_1024"],
+        "dev_768x1344": MODEL_SAMPLINGS["dev_768x1344"],
+        "schnell": MODEL_SAMPLINGS["schnell"],
+        "wan_shift3": ({"kind": "discrete_flow", "shift": 3.0, "multiplier": 1000.0}, DiscreteFlow(3.0, 1000.0)),
+        "wan_shift5": MODEL_SAMPLINGS["wan_shift5"],
+        "wan_shift8": ({"kind": "discrete_flow", "shift": 8.0, "multiplier": 1000.0}, DiscreteFlow(8.0, 1000.0)),
+    }
+    exact_cases = []
+    for ms_name, (spec, ms) in exact_ms.items():
+        for sched in EXACT_SCHEDULERS:
+            for steps in [1, 4, 6, 7, 20, 28, 30, 50]:
+                ours = full_schedule(ms, sched, steps)
+                theirs = diffusers_sigmas(ms, sched, steps)
+                f32 = max(abs(a - b) for a, b in zip(ours, theirs))
+                vs = {k: max(abs(a - b) for a, b in zip(full_schedule(ms, k, steps), ours)) for k in ["simple", "sgm_uniform"]}
+                print(f"{ms_name:13} {sched:12} {steps:2} steps: float64 vs diffusers' float32 {f32:.1e}; "
+                      f"vs ComfyUI simple {vs['simple']:.1e}, sgm_uniform {vs['sgm_uniform']:.1e}")
+                exact_cases.append({"model_sampling": ms_name, "ms": spec, "scheduler": sched, "steps": steps,
+                                    "sigmas": ours, "diffusers_f32": theirs})
+    write("diffusers_schedules.json", {"about": header, "cases": exact_cases})
 
     # Trajectories on the toy model.
     shape = [1, 2, 2, 2]
@@ -371,6 +490,12 @@ def main():
     plan = [(s, sch, "dev_1024", 5, 1.0, None) for s in SAMPLERS for sch in SCHEDULERS]
     plan += [(s, sch, "dev_768x1344", 4, 0.6, init) for s in SAMPLERS for sch in ["simple", "beta"]]
     plan += [(s, "simple", "schnell", 4, 1.0, None) for s in SAMPLERS]
+    # UniPC on every scheduler, the diffusers-exact schedulers with every sampler, Wan.
+    plan += [(s, sch, "dev_1024", 5, 1.0, None) for s in UNIPC_SAMPLERS for sch in SCHEDULERS + EXACT_SCHEDULERS]
+    plan += [(s, sch, "dev_1024", 5, 1.0, None) for s in SAMPLERS for sch in EXACT_SCHEDULERS]
+    plan += [(s, "flow_sigmas", "wan_shift5", n, 1.0, None) for s in UNIPC_SAMPLERS for n in (1, 2, 3, 6, 12)]
+    plan += [(s, "flow_sigmas", "wan_shift5", 8, 0.6, init) for s in UNIPC_SAMPLERS]
+    plan += [("uni_pc_bh2", "simple", "schnell", 4, 1.0, None), ("euler", "simple_exact", "wan_shift5", 6, 1.0, None)]
     for sampler, sched, ms_name, steps, denoise, ini in plan:
         seed += 1
         cases.append(run_case(sampler, sched, ms_name, steps, denoise, seed, ini, toy_mean, toy_std, shape))

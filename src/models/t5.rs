@@ -11,9 +11,17 @@
 //! Architecture: token embedding (no scaling); per block, pre-norm (RMS, no bias, no mean)
 //! self-attention *without* `1/√d` scaling plus a learned relative-position bias (computed by
 //! block 0 and shared by all blocks in T5 v1.1, per block in umT5), then a pre-norm gated-GELU
-//! feed-forward (`wo(gelu_tanh(wi_0 x) · wi_1 x)`); a final RMS norm. No attention mask: FLUX
-//! encodes the padded 512 (dev) / 256 (schnell) tokens without one, as diffusers'
-//! `FluxPipeline` and ComfyUI do.
+//! feed-forward (`wo(gelu_tanh(wi_0 x) · wi_1 x)`); a final RMS norm.
+//!
+//! Attention mask: FLUX encodes the padded 512 (dev) / 256 (schnell) tokens without one, as
+//! diffusers' `FluxPipeline` and ComfyUI do ([`T5Encoder::prepare`]). Wan encodes its umT5 prompt
+//! padded to 512 *with* a mask and zeroes the padded rows of the result (Wan 2.1
+//! `wan/modules/t5.py` + `wan/text2video.py`, diffusers' `WanPipeline._get_t5_prompt_embeds`,
+//! ComfyUI's `zero_out_masked`): [`T5Encoder::prepare_masked`] adds −∞ to the attention scores of
+//! padded keys (after the position bias, as transformers' `UMT5EncoderModel` adds its extended
+//! mask), and [`T5Encoder::finish`] then zeroes rows ≥ `valid_len`. Since a masked key is
+//! invisible and the bias depends only on relative positions, the valid rows equal an unpadded
+//! encoding of the first `valid_len` tokens (tested).
 //!
 //! Contract (see [`crate::models`]): the embedding and final norm are resident
 //! ([`T5Encoder::new`]); each `encoder.block.N` is built at run time from a `VarBuilder` over
@@ -76,6 +84,16 @@ impl Config {
             vocab_size: 256384,
             per_layer_position_bias: true,
             ..Self::xxl()
+        }
+    }
+
+    /// The demo's tiny umT5 (Wan's text encoder in miniature): [`Config::tiny`]'s widths, a
+    /// position bias in every block, sized for [`crate::models::tokenize::tiny::umt5`].
+    pub fn tiny_umt5() -> Self {
+        Config {
+            vocab_size: crate::models::tokenize::tiny::UMT5_VOCAB,
+            per_layer_position_bias: true,
+            ..Self::tiny()
         }
     }
 
@@ -255,7 +273,10 @@ impl Block {
         let q = heads(self.q.forward(&x)?)?;
         let k = heads(self.k.forward(&x)?)?;
         let v = heads(self.v.forward(&x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?; // [1, h, L, L]
+        let mut scores = q.matmul(&k.t()?)?.broadcast_add(bias)?; // [1, h, L, L]
+        if let Some(mask) = &state.mask {
+            scores = scores.broadcast_add(mask)?; // −∞ at padded keys
+        }
         let probs =
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
         let attn = probs
@@ -288,6 +309,11 @@ pub struct State {
     /// `[1, heads, L, L]` in the compute dtype, once block 0 (or, in umT5, the current block)
     /// has made it.
     position_bias: Option<Tensor>,
+    /// Masked encoding ([`T5Encoder::prepare_masked`]): `[1, 1, 1, L]` in the compute dtype, 0
+    /// for the first `valid_len` keys and −∞ after; `None` when nothing is masked.
+    mask: Option<Tensor>,
+    /// Masked encoding: rows ≥ this are zeroed by [`T5Encoder::finish`].
+    valid_len: Option<usize>,
     /// The unit `run_unit` expects next.
     next: usize,
 }
@@ -359,8 +385,40 @@ impl T5Encoder {
         Ok(State {
             hidden,
             position_bias: None,
+            mask: None,
+            valid_len: None,
             next: 0,
         })
+    }
+
+    /// Embeds one padded prompt (`[L]` ids) for masked encoding, as Wan does with umT5: only the
+    /// first `valid_len` tokens (the prompt and its `</s>`, [`crate::models::tokenize::Encoded::valid_len`])
+    /// are attended to, and [`Self::finish`] zeroes the rows after them. `valid_len` must be in
+    /// `1..=L`; with `valid_len == L` nothing is masked.
+    pub fn prepare_masked(&self, ids: &[u32], valid_len: usize) -> Result<State> {
+        if valid_len == 0 || valid_len > ids.len() {
+            bail!(
+                "T5: valid length {valid_len} must be between 1 and the {} token ids",
+                ids.len()
+            );
+        }
+        let mut state = self.prepare(ids)?;
+        let len = ids.len();
+        if valid_len < len {
+            let mask: Vec<f32> = (0..len)
+                .map(|i| {
+                    if i < valid_len {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .collect();
+            state.mask =
+                Some(Tensor::from_vec(mask, (1, 1, 1, len), &self.device)?.to_dtype(self.dtype)?);
+        }
+        state.valid_len = Some(valid_len);
+        Ok(state)
     }
 
     /// Builds block `index` from `vb` (that unit's tensors, names relative to the unit, on the
@@ -385,7 +443,9 @@ impl T5Encoder {
         Ok(())
     }
 
-    /// The final norm: hidden states `[1, L, d_model]`, f32 (what FLUX takes as `txt`).
+    /// The final norm: hidden states `[1, L, d_model]`, f32 (what FLUX takes as `txt`). For a
+    /// masked state ([`Self::prepare_masked`]) rows ≥ `valid_len` are zeros (what Wan takes as
+    /// its text context).
     pub fn finish(&self, state: State) -> Result<Tensor> {
         if state.next != self.cfg.num_layers {
             bail!(
@@ -394,12 +454,20 @@ impl T5Encoder {
                 self.cfg.num_layers
             );
         }
-        rms_norm(
+        let out = rms_norm(
             &state.hidden,
             &self.final_norm,
             self.cfg.layer_norm_epsilon,
             DType::F32,
-        )
+        )?;
+        match state.valid_len {
+            Some(valid) if valid < out.dim(1)? => {
+                let (b, len, d) = out.dims3()?;
+                let zeros = Tensor::zeros((b, len - valid, d), DType::F32, out.device())?;
+                Tensor::cat(&[out.narrow(1, 0, valid)?, zeros], 1) // [1, L, d]
+            }
+            _ => Ok(out),
+        }
     }
 
     /// The whole encoder, asking `blocks(i)` for each unit's `VarBuilder` in turn.
@@ -451,7 +519,16 @@ pub fn tensor_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
 /// Deterministic random weights for the tiny demo T5 ([`Config::tiny`]), in the real layout,
 /// f32 on the CPU; the same `seed` gives the same values everywhere.
 pub fn tiny_weights(seed: u64) -> Result<Vec<(String, Tensor)>> {
-    tensor_shapes(&Config::tiny())
+    seeded_weights(&Config::tiny(), seed)
+}
+
+/// [`tiny_weights`] for the tiny umT5 ([`Config::tiny_umt5`]): a bias table in every block.
+pub fn tiny_umt5_weights(seed: u64) -> Result<Vec<(String, Tensor)>> {
+    seeded_weights(&Config::tiny_umt5(), seed)
+}
+
+fn seeded_weights(cfg: &Config, seed: u64) -> Result<Vec<(String, Tensor)>> {
+    tensor_shapes(cfg)
         .into_iter()
         .map(|(name, shape)| Ok((name.clone(), super::seeded::weight(seed, &name, &shape)?)))
         .collect()

@@ -60,6 +60,9 @@ pub fn a1111_sampler(s: Sampler) -> &'static str {
         Sampler::Dpmpp2m => "DPM++ 2M",
         Sampler::Dpmpp2mSde => "DPM++ 2M SDE",
         Sampler::Ddim => "DDIM",
+        Sampler::UniPc => "UniPC",
+        // A1111 has one "UniPC" with the variant as a setting (default bh1).
+        Sampler::UniPcBh2 => "UniPC bh2",
     }
 }
 
@@ -72,6 +75,9 @@ pub fn a1111_scheduler(s: Scheduler) -> &'static str {
         Scheduler::Exponential => "Exponential",
         Scheduler::Beta => "Beta",
         Scheduler::SgmUniform => "SGM Uniform",
+        // No A1111 equivalent: mgpu's own display names.
+        Scheduler::SimpleExact => "Simple Exact",
+        Scheduler::FlowSigmas => "Flow Sigmas",
     }
 }
 

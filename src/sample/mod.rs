@@ -25,7 +25,8 @@
 //!
 //! # Public API
 //! - [`ModelSampling`]: `flux(shift)`, `discrete_flow(shift, multiplier)`, `flux_dev(w, h)`,
-//!   `flux_schnell()`; `sigma(t)`, `timestep(σ)`, `sigmas()`, `sigma_min()`, `sigma_max()`,
+//!   `flux_schnell()`, `wan(shift)` ([`WAN_T2V_SHIFT`]); `sigma(t)`, `timestep(σ)`,
+//!   `flow_sigma(t)`, `sigmas()`, `sigma_min()`, `sigma_max()`,
 //!   `percent_to_sigma(p)`, `noise_scaling(σ, &noise, Option<&init>)`,
 //!   `denoised_from_velocity(&x, σ, &v)`; [`flux_shift_for_size`]`(w, h) -> f64`.
 //! - [`schedule()`]`(&ms, Scheduler, steps: u32, denoise: f64) -> Result<Vec<f64>>` and
@@ -44,11 +45,12 @@ pub mod noise;
 pub mod sampler;
 pub mod schedule;
 pub mod special;
+pub mod unipc;
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use model_sampling::{flux_shift_for_size, FlowKind, ModelSampling};
+pub use model_sampling::{flux_shift_for_size, FlowKind, ModelSampling, WAN_T2V_SHIFT};
 pub use names::{Sampler, Scheduler};
 pub use noise::{FixedNoise, SeededNoise, StepNoise};
 pub use sampler::{sample, Denoiser, ModelCall, SamplerRun};

@@ -11,7 +11,8 @@
 //! - [`ModelSampling::discrete_flow`] is `ModelSamplingDiscreteFlow`: 1000 entries
 //!   `σ_k = time_snr_shift(shift, (k+1)/1000)` with
 //!   `time_snr_shift(α, t) = α t / (1 + (α − 1) t)` and `timestep(σ) = σ · multiplier`.
-//!   ComfyUI loads FLUX.1-schnell with it (shift 1, multiplier 1: σ = t).
+//!   ComfyUI loads FLUX.1-schnell with it (shift 1, multiplier 1: σ = t) and Wan 2.1 with
+//!   multiplier 1000 ([`ModelSampling::wan`]: `timestep = 1000·σ`).
 //! - Both use ComfyUI's CONST parameterisation: `x_σ = σ·noise + (1 − σ)·x0`, the model input is
 //!   `x_σ` unscaled, and a velocity output `v` gives `x0 = x_σ − σ·v`.
 //!
@@ -25,6 +26,11 @@ use super::SampleError;
 pub const FLUX_TABLE_LEN: usize = 10_000;
 /// Entries in `ModelSamplingDiscreteFlow`'s table.
 pub const DISCRETE_FLOW_TABLE_LEN: usize = 1_000;
+/// Wan 2.1's timestep multiplier (ComfyUI `ModelSamplingDiscreteFlow` default; the network
+/// takes `t = 1000·σ`).
+pub const WAN_MULTIPLIER: f64 = 1000.0;
+/// Wan 2.1's own text-to-video shift (`generate.py`: `sample_shift = 5.0` for t2v, both sizes).
+pub const WAN_T2V_SHIFT: f64 = 5.0;
 
 /// The FLUX.1-dev shift (`mu`) for an image of `width × height` pixels, exactly as ComfyUI's
 /// `ModelSamplingFlux` node computes it: linear in the image-token count `w·h / 256`
@@ -113,6 +119,15 @@ impl ModelSampling {
         )
     }
 
+    /// Wan 2.1: `ModelSamplingDiscreteFlow` with the given shift and multiplier 1000, as ComfyUI
+    /// loads `WAN21` models (`model_sampling`: CONST + discrete flow, `timestep = 1000·σ`).
+    /// The shift's defaults differ between implementations (see docs/sampling.md): Wan's
+    /// `generate.py` uses [`WAN_T2V_SHIFT`] (5.0) for text-to-video, ComfyUI's `WAN21_T2V`
+    /// `sampling_settings` 8.0, diffusers' Wan docs 3.0 at 480p and 5.0 at 720p.
+    pub fn wan(shift: f64) -> Result<Self, SampleError> {
+        Self::discrete_flow(shift, WAN_MULTIPLIER)
+    }
+
     /// FLUX.1-schnell: `ModelSamplingDiscreteFlow` with shift 1 and multiplier 1, as ComfyUI
     /// loads it (`sampling_settings = {"multiplier": 1.0, "shift": 1.0}`): σ = t.
     pub fn flux_schnell() -> Self {
@@ -182,6 +197,17 @@ impl ModelSampling {
         match self.kind {
             FlowKind::Flux { .. } => sigma,
             FlowKind::DiscreteFlow { multiplier, .. } => sigma * multiplier,
+        }
+    }
+
+    /// σ at flow time `t ∈ [0, 1]` (`t = 1` is pure noise): the model's shift applied to `t`,
+    /// `flux_time_shift(μ, t)` or `time_snr_shift(shift, t)`, whatever the timestep multiplier.
+    /// The diffusers-exact schedulers (`simple_exact`, `flow_sigmas`) evaluate this directly
+    /// instead of picking from the σ table.
+    pub fn flow_sigma(&self, t: f64) -> f64 {
+        match self.kind {
+            FlowKind::Flux { shift } => flux_time_shift(shift, t),
+            FlowKind::DiscreteFlow { shift, .. } => time_snr_shift(shift, t),
         }
     }
 
@@ -280,6 +306,28 @@ mod tests {
         assert_eq!(sd3.sigma_max(), 1.0);
         assert!((sd3.sigma(500.0) - 0.75).abs() < 1e-15);
         assert_eq!(sd3.timestep(0.75), 750.0);
+    }
+
+    #[test]
+    fn wan_is_discrete_flow_with_multiplier_1000() {
+        let wan = ModelSampling::wan(WAN_T2V_SHIFT).unwrap();
+        assert_eq!(
+            wan.kind(),
+            FlowKind::DiscreteFlow {
+                shift: 5.0,
+                multiplier: 1000.0
+            }
+        );
+        assert_eq!(wan.sigmas().len(), 1000);
+        assert_eq!(wan.sigma_max(), 1.0);
+        // ComfyUI: sigma(timestep) = shift·(t/1000) / (1 + (shift − 1)·t/1000)
+        assert!((wan.sigma(500.0) - 2.5 / 3.0).abs() < 1e-15);
+        assert_eq!(wan.timestep(0.25), 250.0);
+        assert!((wan.sigma_min() - 5.0 * 0.001 / (1.0 + 4.0 * 0.001)).abs() < 1e-18);
+        assert_eq!(wan.flow_sigma(0.5), wan.sigma(500.0));
+        assert!(ModelSampling::wan(0.0).is_err());
+        let dev = ModelSampling::flux_dev(1024, 1024);
+        assert_eq!(dev.flow_sigma(0.3), flux_time_shift(1.15, 0.3));
     }
 
     #[test]

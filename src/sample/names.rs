@@ -62,7 +62,7 @@ pub(crate) use name_enum;
 name_enum!(
     /// A sampling algorithm (k-diffusion / ComfyUI names and meanings).
     Sampler, "sampler",
-    "Sampling algorithm, as in ComfyUI: euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, ddim.",
+    "Sampling algorithm, as in ComfyUI: euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, ddim, uni_pc, uni_pc_bh2.",
     {
         Euler => "euler",
         EulerAncestral => "euler_ancestral",
@@ -70,13 +70,17 @@ name_enum!(
         Dpmpp2m => "dpmpp_2m",
         Dpmpp2mSde => "dpmpp_2m_sde",
         Ddim => "ddim",
+        /// UniPC, variant bh1 (ComfyUI's name), order 2 as diffusers' `UniPCMultistepScheduler`.
+        UniPc => "uni_pc",
+        /// UniPC, variant bh2: diffusers' and Wan 2.1's default sampler.
+        UniPcBh2 => "uni_pc_bh2",
     }
 );
 
 name_enum!(
     /// A noise schedule (sigma sequence), as in ComfyUI.
     Scheduler, "scheduler",
-    "Noise schedule, as in ComfyUI: simple, normal, karras, exponential, beta, sgm_uniform.",
+    "Noise schedule: simple, normal, karras, exponential, beta, sgm_uniform (as in ComfyUI); simple_exact (FluxPipeline's sigmas), flow_sigmas (WanPipeline's UniPC sigmas).",
     {
         Simple => "simple",
         Normal => "normal",
@@ -84,6 +88,12 @@ name_enum!(
         Exponential => "exponential",
         Beta => "beta",
         SgmUniform => "sgm_uniform",
+        /// `simple` on the exact σ(t) instead of the σ table: σ(1 − i/steps) (diffusers'
+        /// FluxPipeline + FlowMatchEulerDiscreteScheduler).
+        SimpleExact => "simple_exact",
+        /// diffusers' `use_flow_sigmas` schedule: σ(1 − i·(1 − 1/1000)/steps), first σ capped at
+        /// 1 − 1e-6 (WanPipeline + UniPCMultistepScheduler).
+        FlowSigmas => "flow_sigmas",
     }
 );
 
@@ -126,7 +136,7 @@ mod tests {
         assert_eq!(e.suggestion.as_deref(), Some("euler"));
         assert_eq!(
             e.to_string(),
-            "unknown sampler `eulr` (did you mean `euler`?): expected one of euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, ddim"
+            "unknown sampler `eulr` (did you mean `euler`?): expected one of euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, ddim, uni_pc, uni_pc_bh2"
         );
         assert_eq!(
             Scheduler::parse("karas").unwrap_err().suggestion.as_deref(),

@@ -1,4 +1,5 @@
-//! The samplers (euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, ddim) as a step-by-step
+//! The samplers (euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, ddim, uni_pc,
+//! uni_pc_bh2) as a step-by-step
 //! state machine, [`SamplerRun`], that asks for one model evaluation at a time. The executor
 //! drives many runs in lockstep — every job of a batch waits for the same streamed block — so
 //! the sampler never calls the model itself; [`sample`] is the simple loop for one job.
@@ -19,6 +20,9 @@
 //!   (`offset_first_sigma_for_snr`), and that σ is also what the model is evaluated at.
 //!   k-diffusion draws its noise from a Brownian tree; ours is the seeded per-step stream
 //!   ([`super::noise`]), standard normal per step like the tree's normalised increments.
+//! - `uni_pc` / `uni_pc_bh2`: UniPC of order 2 with lower-order final steps (variants bh1 / bh2),
+//!   diffusers' `UniPCMultistepScheduler` as WanPipeline uses it, one model call per step; see
+//!   [`super::unipc`]. A first σ ≥ 1 is moved to `1 − 1e-6` as diffusers' flow schedule does.
 //!
 //! Scalars are computed in f64; tensor arithmetic happens in the latent's dtype on its device.
 
@@ -26,6 +30,7 @@ use candle_core::Tensor;
 
 use super::model_sampling::ModelSampling;
 use super::noise::StepNoise;
+use super::unipc::{UniPc, Variant};
 use super::{SampleError, Sampler};
 
 /// The model as the sampler sees it: the x0-prediction ("denoised") for `x` at noise level
@@ -60,6 +65,9 @@ enum Stage {
     Done,
 }
 
+/// How far below 1 UniPC starts when a σ sequence starts at 1 (diffusers: `sigmas[0] -= 1e-6`).
+pub const UNIPC_FIRST_SIGMA_OFFSET: f64 = 1e-6;
+
 /// A sampler walking a σ sequence for one job, one model evaluation at a time.
 ///
 /// ```text
@@ -78,6 +86,7 @@ pub struct SamplerRun {
     x: Tensor,
     old_denoised: Option<Tensor>,
     h_last: Option<f64>,
+    unipc: UniPc,
     noise: Box<dyn StepNoise>,
 }
 
@@ -125,6 +134,18 @@ impl SamplerRun {
             // offset_first_sigma_for_snr: λ = ln((1 − σ)/σ) is −∞ at σ = 1.
             sigmas[0] = ms.percent_to_sigma(1e-4);
         }
+        if matches!(sampler, Sampler::UniPc | Sampler::UniPcBh2) && sigmas[0] >= 1.0 {
+            // λ = ln((1 − σ)/σ) is −∞ at σ = 1; diffusers' flow schedule starts at 1 − 1e-6.
+            sigmas[0] = 1.0 - UNIPC_FIRST_SIGMA_OFFSET;
+            if sigmas[0] <= sigmas[1] {
+                return Err(SampleError::Sigmas {
+                    why: format!(
+                        "uni_pc moves a first σ of 1 to 1 − 1e-6, which is not above the next σ {}",
+                        sigmas[1]
+                    ),
+                });
+            }
+        }
         Ok(Self {
             sampler,
             sigmas,
@@ -133,6 +154,7 @@ impl SamplerRun {
             x,
             old_denoised: None,
             h_last: None,
+            unipc: UniPc::default(),
             noise,
         })
     }
@@ -251,6 +273,17 @@ impl SamplerRun {
                 Sampler::Dpmpp2mSde => {
                     self.x = self.dpmpp_2m_sde(i, s, s_next, denoised)?;
                     self.old_denoised = Some(denoised.clone());
+                    true
+                }
+                Sampler::UniPc | Sampler::UniPcBh2 => {
+                    let variant = if self.sampler == Sampler::UniPc {
+                        Variant::Bh1
+                    } else {
+                        Variant::Bh2
+                    };
+                    self.x = self
+                        .unipc
+                        .step(variant, &self.sigmas, i, &self.x, denoised)?;
                     true
                 }
             },

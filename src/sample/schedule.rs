@@ -4,6 +4,19 @@
 //!
 //! Every sequence starts at (or below) σ_max, decreases, and ends with 0. For `steps` steps it
 //! has `steps + 1` entries, except `beta`, which drops repeated table indices as ComfyUI does.
+//!
+//! Two schedulers are not ComfyUI's: they evaluate the model's shift exactly, as diffusers does,
+//! instead of picking from ComfyUI's 1000/10000-entry σ table (see docs/sampling.md):
+//! - `simple_exact`: `σ(1 − i/steps)`, i < steps — diffusers' `FluxPipeline`
+//!   (`np.linspace(1, 1/steps, steps)` through `FlowMatchEulerDiscreteScheduler`'s
+//!   `time_shift(μ)`); ComfyUI's `simple` is the same points rounded down to its table.
+//! - `flow_sigmas`: `σ(t)` at `t = np.linspace(1, 1/1000, steps + 1)[:-1]`, a first σ within
+//!   1e-6 of 1 lowered by 1e-6 — diffusers' `use_flow_sigmas` branch of
+//!   `UniPCMultistepScheduler.set_timesteps` (`num_train_timesteps = 1000`), as `WanPipeline`
+//!   uses it.
+//!
+//! Both take σ(t) from the [`ModelSampling`] ([`ModelSampling::flow_sigma`]): FLUX's μ shift
+//! or the discrete-flow shift, so one name serves FLUX and Wan.
 
 use super::model_sampling::ModelSampling;
 use super::special::betaincinv;
@@ -53,7 +66,51 @@ pub fn full_schedule(
         Scheduler::Karras => karras(n, ms.sigma_min(), ms.sigma_max(), 7.0),
         Scheduler::Exponential => exponential(n, ms.sigma_min(), ms.sigma_max()),
         Scheduler::Beta => beta(ms, n, 0.6, 0.6),
+        Scheduler::SimpleExact => simple_exact(ms, n),
+        Scheduler::FlowSigmas => flow_sigmas(ms, n),
     })
+}
+
+/// diffusers' `num_train_timesteps` for FLUX and Wan: the end of `flow_sigmas`' time grid.
+const TRAIN_TIMESTEPS: f64 = 1000.0;
+
+/// `numpy.linspace(start, stop, num)` (endpoint included) exactly as numpy computes it:
+/// `start + i·((stop − start)/(num − 1))`, the last value set to `stop`.
+fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    if num == 1 {
+        return vec![start];
+    }
+    let step = (stop - start) / (num - 1) as f64;
+    let mut v: Vec<f64> = (0..num).map(|i| i as f64 * step + start).collect();
+    if let Some(last) = v.last_mut() {
+        *last = stop;
+    }
+    v
+}
+
+/// `simple_exact`: σ(t) at `t = np.linspace(1, 1/steps, steps)`, then 0 (FluxPipeline).
+fn simple_exact(ms: &ModelSampling, steps: usize) -> Vec<f64> {
+    let mut sigs: Vec<f64> = np_linspace(1.0, 1.0 / steps as f64, steps)
+        .into_iter()
+        .map(|t| ms.flow_sigma(t))
+        .collect();
+    sigs.push(0.0);
+    sigs
+}
+
+/// `flow_sigmas`: σ(t) at `t = np.linspace(1, 1/1000, steps + 1)[:-1]`, a first σ within 1e-6 of
+/// 1 lowered by 1e-6 (diffusers: "to avoid inf torch.log(alpha_si)"), then 0 (WanPipeline's
+/// UniPC).
+fn flow_sigmas(ms: &ModelSampling, steps: usize) -> Vec<f64> {
+    let mut t = np_linspace(1.0, 1.0 / TRAIN_TIMESTEPS, steps + 1);
+    t.pop();
+    let mut sigs: Vec<f64> = t.into_iter().map(|t| ms.flow_sigma(t)).collect();
+    const EPS: f64 = 1e-6;
+    if (sigs[0] - 1.0).abs() < EPS {
+        sigs[0] -= EPS;
+    }
+    sigs.push(0.0);
+    sigs
 }
 
 /// `simple`: every `N/steps`-th entry of the σ table, from the top.
@@ -163,6 +220,37 @@ mod tests {
 
     fn dev() -> ModelSampling {
         ModelSampling::flux_dev(1024, 1024)
+    }
+
+    #[test]
+    fn diffusers_exact_schedules() {
+        // FluxPipeline at 4 steps, schnell (σ = t): 1, 3/4, 1/2, 1/4, 0.
+        let schnell = ModelSampling::flux_schnell();
+        assert_eq!(
+            full_schedule(&schnell, Scheduler::SimpleExact, 4).unwrap(),
+            vec![1.0, 0.75, 0.5, 0.25, 0.0]
+        );
+        // simple_exact is `simple` without the table rounding: equal where steps divide 1000.
+        let wan = ModelSampling::wan(5.0).unwrap();
+        let a = full_schedule(&wan, Scheduler::SimpleExact, 8).unwrap();
+        let b = full_schedule(&wan, Scheduler::Simple, 8).unwrap();
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-15),
+            "{a:?} {b:?}"
+        );
+        let a = full_schedule(&wan, Scheduler::SimpleExact, 6).unwrap();
+        let b = full_schedule(&wan, Scheduler::Simple, 6).unwrap();
+        assert!(
+            a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-4),
+            "{a:?} {b:?}"
+        );
+        // flow_sigmas: first σ 1 − 1e-6, t ends at 1/1000 + (1 − 1/1000)/steps.
+        let f = full_schedule(&wan, Scheduler::FlowSigmas, 5).unwrap();
+        assert_eq!(f.len(), 6);
+        assert_eq!(f[0], 1.0 - 1e-6);
+        let t_last = 1.0 - 4.0 * (1.0 - 0.001) / 5.0;
+        assert!((f[4] - 5.0 * t_last / (1.0 + 4.0 * t_last)).abs() < 1e-15);
+        assert_eq!(np_linspace(1.0, 0.25, 1), vec![1.0]);
     }
 
     #[test]

@@ -229,3 +229,102 @@ fn reduced_precision_stays_close_to_f32() {
         assert!(err / scale < 0.05, "{dtype:?}: max error {err} of {scale}");
     }
 }
+
+fn tiny_umt5_model() -> (T5Encoder, HashMap<String, HashMap<String, Tensor>>) {
+    let weights: HashMap<String, Tensor> = tiny_umt5_weights(8).unwrap().into_iter().collect();
+    let (resident, units) = split_units(Family::UmT5, weights);
+    let enc = T5Encoder::new(
+        &Config::tiny_umt5(),
+        VarBuilder::from_tensors(resident, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    (enc, units.into_iter().collect())
+}
+
+fn run_state(
+    enc: &T5Encoder,
+    units: &HashMap<String, HashMap<String, Tensor>>,
+    mut state: State,
+) -> Tensor {
+    for i in 0..enc.config().num_layers {
+        let vb = VarBuilder::from_tensors(
+            units[&format!("encoder.block.{i}")].clone(),
+            DType::F32,
+            &Device::Cpu,
+        );
+        enc.run_unit(i, vb, &mut state).unwrap();
+    }
+    enc.finish(state).unwrap()
+}
+
+#[test]
+fn masked_encoding_equals_the_unpadded_prompt_and_zeroes_padding() {
+    let (enc, units) = tiny_umt5_model();
+    assert_eq!(
+        tensor_shapes(&Config::tiny_umt5())
+            .iter()
+            .filter(|(n, _)| n.ends_with("relative_attention_bias.weight"))
+            .count(),
+        2
+    );
+    let prompt = [300u32, 41, 7, 290, 1];
+    let mut padded = prompt.to_vec();
+    padded.resize(12, 0);
+    let masked = run_state(&enc, &units, enc.prepare_masked(&padded, 5).unwrap());
+    assert_eq!(masked.dims(), &[1, 12, 32]);
+    let alone = run_state(&enc, &units, enc.prepare(&prompt).unwrap());
+    let valid = masked.narrow(1, 0, 5).unwrap();
+    let (err, scale) = crate::models::testutil::max_err_and_scale(&valid, &alone);
+    assert!(err / scale < 1e-6, "valid rows: {err} of {scale}");
+    let tail: Vec<f32> = masked
+        .narrow(1, 5, 7)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(tail.iter().all(|&v| v == 0.0), "padded rows are zeros");
+    // Without the mask the padding changes the prompt's rows.
+    let unmasked = run_state(&enc, &units, enc.prepare(&padded).unwrap());
+    let (err, _) =
+        crate::models::testutil::max_err_and_scale(&unmasked.narrow(1, 0, 5).unwrap(), &alone);
+    assert!(err > 1e-3, "padding must matter without a mask ({err})");
+    // valid_len = L masks nothing: bit-identical to the plain path.
+    let full = run_state(&enc, &units, enc.prepare_masked(&padded, 12).unwrap());
+    assert_eq!(
+        full.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        unmasked.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    for bad in [0, 13] {
+        let e = enc.prepare_masked(&padded, bad).unwrap_err().to_string();
+        assert!(e.contains("must be between 1 and the 12 token ids"), "{e}");
+    }
+}
+
+#[test]
+fn masked_encoding_in_reduced_precision() {
+    let (enc32, units32) = tiny_umt5_model();
+    let ids = [300u32, 41, 7, 1, 0, 0, 0, 0];
+    let want = run_state(&enc32, &units32, enc32.prepare_masked(&ids, 4).unwrap());
+    let weights: HashMap<String, Tensor> = tiny_umt5_weights(8).unwrap().into_iter().collect();
+    let (resident, units) = split_units(Family::UmT5, weights);
+    for dtype in [DType::BF16, DType::F16] {
+        let enc = T5Encoder::new(
+            &Config::tiny_umt5(),
+            VarBuilder::from_tensors(resident.clone(), dtype, &Device::Cpu),
+        )
+        .unwrap();
+        let mut state = enc.prepare_masked(&ids, 4).unwrap();
+        for i in 0..2 {
+            let vb = VarBuilder::from_tensors(
+                units[&format!("encoder.block.{i}")].clone(),
+                dtype,
+                &Device::Cpu,
+            );
+            enc.run_unit(i, vb, &mut state).unwrap();
+        }
+        let got = enc.finish(state).unwrap();
+        let (err, scale) = crate::models::testutil::max_err_and_scale(&got, &want);
+        assert!(err / scale < 0.05, "{dtype:?}: {err} of {scale}");
+    }
+}

@@ -8,7 +8,16 @@
 //! - T5: Unigram over the SentencePiece pieces followed by `extra_ids` sentinels
 //!   `<extra_id_{n-1}> … <extra_id_0>` (score 0); normalizer `Precompiled(charsmap)`;
 //!   pre-tokenizer `WhitespaceSplit` + `Metaspace("▁", always, split)`; post-processor
-//!   `$A </s>`; `<pad> </s> <unk>` and the sentinels are special tokens.
+//!   `$A </s>`; `<pad> </s> <unk>` (and `<s>` where the vocabulary has it) and the sentinels are
+//!   special tokens.
+//! - umT5 (Wan): the same pipeline from umT5's `spiece.model` — 256000 pieces `<pad> </s> <s>
+//!   <unk> …` (unk id 3, read from the model) with SentencePiece byte fallback (`<0x00>` …
+//!   `<0xFF>` pieces, used for characters outside the vocabulary, as `sentencepiece` does) — and
+//!   google/umt5-xxl's [`UMT5_EXTRA_IDS`] = 300 sentinels (ids 256000…256299), for 256300
+//!   tokens in a 256384-row embedding. transformers 5.24's `T5Tokenizer` hard-codes unk id 2
+//!   and no byte fallback and so cannot read umT5's model; it maps `umt5` to its generic
+//!   `TokenizersBackend`, which, like this builder, follows the model's own unk id and
+//!   `byte_fallback`.
 //! - CLIP: byte-level BPE with `</w>` word ends; normalizer NFC, `\s+` → " ", lowercase;
 //!   pre-tokenizer CLIP's split regex then `ByteLevel`; post-processor `<|startoftext|> $A
 //!   <|endoftext|>` (RobertaProcessing without offset trimming); both markers special.
@@ -45,6 +54,10 @@ pub const T5_EOS: &str = "</s>";
 pub const T5_UNK: &str = "<unk>";
 /// `T5Tokenizer`'s default number of sentinel tokens (ids 32000…32099 in T5-XXL's vocab).
 pub const T5_EXTRA_IDS: usize = 100;
+/// google/umt5-xxl's sentinels (`tokenizer_config.json`: `extra_ids` 300, ids 256000…256299).
+pub const UMT5_EXTRA_IDS: usize = 300;
+/// The BOS piece umT5's vocabulary has (id 2) and T5's lacks; special where present.
+pub const SPM_BOS: &str = "<s>";
 
 type BuildResult<T> = Result<T, String>;
 
@@ -56,14 +69,36 @@ pub fn t5_unigram(
     precompiled_charsmap: &[u8],
     extra_ids: usize,
 ) -> BuildResult<Tokenizer> {
+    t5_unigram_with(pieces, unk_id, precompiled_charsmap, extra_ids, false)
+}
+
+/// [`t5_unigram`] with SentencePiece byte fallback on or off (umT5: on).
+pub fn t5_unigram_with(
+    pieces: Vec<(String, f64)>,
+    unk_id: usize,
+    precompiled_charsmap: &[u8],
+    extra_ids: usize,
+    byte_fallback: bool,
+) -> BuildResult<Tokenizer> {
+    let has_bos = pieces.iter().any(|(p, _)| p == SPM_BOS);
+    if byte_fallback {
+        let missing = (0..=255u8)
+            .map(|b| format!("<0x{b:02X}>"))
+            .find(|b| !pieces.iter().any(|(p, _)| p == b));
+        if let Some(b) = missing {
+            return Err(format!(
+                "byte fallback is on but the vocabulary has no `{b}` piece"
+            ));
+        }
+    }
     let mut vocab = pieces;
     vocab.extend(
         (0..extra_ids)
             .rev()
             .map(|i| (format!("<extra_id_{i}>"), 0.0)),
     );
-    let model =
-        Unigram::from(vocab, Some(unk_id), false).map_err(|e| format!("Unigram model: {e}"))?;
+    let model = Unigram::from(vocab, Some(unk_id), byte_fallback)
+        .map_err(|e| format!("Unigram model: {e}"))?;
     let mut tok = Tokenizer::new(model);
     if !precompiled_charsmap.is_empty() {
         let pre = Precompiled::from(precompiled_charsmap)
@@ -81,6 +116,9 @@ pub fn t5_unigram(
         true,
     )));
     let mut specials = vec![T5_EOS.to_string(), T5_UNK.to_string(), T5_PAD.to_string()];
+    if has_bos {
+        specials.push(SPM_BOS.to_string());
+    }
     specials.extend((0..extra_ids).map(|i| format!("<extra_id_{i}>")));
     for s in &specials {
         if tok.token_to_id(s).is_none() {
@@ -114,11 +152,12 @@ pub fn t5_from_spm(m: &SpmModel, extra_ids: usize) -> BuildResult<Tokenizer> {
         .iter()
         .map(|p| (p.piece.clone(), f64::from(p.score)))
         .collect();
-    t5_unigram(
+    t5_unigram_with(
         pieces,
         m.unk_id as usize,
         &m.precompiled_charsmap,
         extra_ids,
+        m.byte_fallback,
     )
 }
 

@@ -1,11 +1,15 @@
 //! Prompt → token ids for FLUX's two text encoders, exactly as diffusers' `FluxPipeline` asks
-//! transformers for them (`padding="max_length"`, `truncation=True`).
+//! transformers for them (`padding="max_length"`, `truncation=True`), and for Wan's umT5
+//! ([`T5Tokenizer::umt5_from_file`], after [`clean::wan_prompt_clean`]).
 //!
 //! - [`ClipTokenizer`]: CLIP-L's byte-level BPE. `<|startoftext|> … <|endoftext|>`, truncated
 //!   to 77 tokens (the last one stays `<|endoftext|>`), padded to 77 with `<|endoftext|>` (the pad
 //!   token of FLUX's `tokenizer/` and of ComfyUI's CLIP tokenizer).
 //! - [`T5Tokenizer`]: T5's SentencePiece Unigram. `… </s>`, truncated to `max_len` (FLUX dev
-//!   512, schnell 256) keeping `</s>` last, padded with `<pad>` (id 0).
+//!   512, schnell 256) keeping `</s>` last, padded with `<pad>` (id 0). umT5 (Wan, 512 with an
+//!   attention mask over [`Encoded::valid_len`] tokens) is the same pipeline with umT5's
+//!   vocabulary, byte fallback and 300 sentinels; its SentencePiece model may also come from
+//!   the `spiece_model` tensor ComfyUI embeds in its umT5 weight files.
 //!
 //! Both report how many tokens the prompt had before truncation, so the executor can say
 //! "prompt is 612 tokens, T5 keeps 512". Files are read with the `tokenizers` crate (the engine
@@ -14,6 +18,7 @@
 //! by [`build`]. The model code ([`super::t5`], [`super::clip`]) takes the ids.
 
 pub mod build;
+pub mod clean;
 pub mod spiece;
 pub mod tiny;
 
@@ -30,6 +35,14 @@ pub struct Encoded {
     pub tokens: usize,
     /// Whether the prompt was cut (`tokens > ids.len()`): the caller should warn.
     pub truncated: bool,
+}
+
+impl Encoded {
+    /// Ids that are the prompt rather than padding (special tokens included): the attention
+    /// mask's length for a masked encoding (umT5 in Wan, [`crate::models::t5::T5Encoder::prepare_masked`]).
+    pub fn valid_len(&self) -> usize {
+        self.tokens.min(self.ids.len())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +66,10 @@ pub enum TokenizeError {
     },
     #[error("cannot tokenize {prompt:?}: {reason}")]
     Encode { prompt: String, reason: String },
+    #[error("{path}: no SentencePiece model in this weights file: expected a 1-D U8 tensor `spiece_model` (ComfyUI embeds one in its umT5 files){found}")]
+    NoSpieceTensor { path: PathBuf, found: String },
+    #[error("cannot read the tokenizer from weights file {path}: {reason}")]
+    Weights { path: PathBuf, reason: String },
     #[error("max_len {max_len} leaves no room for the prompt: the {kind} tokenizer adds {special} special token(s)")]
     MaxLen {
         kind: &'static str,
@@ -301,20 +318,39 @@ impl T5Tokenizer {
     pub const MAX_LEN_DEV: usize = 512;
     /// FluxPipeline's `max_sequence_length` for FLUX.1-schnell.
     pub const MAX_LEN_SCHNELL: usize = 256;
+    /// Wan's umT5 text length (`text_len = 512`; WanPipeline's `max_sequence_length`).
+    pub const MAX_LEN_WAN: usize = 512;
+    /// The tensor ComfyUI stores a SentencePiece model in, inside its umT5 weight files
+    /// (`comfy/sd.py`: `tokenizer_data["spiece_model"] = clip_data[0].get("spiece_model")`).
+    pub const SPIECE_TENSOR: &'static str = "spiece_model";
     const EXPECTED: &'static str =
-        "a tokenizer.json, a SentencePiece spiece.model, or a folder holding either";
+        "a tokenizer.json, a SentencePiece spiece.model, a weights file with a `spiece_model` tensor, or a folder holding a tokenizer.json or spiece.model";
 
     /// Reads `tokenizer.json`, or `spiece.model` (with T5's 100 `<extra_id_N>` sentinels added,
-    /// as transformers does), or a folder containing either (FLUX's `tokenizer_2/`).
+    /// as transformers does), or a folder containing either (FLUX's `tokenizer_2/`), or a
+    /// weights file carrying a `spiece_model` tensor.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizeError> {
-        let path = path.as_ref();
+        Self::from_file_with(path.as_ref(), build::T5_EXTRA_IDS)
+    }
+
+    /// Wan's umT5 tokenizer (google/umt5-xxl): a `tokenizer.json` as it is; umT5's
+    /// `spiece.model` with 300 sentinels ([`build::UMT5_EXTRA_IDS`]); a folder holding either
+    /// (diffusers' `tokenizer/`, Wan's `google/umt5-xxl/`); or a weights file with ComfyUI's
+    /// embedded `spiece_model` tensor (`umt5_xxl_fp16.safetensors`,
+    /// `umt5_xxl_fp8_e4m3fn_scaled.safetensors`). Encode at [`Self::MAX_LEN_WAN`] after
+    /// [`clean::wan_prompt_clean`].
+    pub fn umt5_from_file(path: impl AsRef<Path>) -> Result<Self, TokenizeError> {
+        Self::from_file_with(path.as_ref(), build::UMT5_EXTRA_IDS)
+    }
+
+    fn from_file_with(path: &Path, extra_ids: usize) -> Result<Self, TokenizeError> {
         if path.is_dir() {
             let json = path.join("tokenizer.json");
             let spm = path.join("spiece.model");
             return if json.is_file() {
-                Self::from_file(json)
+                Self::from_file_with(&json, extra_ids)
             } else if spm.is_file() {
-                Self::from_file(spm)
+                Self::from_file_with(&spm, extra_ids)
             } else {
                 Err(TokenizeError::UnknownFormat {
                     path: path.into(),
@@ -332,13 +368,49 @@ impl T5Tokenizer {
             return Self::new(tok, path);
         }
         if name.ends_with(".model") {
-            return Self::from_spiece(&read(path)?, build::T5_EXTRA_IDS, path);
+            return Self::from_spiece(&read(path)?, extra_ids, path);
+        }
+        if [".safetensors", ".gguf", ".ckpt", ".pt", ".pth", ".bin"]
+            .iter()
+            .any(|e| name.ends_with(e))
+        {
+            return Self::from_weights(path, extra_ids);
         }
         Err(TokenizeError::UnknownFormat {
             path: path.into(),
             kind: "T5",
             expected: Self::EXPECTED,
         })
+    }
+
+    /// The SentencePiece model embedded in a weights file as a 1-D U8 tensor named
+    /// `spiece_model` (or `<prefix>.spiece_model`), as ComfyUI saves umT5 text encoders; built
+    /// like [`Self::from_spiece`] with `extra_ids` sentinels.
+    pub fn from_weights(path: &Path, extra_ids: usize) -> Result<Self, TokenizeError> {
+        let weights_err = |e: crate::weights::WeightsError| TokenizeError::Weights {
+            path: path.into(),
+            reason: e.to_string(),
+        };
+        let file = crate::weights::WeightFile::open(path).map_err(weights_err)?;
+        let suffix = format!(".{}", Self::SPIECE_TENSOR);
+        let Some(t) = file
+            .tensors()
+            .iter()
+            .find(|t| t.name == Self::SPIECE_TENSOR || t.name.ends_with(&suffix))
+        else {
+            return Err(TokenizeError::NoSpieceTensor {
+                path: path.into(),
+                found: String::new(),
+            });
+        };
+        if t.dtype != crate::weights::DType::U8 || t.shape.len() != 1 {
+            return Err(TokenizeError::NoSpieceTensor {
+                path: path.into(),
+                found: format!("; found `{}` as {:?} {:?}", t.name, t.dtype, t.shape),
+            });
+        }
+        let bytes = file.bytes(&t.name).map_err(weights_err)?;
+        Self::from_spiece(&bytes, extra_ids, &path.join(&t.name))
     }
 
     /// A SentencePiece `ModelProto` (the bytes of `spiece.model`); `origin` names it in errors.

@@ -186,3 +186,69 @@ fn files_round_trip_and_errors_name_the_file() {
         "{e}"
     );
 }
+
+#[test]
+fn tiny_umt5_has_umt5s_layout_and_byte_fallback() {
+    let tok = T5Tokenizer::new(tiny::umt5().unwrap(), Path::new("<tiny umt5>")).unwrap();
+    assert_eq!(tok.vocab_size(), tiny::UMT5_TOKENS);
+    const { assert!(tiny::UMT5_TOKENS <= tiny::UMT5_VOCAB && tiny::UMT5_VOCAB.is_multiple_of(128)) };
+    assert_eq!(
+        tiny::UMT5_VOCAB,
+        crate::models::t5::Config::tiny_umt5().vocab_size
+    );
+    let vocab = tok.inner().get_vocab(true);
+    assert_eq!(
+        [vocab["<pad>"], vocab["</s>"], vocab["<s>"], vocab["<unk>"]],
+        [0, 1, 2, 3]
+    );
+    assert_eq!((vocab["<0x00>"], vocab["<0xFF>"]), (4, 259));
+    assert_eq!((tok.pad_id(), tok.eos_id()), (0, 1));
+    // A character outside the vocabulary becomes its UTF-8 bytes (東 = E6 9D B1), not <unk>.
+    let e = tok.encode("a 東", 8).unwrap();
+    let want: Vec<u32> = ["▁a", "▁", "<0xE6>", "<0x9D>", "<0xB1>", "</s>"]
+        .iter()
+        .map(|t| vocab[*t])
+        .collect();
+    assert_eq!(&e.ids[..6], &want[..]);
+    assert_eq!(e.valid_len(), 6);
+    assert!(!e.ids.contains(&3));
+    // <s> is special text, as transformers treats umT5's bos_token.
+    let e = tok.encode("<s>", 4).unwrap();
+    assert_eq!(&e.ids[..2], &[2, 1]);
+    // The tokenizer.json text loads back to the same pipeline.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, tiny::umt5_json().unwrap()).unwrap();
+    let back = T5Tokenizer::umt5_from_file(&path).unwrap();
+    assert_eq!(
+        back.encode("a 東 cat", 12).unwrap(),
+        tok.encode("a 東 cat", 12).unwrap()
+    );
+    // valid_len counts the prompt and </s>, capped by truncation.
+    let cut = tok.encode("a cat and a dog", 3).unwrap();
+    assert_eq!((cut.valid_len(), cut.truncated), (3, true));
+}
+
+#[test]
+fn weights_without_a_spiece_tensor_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("umt5.safetensors");
+    let t =
+        candle_core::Tensor::zeros(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("x".to_string(), t)]),
+        &path,
+    )
+    .unwrap();
+    let e = T5Tokenizer::umt5_from_file(&path).unwrap_err().to_string();
+    assert!(e.contains("expected a 1-D U8 tensor `spiece_model`"), "{e}");
+    let bad =
+        candle_core::Tensor::zeros(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("spiece_model".to_string(), bad)]),
+        &path,
+    )
+    .unwrap();
+    let e = T5Tokenizer::umt5_from_file(&path).unwrap_err().to_string();
+    assert!(e.contains("found `spiece_model` as F32 [4]"), "{e}");
+}

@@ -69,6 +69,12 @@ pub const T5_TOKENS: usize = 4 + 26 + 10 + 21 + 43 + 7 + T5_EXTRA_IDS;
 /// Rows of the tiny T5 embedding: the token count rounded up to a multiple of 8, as T5-XXL's
 /// 32100 tokens get 32128 rows.
 pub const T5_VOCAB: usize = T5_TOKENS.div_ceil(8) * 8;
+/// Token count of [`umt5`]'s vocabulary: umT5's four specials, 256 byte pieces, `▁`, the same
+/// words, suffixes and characters as [`t5`], and [`T5_EXTRA_IDS`] sentinels.
+pub const UMT5_TOKENS: usize = 5 + 256 + 26 + 10 + 21 + 43 + 7 + T5_EXTRA_IDS;
+/// Rows of the tiny umT5 embedding: rounded up to a multiple of 128, as umT5-XXL's 256300
+/// tokens get 256384 rows.
+pub const UMT5_VOCAB: usize = UMT5_TOKENS.div_ceil(128) * 128;
 /// Token count of [`clip`]'s vocabulary: 2 × 256 byte symbols, one token per merge, 2 markers.
 pub const CLIP_VOCAB: usize = 512 + CLIP_MERGES + 2;
 const CLIP_MERGES: usize = 130;
@@ -81,7 +87,13 @@ pub fn t5() -> Result<Tokenizer, String> {
         (build::T5_EOS.into(), 0.0),
         (build::T5_UNK.into(), 0.0),
     ];
-    pieces.push(("▁".into(), -2.0));
+    pieces.extend(t5_pieces());
+    build::t5_unigram(pieces, 2, &[], T5_EXTRA_IDS)
+}
+
+/// The ordinary pieces of the tiny T5 vocabularies: `▁`, whole words, suffixes, characters.
+fn t5_pieces() -> Vec<(String, f64)> {
+    let mut pieces: Vec<(String, f64)> = vec![("▁".into(), -2.0)];
     for (i, w) in WORDS.iter().enumerate() {
         pieces.push((format!("▁{w}"), -4.0 - 0.05 * i as f64));
     }
@@ -92,7 +104,27 @@ pub fn t5() -> Result<Tokenizer, String> {
     for (i, c) in chars.enumerate() {
         pieces.push((c.to_string(), -8.0 - 0.01 * i as f64));
     }
-    build::t5_unigram(pieces, 2, &[], T5_EXTRA_IDS)
+    pieces
+}
+
+/// The tiny umT5 tokenizer, in umT5's layout: `<pad> </s> <s> <unk>` (unk id 3), the 256
+/// byte-fallback pieces `<0x00>`…`<0xFF>`, then the same pieces as [`t5`] and a few sentinels;
+/// byte fallback on, so characters outside the vocabulary become their UTF-8 bytes.
+pub fn umt5() -> Result<Tokenizer, String> {
+    let mut pieces: Vec<(String, f64)> = vec![
+        (build::T5_PAD.into(), 0.0),
+        (build::T5_EOS.into(), 0.0),
+        (build::SPM_BOS.into(), 0.0),
+        (build::T5_UNK.into(), 0.0),
+    ];
+    pieces.extend((0..=255u8).map(|b| (format!("<0x{b:02X}>"), 0.0)));
+    pieces.extend(t5_pieces());
+    build::t5_unigram_with(pieces, 3, &[], T5_EXTRA_IDS, true)
+}
+
+/// [`umt5`] as `tokenizer.json` text.
+pub fn umt5_json() -> Result<String, String> {
+    umt5()?.to_string(true).map_err(|e| e.to_string())
 }
 
 /// GPT-2/CLIP's reversible byte → printable character table, in CLIP's vocabulary order.

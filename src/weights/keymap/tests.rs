@@ -783,3 +783,106 @@ fn natural_order() {
     v.sort_by(|a, b| natural_cmp(a, b));
     assert_eq!(v, ["a", "b.2", "b.2.x", "b.10.x", "b.x"]);
 }
+
+/// ComfyUI's umT5-XXL text encoders (Wan): HF `UMT5EncoderModel` names, a relative-position
+/// bias in every block, a 256384-row embedding and the embedded tokenizer `spiece_model` (U8).
+/// `fp8` gives the `umt5_xxl_fp8_e4m3fn_scaled` form: linear weights e4m3 with a float32
+/// `scale_weight` each and the `scaled_fp8` marker; embedding, norms and bias tables f16.
+fn umt5_xxl_file(fp8: bool) -> Vec<TensorInfo> {
+    let mut linear = Vec::new();
+    let mut rest = t5_tensors(24, false);
+    rest[0].1 = vec![256_384, 4096];
+    for i in 1..24 {
+        rest.push((
+            format!("encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight"),
+            vec![32, 64],
+        ));
+    }
+    if fp8 {
+        rest.retain(|(n, s)| {
+            let lin = s.len() == 2 && n.starts_with("encoder.block.") && !n.contains("bias");
+            if lin {
+                linear.push((n.clone(), s.clone()));
+            }
+            !lin
+        });
+    }
+    let mut out = infos(&rest, DType::F16);
+    out.extend(infos(&linear, DType::F8_E4M3));
+    let scalar = |name: String, dtype, shape: Vec<u64>| TensorInfo {
+        name,
+        dtype,
+        len: dtype.storage_bytes(shape.iter().product()).unwrap(),
+        shape,
+        offset: 0,
+    };
+    for (n, _) in &linear {
+        out.push(scalar(
+            n.replace(".weight", ".scale_weight"),
+            DType::F32,
+            vec![],
+        ));
+    }
+    if fp8 {
+        out.push(scalar("scaled_fp8".into(), DType::F8_E4M3, vec![0]));
+    }
+    out.push(scalar("spiece_model".into(), DType::U8, vec![4_548_313]));
+    out
+}
+
+#[test]
+fn umt5_comfyui_files_map_in_both_forms() {
+    let want: BTreeMap<String, Vec<u64>> =
+        crate::models::t5::tensor_shapes(&crate::models::t5::Config::umt5_xxl())
+            .into_iter()
+            .map(|(n, s)| (n, s.into_iter().map(|d| d as u64).collect()))
+            .collect();
+    for fp8 in [false, true] {
+        let file = umt5_xxl_file(fp8);
+        assert_eq!(
+            crate::weights::detect_family(&file),
+            Some(Family::UmT5),
+            "fp8 {fp8}"
+        );
+        let l = canonicalize(Family::UmT5, &file).unwrap();
+        assert_eq!(l.layout, Layout::T5Hf);
+        assert_eq!(
+            shapes(&l),
+            want,
+            "fp8 {fp8}: exactly what the encoder reads"
+        );
+        assert_eq!(l.tensors.len(), 24 * 10 + 2);
+        let ignored: Vec<&str> = l.ignored.iter().map(|i| i.name.as_str()).collect();
+        let q = l
+            .get("encoder.block.7.layer.0.SelfAttention.q.weight")
+            .unwrap();
+        let norm = l.get("encoder.block.7.layer.0.layer_norm.weight").unwrap();
+        if fp8 {
+            assert_eq!(l.scaled_fp8, Some(DType::F8_E4M3));
+            assert_eq!(ignored, ["scaled_fp8", "spiece_model"]);
+            assert_eq!(
+                q.scale.as_deref(),
+                Some("encoder.block.7.layer.0.SelfAttention.q.scale_weight")
+            );
+            assert_eq!(q.dtype, DType::F8_E4M3);
+            let scaled = l.tensors.iter().filter(|t| t.scale.is_some()).count();
+            assert_eq!(scaled, 24 * 7, "q k v o wi_0 wi_1 wo of every block");
+        } else {
+            assert_eq!(l.scaled_fp8, None);
+            assert_eq!(ignored, ["spiece_model"]);
+            assert_eq!((q.dtype, q.scale.as_deref()), (DType::F16, None));
+        }
+        assert_eq!(norm.scale, None);
+    }
+    // Under an all-in-one prefix, as ComfyUI's `text_encoders.umt5xxl.transformer.`.
+    let prefixed: Vec<TensorInfo> = umt5_xxl_file(true)
+        .into_iter()
+        .map(|mut t| {
+            t.name = format!("text_encoders.umt5xxl.transformer.{}", t.name);
+            t
+        })
+        .collect();
+    let l = canonicalize(Family::UmT5, &prefixed).unwrap();
+    assert_eq!(l.prefixes, ["text_encoders.umt5xxl.transformer."]);
+    assert_eq!(l.scaled_fp8, Some(DType::F8_E4M3));
+}

@@ -5,6 +5,13 @@
 //!   `encoder.embed_tokens.weight` (either or both present; canonical is `shared.weight`),
 //!   `encoder.block.N.layer.M.…`, and in all-in-one checkpoints a
 //!   `text_encoders.t5xxl.transformer.` prefix.
+//! - umT5-XXL (Wan; ComfyUI's `umt5_xxl_fp16.safetensors` and
+//!   `umt5_xxl_fp8_e4m3fn_scaled.safetensors`, HF `UMT5EncoderModel`): the same names with a
+//!   `relative_attention_bias` in every block, and ComfyUI's `spiece_model` (a U8 tensor holding
+//!   the SentencePiece tokenizer model, read by
+//!   [`crate::models::tokenize::T5Tokenizer::umt5_from_file`], ignored here). The scaled-fp8
+//!   file's `scaled_fp8` marker and per-weight `scale_weight` scalars are handled for every
+//!   family by the canonicalizer.
 //! - CLIP-L (`clip_l.safetensors`, HF `CLIPTextModel`): `text_model.…`, sometimes without the
 //!   `text_model.` level (some ComfyUI exports) or under `text_encoders.clip_l.transformer.` /
 //!   `cond_stage_model.transformer.`; a `position_ids` buffer and `logit_scale` may ride along.
@@ -76,6 +83,11 @@ fn t5_schema() -> Vec<Entry> {
 }
 
 fn t5_normalize(name: &str, all: &HashSet<&str>) -> Norm {
+    if name == "spiece_model" {
+        return Norm::Ignore(
+            "SentencePiece tokenizer model (ComfyUI embeds it; the tokenizer reads it)",
+        );
+    }
     if name == "encoder.embed_tokens.weight" {
         if all.contains("shared.weight") {
             return Norm::Ignore("tied to `shared.weight` (same embedding)");
