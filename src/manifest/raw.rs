@@ -133,7 +133,9 @@ raw_table! {
         /// Compute dtype: bf16, f16 or f32 (default bf16 on CUDA, f32 on the CPU).
         dtype: ComputeDtype,
         /// Tokenizer file for a text encoder (t5, clip-l, umt5), relative to the manifest's
-        /// folder: a Hugging Face `tokenizer.json`.
+        /// folder: a Hugging Face `tokenizer.json`, a SentencePiece `spiece.model`, or a folder
+        /// holding one. Required for t5 and clip-l; for umt5 it may be left out when the
+        /// weights file carries its `spiece_model` (ComfyUI's umT5 files do).
         #[schemars(example = &"models/t5-tokenizer.json")]
         tokenizer: String,
         /// FLUX variant, `dev` or `schnell` (flux only; default: detected from the weights).

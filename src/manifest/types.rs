@@ -40,7 +40,8 @@ pub struct Model {
     pub lora_mode: LoraMode,
     /// Explicit, or the default for `compute` ([`ComputeDtype::default_for`]).
     pub dtype: ComputeDtype,
-    /// Resolved tokenizer file; always `Some` for text encoders.
+    /// Resolved tokenizer file; always `Some` for text encoders except umT5, whose weights
+    /// file may carry its SentencePiece model (`spiece_model`, as ComfyUI saves it).
     pub tokenizer: Option<PathBuf>,
     /// Only for `flux`; `None`: detect from the weights.
     pub variant: Option<FluxVariant>,

@@ -22,6 +22,7 @@ use candle_nn::VarBuilder;
 
 use super::models::{ClipModel, Ctx, Eng, T5Model};
 use crate::exec::{Event, ExecError, JobError};
+use crate::models::tokenize::clean::wan_prompt_clean;
 use crate::models::tokenize::{Encoded, TokenizeError};
 
 /// Prompts per encoder pass: the per-prompt activations of T5-XXL (hidden states and the
@@ -156,15 +157,22 @@ fn t5_chunk(
     masked: bool,
     events: &mut dyn FnMut(Event),
 ) -> Result<Vec<Result<Tensor, JobError>>, ExecError> {
-    let (enc, tokenizer) = (&t5.enc, &t5.tokenizer);
-    let label = if masked { "umT5" } else { "T5" };
+    let (enc, tokenizer, umt5) = (&t5.enc, &t5.tokenizer, t5.umt5);
+    let label = if umt5 { "umT5" } else { "T5" };
     let encoder = Encoder {
         label,
         name: &t5.name,
-        tokenize: |p: &str| tokenizer.encode(p, len),
+        // Wan's pipeline (and diffusers' WanPipeline) clean prompts before umT5 sees them.
+        tokenize: |p: &str| {
+            if umt5 {
+                tokenizer.encode(&wan_prompt_clean(p), len)
+            } else {
+                tokenizer.encode(p, len)
+            }
+        },
         prepare: |e: &Encoded| {
             if masked {
-                candle_core::bail!("masked T5 encoding is not available in this build")
+                enc.prepare_masked(&e.ids, e.valid_len())
             } else {
                 enc.prepare(&e.ids)
             }

@@ -23,6 +23,7 @@ use crate::exec::distribute::{self, compute_device, Target, UnitHome, UnitSpec};
 use crate::exec::engine::{Backend, Engine};
 use crate::exec::load::ModelFile;
 use crate::exec::{Event, ExecError};
+use crate::family::Family;
 use crate::hardware::Hardware;
 use crate::inventory::RESIDENT;
 use crate::manifest::{ComputeDtype, Manifest, Model};
@@ -388,9 +389,11 @@ pub(crate) fn clip_config(
     Ok(cfg)
 }
 
-/// The T5 encoder with its tokenizer.
+/// The T5 (or umT5) encoder with its tokenizer.
 pub(crate) struct T5Model {
     pub name: String,
+    /// umT5 (Wan's encoder): prompts are cleaned as Wan's pipeline cleans them.
+    pub umt5: bool,
     pub enc: t5::T5Encoder,
     pub tokenizer: T5Tokenizer,
     pub engine: Eng,
@@ -403,8 +406,16 @@ impl T5Model {
         events: &mut dyn FnMut(Event),
     ) -> Result<Self, ExecError> {
         let model = cx.model(name)?.clone();
-        let tokenizer =
-            T5Tokenizer::from_file(tokenizer_path(&model)?).map_err(|e| infer_err(&model, e))?;
+        let umt5 = model.family == Family::UmT5;
+        // umT5: a tokenizer file, or (as ComfyUI saves umT5) the `spiece_model` tensor of the
+        // weights file itself when the manifest names none.
+        let tokenizer = if umt5 {
+            let path = model.tokenizer.clone().unwrap_or_else(|| model.file.clone());
+            T5Tokenizer::umt5_from_file(path)
+        } else {
+            T5Tokenizer::from_file(tokenizer_path(&model)?)
+        }
+        .map_err(|e| infer_err(&model, e))?;
         let mf = opened(&model, events)?;
         let cfg = t5_config(|n| mf.shape_of(n)).map_err(|e| infer_err(&model, e))?;
         let mut needed = layout_map(t5::tensor_shapes(&cfg));
@@ -420,6 +431,7 @@ impl T5Model {
             t5::T5Encoder::new(&cfg, parts.var_builder()).map_err(|e| infer_err(&model, e))?;
         Ok(T5Model {
             name: name.into(),
+            umt5,
             enc,
             tokenizer,
             engine: parts.engines.remove(0),

@@ -98,6 +98,9 @@ fn validate_model(
         (Some(Role::TextEncoder), Some(t)) => {
             check_path(cx, t, PathKind::Other).map(|s| Some(resolve(dir, s)))
         }
+        // umT5 files saved by ComfyUI carry their SentencePiece model (`spiece_model`): the
+        // weights file is the tokenizer when none is named (checked when it is loaded).
+        (Some(Role::TextEncoder), None) if family == Some(Family::UmT5) => Some(None),
         (Some(Role::TextEncoder), None) => {
             if !cx.spans.contains_key(&format!("{path}.tokenizer")) {
                 cx.error(
