@@ -66,8 +66,13 @@ pub struct GoldenOutput {
     pub height: u32,
     /// The job hash the image was made with (docs/executor.md).
     pub job_hash: String,
-    /// SHA-256 of the decoded pixels: RGB8, row-major, no header.
+    /// SHA-256 of the decoded pixels: RGB8, row-major, no header; for a video, of every
+    /// frame's in order.
     pub pixels_sha256: String,
+    /// A video's per-frame SHA-256 (absent for images), so a mismatch names the first
+    /// differing frame.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames_sha256: Vec<String>,
     /// SHA-256 of the final latent's f32 values, little-endian, C order.
     pub latent_sha256: String,
     pub latent_shape: Vec<usize>,
@@ -103,6 +108,16 @@ pub fn pixels_sha256(rgb: &RgbImage) -> String {
     sha256_hex(rgb.as_raw())
 }
 
+/// SHA-256 of every frame's RGB8 pixels in order (one frame: [`pixels_sha256`]).
+pub fn frames_sha256(frames: &[RgbImage]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in frames {
+        h.update(f.as_raw());
+    }
+    crate::exec::queue::hash::hex(h.finalize())
+}
+
 /// SHA-256 of a latent's f32 values, little-endian.
 pub fn latent_sha256(latent: &[f32]) -> String {
     let bytes: Vec<u8> = latent.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -130,6 +145,10 @@ pub struct Captured {
     pub job_hash: String,
     /// The decoded frames (one for an image).
     pub frames: Vec<RgbImage>,
+    /// A video's frame rate (for the lossless copy of an MP4 output).
+    pub fps: Option<u32>,
+    /// The record written with it (a rendered output; `None` when read from its file).
+    pub record: Option<crate::output::ImageRecord>,
     /// `None` for an image that was not rendered in this run (up to date, read from its file).
     pub latent: Option<(Vec<f32>, Vec<usize>)>,
     /// The written PNG.
@@ -159,24 +178,37 @@ impl Captured {
             output: relative(png, output_root),
             job_hash: task.hash.clone(),
             frames: r.frames.clone(),
+            fps: task.job.fps,
+            record: Some(r.record.clone()),
             latent: Some((r.latent.clone(), r.latent_shape.clone())),
             png: png.to_path_buf(),
         }
     }
 
-    /// An up-to-date image of the run, read back from its file (pixels only).
+    /// An up-to-date output of the run, read back from its file (pixels only; an animated
+    /// PNG's every frame). An MP4 cannot be compared this way: its frames are lossy.
     pub fn from_file(task: &ImageTask, output_root: &Path) -> Result<Self, String> {
         let png = &task.image.path;
-        let rgb = image::open(png)
-            .map_err(|e| format!("cannot read {}: {e}", png.display()))?
-            .to_rgb8();
+        if crate::output::needs_ffmpeg(png) {
+            return Err(format!(
+                "{} is up to date but an MP4 is lossy, so its frames cannot be compared with golden pixels: rerun with --force to render and compare it",
+                png.display()
+            ));
+        }
+        let frames = crate::output::decode_apng_file(png)
+            .map_err(|e| format!("cannot read {}: {e}", png.display()))?;
+        if frames.is_empty() {
+            return Err(format!("{} has no frames", png.display()));
+        }
         Ok(Captured {
             job: task.job.name.clone(),
             index: task.image.index,
             seed: task.image.seed,
             output: relative(png, output_root),
             job_hash: task.hash.clone(),
-            frames: vec![rgb],
+            frames,
+            fps: task.job.fps,
+            record: None,
             latent: None,
             png: png.clone(),
         })
@@ -227,17 +259,41 @@ impl Recorder {
                     .into(),
             });
         };
-        let png = format!("outputs/{}", c.output);
-        let latent_rel = format!(
-            "outputs/{}.latent.npy",
-            c.output.strip_suffix(".png").unwrap_or(&c.output)
-        );
+        // The copy must hold the exact pixels: a PNG or animated PNG output is copied; an
+        // MP4 (lossy) is kept as a lossless animated PNG of the frames beside its name.
+        let lossy = crate::output::needs_ffmpeg(&c.png);
+        let png = if lossy {
+            format!("outputs/{}.frames.png", c.output)
+        } else {
+            format!("outputs/{}", c.output)
+        };
+        let stem = [".png", ".apng", ".mp4"]
+            .iter()
+            .find_map(|e| c.output.strip_suffix(e))
+            .unwrap_or(&c.output);
+        let latent_rel = format!("outputs/{stem}.latent.npy");
         let png_path = self.staging.path().join(&png);
         let latent_path = self.staging.path().join(&latent_rel);
         if let Some(parent) = png_path.parent() {
             std::fs::create_dir_all(parent).map_err(io("create", parent))?;
         }
-        std::fs::copy(&c.png, &png_path).map_err(io("copy", &c.png))?;
+        if lossy {
+            let invalid = |reason: String| GoldenError::Invalid {
+                path: c.png.clone(),
+                reason,
+            };
+            let record = c
+                .record
+                .as_ref()
+                .ok_or_else(|| invalid("no record to store with the frames".into()))?;
+            let fps = crate::output::Fps::integer(c.fps.unwrap_or(16).min(65535) as u16)
+                .map_err(|e| invalid(e.to_string()))?;
+            let bytes = crate::output::encode_apng(&c.frames, fps, record)
+                .map_err(|e| invalid(e.to_string()))?;
+            std::fs::write(&png_path, bytes).map_err(io("write", &png_path))?;
+        } else {
+            std::fs::copy(&c.png, &png_path).map_err(io("copy", &c.png))?;
+        }
         let shape64: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
         npy::write_f32(&latent_path, &shape64, latent).map_err(io("write", &latent_path))?;
         self.outputs.push(GoldenOutput {
@@ -248,7 +304,12 @@ impl Recorder {
             width: c.rgb().width(),
             height: c.rgb().height(),
             job_hash: c.job_hash.clone(),
-            pixels_sha256: pixels_sha256(c.rgb()),
+            pixels_sha256: frames_sha256(&c.frames),
+            frames_sha256: if c.frames.len() > 1 {
+                c.frames.iter().map(pixels_sha256).collect()
+            } else {
+                Vec::new()
+            },
             latent_sha256: latent_sha256(latent),
             latent_shape: shape.clone(),
             png,
@@ -466,34 +527,59 @@ impl Verifier {
     }
 }
 
+/// The first frame whose hash differs from the golden's (videos recorded with per-frame
+/// hashes and the same frame count).
+fn first_differing_frame(g: &GoldenOutput, c: &Captured) -> Option<usize> {
+    if g.frames_sha256.len() != c.frames.len() || c.frames.len() < 2 {
+        return None;
+    }
+    c.frames
+        .iter()
+        .zip(&g.frames_sha256)
+        .position(|(f, h)| pixels_sha256(f) != *h)
+}
+
 fn compare_one(dir: &Path, g: &GoldenOutput, c: &Captured, rule: Rule) -> OutputCheck {
     let mut notes = Vec::new();
-    let pixels_equal = pixels_sha256(c.rgb()) == g.pixels_sha256;
+    let pixels_equal = frames_sha256(&c.frames) == g.pixels_sha256;
     let (mut max_pixel_diff, mut psnr_db) = (0u8, None);
     let mut pixels_comparable = true;
     if !pixels_equal {
+        if let Some(i) = first_differing_frame(g, c) {
+            notes.push(format!(
+                "first differing frame: {} of {}",
+                i + 1,
+                c.frames.len()
+            ));
+        }
         let png = dir.join(&g.png);
-        match image::open(&png) {
-            Ok(img) => {
-                let img = img.to_rgb8();
-                if img.dimensions() != c.rgb().dimensions() {
+        match crate::output::decode_apng_file(&png) {
+            Ok(golden) => {
+                let dims = |f: &[RgbImage]| f.first().map(|i| i.dimensions());
+                if golden.len() != c.frames.len() || dims(&golden) != dims(&c.frames) {
                     pixels_comparable = false;
+                    let shape = |f: &[RgbImage]| match dims(f) {
+                        Some((w, h)) if f.len() > 1 => format!("{w}x{h}×{} frames", f.len()),
+                        Some((w, h)) => format!("{w}x{h}"),
+                        None => "no frames".into(),
+                    };
                     notes.push(format!(
-                        "size differs: golden {}x{}, now {}x{}",
-                        img.width(),
-                        img.height(),
-                        c.rgb().width(),
-                        c.rgb().height()
+                        "size differs: golden {}, now {}",
+                        shape(&golden),
+                        shape(&c.frames)
                     ));
                 } else {
-                    let d = pixel_diff(img.as_raw(), c.rgb().as_raw());
+                    let cat = |f: &[RgbImage]| -> Vec<u8> {
+                        f.iter().flat_map(|i| i.as_raw().iter().copied()).collect()
+                    };
+                    let d = pixel_diff(&cat(&golden), &cat(&c.frames));
                     max_pixel_diff = d.max_abs;
                     psnr_db = d.psnr_db;
                 }
             }
             Err(e) => {
                 pixels_comparable = false;
-                notes.push(format!("cannot read the golden PNG {}: {e}", png.display()));
+                notes.push(format!("cannot read the golden copy {}: {e}", png.display()));
             }
         }
     }

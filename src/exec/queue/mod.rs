@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use super::{Event, ExecError, Generator, ImageTask, Rendered};
 use crate::manifest::Manifest;
-use crate::output::{encode_png, write_atomic};
+use crate::output::{encode_png, write_atomic, write_video, Fps};
 
 pub use batch::{batches, GroupKey};
 pub use hash::{sha256_hex, FileFingerprint, HashError, TaskHasher, TaskKey};
@@ -323,7 +323,8 @@ fn forward(obs: &mut dyn Observer, e: Event) {
     }
 }
 
-/// Writes one image with its job hash; returns the SHA-256 of the file's bytes.
+/// Writes one image (PNG) or video (animated PNG, MP4) with its job hash; returns the SHA-256
+/// of the file's bytes.
 fn write(task: &ImageTask, r: &Rendered) -> Result<String, String> {
     let mut record = r.record.clone();
     record.job_hash = Some(task.hash.clone());
@@ -334,8 +335,28 @@ fn write(task: &ImageTask, r: &Rendered) -> Result<String, String> {
             task.job.width, task.job.height
         ));
     }
+    if let Some(fps) = task.job.fps {
+        // A video: an animated PNG or an MP4, written atomically; the report hashes the file.
+        if r.frames.len() as u32 != task.job.frames {
+            return Err(format!(
+                "the pipeline made {} frames for a {}-frame job",
+                r.frames.len(),
+                task.job.frames
+            ));
+        }
+        let path = &task.image.path;
+        let fps = u16::try_from(fps)
+            .map_err(|e| e.to_string())
+            .and_then(|f| Fps::integer(f).map_err(|e| e.to_string()))?;
+        write_video(path, &r.frames, fps, &record).map_err(|e| e.to_string())?;
+        let bytes = std::fs::read(path).map_err(|e| format!("reading back {}: {e}", path.display()))?;
+        return Ok(sha256_hex(&bytes));
+    }
     if r.frames.len() != 1 {
-        return Err("video outputs are not written by this build".into());
+        return Err(format!(
+            "the pipeline made {} frames for an image job",
+            r.frames.len()
+        ));
     }
     let bytes = encode_png(r.rgb(), &record).map_err(|e| e.to_string())?;
     write_atomic(&task.image.path, |out| out.write_all(&bytes)).map_err(|e| e.to_string())?;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{Shard, TaskHasher};
 use crate::exec::ImageTask;
 use crate::manifest::Manifest;
-use crate::output::read_png_metadata;
+use crate::output::read_output_metadata;
 
 /// Every image of the manifest, in order: jobs as written, each job's images by index. The
 /// position in this list decides the shard.
@@ -107,7 +107,7 @@ fn decide(task: &ImageTask, force: bool) -> Action {
     if force {
         return Action::Run(RunReason::Forced);
     }
-    match read_png_metadata(path) {
+    match read_output_metadata(path) {
         Ok(meta) => match meta.record.map(|r| r.job_hash) {
             Some(Some(h)) if h == task.hash => Action::Skip,
             Some(Some(_)) => Action::Run(RunReason::Changed),
@@ -118,8 +118,13 @@ fn decide(task: &ImageTask, force: bool) -> Action {
             )),
         },
         Err(e) => Action::Refuse(format!(
-            "{} exists but is not a readable PNG ({e}): move it away, or rerun with --force to overwrite it",
-            path.display()
+            "{} exists but is not a readable {} ({e}): move it away, or rerun with --force to overwrite it",
+            path.display(),
+            if crate::output::needs_ffmpeg(path) {
+                "MP4"
+            } else {
+                "PNG"
+            }
         )),
     }
 }
