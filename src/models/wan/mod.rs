@@ -289,3 +289,48 @@ impl DiffusionModel for WanDit {
         WanDit::finish(self, state)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::spec::diffusion_layout;
+    use crate::models::tiny;
+
+    /// The tiny model's random weights rounded to bf16, so that an f32 and a bf16 model hold
+    /// the same values.
+    fn weights() -> std::collections::HashMap<String, Tensor> {
+        let layout = diffusion_layout::<WanDit>(&Config::tiny()).unwrap();
+        tiny::weights_for(&layout, 7)
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| (k, t.to_dtype(DType::BF16).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn time_embedding_and_modulation_are_f32_islands() -> Result<()> {
+        let cfg = Config::tiny();
+        let dev = Device::Cpu;
+        let latent = Tensor::zeros((1, 16, 1, 2, 2), DType::F32, &dev)?;
+        let ctx = Tensor::zeros((1, 3, 32), DType::F32, &dev)?;
+        let state = |dtype| -> Result<State> {
+            let vb = VarBuilder::from_tensors(weights(), dtype, &dev);
+            WanDit::new(&cfg, vb)?.prepare(&latent, &ctx, 651.3)
+        };
+        let (s32, s16) = (state(DType::F32)?, state(DType::BF16)?);
+        // bf16: the time MLP runs in f32 and its output is rounded once, as diffusers does.
+        assert_eq!(s16.temb.dtype(), DType::BF16);
+        assert_eq!(
+            s16.temb.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+            s32.temb
+                .to_dtype(DType::BF16)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?
+        );
+        // The time projection reaches the blocks in f32.
+        assert_eq!(s16.e0.dtype(), DType::F32);
+        assert_eq!(s16.e0.dims(), &[6, 32]);
+        assert_eq!(s16.x.dtype(), DType::BF16);
+        Ok(())
+    }
+}
