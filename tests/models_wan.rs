@@ -494,6 +494,10 @@ fn image_to_video_and_missing_tensors_are_refused_clearly() {
         );
     }
     let mut l = layout.clone();
+    l.insert("patch_embedding.weight".into(), vec![1536, 48, 1, 2, 2]);
+    let e = infer(&l, &[]).unwrap_err().to_string();
+    assert!(e.contains("takes 48 latent channels"), "{e}");
+    let mut l = layout.clone();
     l.remove("head.head.weight");
     let e = infer(&l, &[]).unwrap_err().to_string();
     assert!(e.contains("tensor `head.head.weight` is missing"), "{e}");

@@ -40,6 +40,8 @@ pub struct Config {
 pub const ROPE_THETA: f64 = 10_000.0;
 /// Head dimension of every official Wan model (used when a file does not say the head count).
 pub const OFFICIAL_HEAD_DIM: usize = 128;
+/// Latent channels of the Wan 2.1 VAE (`z_dim`), the only input width a checkpoint may have.
+pub const LATENT_CHANNELS: usize = 16;
 /// Temporal and spatial compression of the Wan 2.1 VAE (`vae_stride = (4, 8, 8)`).
 pub const VAE_STRIDE: [usize; 3] = [4, 8, 8];
 
@@ -165,7 +167,8 @@ impl Config {
     /// presence of `norm_q` and `norm3`. The head count is not stored in the weights: it is
     /// taken from `meta` (`num_heads` as in the original `config.json`, diffusers'
     /// `num_attention_heads`, or `attention_head_dim`), else width / 128 (every official Wan
-    /// model has head dimension 128). Image-to-video checkpoints are refused.
+    /// model has head dimension 128). Image-to-video checkpoints, and input widths other than
+    /// the Wan 2.1 VAE's 16 channels, are refused.
     pub fn infer(shape_of: ShapeOf, meta: &BTreeMap<String, String>) -> Result<Self> {
         let has = |n: &str| shape_of(n).is_some();
         if let Some(n) = [
@@ -191,6 +194,11 @@ impl Config {
         };
         let pe = need("patch_embedding.weight", 5)?;
         let (dim, in_dim, patch_size) = (pe[0], pe[1], [pe[2], pe[3], pe[4]]);
+        if in_dim != LATENT_CHANNELS {
+            bail!(
+                "Wan weights: `patch_embedding.weight` takes {in_dim} latent channels; text-to-video Wan 2.1 takes {LATENT_CHANNELS} (other counts belong to image- or control-conditioned Wan models or to Wan 2.2's 48-channel VAE, not supported yet)"
+            )
+        }
         let head = need("head.head.weight", 2)?;
         let volume: usize = patch_size.iter().product();
         if head[1] != dim || volume == 0 || head[0] % volume != 0 {
