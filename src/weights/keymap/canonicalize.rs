@@ -28,9 +28,19 @@ pub(super) fn foreign_prefix(spec: &Spec, name: &str) -> Option<&'static str> {
         .find(|p| name.starts_with(p))
 }
 
-/// `module.param` → (module, param).
+/// `module.param` → (module, param); a name without a dot is a bare parameter of the root
+/// module `""` (diffusers Wan's top-level `scale_shift_table`).
 pub(super) fn split_param(name: &str) -> Option<(&str, &str)> {
-    name.rsplit_once('.')
+    Some(name.rsplit_once('.').unwrap_or(("", name)))
+}
+
+/// The inverse of [`split_param`].
+pub(super) fn join_param(module: &str, param: &str) -> String {
+    if module.is_empty() {
+        param.to_string()
+    } else {
+        format!("{module}.{param}")
+    }
 }
 
 pub(super) fn schema_match<'s>(
@@ -57,7 +67,7 @@ pub(super) fn alias_match<'s>(
         let caps = template::matches(&r.alias, module)?;
         Some((
             r,
-            template::fill(&r.canonical, &caps, n_rev).map(|m| format!("{m}.{cparam}")),
+            template::fill(&r.canonical, &caps, n_rev).map(|m| join_param(&m, cparam)),
         ))
     })
 }
@@ -287,10 +297,7 @@ fn alias_name_for(spec: &Spec, name: &str, k: u8, n_rev: Option<u64>) -> String 
         .find_map(|r| {
             let (aparam, _) = r.params.iter().find(|(_, c)| *c == param)?;
             let caps = template::matches(&r.canonical, module)?;
-            Some(format!(
-                "{}.{aparam}",
-                template::fill(&r.alias, &caps, n_rev)?
-            ))
+            Some(join_param(&template::fill(&r.alias, &caps, n_rev)?, aparam))
         })
         .unwrap_or_else(|| format!("{name}[{k}]"))
 }
@@ -304,8 +311,8 @@ fn describe_missing(spec: &Spec, alias_layout: bool, name: &str, n_rev: Option<u
                 let (aparam, _) = r.params.iter().find(|(_, c)| *c == param)?;
                 let caps = template::matches(&r.canonical, module)?;
                 Some(format!(
-                    "`{}.{aparam}`",
-                    template::fill(&r.alias, &caps, n_rev)?
+                    "`{}`",
+                    join_param(&template::fill(&r.alias, &caps, n_rev)?, aparam)
                 ))
             })
             .collect(),

@@ -16,7 +16,8 @@
 //! [`ModuleIndex`] answers the reverse question for LoRA files: which canonical tensor (and
 //! which rows of it) a module name in any supported spelling addresses.
 //!
-//! Families not yet run (Wan, Wan VAE) are mapped as they are, prefixes stripped.
+//! The Wan transformer's canonical layout is the Wan team's original one (diffusers is mapped
+//! onto it); families not yet run (the Wan VAE) are mapped as they are, prefixes stripped.
 
 mod canonicalize;
 mod flux;
@@ -25,11 +26,13 @@ mod spec;
 mod template;
 mod text;
 mod vae;
+mod wan;
 
 pub use canonicalize::canonicalize;
 pub use flux::FluxDims;
 pub use index::{Lookup, ModuleIndex, ModuleTarget};
 pub use vae::VaeDims;
+pub use wan::WanDims;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -59,6 +62,11 @@ pub enum Layout {
     T5Hf,
     /// Hugging Face `CLIPTextModel` names. Canonical.
     ClipHf,
+    /// The Wan team's original names (`blocks.0.self_attn.q.weight`), also ComfyUI's and
+    /// city96's. Canonical.
+    WanOriginal,
+    /// diffusers `WanTransformer3DModel` names (`blocks.0.attn1.to_q.weight`).
+    WanDiffusers,
     /// Names taken as they are (families not yet run).
     Native,
 }
@@ -67,7 +75,8 @@ impl Layout {
     pub const fn name(self) -> &'static str {
         match self {
             Layout::FluxBfl => "bfl",
-            Layout::FluxDiffusers | Layout::VaeDiffusers => "diffusers",
+            Layout::FluxDiffusers | Layout::VaeDiffusers | Layout::WanDiffusers => "diffusers",
+            Layout::WanOriginal => "original",
             Layout::VaeLdm => "ldm",
             Layout::T5Hf | Layout::ClipHf => "hf",
             Layout::Native => "native",
@@ -356,7 +365,7 @@ pub(crate) fn spec_for(family: Family) -> &'static Spec {
                 Family::FluxVae => vae::spec(),
                 Family::T5 | Family::UmT5 => text::t5_spec(f),
                 Family::ClipL => text::clip_spec(),
-                Family::Wan => native_spec(f, vec!["model.diffusion_model.", "diffusion_model."]),
+                Family::Wan => wan::spec(),
                 Family::WanVae => native_spec(f, vec!["first_stage_model.", "vae."]),
             })
             .collect()

@@ -1,0 +1,350 @@
+//! The Wan 2.1 text-to-video diffusion transformer (T2V 1.3B and 14B), written for block
+//! streaming.
+//!
+//! A step is `prepare` (patch, text and time embeddings: resident weights) → one `run_block`
+//! per placement unit (`blocks.0` … `blocks.N-1`, each built from the tensors the executor
+//! hands over) → `finish` (the head: resident). The model never moves weights: every
+//! `VarBuilder` it receives already sits on the compute device.
+//!
+//! ```text
+//! latent [1,16,T,h,w] ─patchify─▶ [T·h/2·w/2, 64] ─patch_embedding─▶ x [L, dim]
+//! umT5 [1,512,4096] ─text_embedding─▶ ctx [512, dim]
+//! timestep (1000·σ) ─sinusoid─▶ [1,256] ─time_embedding─▶ temb [1,dim] ─time_projection─▶ e0 [6,dim]
+//! grid (T, h/2, w/2) ─3-D RoPE─▶ (cos, sin) [L, head_dim/2]
+//! blocks: x → x (self-attention with RoPE, cross-attention to ctx, FFN; modulated by e0)
+//! head(x, temb) ─unpatchify─▶ velocity [1,16,T,h,w]
+//! ```
+//!
+//! Reference: the Wan team's `wan/modules/model.py` (`WanModel.forward`),
+//! <https://github.com/Wan-Video/Wan2.1>, with the precision of diffusers'
+//! `WanTransformer3DModel` (`models/transformers/transformer_wan.py`), against which parity is
+//! tested in `tests/models_wan.rs`. Text-to-video only: image-to-video checkpoints are refused.
+
+pub mod block;
+pub mod config;
+pub mod embed;
+
+use std::collections::BTreeMap;
+
+use candle_core::{bail, DType, Device, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+pub use block::{Block, Head};
+pub use config::Config;
+
+use crate::family::Family;
+use crate::sample::model_sampling::WAN_T2V_SHIFT;
+use crate::sample::{ModelSampling, SampleError};
+use crate::models::spec::{DiffusionModel, ShapeOf, StepInputs, TextNeeds};
+use embed::{TextEmbedding, TimeEmbedding};
+
+/// The resident part of a Wan transformer: embeddings and the head.
+#[derive(Debug, Clone)]
+pub struct WanDit {
+    cfg: Config,
+    /// `patch_embedding` as a linear map of patches `[dim, in·pt·ph·pw]`.
+    patch_embedding: Linear,
+    text_embedding: TextEmbedding,
+    time_embedding: TimeEmbedding,
+    /// `time_projection.1` (after a SiLU).
+    time_projection: Linear,
+    head: Head,
+    dtype: DType,
+    device: Device,
+}
+
+/// One evaluation's activations between units. Created by [`WanDit::prepare`], advanced by
+/// [`WanDit::run_block`] in unit order, consumed by [`WanDit::finish`].
+#[derive(Debug, Clone)]
+pub struct State {
+    /// Video tokens `[L, dim]` in the compute dtype.
+    x: Tensor,
+    /// Embedded text `[L_txt, dim]`.
+    ctx: Tensor,
+    /// Time embedding `[1, dim]` in the compute dtype (for the head).
+    temb: Tensor,
+    /// Time projection `[6, dim]` f32 (for the blocks' modulation).
+    e0: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    grid: [usize; 3],
+    out_dtype: DType,
+    next_unit: usize,
+}
+
+impl State {
+    /// Index of the next unit to run (equals the unit count once all ran).
+    pub fn next_unit(&self) -> usize {
+        self.next_unit
+    }
+}
+
+impl WanDit {
+    /// Builds the resident part from `vb` (canonical names: `patch_embedding.weight`,
+    /// `text_embedding.0.weight`, `head.modulation`, …). Computation runs in `vb`'s dtype on
+    /// `vb`'s device, with the f32 islands described in [`block`].
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let [pt, ph, pw] = cfg.patch_size;
+        let pe = vb.pp("patch_embedding");
+        let w = pe
+            .get((cfg.dim, cfg.in_dim, pt, ph, pw), "weight")?
+            .reshape((cfg.dim, cfg.patch_in()))?;
+        let b = pe.get(cfg.dim, "bias")?;
+        Ok(Self {
+            patch_embedding: Linear::new(w, Some(b)),
+            text_embedding: TextEmbedding::new(cfg, vb.pp("text_embedding"))?,
+            time_embedding: TimeEmbedding::new(cfg, vb.pp("time_embedding"))?,
+            time_projection: candle_nn::linear(cfg.dim, 6 * cfg.dim, vb.pp("time_projection.1"))?,
+            head: Head::new(cfg, vb.pp("head"))?,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The placement units in execution order: `blocks.0` … (as
+    /// [`crate::family::Family::unit_of`] names them).
+    pub fn units(cfg: &Config) -> Vec<String> {
+        (0..cfg.num_layers).map(|i| format!("blocks.{i}")).collect()
+    }
+
+    /// Builds unit `index` from `vb`, whose names are relative to the unit
+    /// (`self_attn.q.weight`, …). Cheap: it keeps references to the tensors.
+    pub fn build_unit(cfg: &Config, index: usize, vb: VarBuilder) -> Result<Block> {
+        if index >= cfg.num_layers {
+            bail!(
+                "Wan unit index {index} out of range: the model has {} blocks",
+                cfg.num_layers
+            )
+        }
+        Block::new(cfg, vb)
+    }
+
+    /// Embeds one evaluation's inputs: `latent [1, 16, T, h, w]` (h, w even), `context
+    /// [1, L_txt, text_dim]` (umT5 states, zero-padded to 512 tokens by the runner as Wan
+    /// pads them; any length is accepted), `timestep` = 1000·σ. Inputs are converted to the
+    /// compute dtype; [`WanDit::finish`] returns the latent's dtype.
+    pub fn prepare(&self, latent: &Tensor, context: &Tensor, timestep: f64) -> Result<State> {
+        let (_, c, _, _, _) = latent.dims5()?;
+        let (bc, _, width) = context.dims3()?;
+        if c != self.cfg.in_dim {
+            bail!(
+                "Wan latent has {c} channels, the model expects {}",
+                self.cfg.in_dim
+            )
+        }
+        if bc != 1 {
+            bail!("Wan runs one job at a time: context batch size {bc}, expected 1")
+        }
+        if width != self.cfg.text_dim {
+            bail!(
+                "Wan text states have width {width}, the model expects {} (umT5 hidden size)",
+                self.cfg.text_dim
+            )
+        }
+        let out_dtype = latent.dtype();
+        let (patches, grid) = embed::patchify(&latent.to_dtype(self.dtype)?, self.cfg.patch_size)?;
+        let x = patches.apply(&self.patch_embedding)?;
+        let ctx = context
+            .to_dtype(self.dtype)?
+            .squeeze(0)?
+            .apply(&self.text_embedding)?;
+        let temb = embed::timestep_embedding(timestep, self.cfg.freq_dim, &self.device)?
+            .apply(&self.time_embedding)?
+            .to_dtype(self.dtype)?;
+        let e0 = temb
+            .silu()?
+            .apply(&self.time_projection)?
+            .to_dtype(DType::F32)?
+            .reshape((6, self.cfg.dim))?;
+        let (cos, sin) = embed::rope_table(grid, self.cfg.rope_axes(), &self.device)?;
+        Ok(State {
+            x,
+            ctx,
+            temb,
+            e0,
+            cos,
+            sin,
+            grid,
+            out_dtype,
+            next_unit: 0,
+        })
+    }
+
+    /// Runs a built block on one evaluation's state. Blocks must run in unit order.
+    pub fn run_block(&self, block: &Block, state: &mut State) -> Result<()> {
+        if state.next_unit >= self.cfg.num_layers {
+            bail!(
+                "Wan units out of order: all {} blocks already ran; the next step is finish()",
+                self.cfg.num_layers
+            )
+        }
+        state.x = block.forward(&state.x, &state.ctx, &state.e0, &state.cos, &state.sin)?;
+        state.next_unit += 1;
+        Ok(())
+    }
+
+    /// Builds unit `index` from `vb` and runs it on `state`.
+    pub fn run_unit(&self, index: usize, vb: VarBuilder, state: &mut State) -> Result<()> {
+        if index != state.next_unit {
+            bail!(
+                "Wan unit {index} run out of order: the next unit is {}",
+                state.next_unit
+            )
+        }
+        let block = Self::build_unit(&self.cfg, index, vb)?;
+        self.run_block(&block, state)
+    }
+
+    /// The head: velocity `[1, 16, T, h, w]` in the dtype of the latent given to
+    /// [`WanDit::prepare`].
+    pub fn finish(&self, state: State) -> Result<Tensor> {
+        let n = self.cfg.num_layers;
+        if state.next_unit != n {
+            bail!("Wan finish() after {} of {n} blocks", state.next_unit)
+        }
+        let out = self.head.forward(&state.x, &state.temb)?;
+        embed::unpatchify(&out, state.grid, self.cfg.patch_size)?.to_dtype(state.out_dtype)
+    }
+
+    /// A whole forward pass: `unit_weights(i)` supplies unit `i`'s `VarBuilder`.
+    pub fn forward<'a>(
+        &self,
+        latent: &Tensor,
+        context: &Tensor,
+        timestep: f64,
+        unit_weights: &mut dyn FnMut(usize) -> Result<VarBuilder<'a>>,
+    ) -> Result<Tensor> {
+        let mut state = self.prepare(latent, context, timestep)?;
+        for i in 0..self.cfg.num_layers {
+            self.run_unit(i, unit_weights(i)?, &mut state)?;
+        }
+        self.finish(state)
+    }
+}
+
+impl DiffusionModel for WanDit {
+    type Config = Config;
+    type Block = Block;
+    type State = State;
+
+    const FAMILY: Family = Family::Wan;
+
+    fn infer_config(shape_of: ShapeOf, meta: &BTreeMap<String, String>) -> Result<Config> {
+        Config::infer(shape_of, meta)
+    }
+
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        WanDit::new(cfg, vb)
+    }
+
+    fn units(cfg: &Config) -> Vec<String> {
+        WanDit::units(cfg)
+    }
+
+    fn build_unit(cfg: &Config, index: usize, vb: VarBuilder) -> Result<Block> {
+        WanDit::build_unit(cfg, index, vb)
+    }
+
+    /// `[1, in_dim, (frames − 1)/4 + 1, height/8, width/8]` (the Wan 2.1 VAE's strides).
+    fn latent_shape(cfg: &Config, width: u32, height: u32, frames: u32) -> Vec<usize> {
+        let [st, sh, sw] = config::VAE_STRIDE;
+        vec![
+            1,
+            cfg.in_dim,
+            (frames.max(1) as usize - 1) / st + 1,
+            height as usize / sh,
+            width as usize / sw,
+        ]
+    }
+
+    /// umT5-XXL states of `text_len` (512) tokens, masked and zero-padded; no pooled vector.
+    fn text_needs(cfg: &Config) -> TextNeeds {
+        TextNeeds {
+            context: Family::UmT5,
+            context_tokens: cfg.text_len,
+            context_dim: cfg.text_dim,
+            masked: true,
+            pooled: None,
+        }
+    }
+
+    /// ComfyUI's `ModelSamplingDiscreteFlow` with multiplier 1000 (timestep = 1000·σ) and
+    /// Wan's own text-to-video shift, 5 (`generate.py`), or the manifest's `shift`.
+    fn model_sampling(
+        _cfg: &Config,
+        _width: u32,
+        _height: u32,
+        shift: Option<f64>,
+    ) -> std::result::Result<ModelSampling, SampleError> {
+        ModelSampling::wan(shift.unwrap_or(WAN_T2V_SHIFT))
+    }
+
+    fn prepare(&self, inputs: &StepInputs) -> Result<State> {
+        if inputs.guidance.is_some() {
+            bail!("Wan has no distilled guidance embedding: it takes no guidance value")
+        }
+        if inputs.pooled.is_some() {
+            bail!("Wan takes no pooled text vector")
+        }
+        WanDit::prepare(self, inputs.latent, inputs.context, inputs.timestep)
+    }
+
+    fn run_block(&self, block: &Block, state: &mut State) -> Result<()> {
+        WanDit::run_block(self, block, state)
+    }
+
+    fn finish(&self, state: State) -> Result<Tensor> {
+        WanDit::finish(self, state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::spec::diffusion_layout;
+    use crate::models::tiny;
+
+    /// The tiny model's random weights rounded to bf16, so that an f32 and a bf16 model hold
+    /// the same values.
+    fn weights() -> std::collections::HashMap<String, Tensor> {
+        let layout = diffusion_layout::<WanDit>(&Config::tiny()).unwrap();
+        tiny::weights_for(&layout, 7)
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| (k, t.to_dtype(DType::BF16).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn time_embedding_and_modulation_are_f32_islands() -> Result<()> {
+        let cfg = Config::tiny();
+        let dev = Device::Cpu;
+        let latent = Tensor::zeros((1, 16, 1, 2, 2), DType::F32, &dev)?;
+        let ctx = Tensor::zeros((1, 3, 32), DType::F32, &dev)?;
+        let state = |dtype| -> Result<State> {
+            let vb = VarBuilder::from_tensors(weights(), dtype, &dev);
+            WanDit::new(&cfg, vb)?.prepare(&latent, &ctx, 651.3)
+        };
+        let (s32, s16) = (state(DType::F32)?, state(DType::BF16)?);
+        // bf16: the time MLP runs in f32 and its output is rounded once, as diffusers does.
+        assert_eq!(s16.temb.dtype(), DType::BF16);
+        assert_eq!(
+            s16.temb.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+            s32.temb
+                .to_dtype(DType::BF16)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?
+        );
+        // The time projection reaches the blocks in f32.
+        assert_eq!(s16.e0.dtype(), DType::F32);
+        assert_eq!(s16.e0.dims(), &[6, 32]);
+        assert_eq!(s16.x.dtype(), DType::BF16);
+        Ok(())
+    }
+}
