@@ -24,7 +24,7 @@ use clap::ValueEnum;
 
 use super::Status;
 use crate::family::Family;
-use crate::models::{clip, flux, t5, tiny, tokenize, vae};
+use crate::models::{clip, flux, spec, t5, tiny, tokenize, vae, wan};
 use crate::weights::gguf::{city96_type, GgufWriter, FILE_TYPE_MOSTLY_Q8_0, QUANTIZATION_VERSION};
 use crate::weights::{DType as WDType, MetaValue};
 
@@ -101,7 +101,9 @@ struct Output {
 /// families make-tiny refuses in any format.
 fn no_gguf(family: Family) -> Option<&'static str> {
     match family {
-        Family::Flux | Family::Wan | Family::WanVae | Family::UmT5 => None,
+        Family::Flux => None,
+        Family::Wan => Some("city96's Wan GGUF files load, but make-tiny writes GGUF for flux only"),
+        Family::WanVae | Family::UmT5 => Some("this model is published as safetensors, not GGUF"),
         Family::T5 => Some("city96's T5 GGUF files use llama.cpp tensor names (`enc.blk.0.attn_q.weight`), which `mgpu inspect` reads but the T5 loader does not map"),
         Family::FluxVae | Family::ClipL => Some("this model is published as safetensors, not GGUF"),
     }
@@ -180,8 +182,28 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
                 tokenize::tiny::clip_json().map_err(anyhow::Error::msg)?,
             )),
         }],
-        Family::Wan | Family::WanVae | Family::UmT5 => {
-            bail!("make-tiny {}: this family can be planned but not run in this version; available: flux, flux-vae, t5, clip-l", args.family)
+        Family::Wan => vec![Output {
+            file: "wan-tiny.safetensors",
+            what: "tiny Wan 2.1 text-to-video transformer".into(),
+            tensors: tiny::weights_for(
+                &spec::diffusion_layout::<wan::WanDit>(&wan::Config::tiny())?,
+                seed,
+            )?,
+            gguf: false,
+            extra: None,
+        }],
+        Family::UmT5 => vec![Output {
+            file: "umt5-tiny.safetensors",
+            what: "tiny umT5 encoder".into(),
+            tensors: t5::tiny_umt5_weights(seed)?.into_iter().collect(),
+            gguf: false,
+            extra: Some((
+                "umt5-tokenizer.json",
+                tokenize::tiny::umt5_json().map_err(anyhow::Error::msg)?,
+            )),
+        }],
+        Family::WanVae => {
+            bail!("make-tiny wan-vae: not available in this build")
         }
     };
     std::fs::create_dir_all(&args.out)

@@ -22,7 +22,7 @@ use crate::exec::{Event, ExecError, PassStats};
 use crate::family::Family;
 use crate::manifest::{Job, Model};
 use crate::models::spec::{self, Autoencoder, DiffusionModel, StepInputs, TextNeeds};
-use crate::models::{flux, vae};
+use crate::models::{flux, vae, wan};
 use crate::sample::ModelSampling;
 
 /// What a diffusion model's file header says, before anything is loaded.
@@ -133,6 +133,7 @@ fn not_runnable(model: &Model) -> ExecError {
 pub(crate) fn header(model: &Model) -> Result<Header, ExecError> {
     match model.family {
         Family::Flux => header_of::<flux::FluxDit>(model),
+        Family::Wan => header_of::<wan::WanDit>(model),
         _ => Err(not_runnable(model)),
     }
 }
@@ -146,6 +147,9 @@ pub(crate) fn load_diffusion(
     let model = cx.model(name)?.clone();
     match model.family {
         Family::Flux => Ok(Box::new(Diffusion::<flux::FluxDit>::load(
+            cx, &model, events,
+        )?)),
+        Family::Wan => Ok(Box::new(Diffusion::<wan::WanDit>::load(
             cx, &model, events,
         )?)),
         _ => Err(not_runnable(&model)),
