@@ -22,3 +22,4 @@ pub(crate) mod testutil;
 pub mod tiny;
 pub mod tokenize;
 pub mod vae;
+pub mod wan_vae;
