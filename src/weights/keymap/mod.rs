@@ -16,7 +16,9 @@
 //! [`ModuleIndex`] answers the reverse question for LoRA files: which canonical tensor (and
 //! which rows of it) a module name in any supported spelling addresses.
 //!
-//! Families not yet run (Wan, Wan VAE) are mapped as they are, prefixes stripped.
+//! The Wan VAE's original names are canonical and diffusers' `AutoencoderKLWan` names are
+//! mapped onto them (`wan_vae.rs`); the Wan DiT, not yet run, is mapped as it is, prefixes
+//! stripped.
 
 mod canonicalize;
 mod flux;
@@ -25,6 +27,7 @@ mod spec;
 mod template;
 mod text;
 mod vae;
+mod wan_vae;
 
 pub use canonicalize::canonicalize;
 pub use flux::FluxDims;
@@ -59,6 +62,11 @@ pub enum Layout {
     T5Hf,
     /// Hugging Face `CLIPTextModel` names. Canonical.
     ClipHf,
+    /// Wan's own VAE names (`wan/modules/vae.py`, ComfyUI's `wan_2.1_vae.safetensors`:
+    /// `decoder.upsamples.0.residual.0.gamma`). Canonical.
+    WanVaeOriginal,
+    /// diffusers `AutoencoderKLWan` names (`decoder.up_blocks.0.resnets.0.norm1.gamma`).
+    WanVaeDiffusers,
     /// Names taken as they are (families not yet run).
     Native,
 }
@@ -67,7 +75,8 @@ impl Layout {
     pub const fn name(self) -> &'static str {
         match self {
             Layout::FluxBfl => "bfl",
-            Layout::FluxDiffusers | Layout::VaeDiffusers => "diffusers",
+            Layout::FluxDiffusers | Layout::VaeDiffusers | Layout::WanVaeDiffusers => "diffusers",
+            Layout::WanVaeOriginal => "original",
             Layout::VaeLdm => "ldm",
             Layout::T5Hf | Layout::ClipHf => "hf",
             Layout::Native => "native",
@@ -284,6 +293,9 @@ pub enum KeymapError {
     },
     #[error("tensor `{tensor}`: {message}")]
     Assemble { tensor: String, message: String },
+    /// A variant of the family that mgpu does not support (the Wan 2.2 VAE).
+    #[error("{family}: {message}")]
+    Unsupported { family: Family, message: String },
 }
 
 fn others_note(others: &[String]) -> String {
@@ -357,7 +369,7 @@ pub(crate) fn spec_for(family: Family) -> &'static Spec {
                 Family::T5 | Family::UmT5 => text::t5_spec(f),
                 Family::ClipL => text::clip_spec(),
                 Family::Wan => native_spec(f, vec!["model.diffusion_model.", "diffusion_model."]),
-                Family::WanVae => native_spec(f, vec!["first_stage_model.", "vae."]),
+                Family::WanVae => wan_vae::spec(),
             })
             .collect()
     });
@@ -377,6 +389,7 @@ fn native_spec(family: Family, own_prefixes: Vec<&'static str>) -> Spec {
         alias: None,
         normalize: spec::keep,
         rev_count: spec::no_rev,
+        unsupported: spec::supported,
     }
 }
 
@@ -409,8 +422,15 @@ pub fn canonical_unit_name(family: Family, raw: &str) -> Option<String> {
     if let Some(c) = canonical_name(family, raw) {
         return family.unit_of(&c);
     }
-    // A diffusers VAE decoder name whose level cannot be reversed without the full list still
-    // belongs to the `decoder` unit: the unit is the first segment in both layouts.
+    // A diffusers VAE decoder name whose level cannot be reversed (FLUX) or flattened (Wan)
+    // without the full list still belongs to the `decoder` unit: the unit is the first segment
+    // in both layouts.
+    if family == Family::WanVae {
+        let (stripped, _) = strip_own(spec_for(family), raw);
+        if stripped.starts_with("decoder.up_blocks.") {
+            return family.unit_of(stripped);
+        }
+    }
     if family == Family::FluxVae {
         let spec = spec_for(family);
         let (stripped, _) = strip_own(spec, raw);
