@@ -123,7 +123,7 @@ impl Config {
         }
         // Each decoder up-sampling convolution halves the channels.
         for (i, m) in self.dim_mult.iter().enumerate().skip(1) {
-            if (self.dim * m) % 2 != 0 {
+            if !(self.dim * m).is_multiple_of(2) {
                 bail!(
                     "Wan VAE config: level {i} has an odd channel count {}",
                     self.dim * m
@@ -175,7 +175,9 @@ impl Config {
             let p = format!("encoder.downsamples.{k}");
             if shape_of(&format!("{p}.residual.0.gamma")).is_some() {
                 let out = need(&format!("{p}.residual.6.weight"), 5)?[0];
-                runs.last_mut().map(|r| r.push(out));
+                if let Some(run) = runs.last_mut() {
+                    run.push(out);
+                }
             } else if shape_of(&format!("{p}.resample.1.weight")).is_some() {
                 temporal.push(shape_of(&format!("{p}.time_conv.weight")).is_some());
                 runs.push(vec![]);

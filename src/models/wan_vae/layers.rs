@@ -74,7 +74,7 @@ impl FeatCache {
 pub struct Slots(usize);
 
 impl Slots {
-    pub fn next(&mut self) -> usize {
+    pub fn take(&mut self) -> usize {
         self.0 += 1;
         self.0 - 1
     }
@@ -384,9 +384,9 @@ impl ResidualBlock {
         let conv3 = |ci, slot, vb| CausalConv3d::new(ci, cout, [3; 3], [1; 3], 1, Some(slot), vb);
         Ok(Self {
             norm1: RmsNorm::new(cin, false, vb.pp("residual.0"))?,
-            conv1: conv3(cin, slots.next(), vb.pp("residual.2"))?,
+            conv1: conv3(cin, slots.take(), vb.pp("residual.2"))?,
             norm2: RmsNorm::new(cout, false, vb.pp("residual.3"))?,
-            conv2: conv3(cout, slots.next(), vb.pp("residual.6"))?,
+            conv2: conv3(cout, slots.take(), vb.pp("residual.6"))?,
             shortcut: if cin != cout {
                 Some(CausalConv3d::new(
                     cin,
@@ -503,7 +503,7 @@ impl Resample {
             Mode::Down3d => Some(CausalConv3d::new(c, c, [3, 1, 1], [0; 3], 2, None, tc)?),
             _ => None,
         };
-        let slot = if time_conv.is_some() { slots.next() } else { 0 };
+        let slot = if time_conv.is_some() { slots.take() } else { 0 };
         Ok(Self {
             mode,
             conv,
@@ -540,19 +540,139 @@ impl Resample {
         if let (Mode::Down3d, Some(tc)) = (self.mode, &self.time_conv) {
             let n = x.dim(0)?;
             let last = x.narrow(0, n - 1, 1)?.force_contiguous()?;
-            match cache.get(self.slot)?.clone() {
-                Slot::Frames(p) => {
-                    let mut frames = vec![Some(p.narrow(0, p.dim(0)? - 1, 1)?)];
-                    for i in 0..n {
-                        frames.push(Some(x.narrow(0, i, 1)?));
-                    }
-                    x = tc.forward_frames(&frames)?;
+            // The first chunk passes unchanged in time.
+            if let Slot::Frames(p) = cache.get(self.slot)?.clone() {
+                let mut frames = vec![Some(p.narrow(0, p.dim(0)? - 1, 1)?)];
+                for i in 0..n {
+                    frames.push(Some(x.narrow(0, i, 1)?));
                 }
-                // The first chunk passes unchanged in time.
-                _ => {}
+                x = tc.forward_frames(&frames)?;
             }
             cache.set(self.slot, Slot::Frames(last))?;
         }
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use std::collections::HashMap;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn banded_convolution_equals_the_whole() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 13, 11), &dev)?;
+        let w = Tensor::randn(0f32, 0.3, (7, 5, 3, 3), &dev)?;
+        for (pad, stride) in [([1; 4], 1), ([0, 1, 0, 1], 2), ([0; 4], 1)] {
+            let whole = conv2d_bounded(&x, &w, pad, stride, usize::MAX)?;
+            for budget in [1, 200, 2000] {
+                let banded = conv2d_bounded(&x, &w, pad, stride, budget)?;
+                assert!(
+                    max_diff(&whole, &banded) < 1e-5,
+                    "{pad:?} {stride} {budget}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn conv(
+        k: [usize; 3],
+        pad: [usize; 3],
+        stride_t: usize,
+        slot: Option<usize>,
+    ) -> Result<CausalConv3d> {
+        let dev = Device::Cpu;
+        let mut t = HashMap::new();
+        t.insert(
+            "weight".to_string(),
+            Tensor::randn(0f32, 0.2, (6, 4, k[0], k[1], k[2]), &dev)?,
+        );
+        t.insert("bias".to_string(), Tensor::randn(0f32, 0.1, 6, &dev)?);
+        let vb = VarBuilder::from_tensors(t, DType::F32, &dev);
+        CausalConv3d::new(4, 6, k, pad, stride_t, slot, vb)
+    }
+
+    /// Chunk by chunk with the cache is the causal convolution of the whole sequence, for any
+    /// split (the encoder's 1 + 4 + 4, the decoder's single frames).
+    #[test]
+    fn cached_chunks_equal_the_whole_sequence() -> Result<()> {
+        let x = Tensor::randn(0f32, 1.0, (9, 4, 5, 6), &Device::Cpu)?;
+        let c = conv([3; 3], [1; 3], 1, Some(0))?;
+        let whole = c.forward(&x, None)?;
+        assert_eq!(whole.dims(), &[9, 6, 5, 6]);
+        for split in [&[1usize, 4, 4][..], &[1; 9], &[2, 7], &[9]] {
+            let mut cache = FeatCache::new(1);
+            let mut outs = Vec::new();
+            let mut start = 0;
+            for n in split {
+                outs.push(c.forward_cached(&x.narrow(0, start, *n)?, &mut cache)?);
+                start += n;
+            }
+            let chunked = Tensor::cat(&outs, 0)?;
+            assert!(max_diff(&whole, &chunked) < 1e-5, "{split:?}");
+        }
+        Ok(())
+    }
+
+    /// The causal convolution against a direct sum over the kernel (zero frames in front).
+    #[test]
+    fn causal_convolution_by_definition() -> Result<()> {
+        let x = Tensor::randn(0f32, 1.0, (3, 4, 2, 3), &Device::Cpu)?;
+        let c = conv([3, 1, 1], [1, 0, 0], 1, None)?;
+        let y = c.forward(&x, None)?;
+        let wv = c.weight.flatten_all()?.to_vec1::<f32>()?;
+        let bv = c.bias.to_vec1::<f32>()?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let ys = y.flatten_all()?.to_vec1::<f32>()?;
+        // x [t, i, h, w] = xs[((t·4 + i)·2 + h)·3 + w]; weight [o, i, dt] = wv[(o·4 + i)·3 + dt]
+        for t in 0..3usize {
+            for o in 0..6 {
+                for p in 0..6 {
+                    let mut s = bv[o];
+                    for dt in 0..3 {
+                        // Output t reads padded frames t, t+1, t+2 = input frames t−2, t−1, t.
+                        let Some(src) = (t + dt).checked_sub(2) else {
+                            continue;
+                        };
+                        for i in 0..4 {
+                            s += wv[(o * 4 + i) * 3 + dt] * xs[(src * 4 + i) * 6 + p];
+                        }
+                    }
+                    let got = ys[(t * 6 + o) * 6 + p];
+                    assert!((got - s).abs() < 1e-5, "t {t} o {o} p {p}: {got} vs {s}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn strided_time_convolution() -> Result<()> {
+        // The encoder's temporal down-sampling: 1 + 4 frames → 2 frames.
+        let c = conv([3, 1, 1], [0; 3], 2, None)?;
+        let x = Tensor::randn(0f32, 1.0, (5, 4, 2, 2), &Device::Cpu)?;
+        let frames: Vec<Option<Tensor>> = (0..5).map(|i| x.narrow(0, i, 1).ok()).collect();
+        let y = c.forward_frames(&frames)?;
+        assert_eq!(y.dims(), &[2, 6, 2, 2]);
+        let second = c.forward_frames(&frames[2..])?;
+        assert!(max_diff(&y.narrow(0, 1, 1)?, &second) < 1e-6);
+        Ok(())
     }
 }

@@ -110,7 +110,7 @@ impl Head {
     fn new(cin: usize, cout: usize, slots: &mut Slots, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm: RmsNorm::new(cin, false, vb.pp("0"))?,
-            conv: CausalConv3d::new(cin, cout, [3; 3], [1; 3], 1, Some(slots.next()), vb.pp("2"))?,
+            conv: CausalConv3d::new(cin, cout, [3; 3], [1; 3], 1, Some(slots.take()), vb.pp("2"))?,
         })
     }
 
@@ -159,7 +159,7 @@ impl Encoder {
             [3; 3],
             [1; 3],
             1,
-            Some(slots.next()),
+            Some(slots.take()),
             vb.pp("conv1"),
         )?;
         let mut downsamples = Vec::new();
@@ -287,7 +287,7 @@ impl Decoder {
             [3; 3],
             [1; 3],
             1,
-            Some(slots.next()),
+            Some(slots.take()),
             vb.pp("conv1"),
         )?;
         let middle = Middle::new(dims[0], &mut slots, vb.pp("middle"))?;

@@ -227,3 +227,247 @@ fn unsupported(tensors: &[(&str, &TensorInfo)]) -> Option<String> {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::tests::infos;
+    use super::super::{canonical_name, canonical_unit_name, canonicalize, KeymapError};
+    use super::*;
+    use crate::models::spec::vae_layout;
+    use crate::models::wan_vae::{Config, WanVae};
+    use crate::weights::DType;
+
+    fn layout(cfg: &Config) -> Vec<(String, Vec<u64>)> {
+        vae_layout::<WanVae>(cfg)
+            .unwrap()
+            .into_iter()
+            .map(|(n, s)| (n, s.into_iter().map(|d| d as u64).collect()))
+            .collect()
+    }
+
+    /// An original name in diffusers' spelling, written from diffusers' `AutoencoderKLWan`
+    /// module tree (`mid_block.resnets/attentions`, `up_blocks.L.resnets.M`,
+    /// `up_blocks.L.upsamplers.0`), independently of the rules above.
+    fn to_diffusers(name: &str, nrb: usize) -> String {
+        let resnet = |rest: &[&str]| -> String {
+            let rest = rest.join(".");
+            RESNET
+                .iter()
+                .find_map(|(d, o)| {
+                    rest.strip_prefix(&format!("{o}."))
+                        .map(|p| format!("{d}.{p}"))
+                })
+                .unwrap_or(rest)
+        };
+        let s: Vec<&str> = name.split('.').collect();
+        match s.as_slice() {
+            ["conv1", p] => format!("quant_conv.{p}"),
+            ["conv2", p] => format!("post_quant_conv.{p}"),
+            [part, "conv1", p] => format!("{part}.conv_in.{p}"),
+            [part, "head", "0", p] => format!("{part}.norm_out.{p}"),
+            [part, "head", "2", p] => format!("{part}.conv_out.{p}"),
+            [part, "middle", "1", rest @ ..] => {
+                format!("{part}.mid_block.attentions.0.{}", rest.join("."))
+            }
+            [part, "middle", k, rest @ ..] => format!(
+                "{part}.mid_block.resnets.{}.{}",
+                k.parse::<usize>().unwrap() / 2,
+                resnet(rest)
+            ),
+            ["encoder", "downsamples", k, rest @ ..] => {
+                format!("encoder.down_blocks.{k}.{}", resnet(rest))
+            }
+            ["decoder", "upsamples", k, rest @ ..] => {
+                let (l, j) = (
+                    k.parse::<usize>().unwrap() / (nrb + 2),
+                    k.parse::<usize>().unwrap() % (nrb + 2),
+                );
+                if j == nrb + 1 {
+                    format!("decoder.up_blocks.{l}.upsamplers.0.{}", rest.join("."))
+                } else {
+                    format!("decoder.up_blocks.{l}.resnets.{j}.{}", resnet(rest))
+                }
+            }
+            _ => panic!("unexpected name {name}"),
+        }
+    }
+
+    fn source<'a>(l: &'a super::super::CanonicalLayout, name: &str) -> &'a str {
+        &l.get(name).unwrap().parts[0].source
+    }
+
+    #[test]
+    fn diffusers_maps_to_the_original_layout() {
+        for cfg in [
+            Config::wan21(),
+            Config::tiny(),
+            Config {
+                num_res_blocks: 1,
+                ..Config::tiny()
+            },
+            Config {
+                num_res_blocks: 3,
+                temporal_downsample: vec![true, false, true],
+                ..Config::tiny()
+            },
+        ] {
+            let orig = layout(&cfg);
+            let nrb = cfg.num_res_blocks;
+            let diff: Vec<(String, Vec<u64>)> = orig
+                .iter()
+                .map(|(n, s)| (to_diffusers(n, nrb), s.clone()))
+                .collect();
+            let l = canonicalize(Family::WanVae, &infos(&diff, DType::BF16)).unwrap();
+            assert_eq!(l.layout, Layout::WanVaeDiffusers, "{cfg:?}");
+            let got: BTreeMap<String, Vec<u64>> = l
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.shape.clone()))
+                .collect();
+            let want: BTreeMap<String, Vec<u64>> = orig.iter().cloned().collect();
+            assert_eq!(got, want, "{cfg:?}");
+            assert!(l.tensors.iter().all(|t| t.is_passthrough()));
+
+            let l = canonicalize(Family::WanVae, &infos(&orig, DType::BF16)).unwrap();
+            assert_eq!(l.layout, Layout::WanVaeOriginal);
+            assert_eq!(l.tensors.len(), orig.len());
+        }
+        let orig = layout(&Config::wan21());
+        let diff: Vec<(String, Vec<u64>)> = orig
+            .iter()
+            .map(|(n, s)| (format!("vae.{}", to_diffusers(n, 2)), s.clone()))
+            .collect();
+        let l = canonicalize(Family::WanVae, &infos(&diff, DType::BF16)).unwrap();
+        assert_eq!(
+            l.describe(),
+            "wan-vae, diffusers layout (prefix `vae.`), 194 → 194 tensors"
+        );
+        for (canonical, diffusers) in [
+            ("conv1.weight", "quant_conv.weight"),
+            ("conv2.bias", "post_quant_conv.bias"),
+            ("encoder.conv1.weight", "encoder.conv_in.weight"),
+            (
+                "encoder.downsamples.3.shortcut.weight",
+                "encoder.down_blocks.3.conv_shortcut.weight",
+            ),
+            (
+                "encoder.downsamples.5.time_conv.bias",
+                "encoder.down_blocks.5.time_conv.bias",
+            ),
+            (
+                "encoder.middle.2.residual.3.gamma",
+                "encoder.mid_block.resnets.1.norm2.gamma",
+            ),
+            (
+                "decoder.middle.1.to_qkv.weight",
+                "decoder.mid_block.attentions.0.to_qkv.weight",
+            ),
+            (
+                "decoder.upsamples.3.time_conv.weight",
+                "decoder.up_blocks.0.upsamplers.0.time_conv.weight",
+            ),
+            (
+                "decoder.upsamples.4.shortcut.weight",
+                "decoder.up_blocks.1.resnets.0.conv_shortcut.weight",
+            ),
+            (
+                "decoder.upsamples.11.resample.1.bias",
+                "decoder.up_blocks.2.upsamplers.0.resample.1.bias",
+            ),
+            (
+                "decoder.upsamples.14.residual.6.weight",
+                "decoder.up_blocks.3.resnets.2.conv2.weight",
+            ),
+            ("decoder.head.0.gamma", "decoder.norm_out.gamma"),
+        ] {
+            assert_eq!(
+                source(&l, canonical),
+                format!("vae.{diffusers}"),
+                "{canonical}"
+            );
+        }
+    }
+
+    #[test]
+    fn mismatches_are_named() {
+        let orig = layout(&Config::tiny());
+        let mut diff: Vec<(String, Vec<u64>)> = orig
+            .iter()
+            .map(|(n, s)| (to_diffusers(n, 2), s.clone()))
+            .collect();
+        // A resnet index past the level's count, and a missing output conv.
+        diff.push((
+            "decoder.up_blocks.1.resnets.3.norm1.gamma".into(),
+            vec![8, 1, 1, 1],
+        ));
+        diff.retain(|(n, _)| n != "decoder.conv_out.weight");
+        let e = canonicalize(Family::WanVae, &infos(&diff, DType::BF16)).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, KeymapError::Mismatch { .. }), "{msg}");
+        assert!(
+            msg.contains("unknown: `decoder.up_blocks.1.resnets.3.norm1.gamma`"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("missing: `decoder.conv_out.weight` (canonical `decoder.head.2.weight`)"),
+            "{msg}"
+        );
+
+        let mut mixed = diff.clone();
+        mixed.push((
+            "encoder.downsamples.0.residual.0.gamma".into(),
+            vec![4, 1, 1, 1],
+        ));
+        let e = canonicalize(Family::WanVae, &infos(&mixed, DType::BF16)).unwrap_err();
+        assert!(matches!(e, KeymapError::MixedLayouts { .. }), "{e}");
+
+        let mut v22 = orig;
+        for (n, s) in v22.iter_mut() {
+            if n == "conv2.weight" {
+                *s = vec![48, 48, 1, 1, 1];
+            }
+        }
+        let e = canonicalize(Family::WanVae, &infos(&v22, DType::BF16)).unwrap_err();
+        assert!(matches!(e, KeymapError::Unsupported { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("wan-vae: the Wan 2.2 VAE is not supported yet"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn single_names() {
+        let f = Family::WanVae;
+        for (raw, unit) in [
+            (
+                "decoder.up_blocks.2.resnets.1.conv1.weight",
+                Some("decoder"),
+            ),
+            ("vae.encoder.down_blocks.3.conv1.weight", Some("encoder")),
+            (
+                "first_stage_model.decoder.upsamples.0.residual.0.gamma",
+                Some("decoder"),
+            ),
+            ("quant_conv.weight", None),
+            ("conv2.bias", None),
+        ] {
+            assert_eq!(canonical_unit_name(f, raw).as_deref(), unit, "{raw}");
+        }
+        assert_eq!(
+            canonical_name(f, "encoder.down_blocks.5.time_conv.weight").as_deref(),
+            Some("encoder.downsamples.5.time_conv.weight")
+        );
+        assert_eq!(
+            canonical_name(f, "post_quant_conv.weight").as_deref(),
+            Some("conv2.weight")
+        );
+        // The decoder's flat index needs the whole file's names.
+        assert_eq!(
+            canonical_name(f, "decoder.up_blocks.0.resnets.0.norm1.gamma"),
+            None
+        );
+    }
+}
