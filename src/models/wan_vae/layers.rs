@@ -233,6 +233,13 @@ impl CausalConv3d {
     /// the convolution pads in time; `[T', O, H', W']`.
     pub fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
         let (t, _c, _h, _w) = x.dims4()?;
+        let (o, _i, kt, _kh, _kw) = self.weight.dims5()?;
+        if kt == 1 && self.stride_t == 1 {
+            // No time extent: one 2-D convolution over the batch of frames.
+            let p = self.pad_hw;
+            let y = conv2d_bounded(x, &self.weight.squeeze(2)?, [p; 4], 1, IM2COL_BUDGET)?;
+            return y.broadcast_add(&self.bias.reshape((1, o, 1, 1))?);
+        }
         let cached = match cache {
             Some(c) if self.front > 0 => c.dim(0)?,
             _ => 0,
@@ -268,16 +275,6 @@ impl CausalConv3d {
         let bias = self.bias.reshape((1, o, 1, 1))?;
         let p = self.pad_hw;
         let pad = [p, p, p, p];
-        if kt == 1 && self.stride_t == 1 {
-            // Every frame at once: one 2-D convolution over the batch of frames.
-            let refs: Vec<&Tensor> = frames.iter().flatten().collect();
-            if refs.len() != frames.len() {
-                bail!("Wan VAE: zero frames given to a convolution without temporal padding")
-            }
-            let x = Tensor::cat(&refs, 0)?;
-            let w = self.weight.squeeze(2)?;
-            return conv2d_bounded(&x, &w, pad, 1, IM2COL_BUDGET)?.broadcast_add(&bias);
-        }
         let w: Vec<Tensor> = (0..kt)
             .map(|dt| self.weight.narrow(2, dt, 1)?.squeeze(2)?.contiguous())
             .collect::<Result<_>>()?;
