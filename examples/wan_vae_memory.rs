@@ -9,7 +9,7 @@
 //! Defaults: 81 frames at 480×832 (Wan's default clip), f32, CPU. On CUDA the peak is the
 //! stream-ordered pool's high-water mark of used memory (candle allocates from it) minus the
 //! memory in use before the pass (the weights); on the CPU it is the process's peak resident
-//! set (`VmHWM`), weights included.
+//! set (`VmHWM`, reset through `/proc/self/clear_refs` before each pass), weights included.
 
 use std::time::Instant;
 
@@ -148,8 +148,11 @@ fn reset_peak(device: &Device) {
     #[cfg(feature = "cuda")]
     if device.is_cuda() {
         pool::reset_peak(device);
+        return;
     }
     let _ = device;
+    // Linux: "5" resets the peak resident set size (VmHWM) to the current one.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn gib(b: u64) -> f64 {

@@ -31,13 +31,16 @@
 //!
 //! Memory: a pass holds one chunk's activations (at most 4 frames at full resolution), the
 //! frame caches (two input frames per causal convolution, at that convolution's resolution),
-//! im2col buffers of at most [`layers::IM2COL_BUDGET`] elements, and the output. Decoding 81
-//! frames at 480×832 (21 latent frames) with the real model keeps, in f32: caches ≈ 3.4 GiB
-//! (7 convolutions × 2 × 96 channels at full resolution, 6 × 2 × 192 at half, 7 × 2 × 384 at
-//! a quarter, a few more below), a 4-frame full-resolution chunk ≈ 0.6 GiB per live tensor
-//! (2–4 live at once), im2col ≤ 0.5 GiB and the 81 output frames ≈ 0.4 GiB (twice while they
-//! are joined): a peak near 7 GiB in f32, about half in bf16, independent of the number of
-//! frames except for the output. Encoding holds the same kind of state.
+//! im2col buffers of at most [`layers::IM2COL_BUDGET`] elements, and the output frames; nothing
+//! else grows with the number of frames. For 81 frames at 480×832 with the real model in f32:
+//! caches ≈ 3.6 GiB (7 convolutions × 2 frames × 96 channels at full resolution, 6 × 2 × 192 at
+//! half, 6 × 2 × 192–384 at a quarter, a few more below), one 4-frame full-resolution
+//! activation 0.57 GiB (several live at once), im2col ≤ 0.5 GiB, the output 0.36 GiB (twice
+//! while joined). Measured with `examples/wan_vae_memory.rs` (CPU, f32, peak resident set
+//! above the weights): decoding 0.54 GiB at 120×208 for 9 and for 17 frames alike, encoding
+//! 0.3 GiB. Everything but the capped im2col buffers scales with the pixel count (16×), so a
+//! 480×832 decode peaks at about 8.6 GiB above the weights in f32 or less, less again in bf16
+//! (caches and activations halve; RMS norms work in f32), whatever the number of frames.
 //!
 //! References: Wan2.1 `wan/modules/vae.py` (`WanVAE_`, `Encoder3d`, `Decoder3d`,
 //! `WanVAE.encode/decode`), <https://github.com/Wan-Video/Wan2.1>; diffusers
