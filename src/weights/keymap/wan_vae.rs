@@ -233,7 +233,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::super::tests::infos;
-    use super::super::{canonical_name, canonical_unit_name, canonicalize, KeymapError};
+    use super::super::{
+        canonical_name, canonical_unit_name, canonicalize, KeymapError, ModuleIndex,
+    };
     use super::*;
     use crate::models::spec::vae_layout;
     use crate::models::wan_vae::{Config, WanVae};
@@ -386,6 +388,18 @@ mod tests {
                 source(&l, canonical),
                 format!("vae.{diffusers}"),
                 "{canonical}"
+            );
+        }
+        // Module lookups (LoRA files) know both spellings of the flat encoder list.
+        let index = ModuleIndex::build(&l);
+        for module in [
+            "encoder.downsamples.3.residual.2",
+            "encoder.down_blocks.3.conv1",
+        ] {
+            assert_eq!(
+                index.dotted(module).map(|t| t.tensor.as_str()),
+                Some("encoder.downsamples.3.residual.2.weight"),
+                "{module}"
             );
         }
     }
