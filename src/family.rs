@@ -253,6 +253,18 @@ mod tests {
             ),
             (Family::FluxVae, "encoder.conv_in.weight", Some("encoder")),
             (Family::Wan, "blocks.39.ffn.0.weight", Some("blocks.39")),
+            (
+                Family::WanVae,
+                "decoder.upsamples.3.time_conv.weight",
+                Some("decoder"),
+            ),
+            (
+                Family::WanVae,
+                "encoder.downsamples.0.residual.0.gamma",
+                Some("encoder"),
+            ),
+            (Family::WanVae, "conv1.weight", None),
+            (Family::WanVae, "conv2.bias", None),
         ];
         for (f, n, want) in cases {
             assert_eq!(f.unit_of(n).as_deref(), want, "{f} {n}");

@@ -23,3 +23,4 @@ pub mod tiny;
 pub mod tokenize;
 pub mod vae;
 pub mod wan;
+pub mod wan_vae;

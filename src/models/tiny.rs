@@ -12,8 +12,9 @@
 //! the uniform `u = 2·(x >> 40)/2²⁴ − 1` in [-1, 1). A tensor therefore does not depend on
 //! which other tensors exist. Scaling keeps activations near unit size:
 //! - weights of rank ≥ 2: `u · √(3 / fan_in)` (variance 1/fan_in), fan_in = product of all
-//!   dimensions after the first;
-//! - norm scales (`*.scale`, rank-1 `*norm*.weight`): `1 + 0.1·u`;
+//!   dimensions after the first (input channels × kernel, also for 5-D video convolutions);
+//! - norm scales (`*.scale`, `*.gamma` (Wan VAE RMS norms, stored `[C, 1, 1(, 1)]`), rank-1
+//!   `*norm*.weight`): `1 + 0.1·u`;
 //! - biases and other rank-0/1 tensors: `0.02·u`.
 
 use std::collections::BTreeMap;
@@ -137,13 +138,14 @@ pub fn init_values(seed: u64, name: &str, shape: &[usize]) -> Vec<f32> {
     let n: usize = shape.iter().product();
     let mut rng = SplitMix64::for_tensor(seed, name);
     let leaf = name.rsplit('.').next().unwrap_or(name);
-    let is_norm_scale =
-        leaf == "scale" || (shape.len() == 1 && leaf == "weight" && name.contains("norm"));
-    let (offset, scale) = if shape.len() >= 2 {
+    let is_norm_scale = leaf == "scale"
+        || leaf == "gamma"
+        || (shape.len() == 1 && leaf == "weight" && name.contains("norm"));
+    let (offset, scale) = if is_norm_scale {
+        (1.0, 0.1)
+    } else if shape.len() >= 2 {
         let fan_in: usize = shape[1..].iter().product();
         (0.0, (3.0 / fan_in.max(1) as f32).sqrt())
-    } else if is_norm_scale {
-        (1.0, 0.1)
     } else {
         (0.0, 0.02)
     };

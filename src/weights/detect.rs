@@ -97,6 +97,13 @@ const SIGNATURES: &[(Family, KeyLayout, &str)] = &[
         KeyLayout::Transformers,
         "text_model.encoder.layers.0.self_attn.q_proj.weight",
     ),
+    // Before the FLUX VAE: diffusers' Wan VAE also has `decoder.up_blocks.0.resnets.0.conv1`.
+    // Only Wan's RMS norms are named `gamma`.
+    (
+        Family::WanVae,
+        KeyLayout::Diffusers,
+        "decoder.up_blocks.0.resnets.0.norm1.gamma",
+    ),
     (
         Family::FluxVae,
         KeyLayout::Original,
@@ -111,6 +118,12 @@ const SIGNATURES: &[(Family, KeyLayout, &str)] = &[
         Family::WanVae,
         KeyLayout::Original,
         "decoder.upsamples.0.residual.0.gamma",
+    ),
+    // The Wan 2.2 VAE (original names): recognised so that loading it says it is unsupported.
+    (
+        Family::WanVae,
+        KeyLayout::Original,
+        "decoder.upsamples.0.upsamples.0.residual.0.gamma",
     ),
 ];
 
@@ -164,17 +177,22 @@ fn refine(d: &mut Detection, tensors: &[TensorInfo]) {
 }
 
 /// Rejects look-alikes: a VAE whose latent has 4 channels is SD's, not FLUX's (`decoder.conv_in`
-/// reads `[C, latent, 3, 3]`); CLIP's text model with 32 layers is CLIP-G; diffusers'
-/// HunyuanVideo also has `single_transformer_blocks` but patchifies with a conv
-/// (`x_embedder.proj`), where FLUX has a linear `x_embedder`.
+/// reads `[C, latent, 3, 3]`), and one whose convolutions are 5-D is a video VAE; CLIP's text
+/// model with 32 layers is CLIP-G; diffusers' HunyuanVideo also has
+/// `single_transformer_blocks` but patchifies with a conv (`x_embedder.proj`), where FLUX has a
+/// linear `x_embedder`. Wan VAE convolutions are 5-D (time × height × width).
 fn accept(d: &Detection, tensors: &[TensorInfo]) -> bool {
     match d.family {
         Family::Flux if d.layout == KeyLayout::Diffusers => {
             has(tensors, &d.prefix, "x_embedder.weight").is_some()
         }
         Family::FluxVae => has(tensors, &d.prefix, "decoder.conv_in.weight")
-            .map(|i| tensors[i].shape.get(1) != Some(&4))
+            .map(|i| tensors[i].shape.get(1) != Some(&4) && tensors[i].shape.len() == 4)
             .unwrap_or(true),
+        Family::WanVae => ["decoder.conv1.weight", "decoder.conv_in.weight"]
+            .iter()
+            .filter_map(|n| has(tensors, &d.prefix, n))
+            .all(|i| tensors[i].shape.len() == 5),
         // CLIP-G / bigG (SDXL, SD3) share CLIP-L's names: 32 layers of width 1280.
         Family::ClipL => {
             has(
@@ -289,6 +307,14 @@ mod tests {
                 &["decoder.upsamples.0.residual.0.gamma"],
                 Some((Family::WanVae, KeyLayout::Original, "")),
             ),
+            (
+                &["vae.decoder.up_blocks.0.resnets.0.norm1.gamma"],
+                Some((Family::WanVae, KeyLayout::Diffusers, "vae.")),
+            ),
+            (
+                &["decoder.upsamples.0.upsamples.0.residual.0.gamma"],
+                Some((Family::WanVae, KeyLayout::Original, "")),
+            ),
             (&["model.layers.0.self_attn.q_proj.weight"], None),
             (&["xdouble_blocks.0.img_attn.qkv.weight"], None),
             (&[], None),
@@ -298,6 +324,67 @@ mod tests {
             let want = want.map(|(f, l, p)| (f, l, p.to_string()));
             assert_eq!(got, want, "{names:?}");
         }
+    }
+
+    /// diffusers' Wan VAE has every name the FLUX VAE's diffusers signature looks for; it
+    /// must still be the Wan VAE, and a 5-D `decoder.conv_in` is never a FLUX VAE.
+    #[test]
+    fn diffusers_wan_vae_is_not_flux_vae() {
+        let shaped = |v: &[(&str, &[usize])]| -> Vec<TensorInfo> {
+            v.iter()
+                .map(|(n, s)| TensorInfo {
+                    name: n.to_string(),
+                    dtype: DType::BF16,
+                    shape: s.iter().map(|d| *d as u64).collect(),
+                    offset: 0,
+                    len: 2 * s.iter().product::<usize>() as u64,
+                })
+                .collect()
+        };
+        let wan = [
+            ("encoder.conv_in.weight", &[96usize, 3, 3, 3, 3][..]),
+            ("decoder.conv_in.weight", &[384, 16, 3, 3, 3]),
+            (
+                "decoder.up_blocks.0.resnets.0.conv1.weight",
+                &[384, 384, 3, 3, 3],
+            ),
+            ("decoder.up_blocks.0.resnets.0.norm1.gamma", &[384, 1, 1, 1]),
+            (
+                "decoder.mid_block.attentions.0.to_qkv.weight",
+                &[1152, 384, 1, 1],
+            ),
+            ("post_quant_conv.weight", &[16, 16, 1, 1, 1]),
+        ];
+        let d = detect(&shaped(&wan)).unwrap();
+        assert_eq!((d.family, d.layout), (Family::WanVae, KeyLayout::Diffusers));
+        assert_eq!(d.key, "decoder.up_blocks.0.resnets.0.norm1.gamma");
+        // Without the Wan-only `gamma`, the 5-D conv still keeps it from being a FLUX VAE.
+        let no_gamma: Vec<_> = wan
+            .iter()
+            .filter(|(n, _)| !n.ends_with("gamma"))
+            .copied()
+            .collect();
+        assert_eq!(detect_family(&shaped(&no_gamma)), None);
+        // The FLUX VAE in diffusers' layout is unaffected.
+        let flux = [
+            ("decoder.conv_in.weight", &[512usize, 16, 3, 3][..]),
+            (
+                "decoder.up_blocks.0.resnets.0.conv1.weight",
+                &[512, 512, 3, 3],
+            ),
+            ("decoder.up_blocks.0.resnets.0.norm1.weight", &[512]),
+        ];
+        let d = detect(&shaped(&flux)).unwrap();
+        assert_eq!(
+            (d.family, d.layout),
+            (Family::FluxVae, KeyLayout::Diffusers)
+        );
+        // A `gamma` name over 4-D convolutions is not a Wan VAE.
+        let odd = [
+            ("decoder.conv_in.weight", &[512usize, 16, 3, 3][..]),
+            ("decoder.up_blocks.0.resnets.0.norm1.gamma", &[512, 1, 1, 1]),
+        ];
+        assert_ne!(detect_family(&shaped(&odd)), Some(Family::WanVae));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The engine of [`super::canonicalize`]: prefix stripping, layout detection, mapping names
 //! through a family's rules, joining fused parts, and the missing/unknown checks against the
-//! canonical schema. The tables it applies are in `flux.rs`, `vae.rs` and `text.rs`.
+//! canonical schema. The tables it applies are in `flux.rs`, `vae.rs`, `wan_vae.rs` and
+//! `text.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -121,6 +122,9 @@ pub fn canonicalize(
             family,
             others: ignored.into_iter().map(|i| i.name).collect(),
         });
+    }
+    if let Some(message) = (spec.unsupported)(&own) {
+        return Err(KeymapError::Unsupported { family, message });
     }
 
     let all: HashSet<&str> = own.iter().map(|(n, _)| *n).collect();

@@ -8,7 +8,7 @@
 //! read in the other direction, and is checked against it by `tools/make_lora_fixtures.py`.
 
 use super::spec::{entry, rule, Entry, Need, Rule, Slot, Split, LIN, NORM, SCALE, WB};
-use super::spec::{keep, no_rev, Spec};
+use super::spec::{keep, no_rev, supported, Spec};
 use super::Layout;
 use crate::family::Family;
 
@@ -30,6 +30,7 @@ pub(crate) fn spec() -> Spec {
         alias: Some((Layout::FluxDiffusers, rules())),
         normalize: keep,
         rev_count: no_rev,
+        unsupported: supported,
     }
 }
 

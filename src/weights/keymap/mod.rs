@@ -16,8 +16,9 @@
 //! [`ModuleIndex`] answers the reverse question for LoRA files: which canonical tensor (and
 //! which rows of it) a module name in any supported spelling addresses.
 //!
-//! The Wan transformer's canonical layout is the Wan team's original one (diffusers is mapped
-//! onto it); families not yet run (the Wan VAE) are mapped as they are, prefixes stripped.
+//! The Wan transformer's and the Wan VAE's canonical layouts are the Wan team's original
+//! ones; diffusers' `WanTransformer3DModel` and `AutoencoderKLWan` names are mapped onto them
+//! (`wan.rs`, `wan_vae.rs`).
 
 mod canonicalize;
 mod flux;
@@ -27,6 +28,7 @@ mod template;
 mod text;
 mod vae;
 mod wan;
+mod wan_vae;
 
 pub use canonicalize::canonicalize;
 pub use flux::FluxDims;
@@ -67,19 +69,24 @@ pub enum Layout {
     WanOriginal,
     /// diffusers `WanTransformer3DModel` names (`blocks.0.attn1.to_q.weight`).
     WanDiffusers,
-    /// Names taken as they are (families not yet run).
-    Native,
+    /// Wan's own VAE names (`wan/modules/vae.py`, ComfyUI's `wan_2.1_vae.safetensors`:
+    /// `decoder.upsamples.0.residual.0.gamma`). Canonical.
+    WanVaeOriginal,
+    /// diffusers `AutoencoderKLWan` names (`decoder.up_blocks.0.resnets.0.norm1.gamma`).
+    WanVaeDiffusers,
 }
 
 impl Layout {
     pub const fn name(self) -> &'static str {
         match self {
             Layout::FluxBfl => "bfl",
-            Layout::FluxDiffusers | Layout::VaeDiffusers | Layout::WanDiffusers => "diffusers",
-            Layout::WanOriginal => "original",
+            Layout::FluxDiffusers
+            | Layout::VaeDiffusers
+            | Layout::WanDiffusers
+            | Layout::WanVaeDiffusers => "diffusers",
+            Layout::WanOriginal | Layout::WanVaeOriginal => "original",
             Layout::VaeLdm => "ldm",
             Layout::T5Hf | Layout::ClipHf => "hf",
-            Layout::Native => "native",
         }
     }
 }
@@ -293,6 +300,9 @@ pub enum KeymapError {
     },
     #[error("tensor `{tensor}`: {message}")]
     Assemble { tensor: String, message: String },
+    /// A variant of the family that mgpu does not support (the Wan 2.2 VAE).
+    #[error("{family}: {message}")]
+    Unsupported { family: Family, message: String },
 }
 
 fn others_note(others: &[String]) -> String {
@@ -366,7 +376,7 @@ pub(crate) fn spec_for(family: Family) -> &'static Spec {
                 Family::T5 | Family::UmT5 => text::t5_spec(f),
                 Family::ClipL => text::clip_spec(),
                 Family::Wan => wan::spec(),
-                Family::WanVae => native_spec(f, vec!["first_stage_model.", "vae."]),
+                Family::WanVae => wan_vae::spec(),
             })
             .collect()
     });
@@ -374,19 +384,6 @@ pub(crate) fn spec_for(family: Family) -> &'static Spec {
         .iter()
         .find(|s| s.family == family)
         .expect("every family has a spec")
-}
-
-fn native_spec(family: Family, own_prefixes: Vec<&'static str>) -> Spec {
-    Spec {
-        family,
-        canonical_layout: Layout::Native,
-        own_prefixes,
-        foreign_prefixes: vec![],
-        schema: None,
-        alias: None,
-        normalize: spec::keep,
-        rev_count: spec::no_rev,
-    }
 }
 
 /// The canonical name of one raw tensor name (prefix stripped, layout mapped), or `None`
@@ -418,8 +415,15 @@ pub fn canonical_unit_name(family: Family, raw: &str) -> Option<String> {
     if let Some(c) = canonical_name(family, raw) {
         return family.unit_of(&c);
     }
-    // A diffusers VAE decoder name whose level cannot be reversed without the full list still
-    // belongs to the `decoder` unit: the unit is the first segment in both layouts.
+    // A diffusers VAE decoder name whose level cannot be reversed (FLUX) or flattened (Wan)
+    // without the full list still belongs to the `decoder` unit: the unit is the first segment
+    // in both layouts.
+    if family == Family::WanVae {
+        let (stripped, _) = strip_own(spec_for(family), raw);
+        if stripped.starts_with("decoder.up_blocks.") {
+            return family.unit_of(stripped);
+        }
+    }
     if family == Family::FluxVae {
         let spec = spec_for(family);
         let (stripped, _) = strip_own(spec, raw);

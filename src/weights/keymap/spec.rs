@@ -1,13 +1,14 @@
 //! The data each family's key-layout table is made of: the canonical schema (which tensors a
 //! complete model has), the rules that map an alternative layout's names onto it, and the
 //! prefixes that wrap the names in real files. The tables themselves live in `flux.rs`,
-//! `vae.rs` and `text.rs`; the engine that applies them is in `mod.rs`.
+//! `vae.rs`, `wan_vae.rs` and `text.rs`; the engine that applies them is in `mod.rs`.
 
 use std::collections::HashSet;
 use std::ops::Range;
 
 use super::Layout;
 use crate::family::Family;
+use crate::weights::TensorInfo;
 
 /// Whether a schema entry must be present in a complete model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +153,9 @@ pub(crate) struct Spec {
     pub normalize: fn(&str, &HashSet<&str>) -> Norm,
     /// For layouts with reversed indices (`{r}`/`{R}`): how many, from the (stripped) names.
     pub rev_count: fn(&[&str]) -> Option<u64>,
+    /// Why a file of this family cannot be used (a variant mgpu does not support), from its
+    /// (prefix-stripped name, tensor) list; `None` when it can.
+    pub unsupported: fn(&[(&str, &TensorInfo)]) -> Option<String>,
 }
 
 pub(crate) fn keep(name: &str, _all: &HashSet<&str>) -> Norm {
@@ -159,5 +163,9 @@ pub(crate) fn keep(name: &str, _all: &HashSet<&str>) -> Norm {
 }
 
 pub(crate) fn no_rev(_: &[&str]) -> Option<u64> {
+    None
+}
+
+pub(crate) fn supported(_: &[(&str, &TensorInfo)]) -> Option<String> {
     None
 }

@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 
-use super::spec::{entry, no_rev, Entry, Need, Norm, Spec, W, WB};
+use super::spec::{entry, no_rev, supported, Entry, Need, Norm, Spec, W, WB};
 use super::Layout;
 use crate::family::Family;
 
@@ -53,6 +53,7 @@ pub(crate) fn t5_spec(family: Family) -> Spec {
         alias: None,
         normalize: t5_normalize,
         rev_count: no_rev,
+        unsupported: supported,
     }
 }
 
@@ -121,6 +122,7 @@ pub(crate) fn clip_spec() -> Spec {
         alias: None,
         normalize: clip_normalize,
         rev_count: no_rev,
+        unsupported: supported,
     }
 }
 

@@ -7,7 +7,7 @@
 //! (`diffusers/loaders/single_file_utils.py`), read in the other direction.
 
 use super::spec::{entry, rule, Entry, Need, Rule, Slot, LIN, WB};
-use super::spec::{keep, Spec};
+use super::spec::{keep, supported, Spec};
 use super::{template, Layout};
 use crate::family::Family;
 
@@ -27,6 +27,7 @@ pub(crate) fn spec() -> Spec {
         alias: Some((Layout::VaeDiffusers, rules())),
         normalize: keep,
         rev_count,
+        unsupported: supported,
     }
 }
 

@@ -22,7 +22,7 @@
 //! the other direction; `tools/parity_wan.py` checks its inverse against it.
 
 use super::spec::{entry, rule, Entry, Need, Rule, Slot, LIN, W, WB};
-use super::spec::{keep, no_rev, Spec};
+use super::spec::{keep, no_rev, supported, Spec};
 use super::Layout;
 use crate::family::Family;
 
@@ -43,6 +43,7 @@ pub(crate) fn spec() -> Spec {
         alias: Some((Layout::WanDiffusers, rules())),
         normalize: keep,
         rev_count: no_rev,
+        unsupported: supported,
     }
 }
 
