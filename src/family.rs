@@ -24,11 +24,11 @@ pub enum Family {
     T5,
     /// CLIP-L text encoder (`clip_l.safetensors`: `text_model.encoder.layers.N`).
     ClipL,
-    /// Wan 2.x video diffusion transformer (`blocks.N`). Planned and inspected; not yet run.
+    /// Wan 2.1 text-to-video diffusion transformer (`blocks.N`).
     Wan,
-    /// Wan 2.x video autoencoder. Planned and inspected; not yet run.
+    /// The Wan 2.1 video autoencoder (`wan_2.1_vae.safetensors`).
     WanVae,
-    /// umT5-XXL, Wan's text encoder (`encoder.block.N`). Planned and inspected; not yet run.
+    /// umT5-XXL, Wan's text encoder (`encoder.block.N`).
     UmT5,
 }
 
@@ -69,14 +69,6 @@ impl Family {
             Family::T5 | Family::ClipL | Family::UmT5 => Role::TextEncoder,
             Family::FluxVae | Family::WanVae => Role::Vae,
         }
-    }
-
-    /// Whether `mgpu run` can execute this family in this version (others can be planned).
-    pub const fn runnable(self) -> bool {
-        matches!(
-            self,
-            Family::Flux | Family::FluxVae | Family::T5 | Family::ClipL
-        )
     }
 
     /// How messages name the family's model code (`FLUX \`flux\`: …`).
@@ -209,7 +201,7 @@ impl JsonSchema for Family {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         let names: Vec<&str> = ALL.iter().map(|f| f.name()).collect();
         json_schema!({
-            "description": "Architecture family of a model component. flux: FLUX.1 dev/schnell transformer; flux-vae: FLUX autoencoder (ae.safetensors); t5: T5-XXL encoder; clip-l: CLIP-L text encoder; wan, wan-vae, umt5: Wan 2.x (planned and inspected, not yet run).",
+            "description": "Architecture family of a model component. flux: FLUX.1 dev/schnell transformer; flux-vae: FLUX autoencoder (ae.safetensors); t5: T5-XXL encoder; clip-l: CLIP-L text encoder; wan: Wan 2.1 text-to-video transformer; wan-vae: its video autoencoder; umt5: umT5-XXL, its text encoder.",
             "type": "string",
             "enum": names,
         })

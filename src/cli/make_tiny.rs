@@ -24,7 +24,7 @@ use clap::ValueEnum;
 
 use super::Status;
 use crate::family::Family;
-use crate::models::{clip, flux, spec, t5, tiny, tokenize, vae, wan};
+use crate::models::{clip, flux, spec, t5, tiny, tokenize, vae, wan, wan_vae};
 use crate::weights::gguf::{city96_type, GgufWriter, FILE_TYPE_MOSTLY_Q8_0, QUANTIZATION_VERSION};
 use crate::weights::{DType as WDType, MetaValue};
 
@@ -35,7 +35,7 @@ use crate::weights::{DType as WDType, MetaValue};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model family: flux (transformer, plus a matching LoRA), flux-vae, t5, clip-l
-    /// (text encoders, plus their tokenizer.json).
+    /// (text encoders, plus their tokenizer.json); wan, wan-vae, umt5 (+ tokenizer.json).
     pub family: Family,
     /// Directory to write into (created if missing).
     #[arg(long)]
@@ -95,6 +95,9 @@ struct Output {
     gguf: bool,
     /// A text file written beside it (a tokenizer), if any: (file name, contents).
     extra: Option<(&'static str, String)>,
+    /// Config values the weights' shapes do not fix, written into the file's metadata (as
+    /// a diffusers `config.json` would give them).
+    meta: Vec<(&'static str, String)>,
 }
 
 /// Why `family` is not written as GGUF, for the refusal; `None` for FLUX (written) and for the
@@ -141,6 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
                     tensors: tiny::flux_weights(&cfg, seed)?,
                     gguf,
                     extra: None,
+                    meta: vec![],
                 },
                 Output {
                     file: "lora-tiny.safetensors",
@@ -152,6 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
                     tensors: tiny::flux_lora(&cfg, seed)?,
                     gguf: false,
                     extra: None,
+                    meta: vec![],
                 },
             ]
         }
@@ -161,6 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
             tensors: tiny::vae_weights(&vae::Config::tiny(), seed)?,
             gguf: false,
             extra: None,
+            meta: vec![],
         }],
         Family::T5 => vec![Output {
             file: "t5-tiny.safetensors",
@@ -171,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
                 "t5-tokenizer.json",
                 tokenize::tiny::t5_json().map_err(anyhow::Error::msg)?,
             )),
+            meta: vec![],
         }],
         Family::ClipL => vec![Output {
             file: "clip-tiny.safetensors",
@@ -181,6 +188,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
                 "clip-tokenizer.json",
                 tokenize::tiny::clip_json().map_err(anyhow::Error::msg)?,
             )),
+            meta: vec![],
         }],
         Family::Wan => vec![Output {
             file: "wan-tiny.safetensors",
@@ -191,6 +199,8 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
             )?,
             gguf: false,
             extra: None,
+            // Its heads are 16 wide, not the released models' 128: say how many.
+            meta: vec![("num_heads", wan::Config::tiny().num_heads.to_string())],
         }],
         Family::UmT5 => vec![Output {
             file: "umt5-tiny.safetensors",
@@ -201,10 +211,19 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
                 "umt5-tokenizer.json",
                 tokenize::tiny::umt5_json().map_err(anyhow::Error::msg)?,
             )),
+            meta: vec![],
         }],
-        Family::WanVae => {
-            bail!("make-tiny wan-vae: not available in this build")
-        }
+        Family::WanVae => vec![Output {
+            file: "wan-vae-tiny.safetensors",
+            what: "tiny Wan 2.1 video autoencoder".into(),
+            tensors: tiny::weights_for(
+                &spec::vae_layout::<wan_vae::WanVae>(&wan_vae::Config::tiny())?,
+                seed,
+            )?,
+            gguf: false,
+            extra: None,
+            meta: vec![],
+        }],
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -217,7 +236,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         let bytes = if o.gguf {
             write_flux_gguf(&path, &o.tensors, args.dtype.candle(), &note)?
         } else {
-            write_safetensors(&path, &o.tensors, args.dtype.candle(), &note)?
+            write_safetensors(&path, &o.tensors, args.dtype.candle(), &note, &o.meta)?
         };
         println!(
             "wrote {} ({} tensors, {:.1} KiB): {}",
@@ -235,21 +254,26 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     Ok(Status::Ok)
 }
 
-/// Writes `tensors` converted to `dtype` as a safetensors file with one metadata entry
-/// (`mgpu`: `note`). Deterministic: tensors are laid out by name, the header has a fixed
+/// Writes `tensors` converted to `dtype` as a safetensors file with the metadata entries
+/// `meta` and `mgpu`: `note`. Deterministic: tensors are laid out by name, the header has a fixed
 /// order. Written to a temporary name first, then renamed. Returns the file size.
 pub fn write_safetensors(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
     dtype: DType,
     note: &str,
+    meta: &[(&str, String)],
 ) -> anyhow::Result<usize> {
     let converted = tensors
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?)))
         .collect::<candle_core::Result<BTreeMap<_, _>>>()
         .with_context(|| format!("converting tensors for {}", path.display()))?;
-    let meta = HashMap::from([("mgpu".to_string(), note.to_string())]);
+    let mut meta: HashMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    meta.insert("mgpu".to_string(), note.to_string());
     let bytes = safetensors::serialize(&converted, Some(meta))
         .with_context(|| format!("serialising {}", path.display()))?;
     let tmp = path.with_extension("safetensors.tmp");

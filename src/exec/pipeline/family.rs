@@ -22,7 +22,7 @@ use crate::exec::{Event, ExecError, PassStats};
 use crate::family::Family;
 use crate::manifest::{Job, Model};
 use crate::models::spec::{self, Autoencoder, DiffusionModel, StepInputs, TextNeeds};
-use crate::models::{flux, vae, wan};
+use crate::models::{flux, vae, wan, wan_vae};
 use crate::sample::ModelSampling;
 
 /// What a diffusion model's file header says, before anything is loaded.
@@ -91,7 +91,8 @@ pub(crate) fn file_meta(mf: &ModelFile) -> BTreeMap<String, String> {
         }
     }
     for (k, v) in mf.file.metadata() {
-        meta.insert(k.clone(), v.to_string());
+        let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+        meta.insert(k.clone(), text);
     }
     meta
 }
@@ -165,6 +166,7 @@ pub(crate) fn load_vae(
     let model = cx.model(name)?.clone();
     match model.family {
         Family::FluxVae => Ok(Box::new(Vae::<vae::AutoEncoder>::load(cx, &model, events)?)),
+        Family::WanVae => Ok(Box::new(Vae::<wan_vae::WanVae>::load(cx, &model, events)?)),
         _ => Err(not_runnable(&model)),
     }
 }

@@ -185,7 +185,7 @@ fn roles_of(manifest: &Manifest, name: &str) -> Result<Roles, ExecError> {
     let family = |m: &str| manifest.models.get(m).map(|m| m.family);
     let df = family(&p.diffusion)
         .ok_or_else(|| load_err(format!("pipeline `{name}`: no model `{}`", p.diffusion)))?;
-    let Some((text_families, vae_family)) = df.companions().filter(|_| df.runnable()) else {
+    let Some((text_families, vae_family)) = df.companions() else {
         return Err(load_err(format!(
             "pipeline `{name}`: diffusion `{}` is a {df} model, which this version cannot run",
             p.diffusion

@@ -203,9 +203,17 @@ pub(super) fn validate_jobs(
             fine = false;
         }
         let steps = steps_sp.map_or(DEFAULT_STEPS, |s| s.value);
-        let sampler = pick(&job.sampler, &defaults.sampler).map_or(Sampler::Euler, |s| s.value);
+        // Video (Wan) jobs default to what Wan's pipelines use: UniPC (bh2) on diffusers'
+        // flow-sigma grid; image jobs to ComfyUI's euler/simple.
+        let video = family.is_some_and(Family::is_video);
+        let (sampler0, scheduler0) = if video {
+            (Sampler::UniPcBh2, Scheduler::FlowSigmas)
+        } else {
+            (Sampler::Euler, Scheduler::Simple)
+        };
+        let sampler = pick(&job.sampler, &defaults.sampler).map_or(sampler0, |s| s.value);
         let scheduler =
-            pick(&job.scheduler, &defaults.scheduler).map_or(Scheduler::Simple, |s| s.value);
+            pick(&job.scheduler, &defaults.scheduler).map_or(scheduler0, |s| s.value);
         let guidance_sp = pick(&job.guidance, &defaults.guidance);
         if let Some(g) = guidance_sp.filter(|g| g.value < 0.0) {
             cx.error(
@@ -269,7 +277,6 @@ pub(super) fn validate_jobs(
             fine = false;
         }
 
-        let video = family.is_some_and(Family::is_video);
         let fam_name = family.map_or("this family", Family::name);
         // Video keys: frames (4k+1) and fps for video families; refused for image families.
         let frames_sp = pick(&job.frames, &defaults.frames);

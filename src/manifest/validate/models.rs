@@ -171,25 +171,6 @@ fn validate_model(
             );
         }
     }
-    if let (Some(f), Some(sp)) = (family, &m.family) {
-        if !f.runnable() {
-            let runnable: Vec<&str> = crate::family::ALL
-                .iter()
-                .filter(|f| f.runnable())
-                .map(|f| f.name())
-                .collect();
-            cx.warning(
-                sp.span.clone(),
-                format!("`{f}` models cannot be run by this version of mgpu"),
-                "",
-                Some(format!(
-                    "they can be planned (`mgpu plan`) and inspected; runnable families: {}",
-                    runnable.join(", ")
-                )),
-            );
-        }
-    }
-
     let compute = compute?;
     Some(Model {
         name: name.to_string(),
