@@ -580,7 +580,8 @@ mod tests {
             )
             .unwrap();
             for &(p, batch, k, measured) in cells {
-                let (req, homes) = cell_request(&dev(), &cfg, &args, &p.parse().unwrap(), batch).unwrap();
+                let (req, homes) =
+                    cell_request(&dev(), &cfg, &args, &p.parse().unwrap(), batch).unwrap();
                 let predicted = crate::plan::predict_step(&req, &hw, &homes, k as u32);
                 let err = predicted / measured - 1.0;
                 eprintln!(
@@ -619,7 +620,9 @@ mod tests {
         )
         .unwrap();
         let cfg = dev_config();
-        let k = |p: &str, b: usize| auto_slots(&dev(), &cfg, &args, &hw, &p.parse().unwrap(), b).unwrap();
+        let k = |p: &str, b: usize| {
+            auto_slots(&dev(), &cfg, &args, &hw, &p.parse().unwrap(), b).unwrap()
+        };
         assert_eq!(k("resident", 4), 2);
         assert_eq!(k("cpu:25", 1), 2);
         assert_eq!(k("cuda:1:100", 1), 2);

@@ -467,7 +467,8 @@ fn plan_gpus(m: &Manifest, opts: &RunOptions) -> Vec<golden::GpuFingerprint> {
     if !compute.iter().any(|d| d.is_cuda()) {
         return Vec::new();
     }
-    opts.hardware.resolve()
+    opts.hardware
+        .resolve()
         .map(|hw| golden::gpus_of(&hw, &compute))
         .unwrap_or_default()
 }

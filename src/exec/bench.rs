@@ -824,6 +824,10 @@ mod cfg_tests {
         );
         // Twice the evaluations cost more than one pass of them on the same weights.
         let fetched = |r: &BenchReport| r.measurements[1].steps[0].fetched_units;
-        assert_eq!(fetched(&guided), fetched(&plain), "one fetch serves both halves");
+        assert_eq!(
+            fetched(&guided),
+            fetched(&plain),
+            "one fetch serves both halves"
+        );
     }
 }

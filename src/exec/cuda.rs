@@ -31,8 +31,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::{DType, Device, Storage, Tensor};
 
 use super::engine::{Backend, EngineError, EngineUnit, Home};
-use crate::device::UnitHome;
 use super::unit::UnitData;
+use crate::device::UnitHome;
 
 mod device;
 mod layout;
@@ -264,16 +264,14 @@ impl CudaBackend {
             }
             let kind = &links[*link].kind;
             let source = match kind {
-                UnitHome::Host => {
-                    Source::Pinned(pool.get_or_fill(&ctx, &u.name, &layout, data)?)
-                }
+                UnitHome::Host => Source::Pinned(pool.get_or_fill(&ctx, &u.name, &layout, data)?),
                 UnitHome::Donor(ord) => {
                     let ord = *ord as usize;
                     let pctx = match peer_ctxs.get(&ord) {
                         Some(c) => c.clone(),
                         None => {
-                            let c = CudaContext::new(ord)
-                                .map_err(cuda_err("opening the donor GPU"))?;
+                            let c =
+                                CudaContext::new(ord).map_err(cuda_err("opening the donor GPU"))?;
                             enable_peer_access(&ctx, &c);
                             peer_ctxs.insert(ord, c.clone());
                             c
@@ -300,7 +298,9 @@ impl CudaBackend {
                     return Err(EngineError::Fetch {
                         unit: u.name.clone(),
                         link: links[*link].name.clone(),
-                        message: "a resident unit has no link to stream from (a bug in the executor)".into(),
+                        message:
+                            "a resident unit has no link to stream from (a bug in the executor)"
+                                .into(),
                     })
                 }
             };

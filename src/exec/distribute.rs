@@ -32,8 +32,8 @@ use super::cpu::CpuBackend;
 use super::engine::{Backend, Engine, EngineUnit, Home};
 use super::load::{LoadError, ModelFile};
 use super::unit::{Bytes, HostTensor, UnitData};
-pub use crate::device::UnitHome;
 use crate::device::DeviceName;
+pub use crate::device::UnitHome;
 
 /// The compute side of a model: device, its name, the compute dtype.
 #[derive(Debug, Clone)]
@@ -173,8 +173,8 @@ pub fn distribute(
         }
         // One pool per engine: the pool reuses buffers by unit name, and two models may have
         // units of the same name.
-        let built = build_engine(units, target, slots, cache_dir, &mut Pools::default())
-            .map_err(other)?;
+        let built =
+            build_engine(units, target, slots, cache_dir, &mut Pools::default()).map_err(other)?;
         for (d, b) in built.held {
             *held.entry(d).or_default() += b;
         }
@@ -261,12 +261,10 @@ pub fn build_engine(
                 *held.entry(target.name).or_default() += m.values().map(tensor_bytes).sum::<u64>();
                 Home::Resident(Arc::new(m))
             }
-            (streamed, UnitSource::Device(_)) => {
-                return Err(format!(
-                    "unit `{}` is on the compute device but homed on {streamed} (a bug in the caller)",
-                    unit.name
-                ))
-            }
+            (streamed, UnitSource::Device(_)) => return Err(format!(
+                "unit `{}` is on the compute device but homed on {streamed} (a bug in the caller)",
+                unit.name
+            )),
             (streamed, UnitSource::Host(data)) => {
                 let data = match streamed {
                     // On a CPU compute device, host homes are owned copies; the CUDA
@@ -311,8 +309,14 @@ pub fn build_engine(
     let start = |e: String| format!("starting the streaming engine: {e}");
     let (backend, slot_bytes) =
         make_backend(target, &engine_units, &links, k, largest, pools).map_err(start)?;
-    let engine = Engine::new(engine_units, k, backend, target.device.clone(), target.dtype)
-        .map_err(|e| start(e.to_string()))?;
+    let engine = Engine::new(
+        engine_units,
+        k,
+        backend,
+        target.device.clone(),
+        target.dtype,
+    )
+    .map_err(|e| start(e.to_string()))?;
     Ok(BuiltEngine {
         engine,
         held,

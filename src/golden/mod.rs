@@ -579,7 +579,10 @@ fn compare_one(dir: &Path, g: &GoldenOutput, c: &Captured, rule: Rule) -> Output
             }
             Err(e) => {
                 pixels_comparable = false;
-                notes.push(format!("cannot read the golden copy {}: {e}", png.display()));
+                notes.push(format!(
+                    "cannot read the golden copy {}: {e}",
+                    png.display()
+                ));
             }
         }
     }

@@ -204,8 +204,15 @@ pub fn assert_same(a: &Rendered, b: &Rendered, what: &str) {
     assert_eq!(a.latent_shape, b.latent_shape, "{what}: latent shape");
     let bits = |r: &Rendered| r.latent.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert!(bits(a) == bits(b), "{what}: latents differ");
-    assert_eq!(a.rgb().dimensions(), b.rgb().dimensions(), "{what}: image size");
-    assert!(a.rgb().as_raw() == b.rgb().as_raw(), "{what}: pixels differ");
+    assert_eq!(
+        a.rgb().dimensions(),
+        b.rgb().dimensions(),
+        "{what}: image size"
+    );
+    assert!(
+        a.rgb().as_raw() == b.rgb().as_raw(),
+        "{what}: pixels differ"
+    );
 }
 
 pub fn assert_all_same(reference: &Run, other: &Run, n: usize, what: &str) {

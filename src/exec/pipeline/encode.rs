@@ -101,7 +101,10 @@ impl TextModels {
         for chunk in prompts.chunks(ENCODE_CHUNK) {
             let t0 = Instant::now();
             let pooled_out = match clip.as_deref_mut() {
-                Some(c) => clip_chunk(c, chunk, events)?.into_iter().map(Some).collect(),
+                Some(c) => clip_chunk(c, chunk, events)?
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
                 None => vec![None; chunk.len()],
             };
             let hidden = t5_chunk(t5, chunk, tokens, masked, events)?;

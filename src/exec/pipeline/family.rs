@@ -66,10 +66,7 @@ pub(crate) trait Codec {
     ) -> Result<Vec<Option<Result<Tensor, String>>>, ExecError>;
     /// One decoder pass: frames `[F, 3, H, W]` of each given latent, with the seconds each
     /// decode took.
-    fn decode(
-        &mut self,
-        latents: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Decoded>>, ExecError>;
+    fn decode(&mut self, latents: &[Option<Tensor>]) -> Result<Vec<Option<Decoded>>, ExecError>;
 }
 
 /// The file's metadata as strings: safetensors `__metadata__` / GGUF key-values, and the keys
@@ -272,8 +269,7 @@ impl<V: Autoencoder> Vae<V> {
     fn load(cx: &mut Ctx, model: &Model, events: &mut dyn FnMut(Event)) -> Result<Self, ExecError> {
         let mf = opened(model, events)?;
         let shape_of = |n: &str| mf.shape_of(n);
-        let cfg =
-            V::infer_config(&shape_of, &file_meta(&mf)).map_err(|e| infer_err(model, e))?;
+        let cfg = V::infer_config(&shape_of, &file_meta(&mf)).map_err(|e| infer_err(model, e))?;
         let needed = spec::vae_layout::<V>(&cfg).map_err(|e| infer_err(model, e))?;
         let groups = V::units().map(|u| vec![u.to_string()]);
         let mut parts = load_parts(cx, model, mf, &needed, &groups, events)?;
@@ -335,10 +331,7 @@ impl<V: Autoencoder> Codec for Vae<V> {
         Ok(out)
     }
 
-    fn decode(
-        &mut self,
-        latents: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Decoded>>, ExecError> {
+    fn decode(&mut self, latents: &[Option<Tensor>]) -> Result<Vec<Option<Decoded>>, ExecError> {
         let mut out: Vec<Option<Decoded>> = vec![None; latents.len()];
         if latents.iter().all(Option::is_none) {
             return Ok(out);

@@ -388,9 +388,8 @@ impl Pipeline {
             }
             let keep_all = self.cx.options.keep_text_encoders;
             let manifest = self.cx.manifest.clone();
-            let keep = |name: &str| {
-                keep_all || manifest.models.get(name).is_some_and(|m| m.keep_loaded)
-            };
+            let keep =
+                |name: &str| keep_all || manifest.models.get(name).is_some_and(|m| m.keep_loaded);
             for name in pooled.iter().chain(std::iter::once(&context)) {
                 if !keep(name) && self.text.release(name) {
                     events(Event::Note {

@@ -252,10 +252,7 @@ pub(crate) fn load_parts(
     })
 }
 
-pub(crate) fn opened(
-    model: &Model,
-    events: &mut dyn FnMut(Event),
-) -> Result<ModelFile, ExecError> {
+pub(crate) fn opened(model: &Model, events: &mut dyn FnMut(Event)) -> Result<ModelFile, ExecError> {
     events(Event::Stage {
         model: model.name.clone(),
         stage: "loading".into(),
@@ -410,7 +407,10 @@ impl T5Model {
         // umT5: a tokenizer file, or (as ComfyUI saves umT5) the `spiece_model` tensor of the
         // weights file itself when the manifest names none.
         let tokenizer = if umt5 {
-            let path = model.tokenizer.clone().unwrap_or_else(|| model.file.clone());
+            let path = model
+                .tokenizer
+                .clone()
+                .unwrap_or_else(|| model.file.clone());
             T5Tokenizer::umt5_from_file(path)
         } else {
             T5Tokenizer::from_file(tokenizer_path(&model)?)

@@ -349,7 +349,8 @@ fn write(task: &ImageTask, r: &Rendered) -> Result<String, String> {
             .map_err(|e| e.to_string())
             .and_then(|f| Fps::integer(f).map_err(|e| e.to_string()))?;
         write_video(path, &r.frames, fps, &record).map_err(|e| e.to_string())?;
-        let bytes = std::fs::read(path).map_err(|e| format!("reading back {}: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("reading back {}: {e}", path.display()))?;
         return Ok(sha256_hex(&bytes));
     }
     if r.frames.len() != 1 {

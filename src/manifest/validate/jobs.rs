@@ -212,8 +212,7 @@ pub(super) fn validate_jobs(
             (Sampler::Euler, Scheduler::Simple)
         };
         let sampler = pick(&job.sampler, &defaults.sampler).map_or(sampler0, |s| s.value);
-        let scheduler =
-            pick(&job.scheduler, &defaults.scheduler).map_or(scheduler0, |s| s.value);
+        let scheduler = pick(&job.scheduler, &defaults.scheduler).map_or(scheduler0, |s| s.value);
         let guidance_sp = pick(&job.guidance, &defaults.guidance);
         if let Some(g) = guidance_sp.filter(|g| g.value < 0.0) {
             cx.error(
@@ -300,7 +299,10 @@ pub(super) fn validate_jobs(
                     f.span.clone(),
                     format!("`frames` is for video families (wan); {fam_name} makes images"),
                     "",
-                    Some("remove `frames`, or use a pipeline whose diffusion model is a video model".into()),
+                    Some(
+                        "remove `frames`, or use a pipeline whose diffusion model is a video model"
+                            .into(),
+                    ),
                 );
                 fine = false;
                 1

@@ -256,7 +256,10 @@ mod tests {
         let e = Config::infer_with(&shape_of, &Default::default())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("head dimension 24") && e.contains("axes_dims_rope"), "{e}");
+        assert!(
+            e.contains("head dimension 24") && e.contains("axes_dims_rope"),
+            "{e}"
+        );
         let meta = [("axes_dims_rope".to_string(), "[4, 10, 10]".to_string())].into();
         assert_eq!(Config::infer_with(&shape_of, &meta).unwrap(), cfg);
         let bad = [("axes_dims_rope".to_string(), "[4, 10]".to_string())].into();

@@ -185,8 +185,14 @@ mod tests {
         assert_eq!(Config::infer_with(&shape_of, &meta).unwrap(), cfg);
         // The real layout needs no metadata; the tiny one keeps its 4 groups.
         let flux = crate::models::tiny::vae_layout(&Config::flux()).unwrap();
-        assert_eq!(Config::infer(|n| flux.get(n).cloned()).unwrap(), Config::flux());
+        assert_eq!(
+            Config::infer(|n| flux.get(n).cloned()).unwrap(),
+            Config::flux()
+        );
         let tiny = crate::models::tiny::vae_layout(&Config::tiny()).unwrap();
-        assert_eq!(Config::infer(|n| tiny.get(n).cloned()).unwrap(), Config::tiny());
+        assert_eq!(
+            Config::infer(|n| tiny.get(n).cloned()).unwrap(),
+            Config::tiny()
+        );
     }
 }

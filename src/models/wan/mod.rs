@@ -33,9 +33,9 @@ pub use block::{Block, Head};
 pub use config::Config;
 
 use crate::family::Family;
+use crate::models::spec::{DiffusionModel, ShapeOf, StepInputs, TextNeeds};
 use crate::sample::model_sampling::WAN_T2V_SHIFT;
 use crate::sample::{ModelSampling, SampleError};
-use crate::models::spec::{DiffusionModel, ShapeOf, StepInputs, TextNeeds};
 use embed::{TextEmbedding, TimeEmbedding};
 
 /// The resident part of a Wan transformer: embeddings and the head.
