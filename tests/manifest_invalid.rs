@@ -59,6 +59,7 @@ const SCHEMA_REJECTS: &[&str] = &[
     "numbers-out-of-range",
     "toml-syntax",
     "unknown-key",
+    "video-keys",
     "wrong-type",
 ];
 

@@ -13,7 +13,7 @@ use crate::device::{DeviceName, UnitHome};
 use crate::exec::bench::{self, BenchConfig, Placement};
 use crate::exec::distribute::Pools;
 use crate::family::Family;
-use crate::models::flux;
+use crate::models::{flux, wan};
 use crate::models::flux::kernels::CheckSize;
 use crate::models::spec as mspec;
 
@@ -23,7 +23,8 @@ use crate::models::spec as mspec;
 /// --placements resident,cpu:25,cpu:50,cpu:75,cpu:100,cuda:1:100 --json bench.json`
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model shape: dev (FLUX.1-dev, 11.9 B parameters), schnell, tiny (FLUX).
+    /// Model shape: dev (FLUX.1-dev, 11.9 B parameters), schnell, tiny (FLUX); wan14b
+    /// (Wan 2.1 T2V 14B), wan1.3b, wan-tiny.
     #[arg(long, default_value = "dev")]
     pub model: String,
     /// Image width and height in pixels (multiples of 16); --width/--height override it.
@@ -115,10 +116,11 @@ fn parse_slots(s: &str) -> Result<Slots, String> {
 #[derive(Debug, Clone)]
 pub enum BenchModel {
     Flux(flux::Config),
+    Wan(wan::Config),
 }
 
 /// The `--model` names and what they are.
-pub const MODELS: &str = "dev, schnell, tiny (FLUX)";
+pub const MODELS: &str = "dev, schnell, tiny (FLUX); wan14b, wan1.3b, wan-tiny (Wan 2.1 T2V)";
 
 impl BenchModel {
     pub fn parse(name: &str) -> anyhow::Result<Self> {
@@ -126,6 +128,9 @@ impl BenchModel {
             "dev" => BenchModel::Flux(flux::Config::dev()),
             "schnell" => BenchModel::Flux(flux::Config::schnell()),
             "tiny" => BenchModel::Flux(flux::Config::tiny()),
+            "wan14b" => BenchModel::Wan(wan::Config::t2v_14b()),
+            "wan1.3b" => BenchModel::Wan(wan::Config::t2v_1_3b()),
+            "wan-tiny" => BenchModel::Wan(wan::Config::tiny()),
             other => bail!("--model `{other}`: expected one of {MODELS}"),
         })
     }
@@ -133,6 +138,7 @@ impl BenchModel {
     pub fn family(&self) -> Family {
         match self {
             BenchModel::Flux(_) => Family::Flux,
+            BenchModel::Wan(_) => Family::Wan,
         }
     }
 
@@ -140,12 +146,14 @@ impl BenchModel {
     fn layout(&self) -> candle_core::Result<std::collections::BTreeMap<String, Vec<usize>>> {
         match self {
             BenchModel::Flux(c) => mspec::diffusion_layout::<flux::FluxDit>(c),
+            BenchModel::Wan(c) => mspec::diffusion_layout::<wan::WanDit>(c),
         }
     }
 
     fn units(&self) -> Vec<String> {
         match self {
             BenchModel::Flux(c) => flux::FluxDit::units(c),
+            BenchModel::Wan(c) => wan::WanDit::units(c),
         }
     }
 
@@ -160,6 +168,9 @@ impl BenchModel {
         match self {
             BenchModel::Flux(c) => {
                 bench::run::<flux::FluxDit>(c, cfg, device, cache_dir, pools, progress)
+            }
+            BenchModel::Wan(c) => {
+                bench::run::<wan::WanDit>(c, cfg, device, cache_dir, pools, progress)
             }
         }
     }
@@ -211,6 +222,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     let mut cfg = BenchConfig {
         model_name: match &model {
             BenchModel::Flux(_) => format!("flux-{}", args.model),
+            BenchModel::Wan(_) => args.model.clone(),
         },
         width,
         height,
@@ -627,5 +639,57 @@ mod tests {
         assert_eq!(k("cpu:25", 1), 2);
         assert_eq!(k("cuda:1:100", 1), 2);
         assert_eq!(k("cpu:100", 4), 7);
+    }
+}
+
+#[cfg(test)]
+mod wan_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// The tiny Wan shape runs through the benchmark on the CPU: every placement (with and
+    /// without guidance) computes the same bytes, and the planner predicts each cell.
+    #[test]
+    fn wan_tiny_bench_runs_and_is_bit_identical() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = Cli::parse_from([
+            "bench",
+            "--model",
+            "wan-tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "f32",
+            "--width",
+            "48",
+            "--height",
+            "32",
+            "--frames",
+            "5",
+            "--cfg",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--batch",
+            "1,2",
+            "--placements",
+            "resident,cpu:50,disk:100",
+            "--cache-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .args;
+        assert_eq!(run(args).unwrap(), Status::Ok);
+        let model = BenchModel::parse("wan-tiny").unwrap();
+        assert_eq!(model.family(), Family::Wan);
+        assert_eq!(model.units(), ["blocks.0", "blocks.1"]);
+        let e = BenchModel::parse("wan").unwrap_err().to_string();
+        assert!(e.contains("wan14b"), "{e}");
     }
 }

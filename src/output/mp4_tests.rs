@@ -1,5 +1,6 @@
-//! MP4 writer tests: a real ffmpeg round trip (needs ffmpeg with libx264: the test fails
-//! saying so when there is none, unless `MGPU_SKIP_FFMPEG_TESTS=1`), and fake-ffmpeg scripts
+//! MP4 writer tests: a real ffmpeg round trip (needs ffmpeg with libx264: skipped with a note
+//! when there is none, so `cargo test` passes on a fresh machine; CI installs ffmpeg and sets
+//! `MGPU_REQUIRE_FFMPEG=1`, which makes a missing ffmpeg a failure), and fake-ffmpeg scripts
 //! for the process plumbing and atomicity.
 
 use super::super::record::tests::example;
@@ -7,20 +8,20 @@ use super::super::video::{read_output_metadata, write_video, OutputKind};
 use super::super::Infotext;
 use super::*;
 
-/// Set to skip (with a note on stderr) the tests that need a real ffmpeg when it is missing.
-const SKIP_ENV: &str = "MGPU_SKIP_FFMPEG_TESTS";
+/// Set (by `.ci/run`, after installing ffmpeg) to make a missing ffmpeg fail the tests that
+/// need a real one instead of skipping them.
+const REQUIRE_ENV: &str = "MGPU_REQUIRE_FFMPEG";
 
 fn real_ffmpeg() -> Option<Ffmpeg> {
     match Ffmpeg::locate() {
         Ok(f) => Some(f),
-        Err(e) if std::env::var_os(SKIP_ENV).is_some_and(|v| !v.is_empty()) => {
-            eprintln!("SKIPPED: no usable ffmpeg and {SKIP_ENV} is set: {e}");
+        Err(e) if std::env::var_os(REQUIRE_ENV).is_some_and(|v| !v.is_empty()) => {
+            panic!("this test needs a real ffmpeg with libx264 ({REQUIRE_ENV} is set): {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: the MP4 round trip needs ffmpeg with libx264: {e}");
             None
         }
-        Err(e) => panic!(
-            "this test needs a real ffmpeg with libx264 and found none: {e}. \
-             Set {SKIP_ENV}=1 to skip the MP4 round trip."
-        ),
     }
 }
 

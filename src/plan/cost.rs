@@ -32,6 +32,11 @@ pub const EFFICIENCY: f64 = 0.655;
 /// of a measured memory bandwidth.
 pub const DEQUANT_GBPS_PER_TFLOPS: f64 = 0.96;
 
+/// Values the Wan VAE's chunked decoder holds per output pixel of one frame (caches, the
+/// chunk's activations, im2col, the output), from the measurement quoted in
+/// [`Arch::activations`].
+pub const WAN_VAE_VALUES_PER_PIXEL: u64 = 5_800;
+
 /// Architecture numbers the cost formulas need, read from the inventory where it has them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Arch {
@@ -46,8 +51,10 @@ pub struct Arch {
     pub txt_tokens: u64,
     /// Bytes per activation element.
     pub act_bytes: u64,
-    /// Output pixels (VAE).
+    /// Output pixels (VAE), all frames.
     pub pixels: u64,
+    /// Frames of a video (1 for images).
+    pub frames: u64,
 }
 
 fn dim(inv: &Inventory, name: &str, axis: usize) -> Option<u64> {
@@ -104,6 +111,7 @@ impl Arch {
             img_tokens,
             txt_tokens,
             act_bytes,
+            frames: w.frames.max(1) as u64,
             pixels: wd
                 * ht
                 * if family == Family::WanVae {
@@ -246,7 +254,20 @@ impl Arch {
                 let bytes = b * l * (12 * h + 3 * m);
                 (bytes, format!("{b} B × L·(12h + 3m) (memory-efficient attention), L = {l}, h = {h}, m = {m}"))
             }
-            Family::FluxVae | Family::WanVae => {
+            Family::WanVae => {
+                // Chunked causal decoding: one latent frame (4 output frames) at a time with
+                // two cached frames per causal convolution, so memory follows the frame size,
+                // not the frame count. Measured (examples/wan_vae_memory.rs, f32, 120×208):
+                // 0.54 GiB above the weights for 9 and 17 frames alike = 5 800 values per
+                // output pixel of one frame, in the compute dtype.
+                let per_frame = self.pixels / self.frames.max(1);
+                let bytes = self.act_bytes * WAN_VAE_VALUES_PER_PIXEL * per_frame;
+                (
+                    bytes,
+                    format!("{b} B × {WAN_VAE_VALUES_PER_PIXEL} × pixels of one frame (chunked causal decode), pixels = {per_frame}"),
+                )
+            }
+            Family::FluxVae => {
                 // Three 128-channel full-resolution buffers in f32, and the mid-block attention
                 // scores and softmax at 1/8 resolution.
                 let p = self.pixels;

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Writes full-size weight files with the real names, shapes and file names, for measuring
+`mgpu run` at real size on a machine where the real checkpoints cannot be downloaded.
+
+The tensors are all zeros and the files are sparse (a safetensors header, then `truncate`),
+so writing a 28 GB checkpoint takes a second and reading it comes from the page cache; the
+compute is the real compute (matrix products do not look at the values). Pixels are grey.
+
+    python3 tools/full_size_files.py DIR wan14b   # wan2.1_t2v_14B_bf16.safetensors,
+                                                  # umt5_xxl_fp16.safetensors, wan_2.1_vae.safetensors
+    python3 tools/full_size_files.py DIR wan1.3b
+
+Layouts come from the committed parity fixtures (names and shapes of the real checkpoints:
+tests/fixtures/parity/wan/layout_wan_14b.txt, …) and, for umT5-XXL, from its Hugging Face
+names (24 blocks, d_model 4096, d_ff 10240, 64 heads, a position bias in every block).
+Standard library only.
+"""
+
+import json
+import os
+import struct
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = {"BF16": 2, "F16": 2, "F32": 4}
+
+
+def read_layout(path):
+    out = []
+    with open(path) as f:
+        for line in f:
+            name, shape = line.rstrip("\n").split("\t")
+            out.append((name, [int(d) for d in shape.split(",")] if shape else []))
+    return out
+
+
+def umt5_layout():
+    d, ff, heads, buckets, vocab = 4096, 10240, 64, 32, 256384
+    out = [("shared.weight", [vocab, d])]
+    for i in range(24):
+        b = f"encoder.block.{i}.layer"
+        for m in "qkvo":
+            out.append((f"{b}.0.SelfAttention.{m}.weight", [d, d]))
+        out.append((f"{b}.0.SelfAttention.relative_attention_bias.weight", [buckets, heads]))
+        out.append((f"{b}.0.layer_norm.weight", [d]))
+        out.append((f"{b}.1.DenseReluDense.wi_0.weight", [ff, d]))
+        out.append((f"{b}.1.DenseReluDense.wi_1.weight", [ff, d]))
+        out.append((f"{b}.1.DenseReluDense.wo.weight", [d, ff]))
+        out.append((f"{b}.1.layer_norm.weight", [d]))
+    out.append(("encoder.final_layer_norm.weight", [d]))
+    return out
+
+
+def write(path, layout, dtype, metadata):
+    header = {"__metadata__": metadata}
+    offset = 0
+    for name, shape in sorted(layout):
+        n = SIZES[dtype]
+        for s in shape:
+            n *= s
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        f.truncate(8 + len(h) + offset)
+    print(f"wrote {path}: {len(layout)} tensors, {offset / 1e9:.2f} GB (sparse zeros)")
+
+
+def main():
+    if len(sys.argv) != 3 or sys.argv[2] not in ("wan14b", "wan1.3b"):
+        sys.exit(__doc__)
+    out, which = sys.argv[1], sys.argv[2]
+    os.makedirs(out, exist_ok=True)
+    fx = os.path.join(ROOT, "tests", "fixtures", "parity")
+    note = {"mgpu": "tools/full_size_files.py: zeros in the real layout, not a trained model"}
+    if which == "wan14b":
+        write(os.path.join(out, "wan2.1_t2v_14B_bf16.safetensors"),
+              read_layout(os.path.join(fx, "wan", "layout_wan_14b.txt")), "BF16", note)
+    else:
+        write(os.path.join(out, "wan2.1_t2v_1.3B_bf16.safetensors"),
+              read_layout(os.path.join(fx, "wan", "layout_wan_1_3b.txt")), "BF16", note)
+    write(os.path.join(out, "umt5_xxl_fp16.safetensors"), umt5_layout(), "F16", note)
+    write(os.path.join(out, "wan_2.1_vae.safetensors"),
+          read_layout(os.path.join(fx, "wan_vae", "layout_wan21_vae.txt")), "BF16", note)
+
+
+if __name__ == "__main__":
+    main()
