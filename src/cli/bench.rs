@@ -77,8 +77,9 @@ pub struct Args {
     /// Write the full report (every step of every cell) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Instead of the placement table, time the building blocks of one FLUX-dev step
-    /// (linear layers, attention, norms) on the device: a diagnostic.
+    /// Instead of the placement table, time the building blocks of one step (FLUX-dev at
+    /// 1024², or one block of the Wan shape at --width/--height/--frames) on the device: a
+    /// diagnostic.
     #[arg(long)]
     pub ops: bool,
     /// Instead of the placement table, compare every fused FLUX CUDA kernel (and whole blocks
@@ -214,7 +215,14 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
             }
             DeviceName::Disk => bail!("--device disk cannot compute"),
         };
-        for (name, ms) in bench::profile_ops(&device, dtype)? {
+        let rows = match &model {
+            BenchModel::Flux(_) => bench::profile_ops(&device, dtype)?,
+            BenchModel::Wan(c) => {
+                let tokens = ((frames - 1) / 4 + 1) * (height / 16) * (width / 16);
+                bench::profile_wan_ops(&device, dtype, tokens, c.dim, c.num_heads, c.ffn_dim)?
+            }
+        };
+        for (name, ms) in rows {
             println!("{ms:>10.3} ms  {name}");
         }
         return Ok(Status::Ok);

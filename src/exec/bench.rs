@@ -29,7 +29,7 @@ use crate::models::spec::{self, DiffusionModel, StepInputs};
 use crate::models::tiny;
 
 mod ops;
-pub use ops::profile_ops;
+pub use ops::{profile_ops, profile_wan_ops};
 
 /// One placement to measure.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

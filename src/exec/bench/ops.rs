@@ -137,3 +137,144 @@ impl ForwardT for candle_nn::Linear {
         candle_core::Module::forward(self, x)
     }
 }
+
+/// Times the parts of one Wan 2.1 block at a video's size on `device` (`l` tokens, width
+/// `hid`, `heads` heads of 128, feed-forward `mlp`, 512 text tokens), each alone, and a whole
+/// block: the diagnostic behind "where does a Wan step go" (`mgpu bench --model wan14b --ops`).
+pub fn profile_wan_ops(
+    device: &Device,
+    dtype: DType,
+    l: usize,
+    hid: usize,
+    heads: usize,
+    mlp: usize,
+) -> candle_core::Result<Vec<(String, f64)>> {
+    use crate::models::wan::{self, block};
+    let dh = hid / heads;
+    let r = |shape: &[usize], s: f32| -> candle_core::Result<Tensor> {
+        Tensor::randn(0f32, s, shape, device)?.to_dtype(dtype)
+    };
+    let x = r(&[l, hid], 1.0)?;
+    let ctx = r(&[512, hid], 1.0)?;
+    let w = r(&[hid, hid], 0.02)?;
+    let w1 = r(&[mlp, hid], 0.02)?;
+    let w2 = r(&[hid, mlp], 0.02)?;
+    let (q, k, v) = (r(&[heads, l, dh], 1.0)?, r(&[heads, l, dh], 1.0)?, r(&[heads, l, dh], 1.0)?);
+    let (kc, vc) = (r(&[heads, 512, dh], 1.0)?, r(&[heads, 512, dh], 1.0)?);
+    let cos = Tensor::randn(0f32, 1.0, (l, dh / 2), device)?;
+    let sin = Tensor::randn(0f32, 1.0, (l, dh / 2), device)?;
+    let g32 = Tensor::randn(0f32, 0.1, (1, hid), device)?;
+    let mut out = Vec::new();
+    let mut time =
+        |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| -> candle_core::Result<()> {
+            f()?;
+            device.synchronize()?;
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                let t0 = Instant::now();
+                let r = f()?;
+                device.synchronize()?;
+                v.push(t0.elapsed().as_secs_f64() * 1e3);
+                drop(r);
+            }
+            out.push((name.to_string(), median(v)));
+            Ok(())
+        };
+    time("linear dim×dim (one of q,k,v,o ×2)", &|| x.matmul(&w.t()?))?;
+    time("candle Linear dim×dim with bias", &|| {
+        candle_core::Module::forward(&candle_nn::Linear::new(w.clone(), Some(g32.squeeze(0)?.to_dtype(dtype)?)), &x)
+    })?;
+    time("ffn.0 + gelu", &|| x.matmul(&w1.t()?)?.gelu())?;
+    let hmid = x.matmul(&w1.t()?)?;
+    time("ffn.2", &|| hmid.matmul(&w2.t()?))?;
+    drop(hmid);
+    time("layer_norm f32 + modulate (one)", &|| {
+        let n = block::layer_norm_f32(&x, 1e-6)?;
+        n.broadcast_mul(&(&g32 + 1.0)?)?.broadcast_add(&g32)?.to_dtype(dtype)
+    })?;
+    time("gated residual f32 (one)", &|| {
+        (x.to_dtype(DType::F32)? + x.to_dtype(DType::F32)?.broadcast_mul(&g32)?)?.to_dtype(dtype)
+    })?;
+    time("rms norm f32 path (one of q,k)", &|| {
+        let ones = Tensor::ones(hid, DType::F32, device)?;
+        candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, &ones, 1e-6)?.to_dtype(dtype)
+    })?;
+    time("split heads contiguous (one)", &|| {
+        x.reshape((l, heads, dh))?.transpose(0, 1)?.contiguous()
+    })?;
+    time("rope f32 path (one of q,k)", &|| {
+        let q32 = q.to_dtype(DType::F32)?.unsqueeze(0)?.contiguous()?;
+        candle_nn::rotary_emb::rope_i(&q32, &cos, &sin)?.squeeze(0)?.to_dtype(dtype)
+    })?;
+    time("cross-attention, chunked f32 scores", &|| {
+        block::attention_chunked(&q, &kc, &vc, block::MAX_SCORES)
+    })?;
+    time("self-attention, as the block runs it", &|| block::attention(&q, &k, &v))?;
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() && dtype == DType::BF16 {
+        use crate::models::flux::kernels as kern;
+        let qkv = Tensor::stack(&[&q, &k, &v], 0)?;
+        time("stack q,k,v", &|| Tensor::stack(&[&q, &k, &v], 0))?;
+        for var in kern::FlashVariant::ALL {
+            time(&format!("kernel: flash attention {var}"), &|| {
+                kern::flash_attention(&qkv, var)
+            })?;
+        }
+        let rows = 2048.min(l);
+        let (qs, ks) = (q.narrow(1, 0, rows)?, k.clone());
+        time(&format!("cublas q kᵀ for {rows} queries (bf16 scores)"), &|| {
+            qs.matmul(&ks.t()?)
+        })?;
+        let sc = qs.matmul(&ks.t()?)?;
+        time(&format!("fused softmax for {rows} queries"), &|| {
+            kern::softmax_scaled(&sc, 0.088)
+        })?;
+        time(&format!("cublas p v for {rows} queries"), &|| sc.matmul(&v))?;
+    }
+    // A whole block with random weights, as the executor runs it.
+    let cfg = wan::Config {
+        dim: hid,
+        ffn_dim: mlp,
+        num_heads: heads,
+        ..wan::Config::t2v_14b()
+    };
+    let layout = crate::models::spec::diffusion_layout::<wan::WanDit>(&wan::Config {
+        num_layers: 1,
+        ..cfg.clone()
+    })?;
+    let mut tensors = std::collections::HashMap::new();
+    for (name, shape) in layout.iter().filter(|(n, _)| n.starts_with("blocks.0.")) {
+        let rel = name.trim_start_matches("blocks.0.").to_string();
+        let s = if shape.len() >= 2 { 0.02 } else { 0.1 };
+        tensors.insert(rel, Tensor::randn(0f32, s, shape.as_slice(), device)?.to_dtype(dtype)?);
+    }
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, device);
+    let b = block::Block::new(&cfg, vb)?;
+    let e0 = Tensor::randn(0f32, 0.1, (6, hid), device)?;
+    time("whole block (self + cross + ffn)", &|| b.forward(&x, &ctx, &e0, &cos, &sin))?;
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        // The same block through the reference path (no fused kernels), and how far apart the
+        // two outputs are (relative L2).
+        use crate::models::flux::kernels as kern;
+        let fused = b.forward(&x, &ctx, &e0, &cos, &sin)?.to_dtype(DType::F32)?;
+        let s0 = kern::settings()?;
+        kern::set_settings(Some(kern::Settings {
+            kernels: false,
+            ..s0
+        }));
+        time("whole block, reference path (kernels off)", &|| {
+            b.forward(&x, &ctx, &e0, &cos, &sin)
+        })?;
+        let reference = b.forward(&x, &ctx, &e0, &cos, &sin)?.to_dtype(DType::F32)?;
+        kern::set_settings(None);
+        let rel = ((&fused - &reference)?.sqr()?.sum_all()?.to_scalar::<f32>()?
+            / reference.sqr()?.sum_all()?.to_scalar::<f32>()?)
+        .sqrt();
+        out.push((
+            format!("fused vs reference block output: relative L2 {rel:.2e} (value in this row's ms column ×1e-3)"),
+            rel as f64 * 1e3,
+        ));
+    }
+    Ok(out)
+}

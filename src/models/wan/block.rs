@@ -60,9 +60,9 @@ fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
 /// `WanRMSNorm` over the full width: normalise in f32, round to the input dtype, multiply by
 /// `weight`.
 #[derive(Debug, Clone)]
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
+pub(super) struct RmsNorm {
+    pub(super) weight: Tensor,
+    pub(super) eps: f32,
 }
 
 impl RmsNorm {
@@ -87,10 +87,10 @@ impl Module for RmsNorm {
 
 /// `norm3`: LayerNorm with f32 `weight` and `bias`, computed in f32 and rounded once.
 #[derive(Debug, Clone)]
-struct AffineNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+pub(super) struct AffineNorm {
+    pub(super) weight: Tensor,
+    pub(super) bias: Tensor,
+    pub(super) eps: f64,
 }
 
 impl AffineNorm {
@@ -115,7 +115,7 @@ impl Module for AffineNorm {
 
 /// Rotary embedding of `[H, L, D]` by the `(cos, sin)` table (pairs of neighbouring values
 /// rotated as complex numbers), in f32, rounded back.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?.unsqueeze(0)?.contiguous()?;
     candle_nn::rotary_emb::rope_i(&x, cos, sin)?
@@ -195,14 +195,14 @@ fn flash(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
 /// `self_attn` / `cross_attn` (`WanSelfAttention`, `WanT2VCrossAttention`): `q`, `k`, `v`,
 /// `o` linears and the optional `norm_q`, `norm_k`.
 #[derive(Debug, Clone)]
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    norm_q: Option<RmsNorm>,
-    norm_k: Option<RmsNorm>,
-    heads: usize,
+pub(super) struct Attention {
+    pub(super) q: Linear,
+    pub(super) k: Linear,
+    pub(super) v: Linear,
+    pub(super) o: Linear,
+    pub(super) norm_q: Option<RmsNorm>,
+    pub(super) norm_k: Option<RmsNorm>,
+    pub(super) heads: usize,
 }
 
 impl Attention {
@@ -227,7 +227,7 @@ impl Attention {
     }
 
     /// `[L, H·D]` → `[H, L, D]`, contiguous.
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (l, width) = x.dims2()?;
         x.reshape((l, self.heads, width / self.heads))?
             .transpose(0, 1)?
@@ -270,15 +270,15 @@ impl Attention {
 /// the text, modulated feed-forward.
 #[derive(Debug, Clone)]
 pub struct Block {
-    self_attn: Attention,
-    cross_attn: Attention,
-    norm3: Option<AffineNorm>,
-    ffn0: Linear,
-    ffn2: Linear,
+    pub(super) self_attn: Attention,
+    pub(super) cross_attn: Attention,
+    pub(super) norm3: Option<AffineNorm>,
+    pub(super) ffn0: Linear,
+    pub(super) ffn2: Linear,
     /// `modulation` `[1, 6, dim]` as f32 `[6, dim]`: shift, scale, gate of the self-attention,
     /// then of the feed-forward.
-    modulation: Tensor,
-    eps: f64,
+    pub(super) modulation: Tensor,
+    pub(super) eps: f64,
 }
 
 impl Block {
@@ -316,6 +316,10 @@ impl Block {
     ) -> Result<Tensor> {
         let (_l, _dim) = x.dims2()?;
         let dtype = x.dtype();
+        #[cfg(feature = "cuda")]
+        if super::fused::applies(x)? {
+            return self.forward_fused(x, ctx, e0, cos, sin);
+        }
         let m = (&self.modulation + e0)?;
         let e = |i: usize| m.narrow(0, i, 1);
         let (shift, scale, gate) = (e(0)?, e(1)?, e(2)?);

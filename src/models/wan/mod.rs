@@ -21,6 +21,8 @@
 //! tested in `tests/models_wan.rs`. Text-to-video only: image-to-video checkpoints are refused.
 
 pub mod block;
+#[cfg(feature = "cuda")]
+mod fused;
 pub mod config;
 pub mod embed;
 
