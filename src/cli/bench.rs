@@ -13,9 +13,9 @@ use crate::device::{DeviceName, UnitHome};
 use crate::exec::bench::{self, BenchConfig, Placement};
 use crate::exec::distribute::Pools;
 use crate::family::Family;
-use crate::models::{flux, wan};
 use crate::models::flux::kernels::CheckSize;
 use crate::models::spec as mspec;
+use crate::models::{flux, wan};
 
 /// Measure block streaming on a diffusion transformer with generated weights.
 ///

@@ -261,10 +261,12 @@ pub fn build_engine(
                 *held.entry(target.name).or_default() += m.values().map(tensor_bytes).sum::<u64>();
                 Home::Resident(Arc::new(m))
             }
-            (streamed, UnitSource::Device(_)) => return Err(format!(
+            (streamed, UnitSource::Device(_)) => {
+                return Err(format!(
                 "unit `{}` is on the compute device but homed on {streamed} (a bug in the caller)",
                 unit.name
-            )),
+            ))
+            }
             (streamed, UnitSource::Host(data)) => {
                 let data = match streamed {
                     // On a CPU compute device, host homes are owned copies; the CUDA

@@ -159,7 +159,11 @@ pub fn profile_wan_ops(
     let w = r(&[hid, hid], 0.02)?;
     let w1 = r(&[mlp, hid], 0.02)?;
     let w2 = r(&[hid, mlp], 0.02)?;
-    let (q, k, v) = (r(&[heads, l, dh], 1.0)?, r(&[heads, l, dh], 1.0)?, r(&[heads, l, dh], 1.0)?);
+    let (q, k, v) = (
+        r(&[heads, l, dh], 1.0)?,
+        r(&[heads, l, dh], 1.0)?,
+        r(&[heads, l, dh], 1.0)?,
+    );
     let (kc, vc) = (r(&[heads, 512, dh], 1.0)?, r(&[heads, 512, dh], 1.0)?);
     let cos = Tensor::randn(0f32, 1.0, (l, dh / 2), device)?;
     let sin = Tensor::randn(0f32, 1.0, (l, dh / 2), device)?;
@@ -180,9 +184,14 @@ pub fn profile_wan_ops(
             out.push((name.to_string(), median(v)));
             Ok(())
         };
-    time("linear dim×dim (one of q,k,v,o ×2)", &|| x.matmul(&w.t()?))?;
+    time("linear dim×dim (one of q,k,v,o ×2)", &|| {
+        x.matmul(&w.t()?)
+    })?;
     time("candle Linear dim×dim with bias", &|| {
-        candle_core::Module::forward(&candle_nn::Linear::new(w.clone(), Some(g32.squeeze(0)?.to_dtype(dtype)?)), &x)
+        candle_core::Module::forward(
+            &candle_nn::Linear::new(w.clone(), Some(g32.squeeze(0)?.to_dtype(dtype)?)),
+            &x,
+        )
     })?;
     time("ffn.0 + gelu", &|| x.matmul(&w1.t()?)?.gelu())?;
     let hmid = x.matmul(&w1.t()?)?;
@@ -190,7 +199,9 @@ pub fn profile_wan_ops(
     drop(hmid);
     time("layer_norm f32 + modulate (one)", &|| {
         let n = block::layer_norm_f32(&x, 1e-6)?;
-        n.broadcast_mul(&(&g32 + 1.0)?)?.broadcast_add(&g32)?.to_dtype(dtype)
+        n.broadcast_mul(&(&g32 + 1.0)?)?
+            .broadcast_add(&g32)?
+            .to_dtype(dtype)
     })?;
     time("gated residual f32 (one)", &|| {
         (x.to_dtype(DType::F32)? + x.to_dtype(DType::F32)?.broadcast_mul(&g32)?)?.to_dtype(dtype)
@@ -204,12 +215,16 @@ pub fn profile_wan_ops(
     })?;
     time("rope f32 path (one of q,k)", &|| {
         let q32 = q.to_dtype(DType::F32)?.unsqueeze(0)?.contiguous()?;
-        candle_nn::rotary_emb::rope_i(&q32, &cos, &sin)?.squeeze(0)?.to_dtype(dtype)
+        candle_nn::rotary_emb::rope_i(&q32, &cos, &sin)?
+            .squeeze(0)?
+            .to_dtype(dtype)
     })?;
     time("cross-attention, chunked f32 scores", &|| {
         block::attention_chunked(&q, &kc, &vc, block::MAX_SCORES)
     })?;
-    time("self-attention, as the block runs it", &|| block::attention(&q, &k, &v))?;
+    time("self-attention, as the block runs it", &|| {
+        block::attention(&q, &k, &v)
+    })?;
     #[cfg(feature = "cuda")]
     if device.is_cuda() && dtype == DType::BF16 {
         use crate::models::flux::kernels as kern;
@@ -222,9 +237,10 @@ pub fn profile_wan_ops(
         }
         let rows = 2048.min(l);
         let (qs, ks) = (q.narrow(1, 0, rows)?, k.clone());
-        time(&format!("cublas q kᵀ for {rows} queries (bf16 scores)"), &|| {
-            qs.matmul(&ks.t()?)
-        })?;
+        time(
+            &format!("cublas q kᵀ for {rows} queries (bf16 scores)"),
+            &|| qs.matmul(&ks.t()?),
+        )?;
         let sc = qs.matmul(&ks.t()?)?;
         time(&format!("fused softmax for {rows} queries"), &|| {
             kern::softmax_scaled(&sc, 0.088)
@@ -246,12 +262,17 @@ pub fn profile_wan_ops(
     for (name, shape) in layout.iter().filter(|(n, _)| n.starts_with("blocks.0.")) {
         let rel = name.trim_start_matches("blocks.0.").to_string();
         let s = if shape.len() >= 2 { 0.02 } else { 0.1 };
-        tensors.insert(rel, Tensor::randn(0f32, s, shape.as_slice(), device)?.to_dtype(dtype)?);
+        tensors.insert(
+            rel,
+            Tensor::randn(0f32, s, shape.as_slice(), device)?.to_dtype(dtype)?,
+        );
     }
     let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, device);
     let b = block::Block::new(&cfg, vb)?;
     let e0 = Tensor::randn(0f32, 0.1, (6, hid), device)?;
-    time("whole block (self + cross + ffn)", &|| b.forward(&x, &ctx, &e0, &cos, &sin))?;
+    time("whole block (self + cross + ffn)", &|| {
+        b.forward(&x, &ctx, &e0, &cos, &sin)
+    })?;
     #[cfg(feature = "cuda")]
     if device.is_cuda() {
         // The same block through the reference path (no fused kernels), and how far apart the
@@ -268,7 +289,10 @@ pub fn profile_wan_ops(
         })?;
         let reference = b.forward(&x, &ctx, &e0, &cos, &sin)?.to_dtype(DType::F32)?;
         kern::set_settings(None);
-        let rel = ((&fused - &reference)?.sqr()?.sum_all()?.to_scalar::<f32>()?
+        let rel = ((&fused - &reference)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f32>()?
             / reference.sqr()?.sum_all()?.to_scalar::<f32>()?)
         .sqrt();
         out.push((

@@ -21,10 +21,10 @@
 //! tested in `tests/models_wan.rs`. Text-to-video only: image-to-video checkpoints are refused.
 
 pub mod block;
-#[cfg(feature = "cuda")]
-mod fused;
 pub mod config;
 pub mod embed;
+#[cfg(feature = "cuda")]
+mod fused;
 
 use std::collections::BTreeMap;
 
