@@ -37,6 +37,7 @@ use std::process::{Command, Stdio};
 use image::RgbImage;
 
 use super::png::record_texts;
+use super::png::Staged;
 use super::record::ImageRecord;
 use super::video::{check_frames, Fps};
 use super::OutputError;
@@ -168,29 +169,9 @@ impl Ffmpeg {
                 source: e,
             }
         };
-        let name = path.file_name().ok_or_else(|| OutputError::Io {
-            path: path.to_path_buf(),
-            op: "write",
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"),
-        })?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        std::fs::create_dir_all(dir).map_err(io("create the folder", dir))?;
-        let prefix = format!(".{}.", name.to_string_lossy());
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(&prefix).suffix(".tmp");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            builder.permissions(std::fs::Permissions::from_mode(0o666));
-        }
-        // Closed here, removed on drop unless persisted.
-        let tmp = builder
-            .tempfile_in(dir)
-            .map_err(io("create a temporary file in", dir))?
-            .into_temp_path();
+        // Removed on drop unless committed.
+        let staged = Staged::beside(path)?;
+        let tmp = staged.temp_path().to_path_buf();
 
         let mut cmd = Command::new(&self.path);
         cmd.args(self.args(size, fps, record, &tmp))
@@ -227,18 +208,7 @@ impl Ffmpeg {
                 stderr,
             });
         }
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io("flush to disk", path))?;
-        tmp.persist(path).map_err(|e| OutputError::Io {
-            path: path.to_path_buf(),
-            op: "move into place",
-            source: e.error,
-        })?;
-        #[cfg(unix)]
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("flush the folder", dir))?;
+        staged.commit()?;
         Ok(())
     }
 }

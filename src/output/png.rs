@@ -174,54 +174,89 @@ pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), OutputError> {
-    let io = |op: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |e: std::io::Error| OutputError::Io {
-            path: p,
-            op,
-            source: e,
+    let staged = Staged::beside(path)?;
+    {
+        let mut w = BufWriter::new(staged.tmp.as_file());
+        write(&mut w).map_err(io_err("write", path))?;
+        w.flush().map_err(io_err("write", path))?;
+    }
+    staged.commit()
+}
+
+fn io_err(op: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> OutputError {
+    let p = p.to_path_buf();
+    move |e| OutputError::Io {
+        path: p,
+        op,
+        source: e,
+    }
+}
+
+/// An output being written: a temporary file `.NAME.XXXXXX.tmp` beside its final path (the
+/// name the queue's stale-file cleanup removes after a kill), removed on drop unless
+/// [`Staged::commit`] moves it into place. Shared by every writer of outputs (PNG, animated
+/// PNG, MP4 through ffmpeg).
+pub(crate) struct Staged {
+    pub(crate) tmp: tempfile::NamedTempFile,
+    path: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Staged {
+    /// Creates the folder of `path` if needed and the temporary file in it.
+    pub(crate) fn beside(path: &Path) -> Result<Staged, OutputError> {
+        let name = path.file_name().ok_or_else(|| OutputError::Io {
+            path: path.to_path_buf(),
+            op: "write",
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"),
+        })?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(io_err("create the folder", dir))?;
+        let prefix = format!(".{}.", name.to_string_lossy());
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".tmp");
+        // Outputs get the usual mode (0666 less the umask), not a temporary file's 0600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o666));
         }
-    };
-    let name = path.file_name().ok_or_else(|| OutputError::Io {
-        path: path.to_path_buf(),
-        op: "write",
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"),
-    })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(io("create the folder", dir))?;
-    let prefix = format!(".{}.", name.to_string_lossy());
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".tmp");
-    // Outputs get the usual mode (0666 less the umask), not a temporary file's 0600.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
+        let tmp = builder
+            .tempfile_in(dir)
+            .map_err(io_err("create a temporary file in", dir))?;
+        Ok(Staged {
+            tmp,
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+        })
     }
-    let tmp = builder
-        .tempfile_in(dir)
-        .map_err(io("create a temporary file in", dir))?;
-    {
-        let mut w = BufWriter::new(tmp.as_file());
-        write(&mut w).map_err(io("write", path))?;
-        w.flush().map_err(io("write", path))?;
+
+    /// The temporary file's path (for a writer that opens it by name, like ffmpeg).
+    pub(crate) fn temp_path(&self) -> &Path {
+        self.tmp.path()
     }
-    tmp.as_file()
-        .sync_all()
-        .map_err(io("flush to disk", path))?;
-    tmp.persist(path).map_err(|e| OutputError::Io {
-        path: path.to_path_buf(),
-        op: "move into place",
-        source: e.error,
-    })?;
-    #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("flush the folder", dir))?;
-    Ok(())
+
+    /// `fsync`s the written file (reopened by name, so a child process's writes count),
+    /// renames it over the final path and `fsync`s the folder.
+    pub(crate) fn commit(self) -> Result<(), OutputError> {
+        let path = self.path.clone();
+        File::open(self.tmp.path())
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("flush to disk", &path))?;
+        self.tmp.persist(&path).map_err(|e| OutputError::Io {
+            path: path.clone(),
+            op: "move into place",
+            source: e.error,
+        })?;
+        #[cfg(unix)]
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("flush the folder", &self.dir))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
