@@ -23,23 +23,10 @@ pub fn profile_ops(device: &Device, dtype: DType) -> candle_core::Result<Vec<(St
     let cos = Tensor::randn(0f32, 1.0, (l, dh / 2), device)?;
     let sin = Tensor::randn(0f32, 1.0, (l, dh / 2), device)?;
     let mut out = Vec::new();
-    let mut time =
-        |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| -> candle_core::Result<()> {
-            for _ in 0..3 {
-                f()?;
-            }
-            device.synchronize()?;
-            let mut v = Vec::new();
-            for _ in 0..10 {
-                let t0 = Instant::now();
-                let r = f()?;
-                device.synchronize()?;
-                v.push(t0.elapsed().as_secs_f64() * 1e3);
-                drop(r);
-            }
-            out.push((name.to_string(), median(v)));
-            Ok(())
-        };
+    let mut time = |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| {
+        out.push((name.to_string(), median_ms(device, 3, 10, f)?));
+        candle_core::Result::Ok(())
+    };
     time("linear qkv [4608,3072]x[9216,3072]^T", &|| {
         x.matmul(&w_qkv.t()?)
     })?;
@@ -129,6 +116,29 @@ pub fn profile_ops(device: &Device, dtype: DType) -> candle_core::Result<Vec<(St
     Ok(out)
 }
 
+/// Milliseconds of `f` on `device` (synchronised around each call): the median of `runs`
+/// after `warm` untimed calls.
+fn median_ms(
+    device: &Device,
+    warm: usize,
+    runs: usize,
+    f: &dyn Fn() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<f64> {
+    for _ in 0..warm {
+        f()?;
+    }
+    device.synchronize()?;
+    let mut v = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let r = f()?;
+        device.synchronize()?;
+        v.push(t0.elapsed().as_secs_f64() * 1e3);
+        drop(r);
+    }
+    Ok(median(v))
+}
+
 trait ForwardT {
     fn forward_t(&self, x: &Tensor) -> candle_core::Result<Tensor>;
 }
@@ -169,21 +179,10 @@ pub fn profile_wan_ops(
     let sin = Tensor::randn(0f32, 1.0, (l, dh / 2), device)?;
     let g32 = Tensor::randn(0f32, 0.1, (1, hid), device)?;
     let mut out = Vec::new();
-    let mut time =
-        |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| -> candle_core::Result<()> {
-            f()?;
-            device.synchronize()?;
-            let mut v = Vec::new();
-            for _ in 0..3 {
-                let t0 = Instant::now();
-                let r = f()?;
-                device.synchronize()?;
-                v.push(t0.elapsed().as_secs_f64() * 1e3);
-                drop(r);
-            }
-            out.push((name.to_string(), median(v)));
-            Ok(())
-        };
+    let mut time = |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| {
+        out.push((name.to_string(), median_ms(device, 1, 3, f)?));
+        candle_core::Result::Ok(())
+    };
     time("linear dim×dim (one of q,k,v,o ×2)", &|| {
         x.matmul(&w.t()?)
     })?;
