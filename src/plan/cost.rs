@@ -32,6 +32,19 @@ pub const EFFICIENCY: f64 = 0.655;
 /// of a measured memory bandwidth.
 pub const DEQUANT_GBPS_PER_TFLOPS: f64 = 0.96;
 
+/// Wan blocks on CUDA, calibrated on the lent H200 (benches/RESULTS.md, 2026-12-02, 832×480,
+/// 81 frames = 32 760 tokens): self-attention runs the flash kernel at 42.4 % of the bf16
+/// matrix rate (66.7 ms for the 14B block's 2.20e13 FLOPs at 778 TFLOP/s);
+pub const WAN_ATTENTION_EFFICIENCY: f64 = 0.424;
+/// the matrix products at FLUX's non-attention efficiency (FLUX's resident step less its
+/// attention at the rate above: 0.750);
+pub const WAN_GEMM_EFFICIENCY: f64 = 0.75;
+/// and the element-wise work between them (norms, modulation, RoPE, residuals) costs the
+/// equivalent of this many FLOPs per token and model width in each block — memory traffic,
+/// not arithmetic, expressed at the products' rate (the 1.3B step,
+/// 0.9865 s, less its products and attention).
+pub const WAN_ELEMENTWISE_FLOPS: f64 = 91_000.0;
+
 /// Values the Wan VAE's chunked decoder holds per output pixel of one frame (caches, the
 /// chunk's activations, im2col, the output), from the measurement quoted in
 /// [`Arch::activations`].
@@ -141,6 +154,27 @@ impl Arch {
             flops += self.attention_flops(&unit.name);
         }
         flops
+    }
+
+    /// Seconds of one forward pass of `unit` for one job on a device of `tflops` bf16
+    /// TFLOP/s: FLOPs at [`EFFICIENCY`], except Wan blocks, whose self-attention, products
+    /// and element-wise work have their own rates (the constants above).
+    pub fn unit_seconds(&self, inv: &Inventory, unit: &Unit, tflops: f64) -> f64 {
+        let rate = tflops * 1e12;
+        let is_block = unit.kind == crate::inventory::UnitKind::Block;
+        if self.family != Family::Wan || !is_block {
+            return self.unit_flops(inv, unit) / (rate * EFFICIENCY);
+        }
+        let (l, d) = (self.seq() as f64, self.hidden as f64);
+        let products: f64 = inv
+            .tensors_of(unit)
+            .map(|t| self.tensor_flops(inv, t))
+            .sum::<f64>()
+            + 4.0 * l * self.txt_tokens as f64 * d;
+        let attention = 4.0 * l * l * d;
+        let elementwise = WAN_ELEMENTWISE_FLOPS * l * d;
+        (products + elementwise) / (rate * WAN_GEMM_EFFICIENCY)
+            + attention / (rate * WAN_ATTENTION_EFFICIENCY)
     }
 
     fn tensor_flops(&self, inv: &Inventory, t: &TensorInfo) -> f64 {
@@ -298,6 +332,34 @@ impl Arch {
 mod tests {
     use super::*;
     use crate::inventory::synthetic;
+
+    /// The Wan cost model against the H200 cells of 2026-12-02 (832×480, 81 frames, one
+    /// evaluation, all resident, 778.4 TFLOP/s): the 1.3B step it was calibrated on, and the
+    /// 14B step measured one change earlier (before the fused bias adds, which took ≈ 0.4 s
+    /// off it by the per-op timings).
+    #[test]
+    fn wan_steps_on_the_h200() {
+        let mut w = Workload::image(832, 480);
+        w.frames = 81;
+        for (dim, ffn, layers, measured, tol) in [
+            (1536u64, 8960u64, 30u32, 0.9865, 0.03),
+            (5120, 13824, 40, 5.2016, 0.10),
+        ] {
+            let inv = synthetic::wan(DType::BF16, dim, ffn, layers);
+            let arch = Arch::new(Family::Wan, &inv, &w);
+            assert_eq!(arch.seq(), 32760);
+            let step: f64 = inv
+                .units
+                .iter()
+                .map(|u| arch.unit_seconds(&inv, u, 778.4))
+                .sum();
+            let err = step / measured - 1.0;
+            assert!(
+                err.abs() < tol,
+                "{dim}: predicted {step:.3} s, measured {measured} s"
+            );
+        }
+    }
 
     #[test]
     fn flux_dev_step_flops_and_calibration() {

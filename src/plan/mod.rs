@@ -679,7 +679,27 @@ fn model_plan(ctx: &ModelCtx, hw: &Hardware, c: &Choice) -> ModelPlan {
             run_seconds: us(step * ctx.req.workload.steps.max(1) as f64),
             tflops: ctx.tflops.value,
             tflops_assumed: ctx.tflops.is_assumed(),
-            efficiency: cost::EFFICIENCY,
+            efficiency: {
+                // The effective share of the bf16 rate the prediction assumes (FLUX: the
+                // calibrated constant; Wan: its attention, product and element-wise rates
+                // combined).
+                let per_job =
+                    (ctx.req.workload.batch.max(1) * ctx.req.workload.evals_per_step.max(1)) as f64;
+                let inv = ctx.req.inventory.as_ref();
+                let arch = cost::Arch::new(ctx.req.family, inv, &ctx.req.workload);
+                let flops: f64 = inv
+                    .units
+                    .iter()
+                    .zip(&ctx.compute)
+                    .filter(|(_, &s)| s > 0.0)
+                    .map(|(u, _)| arch.unit_flops(inv, u) * per_job)
+                    .sum();
+                if compute_seconds > 0.0 && flops > 0.0 {
+                    ((flops / (compute_seconds * ctx.tflops.value * 1e12)) * 1e3).round() / 1e3
+                } else {
+                    cost::EFFICIENCY
+                }
+            },
             per_link,
         },
         notes,

@@ -17,7 +17,7 @@ use crate::device::DeviceName;
 use crate::hardware::{Hardware, Rate};
 use crate::inventory::{canonical_name, Inventory, UnitKind};
 
-use super::cost::{Arch, EFFICIENCY};
+use super::cost::Arch;
 use super::error::{NoEffect, PlanError};
 use super::quota::{quotas, Quotas};
 use super::select::{assign_donors, select, Candidate, Round};
@@ -52,7 +52,6 @@ impl<'a> ModelCtx<'a> {
         let arch = Arch::new(req.family, inv, &req.workload);
         let tflops = hw.tflops(req.compute);
         let per_job = (req.workload.batch.max(1) * req.workload.evals_per_step.max(1)) as f64;
-        let rate = tflops.value * 1e12 * EFFICIENCY;
         let runs: Vec<bool> = inv
             .units
             .iter()
@@ -69,7 +68,7 @@ impl<'a> ModelCtx<'a> {
             .zip(&runs)
             .map(|(u, &r)| {
                 if r {
-                    arch.unit_flops(inv, u) * per_job / rate
+                    arch.unit_seconds(inv, u, tflops.value) * per_job
                 } else {
                     0.0
                 }
