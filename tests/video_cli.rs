@@ -68,7 +68,11 @@ fn video_demo_runs_then_resumes() {
 
     let o = mgpu(&["run", m.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stderr(&o).contains("0 made, 2 up to date"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("0 made, 2 up to date"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -100,7 +104,11 @@ fn mp4_runs_and_resumes() {
     assert_eq!(r["frames"], 17, "{r}");
     let o = mgpu(&["run", m.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stderr(&o).contains("0 made, 2 up to date"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("0 made, 2 up to date"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
