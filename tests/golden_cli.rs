@@ -32,6 +32,7 @@ fn golden_run(
         quiet: true,
         color: false,
         output_root: Some(scratch.to_path_buf()),
+        grace: None,
     };
     let mut gen = Some(gen);
     execute(&opts, &mut |_, _, _| {

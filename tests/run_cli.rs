@@ -73,23 +73,20 @@ fn bad_shard_is_a_usage_error() {
 fn a_locked_output_root_is_refused_naming_the_holder() {
     let (dir, m) = demo();
     let root = dir.path().join("out/demo");
-    std::fs::create_dir_all(&root).unwrap();
-    // This test process is alive: its lock must be respected.
+    // This test process holds the lock (kernel lock and record): it must be respected, with
+    // exit 75 (EX_TEMPFAIL, "try again later", #12) rather than 2.
     let me = std::process::id();
-    let lock = mgpu::exec::queue::LockInfo::this_process(None, Some(Path::new("other.toml")));
-    std::fs::write(
-        root.join(".mgpu.lock"),
-        serde_json::to_string(&lock).unwrap(),
-    )
-    .unwrap();
+    let (lock, _) =
+        mgpu::exec::queue::RunLock::acquire(&root, None, Some(Path::new("other.toml"))).unwrap();
     let o = mgpu(&["run", m.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("another mgpu run is writing to"), "{e}");
     assert!(e.contains(&format!("process {me} on host")), "{e}");
     assert!(e.contains("running other.toml"), "{e}");
     assert!(root.join(".mgpu.lock").exists(), "the holder's lock stays");
     assert_eq!(outputs(&root), vec![".mgpu.lock"]);
+    drop(lock);
 }
 
 /// Writes every demo image as if a finished run had made it (the job hash in its record).

@@ -33,6 +33,7 @@ fn options(manifest: &Path, report: Option<PathBuf>) -> RunOptions {
         quiet: true,
         color: false,
         output_root: None,
+        grace: None,
     }
 }
 

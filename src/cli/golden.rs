@@ -88,6 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         quiet: c.quiet,
         color: c.color.for_stderr(),
         output_root: Some(scratch.path().join("out")),
+        grace: None,
     };
     execute(&opts, &mut pipeline_generator)
 }

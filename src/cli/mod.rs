@@ -2,8 +2,8 @@
 //!
 //! Each subcommand lives in its own file with its `Args` struct and a `run` function returning
 //! [`Status`]. Exit codes: 0 ok, 1 invalid input or failed checks/jobs, 2 usage or internal
-//! error (and a locked output root), 130 interrupted. Only this module and [`crate::report`]
-//! print.
+//! error, 75 output root locked by another run (try again later), 130 interrupted (SIGINT),
+//! 143 terminated (SIGTERM). Only this module and [`crate::report`] print.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -31,21 +31,28 @@ pub enum Status {
     Ok,
     /// The input was invalid or some check/job failed; details were printed (exit 1).
     Failed,
-    /// The command could not do its work for a reason other than the input (an output root
-    /// locked by another run, an internal error); details were printed (exit 2).
+    /// The command could not do its work for a reason other than the input (an internal
+    /// error); details were printed (exit 2).
     Error,
-    /// Stopped by Ctrl-C (exit 130).
+    /// Another run holds the output root: try again later (exit 75, sysexits' `EX_TEMPFAIL`).
+    Locked,
+    /// Stopped by SIGINT / Ctrl-C (exit 130).
     Interrupted,
+    /// Stopped by SIGTERM (a scheduler's stop; exit 143).
+    Terminated,
 }
 
 impl Status {
-    /// The more severe of two statuses (Ok < Failed < Error < Interrupted).
+    /// The more severe of two statuses (Ok < Failed < Locked < Error < Interrupted <
+    /// Terminated).
     pub fn worst(self, other: Status) -> Status {
         let rank = |s: Status| match s {
             Status::Ok => 0,
             Status::Failed => 1,
-            Status::Error => 2,
-            Status::Interrupted => 3,
+            Status::Locked => 2,
+            Status::Error => 3,
+            Status::Interrupted => 4,
+            Status::Terminated => 5,
         };
         if rank(other) > rank(self) {
             other
@@ -62,7 +69,8 @@ impl Status {
 /// how fast a step will be, `mgpu run` produces the images.
 ///
 /// Exit codes: 0 ok, 1 invalid input or failed jobs/checks, 2 usage or internal error,
-/// 130 interrupted.
+/// 75 output root locked by another run (try again later), 130 interrupted (SIGINT),
+/// 143 terminated (SIGTERM).
 #[derive(Debug, Parser)]
 #[command(name = "mgpu", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -92,8 +100,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Make the manifest's images: resumes (skips images whose file carries the same job
     /// hash), `--shard I/N` splits a manifest over machines, `--report` writes a JSON run
-    /// report. Exit 0 all made, 1 failed images or invalid input, 2 usage/internal error or a
-    /// locked output root, 130 Ctrl-C.
+    /// report. Exit 0 all made, 1 failed images or invalid input, 2 usage/internal error,
+    /// 75 output root locked by another run (try again later), 130 SIGINT, 143 SIGTERM.
     Run(run::Args),
     /// Record or verify golden outputs: hashes of decoded pixels and latents, with copies.
     Golden(golden::Args),
@@ -182,7 +190,9 @@ pub fn main() -> ExitCode {
         Ok(Status::Ok) => ExitCode::SUCCESS,
         Ok(Status::Failed) => ExitCode::from(1),
         Ok(Status::Error) => ExitCode::from(2),
+        Ok(Status::Locked) => ExitCode::from(75),
         Ok(Status::Interrupted) => ExitCode::from(130),
+        Ok(Status::Terminated) => ExitCode::from(143),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

@@ -7,21 +7,27 @@
 //!
 //! Exit codes: 0 every image made or up to date (and golden outputs match); 1 invalid input
 //! (manifest diagnostics, missing files, a plan that does not fit, a model that cannot be
-//! loaded), failed images or a golden mismatch; 2 usage or internal errors, and an output root
-//! locked by another run; 130 interrupted by Ctrl-C.
+//! loaded), failed images or a golden mismatch; 2 usage or internal errors; 75 an output root
+//! locked by another run (try again later); 130 SIGINT (Ctrl-C); 143 SIGTERM.
+//!
+//! Signals (SIGINT, SIGTERM, as schedulers send them): the first stops the run after the
+//! current batch — the report is written (status `interrupted`) and the lock released — and
+//! starts the grace period (`--grace`); when the grace period ends first, or at a second
+//! signal, the lock is released and the process exits at once. Outputs are written to a
+//! temporary file and renamed, so no partial image is left either way.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use super::Status;
 use crate::exec::pipeline::{self, PipelineOptions};
 use crate::exec::queue::{
-    lock, Action, LockInfo, Observer, Outcome, Queue, RunEvent, RunLock, Shard, Stop, TaskHasher,
-    TaskStatus,
+    lock, shard, Action, LockInfo, Observer, Outcome, Queue, RunEvent, RunLock, Shard, ShardArg,
+    Stop, TaskHasher, TaskStatus,
 };
 use crate::exec::{ExecError, Generator, ImageTask, Rendered};
 use crate::golden::{self, Captured, Fingerprint, Recorder, Tolerance, Verifier, VerifyReport};
@@ -42,9 +48,16 @@ pub struct Args {
     pub force: bool,
     /// Make only shard I of N (0 ≤ I < N): the images whose position in the manifest's
     /// expanded image list is ≡ I (mod N). N machines with the same manifest and
-    /// I = 0…N−1 make every image exactly once.
-    #[arg(long, value_name = "I/N")]
-    pub shard: Option<Shard>,
+    /// I = 0…N−1 make every image exactly once. `auto` takes I and N from a Slurm job array
+    /// (SLURM_ARRAY_TASK_ID with _COUNT or _MIN/_MAX/_STEP) or a Kubernetes Indexed Job
+    /// (JOB_COMPLETION_INDEX, with N from `auto/N` or MGPU_SHARD_COUNT).
+    #[arg(long, value_name = "I/N|auto[/N]")]
+    pub shard: Option<ShardArg>,
+    /// After SIGTERM or SIGINT, wait up to this many seconds for the current batch to finish
+    /// (then the report is written and the lock released) before stopping at once. The
+    /// default leaves Kubernetes' 30 s termination grace period time to spare.
+    #[arg(long, value_name = "SECONDS", default_value_t = 25)]
+    pub grace: u64,
     /// Write a JSON run report: per image status, seconds, output and file SHA-256; per model
     /// planned vs measured bytes per device; per batch step times and fetch waits.
     #[arg(long, value_name = "FILE")]
@@ -87,7 +100,13 @@ pub struct RunOptions {
     pub color: bool,
     /// Write outputs here instead of the manifest's `output_root` (golden runs).
     pub output_root: Option<PathBuf>,
+    /// How long the current batch may take after a SIGTERM/SIGINT before the run stops at
+    /// once (`None`: [`DEFAULT_GRACE`]).
+    pub grace: Option<Duration>,
 }
+
+/// The grace period after a stop signal when none is given.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(25);
 
 /// Builds the generator once the plan is known.
 pub type MakeGenerator<'a> = &'a mut dyn FnMut(
@@ -106,11 +125,21 @@ pub fn pipeline_generator(
 }
 
 pub fn run(args: Args) -> anyhow::Result<Status> {
+    let var = |k: &str| std::env::var(k).ok();
+    let shard = match args.shard {
+        Some(a) => Some(a.resolve(&var).map_err(anyhow::Error::msg)?),
+        None => {
+            if let Some(w) = shard::unsharded_warning(&var) {
+                eprintln!("warning: {w}");
+            }
+            None
+        }
+    };
     let opts = RunOptions {
         manifest: args.manifest,
         hardware: args.hardware,
         force: args.force,
-        shard: args.shard,
+        shard,
         report: args.report,
         golden: match args.verify_golden {
             Some(d) => GoldenMode::Verify(d),
@@ -119,6 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         quiet: args.quiet,
         color: args.color.for_stderr(),
         output_root: None,
+        grace: Some(Duration::from_secs(args.grace)),
     };
     execute(&opts, &mut pipeline_generator)
 }
@@ -140,25 +170,80 @@ pub fn status_of(outcome: &Outcome, golden: Option<&VerifyReport>) -> Status {
     }
 }
 
-// Ctrl-C: the first press stops after the current batch; the second removes the lock and
-// exits at once (130). Outputs are atomic, so either way nothing half-written stays.
+// Signals: the first SIGINT/SIGTERM stops after the current batch and starts the grace timer;
+// the second (or the timer) removes the lock and exits at once (128 + signal). Outputs are
+// atomic, so either way nothing half-written stays.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// The first stop signal of the current run (0: none).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Counts runs, so a grace timer of an earlier run (in a test process) never ends a later one.
+static RUN: AtomicU64 = AtomicU64::new(0);
+static GRACE_MS: AtomicU64 = AtomicU64::new(25_000);
 static HELD: Mutex<Option<(PathBuf, LockInfo)>> = Mutex::new(None);
 
-fn install_ctrl_c() {
+fn stop_now(sig: i32) -> ! {
+    if let Some((path, info)) = HELD.lock().ok().and_then(|mut h| h.take()) {
+        let _ = lock::remove_if_ours(&path, &info);
+    }
+    std::process::exit(128 + sig);
+}
+
+fn install_signals() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
     static ONCE: Once = Once::new();
+    let mut result = Ok(());
     ONCE.call_once(|| {
-        let _ = ctrlc::set_handler(|| {
-            if STOP.swap(true, Ordering::SeqCst) {
-                if let Some((path, info)) = HELD.lock().ok().and_then(|mut h| h.take()) {
-                    let _ = lock::remove_if_ours(&path, &info);
-                }
-                eprintln!("\ninterrupted: stopping now");
-                std::process::exit(130);
+        let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+            Ok(s) => s,
+            Err(e) => {
+                result = Err(e);
+                return;
             }
-            eprintln!("\ninterrupted: stopping after the current batch (Ctrl-C again to stop now)");
-        });
+        };
+        let spawned = std::thread::Builder::new()
+            .name("mgpu-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
+                    let active = HELD.lock().map(|h| h.is_some()).unwrap_or(false);
+                    if !active || STOP.swap(true, Ordering::SeqCst) {
+                        eprintln!("\n{name}: stopping now");
+                        stop_now(sig);
+                    }
+                    SIGNAL.store(sig, Ordering::SeqCst);
+                    let grace = Duration::from_millis(GRACE_MS.load(Ordering::SeqCst));
+                    eprintln!(
+                        "\n{name}: stopping after the current batch (at most {:.0} s; a second signal stops now)",
+                        grace.as_secs_f64()
+                    );
+                    let run = RUN.load(Ordering::SeqCst);
+                    std::thread::spawn(move || {
+                        std::thread::sleep(grace);
+                        let still = HELD.lock().map(|h| h.is_some()).unwrap_or(false);
+                        if still && RUN.load(Ordering::SeqCst) == run {
+                            eprintln!(
+                                "grace period of {:.0} s over: stopping now (the current batch is abandoned)",
+                                grace.as_secs_f64()
+                            );
+                            stop_now(sig);
+                        }
+                    });
+                }
+            });
+        if let Err(e) = spawned {
+            result = Err(e);
+        }
     });
+    result.context("installing the SIGINT/SIGTERM handler")
+}
+
+/// The status of a run stopped by a signal: 143 for SIGTERM, 130 otherwise.
+fn stopped_status() -> Status {
+    if SIGNAL.load(Ordering::SeqCst) == signal_hook::consts::SIGTERM {
+        Status::Terminated
+    } else {
+        Status::Interrupted
+    }
 }
 
 fn fail(diags: &Diagnostics, color: bool, what: &str) -> Status {
@@ -267,14 +352,23 @@ pub fn execute(opts: &RunOptions, make: MakeGenerator<'_>) -> anyhow::Result<Sta
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
-            return Ok(Status::Error);
+            return Ok(match e {
+                lock::LockError::Held { .. } => Status::Locked,
+                _ => Status::Error,
+            });
         }
     };
-    install_ctrl_c();
+    RUN.fetch_add(1, Ordering::SeqCst);
     STOP.store(false, Ordering::SeqCst);
+    SIGNAL.store(0, Ordering::SeqCst);
+    GRACE_MS.store(
+        opts.grace.unwrap_or(DEFAULT_GRACE).as_millis() as u64,
+        Ordering::SeqCst,
+    );
     if let Ok(mut h) = HELD.lock() {
         *h = Some((lock.path().to_path_buf(), lock.info().clone()));
     }
+    install_signals()?;
 
     let mut progress = Progress::new(ProgressMode::auto(opts.quiet));
     for t in &takeovers {
@@ -413,7 +507,10 @@ pub fn execute(opts: &RunOptions, make: MakeGenerator<'_>) -> anyhow::Result<Sta
     }
     let mut status = match &setup_error {
         Some((_, s)) => *s,
-        None => status_of(&outcome, golden_report.as_ref()),
+        None => match status_of(&outcome, golden_report.as_ref()) {
+            Status::Interrupted => stopped_status(),
+            s => s,
+        },
     };
     if let Some(rec) = watch.recorder.take() {
         let complete = outcome.stop.is_none()

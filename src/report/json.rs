@@ -273,7 +273,7 @@ impl ReportBuilder {
         };
         let error = setup_error.map(String::from).or_else(|| match stop {
             Some(Stop::Error(e)) => Some(e.to_string()),
-            Some(Stop::Interrupted) => Some("interrupted (Ctrl-C)".into()),
+            Some(Stop::Interrupted) => Some("interrupted (SIGINT or SIGTERM)".into()),
             None => None,
         });
         RunReport {

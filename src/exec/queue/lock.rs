@@ -1,26 +1,41 @@
-//! The run lock: `OUTPUT_ROOT/.mgpu.lock` (or `.mgpu-shard-I-of-N.lock` for `--shard I/N`)
-//! holds the owner's PID, host and start time as JSON, so two runs never write the same output
-//! root at once.
+//! The run lock: `OUTPUT_ROOT/.mgpu.lock` (or `.mgpu-shard-I-of-N.lock` for `--shard I/N`), so
+//! two runs never write the same images at once — on one host, in containers, and across hosts
+//! sharing a file system.
 //!
-//! Rules:
-//! - a run creates its lock file exclusively (`O_EXCL`), then looks at every other lock file
-//!   of the root; it refuses to start, naming the holder, when a live run holds a lock that
-//!   conflicts: any lock, except that different shards of the same `N` make disjoint images
-//!   and may share a root (a Slurm array on a shared file system);
-//! - a lock whose PID is gone *on this host* is stale (the run was killed): it is taken over
-//!   with a warning ([`Takeover`]). A lock from another host cannot be checked and counts as
-//!   held; the message says how to remove it;
-//! - the lock is removed when the [`RunLock`] is dropped or [`RunLock::release`]d (the CLI also
-//!   removes it from its Ctrl-C handler); after `kill -9` the next run takes it over.
+//! Two layers:
+//! - a **kernel advisory lock** (`flock`, through `std::fs::File::try_lock`) on the lock file,
+//!   held for the whole run: on one kernel (any container of this host, whatever its PID
+//!   namespace) it is released by the kernel when the holder dies, so a lock file whose
+//!   `flock` is free belongs to nobody; on NFS (v4, or v3 with lockd) Linux maps `flock` to
+//!   byte-range locks that the server sees, so it works across hosts too;
+//! - an **owner record** (JSON in the file): host, boot id
+//!   (`/proc/sys/kernel/random/boot_id`), PID, process start time (`/proc/PID/stat`) and a
+//!   heartbeat (UTC seconds) that a thread refreshes every [`HEARTBEAT`]. It names the holder
+//!   in messages, and judges locks the kernel cannot: a record from *another* kernel (other
+//!   host, other boot) is alive while its heartbeat is younger than [`STALE_AFTER`], so a
+//!   shared file system without working `flock` (NFS mounted `nolock`, some FUSE) is still
+//!   covered; on this kernel, a free `flock` means the holder is gone — PID reuse (PID 1 of
+//!   the previous container) cannot fool it, and the recorded start time tells such a PID
+//!   from the original process in the message.
 //!
-//! Creating our file before looking at the others means two runs starting at the same instant
-//! may both refuse, never both run. Taking over renames the stale file aside first and checks
-//! it is still the stale one, so two runs taking over the same stale lock cannot both win.
+//! Rules: a run opens (creates) its own lock file and `flock`s it; then looks at every other
+//! lock file of the root. It refuses to start ([`LockError::Held`], exit 75 "try again
+//! later"), naming the holder, while a live run holds a conflicting lock: any lock, except
+//! that different shards of the same `N` make disjoint images and may share a root (a Slurm
+//! array or Indexed Job on a shared file system). A stale lock is taken over with a warning
+//! ([`Takeover`]). Two runs starting at the same instant may both refuse, never both run.
+//! After `flock` succeeds the file's inode is compared with the path's, so a lock file that
+//! was removed meanwhile (by its releasing owner) is never mistaken for the live one.
+//!
+//! The lock is removed when the [`RunLock`] is dropped or [`RunLock::release`]d (the CLI also
+//! removes it from its signal handler); after `kill -9` the next run takes it over.
 
-use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +43,13 @@ use super::Shard;
 
 /// The unsharded lock file's name.
 pub const LOCK_FILE: &str = ".mgpu.lock";
+
+/// How often a holder refreshes its heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// A record from another kernel whose heartbeat is older than this is stale (6 missed
+/// heartbeats; hosts' clocks must agree to well within this, as NTP keeps them).
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// What a lock file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,17 +63,31 @@ pub struct LockInfo {
     /// The manifest the run works on, for the message a second run prints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
+    /// The kernel's boot id: equal boot ids mean one kernel, where `flock` is authoritative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The process's start time in clock ticks since boot (`/proc/PID/stat` field 22): a
+    /// reused PID has another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ticks: Option<u64>,
+    /// Last sign of life, UTC seconds since 1970 (refreshed every [`HEARTBEAT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<u64>,
 }
 
 impl LockInfo {
     /// This process, now.
     pub fn this_process(shard: Option<Shard>, manifest: Option<&Path>) -> Self {
+        let pid = std::process::id();
         LockInfo {
-            pid: std::process::id(),
+            pid,
             host: host_name(),
             started: utc_timestamp(SystemTime::now()),
             shard,
             manifest: manifest.map(|p| p.display().to_string()),
+            boot_id: boot_id(),
+            start_ticks: start_ticks(pid),
+            heartbeat: Some(unix_now()),
         }
     }
 
@@ -69,10 +105,62 @@ impl LockInfo {
         s
     }
 
-    /// Whether the holder may still be running: its PID exists on this host, or it is on
-    /// another host (which cannot be checked).
-    pub fn may_be_alive(&self) -> bool {
-        self.host != host_name() || pid_alive(self.pid)
+    /// The same run (the heartbeat aside).
+    pub fn same_owner(&self, other: &LockInfo) -> bool {
+        self.pid == other.pid
+            && self.host == other.host
+            && self.started == other.started
+            && self.boot_id == other.boot_id
+            && self.start_ticks == other.start_ticks
+            && self.shard == other.shard
+    }
+
+    /// Whether the holder may still be running, judged from the record alone, for a lock
+    /// file whose `flock` is free (see the module doc). `Err` says why it is stale.
+    pub fn judge_unlocked(&self, now: u64) -> Result<(), String> {
+        let here = boot_id();
+        match (&self.boot_id, &here) {
+            (Some(theirs), Some(ours)) if theirs == ours => {
+                // One kernel: a free flock means the holder is gone. A live process with the
+                // recorded PID *and* start time would be an mgpu that does not flock (never
+                // this version): respect it anyway.
+                if pid_alive(self.pid)
+                    && self.start_ticks.is_some()
+                    && start_ticks(self.pid) == self.start_ticks
+                {
+                    return Ok(());
+                }
+                if pid_alive(self.pid) {
+                    return Err(format!(
+                        "PID {} is now another process (it started at another time: a restarted container's PID 1?)",
+                        self.pid
+                    ));
+                }
+                Err("that process is gone (killed?)".into())
+            }
+            (Some(_), _) => {
+                // Another kernel: alive while its heartbeat beats.
+                let beat = self.heartbeat.unwrap_or(0);
+                let age = now.saturating_sub(beat);
+                if age < STALE_AFTER.as_secs() {
+                    return Ok(());
+                }
+                let what = if self.host == host_name() {
+                    "this host restarted since"
+                } else {
+                    "its host stopped refreshing it (the run or the host died)"
+                };
+                Err(format!("its heartbeat is {age} s old: {what}"))
+            }
+            (None, _) => {
+                // A record without a boot id (an older mgpu): PID check on this host only.
+                if self.host != host_name() || pid_alive(self.pid) {
+                    Ok(())
+                } else {
+                    Err("that process is gone (killed?)".into())
+                }
+            }
+        }
     }
 }
 
@@ -105,24 +193,30 @@ pub enum LockError {
 pub struct Takeover {
     pub path: PathBuf,
     pub previous: LockInfo,
+    /// Why it was stale.
+    pub reason: String,
 }
 
 impl std::fmt::Display for Takeover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "taking over the stale lock {} of {}: that process is gone (killed?); its unfinished outputs are redone",
+            "taking over the stale lock {} of {}: {}; its unfinished outputs are redone",
             self.path.display(),
-            self.previous.describe()
+            self.previous.describe(),
+            self.reason
         )
     }
 }
 
-/// A held lock; dropping it removes the file.
+/// A held lock: the open, `flock`ed file and the heartbeat thread. Dropping it removes the
+/// file.
 #[derive(Debug)]
 pub struct RunLock {
     path: PathBuf,
     info: LockInfo,
+    file: Option<File>,
+    heartbeat: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     released: bool,
 }
 
@@ -136,6 +230,84 @@ pub fn lock_file_name(shard: Option<Shard>) -> String {
 
 fn is_lock_file_name(name: &str) -> bool {
     name == LOCK_FILE || (name.starts_with(".mgpu-shard-") && name.ends_with(".lock"))
+}
+
+fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> LockError + 'a {
+    move |source| LockError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}
+
+/// What `try_lock` found.
+enum Kernel {
+    /// We hold the `flock` now.
+    Ours,
+    /// A live process holds it.
+    Held,
+    /// The file system does not support it: judge by the record alone.
+    Unsupported,
+}
+
+fn try_flock(file: &File, path: &Path) -> Result<Kernel, LockError> {
+    match file.try_lock() {
+        Ok(()) => Ok(Kernel::Ours),
+        Err(TryLockError::WouldBlock) => Ok(Kernel::Held),
+        Err(TryLockError::Error(e))
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+            ) =>
+        {
+            Ok(Kernel::Unsupported)
+        }
+        Err(TryLockError::Error(e)) => Err(io(path, "lock")(e)),
+    }
+}
+
+/// Whether the open `file` is still the file at `path` (not removed or replaced meanwhile).
+fn still_there(file: &File, path: &Path) -> bool {
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The record in an open lock file: `None` when empty (a run killed while creating it, or a
+/// file we just created). A torn read of a heartbeat being rewritten is read again.
+fn read_record(file: &mut File, root: &Path, path: &Path) -> Result<Option<LockInfo>, LockError> {
+    let mut last = String::new();
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        let mut text = String::new();
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.read_to_string(&mut text))
+            .map_err(io(path, "read"))?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        match serde_json::from_str(&text) {
+            Ok(info) => return Ok(Some(info)),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(LockError::Foreign {
+        root: root.to_path_buf(),
+        path: path.to_path_buf(),
+        reason: format!("it does not hold a PID, host and start time: {last}"),
+    })
+}
+
+fn write_record(file: &File, info: &LockInfo) -> std::io::Result<()> {
+    let json = serde_json::to_string_pretty(info).expect("a LockInfo always serialises") + "\n";
+    // One positioned write, then cut what an older, longer record left: a reader sees the old
+    // or the new record (or retries a torn one), never an empty file.
+    file.write_all_at(json.as_bytes(), 0)?;
+    file.set_len(json.len() as u64)?;
+    file.sync_data()
 }
 
 impl RunLock {
@@ -152,51 +324,55 @@ impl RunLock {
 
     /// [`RunLock::acquire`] with a given identity (tests pretend to be other processes).
     pub fn acquire_as(root: &Path, info: LockInfo) -> Result<(RunLock, Vec<Takeover>), LockError> {
-        fs::create_dir_all(root).map_err(|e| LockError::Io {
-            path: root.to_path_buf(),
-            op: "create the output folder for",
-            source: e,
-        })?;
+        fs::create_dir_all(root).map_err(io(root, "create the output folder for"))?;
         let path = root.join(lock_file_name(info.shard));
         let mut takeovers = Vec::new();
-        let json = serde_json::to_string_pretty(&info).expect("a LockInfo always serialises");
-        // Create ours; a stale one in the way is taken over (a few times at most: a live run
-        // that keeps appearing is refused below).
         let mut attempts = 0;
-        loop {
+        let file = loop {
             attempts += 1;
-            match create_exclusive(&path, &json) {
-                Ok(()) => break,
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && attempts < 4 => {
-                    let holder = read_lock(root, &path)?;
-                    let Some(holder) = holder else { continue };
-                    if holder.may_be_alive() {
-                        return Err(held(root, &path, holder));
-                    }
-                    if let Some(t) = take_over(root, &path, &holder)? {
-                        takeovers.push(t);
-                    }
-                }
-                Err(e) => {
-                    return Err(LockError::Io {
-                        path,
-                        op: "create",
-                        source: e,
-                    })
-                }
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io(&path, "create"))?;
+            let kernel = try_flock(&file, &path)?;
+            if !still_there(&file, &path) && attempts < 8 {
+                continue; // removed by its releasing owner meanwhile: open the new one
             }
-        }
-        let lock = RunLock {
+            let previous = read_record(&mut file, root, &path)?;
+            match (kernel, previous) {
+                (Kernel::Held, Some(p)) => return Err(held(root, &path, p)),
+                (Kernel::Held, None) => {
+                    // Locked but not yet written: its owner is creating it right now.
+                    return Err(held(root, &path, LockInfo::unknown(info.shard)));
+                }
+                (_, Some(p)) if !p.same_owner(&info) => {
+                    if let Err(reason) = p.judge_unlocked(unix_now()) {
+                        takeovers.push(Takeover {
+                            path: path.clone(),
+                            previous: p,
+                            reason,
+                        });
+                    } else {
+                        return Err(held(root, &path, p));
+                    }
+                }
+                _ => {}
+            }
+            write_record(&file, &info).map_err(io(&path, "write"))?;
+            break file;
+        };
+        let mut lock = RunLock {
             path: path.clone(),
             info: info.clone(),
+            file: Some(file),
+            heartbeat: None,
             released: false,
         };
         // Now every other lock of the root: conflicts refuse (and drop ours), stale ones go.
-        let entries = fs::read_dir(root).map_err(|e| LockError::Io {
-            path: root.to_path_buf(),
-            op: "list the folder of",
-            source: e,
-        })?;
+        let entries = fs::read_dir(root).map_err(io(root, "list the folder of"))?;
         let mut others: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .filter(|e| is_lock_file_name(&e.file_name().to_string_lossy()))
@@ -205,21 +381,11 @@ impl RunLock {
             .collect();
         others.sort();
         for other in others {
-            let Some(holder) = read_lock(root, &other)? else {
-                continue;
-            };
-            let disjoint =
-                matches!((info.shard, holder.shard), (Some(a), Some(b)) if a.disjoint(b));
-            if disjoint {
-                continue;
-            }
-            if holder.may_be_alive() {
-                return Err(held(root, &other, holder)); // `lock` drops: ours is removed
-            }
-            if let Some(t) = take_over(root, &other, &holder)? {
+            if let Some(t) = check_other(root, &other, &info)? {
                 takeovers.push(t);
             }
         }
+        lock.start_heartbeat();
         Ok((lock, takeovers))
     }
 
@@ -231,53 +397,152 @@ impl RunLock {
         &self.info
     }
 
-    /// Removes the lock file (if it is still ours).
+    fn start_heartbeat(&mut self) {
+        let Some(file) = self.file.as_ref().and_then(|f| f.try_clone().ok()) else {
+            return;
+        };
+        let (tx, rx) = mpsc::channel::<()>();
+        let mut info = self.info.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mgpu-lock-heartbeat".into())
+            .spawn(move || {
+                // Ends when the lock drops its sender.
+                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(HEARTBEAT) {
+                    info.heartbeat = Some(unix_now());
+                    let _ = write_record(&file, &info);
+                }
+            });
+        if let Ok(handle) = spawned {
+            self.heartbeat = Some((tx, handle));
+        }
+    }
+
+    fn stop_heartbeat(&mut self) {
+        if let Some((tx, handle)) = self.heartbeat.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+
+    /// Removes the lock file (if it is still ours) and releases the kernel lock.
     pub fn release(mut self) -> Result<(), LockError> {
         self.released = true;
-        remove_if_ours(&self.path, &self.info)
+        self.stop_heartbeat();
+        let r = remove_if_ours(&self.path, &self.info);
+        self.file = None; // closing unlocks
+        r
     }
 }
 
 impl Drop for RunLock {
     fn drop(&mut self) {
         if !self.released {
+            self.stop_heartbeat();
             let _ = remove_if_ours(&self.path, &self.info);
+            self.file = None;
         }
     }
 }
 
-/// Removes the lock file at `path` if it holds `info` (never another run's lock).
+impl LockInfo {
+    /// Stands for a holder whose record is not written yet.
+    fn unknown(shard: Option<Shard>) -> LockInfo {
+        LockInfo {
+            pid: 0,
+            host: "(being created)".into(),
+            started: "just now".into(),
+            shard,
+            manifest: None,
+            boot_id: None,
+            start_ticks: None,
+            heartbeat: None,
+        }
+    }
+}
+
+/// Looks at another run's lock file: `Err` when it conflicts and is alive, a [`Takeover`]
+/// when it was stale (and is removed now).
+fn check_other(root: &Path, other: &Path, me: &LockInfo) -> Result<Option<Takeover>, LockError> {
+    for _ in 0..8 {
+        let mut file = match OpenOptions::new().read(true).write(true).open(other) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(other, "open")(e)),
+        };
+        let kernel = try_flock(&file, other)?;
+        if !still_there(&file, other) {
+            continue;
+        }
+        let holder = read_record(&mut file, root, other)?;
+        let disjoint = |h: &LockInfo| matches!((me.shard, h.shard), (Some(a), Some(b)) if a.disjoint(b));
+        match (kernel, holder) {
+            (_, Some(h)) if disjoint(&h) => return Ok(None),
+            (Kernel::Held, Some(h)) => return Err(held(root, other, h)),
+            (Kernel::Held, None) => {
+                return Err(held(root, other, LockInfo::unknown(shard_of_name(other))))
+            }
+            (_, None) => {
+                // Empty and unlocked: a run killed while creating it.
+                if shard_of_name(other).is_some_and(|s| me.shard.is_some_and(|m| m.disjoint(s)))
+                {
+                    return Ok(None);
+                }
+                let _ = fs::remove_file(other);
+                return Ok(None);
+            }
+            (_, Some(h)) => {
+                return match h.judge_unlocked(unix_now()) {
+                    Ok(()) => Err(held(root, other, h)),
+                    Err(reason) => {
+                        // We hold its flock (when supported): nobody else takes it meanwhile.
+                        fs::remove_file(other).map_err(io(other, "take over"))?;
+                        Ok(Some(Takeover {
+                            path: other.to_path_buf(),
+                            previous: h,
+                            reason,
+                        }))
+                    }
+                };
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The shard a lock file's name says (`.mgpu-shard-I-of-N.lock`).
+fn shard_of_name(path: &Path) -> Option<Shard> {
+    let name = path.file_name()?.to_str()?;
+    let rest = name.strip_prefix(".mgpu-shard-")?.strip_suffix(".lock")?;
+    let (i, n) = rest.split_once("-of-")?;
+    Shard::new(i.parse().ok()?, n.parse().ok()?).ok()
+}
+
+/// Removes the lock file at `path` if it holds `info`'s run (never another run's lock).
 pub fn remove_if_ours(path: &Path, info: &LockInfo) -> Result<(), LockError> {
     match fs::read_to_string(path) {
         Ok(text) => {
-            if serde_json::from_str::<LockInfo>(&text).ok().as_ref() == Some(info) {
-                fs::remove_file(path).map_err(|e| LockError::Io {
-                    path: path.to_path_buf(),
-                    op: "remove",
-                    source: e,
-                })?;
+            let theirs = serde_json::from_str::<LockInfo>(&text).ok();
+            if theirs.is_some_and(|t| t.same_owner(info)) {
+                fs::remove_file(path).map_err(io(path, "remove"))?;
             }
             Ok(())
         }
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(LockError::Io {
-            path: path.to_path_buf(),
-            op: "read",
-            source: e,
-        }),
+        Err(e) => Err(io(path, "read")(e)),
     }
 }
 
 fn held(root: &Path, path: &Path, holder: LockInfo) -> LockError {
-    let hint = if holder.host == host_name() {
+    let same_kernel = holder.boot_id.is_some() && holder.boot_id == boot_id();
+    let hint = if same_kernel || (holder.boot_id.is_none() && holder.host == host_name()) {
         format!(
-            "wait for it to finish, or stop it (kill {}); a lock left by a killed run is taken over automatically",
+            "try again when it has finished (exit code 75 means exactly this), or stop it (kill {}); a lock left by a killed run is taken over automatically",
             holder.pid
         )
     } else {
         format!(
-            "it runs on another host, which this run cannot check: if it is no longer running there, delete {}",
-            path.display()
+            "it runs on another host (or another boot of this one); its lock is taken over once its heartbeat is {} s old (or at once when the file system's locks say it is gone)",
+            STALE_AFTER.as_secs()
         )
     };
     LockError::Held {
@@ -288,80 +553,27 @@ fn held(root: &Path, path: &Path, holder: LockInfo) -> LockError {
     }
 }
 
-fn create_exclusive(path: &Path, json: &str) -> std::io::Result<()> {
-    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
-    let written = f.write_all(json.as_bytes()).and_then(|()| f.sync_all());
-    if let Err(e) = written {
-        let _ = fs::remove_file(path);
-        return Err(e);
-    }
-    Ok(())
+/// UTC seconds since 1970.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
-/// The lock at `path`; `None` if it vanished meanwhile.
-fn read_lock(root: &Path, path: &Path) -> Result<Option<LockInfo>, LockError> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(LockError::Io {
-                path: path.to_path_buf(),
-                op: "read",
-                source: e,
-            })
-        }
-    };
-    if text.is_empty() {
-        // A run killed between creating and writing its lock (or one writing right now):
-        // give it a moment, then judge by what it wrote.
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let again = fs::read_to_string(path).unwrap_or_default();
-        if again.is_empty() {
-            return Err(LockError::Foreign {
-                root: root.to_path_buf(),
-                path: path.to_path_buf(),
-                reason: "it is empty: a run was probably killed while creating it".into(),
-            });
-        }
-        return read_lock(root, path);
-    }
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| LockError::Foreign {
-            root: root.to_path_buf(),
-            path: path.to_path_buf(),
-            reason: format!("it does not hold a PID, host and start time: {e}"),
-        })
+/// This kernel's boot id (`None` where `/proc` does not say).
+pub fn boot_id() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
 }
 
-/// Moves the stale lock `path` (held by `stale`) aside and removes it, unless another run took
-/// it over first (then that run's fresh lock is put back and `None` returned).
-fn take_over(root: &Path, path: &Path, stale: &LockInfo) -> Result<Option<Takeover>, LockError> {
-    let aside = path.with_extension(format!("stale-{}", std::process::id()));
-    match fs::rename(path, &aside) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(LockError::Io {
-                path: path.to_path_buf(),
-                op: "take over",
-                source: e,
-            })
-        }
-    }
-    let moved = read_lock(root, &aside)?;
-    if moved.as_ref() == Some(stale) {
-        let _ = fs::remove_file(&aside);
-        return Ok(Some(Takeover {
-            path: path.to_path_buf(),
-            previous: stale.clone(),
-        }));
-    }
-    // We moved someone's fresh lock: put it back without clobbering (hard links never
-    // replace), then let the caller look again.
-    let _ = fs::hard_link(&aside, path);
-    let _ = fs::remove_file(&aside);
-    Ok(None)
+/// A process's start time in clock ticks since boot (`/proc/PID/stat` field 22).
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or `)`.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Whether a process with this PID exists on this host.
@@ -472,6 +684,9 @@ mod tests {
             started: "2026-01-01T00:00:00Z".into(),
             shard,
             manifest: Some("m.toml".into()),
+            boot_id: None,
+            start_ticks: None,
+            heartbeat: None,
         }
     }
 
@@ -528,6 +743,7 @@ mod tests {
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].previous, stale);
         assert!(taken[0].to_string().contains("stale lock"), "{}", taken[0]);
+        assert!(taken[0].to_string().contains("process is gone"), "{}", taken[0]);
         assert_eq!(lock.info().pid, std::process::id());
         let now: LockInfo =
             serde_json::from_str(&fs::read_to_string(root.join(LOCK_FILE)).unwrap()).unwrap();
@@ -597,5 +813,97 @@ mod tests {
         fs::write(&path, serde_json::to_string(&intruder).unwrap()).unwrap();
         lock.release().unwrap();
         assert!(path.exists());
+    }
+
+    /// #12: PID 1 of a previous container (same kernel, same PID, another start time) left a
+    /// lock; the restarted run must take it over instead of saying "kill 1".
+    #[test]
+    fn pid_1_of_a_previous_container_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let Some(boot) = boot_id() else {
+            eprintln!("no /proc boot id here: skipped");
+            return;
+        };
+        let mut stale = other(1, &host_name(), None);
+        stale.boot_id = Some(boot);
+        stale.start_ticks = Some(start_ticks(1).unwrap_or(0) + 123_456);
+        fs::write(root.join(LOCK_FILE), serde_json::to_string(&stale).unwrap()).unwrap();
+        let (lock, taken) = RunLock::acquire(root, None, None).unwrap();
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        assert!(taken[0].reason.contains("another process"), "{}", taken[0]);
+        assert_eq!(lock.info().pid, std::process::id());
+    }
+
+    /// #12: the kernel lock decides on one host: a live holder is refused whatever its record
+    /// says (here the record claims a dead PID), and the holder's own record is left alone.
+    #[test]
+    fn a_held_flock_is_never_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (lock, _) = RunLock::acquire(root, None, None).unwrap();
+        let mut liar = other(dead_pid(), &host_name(), None);
+        liar.boot_id = boot_id();
+        fs::write(lock.path(), serde_json::to_string(&liar).unwrap()).unwrap();
+        let e = RunLock::acquire(root, None, None).unwrap_err();
+        assert!(matches!(e, LockError::Held { .. }), "{e}");
+        assert!(e.to_string().contains("exit code 75"), "{e}");
+        // And a shard of any split conflicts with it through the other-locks scan.
+        let e = RunLock::acquire(root, Some(Shard::new(1, 2).unwrap()), None).unwrap_err();
+        assert!(matches!(e, LockError::Held { .. }), "{e}");
+        assert_eq!(lock_files(root), vec![root.join(LOCK_FILE)]);
+    }
+
+    /// #12: a lock written on another host is alive while its heartbeat beats and taken over
+    /// once it has stopped for STALE_AFTER.
+    #[test]
+    fn another_hosts_lock_lives_by_its_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut remote = other(4242, "node-17", None);
+        remote.boot_id = Some("00000000-1111-2222-3333-444444444444".into());
+        remote.heartbeat = Some(unix_now() - 5);
+        fs::write(root.join(LOCK_FILE), serde_json::to_string(&remote).unwrap()).unwrap();
+        let e = RunLock::acquire(root, None, None).unwrap_err().to_string();
+        assert!(e.contains("on host `node-17`"), "{e}");
+        assert!(e.contains("heartbeat"), "{e}");
+        remote.heartbeat = Some(unix_now() - STALE_AFTER.as_secs() - 5);
+        fs::write(root.join(LOCK_FILE), serde_json::to_string(&remote).unwrap()).unwrap();
+        let (_lock, taken) = RunLock::acquire(root, None, None).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert!(taken[0].reason.contains("heartbeat is"), "{}", taken[0]);
+        // The same through the other-locks scan (a stale shard of another split).
+        drop(_lock);
+        let name = lock_file_name(Some(Shard::new(0, 4).unwrap()));
+        remote.shard = Some(Shard::new(0, 4).unwrap());
+        fs::write(root.join(&name), serde_json::to_string(&remote).unwrap()).unwrap();
+        let (_lock, taken) = RunLock::acquire(root, Some(Shard::new(0, 3).unwrap()), None).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert!(!root.join(name).exists());
+    }
+
+    #[test]
+    fn the_record_names_kernel_process_and_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lock, _) = RunLock::acquire(dir.path(), None, None).unwrap();
+        let on_disk: LockInfo =
+            serde_json::from_str(&fs::read_to_string(lock.path()).unwrap()).unwrap();
+        assert!(on_disk.same_owner(lock.info()));
+        assert!(on_disk.heartbeat.unwrap() + 5 >= unix_now());
+        if boot_id().is_some() {
+            assert_eq!(on_disk.start_ticks, start_ticks(std::process::id()));
+            assert!(on_disk.start_ticks.is_some());
+        }
+    }
+
+    #[test]
+    fn an_empty_unlocked_lock_file_is_reused() {
+        // A run killed between creating and writing its lock.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(LOCK_FILE), "").unwrap();
+        fs::write(dir.path().join(".mgpu-shard-1-of-2.lock"), "").unwrap();
+        let (_lock, taken) = RunLock::acquire(dir.path(), None, None).unwrap();
+        assert!(taken.is_empty());
+        assert_eq!(lock_files(dir.path()), vec![dir.path().join(LOCK_FILE)]);
     }
 }

@@ -40,7 +40,7 @@ pub use batch::{batches, GroupKey};
 pub use hash::{sha256_hex, FileFingerprint, HashError, TaskHasher, TaskKey};
 pub use lock::{LockError, LockInfo, RunLock, Takeover};
 pub use select::{expand, remove_stale_temp_files, select, Action, RunReason, Selected};
-pub use shard::{Shard, ShardError};
+pub use shard::{Shard, ShardArg, ShardError};
 
 /// One image of the run, as the report shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -246,7 +246,7 @@ impl Queue {
         let stopped = |stop: Option<&AtomicBool>| stop.is_some_and(|s| s.load(Ordering::SeqCst));
         let finish = |status, stop_reason: Stop, obs: &mut dyn Observer| {
             let reason = match &stop_reason {
-                Stop::Interrupted => "interrupted (Ctrl-C)".to_string(),
+                Stop::Interrupted => "interrupted (SIGINT or SIGTERM)".to_string(),
                 Stop::Error(e) => e.to_string(),
             };
             obs.event(&RunEvent::Stopping { reason });
