@@ -474,7 +474,8 @@ fn check_other(root: &Path, other: &Path, me: &LockInfo) -> Result<Option<Takeov
             continue;
         }
         let holder = read_record(&mut file, root, other)?;
-        let disjoint = |h: &LockInfo| matches!((me.shard, h.shard), (Some(a), Some(b)) if a.disjoint(b));
+        let disjoint =
+            |h: &LockInfo| matches!((me.shard, h.shard), (Some(a), Some(b)) if a.disjoint(b));
         match (kernel, holder) {
             (_, Some(h)) if disjoint(&h) => return Ok(None),
             (Kernel::Held, Some(h)) => return Err(held(root, other, h)),
@@ -483,8 +484,7 @@ fn check_other(root: &Path, other: &Path, me: &LockInfo) -> Result<Option<Takeov
             }
             (_, None) => {
                 // Empty and unlocked: a run killed while creating it.
-                if shard_of_name(other).is_some_and(|s| me.shard.is_some_and(|m| m.disjoint(s)))
-                {
+                if shard_of_name(other).is_some_and(|s| me.shard.is_some_and(|m| m.disjoint(s))) {
                     return Ok(None);
                 }
                 let _ = fs::remove_file(other);
@@ -743,7 +743,11 @@ mod tests {
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].previous, stale);
         assert!(taken[0].to_string().contains("stale lock"), "{}", taken[0]);
-        assert!(taken[0].to_string().contains("process is gone"), "{}", taken[0]);
+        assert!(
+            taken[0].to_string().contains("process is gone"),
+            "{}",
+            taken[0]
+        );
         assert_eq!(lock.info().pid, std::process::id());
         let now: LockInfo =
             serde_json::from_str(&fs::read_to_string(root.join(LOCK_FILE)).unwrap()).unwrap();
@@ -863,12 +867,20 @@ mod tests {
         let mut remote = other(4242, "node-17", None);
         remote.boot_id = Some("00000000-1111-2222-3333-444444444444".into());
         remote.heartbeat = Some(unix_now() - 5);
-        fs::write(root.join(LOCK_FILE), serde_json::to_string(&remote).unwrap()).unwrap();
+        fs::write(
+            root.join(LOCK_FILE),
+            serde_json::to_string(&remote).unwrap(),
+        )
+        .unwrap();
         let e = RunLock::acquire(root, None, None).unwrap_err().to_string();
         assert!(e.contains("on host `node-17`"), "{e}");
         assert!(e.contains("heartbeat"), "{e}");
         remote.heartbeat = Some(unix_now() - STALE_AFTER.as_secs() - 5);
-        fs::write(root.join(LOCK_FILE), serde_json::to_string(&remote).unwrap()).unwrap();
+        fs::write(
+            root.join(LOCK_FILE),
+            serde_json::to_string(&remote).unwrap(),
+        )
+        .unwrap();
         let (_lock, taken) = RunLock::acquire(root, None, None).unwrap();
         assert_eq!(taken.len(), 1);
         assert!(taken[0].reason.contains("heartbeat is"), "{}", taken[0]);

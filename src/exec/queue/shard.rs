@@ -188,14 +188,18 @@ impl ShardArg {
             match var(name) {
                 None => Ok(None),
                 Some(v) if v.trim().is_empty() => Ok(None),
-                Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
-                    format!("--shard auto: {name}={v:?} is not a whole number")
-                }),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .map(Some)
+                    .map_err(|_| format!("--shard auto: {name}={v:?} is not a whole number")),
             }
         };
         let make = |index: u64, count: u64, from: &str| -> Result<Shard, String> {
             let (Ok(i), Ok(n)) = (u32::try_from(index), u32::try_from(count)) else {
-                return Err(format!("--shard auto: {from} gives shard {index}/{count}, more than 4294967295 shards"));
+                return Err(format!(
+                    "--shard auto: {from} gives shard {index}/{count}, more than 4294967295 shards"
+                ));
             };
             Shard::new(i, n).map_err(|e| format!("--shard auto: {from}: {e}"))
         };
@@ -222,7 +226,9 @@ impl ShardArg {
             }
             if let Some(n) = count_flag {
                 if u64::from(n) != count {
-                    return Err(format!("--shard auto/{n}: the Slurm array has {count} tasks"));
+                    return Err(format!(
+                        "--shard auto/{n}: the Slurm array has {count} tasks"
+                    ));
                 }
             }
             return make((id - min) / step, count, "the Slurm array variables");
@@ -328,7 +334,12 @@ mod tests {
     }
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     /// #12: `--shard auto` from Slurm arrays and Kubernetes Indexed Jobs.
@@ -363,7 +374,9 @@ mod tests {
             ("SLURM_ARRAY_TASK_MAX", "7"),
             ("SLURM_ARRAY_TASK_COUNT", "3"),
         ];
-        assert!(auto("auto", &listed).unwrap_err().contains("not a plain range"));
+        assert!(auto("auto", &listed)
+            .unwrap_err()
+            .contains("not a plain range"));
         let k8s = [("JOB_COMPLETION_INDEX", "4")];
         assert_eq!(auto("auto/5", &k8s).unwrap(), "4/5");
         let e = auto("auto", &k8s).unwrap_err();
@@ -373,14 +386,24 @@ mod tests {
         assert!(auto("auto/5", &k8s_env).unwrap_err().contains("disagree"));
         assert!(auto("auto/4", &k8s).unwrap_err().contains("out of range"));
         let e = auto("auto", &[]).unwrap_err();
-        for v in ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "JOB_COMPLETION_INDEX"] {
+        for v in [
+            "SLURM_ARRAY_TASK_ID",
+            "SLURM_ARRAY_TASK_COUNT",
+            "JOB_COMPLETION_INDEX",
+        ] {
             assert!(e.contains(v), "{e}");
         }
         let e = auto("auto", &[("SLURM_ARRAY_TASK_ID", "x")]).unwrap_err();
         assert!(e.contains("not a whole number"), "{e}");
-        assert_eq!(auto("1/4", &slurm).unwrap(), "1/4", "a fixed shard ignores the variables");
+        assert_eq!(
+            auto("1/4", &slurm).unwrap(),
+            "1/4",
+            "a fixed shard ignores the variables"
+        );
         assert!("auto/0".parse::<ShardArg>().is_err());
-        assert!(unsharded_warning(&env(&k8s)).unwrap().contains("JOB_COMPLETION_INDEX"));
+        assert!(unsharded_warning(&env(&k8s))
+            .unwrap()
+            .contains("JOB_COMPLETION_INDEX"));
         assert!(unsharded_warning(&env(&[])).is_none());
     }
 }
