@@ -261,3 +261,90 @@ fn shards_killed_and_restarted_make_every_image_once_and_exactly() {
     }
     println!("seed {seed:#x}, {:.1} s", t0.elapsed().as_secs_f64());
 }
+
+/// The `mgpu` arguments of deploy/kubernetes/indexed-job.yaml (its `args:` line is a JSON-style
+/// flow list) run as its pods would: JOB_COMPLETION_INDEX per pod, MGPU_SHARD_COUNT from the
+/// yaml, on the demo; then deploy/github/golden-verify.yml's verify line against golden/demo.
+#[test]
+fn deploy_examples_run_as_written() {
+    let repo = common::repo_root();
+    let yaml = std::fs::read_to_string(repo.join("deploy/kubernetes/indexed-job.yaml")).unwrap();
+    let args_line = yaml
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("args: "))
+        .expect("the Job's container has `args: [...]`");
+    let args: Vec<String> = serde_json::from_str(args_line).unwrap();
+    let count = yaml
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("completions: "))
+        .unwrap()
+        .to_string();
+    let env_count = yaml
+        .split("name: MGPU_SHARD_COUNT")
+        .nth(1)
+        .and_then(|r| r.lines().nth(1))
+        .and_then(|l| l.trim().strip_prefix("value: "))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap();
+    assert_eq!(env_count, count, "MGPU_SHARD_COUNT must equal completions");
+    let (dir, manifest) = common::demo();
+    let n: u32 = count.parse().unwrap();
+    for i in 0..n {
+        let report = dir.path().join(format!("report-{i}.json"));
+        let a: Vec<String> = args
+            .iter()
+            .map(|a| {
+                a.replace("/shared/jobs/flux.toml", manifest.to_str().unwrap())
+                    .replace("/shared/reports/flux.json", report.to_str().unwrap())
+            })
+            .collect();
+        let o = Command::new(env!("CARGO_BIN_EXE_mgpu"))
+            .args(&a)
+            .current_dir(dir.path())
+            .env("JOB_COMPLETION_INDEX", i.to_string())
+            .env("MGPU_SHARD_COUNT", &env_count)
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "pod {i}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(r["shard"], format!("{i}/{n}"));
+    }
+
+    // The workflow's verify step, in its working directory, on a copy of the demo and goldens.
+    let wf = std::fs::read_to_string(repo.join("deploy/github/golden-verify.yml")).unwrap();
+    let line = wf
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("run: ../target/release/mgpu "))
+        .expect("the workflow runs ../target/release/mgpu");
+    let work = tempfile::tempdir().unwrap();
+    let copy = |from: &Path, to: &Path| {
+        Command::new("cp")
+            .arg("-r")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap()
+    };
+    assert!(copy(&repo.join("manifests"), work.path()).success());
+    assert!(copy(&repo.join("golden"), work.path()).success());
+    let _ = std::fs::remove_dir_all(work.path().join("manifests/out"));
+    let o = Command::new(env!("CARGO_BIN_EXE_mgpu"))
+        .args(line.split_whitespace())
+        .current_dir(work.path().join("manifests"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        work.path().join("mgpu-report.json").is_file(),
+        "the report the workflow uploads"
+    );
+}
