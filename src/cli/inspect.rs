@@ -234,7 +234,21 @@ fn text_report(file: &WeightFile, detection: Option<&Detection>, all: bool) -> S
         .collect();
     let _ = writeln!(s, "dtypes    {}", dtypes.join(", "));
     s.push_str(&tensor_table(file.tensors(), all));
-    s
+    terminal_safe(&s)
+}
+
+/// `s` with every control character but the line feed escaped (`\u{1b}`, `\r`): tensor names
+/// and metadata keys come from the file and must not reach the terminal raw (#12 defect 7).
+fn terminal_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `name` split at its first numeric component: `("double_blocks", 3, "img_attn.qkv.weight")`.
@@ -390,6 +404,14 @@ fn tensor_table(tensors: &[TensorInfo], all: bool) -> String {
 mod tests {
     use super::*;
     use crate::weights::DType;
+
+    /// #12 defect 7: ESC and CR in a tensor name are escaped, line structure kept.
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let shown = terminal_safe("  evil\u{1b}[2Jname\rX F32\n  ok\tname\n");
+        assert_eq!(shown, "  evil\\u{1b}[2Jname\\rX F32\n  ok\\tname\n");
+        assert!(!shown.chars().any(|c| c.is_control() && c != '\n'));
+    }
 
     #[test]
     fn block_names() {
