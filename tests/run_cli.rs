@@ -332,3 +332,16 @@ fn decode_tile_tiles_large_images_and_is_part_of_the_job_hash() {
     let e = run(&tiled);
     assert!(e.contains("0 made"), "{e}");
 }
+
+/// #12 defect 8: a bad `--hardware` file is reported once as `error:`, not `error: error:`.
+#[test]
+fn a_bad_hardware_file_says_error_once() {
+    let (dir, m) = demo();
+    let hw = dir.path().join("hw.toml");
+    std::fs::write(&hw, "garbage = [\n").unwrap();
+    let o = mgpu(&["run", m.to_str().unwrap(), "--hardware", hw.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("hw.toml:1:"), "{e}");
+    assert!(!e.contains("error: error:"), "{e}");
+}

@@ -194,9 +194,19 @@ pub fn main() -> ExitCode {
         Ok(Status::Interrupted) => ExitCode::from(130),
         Ok(Status::Terminated) => ExitCode::from(143),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}", error_line(&format!("{e:#}")));
             ExitCode::from(2)
         }
+    }
+}
+
+/// `error: MESSAGE`, unless the message is a rendered diagnostic that already starts with
+/// `error:` (a bad `--hardware` file said "error: error:", #12 defect 8).
+fn error_line(message: &str) -> String {
+    if message.starts_with("error:") {
+        message.to_string()
+    } else {
+        format!("error: {message}")
     }
 }
 
