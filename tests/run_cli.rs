@@ -339,9 +339,50 @@ fn a_bad_hardware_file_says_error_once() {
     let (dir, m) = demo();
     let hw = dir.path().join("hw.toml");
     std::fs::write(&hw, "garbage = [\n").unwrap();
-    let o = mgpu(&["run", m.to_str().unwrap(), "--hardware", hw.to_str().unwrap()]);
+    let o = mgpu(&[
+        "run",
+        m.to_str().unwrap(),
+        "--hardware",
+        hw.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("hw.toml:1:"), "{e}");
     assert!(!e.contains("error: error:"), "{e}");
+}
+
+/// #12 defect 5: a FIFO given as a weights file is refused at `run` (and `check`) time with a
+/// clear error instead of blocking forever on the first read.
+#[test]
+fn a_fifo_as_weights_file_is_refused_not_read() {
+    let (dir, m) = demo();
+    let weights = dir.path().join("tiny/ae-tiny.safetensors");
+    std::fs::remove_file(&weights).unwrap();
+    let c = std::ffi::CString::new(weights.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    for cmd in ["check", "run"] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mgpu"))
+            .args([cmd, m.to_str().unwrap()])
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > std::time::Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("mgpu {cmd} blocked on the FIFO");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is not a regular file"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+    }
 }

@@ -201,6 +201,10 @@ impl Manifest {
                     "{what} is a folder, not a file: {}",
                     path.display()
                 )),
+                Ok(m) if !m.is_file() => Some(format!(
+                    "{what} is not a regular file (a FIFO, socket or device): {}",
+                    path.display()
+                )),
                 Ok(_) => None,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     Some(format!("{what} not found: {}", path.display()))

@@ -104,6 +104,16 @@ fn decide(task: &ImageTask, force: bool) -> Action {
         }
         Ok(_) => {}
     }
+    // A FIFO, socket or device there (or a link to one) would block or misbehave when read or
+    // replaced: refused even with --force (#12 defect 5).
+    if let Ok(m) = std::fs::metadata(path) {
+        if !m.is_file() {
+            return Action::Refuse(format!(
+                "the output path {} is not a regular file (a FIFO, socket or device, or a link to one): move it away",
+                path.display()
+            ));
+        }
+    }
     if force {
         return Action::Run(RunReason::Forced);
     }

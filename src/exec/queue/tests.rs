@@ -2,6 +2,7 @@
 //! batching, failing images, generator errors, Ctrl-C, temporary files.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -419,6 +420,34 @@ fn force_and_overwrite_rerun_everything() {
     let mut gen = FakeGenerator::default();
     q.run(&mut gen, None, &mut ());
     assert_eq!(gen.prepared[0].len(), 6);
+}
+
+/// #12 defect 5: a FIFO at an output path is refused at once (reading it would block
+/// forever), with and without --force; the other images are made.
+#[test]
+fn a_fifo_at_an_output_path_is_refused_not_read() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.out()).unwrap();
+    let fifo = p.out().join("a-2.png");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    for force in [false, true] {
+        let q = p.queue(None, force);
+        let a = &q.selected[1].action;
+        assert!(
+            matches!(a, Action::Refuse(m) if m.contains("not a regular file")),
+            "{a:?}"
+        );
+    }
+    let out = p
+        .queue(None, false)
+        .run(&mut FakeGenerator::default(), None, &mut Log::default());
+    assert_eq!(out.failed(), 1);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
 }
 
 #[test]
