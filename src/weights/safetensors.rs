@@ -123,6 +123,23 @@ pub fn parse_header(path: &Path, bytes: &[u8], file_len: u64) -> Result<Header, 
     }
     tensors.sort_by_key(|t| (t.offset, t.len));
     super::check_no_overlap(path, &tensors.iter().collect::<Vec<_>>())?;
+    // The reference implementation refuses bytes after the last tensor's data (#12 defect 8):
+    // a file with a tail is corrupt or was appended to.
+    let used = tensors
+        .iter()
+        .map(|t| t.offset + t.len - data_start)
+        .max()
+        .unwrap_or(0);
+    if used < data_len {
+        return Err(WeightsError::format(
+            path,
+            format!(
+                "{} bytes follow the data section (the tensors end at byte {} of the {data_len}-byte data section): the file was appended to or is corrupt; the safetensors format allows no trailing bytes",
+                data_len - used,
+                used
+            ),
+        ));
+    }
     Ok(Header {
         metadata,
         tensors,
@@ -208,6 +225,18 @@ mod tests {
         f.write_all(header.as_bytes()).unwrap();
         f.write_all(&vec![0u8; data_len]).unwrap();
         f
+    }
+
+    /// #12 defect 8: bytes after the data section are refused, as the reference does.
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let h = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+        assert!(read_header(file(h, 16).path()).is_ok());
+        let e = read_header(file(h, 21).path()).unwrap_err().to_string();
+        assert!(e.contains("5 bytes follow the data section"), "{e}");
+        let empty = r#"{"__metadata__":{"format":"pt"}}"#;
+        assert!(read_header(file(empty, 0).path()).is_ok());
+        assert!(read_header(file(empty, 3).path()).is_err());
     }
 
     #[test]
