@@ -156,3 +156,14 @@ fn errors() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--out"), "{}", stderr(&o));
 }
+
+/// #12 defect 8: `inspect` of a folder says it is a folder (it said "No such device").
+#[test]
+fn a_folder_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = mgpu(&["inspect", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("is a folder: name one weights file"), "{e}");
+    assert!(!e.contains("No such device"), "{e}");
+}

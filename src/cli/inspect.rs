@@ -43,6 +43,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Status> {
+    // Mapping a folder or a FIFO fails with "No such device" or blocks (#12 defect 8).
+    if let Ok(m) = std::fs::metadata(&args.file) {
+        let what = if m.is_dir() {
+            Some("is a folder: name one weights file in it (.safetensors, .gguf, .pt/.ckpt, or a sharded checkpoint's .index.json)")
+        } else if !m.is_file() {
+            Some("is not a regular file (a FIFO, socket or device): name a weights file")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            eprintln!("error: {} {what}", args.file.display());
+            return Ok(Status::Failed);
+        }
+    }
     let file = match WeightFile::open(&args.file) {
         Ok(f) => f,
         Err(e) => {
