@@ -107,9 +107,19 @@ pub struct NameError {
     pub valid: String,
 }
 
+/// Names longer than this get no suggestion: the edit distance costs length², and a name that
+/// long is not a typo (#12 defect 8: a 1 MB name among 1 000 models took 24 s).
+pub const MAX_SUGGEST_LEN: usize = 256;
+
 /// The closest candidate within an edit distance of 3, if any.
 pub fn suggest<'a>(input: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+    let n = input.chars().count();
+    if n > MAX_SUGGEST_LEN {
+        return None;
+    }
     candidates
+        // The distance is at least the difference in length: skip hopeless candidates cheaply.
+        .filter(|c| c.len() <= 4 * (n + 3) && c.chars().count().abs_diff(n) <= 3)
         .map(|c| (strsim::damerau_levenshtein(input, c), c))
         .filter(|&(d, c)| d <= 3 && d < c.len())
         .min()
@@ -119,6 +129,29 @@ pub fn suggest<'a>(input: &str, candidates: impl Iterator<Item = &'a str>) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// #12 defect 8: a huge unknown name among many candidates is answered at once.
+    #[test]
+    fn suggestions_are_bounded() {
+        let names: Vec<String> = (0..1000).map(|i| format!("model_{i:04}")).collect();
+        let huge = "x".repeat(1 << 20);
+        let t0 = std::time::Instant::now();
+        assert_eq!(suggest(&huge, names.iter().map(String::as_str)), None);
+        let long_candidates: Vec<String> = (0..1000).map(|i| format!("{huge}{i}")).collect();
+        assert_eq!(
+            suggest("model_0001", long_candidates.iter().map(String::as_str)),
+            None
+        );
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(
+            suggest("model_0O42", names.iter().map(String::as_str)).as_deref(),
+            Some("model_0042")
+        );
+    }
 
     #[test]
     fn round_trip_all() {
