@@ -60,6 +60,7 @@ fn report_json_has_the_documented_fields() {
             "error",
             "format",
             "golden",
+            "jobs",
             "manifest",
             "mgpu_version",
             "models",
