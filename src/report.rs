@@ -11,7 +11,7 @@
 mod golden;
 pub mod html;
 mod json;
-mod progress;
+pub mod progress;
 
 pub use golden::render_golden;
 pub use json::{

@@ -285,7 +285,7 @@ pub fn execute(opts: &RunOptions, make: MakeGenerator<'_>) -> anyhow::Result<Sta
         *h = Some((lock.path().to_path_buf(), lock.info().clone()));
     }
 
-    let mut progress = Progress::new(ProgressMode::auto(opts.quiet));
+    let mut progress = Progress::new(ProgressMode::auto(opts.quiet)).with_color(color);
     for t in &takeovers {
         progress.warn(&t.to_string());
     }
