@@ -49,7 +49,7 @@ pub fn read_inventories(m: &Manifest) -> Result<BTreeMap<String, Arc<Inventory>>
                 "file",
                 None,
                 format!("model `{}`: {e}", model.name),
-                "`file` must name a safetensors, GGUF or PyTorch (zip) weight file of this family, relative to the manifest's folder",
+                "`file` must name a safetensors or GGUF weight file of this family (PyTorch pickles are refused: convert them, docs/weights.md), relative to the manifest's folder",
             )),
         }
     }
