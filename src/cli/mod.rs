@@ -84,7 +84,7 @@ pub enum Command {
     /// Show where every block of every model will live, the memory per device and the
     /// predicted step time, before loading any weights (reads file headers only).
     #[command(
-        after_help = "Example:\n  mgpu plan manifests/flux-dev-2gpu.toml --hardware benches/hw-h100x2-2026-11-26.toml"
+        after_help = "Example:\n  mgpu plan manifests/demo.toml --hardware benches/hw-h100x2-2026-11-26.toml"
     )]
     Plan(plan::Args),
     /// List this machine's devices and link rates; `--save` writes a hardware file.

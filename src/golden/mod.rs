@@ -389,7 +389,7 @@ pub fn load(dir: &Path) -> Result<GoldenFile, GoldenError> {
 }
 
 /// How one output compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// Bit-identical pixels and latent.
@@ -402,7 +402,7 @@ pub enum Verdict {
 }
 
 /// One output's comparison.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OutputCheck {
     pub job: String,
     pub index: u32,
@@ -424,7 +424,7 @@ pub struct OutputCheck {
 }
 
 /// The result of a verification.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VerifyReport {
     pub dir: PathBuf,
     pub rule: Rule,

@@ -16,7 +16,7 @@ use crate::plan::Plan;
 /// Version of the report layout.
 pub const REPORT_FORMAT: u32 = 1;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunReport {
     pub format: u32,
     pub mgpu_version: String,
@@ -45,7 +45,7 @@ pub struct RunReport {
 }
 
 /// One `[[jobs]]` entry of the manifest, every default applied.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobReport {
     pub name: String,
     pub pipeline: String,
@@ -68,14 +68,14 @@ pub struct JobReport {
     pub loras: Vec<JobLora>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobModel {
     pub name: String,
     pub family: String,
     pub file: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobLora {
     /// The model it patches.
     pub model: String,
@@ -137,7 +137,7 @@ pub fn job_reports(m: &crate::manifest::Manifest) -> Vec<JobReport> {
         .collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Every image made or up to date (and golden outputs matched).
@@ -150,7 +150,7 @@ pub enum RunStatus {
     Error,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Counts {
     pub images: usize,
     pub made: usize,
@@ -159,7 +159,7 @@ pub struct Counts {
     pub not_run: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     Made,
@@ -168,7 +168,7 @@ pub enum TaskState {
     NotRun,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskReport {
     pub job: String,
     pub index: u32,
@@ -190,7 +190,7 @@ pub struct TaskReport {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BatchReport {
     /// Indices into `tasks`.
     pub tasks: Vec<usize>,
@@ -200,7 +200,7 @@ pub struct BatchReport {
     pub step_times: Vec<StepReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepReport {
     pub step: u32,
     /// Wall time of the step's engine passes.
@@ -212,7 +212,7 @@ pub struct StepReport {
     pub fetched_bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelReport {
     pub name: String,
     pub compute: Option<String>,
@@ -222,7 +222,7 @@ pub struct ModelReport {
     pub devices: Vec<DeviceBytes>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeviceBytes {
     pub device: String,
     /// The plan's bytes on this device as held there: in the compute dtype on the compute
