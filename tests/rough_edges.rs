@@ -62,7 +62,11 @@ fn tokenizer_folders_pass_check() {
     let (dir, m) = demo();
     let folder = dir.path().join("tiny/t5-tok");
     std::fs::create_dir(&folder).unwrap();
-    std::fs::copy(dir.path().join("tiny/t5-tokenizer.json"), folder.join("tokenizer.json")).unwrap();
+    std::fs::copy(
+        dir.path().join("tiny/t5-tokenizer.json"),
+        folder.join("tokenizer.json"),
+    )
+    .unwrap();
     let text = std::fs::read_to_string(&m).unwrap();
     std::fs::write(&m, text.replace("tiny/t5-tokenizer.json", "tiny/t5-tok")).unwrap();
     let o = mgpu(&["check", m.to_str().unwrap()]);
@@ -75,9 +79,18 @@ fn tokenizer_folders_pass_check() {
     assert_eq!(v["valid"], false);
     assert_eq!(v["errors"], 1);
     let d = &v["diagnostics"][0];
-    assert!(d["message"].as_str().unwrap().contains("holds neither `tokenizer.json` nor `spiece.model`"), "{d}");
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("holds neither `tokenizer.json` nor `spiece.model`"),
+        "{d}"
+    );
     assert_eq!(d["line"], 21, "{d}");
-    assert!(d["rendered"].as_str().unwrap().contains("demo.toml:21:"), "{d}");
+    assert!(
+        d["rendered"].as_str().unwrap().contains("demo.toml:21:"),
+        "{d}"
+    );
 }
 
 /// Rough edge 6: machine-readable outputs carry a version and match their schemas.
@@ -88,7 +101,10 @@ fn json_outputs_match_their_schemas() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_valid(&validator("check.schema.json"), &v);
-    assert_eq!((v["format"].as_u64(), v["valid"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(
+        (v["format"].as_u64(), v["valid"].as_bool()),
+        (Some(1), Some(true))
+    );
     let o = mgpu(&["run", m.to_str().unwrap(), "--quiet", "--report", "-"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -108,7 +124,11 @@ fn completions_man_page_and_help_examples() {
     let o = mgpu(&["man"]);
     assert!(o.status.success());
     let man = String::from_utf8(o.stdout).unwrap();
-    assert!(man.starts_with(".ie") || man.contains(".TH mgpu"), "{}", &man[..200.min(man.len())]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH mgpu"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
     for cmd in ["run", "plan", "check"] {
         let o = mgpu(&[cmd, "--help"]);
         let help = String::from_utf8(o.stdout).unwrap();
@@ -117,10 +137,54 @@ fn completions_man_page_and_help_examples() {
             .skip_while(|l| !l.starts_with("Example"))
             .nth(1)
             .unwrap_or_else(|| panic!("`mgpu {cmd} --help` has no example:\n{help}"));
-        assert!(example.trim().starts_with(&format!("mgpu {cmd} ")), "{example}");
+        assert!(
+            example.trim().starts_with(&format!("mgpu {cmd} ")),
+            "{example}"
+        );
         // The example's files exist (it works as written from the repository root).
         for word in example.split_whitespace().filter(|w| w.contains('/')) {
-            assert!(Path::new(env!("CARGO_MANIFEST_DIR")).join(word).exists(), "{word}");
+            assert!(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(word).exists(),
+                "{word}"
+            );
         }
     }
+}
+
+/// Rough edge 4: `probe --bench --save` works on a CPU build: it measures the CPU's product
+/// rate and the disk read rate, saves them, and says what it could not measure.
+#[test]
+fn probe_bench_measures_what_a_cpu_build_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let hw = dir.path().join("hw.toml");
+    let o = mgpu(&["probe", "--bench", "--save", hw.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        out.contains("f32 1024³ product") && out.contains("disk read"),
+        "{out}"
+    );
+    if !out.contains("cuda:") {
+        assert!(
+            out.contains("not measured in this build: GPU copy and compute rates"),
+            "{out}"
+        );
+    }
+    let text = std::fs::read_to_string(&hw).unwrap();
+    assert!(text.contains("tflops_bf16 = "), "{text}");
+    assert!(
+        text.contains("from = \"disk\"\nto = \"cpu\"\ngbps = "),
+        "{text}"
+    );
+    // The saved file plans: the measured rates, not the assumed ones.
+    let (_d, m) = demo();
+    let o = mgpu(&[
+        "plan",
+        m.to_str().unwrap(),
+        "--hardware",
+        hw.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = String::from_utf8(o.stdout).unwrap();
+    assert!(!plan.contains("CPU, not measured"), "{plan}");
 }

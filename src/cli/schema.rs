@@ -38,8 +38,7 @@ impl Which {
 
 /// A type's schema as pretty JSON with a newline.
 fn schema_of<T: schemars::JsonSchema>() -> String {
-    let mut s =
-        serde_json::to_string_pretty(&schemars::schema_for!(T)).expect("schemas serialise");
+    let mut s = serde_json::to_string_pretty(&schemars::schema_for!(T)).expect("schemas serialise");
     s.push('\n');
     s
 }

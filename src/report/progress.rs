@@ -274,7 +274,8 @@ impl Progress {
                         // Loading stages are over once steps run: no stale "vae: distributing".
                         b.images.set_message("");
                         b.steps.set_position(*step as u64);
-                        b.steps.set_message(format!("{}  {wait_text}", rate_text(rate)));
+                        b.steps
+                            .set_message(format!("{}  {wait_text}", rate_text(rate)));
                     }
                     None => (self.sink)(&format!(
                         "  step {step}/{steps}  {}  ETA {}  {wait_text}",
