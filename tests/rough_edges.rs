@@ -188,3 +188,38 @@ fn probe_bench_measures_what_a_cpu_build_can() {
     let plan = String::from_utf8(o.stdout).unwrap();
     assert!(!plan.contains("CPU, not measured"), "{plan}");
 }
+
+/// Rough edge 4: the CPU cost model is calibrated on the demo (13–15 ms per image-step on the
+/// 2-core machine whose f32 product `probe --bench` measured at 0.148 TFLOP/s); before, the
+/// plan predicted 0.7 ms.
+#[test]
+fn cpu_plans_of_the_demo_predict_the_measured_step() {
+    let (dir, m) = demo();
+    let hw = dir.path().join("hw.toml");
+    std::fs::write(
+        &hw,
+        "[[devices]]\nname = \"cpu\"\nmemory = \"24GiB\"\ntflops_bf16 = 0.148\n\n\
+         [[links]]\nfrom = \"disk\"\nto = \"cpu\"\ngbps = 3.1\n",
+    )
+    .unwrap();
+    let o = mgpu(&[
+        "plan",
+        m.to_str().unwrap(),
+        "--hardware",
+        hw.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let flux = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "flux")
+        .unwrap();
+    let step = flux["predicted"]["step_seconds"].as_f64().unwrap();
+    assert!(
+        (0.011..0.017).contains(&step),
+        "predicted {step} s/step, measured 0.013–0.015"
+    );
+}

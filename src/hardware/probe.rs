@@ -287,11 +287,18 @@ mod tests {
         r.hardware.validate().unwrap();
         if !CUDA_BUILD {
             assert!(r.notes.iter().any(|n| n.contains("no CUDA support")));
-            assert!(probe(true)
-                .unwrap()
+            let dir = tempfile::tempdir().unwrap();
+            let benched = probe_in(true, dir.path()).unwrap();
+            assert!(benched
                 .notes
                 .iter()
-                .any(|n| n.contains("needs the CUDA build")));
+                .any(|n| n.contains("need the CUDA build")));
+            assert!(benched
+                .hardware
+                .device(DeviceName::Cpu)
+                .unwrap()
+                .tflops_bf16
+                .is_some());
         }
     }
 
