@@ -53,6 +53,11 @@ pub fn text(which: Which) -> String {
     }
 }
 
+pub fn run(args: Args) -> anyhow::Result<Status> {
+    print!("{}", text(args.which));
+    Ok(Status::Ok)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,9 +77,4 @@ mod tests {
             );
         }
     }
-}
-
-pub fn run(args: Args) -> anyhow::Result<Status> {
-    print!("{}", text(args.which));
-    Ok(Status::Ok)
 }

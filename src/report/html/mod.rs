@@ -357,10 +357,10 @@ fn batches(s: &mut String, r: &RunReport) {
         } else {
             b.seconds / b.step_times.len() as f64
         };
-        let _ = write!(
+        let _ = writeln!(
             s,
             "<div class=\"batch\"><h3>batch {} of {}: {} ({} image{}), {} steps</h3>\
-             <p>{} in steps, mean {} per step, {} waiting for weights</p>{}</div>\n",
+             <p>{} in steps, mean {} per step, {} waiting for weights</p>{}</div>",
             i + 1,
             r.batches.len(),
             esc(&names.join(", ")),

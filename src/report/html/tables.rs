@@ -230,7 +230,8 @@ pub fn plan(s: &mut String, r: &RunReport) {
 /// other objects are two-column tables; scalars are text.
 pub fn value_table(s: &mut String, v: &serde_json::Value) {
     use serde_json::Value;
-    let rows: Option<Vec<(Option<String>, &serde_json::Map<String, Value>)>> = match v {
+    type Row<'v> = (Option<String>, &'v serde_json::Map<String, Value>);
+    let rows: Option<Vec<Row>> = match v {
         Value::Array(a) => a.iter().map(|x| x.as_object().map(|o| (None, o))).collect(),
         Value::Object(o) if o.values().all(Value::is_object) && !o.is_empty() => Some(
             o.iter()
