@@ -237,8 +237,9 @@ impl Manifest {
                                 "tokenizer folder {} holds neither `tokenizer.json` nor `spiece.model`",
                                 t.display()
                             ),
-                            "name the tokenizer file, or a Hugging Face tokenizer folder (the \
-                             `tokenizer` or `tokenizer_2` folder of a diffusers checkout)",
+                            "name the tokenizer file, or a Hugging Face tokenizer folder that \
+                             holds one (FLUX.1-dev's `tokenizer_2/` for T5; for CLIP-L, \
+                             openai/clip-vit-large-patch14, whose folder has `tokenizer.json`)",
                         ));
                     }
                 } else {
