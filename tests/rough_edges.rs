@@ -223,3 +223,92 @@ fn cpu_plans_of_the_demo_predict_the_measured_step() {
         "predicted {step} s/step, measured 0.013–0.015"
     );
 }
+
+/// Rough edge 3: planning before downloading. The README's FLUX manifest names files that are
+/// not in the repository; `plan` uses the published layouts, chosen by family and file name,
+/// and says they are assumed. `run` still needs the files.
+#[test]
+fn plan_works_before_the_weights_are_downloaded() {
+    let m = repo_root().join("manifests/flux-dev-1gpu-cpu.toml");
+    let hw = repo_root().join("benches/hw-h100x2-2026-11-26.toml");
+    let o = mgpu(&[
+        "plan",
+        m.to_str().unwrap(),
+        "--hardware",
+        hw.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(plan.contains("assumed layout: no file at"), "{plan}");
+    assert!(plan.contains("FLUX.1-dev (bf16, 23.8 GB)"), "{plan}");
+    assert!(plan.contains("T5-XXL (fp16, 9.5 GB)"), "{plan}");
+    assert!(
+        stderr(&o).matches("warning: no file at").count() == 4,
+        "{}",
+        stderr(&o)
+    );
+    let o = mgpu(&[
+        "plan",
+        m.to_str().unwrap(),
+        "--hardware",
+        hw.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let flux = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "flux")
+        .unwrap();
+    assert_eq!(
+        flux["blocks"].as_array().unwrap().len(),
+        58,
+        "resident + 19 double + 38 single"
+    );
+    let o = mgpu(&[
+        "run",
+        m.to_str().unwrap(),
+        "--hardware",
+        hw.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("weights file not found"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The file name picks the variant and the storage; unknown quantisations need the file.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace("flux1-dev.safetensors", "flux1-schnell-Q8_0.gguf")
+        .replace("variant = \"dev\"\n", "")
+        .replace("t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors");
+    let edited = dir.path().join("m.toml");
+    std::fs::write(&edited, &text).unwrap();
+    let o = mgpu(&[
+        "plan",
+        edited.to_str().unwrap(),
+        "--hardware",
+        hw.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = String::from_utf8(o.stdout).unwrap();
+    assert!(plan.contains("FLUX.1-schnell (Q8_0, 12.6 GB)"), "{plan}");
+    assert!(plan.contains("T5-XXL (fp8, 4.8 GB)"), "{plan}");
+    std::fs::write(&edited, text.replace("schnell-Q8_0", "dev-Q4_K_S")).unwrap();
+    let o = mgpu(&[
+        "plan",
+        edited.to_str().unwrap(),
+        "--hardware",
+        hw.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("flux1-dev-Q4_K_S.gguf"),
+        "{}",
+        stderr(&o)
+    );
+}
