@@ -110,6 +110,11 @@ fn json_outputs_match_their_schemas() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_valid(&validator("report.schema.json"), &v);
     assert!(v["mgpu_version"].is_string() && v["format"] == 1);
+    let o = mgpu(&["plan", m.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_valid(&validator("plan.schema.json"), &v);
+    assert!(v["mgpu_version"].is_string() && v["format"] == 1 && v["models"].is_array());
 }
 
 /// Rough edges 9 and 10: completions, the man page, and an example in three `--help`s.

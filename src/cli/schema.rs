@@ -24,15 +24,18 @@ pub enum Which {
     Report,
     /// `mgpu check --json` (`schemas/check.schema.json`).
     Check,
+    /// `mgpu plan --json` (`schemas/plan.schema.json`).
+    Plan,
 }
 
 impl Which {
     /// Every schema with its committed file under `schemas/`.
-    pub const ALL: [(Which, &'static str); 4] = [
+    pub const ALL: [(Which, &'static str); 5] = [
         (Which::Manifest, "manifest.schema.json"),
         (Which::Hardware, "hardware.schema.json"),
         (Which::Report, "report.schema.json"),
         (Which::Check, "check.schema.json"),
+        (Which::Plan, "plan.schema.json"),
     ];
 }
 
@@ -50,6 +53,7 @@ pub fn text(which: Which) -> String {
         Which::Hardware => crate::hardware::file::schema_json(),
         Which::Report => schema_of::<crate::report::RunReport>(),
         Which::Check => schema_of::<super::check::CheckOutput>(),
+        Which::Plan => schema_of::<crate::plan::PlanOutput>(),
     }
 }
 

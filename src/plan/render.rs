@@ -12,7 +12,24 @@ use super::{ModelPlan, Plan};
 /// The plan as JSON (`models[].name`, `.compute`, `.placement`, `.blocks[]`,
 /// `.predicted.step_seconds`, `.predicted.slowdown`, …).
 pub fn render_json(plan: &Plan) -> String {
-    serde_json::to_string_pretty(plan).expect("plans serialise to JSON")
+    let out = PlanOutput {
+        format: PLAN_FORMAT,
+        mgpu_version: env!("CARGO_PKG_VERSION").into(),
+        plan: plan.clone(),
+    };
+    serde_json::to_string_pretty(&out).expect("plans serialise to JSON")
+}
+
+/// Version of the `mgpu plan --json` layout (bumped when a field changes meaning).
+pub const PLAN_FORMAT: u32 = 1;
+
+/// `mgpu plan --json`: the plan with a version (schemas/plan.schema.json).
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct PlanOutput {
+    pub format: u32,
+    pub mgpu_version: String,
+    #[serde(flatten)]
+    pub plan: Plan,
 }
 
 fn h(b: u64) -> String {
