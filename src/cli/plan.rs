@@ -58,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
                 }
             }
             if args.json {
-                println!("{}", plan::render_json(&p));
+                println!("{}", plan::render_json_output(&p));
             } else {
                 print!("{}", plan::render_text(&p));
             }

@@ -45,7 +45,7 @@ use crate::inventory::{Inventory, UnitKind};
 
 pub use error::{Demand, Fix, Location, NoEffect, NotFit, PlanError, PlanErrors};
 pub use fix::alloc_text;
-pub use render::{render_json, render_text, PlanOutput, PLAN_FORMAT};
+pub use render::{render_json, render_json_output, render_text, PlanOutput, PLAN_FORMAT};
 
 use place::{Choice, ModelCtx};
 

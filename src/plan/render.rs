@@ -12,6 +12,12 @@ use super::{ModelPlan, Plan};
 /// The plan as JSON (`models[].name`, `.compute`, `.placement`, `.blocks[]`,
 /// `.predicted.step_seconds`, `.predicted.slowdown`, …).
 pub fn render_json(plan: &Plan) -> String {
+    serde_json::to_string_pretty(plan).expect("plans serialise to JSON")
+}
+
+/// What `mgpu plan --json` prints: [`render_json`]'s plan with `format` and `mgpu_version`
+/// first ([`PlanOutput`]).
+pub fn render_json_output(plan: &Plan) -> String {
     let out = PlanOutput {
         format: PLAN_FORMAT,
         mgpu_version: env!("CARGO_PKG_VERSION").into(),
