@@ -5,16 +5,18 @@
 //!   fetch wait), plain lines otherwise (logs, CI), only failures with `--quiet`;
 //! - [`ReportBuilder`] collects the same events into the machine-readable [`RunReport`]
 //!   (`mgpu run --report FILE`; field names are stable, documented in docs/executor.md);
-//! - [`render_summary`] and [`render_golden`] are the end-of-run tables.
+//! - [`render_summary`] and [`render_golden`] are the end-of-run tables;
+//! - [`html`] renders a [`RunReport`] as one self-contained page (`--html FILE`).
 
 mod golden;
+pub mod html;
 mod json;
-mod progress;
+pub mod progress;
 
 pub use golden::render_golden;
 pub use json::{
-    BatchReport, Counts, DeviceBytes, ModelReport, ReportBuilder, RunReport, RunStatus, StepReport,
-    TaskReport, TaskState, REPORT_FORMAT,
+    job_reports, BatchReport, Counts, DeviceBytes, JobLora, JobModel, JobReport, ModelReport,
+    ReportBuilder, RunReport, RunStatus, StepReport, TaskReport, TaskState, REPORT_FORMAT,
 };
 pub use progress::{Progress, ProgressMode};
 
@@ -49,17 +51,26 @@ pub fn human_seconds(s: f64) -> String {
     }
 }
 
+/// The run's outcome in words. A run whose images were all made but whose golden comparison
+/// failed says so rather than "finished with failures … 0 failed" (issue 14).
+pub fn status_word(r: &RunReport) -> &'static str {
+    match r.status {
+        RunStatus::Ok => "done",
+        RunStatus::Failed if r.counts.failed == 0 && r.golden.as_ref().is_some_and(|g| !g.ok) => {
+            "done, but the golden comparison failed"
+        }
+        RunStatus::Failed => "finished with failures",
+        RunStatus::Interrupted => "interrupted",
+        RunStatus::Error => "stopped by an error",
+    }
+}
+
 /// The end-of-run table: counts, then every failed image with its error.
 pub fn render_summary(r: &RunReport) -> String {
     let c = &r.counts;
     let mut s = format!(
         "{}: {} made, {} up to date, {} failed",
-        match r.status {
-            RunStatus::Ok => "done",
-            RunStatus::Failed => "finished with failures",
-            RunStatus::Interrupted => "interrupted",
-            RunStatus::Error => "stopped by an error",
-        },
+        status_word(r),
         c.made,
         c.skipped,
         c.failed

@@ -28,6 +28,7 @@ fn golden_run(
         force: true,
         shard: None,
         report,
+        html: None,
         golden,
         quiet: true,
         color: false,

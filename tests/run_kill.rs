@@ -29,6 +29,7 @@ fn options(manifest: &Path, report: Option<PathBuf>) -> RunOptions {
         force: false,
         shard: None,
         report,
+        html: None,
         golden: GoldenMode::Off,
         quiet: true,
         color: false,

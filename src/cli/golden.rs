@@ -45,9 +45,17 @@ pub struct Common {
     pub force: bool,
     #[command(flatten)]
     pub hardware: super::HardwareArg,
-    /// Write the JSON run report (with the golden comparison) to FILE.
+    /// Write the JSON run report (with the golden comparison) to FILE (`-`: stdout).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Print the JSON run report (with the golden comparison) on stdout; the same as
+    /// `--report -`.
+    #[arg(long, conflicts_with = "report")]
+    pub json: bool,
+    /// Write an HTML report: the run's cards and plots and, for `verify`, the reference, the
+    /// new output and a difference heat map of every output that differs, with its PSNR.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Print only failures, warnings and the summary.
     #[arg(long, short)]
     pub quiet: bool,
@@ -76,7 +84,12 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         hardware: c.hardware,
         force: true,
         shard: None,
-        report: c.report,
+        report: if c.json {
+            Some(PathBuf::from("-"))
+        } else {
+            c.report
+        },
+        html: c.html,
         golden: if record {
             GoldenMode::Record {
                 dir,

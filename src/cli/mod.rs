@@ -16,11 +16,13 @@ use crate::hardware::{file, Hardware};
 
 pub mod bench;
 pub mod check;
+pub mod completions;
 pub mod golden;
 pub mod inspect;
 pub mod make_tiny;
 pub mod plan;
 pub mod probe;
+pub mod report;
 pub mod run;
 pub mod schema;
 
@@ -83,9 +85,15 @@ pub enum Command {
     /// Validate a manifest: syntax, keys, references, numbers, output paths, and that the
     /// files it names exist. Prints every problem with its place in the file; exit 0 when
     /// valid (warnings allowed), 1 when not.
+    #[command(after_help = "Example:\n  mgpu check manifests/demo.toml          \
+                            # every problem at once, then a summary\n  \
+                            mgpu check m.toml --json | jq .valid")]
     Check(check::Args),
     /// Show where every block of every model will live, the memory per device and the
     /// predicted step time, before loading any weights (reads file headers only).
+    #[command(
+        after_help = "Example:\n  mgpu plan manifests/demo.toml --hardware benches/hw-h100x2-2026-11-26.toml"
+    )]
     Plan(plan::Args),
     /// List this machine's devices and link rates; `--save` writes a hardware file.
     Probe(probe::Args),
@@ -102,9 +110,18 @@ pub enum Command {
     /// hash), `--shard I/N` splits a manifest over machines, `--report` writes a JSON run
     /// report. Exit 0 all made, 1 failed images or invalid input, 2 usage/internal error,
     /// 75 output root locked by another run (try again later), 130 SIGINT, 143 SIGTERM.
+    #[command(
+        after_help = "Example:\n  mgpu run manifests/demo.toml --report run.json --html report.html"
+    )]
     Run(run::Args),
     /// Record or verify golden outputs: hashes of decoded pixels and latents, with copies.
     Golden(golden::Args),
+    /// Rebuild the HTML report from a JSON run report (`mgpu run --report FILE`).
+    Report(report::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff) of mgpu and every subcommand.
+    Man(completions::ManArgs),
 }
 
 /// `--hardware FILE`, defined once for every subcommand that plans (plan, run, golden,
@@ -221,5 +238,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Schema(args) => schema::run(args),
         Command::Run(args) => run::run(args),
         Command::Golden(args) => golden::run(args),
+        Command::Report(args) => report::run(args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }

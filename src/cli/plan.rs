@@ -1,6 +1,8 @@
 //! `mgpu plan MANIFEST`: where every block of every model the jobs need will live, how much
 //! memory each device holds, and the predicted step time, before any weight is loaded.
 //! Reads weight-file headers only; plans for this machine (probe) or for `--hardware FILE`.
+//! A weights file that is not there yet is planned with its family's published layout when
+//! the file name says which (`plan::manifest::assumed_inventory`), marked as assumed.
 
 use std::path::PathBuf;
 
@@ -38,15 +40,25 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         eprintln!("{}", m.warnings.render(color));
     }
     let hw = args.hardware.resolve()?;
-    let inventories = match plan::manifest::read_inventories(&m) {
+    // Planning before downloading: missing files of known families get their published
+    // layout, and the plan says so.
+    let (inventories, assumed) = match plan::manifest::read_inventories_assuming(&m) {
         Ok(i) => i,
         Err(d) => return Ok(fail(&d, color, &format!("{shown}: cannot plan"))),
     };
+    for note in assumed.values() {
+        eprintln!("warning: {note}");
+    }
     let request = plan::manifest::request(&m, &inventories);
     match plan::plan(&request, &hw) {
-        Ok(p) => {
+        Ok(mut p) => {
+            for mp in &mut p.models {
+                if let Some(note) = assumed.get(&mp.name) {
+                    mp.notes.insert(0, format!("assumed layout: {note}"));
+                }
+            }
             if args.json {
-                println!("{}", plan::render_json(&p));
+                println!("{}", plan::render_json_output(&p));
             } else {
                 print!("{}", plan::render_text(&p));
             }

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use super::Status;
 use crate::hardware::file;
-use crate::hardware::probe::{self, ProbeReport, CUDA_BUILD};
+use crate::hardware::probe::{self, ProbeReport};
 
 /// Show this machine's devices and rates, or save them as a hardware file.
 ///
@@ -22,8 +22,9 @@ pub struct Args {
     /// Also write the result as a hardware file to FILE (read it back with `--hardware FILE`).
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
-    /// Measure host→GPU (pinned and pageable), GPU→host and GPU→GPU copy rates and the bf16
-    /// matrix-product rate of each GPU (takes a few seconds; needs the CUDA build).
+    /// Measure rates (a few seconds): the CPU's f32 matrix-product rate and the disk read
+    /// rate in every build; with the CUDA build also host→GPU (pinned and pageable),
+    /// GPU→host and GPU→GPU copy rates and each GPU's bf16 product rate.
     #[arg(long)]
     pub bench: bool,
     /// Print JSON instead of a table.
@@ -32,13 +33,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Status> {
-    if args.bench && !CUDA_BUILD {
-        anyhow::bail!(
-            "--bench measures GPU copy and compute rates and needs the CUDA build of mgpu \
-             (`cargo build --release --features cuda`); this build has no CUDA support"
-        );
-    }
-    let report = probe::probe(args.bench)?;
+    // The disk rate is measured where the hardware file goes (or here): the disk weights
+    // would be read from is usually that one.
+    let disk_dir = args
+        .save
+        .as_deref()
+        .and_then(|p| p.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let report = probe::probe_in(args.bench, disk_dir)?;
     if let Some(path) = &args.save {
         file::write(path, &report.hardware)
             .with_context(|| format!("cannot write hardware file {}", path.display()))?;
@@ -83,11 +86,19 @@ pub fn render(r: &ProbeReport) -> String {
                 format!("{:<18} {:<7} {g:>8.1} GB/s", format!("peer {a}→{c}"), "")
             }),
         );
-        rows.extend(
-            b.tflops
-                .iter()
-                .map(|(d, t)| format!("{:<18} {d:<7} {t:>8.1} TFLOP/s", "bf16 8192³ product")),
-        );
+        rows.extend(b.tflops.iter().map(|(d, t)| match d {
+            crate::device::DeviceName::Cpu => {
+                format!(
+                    "{:<18} {d:<7} {:>8.1} GFLOP/s",
+                    "f32 1024³ product",
+                    t * 1e3
+                )
+            }
+            _ => format!("{:<18} {d:<7} {t:>8.1} TFLOP/s", "bf16 8192³ product"),
+        }));
+        if let Some(g) = b.disk_read_gbps {
+            rows.push(format!("{:<18} {:<7} {g:>8.2} GB/s", "disk read", "disk"));
+        }
         out.push_str("measured:\n");
         for row in rows {
             let _ = writeln!(out, "  {row}");

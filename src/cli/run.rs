@@ -59,9 +59,15 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 25)]
     pub grace: u64,
     /// Write a JSON run report: per image status, seconds, output and file SHA-256; per model
-    /// planned vs measured bytes per device; per batch step times and fetch waits.
+    /// planned vs measured bytes per device; per batch step times and fetch waits. `-` writes
+    /// it to stdout.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Write an HTML report: one self-contained page (no network) with a card per image or
+    /// video (thumbnail, prompt, seed, settings, models, LoRAs, status), a plot of each
+    /// batch's step times and fetch waits, and the plan next to what was measured.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Compare every image with the golden files in DIR (`mgpu golden record` writes them):
     /// bit-exact on the recording machine, within a stated tolerance elsewhere. A mismatch
     /// exits 1.
@@ -95,6 +101,8 @@ pub struct RunOptions {
     pub force: bool,
     pub shard: Option<Shard>,
     pub report: Option<PathBuf>,
+    /// `--html FILE`: the HTML report.
+    pub html: Option<PathBuf>,
     pub golden: GoldenMode,
     pub quiet: bool,
     pub color: bool,
@@ -141,6 +149,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         force: args.force,
         shard,
         report: args.report,
+        html: args.html,
         golden: match args.verify_golden {
             Some(d) => GoldenMode::Verify(d),
             None => GoldenMode::Off,
@@ -370,7 +379,7 @@ pub fn execute(opts: &RunOptions, make: MakeGenerator<'_>) -> anyhow::Result<Sta
     }
     install_signals()?;
 
-    let mut progress = Progress::new(ProgressMode::auto(opts.quiet));
+    let mut progress = Progress::new(ProgressMode::auto(opts.quiet)).with_color(color);
     for t in &takeovers {
         progress.warn(&t.to_string());
     }
@@ -495,12 +504,13 @@ pub fn execute(opts: &RunOptions, make: MakeGenerator<'_>) -> anyhow::Result<Sta
         golden_report = Some(v.finish(complete));
     }
     let seconds = started.elapsed().as_secs_f64();
-    let report = watch.report.finish(
+    let mut report = watch.report.finish(
         Some(&outcome),
         setup_error.as_ref().map(|(e, _)| e.as_str()),
         seconds,
         golden_report.clone(),
     );
+    report.jobs = report::job_reports(&m);
     eprint!("{}", report::render_summary(&report));
     if let Some(g) = &golden_report {
         eprint!("{}", report::render_golden(g));
@@ -547,14 +557,36 @@ pub fn execute(opts: &RunOptions, make: MakeGenerator<'_>) -> anyhow::Result<Sta
     }
     if let Some(path) = &opts.report {
         let json = serde_json::to_string_pretty(&report).expect("a RunReport always serialises");
-        crate::output::write_atomic(path, |w| {
-            w.write_all(json.as_bytes())?;
-            w.write_all(b"\n")
-        })
-        .with_context(|| format!("writing the run report {}", path.display()))?;
+        write_json(path, &json)
+            .with_context(|| format!("writing the run report {}", path.display()))?;
+    }
+    if let Some(path) = &opts.html {
+        let value = serde_json::to_value(&report).expect("a RunReport always serialises");
+        // Outputs of golden runs live in a temporary folder: no links to them.
+        report::html::write(path, &report, &value, opts.output_root.is_none())
+            .with_context(|| format!("writing the HTML report {}", path.display()))?;
+        if !opts.quiet {
+            eprintln!("wrote the HTML report {}", path.display());
+        }
     }
     release(lock);
     Ok(status)
+}
+
+/// Writes JSON text (and a newline) to `path` atomically, or to stdout when `path` is `-`.
+pub fn write_json(path: &Path, json: &str) -> std::io::Result<()> {
+    if path == Path::new("-") {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        out.write_all(json.as_bytes())?;
+        out.write_all(b"\n")?;
+        return out.flush();
+    }
+    crate::output::write_atomic(path, |w| {
+        w.write_all(json.as_bytes())?;
+        w.write_all(b"\n")
+    })
+    .map_err(std::io::Error::other)
 }
 
 /// The GPUs that compute, for a recording's fingerprint (probe only when a model computes on

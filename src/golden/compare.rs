@@ -25,7 +25,7 @@ impl Default for Tolerance {
 }
 
 /// Which rule judged a verification.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "rule")]
 pub enum Rule {
     /// Same fingerprint: pixels and latents must be bit-identical.

@@ -389,7 +389,7 @@ pub fn load(dir: &Path) -> Result<GoldenFile, GoldenError> {
 }
 
 /// How one output compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// Bit-identical pixels and latent.
@@ -402,7 +402,7 @@ pub enum Verdict {
 }
 
 /// One output's comparison.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OutputCheck {
     pub job: String,
     pub index: u32,
@@ -418,10 +418,13 @@ pub struct OutputCheck {
     /// Why numbers are missing, or what else was noticed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The golden copy, relative to the golden folder (absent when there is none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub golden_png: Option<String>,
 }
 
 /// The result of a verification.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VerifyReport {
     pub dir: PathBuf,
     pub rule: Rule,
@@ -485,6 +488,7 @@ impl Verifier {
                 psnr_db: None,
                 latent_max_abs_diff: None,
                 notes: vec!["the golden files have no such output: record them again".into()],
+                golden_png: None,
             },
             Some(g) => compare_one(&self.dir, g, c, self.rule),
         };
@@ -525,6 +529,11 @@ impl Verifier {
             ok,
         }
     }
+}
+
+/// The first 12 characters of a hash.
+fn short(h: &str) -> &str {
+    h.get(..12).unwrap_or(h)
 }
 
 /// The first frame whose hash differs from the golden's (videos recorded with per-frame
@@ -625,6 +634,19 @@ fn compare_one(dir: &Path, g: &GoldenOutput, c: &Captured, rule: Rule) -> Output
         }
     }
     let identical = pixels_equal && latent_equal != Some(false);
+    if !identical && c.job_hash != g.job_hash {
+        // Issue 14: a mismatch after a manifest edit says why rather than only "MISMATCH".
+        notes.insert(
+            0,
+            format!(
+                "the job hash changed since the recording ({} → {}): the job's settings, a \
+                 model/LoRA file or mgpu's version differ, so different pixels are expected; \
+                 record again with `mgpu golden record --force` if the change is intended",
+                short(&g.job_hash),
+                short(&c.job_hash)
+            ),
+        );
+    }
     let verdict = if identical {
         Verdict::Match
     } else {
@@ -655,5 +677,6 @@ fn compare_one(dir: &Path, g: &GoldenOutput, c: &Captured, rule: Rule) -> Output
         psnr_db,
         latent_max_abs_diff: latent_diff,
         notes,
+        golden_png: Some(g.png.clone()),
     }
 }

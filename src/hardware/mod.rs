@@ -10,6 +10,7 @@
 //! a `[[links]] from = "disk"` entry sets its read bandwidth. The planner ([`crate::plan`])
 //! reads hardware only through this module.
 
+pub mod cpu_bench;
 pub mod file;
 pub mod probe;
 

@@ -3,8 +3,11 @@
 //! The host is always probed: total and available RAM from `/proc/meminfo` (Linux) or
 //! `sysctl hw.memsize` (macOS/BSD), the CPU model from `/proc/cpuinfo` or `sysctl`. CUDA
 //! devices come from `super::cuda` in builds with the `cuda` feature; the CPU build reports
-//! none and says so. `--bench` (CUDA builds) measures copy and compute rates and writes them
-//! into the returned hardware as measured links and `tflops_bf16`.
+//! none and says so. `--bench` measures copy and compute rates and writes them into the
+//! returned hardware as measured links and `tflops_bf16`: GPU rates in CUDA builds, the CPU's
+//! product rate and the disk read rate in every build (`super::cpu_bench`).
+
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -28,6 +31,10 @@ pub struct BenchResult {
     pub d2h_pinned: Vec<(DeviceName, f64)>,
     pub peer: Vec<(DeviceName, DeviceName, f64)>,
     pub tflops: Vec<(DeviceName, f64)>,
+    /// Reading a file back from disk (after dropping it from the page cache), GB/s: the
+    /// `disk → cpu` link (any build).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_read_gbps: Option<f64>,
 }
 
 /// Everything `mgpu probe` found.
@@ -52,6 +59,11 @@ pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
 
 /// Probes the machine; with `bench`, also measures rates (CUDA builds only).
 pub fn probe(bench: bool) -> Result<ProbeReport, ProbeError> {
+    probe_in(bench, Path::new("."))
+}
+
+/// [`probe`], measuring the disk rate (with `bench`) with a file in `disk_dir`.
+pub fn probe_in(bench: bool, disk_dir: &Path) -> Result<ProbeReport, ProbeError> {
     let cpu = host()?;
     let mut report = ProbeReport {
         hardware: Hardware {
@@ -64,6 +76,9 @@ pub fn probe(bench: bool) -> Result<ProbeReport, ProbeError> {
     };
     probe_cuda(&mut report, bench);
     report.hardware.devices.push(cpu);
+    if bench {
+        bench_host(&mut report, disk_dir);
+    }
     if !CUDA_BUILD {
         report.notes.push(
             "this build has no CUDA support (built without `--features cuda`): no GPUs are listed"
@@ -71,7 +86,7 @@ pub fn probe(bench: bool) -> Result<ProbeReport, ProbeError> {
         );
         if bench {
             report.notes.push(
-                "--bench measures GPU copy and compute rates and needs the CUDA build (`cargo build --release --features cuda`)".into(),
+                "not measured in this build: GPU copy and compute rates (they need the CUDA build, `cargo build --release --features cuda`)".into(),
             );
         }
     }
@@ -94,6 +109,33 @@ fn probe_cuda(report: &mut ProbeReport, bench: bool) {
 
 #[cfg(not(feature = "cuda"))]
 fn probe_cuda(_: &mut ProbeReport, _: bool) {}
+
+/// `--bench` on the host (every build): the CPU's f32 product rate becomes the cpu device's
+/// compute rate, the disk read rate the `disk → cpu` link.
+fn bench_host(report: &mut ProbeReport, disk_dir: &Path) {
+    let mut r = report.bench.take().unwrap_or_default();
+    match super::cpu_bench::matmul_tflops() {
+        Ok(t) => {
+            r.tflops.retain(|(d, _)| *d != DeviceName::Cpu);
+            r.tflops.push((DeviceName::Cpu, t));
+        }
+        Err(e) => report.notes.push(format!("could not measure the CPU: {e}")),
+    }
+    match super::cpu_bench::disk_read_gbps(disk_dir) {
+        Ok(g) => r.disk_read_gbps = Some(g),
+        Err(e) => report.notes.push(format!(
+            "could not measure the disk read rate in {}: {e}",
+            disk_dir.display()
+        )),
+    }
+    report.notes.push(
+        "the cpu's rate is candle's f32 1024³ matrix product (CPU models compute in f32); \
+         the disk rate reads a 256 MiB file back after dropping it from the page cache"
+            .into(),
+    );
+    apply_bench(&mut report.hardware, &r);
+    report.bench = Some(r);
+}
 
 /// Writes measured rates into `hw`: `tflops_bf16`, cpu↔GPU links from pinned copies (what
 /// streaming uses), GPU→GPU links from peer copies.
@@ -120,6 +162,9 @@ pub fn apply_bench(hw: &mut Hardware, r: &BenchResult) {
     }
     for &(a, b, g) in &r.peer {
         set(a, b, g);
+    }
+    if let Some(g) = r.disk_read_gbps {
+        set(DeviceName::Disk, DeviceName::Cpu, g);
     }
 }
 
@@ -242,11 +287,18 @@ mod tests {
         r.hardware.validate().unwrap();
         if !CUDA_BUILD {
             assert!(r.notes.iter().any(|n| n.contains("no CUDA support")));
-            assert!(probe(true)
-                .unwrap()
+            let dir = tempfile::tempdir().unwrap();
+            let benched = probe_in(true, dir.path()).unwrap();
+            assert!(benched
                 .notes
                 .iter()
-                .any(|n| n.contains("needs the CUDA build")));
+                .any(|n| n.contains("need the CUDA build")));
+            assert!(benched
+                .hardware
+                .device(DeviceName::Cpu)
+                .unwrap()
+                .tflops_bf16
+                .is_some());
         }
     }
 

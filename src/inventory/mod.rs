@@ -59,7 +59,7 @@ pub enum FamilySource {
 }
 
 /// Whether a unit stays on the compute device or may be streamed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UnitKind {
     /// Everything outside the blocks: small, used at every step, always on the compute device.

@@ -188,6 +188,89 @@ pub fn clip_l(dtype: DType) -> Inventory {
     Inventory::synthetic(Some(Family::ClipL), &t)
 }
 
+fn conv(out: &mut Vec<Spec>, dtype: DType, name: &str, o: u64, i: u64, k: u64) {
+    out.push((format!("{name}.weight"), dtype, vec![o, i, k, k]));
+    out.push((format!("{name}.bias"), dtype, vec![o]));
+}
+
+fn norm(out: &mut Vec<Spec>, dtype: DType, name: &str, c: u64) {
+    out.push((format!("{name}.weight"), dtype, vec![c]));
+    out.push((format!("{name}.bias"), dtype, vec![c]));
+}
+
+fn resnet(out: &mut Vec<Spec>, dtype: DType, p: &str, i: u64, o: u64) {
+    norm(out, dtype, &format!("{p}.norm1"), i);
+    conv(out, dtype, &format!("{p}.conv1"), o, i, 3);
+    norm(out, dtype, &format!("{p}.norm2"), o);
+    conv(out, dtype, &format!("{p}.conv2"), o, o, 3);
+    if i != o {
+        conv(out, dtype, &format!("{p}.nin_shortcut"), o, i, 1);
+    }
+}
+
+fn mid(out: &mut Vec<Spec>, dtype: DType, p: &str, c: u64) {
+    resnet(out, dtype, &format!("{p}.mid.block_1"), c, c);
+    norm(out, dtype, &format!("{p}.mid.attn_1.norm"), c);
+    for n in ["q", "k", "v", "proj_out"] {
+        conv(out, dtype, &format!("{p}.mid.attn_1.{n}"), c, c, 1);
+    }
+    resnet(out, dtype, &format!("{p}.mid.block_2"), c, c);
+}
+
+/// The FLUX.1 autoencoder as in `ae.safetensors` (BFL layout, 83.8 M parameters, f32):
+/// channels 128 × (1, 2, 4, 4), 2 resnets per encoder level and 3 per decoder level, one
+/// attention in each mid block, 16 latent channels, no quant convs. Shapes follow BFL's
+/// `flux/modules/autoencoder.py` (diffusers `AutoencoderKL` with FLUX.1's config).
+pub fn flux_vae(dtype: DType) -> Inventory {
+    let ch = [128u64, 128, 256, 512, 512];
+    let mut t = Vec::new();
+    conv(&mut t, dtype, "encoder.conv_in", 128, 3, 3);
+    for level in 0..4 {
+        let (i, o) = (ch[level], ch[level + 1]);
+        for b in 0..2 {
+            let p = format!("encoder.down.{level}.block.{b}");
+            resnet(&mut t, dtype, &p, if b == 0 { i } else { o }, o);
+        }
+        if level < 3 {
+            conv(
+                &mut t,
+                dtype,
+                &format!("encoder.down.{level}.downsample.conv"),
+                o,
+                o,
+                3,
+            );
+        }
+    }
+    mid(&mut t, dtype, "encoder", 512);
+    norm(&mut t, dtype, "encoder.norm_out", 512);
+    conv(&mut t, dtype, "encoder.conv_out", 32, 512, 3);
+    conv(&mut t, dtype, "decoder.conv_in", 512, 16, 3);
+    mid(&mut t, dtype, "decoder", 512);
+    // Decoder levels are numbered as the encoder's: up.3 runs first (512 → 512).
+    for level in (0..4).rev() {
+        let o = ch[level + 1];
+        let i = if level == 3 { 512 } else { ch[level + 2] };
+        for b in 0..3 {
+            let p = format!("decoder.up.{level}.block.{b}");
+            resnet(&mut t, dtype, &p, if b == 0 { i } else { o }, o);
+        }
+        if level > 0 {
+            conv(
+                &mut t,
+                dtype,
+                &format!("decoder.up.{level}.upsample.conv"),
+                o,
+                o,
+                3,
+            );
+        }
+    }
+    norm(&mut t, dtype, "decoder.norm_out", 128);
+    conv(&mut t, dtype, "decoder.conv_out", 3, 128, 3);
+    Inventory::synthetic(Some(Family::FluxVae), &t)
+}
+
 /// A Wan 2.1-architecture transformer with `layers` blocks of width `dim` and FFN `ffn`
 /// (Wan 2.1 14B: 5120, 13824, 40; 1.3B: 1536, 8960, 30), names as in the official
 /// `wan/modules/model.py` checkpoints.
@@ -250,6 +333,20 @@ mod tests {
         assert_eq!(t5.blocks().count(), 24);
         let clip = clip_l(DType::F16);
         assert_eq!(clip.total_params(), 123_060_480);
+        // ae.safetensors: 83 819 683 parameters (335 MB in f32).
+        let vae = flux_vae(DType::F32);
+        assert_eq!(vae.total_params(), 83_819_683);
+        assert_eq!(
+            super::super::detect_family(&vae.tensors).unwrap().0,
+            Family::FluxVae
+        );
+        assert_eq!(
+            vae.units
+                .iter()
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>(),
+            ["encoder", "decoder"]
+        );
         let wan = wan(DType::BF16, 5120, 13824, 40);
         let p = wan.total_params() as f64 / 1e9;
         assert!((14.0..14.5).contains(&p), "{p}");

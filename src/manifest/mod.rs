@@ -195,6 +195,7 @@ impl Manifest {
     /// images) and that the output root is not a file. Reports the resolved path.
     pub fn check_files(&self) -> Diagnostics {
         let mut out = Diagnostics::new();
+        let mut folder_problems = Vec::new();
         let mut check = |path: &Path, at: String, what: &str| {
             let problem = match std::fs::metadata(path) {
                 Ok(m) if m.is_dir() => Some(format!(
@@ -226,7 +227,28 @@ impl Manifest {
         for (name, m) in &self.models {
             check(&m.file, format!("models.{name}.file"), "weights file");
             if let Some(t) = &m.tokenizer {
-                check(t, format!("models.{name}.tokenizer"), "tokenizer file");
+                // A Hugging Face tokenizer folder works as well as its file (issue 14): the
+                // loader reads `tokenizer.json` (or `spiece.model`) from it.
+                if t.is_dir() {
+                    let inside = ["tokenizer.json", "spiece.model"]
+                        .iter()
+                        .any(|f| t.join(f).is_file());
+                    if !inside {
+                        folder_problems.push(self.diagnostic_at_path(
+                            &format!("models.{name}.tokenizer"),
+                            None,
+                            format!(
+                                "tokenizer folder {} holds neither `tokenizer.json` nor `spiece.model`",
+                                t.display()
+                            ),
+                            "name the tokenizer file, or a Hugging Face tokenizer folder that \
+                             holds one (FLUX.1-dev's `tokenizer_2/` for T5; for CLIP-L, \
+                             openai/clip-vit-large-patch14, whose folder has `tokenizer.json`)",
+                        ));
+                    }
+                } else {
+                    check(t, format!("models.{name}.tokenizer"), "tokenizer file");
+                }
             }
             for (i, l) in m.loras.iter().enumerate() {
                 check(
@@ -251,6 +273,9 @@ impl Manifest {
                 ),
                 "`output_root` must be a folder (it is created when missing)",
             ));
+        }
+        for d in folder_problems {
+            out.push(d);
         }
         out.sort();
         out

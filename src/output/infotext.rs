@@ -4,10 +4,12 @@
 //!
 //! Format (A1111 `modules/infotext_utils.py` and `processing.py`, read, not copied):
 //! ```text
-//! <prompt, any number of lines>
+//! <prompt, any number of lines> <lora:style:0.8>
 //! Negative prompt: <negative prompt>          (only when there is one)
 //! Steps: 20, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Distilled CFG Scale: 3.5, Seed: 42, Size: 1024x1024, Model hash: abcdef0123, Model: flux1-dev, Lora hashes: "style: e3b0c44298fc", Version: mgpu 0.1.0, Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16
 //! ```
+//! - Each LoRA is named in the prompt as A1111 users write it, `<lora:NAME:STRENGTH>` (NAME:
+//!   the file stem), appended unless the prompt already has a tag for it.
 //! - The last line is `key: value` pairs joined by `, `. A value containing `,`, `:` or a newline
 //!   is written as a JSON string (A1111 `quote`); reading undoes it (`unquote`).
 //! - Reading: the last line counts as parameters only if it holds at least 3 pairs (regex
@@ -170,11 +172,28 @@ impl Infotext {
             push(&format!("Module {}", i + 1), file_stem(&m.file));
         }
         Infotext {
-            prompt: r.prompt.clone(),
+            prompt: prompt_with_loras(&r.prompt, &r.loras),
             negative_prompt: r.negative_prompt.clone(),
             params: p,
         }
     }
+}
+
+/// The prompt with A1111's `<lora:name:strength>` tag of every LoRA the prompt does not
+/// already name, appended after a space, so image browsers (and A1111's "PNG Info") show the
+/// LoRAs and their strengths (issue 14). The exact prompt stays in the `mgpu` record.
+pub fn prompt_with_loras(prompt: &str, loras: &[super::record::LoraRecord]) -> String {
+    let mut out = prompt.to_string();
+    for l in loras {
+        if out.contains(&format!("<lora:{}:", l.name)) {
+            continue;
+        }
+        if !out.is_empty() && !out.ends_with(char::is_whitespace) {
+            out.push(' ');
+        }
+        out.push_str(&format!("<lora:{}:{}>", l.name, l.strength));
+    }
+    out
 }
 
 impl fmt::Display for Infotext {
@@ -275,7 +294,7 @@ mod tests {
         let text = Infotext::from_record(&example()).to_string();
         assert_eq!(
             text,
-            "a cat on a windowsill, morning light\n\
+            "a cat on a windowsill, morning light <lora:style:0.8>\n\
              Steps: 20, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Distilled CFG Scale: 3.5, Seed: 42, \
              Size: 1024x1024, Model hash: abcdef0123, Model: flux1-dev, Lora hashes: \"style: e3b0c44298fc\", \
              Version: mgpu 0.1.0, Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16"
@@ -295,6 +314,30 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("Distilled"), "{text}");
+    }
+
+    #[test]
+    fn loras_are_tagged_in_the_prompt_once() {
+        let r = example();
+        let mut two = r.loras.clone();
+        two.push(super::super::record::LoraRecord {
+            name: "detail".into(),
+            strength: -0.25,
+            ..r.loras[0].clone()
+        });
+        assert_eq!(
+            prompt_with_loras("a cat", &two),
+            "a cat <lora:style:0.8> <lora:detail:-0.25>"
+        );
+        // A prompt that already names a LoRA keeps its own tag.
+        assert_eq!(
+            prompt_with_loras("a cat <lora:style:0.5>", &two),
+            "a cat <lora:style:0.5> <lora:detail:-0.25>"
+        );
+        assert_eq!(prompt_with_loras("", &two[..1]), "<lora:style:0.8>");
+        // It survives A1111's parser.
+        let back = parse(&Infotext::from_record(&r).to_string());
+        assert!(back.prompt.ends_with("<lora:style:0.8>"), "{back:?}");
     }
 
     /// Table of A1111 inputs and what A1111's parser makes of them.

@@ -289,7 +289,9 @@ mod tests {
         write_png(&path, &img, &record).unwrap();
         let meta = read_png_metadata(&path).unwrap();
         assert_eq!(meta.record.unwrap().prompt, record.prompt);
-        assert_eq!(meta.parameters.unwrap().prompt, record.prompt);
+        // The A1111 text adds the LoRA tags after the prompt.
+        let params = meta.parameters.unwrap().prompt;
+        assert_eq!(params, format!("{} <lora:style:0.8>", record.prompt));
     }
 
     #[test]

@@ -50,6 +50,17 @@ pub const WAN_ELEMENTWISE_FLOPS: f64 = 91_000.0;
 /// [`Arch::activations`].
 pub const WAN_VAE_VALUES_PER_PIXEL: u64 = 5_800;
 
+/// On a CPU, seconds per attention score (one query·key pair of one head of one job) for the
+/// work around the products: the f32 softmax (max, exp, sum, scale) and the products' poor
+/// efficiency at head width. Calibrated on the demo (issue 14; this 2-core AMD EPYC
+/// machine, 2026-12-03, measured 148 GFLOP/s f32 by `mgpu probe --bench`): the tiny FLUX
+/// model (width 32, 2 heads, 4 blocks, 576 tokens) steps in 13–15 ms per image (steady
+/// state, three runs) where FLOPs at the product rate predict 2.3 ms; the 11.7 ms gap over
+/// 4 × 2 × 576² scores is 4.4 ns each. For FLUX.1 at 1024² on such a CPU it adds ≈ 127 s to
+/// the products' ≈ 770 s per step. Only CPU compute adds it (GPUs run fused attention kernels, whose cost the
+/// FLOP terms already hold).
+pub const CPU_SECONDS_PER_ATTENTION_SCORE: f64 = 4.4e-9;
+
 /// Architecture numbers the cost formulas need, read from the inventory where it has them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Arch {
@@ -175,6 +186,29 @@ impl Arch {
         let elementwise = WAN_ELEMENTWISE_FLOPS * l * d;
         (products + elementwise) / (rate * WAN_GEMM_EFFICIENCY)
             + attention / (rate * WAN_ATTENTION_EFFICIENCY)
+    }
+
+    /// The CPU's extra seconds for one forward pass of `unit` for one job: attention scores
+    /// × [`CPU_SECONDS_PER_ATTENTION_SCORE`] (blocks of transformer families only).
+    pub fn cpu_extra_seconds(&self, inv: &Inventory, unit: &Unit) -> f64 {
+        if unit.kind != crate::inventory::UnitKind::Block {
+            return 0.0;
+        }
+        // FLUX's head width is its q/k norm's (128 in FLUX.1; the tiny demo model's is 16).
+        let heads = match self.family {
+            Family::Flux => dim(inv, "double_blocks.0.img_attn.norm.query_norm.scale", 0)
+                .filter(|&d| d > 0)
+                .map(|d| (self.hidden / d).max(1))
+                .unwrap_or(self.heads),
+            _ => self.heads,
+        };
+        let l = self.seq() as f64;
+        let scores = match self.family {
+            Family::Flux | Family::T5 | Family::UmT5 | Family::ClipL => l * l,
+            Family::Wan => l * l + l * self.txt_tokens as f64,
+            _ => return 0.0,
+        };
+        scores * heads as f64 * CPU_SECONDS_PER_ATTENTION_SCORE
     }
 
     fn tensor_flops(&self, inv: &Inventory, t: &TensorInfo) -> f64 {

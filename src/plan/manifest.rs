@@ -35,11 +35,47 @@ pub fn needed_models(m: &Manifest) -> Vec<&Model> {
     names.iter().filter_map(|n| m.models.get(*n)).collect()
 }
 
+/// What `read_inventories_assuming` put in place of a missing weights file: per model name,
+/// a sentence naming the layout assumed.
+pub type Assumed = BTreeMap<String, String>;
+
 /// Reads the header of every needed model's file. Errors point at the model's `file` key.
 pub fn read_inventories(m: &Manifest) -> Result<BTreeMap<String, Arc<Inventory>>, Diagnostics> {
+    read_inventories_with(m, false).map(|(i, _)| i)
+}
+
+/// [`read_inventories`] for planning before downloading (`mgpu plan`, issue 14): a model
+/// whose file does not exist gets the known layout of its family, chosen by the file name
+/// ([`assumed_inventory`]), and the returned [`Assumed`] says which. `mgpu run` never
+/// assumes: it needs the weights.
+pub fn read_inventories_assuming(
+    m: &Manifest,
+) -> Result<(BTreeMap<String, Arc<Inventory>>, Assumed), Diagnostics> {
+    read_inventories_with(m, true)
+}
+
+fn read_inventories_with(
+    m: &Manifest,
+    assume: bool,
+) -> Result<(BTreeMap<String, Arc<Inventory>>, Assumed), Diagnostics> {
+    let mut assumed = Assumed::new();
     let mut out = BTreeMap::new();
     let mut diags = Diagnostics::default();
     for model in needed_models(m) {
+        if assume && !model.file.exists() {
+            if let Some((inv, what)) = assumed_inventory(model) {
+                assumed.insert(
+                    model.name.clone(),
+                    format!(
+                        "no file at {}: planned with the known layout of {what}, assumed from \
+                         the family and the file name",
+                        model.file.display()
+                    ),
+                );
+                out.insert(model.name.clone(), Arc::new(inv));
+                continue;
+            }
+        }
         match inventory::read(&model.file, Some(model.family)) {
             Ok(inv) => {
                 out.insert(model.name.clone(), Arc::new(inv));
@@ -49,15 +85,88 @@ pub fn read_inventories(m: &Manifest) -> Result<BTreeMap<String, Arc<Inventory>>
                 "file",
                 None,
                 format!("model `{}`: {e}", model.name),
-                "`file` must name a safetensors, GGUF or PyTorch (zip) weight file of this family, relative to the manifest's folder",
+                "`file` must name a safetensors or GGUF weight file of this family (PyTorch pickles are refused: convert them, docs/weights.md), relative to the manifest's folder",
             )),
         }
     }
     if diags.has_errors() {
         Err(diags)
     } else {
-        Ok(out)
+        Ok((out, assumed))
     }
+}
+
+/// The published layout a model's missing file most likely has, from its family and file
+/// name, with a description: FLUX.1 dev or schnell (`schnell` in the name; bf16 as BFL
+/// publishes it, fp8 or fp16 when the name says so, Q8_0 for a `Q8_0` GGUF), T5-XXL (fp16,
+/// or fp8 by name), CLIP-L (fp16), the FLUX autoencoder (f32), Wan 2.1 (`1.3B` or `14B` in the
+/// name; bf16, fp8 by name). `None` for other families and quantisations: the file is needed.
+pub fn assumed_inventory(model: &Model) -> Option<(Inventory, String)> {
+    use crate::family::Family;
+    use crate::inventory::synthetic;
+    let name = model
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let has = |k: &str| name.contains(k);
+    let fp8 = has("fp8") || has("e4m3");
+    let (dtype, dname) = if name.ends_with(".gguf") {
+        if !has("q8_0") {
+            return None;
+        }
+        (DType::Q8_0, "Q8_0")
+    } else if fp8 {
+        (DType::F8_E4M3, "fp8")
+    } else if has("fp16") || has("f16") {
+        (DType::F16, "fp16")
+    } else if has("fp32") || has("f32") {
+        (DType::F32, "f32")
+    } else {
+        (DType::BF16, "bf16")
+    };
+    let gib = |inv: &Inventory| inv.total_bytes() as f64 / 1e9;
+    let (inv, what) = match model.family {
+        Family::Flux => {
+            // The manifest's `variant` wins over the file name.
+            let schnell = match model.variant {
+                Some(v) => v == FluxVariant::Schnell,
+                None => has("schnell"),
+            };
+            let inv = if schnell {
+                synthetic::flux_schnell(dtype)
+            } else {
+                synthetic::flux_dev(dtype)
+            };
+            (
+                inv,
+                if schnell {
+                    "FLUX.1-schnell"
+                } else {
+                    "FLUX.1-dev"
+                },
+            )
+        }
+        Family::T5 if dtype != DType::Q8_0 => {
+            let d = if fp8 { DType::F8_E4M3 } else { DType::F16 };
+            (synthetic::t5_xxl(d), "T5-XXL")
+        }
+        Family::ClipL if dtype != DType::Q8_0 => (synthetic::clip_l(DType::F16), "CLIP-L"),
+        Family::FluxVae if dtype != DType::Q8_0 => {
+            (synthetic::flux_vae(DType::F32), "the FLUX.1 autoencoder")
+        }
+        Family::Wan if has("1.3b") => (synthetic::wan(dtype, 1536, 8960, 30), "Wan 2.1 1.3B"),
+        Family::Wan if has("14b") => (synthetic::wan(dtype, 5120, 13824, 40), "Wan 2.1 14B"),
+        _ => return None,
+    };
+    let dt = match inv.tensors.first().map(|t| t.dtype) {
+        Some(DType::F16) => "fp16",
+        Some(DType::F32) => "f32",
+        Some(DType::F8_E4M3) => "fp8",
+        _ => dname,
+    };
+    let text = format!("{what} ({dt}, {:.1} GB)", gib(&inv));
+    Some((inv, text))
 }
 
 /// Model evaluations per step of a sampler (Heun evaluates twice).

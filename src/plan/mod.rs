@@ -45,7 +45,7 @@ use crate::inventory::{Inventory, UnitKind};
 
 pub use error::{Demand, Fix, Location, NoEffect, NotFit, PlanError, PlanErrors};
 pub use fix::alloc_text;
-pub use render::{render_json, render_text};
+pub use render::{render_json, render_json_output, render_text, PlanOutput, PLAN_FORMAT};
 
 use place::{Choice, ModelCtx};
 
@@ -75,7 +75,7 @@ pub struct ModelRequest {
 }
 
 /// What one model computes: the size of a job and how many run together.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Workload {
     pub width: u32,
     pub height: u32,
@@ -108,7 +108,7 @@ impl Workload {
 }
 
 /// Why a unit lives where it does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// Outside the blocks: always on the compute device.
@@ -122,14 +122,14 @@ pub enum Reason {
 }
 
 /// The result: per device and per model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Plan {
     pub devices: Vec<DevicePlan>,
     pub models: Vec<ModelPlan>,
 }
 
 /// One device's memory after the plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct DevicePlan {
     pub name: DeviceName,
     /// Free memory if probed, else total (`None` for disk).
@@ -147,7 +147,7 @@ pub struct DevicePlan {
     pub free: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ModelPlan {
     pub name: String,
     pub family: Family,
@@ -169,7 +169,7 @@ pub struct ModelPlan {
     pub notes: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct BlockPlan {
     pub name: String,
     pub kind: UnitKind,
@@ -179,7 +179,7 @@ pub struct BlockPlan {
 }
 
 /// Memory on the compute device while this model computes.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct WorkingSet {
     /// Weights resident on the compute device (as held there).
     pub resident: u64,
@@ -194,7 +194,7 @@ pub struct WorkingSet {
     pub total: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Prediction {
     /// Simulated steady-state seconds per step (all jobs of the batch).
     pub step_seconds: f64,
@@ -216,7 +216,7 @@ pub struct Prediction {
 }
 
 /// Copies per step over one link.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct LinkUse {
     pub from: DeviceName,
     pub to: DeviceName,

@@ -68,7 +68,12 @@ impl<'a> ModelCtx<'a> {
             .zip(&runs)
             .map(|(u, &r)| {
                 if r {
-                    arch.unit_seconds(inv, u, tflops.value) * per_job
+                    let cpu = if req.compute == crate::device::DeviceName::Cpu {
+                        arch.cpu_extra_seconds(inv, u)
+                    } else {
+                        0.0
+                    };
+                    (arch.unit_seconds(inv, u, tflops.value) + cpu) * per_job
                 } else {
                     0.0
                 }

@@ -15,6 +15,29 @@ pub fn render_json(plan: &Plan) -> String {
     serde_json::to_string_pretty(plan).expect("plans serialise to JSON")
 }
 
+/// What `mgpu plan --json` prints: [`render_json`]'s plan with `format` and `mgpu_version`
+/// first ([`PlanOutput`]).
+pub fn render_json_output(plan: &Plan) -> String {
+    let out = PlanOutput {
+        format: PLAN_FORMAT,
+        mgpu_version: env!("CARGO_PKG_VERSION").into(),
+        plan: plan.clone(),
+    };
+    serde_json::to_string_pretty(&out).expect("plans serialise to JSON")
+}
+
+/// Version of the `mgpu plan --json` layout (bumped when a field changes meaning).
+pub const PLAN_FORMAT: u32 = 1;
+
+/// `mgpu plan --json`: the plan with a version (schemas/plan.schema.json).
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct PlanOutput {
+    pub format: u32,
+    pub mgpu_version: String,
+    #[serde(flatten)]
+    pub plan: Plan,
+}
+
 fn h(b: u64) -> String {
     ByteSize(b).human()
 }

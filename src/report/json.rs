@@ -16,7 +16,7 @@ use crate::plan::Plan;
 /// Version of the report layout.
 pub const REPORT_FORMAT: u32 = 1;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunReport {
     pub format: u32,
     pub mgpu_version: String,
@@ -38,9 +38,106 @@ pub struct RunReport {
     pub models: Vec<ModelReport>,
     /// `--verify-golden`: the comparison.
     pub golden: Option<VerifyReport>,
+    /// Every job of the manifest with the settings that decide its images (what the HTML
+    /// report's cards show); absent in reports written before it existed.
+    #[serde(default)]
+    pub jobs: Vec<JobReport>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// One `[[jobs]]` entry of the manifest, every default applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct JobReport {
+    pub name: String,
+    pub pipeline: String,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    /// 1 for images.
+    pub frames: u32,
+    /// Videos only.
+    pub fps: Option<u32>,
+    pub steps: u32,
+    pub sampler: String,
+    pub scheduler: String,
+    pub guidance: f64,
+    pub cfg: f64,
+    /// The pipeline's models: diffusion model, text encoders, VAE.
+    pub models: Vec<JobModel>,
+    /// LoRAs of the pipeline's models, in order.
+    pub loras: Vec<JobLora>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct JobModel {
+    pub name: String,
+    pub family: String,
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct JobLora {
+    /// The model it patches.
+    pub model: String,
+    pub file: PathBuf,
+    pub strength: f64,
+}
+
+/// The [`JobReport`]s of a manifest, in file order.
+pub fn job_reports(m: &crate::manifest::Manifest) -> Vec<JobReport> {
+    m.jobs
+        .iter()
+        .map(|j| {
+            let names: Vec<&String> = m
+                .pipelines
+                .get(&j.pipeline)
+                .map(|p| {
+                    std::iter::once(&p.diffusion)
+                        .chain(&p.text_encoders)
+                        .chain(std::iter::once(&p.vae))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let models: Vec<&crate::manifest::Model> =
+                names.iter().filter_map(|n| m.models.get(*n)).collect();
+            JobReport {
+                name: j.name.clone(),
+                pipeline: j.pipeline.clone(),
+                prompt: j.prompt.clone(),
+                negative_prompt: j.negative_prompt.clone(),
+                width: j.width,
+                height: j.height,
+                frames: j.frames,
+                fps: j.fps,
+                steps: j.steps,
+                sampler: j.sampler.to_string(),
+                scheduler: j.scheduler.to_string(),
+                guidance: j.guidance,
+                cfg: j.cfg,
+                models: models
+                    .iter()
+                    .map(|x| JobModel {
+                        name: x.name.clone(),
+                        family: x.family.to_string(),
+                        file: x.file.clone(),
+                    })
+                    .collect(),
+                loras: models
+                    .iter()
+                    .flat_map(|x| {
+                        x.loras.iter().map(|l| JobLora {
+                            model: x.name.clone(),
+                            file: l.file.clone(),
+                            strength: l.strength,
+                        })
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Every image made or up to date (and golden outputs matched).
@@ -53,7 +150,9 @@ pub enum RunStatus {
     Error,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Counts {
     pub images: usize,
     pub made: usize,
@@ -62,7 +161,7 @@ pub struct Counts {
     pub not_run: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     Made,
@@ -71,7 +170,7 @@ pub enum TaskState {
     NotRun,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskReport {
     pub job: String,
     pub index: u32,
@@ -93,7 +192,7 @@ pub struct TaskReport {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BatchReport {
     /// Indices into `tasks`.
     pub tasks: Vec<usize>,
@@ -103,7 +202,7 @@ pub struct BatchReport {
     pub step_times: Vec<StepReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepReport {
     pub step: u32,
     /// Wall time of the step's engine passes.
@@ -115,7 +214,7 @@ pub struct StepReport {
     pub fetched_bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelReport {
     pub name: String,
     pub compute: Option<String>,
@@ -125,7 +224,7 @@ pub struct ModelReport {
     pub devices: Vec<DeviceBytes>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeviceBytes {
     pub device: String,
     /// The plan's bytes on this device as held there: in the compute dtype on the compute
@@ -291,6 +390,7 @@ impl ReportBuilder {
             batches: self.batches.clone(),
             models: self.models(),
             golden,
+            jobs: Vec::new(),
         }
     }
 

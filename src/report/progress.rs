@@ -46,6 +46,8 @@ pub struct Progress {
     mode: ProgressMode,
     sink: Box<dyn FnMut(&str) + Send>,
     bars: Option<Bars>,
+    /// Color the bars (`--color`).
+    color: bool,
     tasks: Vec<TaskInfo>,
     batch_started: Option<Instant>,
     batch_wait: f64,
@@ -63,10 +65,25 @@ impl Progress {
             mode,
             sink,
             bars: None,
+            color: true,
             tasks: Vec::new(),
             batch_started: None,
             batch_wait: 0.0,
         }
+    }
+
+    /// Whether the bars use colors (`--color never` turns them off).
+    pub fn with_color(mut self, color: bool) -> Self {
+        self.color = color;
+        self
+    }
+
+    /// The images bar's position, length and message (tests).
+    #[cfg(test)]
+    pub(crate) fn images_bar(&self) -> Option<(u64, Option<u64>, String)> {
+        self.bars
+            .as_ref()
+            .map(|b| (b.images.position(), b.images.length(), b.images.message()))
     }
 
     /// Prints a line (above the bars when they show).
@@ -254,11 +271,15 @@ impl Progress {
                 let wait_text = format!("fetch wait {wait:.3}s ({pct:.0}%)");
                 match &self.bars {
                     Some(b) => {
+                        // Loading stages are over once steps run: no stale "vae: distributing".
+                        b.images.set_message("");
                         b.steps.set_position(*step as u64);
-                        b.steps.set_message(wait_text);
+                        b.steps
+                            .set_message(format!("{}  {wait_text}", rate_text(rate)));
                     }
                     None => (self.sink)(&format!(
-                        "  step {step}/{steps}  {rate:.2} it/s  ETA {}  {wait_text}",
+                        "  step {step}/{steps}  {}  ETA {}  {wait_text}",
+                        rate_text(rate),
                         human_seconds(eta)
                     )),
                 }
@@ -268,22 +289,19 @@ impl Progress {
 
     fn start_bars(&mut self, images: u64) {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
+        let (images_template, steps_template) = bar_templates(self.color);
         let images_bar = multi.add(ProgressBar::new(images));
         images_bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>12} [{bar:30.cyan/blue}] {pos}/{len} images  {elapsed} elapsed, ETA {eta}  {msg}",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template(&images_template)
+                .expect("a valid template")
+                .progress_chars("=> "),
         );
         images_bar.set_prefix("run");
         let steps = multi.add(ProgressBar::new(1));
         steps.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>12} [{bar:30.green/white}] step {pos}/{len}  {per_sec}  ETA {eta}  {msg}",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template(&steps_template)
+                .expect("a valid template")
+                .progress_chars("=> "),
         );
         images_bar.enable_steady_tick(Duration::from_millis(250));
         self.bars = Some(Bars {
@@ -297,10 +315,37 @@ impl Progress {
     pub fn finish(&mut self) {
         if let Some(b) = self.bars.take() {
             b.steps.finish_and_clear();
-            b.images.finish_and_clear();
-            let _ = b.multi.clear();
+            // The images bar stays on screen in its final state (4/4 images), drawn once more
+            // now: at 8 redraws a second the last image's increment was often never shown.
+            b.images.set_message("");
+            b.images.finish();
         }
     }
+}
+
+/// Steps per second as `4.57 it/s` (or seconds per step below one step a second,
+/// `2.30 s/it`), as diffusion UIs write it; indicatif's `{per_sec}` printed `4.5654/s`.
+pub fn rate_text(rate: f64) -> String {
+    if !rate.is_finite() || rate <= 0.0 {
+        "? it/s".into()
+    } else if rate >= 1.0 {
+        format!("{rate:.2} it/s")
+    } else {
+        format!("{:.2} s/it", 1.0 / rate)
+    }
+}
+
+/// The images bar's and the steps bar's templates, with or without colors.
+pub fn bar_templates(color: bool) -> (String, String) {
+    let (a, b) = if color {
+        ("{bar:30.cyan/blue}", "{bar:30.green/white}")
+    } else {
+        ("{bar:30}", "{bar:30}")
+    };
+    (
+        format!("{{prefix:>12}} [{a}] {{pos}}/{{len}} images  {{elapsed}} elapsed, ETA {{eta}}  {{msg}}"),
+        format!("{{prefix:>12}} [{b}] step {{pos}}/{{len}}  ETA {{eta}}  {{msg}}"),
+    )
 }
 
 impl Drop for Progress {

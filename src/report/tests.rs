@@ -60,6 +60,7 @@ fn report_json_has_the_documented_fields() {
             "error",
             "format",
             "golden",
+            "jobs",
             "manifest",
             "mgpu_version",
             "models",
@@ -238,6 +239,43 @@ fn bars_mode_takes_every_event() {
         None,
         &mut P(&mut progress),
     );
+    // Issue 14: the images bar reaches its end and no loading stage is left in its message.
+    let (pos, len, msg) = progress.images_bar().expect("bars were drawn");
+    assert_eq!(Some(pos), len, "every image counted");
+    assert!(!msg.contains(':'), "stale stage message {msg:?}");
     progress.finish();
     assert_eq!(out.failed(), 1);
+}
+
+#[test]
+fn bar_rates_and_colors() {
+    assert_eq!(progress::rate_text(4.5654), "4.57 it/s");
+    assert_eq!(progress::rate_text(0.5), "2.00 s/it");
+    assert_eq!(progress::rate_text(0.0), "? it/s");
+    let (a, b) = progress::bar_templates(false);
+    assert!(!a.contains(".cyan") && !b.contains(".green"), "{a} {b}");
+    assert!(!b.contains("per_sec"));
+    let (a, _) = progress::bar_templates(true);
+    assert!(a.contains("{bar:30.cyan/blue}"));
+    for t in [a, b] {
+        indicatif::ProgressStyle::with_template(&t).unwrap();
+    }
+}
+
+#[test]
+fn a_golden_failure_with_every_image_made_says_so() {
+    let p = Project::new();
+    let (mut r, _) = run(&p, &mut FakeGenerator::default());
+    r.status = RunStatus::Failed;
+    r.golden = Some(crate::golden::VerifyReport {
+        dir: "g".into(),
+        rule: crate::golden::Rule::BitExact,
+        fingerprint_differences: vec![],
+        outputs: vec![],
+        missing: vec!["a#0 → a.png".into()],
+        ok: false,
+    });
+    assert!(render_summary(&r).starts_with("done, but the golden comparison failed: "));
+    r.counts.failed = 1;
+    assert!(render_summary(&r).starts_with("finished with failures: "));
 }

@@ -32,7 +32,7 @@ pub fn expand(m: &Manifest, hasher: &TaskHasher) -> Vec<ImageTask> {
 }
 
 /// Why an image is made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunReason {
     /// No file at the output path.

@@ -1,0 +1,95 @@
+//! `mgpu probe --bench` on the host, in every build: the CPU's matrix-product rate (candle's
+//! f32 product, what CPU models compute with) and the rate at which a file is read back from
+//! disk after it was dropped from the page cache. A CPU build measures only these; GPU copy
+//! and compute rates need the CUDA build (and `probe` says so).
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Instant;
+
+/// Side of the square f32 product timed for the CPU rate.
+const MATMUL_N: usize = 1024;
+/// Size of the file written and read back for the disk rate.
+const DISK_BYTES: usize = 256 << 20;
+
+/// The CPU's f32 matrix-product rate in TFLOP/s: the best of a few `MATMUL_N`³ products
+/// (after one warm-up), on every core candle uses.
+pub fn matmul_tflops() -> Result<f64, String> {
+    use candle_core::{Device, Tensor};
+    let n = MATMUL_N;
+    let a = Tensor::rand(0f32, 1f32, (n, n), &Device::Cpu).map_err(|e| e.to_string())?;
+    let b = Tensor::rand(0f32, 1f32, (n, n), &Device::Cpu).map_err(|e| e.to_string())?;
+    let _ = a.matmul(&b).map_err(|e| e.to_string())?;
+    let mut best = f64::INFINITY;
+    for _ in 0..4 {
+        let t = Instant::now();
+        let c = a.matmul(&b).map_err(|e| e.to_string())?;
+        // Touch the result so the product is not elided.
+        let _ = c.get(0).map_err(|e| e.to_string())?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / best / 1e12)
+}
+
+/// Writes `DISK_BYTES` to a temporary file in `dir`, flushes it to disk, asks the kernel to
+/// drop it from the page cache (`posix_fadvise(DONTNEED)`, Linux) and times reading it back:
+/// decimal GB/s. On file systems that keep files in memory (tmpfs) this measures memory.
+pub fn disk_read_gbps(dir: &Path) -> Result<f64, String> {
+    let mut f = tempfile::Builder::new()
+        .prefix(".mgpu-probe-")
+        .tempfile_in(dir)
+        .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
+    let block: Vec<u8> = (0..(4 << 20)).map(|i| (i * 31 % 251) as u8).collect();
+    for _ in 0..DISK_BYTES / block.len() {
+        f.write_all(&block).map_err(|e| e.to_string())?;
+    }
+    f.as_file().sync_all().map_err(|e| e.to_string())?;
+    drop_from_cache(f.as_file());
+    let mut r = f.reopen().map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4 << 20];
+    let t = Instant::now();
+    let mut total = 0usize;
+    loop {
+        let k = r.read(&mut buf).map_err(|e| e.to_string())?;
+        if k == 0 {
+            break;
+        }
+        total += k;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    if total != DISK_BYTES {
+        return Err(format!("read {total} of {DISK_BYTES} bytes back"));
+    }
+    Ok(total as f64 / secs / 1e9)
+}
+
+#[cfg(target_os = "linux")]
+fn drop_from_cache(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; the call only advises the kernel.
+    unsafe {
+        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_from_cache(_: &std::fs::File) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_and_the_disk_measure_positive_finite_rates() {
+        let t = matmul_tflops().unwrap();
+        assert!(t.is_finite() && t > 1e-4 && t < 100.0, "{t}");
+        let dir = tempfile::tempdir().unwrap();
+        let g = disk_read_gbps(dir.path()).unwrap();
+        assert!(g.is_finite() && g > 0.0, "{g}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "the file is removed"
+        );
+    }
+}
