@@ -55,6 +55,12 @@ pub struct Args {
     /// Q8_0 or F32 as city96 does.
     #[arg(long, value_enum, default_value_t = StoreDType::Bf16)]
     pub dtype: StoreDType,
+    /// wan only: write two experts of the Wan 2.2 A14B kind instead of one model,
+    /// `wan22-high-noise-tiny.safetensors` (weights from --seed) and
+    /// `wan22-low-noise-tiny.safetensors` (from --seed + 1), for a pipeline with
+    /// `diffusion_low_noise`.
+    #[arg(long)]
+    pub experts: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -118,6 +124,12 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         bail!(
             "make-tiny {} --format gguf: {why}; GGUF is written for flux only (`make-tiny flux --format gguf`, --variant dev or schnell); use --format safetensors for {}",
             args.family,
+            args.family
+        )
+    }
+    if args.experts && args.family != Family::Wan {
+        bail!(
+            "make-tiny {} --experts: only wan has experts (Wan 2.2 A14B's high- and low-noise models); leave --experts out",
             args.family
         )
     }
@@ -190,6 +202,27 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
             )),
             meta: vec![],
         }],
+        Family::Wan if args.experts => {
+            let layout = spec::diffusion_layout::<wan::WanDit>(&wan::Config::tiny())?;
+            let expert = |file, what: &str, seed| -> anyhow::Result<Output> {
+                Ok(Output {
+                    file,
+                    what: format!("tiny Wan 2.2 A14B-style {what} expert"),
+                    tensors: tiny::weights_for(&layout, seed)?,
+                    gguf: false,
+                    extra: None,
+                    meta: vec![("num_heads", wan::Config::tiny().num_heads.to_string())],
+                })
+            };
+            vec![
+                expert("wan22-high-noise-tiny.safetensors", "high-noise", seed)?,
+                expert(
+                    "wan22-low-noise-tiny.safetensors",
+                    "low-noise",
+                    seed.wrapping_add(1),
+                )?,
+            ]
+        }
         Family::Wan => vec![Output {
             file: "wan-tiny.safetensors",
             what: "tiny Wan 2.1 text-to-video transformer".into(),

@@ -186,9 +186,19 @@ raw_table! {
 raw_table! {
     /// `[pipelines.NAME]`: which models make one pipeline.
     pub struct RawPipeline {
-        /// The diffusion model (a `[models.NAME]` of family flux or wan).
+        /// The diffusion model (a `[models.NAME]` of family flux or wan). With
+        /// `diffusion_low_noise` (Wan 2.2 A14B), the high-noise expert.
         #[schemars(required)]
         diffusion: String,
+        /// Wan 2.2 A14B's low-noise expert (a second wan model of the same shape): `diffusion`
+        /// denoises the steps whose timestep is at least `boundary × 1000`, this model the rest,
+        /// switching once per run.
+        diffusion_low_noise: String,
+        /// Where the experts switch, as a fraction of the 1000 training timesteps, in (0, 1)
+        /// (default from the weights: 0.875 for text-to-video, 0.900 for image-to-video, as
+        /// Wan 2.2 ships them). Only with `diffusion_low_noise`.
+        #[schemars(range(min = 0.0, max = 1.0))]
+        boundary: f64,
         /// The text encoders: FLUX needs one clip-l and one t5 model, Wan one umt5 model.
         #[schemars(required)]
         text_encoders: Vec<Sp<String>>,

@@ -64,10 +64,16 @@ pub struct Lora {
 }
 
 /// A pipeline: names of its models, each checked to exist and to have the right role.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Pipeline {
     pub name: String,
+    /// The diffusion model; with `low_noise`, the high-noise expert.
     pub diffusion: String,
+    /// Wan 2.2 A14B's low-noise expert: a model of `diffusion`'s family, never `diffusion`.
+    pub low_noise: Option<String>,
+    /// The experts' switch as a fraction of 1000 timesteps, in (0, 1); only with `low_noise`
+    /// (`None`: the weights' default, `models::spec::DiffusionModel::boundary`).
+    pub boundary: Option<f64>,
     /// In the order written (for FLUX: one clip-l and one t5).
     pub text_encoders: Vec<String>,
     pub vae: String,
