@@ -138,6 +138,7 @@ pub struct Plan {
     pub devices: Vec<DevicePlan>,
     pub models: Vec<ModelPlan>,
     /// One entry per [`ExpertPair`] of the request: how the executor switches experts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub switches: Vec<SwitchPlan>,
 }
 
@@ -282,13 +283,18 @@ pub(crate) struct Ledger {
     /// memory of its largest member on each device, not the sum.
     groups: BTreeMap<String, usize>,
     index_groups: BTreeMap<usize, usize>,
+    /// The group of the model being placed: its partners are left out of every sum, so each
+    /// expert is placed as if it were the only one.
+    placing: Option<usize>,
 }
 
 impl Ledger {
     pub fn homes_on(&self, d: DeviceName) -> u64 {
         let mut sum = 0;
         let mut grouped: BTreeMap<usize, u64> = BTreeMap::new();
+        let placing = self.placing;
         let mut add = |g: Option<&usize>, b: u64| match g {
+            Some(g) if Some(*g) == placing => {}
             Some(g) => {
                 let e = grouped.entry(*g).or_default();
                 *e = (*e).max(b);
@@ -476,7 +482,10 @@ pub(crate) fn plan_with(
     let mut choices: Vec<Option<Choice>> = vec![None; ctxs.len()];
     for i in order {
         ledger.pending.retain(|p| p.0 != i);
-        match place::place(&ctxs[i], hw, &ledger) {
+        ledger.placing = ledger.index_groups.get(&i).copied();
+        let placed = place::place(&ctxs[i], hw, &ledger);
+        ledger.placing = None;
+        match placed {
             Ok(c) => {
                 ledger.add(&ctxs[i], &c);
                 choices[i] = Some(c);
