@@ -61,6 +61,17 @@ fn the_expert_of_each_step_is_diffusers_choice() {
 }
 
 fn manifest(out: &Path, pipeline: &str, jobs: &str) -> Arc<Manifest> {
+    manifest_with(out, pipeline, jobs, "", "")
+}
+
+/// `high_extra` / `low_extra` are added to the experts' tables (LoRAs).
+fn manifest_with(
+    out: &Path,
+    pipeline: &str,
+    jobs: &str,
+    high_extra: &str,
+    low_extra: &str,
+) -> Arc<Manifest> {
     load(&format!(
         r#"
 [settings]
@@ -70,10 +81,12 @@ compute = "cpu"
 [models.wan_high]
 family = "wan"
 file = "tiny/wan22-high-noise-tiny.safetensors"
+{high_extra}
 
 [models.wan_low]
 family = "wan"
 file = "tiny/wan22-low-noise-tiny.safetensors"
+{low_extra}
 
 [models.umt5]
 family = "umt5"
@@ -238,4 +251,90 @@ fn a_boundary_outside_the_schedule_is_the_single_expert_run() {
     assert_ne!(mixed.ok(0).latent, high.ok(0).latent);
     assert_ne!(mixed.ok(0).latent, low.ok(0).latent);
     assert_eq!(switch_notes(&mixed).len(), 1);
+}
+
+/// A rank-2 LoRA for the tiny Wan (width 32, FFN 64) in the three spellings trainers use:
+/// kohya/musubi flattened (`lora_unet_blocks_0_self_attn_q`), diffusers/peft
+/// (`transformer.blocks.1.attn1.to_q.lora_A`), ComfyUI/original dotted with `lora_down`/`up`
+/// and `alpha` (`diffusion_model.blocks.0.ffn.0`), as step-distillation LoRAs ship.
+fn write_lora(path: &Path, seed: u32) {
+    use safetensors::Dtype as S;
+    let rank = 2usize;
+    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let val = |i: usize, k: u32| 0.05 * (((i as u32 * 7 + k * 13 + seed * 31) % 11) as f32 - 5.0);
+    for (module, down, up, inner, outer) in [
+        ("lora_unet_blocks_0_self_attn_q", "lora_down", "lora_up", 32, 32),
+        ("transformer.blocks.1.attn1.to_q", "lora_A", "lora_B", 32, 32),
+        ("diffusion_model.blocks.0.ffn.0", "lora_down", "lora_up", 32, 64),
+        ("diffusion_model.blocks.1.cross_attn.o", "lora_down", "lora_up", 32, 32),
+    ] {
+        owned.push((
+            format!("{module}.{down}.weight"),
+            vec![rank, inner],
+            (0..rank * inner).map(|i| val(i, 1)).collect(),
+        ));
+        owned.push((
+            format!("{module}.{up}.weight"),
+            vec![outer, rank],
+            (0..rank * outer).map(|i| val(i, 2)).collect(),
+        ));
+        if down == "lora_down" {
+            owned.push((format!("{module}.alpha"), vec![], vec![1.0]));
+        }
+    }
+    let bytes: Vec<Vec<u8>> = owned
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(S::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+#[test]
+fn each_expert_gets_its_own_loras() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, cache) = (dir.path().join("out"), dir.path().join("cache"));
+    let (la, lb) = (dir.path().join("high.safetensors"), dir.path().join("low.safetensors"));
+    write_lora(&la, 1);
+    write_lora(&lb, 2);
+    let lora = |p: &Path| format!("loras = [{{ file = \"{}\", strength = 0.9 }}]", p.display());
+    let jobs = "[[jobs]]\nname = \"fox\"\nprompt = \"a red fox\"\nseed = 3\n";
+    let go = |pipeline: &str, hi: &str, lo: &str| {
+        let m = manifest_with(&out, pipeline, jobs, hi, lo);
+        run_with(&m, options(&cache), &[&[0]], swap)
+    };
+    let plain = go(TWO, "", "");
+    let high_lora = go(TWO, &lora(&la), "");
+    let low_lora = go(TWO, "", &lora(&lb));
+    let both = go(TWO, &lora(&la), &lora(&lb));
+    let bits = |r: &Run| r.ok(0).latent.clone();
+    // Each LoRA changes its expert's steps only, and the two compose.
+    for (a, b, what) in [
+        (&plain, &high_lora, "high-noise LoRA"),
+        (&plain, &low_lora, "low-noise LoRA"),
+        (&high_lora, &both, "adding the low-noise LoRA"),
+        (&low_lora, &both, "adding the high-noise LoRA"),
+    ] {
+        assert_ne!(bits(a), bits(b), "{what} changes the result");
+    }
+    // A LoRA on an expert that never runs changes nothing: boundary 0.01 keeps the high-noise
+    // expert for every step, so its LoRA is exactly the single-model run with that LoRA.
+    let all_high = format!("{TWO}\nboundary = 0.01");
+    let single = {
+        let m = manifest_with(&out, "diffusion = \"wan_high\"", jobs, &lora(&la), "");
+        run_with(&m, options(&cache), &[&[0]], |_| {})
+    };
+    assert_same(go(&all_high, &lora(&la), &lora(&lb)).ok(0), single.ok(0), "low LoRA unused");
+    // Every module of each LoRA file was matched (strict loading would have failed the run).
+    let notes = both.notes().join("\n");
+    assert!(!notes.contains("unmatched"), "{notes}");
 }
