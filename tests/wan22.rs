@@ -41,7 +41,10 @@ fn the_expert_of_each_step_is_diffusers_choice() {
     for c in &f.cases {
         let ms = ModelSampling::wan(c.shift).unwrap();
         let sigmas = schedule(&ms, Scheduler::FlowSigmas, c.steps, 1.0).unwrap();
-        let what = format!("shift {} steps {} boundary {}", c.shift, c.steps, c.boundary);
+        let what = format!(
+            "shift {} steps {} boundary {}",
+            c.shift, c.steps, c.boundary
+        );
         let ours: Vec<bool> = sigmas[..c.steps as usize]
             .iter()
             .map(|&s| high_noise_expert(ms.timestep(s), c.boundary))
@@ -57,7 +60,10 @@ fn the_expert_of_each_step_is_diffusers_choice() {
             switched += 1;
         }
     }
-    assert!(switched >= 30, "most cases switch within the run: {switched}");
+    assert!(
+        switched >= 30,
+        "most cases switch within the run: {switched}"
+    );
 }
 
 fn manifest(out: &Path, pipeline: &str, jobs: &str) -> Arc<Manifest> {
@@ -208,8 +214,14 @@ fn experts_switch_once_and_every_placement_gives_the_same_bits() {
     let notes = switch_notes(&swapped);
     // Batch 1 switches high → low; batches 2 and 3 go back to high, then to low.
     assert_eq!(notes.len(), 5, "{notes:?}");
-    assert!(notes[0].contains("released `wan_high`, loaded `wan_low`"), "{notes:?}");
-    assert!(notes[1].contains("released `wan_low`, loaded `wan_high`"), "{notes:?}");
+    assert!(
+        notes[0].contains("released `wan_high`, loaded `wan_low`"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[1].contains("released `wan_low`, loaded `wan_high`"),
+        "{notes:?}"
+    );
 
     // Batched, streamed from host memory and from disk, swapped: the same bits.
     let mut o = options(&cache);
@@ -220,7 +232,12 @@ fn experts_switch_once_and_every_placement_gives_the_same_bits() {
     let streamed = run_with(&m, o.clone(), &[&[0, 1, 2]], |_| {});
     same_all(&reference, &streamed, n, "streamed, one batch");
     let streamed_swap = run_with(&m, o, &[&[2, 0], &[1]], swap);
-    same_all(&reference, &streamed_swap, n, "streamed, swapped, batches of 2 + 1");
+    same_all(
+        &reference,
+        &streamed_swap,
+        n,
+        "streamed, swapped, batches of 2 + 1",
+    );
 }
 
 #[test]
@@ -239,11 +256,19 @@ fn a_boundary_outside_the_schedule_is_the_single_expert_run() {
     };
     // σ_min of 4 flow_sigmas steps at shift 12 is far above 0.01: all high-noise.
     let all_high = two("0.01");
-    assert_same(all_high.ok(0), high.ok(0), "boundary 0.01 = the high-noise expert alone");
+    assert_same(
+        all_high.ok(0),
+        high.ok(0),
+        "boundary 0.01 = the high-noise expert alone",
+    );
     assert!(switch_notes(&all_high).is_empty());
     // σ_0 = 1 − 1e-6 is under 0.9999999: all low-noise (loaded once, after the high one).
     let all_low = two("0.9999999");
-    assert_same(all_low.ok(0), low.ok(0), "boundary 0.9999999 = the low-noise expert alone");
+    assert_same(
+        all_low.ok(0),
+        low.ok(0),
+        "boundary 0.9999999 = the low-noise expert alone",
+    );
     // The default boundary (0.875 for these text-to-video weights) switches within the run:
     // the result is neither expert's alone.
     let m = manifest(&out, TWO, jobs);
@@ -263,10 +288,34 @@ fn write_lora(path: &Path, seed: u32) {
     let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let val = |i: usize, k: u32| 0.05 * (((i as u32 * 7 + k * 13 + seed * 31) % 11) as f32 - 5.0);
     for (module, down, up, inner, outer) in [
-        ("lora_unet_blocks_0_self_attn_q", "lora_down", "lora_up", 32, 32),
-        ("transformer.blocks.1.attn1.to_q", "lora_A", "lora_B", 32, 32),
-        ("diffusion_model.blocks.0.ffn.0", "lora_down", "lora_up", 32, 64),
-        ("diffusion_model.blocks.1.cross_attn.o", "lora_down", "lora_up", 32, 32),
+        (
+            "lora_unet_blocks_0_self_attn_q",
+            "lora_down",
+            "lora_up",
+            32,
+            32,
+        ),
+        (
+            "transformer.blocks.1.attn1.to_q",
+            "lora_A",
+            "lora_B",
+            32,
+            32,
+        ),
+        (
+            "diffusion_model.blocks.0.ffn.0",
+            "lora_down",
+            "lora_up",
+            32,
+            64,
+        ),
+        (
+            "diffusion_model.blocks.1.cross_attn.o",
+            "lora_down",
+            "lora_up",
+            32,
+            32,
+        ),
     ] {
         owned.push((
             format!("{module}.{down}.weight"),
@@ -303,7 +352,10 @@ fn write_lora(path: &Path, seed: u32) {
 fn each_expert_gets_its_own_loras() {
     let dir = tempfile::tempdir().unwrap();
     let (out, cache) = (dir.path().join("out"), dir.path().join("cache"));
-    let (la, lb) = (dir.path().join("high.safetensors"), dir.path().join("low.safetensors"));
+    let (la, lb) = (
+        dir.path().join("high.safetensors"),
+        dir.path().join("low.safetensors"),
+    );
     write_lora(&la, 1);
     write_lora(&lb, 2);
     let lora = |p: &Path| format!("loras = [{{ file = \"{}\", strength = 0.9 }}]", p.display());
@@ -333,7 +385,11 @@ fn each_expert_gets_its_own_loras() {
         let m = manifest_with(&out, "diffusion = \"wan_high\"", jobs, &lora(&la), "");
         run_with(&m, options(&cache), &[&[0]], |_| {})
     };
-    assert_same(go(&all_high, &lora(&la), &lora(&lb)).ok(0), single.ok(0), "low LoRA unused");
+    assert_same(
+        go(&all_high, &lora(&la), &lora(&lb)).ok(0),
+        single.ok(0),
+        "low LoRA unused",
+    );
     // Every module of each LoRA file was matched (strict loading would have failed the run).
     let notes = both.notes().join("\n");
     assert!(!notes.contains("unmatched"), "{notes}");

@@ -86,8 +86,18 @@ fn per_device(m: &BTreeMap<DeviceName, u64>) -> String {
 /// An expert switch: where each expert lives before and after, and what a switch costs.
 fn switch(out: &mut String, sw: &SwitchPlan, assumed: &mut Vec<String>) {
     let _ = writeln!(out, "expert switch `{}` → `{}`", sw.high, sw.low);
-    let _ = writeln!(out, "  before (`{}` computes): {}", sw.high, per_device(&sw.before));
-    let _ = writeln!(out, "  after  (`{}` computes): {}", sw.low, per_device(&sw.after));
+    let _ = writeln!(
+        out,
+        "  before (`{}` computes): {}",
+        sw.high,
+        per_device(&sw.before)
+    );
+    let _ = writeln!(
+        out,
+        "  after  (`{}` computes): {}",
+        sw.low,
+        per_device(&sw.after)
+    );
     if sw.resident_both {
         let _ = writeln!(
             out,
