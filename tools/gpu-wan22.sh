@@ -15,7 +15,12 @@
 #             cuda:0 set to 24 GiB): the experts do not fit side by side, so the executor
 #             releases the high-noise expert and loads the low-noise one at the switch; compare
 #             the note's seconds with the plan's swap prediction
-# Usage: PHASE=resident|host|swap tools/gpu-wan22.sh [path/to/mgpu] [output folder]
+#   bench     `mgpu bench --model wan22-a14b`: two generated 14B experts at 832×480×81, a full
+#             run of STEPS timed steps (+1 warm-up) on Wan 2.2's T2V schedule (shift 12,
+#             boundary 0.875) including the switch, resident vs 100 % of both experts' blocks
+#             streamed from page-locked host RAM, with the planner's per-step prediction
+#             (`--hardware`); CFG=1 adds true CFG (two evaluations per step: twice the time)
+# Usage: PHASE=bench|resident|host|swap tools/gpu-wan22.sh [path/to/mgpu] [output folder]
 #   HW (default benches/hw-h200-2026-12-02.toml), STEPS (20), FRAMES (81)
 set -u
 BIN=${1:-.carry/bin/mgpu}
@@ -32,11 +37,22 @@ t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit --format=csv 2>&1 | tee "$OUTDIR/gpu.txt"
 
+if [ "$PHASE" = bench ]; then
+  stamp "bench wan22-a14b"
+  timeout 580 "$BIN" bench --model wan22-a14b --width 832 --height 480 --frames "${FRAMES:-81}" \
+    ${CFG:+--cfg} --steps "${STEPS:-20}" --warmup 1 --batch 1 --placements resident,cpu:100 \
+    --slots auto --hardware "$HW" --cache-dir /tmp/mgpu-bench \
+    --json "$OUTDIR/bench-a14b.json" > "$OUTDIR/bench-a14b.txt" 2>&1 || FAIL=1
+  grep -v '^bench: ' "$OUTDIR/bench-a14b.txt"
+  stamp "end (fail=$FAIL)"
+  exit $FAIL
+fi
+
 case "$PHASE" in
   resident) ALLOC='cuda:0,*' ;;
   host) ALLOC='cpu,*' ;;
   swap) ALLOC='' ;;
-  *) echo "PHASE must be resident, host or swap"; exit 2 ;;
+  *) echo "PHASE must be bench, resident, host or swap"; exit 2 ;;
 esac
 
 stamp "full-size files"
