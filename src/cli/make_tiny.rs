@@ -307,13 +307,38 @@ pub fn write_safetensors(
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     meta.insert("mgpu".to_string(), note.to_string());
-    let bytes = safetensors::serialize(&converted, Some(meta))
+    let mut bytes = safetensors::serialize(&converted, Some(meta))
         .with_context(|| format!("serialising {}", path.display()))?;
+    sort_metadata(&mut bytes).with_context(|| format!("serialising {}", path.display()))?;
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(bytes.len())
+}
+
+/// Puts the `__metadata__` entries of a serialised safetensors file in name order, in place:
+/// `safetensors::serialize` takes them as a `HashMap`, whose order changes from run to run, and
+/// the same seed must give the same bytes. Same keys and values, so the header keeps its length.
+fn sort_metadata(bytes: &mut [u8]) -> anyhow::Result<()> {
+    const PREFIX: &[u8] = b"{\"__metadata__\":";
+    let start = 8 + PREFIX.len();
+    if bytes.len() < start || &bytes[8..start] != PREFIX {
+        return Ok(());
+    }
+    let mut values = serde_json::Deserializer::from_slice(&bytes[start..])
+        .into_iter::<BTreeMap<String, String>>();
+    let Some(meta) = values.next() else {
+        return Ok(());
+    };
+    let end = start + values.byte_offset();
+    let sorted = serde_json::to_vec(&meta?)?;
+    anyhow::ensure!(
+        sorted.len() == end - start,
+        "the metadata changed length when sorted (a bug)"
+    );
+    bytes[start..end].copy_from_slice(&sorted);
+    Ok(())
 }
 
 /// Writes a FLUX transformer's `tensors` as city96's ComfyUI-GGUF Q8_0 files are made from a
