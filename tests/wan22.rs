@@ -394,3 +394,39 @@ fn each_expert_gets_its_own_loras() {
     let notes = both.notes().join("\n");
     assert!(!notes.contains("unmatched"), "{notes}");
 }
+
+#[test]
+fn the_low_noise_expert_has_its_own_guidance_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, cache) = (dir.path().join("out"), dir.path().join("cache"));
+    let go = |pipeline: &str, extra: &str| {
+        let jobs = format!("[[jobs]]\nname = \"fox\"\nprompt = \"a red fox\"\nseed = 3\n{extra}\n");
+        run_with(
+            &manifest(&out, pipeline, &jobs),
+            options(&cache),
+            &[&[0]],
+            |_| {},
+        )
+    };
+    let plain = go(TWO, "cfg = 4.0");
+    let same = go(TWO, "cfg = 4.0\ncfg_low_noise = 4.0");
+    let three = go(TWO, "cfg = 4.0\ncfg_low_noise = 3.0");
+    assert_same(plain.ok(0), same.ok(0), "cfg_low_noise = cfg");
+    assert_ne!(plain.ok(0).latent, three.ok(0).latent);
+    let r = &three.ok(0).record;
+    assert_eq!((r.cfg_scale, r.cfg_scale_low_noise), (4.0, Some(3.0)));
+    assert_eq!(r.expert_boundary, Some(0.875));
+    // With every step on the high-noise expert, the low-noise scale is never used.
+    let all_high = format!("{TWO}\nboundary = 0.01");
+    assert_same(
+        go(&all_high, "cfg = 4.0").ok(0),
+        go(&all_high, "cfg = 4.0\ncfg_low_noise = 3.0").ok(0),
+        "unused cfg_low_noise",
+    );
+    // cfg = 1 on the high-noise steps still evaluates the negative prompt for the low ones.
+    let mixed = go(TWO, "cfg = 1.0\ncfg_low_noise = 3.0");
+    assert_eq!(
+        mixed.ok(0).record.negative_prompt.as_deref(),
+        Some("blurry")
+    );
+}

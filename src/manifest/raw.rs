@@ -87,6 +87,9 @@ raw_table! {
         /// Default classifier-free guidance scale.
         #[schemars(range(min = 0.0))]
         cfg: f64,
+        /// Default guidance scale of the low-noise expert's steps (two-expert pipelines).
+        #[schemars(range(min = 0.0))]
+        cfg_low_noise: f64,
         /// Default model-sampling shift.
         #[schemars(extend("exclusiveMinimum" = 0.0))]
         shift: f64,
@@ -263,6 +266,11 @@ raw_table! {
         /// uses the distilled `guidance` instead).
         #[schemars(range(min = 0.0))]
         cfg: f64,
+        /// Pipelines with `diffusion_low_noise` (Wan 2.2 A14B): the guidance scale of the
+        /// low-noise expert's steps, diffusers' `guidance_scale_2` (default: `cfg`; Wan 2.2's
+        /// text-to-video uses cfg 4 on the high-noise expert and 3 on the low-noise one).
+        #[schemars(range(min = 0.0))]
+        cfg_low_noise: f64,
         /// Model-sampling shift of the noise schedule (default: the model's own — FLUX dev's
         /// size-dependent μ, 1 for schnell, 5 for Wan).
         #[schemars(extend("exclusiveMinimum" = 0.0))]

@@ -115,6 +115,9 @@ pub struct Job {
     /// Classifier-free guidance scale, ≥ 0 (the family's default applied); 1 = no
     /// unconditional evaluation.
     pub cfg: f64,
+    /// The low-noise expert's guidance scale, ≥ 0, only for pipelines with two experts;
+    /// `None`: `cfg`.
+    pub cfg_low_noise: Option<f64>,
     /// Model-sampling shift, > 0; `None`: the model's own.
     pub shift: Option<f64>,
     /// Frames per output: 1 for image families, 4k+1 for video families.
@@ -136,7 +139,16 @@ pub struct JobImage {
 impl Job {
     /// Whether each step evaluates the model twice (prompt and negative prompt).
     pub fn true_cfg(&self) -> bool {
-        self.cfg != 1.0
+        self.cfg != 1.0 || self.cfg_low_noise.is_some_and(|c| c != 1.0)
+    }
+
+    /// The guidance scale of a step of expert `expert` (0: the only model or the high-noise
+    /// expert, 1: the low-noise expert).
+    pub fn cfg_for(&self, expert: usize) -> f64 {
+        match (expert, self.cfg_low_noise) {
+            (1, Some(c)) => c,
+            _ => self.cfg,
+        }
     }
 
     /// Whether the outputs are videos.

@@ -219,6 +219,7 @@ pub(crate) fn run(
         // Evaluations: per call, the prompt's, then the negative prompt's under guidance;
         // one pass per expert the round needs (the step's starting σ picks it).
         let mut per_call: Vec<Vec<Result<Tensor, String>>> = calls.iter().map(|_| vec![]).collect();
+        let mut call_expert = vec![0; calls.len()];
         for expert in 0..dits.len() {
             let mut owners: Vec<usize> = Vec::new();
             let mut evals: Vec<StepInputs> = Vec::new();
@@ -228,6 +229,7 @@ pub(crate) fn run(
                 if dits.pick(l.ms.timestep(start)) != expert {
                     continue;
                 }
+                call_expert[c] = expert;
                 for cond in std::iter::once(&l.cond).chain(l.uncond.as_ref()) {
                     owners.push(c);
                     evals.push(StepInputs {
@@ -249,7 +251,7 @@ pub(crate) fn run(
                 per_call[c].push(o);
             }
         }
-        for ((k, x, sigma, _), outs) in calls.iter().zip(per_call) {
+        for (((k, x, sigma, _), outs), expert) in calls.iter().zip(per_call).zip(call_expert) {
             let k = *k;
             let r = (|| -> Result<(), JobError> {
                 let l = live[k].as_mut().expect("calls come from live runs");
@@ -260,7 +262,7 @@ pub(crate) fn run(
                     None => v,
                     Some(u) => {
                         let u = u.map_err(JobError::new)?;
-                        let scale = l.task.job.cfg;
+                        let scale = l.task.job.cfg_for(expert);
                         v.sub(&u)
                             .and_then(|d| d * scale)
                             .and_then(|d| &u + d)

@@ -521,6 +521,7 @@ impl Pipeline {
         r: &Roles,
         shift: f64,
         guidance: Option<f64>,
+        boundary: Option<f64>,
     ) -> ImageRecord {
         let m = self.cx.manifest.clone();
         let job = &task.job;
@@ -561,6 +562,8 @@ impl Pipeline {
             scheduler: job.scheduler,
             steps: job.steps,
             cfg_scale: job.cfg,
+            cfg_scale_low_noise: job.cfg_low_noise,
+            expert_boundary: boundary,
             guidance,
             denoise: job.denoise,
             init_image: job.init_image.as_deref().map(shown),
@@ -670,6 +673,7 @@ impl Generator for Pipeline {
             });
         }
         let (names, boundary, together) = self.experts_of(&r)?;
+        let expert_boundary = (names.len() == 2).then_some(boundary);
         let Some(vae) = self.vaes.get_mut(&r.vae) else {
             return Err(ExecError::Other(
                 "models not loaded (a bug in the executor)".into(),
@@ -699,7 +703,7 @@ impl Generator for Pipeline {
             let rendered = match out {
                 Err(e) => Err(e),
                 Ok(o) => {
-                    let record = self.record(t, &r, o.shift, o.guidance);
+                    let record = self.record(t, &r, o.shift, o.guidance, expert_boundary);
                     let shape = o.latent.dims().to_vec();
                     match o.latent.flatten_all().and_then(|l| l.to_vec1::<f32>()) {
                         Ok(latent) => Ok(Rendered {

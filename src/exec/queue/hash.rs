@@ -181,6 +181,9 @@ pub struct TaskKey<'a> {
     /// right after the high-noise one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boundary: Option<f64>,
+    /// The low-noise expert's guidance scale, when the job gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cfg_low_noise: Option<f64>,
 }
 
 /// The guidance part of a [`TaskKey`].
@@ -282,6 +285,7 @@ impl TaskHasher {
             frames: job.is_video().then_some(job.frames),
             fps: job.fps,
             boundary: self.boundaries.get(&job.pipeline).copied(),
+            cfg_low_noise: job.cfg_low_noise,
         }
     }
 
