@@ -34,6 +34,7 @@ fn request(
             workload: w,
             prefetch: None,
         }],
+        experts: vec![],
     }
 }
 

@@ -80,6 +80,8 @@ fn png(c: &mut Criterion) {
         scheduler: Scheduler::Simple,
         steps: 20,
         cfg_scale: 1.0,
+        cfg_scale_low_noise: None,
+        expert_boundary: None,
         guidance: Some(3.5),
         denoise: 1.0,
         init_image: None,

@@ -201,7 +201,7 @@ impl JsonSchema for Family {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         let names: Vec<&str> = ALL.iter().map(|f| f.name()).collect();
         json_schema!({
-            "description": "Architecture family of a model component. flux: FLUX.1 dev/schnell transformer; flux-vae: FLUX autoencoder (ae.safetensors); t5: T5-XXL encoder; clip-l: CLIP-L text encoder; wan: Wan 2.1 text-to-video transformer; wan-vae: its video autoencoder; umt5: umT5-XXL, its text encoder.",
+            "description": "Architecture family of a model component. flux: FLUX.1 dev/schnell transformer; flux-vae: FLUX autoencoder (ae.safetensors); t5: T5-XXL encoder; clip-l: CLIP-L text encoder; wan: Wan 2.1 text-to-video transformer, or one of Wan 2.2 A14B's two experts; wan-vae: its video autoencoder; umt5: umT5-XXL, its text encoder.",
             "type": "string",
             "enum": names,
         })

@@ -402,3 +402,38 @@ fn a_gguf_flux_runs_the_demo_end_to_end() {
         }
     }
 }
+
+/// `make-tiny wan --experts` writes the two committed Wan 2.2 A14B-style experts (the same
+/// bytes: the demo and tests/wan22.rs use them), different from each other; other families
+/// refuse `--experts`.
+#[test]
+fn wan_experts_are_the_committed_files() {
+    let d = tempfile::tempdir().unwrap();
+    make("wan", d.path(), &["--experts"]);
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let names = [
+        "wan22-high-noise-tiny.safetensors",
+        "wan22-low-noise-tiny.safetensors",
+    ];
+    for f in names {
+        assert!(
+            read(&d.path().join(f)) == read(&Path::new("manifests/tiny").join(f)),
+            "{f}: regenerate with `mgpu make-tiny wan --experts --out manifests/tiny`"
+        );
+    }
+    assert_ne!(
+        read(&d.path().join(names[0])),
+        read(&d.path().join(names[1]))
+    );
+    assert!(!d.path().join("wan-tiny.safetensors").exists());
+    let out = mgpu(&[
+        "make-tiny",
+        "flux",
+        "--experts",
+        "--out",
+        d.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only wan has experts"), "{err}");
+}

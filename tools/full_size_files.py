@@ -9,6 +9,9 @@ compute is the real compute (matrix products do not look at the values). Pixels 
     python3 tools/full_size_files.py DIR wan14b   # wan2.1_t2v_14B_bf16.safetensors,
                                                   # umt5_xxl_fp16.safetensors, wan_2.1_vae.safetensors
     python3 tools/full_size_files.py DIR wan1.3b
+    python3 tools/full_size_files.py DIR wan22-a14b  # wan2.2_t2v_{high,low}_noise_14B_bf16.safetensors
+                                                     # (Wan 2.2 A14B's two experts: the Wan 2.1
+                                                     # 14B layout each), umT5, the Wan 2.1 VAE
 
 Layouts come from the committed parity fixtures (names and shapes of the real checkpoints:
 tests/fixtures/parity/wan/layout_wan_14b.txt, …) and, for umT5-XXL, from its Hugging Face
@@ -70,13 +73,19 @@ def write(path, layout, dtype, metadata):
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[2] not in ("wan14b", "wan1.3b"):
+    if len(sys.argv) != 3 or sys.argv[2] not in ("wan14b", "wan1.3b", "wan22-a14b"):
         sys.exit(__doc__)
     out, which = sys.argv[1], sys.argv[2]
     os.makedirs(out, exist_ok=True)
     fx = os.path.join(ROOT, "tests", "fixtures", "parity")
     note = {"mgpu": "tools/full_size_files.py: zeros in the real layout, not a trained model"}
-    if which == "wan14b":
+    if which == "wan22-a14b":
+        # ComfyUI publishes these experts as fp16 and fp8_scaled; bf16 here, so that the
+        # measurement is the streaming, not a conversion at load.
+        for expert in ("high", "low"):
+            write(os.path.join(out, f"wan2.2_t2v_{expert}_noise_14B_bf16.safetensors"),
+                  read_layout(os.path.join(fx, "wan", "layout_wan_14b.txt")), "BF16", note)
+    elif which == "wan14b":
         write(os.path.join(out, "wan2.1_t2v_14B_bf16.safetensors"),
               read_layout(os.path.join(fx, "wan", "layout_wan_14b.txt")), "BF16", note)
     else:

@@ -121,7 +121,12 @@ pub enum BenchModel {
 }
 
 /// The `--model` names and what they are.
-pub const MODELS: &str = "dev, schnell, tiny (FLUX); wan14b, wan1.3b, wan-tiny (Wan 2.1 T2V)";
+pub const MODELS: &str = "dev, schnell, tiny (FLUX); wan14b, wan1.3b, wan-tiny (Wan 2.1 T2V); wan22-a14b, wan22-tiny (Wan 2.2 A14B's two experts, switching at boundary 0.875)";
+
+/// The expert boundary of a `--model` name (Wan 2.2 A14B T2V's), `None` for one model.
+pub fn experts_of(name: &str) -> Option<f64> {
+    name.starts_with("wan22-").then_some(0.875)
+}
 
 impl BenchModel {
     pub fn parse(name: &str) -> anyhow::Result<Self> {
@@ -132,6 +137,9 @@ impl BenchModel {
             "wan14b" => BenchModel::Wan(wan::Config::t2v_14b()),
             "wan1.3b" => BenchModel::Wan(wan::Config::t2v_1_3b()),
             "wan-tiny" => BenchModel::Wan(wan::Config::tiny()),
+            // Wan 2.2 A14B: two experts of the Wan 2.1 14B shape.
+            "wan22-a14b" => BenchModel::Wan(wan::Config::t2v_14b()),
+            "wan22-tiny" => BenchModel::Wan(wan::Config::tiny()),
             other => bail!("--model `{other}`: expected one of {MODELS}"),
         })
     }
@@ -248,6 +256,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         dtype,
         seed: args.seed,
         cfg: args.cfg,
+        experts: experts_of(&args.model),
     };
     // Checked before the run: a bad file fails in a second, not after minutes of measuring.
     if args.slots == Slots::Auto && args.hardware.hardware.is_none() {
@@ -487,6 +496,7 @@ mod tests {
             dtype: DType::BF16,
             seed: 0,
             cfg: false,
+            experts: None,
         }
     }
 
@@ -506,6 +516,8 @@ mod tests {
             hashes: vec![],
             identical: None,
             predicted_seconds: None,
+            run_seconds: 0.0,
+            switch_step: None,
             steps: vec![],
         }
     }

@@ -55,6 +55,12 @@ pub struct Args {
     /// Q8_0 or F32 as city96 does.
     #[arg(long, value_enum, default_value_t = StoreDType::Bf16)]
     pub dtype: StoreDType,
+    /// wan only: write two experts of the Wan 2.2 A14B kind instead of one model,
+    /// `wan22-high-noise-tiny.safetensors` (weights from --seed) and
+    /// `wan22-low-noise-tiny.safetensors` (from --seed + 1), for a pipeline with
+    /// `diffusion_low_noise`.
+    #[arg(long)]
+    pub experts: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -118,6 +124,12 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         bail!(
             "make-tiny {} --format gguf: {why}; GGUF is written for flux only (`make-tiny flux --format gguf`, --variant dev or schnell); use --format safetensors for {}",
             args.family,
+            args.family
+        )
+    }
+    if args.experts && args.family != Family::Wan {
+        bail!(
+            "make-tiny {} --experts: only wan has experts (Wan 2.2 A14B's high- and low-noise models); leave --experts out",
             args.family
         )
     }
@@ -190,6 +202,27 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
             )),
             meta: vec![],
         }],
+        Family::Wan if args.experts => {
+            let layout = spec::diffusion_layout::<wan::WanDit>(&wan::Config::tiny())?;
+            let expert = |file, what: &str, seed| -> anyhow::Result<Output> {
+                Ok(Output {
+                    file,
+                    what: format!("tiny Wan 2.2 A14B-style {what} expert"),
+                    tensors: tiny::weights_for(&layout, seed)?,
+                    gguf: false,
+                    extra: None,
+                    meta: vec![("num_heads", wan::Config::tiny().num_heads.to_string())],
+                })
+            };
+            vec![
+                expert("wan22-high-noise-tiny.safetensors", "high-noise", seed)?,
+                expert(
+                    "wan22-low-noise-tiny.safetensors",
+                    "low-noise",
+                    seed.wrapping_add(1),
+                )?,
+            ]
+        }
         Family::Wan => vec![Output {
             file: "wan-tiny.safetensors",
             what: "tiny Wan 2.1 text-to-video transformer".into(),
@@ -274,13 +307,38 @@ pub fn write_safetensors(
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     meta.insert("mgpu".to_string(), note.to_string());
-    let bytes = safetensors::serialize(&converted, Some(meta))
+    let mut bytes = safetensors::serialize(&converted, Some(meta))
         .with_context(|| format!("serialising {}", path.display()))?;
+    sort_metadata(&mut bytes).with_context(|| format!("serialising {}", path.display()))?;
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(bytes.len())
+}
+
+/// Puts the `__metadata__` entries of a serialised safetensors file in name order, in place:
+/// `safetensors::serialize` takes them as a `HashMap`, whose order changes from run to run, and
+/// the same seed must give the same bytes. Same keys and values, so the header keeps its length.
+fn sort_metadata(bytes: &mut [u8]) -> anyhow::Result<()> {
+    const PREFIX: &[u8] = b"{\"__metadata__\":";
+    let start = 8 + PREFIX.len();
+    if bytes.len() < start || &bytes[8..start] != PREFIX {
+        return Ok(());
+    }
+    let mut values = serde_json::Deserializer::from_slice(&bytes[start..])
+        .into_iter::<BTreeMap<String, String>>();
+    let Some(meta) = values.next() else {
+        return Ok(());
+    };
+    let end = start + values.byte_offset();
+    let sorted = serde_json::to_vec(&meta?)?;
+    anyhow::ensure!(
+        sorted.len() == end - start,
+        "the metadata changed length when sorted (a bug)"
+    );
+    bytes[start..end].copy_from_slice(&sorted);
+    Ok(())
 }
 
 /// Writes a FLUX transformer's `tensors` as city96's ComfyUI-GGUF Q8_0 files are made from a

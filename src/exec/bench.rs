@@ -122,6 +122,11 @@ pub struct BenchConfig {
     pub seed: u64,
     /// True classifier-free guidance: two model evaluations per job and step.
     pub cfg: bool,
+    /// Two experts (Wan 2.2 A14B) switching at this boundary: a second model with its own
+    /// weights (seed + 1) in the same placement, the steps on Wan 2.2's T2V schedule
+    /// (`flow_sigmas`, shift 12), each step on the expert `sample::high_noise_expert` picks.
+    /// `None`: one model, σ falling linearly.
+    pub experts: Option<f64>,
 }
 
 /// One measured (placement, batch) cell.
@@ -146,6 +151,10 @@ pub struct Measurement {
     /// The planner's step time for this placement on the hardware file given to `mgpu bench
     /// --hardware` ([`crate::plan::predict_step`]); `None` without one.
     pub predicted_seconds: Option<f64>,
+    /// Wall seconds of all timed steps together (with two experts: the switch included).
+    pub run_seconds: f64,
+    /// With two experts: the first step (0-based, counting warm-up) of the low-noise one.
+    pub switch_step: Option<usize>,
     pub steps: Vec<PassStats>,
 }
 
@@ -254,6 +263,97 @@ fn setup_err(unit: &str, message: String) -> EngineError {
     }
 }
 
+/// One model's generated weights, and their host copies for the streamed placements.
+struct Weights {
+    resident: Vec<HashMap<String, Tensor>>,
+    host: Vec<Option<UnitData>>,
+    host_q8: Vec<Option<UnitData>>,
+    resident_q8: Vec<HashMap<String, Tensor>>,
+}
+
+impl Weights {
+    /// Generates the weights of `units` from `seed` on `device` (and the host copies the
+    /// placements of `cfg` need); also returns the parameter count.
+    fn generate(
+        units: &Units,
+        cfg: &BenchConfig,
+        seed: u64,
+        device: &Device,
+        progress: &mut impl FnMut(&str),
+    ) -> Result<(Weights, u64), EngineError> {
+        // Weights: generated on the device, deterministic from the seed.
+        device.set_seed(seed).ok();
+        let mut resident: Vec<HashMap<String, Tensor>> = Vec::with_capacity(units.len());
+        let mut parameters = 0u64;
+        for (unit, tensors) in units.iter() {
+            let mut m = HashMap::new();
+            for (name, shape) in tensors {
+                let full = if unit.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{unit}.{name}")
+                };
+                let t = generate(seed, &full, shape, device)?.to_dtype(cfg.dtype)?;
+                parameters += t.elem_count() as u64;
+                m.insert(name.clone(), t);
+            }
+            resident.push(m);
+        }
+        // Host copies of the blocks, made once, shared by every streamed placement; Q8_0 copies
+        // for the `@q8_0` placements.
+        let streams = |q: bool| {
+            cfg.placements
+                .iter()
+                .any(|p| p.q8_0 == q && (q || (p.source.is_some() && p.percent > 0)))
+        };
+        let mut host: Vec<Option<UnitData>> = vec![None; units.len()];
+        let mut host_q8: Vec<Option<UnitData>> = vec![None; units.len()];
+        let mut resident_q8: Vec<HashMap<String, Tensor>> = Vec::new();
+        for (q, want) in [(false, streams(false)), (true, streams(true))] {
+            if !want {
+                continue;
+            }
+            progress(if q {
+                "quantising blocks to Q8_0 in host memory"
+            } else {
+                "copying blocks to host memory"
+            });
+            for (i, (name, tensors)) in units.iter().enumerate().skip(1) {
+                let mut ts = Vec::new();
+                for (tname, shape) in tensors {
+                    let t = resident[i][tname].to_device(&Device::Cpu)?;
+                    ts.push(host_tensor(tname, shape, &t, cfg.dtype, q)?);
+                }
+                let data = Some(UnitData {
+                    name: name.clone(),
+                    tensors: ts,
+                });
+                if q {
+                    host_q8[i] = data;
+                } else {
+                    host[i] = data;
+                }
+            }
+            if q {
+                // Resident Q8_0 blocks: dequantised once, through the same path as a fetch.
+                resident_q8.push(resident[0].clone());
+                for d in host_q8.iter().skip(1).flatten() {
+                    resident_q8.push(d.materialize(device, cfg.dtype)?);
+                }
+            }
+        }
+        Ok((
+            Weights {
+                resident,
+                host,
+                host_q8,
+                resident_q8,
+            },
+            parameters,
+        ))
+    }
+}
+
 /// Runs the benchmark for family `M` with config `model` on `device` (CPU or CUDA). `pools`
 /// keeps page-locked copies across placements; `cache_dir` takes the spill files of `disk`
 /// placements (choose a folder on a disk: it holds the streamed blocks).
@@ -267,72 +367,26 @@ pub fn run<M: DiffusionModel>(
 ) -> Result<BenchReport, EngineError> {
     let t0 = Instant::now();
     let units = layout_units::<M>(model)?;
-    // Weights: generated on the device, deterministic from the seed.
-    device.set_seed(cfg.seed).ok();
-    let mut resident: Vec<HashMap<String, Tensor>> = Vec::with_capacity(units.len());
+    let n_experts = if cfg.experts.is_some() { 2 } else { 1 };
+    let mut weights = Vec::with_capacity(n_experts);
     let mut parameters = 0u64;
-    for (unit, tensors) in &units {
-        let mut m = HashMap::new();
-        for (name, shape) in tensors {
-            let full = if unit.is_empty() {
-                name.clone()
-            } else {
-                format!("{unit}.{name}")
-            };
-            let t = generate(cfg.seed, &full, shape, device)?.to_dtype(cfg.dtype)?;
-            parameters += t.elem_count() as u64;
-            m.insert(name.clone(), t);
-        }
-        resident.push(m);
+    for e in 0..n_experts {
+        let (w, p) = Weights::generate(
+            &units,
+            cfg,
+            cfg.seed.wrapping_add(e as u64),
+            device,
+            &mut progress,
+        )?;
+        weights.push(w);
+        parameters += p;
     }
     let esize = cfg.dtype.size_in_bytes() as u64;
-    let unit_bytes: Vec<u64> = resident
+    let unit_bytes: Vec<u64> = weights[0]
+        .resident
         .iter()
         .map(|m| m.values().map(|t| t.elem_count() as u64 * esize).sum())
         .collect();
-    // Host copies of the blocks, made once, shared by every streamed placement; Q8_0 copies
-    // for the `@q8_0` placements.
-    let streams = |q: bool| {
-        cfg.placements
-            .iter()
-            .any(|p| p.q8_0 == q && (q || (p.source.is_some() && p.percent > 0)))
-    };
-    let mut host: Vec<Option<UnitData>> = vec![None; units.len()];
-    let mut host_q8: Vec<Option<UnitData>> = vec![None; units.len()];
-    let mut resident_q8: Vec<HashMap<String, Tensor>> = Vec::new();
-    for (q, want) in [(false, streams(false)), (true, streams(true))] {
-        if !want {
-            continue;
-        }
-        progress(if q {
-            "quantising blocks to Q8_0 in host memory"
-        } else {
-            "copying blocks to host memory"
-        });
-        for (i, (name, tensors)) in units.iter().enumerate().skip(1) {
-            let mut ts = Vec::new();
-            for (tname, shape) in tensors {
-                let t = resident[i][tname].to_device(&Device::Cpu)?;
-                ts.push(host_tensor(tname, shape, &t, cfg.dtype, q)?);
-            }
-            let data = Some(UnitData {
-                name: name.clone(),
-                tensors: ts,
-            });
-            if q {
-                host_q8[i] = data;
-            } else {
-                host[i] = data;
-            }
-        }
-        if q {
-            // Resident Q8_0 blocks: dequantised once, through the same path as a fetch.
-            resident_q8.push(resident[0].clone());
-            for d in host_q8.iter().skip(1).flatten() {
-                resident_q8.push(d.materialize(device, cfg.dtype)?);
-            }
-        }
-    }
     let setup_seconds = t0.elapsed().as_secs_f64();
     let n_blocks = units.len() - 1;
     let target = Target {
@@ -370,8 +424,28 @@ pub fn run<M: DiffusionModel>(
             .transpose()?;
         inputs.push((latent, txt, vec, neg));
     }
-    let resident_vb = candle_nn::VarBuilder::from_tensors(resident[0].clone(), cfg.dtype, device);
-    let dit = M::new(model, resident_vb)?;
+    let dits = weights
+        .iter()
+        .map(|w| {
+            M::new(
+                model,
+                candle_nn::VarBuilder::from_tensors(w.resident[0].clone(), cfg.dtype, device),
+            )
+        })
+        .collect::<candle_core::Result<Vec<M>>>()?;
+    let total = cfg.warmup + cfg.steps;
+    // σ per step (and the end): linear for one model; Wan 2.2 T2V's schedule for experts.
+    let sigmas: Vec<f64> = match cfg.experts {
+        None => (0..=total).map(|s| 1.0 - s as f64 / total as f64).collect(),
+        Some(_) => crate::sample::schedule(
+            &crate::sample::ModelSampling::wan(12.0)
+                .map_err(|e| setup_err("model sampling", e.to_string()))?,
+            crate::sample::Scheduler::FlowSigmas,
+            total as u32,
+            1.0,
+        )
+        .map_err(|e| setup_err("schedule", e.to_string()))?,
+    };
     let ms = M::model_sampling(model, cfg.width as u32, cfg.height as u32, None)
         .map_err(|e| setup_err("model sampling", e.to_string()))?;
     let guidance = M::guidance(model, 3.5);
@@ -386,29 +460,38 @@ pub fn run<M: DiffusionModel>(
                 Some(_) => spread(n_blocks, placement.percent),
                 None => vec![false; n_blocks],
             };
-            let (homes, residents) = if placement.q8_0 {
-                (&host_q8, &resident_q8)
-            } else {
-                (&host, &resident)
-            };
-            let mut placed = Vec::with_capacity(n_blocks);
-            for i in 1..units.len() {
-                let name = units[i].0.clone();
-                placed.push(match (streamed[i - 1], placement.source) {
-                    (true, Some(home)) => PlacedUnit {
-                        home,
-                        data: UnitSource::Host(homes[i].clone().ok_or_else(|| {
-                            setup_err(&name, "no host copy of a streamed unit".into())
-                        })?),
-                        name,
-                    },
-                    _ => PlacedUnit {
-                        home: UnitHome::Compute,
-                        data: UnitSource::Device(residents[i].clone()),
-                        name,
-                    },
-                });
+            let mut placed_all = Vec::with_capacity(weights.len());
+            for w in &weights {
+                let (homes, residents) = if placement.q8_0 {
+                    (&w.host_q8, &w.resident_q8)
+                } else {
+                    (&w.host, &w.resident)
+                };
+                let mut placed = Vec::with_capacity(n_blocks);
+                for i in 1..units.len() {
+                    let name = units[i].0.clone();
+                    placed.push(match (streamed[i - 1], placement.source) {
+                        (true, Some(home)) => PlacedUnit {
+                            home,
+                            data: UnitSource::Host(homes[i].clone().ok_or_else(|| {
+                                setup_err(&name, "no host copy of a streamed unit".into())
+                            })?),
+                            name,
+                        },
+                        _ => PlacedUnit {
+                            home: UnitHome::Compute,
+                            data: UnitSource::Device(residents[i].clone()),
+                            name,
+                        },
+                    });
+                }
+                placed_all.push(placed);
             }
+            let homes = if placement.q8_0 {
+                &weights[0].host_q8
+            } else {
+                &weights[0].host
+            };
             let streamed_bytes: u64 = (1..units.len())
                 .filter(|&i| streamed[i - 1])
                 .map(|i| homes[i].as_ref().map_or(0, |d| d.bytes()))
@@ -418,15 +501,32 @@ pub fn run<M: DiffusionModel>(
                 .get(&(placement.to_string(), batch))
                 .copied()
                 .unwrap_or(cfg.slots);
-            let mut engine = build_engine(placed, &target, slots, cache_dir, pools)
-                .map_err(|e| setup_err(&placement.to_string(), e))?
-                .engine;
+            let mut engines = Vec::with_capacity(placed_all.len());
+            for placed in placed_all {
+                engines.push(
+                    build_engine(placed, &target, slots, cache_dir, pools)
+                        .map_err(|e| setup_err(&placement.to_string(), e))?
+                        .engine,
+                );
+            }
             let mut latents: Vec<Tensor> = inputs[..batch].iter().map(|x| x.0.clone()).collect();
             let mut stats = Vec::new();
             let mut hashes = Vec::new();
-            let total = cfg.warmup + cfg.steps;
+            let mut switch_step = None;
+            let mut timed = None;
             for step in 0..total {
-                let sigma = 1.0 - step as f64 / total as f64;
+                if step == cfg.warmup {
+                    timed = Some(Instant::now());
+                }
+                let sigma = sigmas[step];
+                let e = match cfg.experts {
+                    Some(b) if !crate::sample::high_noise_expert(ms.timestep(sigma), b) => 1,
+                    _ => 0,
+                };
+                if e == 1 && switch_step.is_none() {
+                    switch_step = Some(step);
+                }
+                let (dit, engine) = (&dits[e], &mut engines[e]);
                 let mut evals = Vec::new();
                 for (l, (_, txt, vec, neg)) in latents.iter().zip(&inputs) {
                     for context in std::iter::once(txt).chain(neg) {
@@ -469,7 +569,10 @@ pub fn run<M: DiffusionModel>(
                         .map(fnv_hex)
                         .collect::<candle_core::Result<_>>()?;
                 }
-                let dt = -1.0 / total as f64;
+                let dt = match cfg.experts {
+                    None => -1.0 / total as f64,
+                    Some(_) => sigmas[step + 1] - sigma,
+                };
                 latents = latents
                     .iter()
                     .zip(&vels)
@@ -479,6 +582,15 @@ pub fn run<M: DiffusionModel>(
                     stats.push(pass);
                 }
             }
+            let run_seconds = timed.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            if cfg.experts.is_some() {
+                // Two experts: the final latents, which both experts and the switch shaped.
+                hashes = latents
+                    .iter()
+                    .map(fnv_hex)
+                    .collect::<candle_core::Result<_>>()?;
+            }
+            drop(engines);
             if placement.source.is_none() && batch == 1 {
                 if let Some(h) = hashes.first() {
                     reference.insert(placement.q8_0, h.clone());
@@ -504,6 +616,8 @@ pub fn run<M: DiffusionModel>(
                 hashes,
                 identical,
                 predicted_seconds: None,
+                run_seconds,
+                switch_step,
                 steps: stats,
             });
         }
@@ -671,6 +785,36 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
             }
         ));
     }
+    // Two experts: whole runs, the switch included, against the resident run of the batch.
+    let runs: BTreeMap<usize, f64> = report
+        .measurements
+        .iter()
+        .filter(|m| m.placement == "resident" && m.switch_step.is_some())
+        .map(|m| (m.batch, m.run_seconds))
+        .collect();
+    for m in report
+        .measurements
+        .iter()
+        .filter(|m| m.switch_step.is_some())
+    {
+        let n = m.steps.len();
+        let vs = runs
+            .get(&m.batch)
+            .filter(|r| **r > 0.0)
+            .map(|r| format!(", {:.3} × resident", m.run_seconds / r))
+            .unwrap_or_default();
+        let pred = m
+            .predicted_seconds
+            .map(|p| format!("; predicted {:.2} s", p * n as f64))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "run {:<11} batch {}: {:.2} s for {n} timed steps, low-noise expert from step {} (warm-up counted){vs}{pred}\n",
+            m.placement,
+            m.batch,
+            m.run_seconds,
+            m.switch_step.unwrap_or(0) + 1,
+        ));
+    }
     out
 }
 
@@ -705,6 +849,7 @@ mod tests {
             dtype: DType::F32,
             seed: 7,
             cfg,
+            experts: None,
         }
     }
 
@@ -828,6 +973,66 @@ mod cfg_tests {
             fetched(&guided),
             fetched(&plain),
             "one fetch serves both halves"
+        );
+    }
+}
+
+#[cfg(test)]
+mod expert_tests {
+    use super::*;
+    use crate::models::wan::{self, WanDit};
+
+    /// Two tiny Wan experts (`mgpu bench --model wan22-tiny`): the run switches expert at the
+    /// boundary on Wan 2.2's schedule, and every placement gives the same final latents.
+    #[test]
+    fn expert_runs_switch_and_are_bit_identical() {
+        let mut cfg = super::tests::tiny_config(true);
+        cfg.model_name = "wan22-tiny".into();
+        (cfg.width, cfg.height, cfg.frames) = (32, 32, 5);
+        cfg.steps = 6;
+        cfg.warmup = 1;
+        cfg.batches = vec![1, 2];
+        cfg.experts = Some(0.875);
+        cfg.placements = ["resident", "cpu:50", "cpu:100", "disk:100"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let run_it = |c: &BenchConfig| {
+            run::<WanDit>(
+                &wan::Config::tiny(),
+                c,
+                &Device::Cpu,
+                dir.path(),
+                &mut Pools::default(),
+                |_| {},
+            )
+            .unwrap()
+        };
+        let r = run_it(&cfg);
+        assert_eq!(r.measurements.len(), 8);
+        // Shift 12, 7 flow_sigmas steps: timesteps 999, 986, 967, 941, 900, 828, 668 (diffusers)
+        // → the first 5 are the high-noise expert's.
+        for m in &r.measurements {
+            assert_eq!(m.identical, Some(true), "{} batch {}", m.placement, m.batch);
+            assert_eq!(m.switch_step, Some(5), "{}", m.placement);
+            assert!(m.run_seconds > 0.0);
+            assert_eq!(m.steps.len(), 6);
+        }
+        // Two experts: the parameters of both; one expert alone ends elsewhere.
+        let one = wan::Config::tiny();
+        let per_model: usize = spec::diffusion_layout::<WanDit>(&one)
+            .unwrap()
+            .values()
+            .map(|s| s.iter().product::<usize>())
+            .sum();
+        assert_eq!(r.parameters, 2 * per_model as u64);
+        cfg.experts = Some(0.01);
+        let high_only = run_it(&cfg);
+        assert_eq!(high_only.measurements[0].switch_step, None);
+        assert_ne!(
+            high_only.measurements[0].hashes[0],
+            r.measurements[0].hashes[0]
         );
     }
 }

@@ -87,6 +87,9 @@ raw_table! {
         /// Default classifier-free guidance scale.
         #[schemars(range(min = 0.0))]
         cfg: f64,
+        /// Default guidance scale of the low-noise expert's steps (two-expert pipelines).
+        #[schemars(range(min = 0.0))]
+        cfg_low_noise: f64,
         /// Default model-sampling shift.
         #[schemars(extend("exclusiveMinimum" = 0.0))]
         shift: f64,
@@ -186,9 +189,19 @@ raw_table! {
 raw_table! {
     /// `[pipelines.NAME]`: which models make one pipeline.
     pub struct RawPipeline {
-        /// The diffusion model (a `[models.NAME]` of family flux or wan).
+        /// The diffusion model (a `[models.NAME]` of family flux or wan). With
+        /// `diffusion_low_noise` (Wan 2.2 A14B), the high-noise expert.
         #[schemars(required)]
         diffusion: String,
+        /// Wan 2.2 A14B's low-noise expert (a second wan model of the same shape): `diffusion`
+        /// denoises the steps whose timestep is at least `boundary × 1000`, this model the rest,
+        /// switching once per run.
+        diffusion_low_noise: String,
+        /// Where the experts switch, as a fraction of the 1000 training timesteps, in (0, 1)
+        /// (default from the weights: 0.875 for text-to-video, 0.900 for image-to-video, as
+        /// Wan 2.2 ships them). Only with `diffusion_low_noise`.
+        #[schemars(range(min = 0.0, max = 1.0))]
+        boundary: f64,
         /// The text encoders: FLUX needs one clip-l and one t5 model, Wan one umt5 model.
         #[schemars(required)]
         text_encoders: Vec<Sp<String>>,
@@ -253,6 +266,11 @@ raw_table! {
         /// uses the distilled `guidance` instead).
         #[schemars(range(min = 0.0))]
         cfg: f64,
+        /// Pipelines with `diffusion_low_noise` (Wan 2.2 A14B): the guidance scale of the
+        /// low-noise expert's steps, diffusers' `guidance_scale_2` (default: `cfg`; Wan 2.2's
+        /// text-to-video uses cfg 4 on the high-noise expert and 3 on the low-noise one).
+        #[schemars(range(min = 0.0))]
+        cfg_low_noise: f64,
         /// Model-sampling shift of the noise schedule (default: the model's own — FLUX dev's
         /// size-dependent μ, 1 for schnell, 5 for Wan).
         #[schemars(extend("exclusiveMinimum" = 0.0))]

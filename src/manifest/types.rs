@@ -64,10 +64,16 @@ pub struct Lora {
 }
 
 /// A pipeline: names of its models, each checked to exist and to have the right role.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Pipeline {
     pub name: String,
+    /// The diffusion model; with `low_noise`, the high-noise expert.
     pub diffusion: String,
+    /// Wan 2.2 A14B's low-noise expert: a model of `diffusion`'s family, never `diffusion`.
+    pub low_noise: Option<String>,
+    /// The experts' switch as a fraction of 1000 timesteps, in (0, 1); only with `low_noise`
+    /// (`None`: the weights' default, `models::spec::DiffusionModel::boundary`).
+    pub boundary: Option<f64>,
     /// In the order written (for FLUX: one clip-l and one t5).
     pub text_encoders: Vec<String>,
     pub vae: String,
@@ -109,6 +115,9 @@ pub struct Job {
     /// Classifier-free guidance scale, ≥ 0 (the family's default applied); 1 = no
     /// unconditional evaluation.
     pub cfg: f64,
+    /// The low-noise expert's guidance scale, ≥ 0, only for pipelines with two experts;
+    /// `None`: `cfg`.
+    pub cfg_low_noise: Option<f64>,
     /// Model-sampling shift, > 0; `None`: the model's own.
     pub shift: Option<f64>,
     /// Frames per output: 1 for image families, 4k+1 for video families.
@@ -130,7 +139,16 @@ pub struct JobImage {
 impl Job {
     /// Whether each step evaluates the model twice (prompt and negative prompt).
     pub fn true_cfg(&self) -> bool {
-        self.cfg != 1.0
+        self.cfg != 1.0 || self.cfg_low_noise.is_some_and(|c| c != 1.0)
+    }
+
+    /// The guidance scale of a step of expert `expert` (0: the only model or the high-noise
+    /// expert, 1: the low-noise expert).
+    pub fn cfg_for(&self, expert: usize) -> f64 {
+        match (expert, self.cfg_low_noise) {
+            (1, Some(c)) => c,
+            _ => self.cfg,
+        }
     }
 
     /// Whether the outputs are videos.

@@ -102,6 +102,14 @@ pub trait DiffusionModel: Sized {
         None
     }
 
+    /// For a family whose models come as two experts taking turns (Wan 2.2 A14B: high- and
+    /// low-noise), the default switch for weights of `cfg`, as a fraction of 1000 timesteps:
+    /// the high-noise expert denoises the steps whose timestep is at least `1000 · boundary`.
+    /// `None`: the family has no experts.
+    fn boundary(_cfg: &Self::Config) -> Option<f64> {
+        None
+    }
+
     /// Embeds one evaluation's inputs.
     fn prepare(&self, inputs: &StepInputs) -> Result<Self::State>;
     /// Runs a built block on one evaluation's state; blocks run in unit order.

@@ -32,6 +32,13 @@ pub struct ImageRecord {
     pub steps: u32,
     /// Classifier-free guidance scale (1 = no negative pass, FLUX's usual value).
     pub cfg_scale: f64,
+    /// Two-expert pipelines (Wan 2.2 A14B): the low-noise expert's guidance scale when it
+    /// differs from `cfg_scale`'s source (the job's `cfg_low_noise`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cfg_scale_low_noise: Option<f64>,
+    /// Two-expert pipelines: the boundary the experts switched at (fraction of 1000 timesteps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expert_boundary: Option<f64>,
     /// FLUX.1-dev's distilled guidance (A1111/Forge "Distilled CFG Scale"); `None` for schnell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance: Option<f64>,
@@ -131,6 +138,8 @@ pub(crate) mod tests {
             scheduler: Scheduler::Simple,
             steps: 20,
             cfg_scale: 1.0,
+            cfg_scale_low_noise: None,
+            expert_boundary: None,
             guidance: Some(3.5),
             denoise: 1.0,
             init_image: None,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Location, ModelRequest, PlanError, PlanErrors, PlanRequest, Workload};
+use super::{ExpertPair, Location, ModelRequest, PlanError, PlanErrors, PlanRequest, Workload};
 use crate::alloc::Allocation;
 use crate::family::Role;
 use crate::inventory::{self, Inventory};
@@ -24,6 +24,7 @@ pub fn needed_models(m: &Manifest) -> Vec<&Model> {
             continue;
         }
         let all = std::iter::once(p.diffusion.as_str())
+            .chain(p.low_noise.as_deref())
             .chain(p.text_encoders.iter().map(String::as_str))
             .chain(std::iter::once(p.vae.as_str()));
         for n in all {
@@ -181,7 +182,10 @@ fn evals_per_step(s: Sampler) -> u32 {
 /// frames, the largest batch, the most steps and evaluations per step.
 fn workload(m: &Manifest, model: &Model) -> Workload {
     let uses = |p: &crate::manifest::Pipeline| {
-        p.diffusion == model.name || p.vae == model.name || p.text_encoders.contains(&model.name)
+        p.diffusion == model.name
+            || p.low_noise.as_ref() == Some(&model.name)
+            || p.vae == model.name
+            || p.text_encoders.contains(&model.name)
     };
     let jobs: Vec<_> = m
         .jobs
@@ -311,7 +315,22 @@ pub fn request(m: &Manifest, inventories: &BTreeMap<String, Arc<Inventory>>) -> 
             })
         })
         .collect();
-    PlanRequest { models }
+    let mut experts: Vec<ExpertPair> = Vec::new();
+    for p in m.pipelines.values() {
+        if !m.jobs.iter().any(|j| j.pipeline == p.name) {
+            continue;
+        }
+        if let Some(low) = &p.low_noise {
+            let pair = ExpertPair {
+                high: p.diffusion.clone(),
+                low: low.clone(),
+            };
+            if !experts.contains(&pair) {
+                experts.push(pair);
+            }
+        }
+    }
+    PlanRequest { models, experts }
 }
 
 /// Plan errors as diagnostics pointing at the manifest key (and, for allocation entries, the

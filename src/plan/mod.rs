@@ -28,6 +28,7 @@ pub mod quota;
 mod render;
 pub mod select;
 pub mod simulate;
+mod switch;
 
 #[cfg(test)]
 mod tests;
@@ -53,6 +54,16 @@ use place::{Choice, ModelCtx};
 #[derive(Debug, Clone)]
 pub struct PlanRequest {
     pub models: Vec<ModelRequest>,
+    /// Pairs of experts (Wan 2.2 A14B) that take turns within one sampling run: never
+    /// computing at the same time, so each may have the memory the other leaves.
+    pub experts: Vec<ExpertPair>,
+}
+
+/// Two models of `models` that take turns: `high` denoises the first steps, `low` the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpertPair {
+    pub high: String,
+    pub low: String,
 }
 
 /// One model to place.
@@ -126,6 +137,38 @@ pub enum Reason {
 pub struct Plan {
     pub devices: Vec<DevicePlan>,
     pub models: Vec<ModelPlan>,
+    /// One entry per [`ExpertPair`] of the request: how the executor switches experts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub switches: Vec<SwitchPlan>,
+}
+
+/// How a run switches from the high-noise expert to the low-noise one ([`ExpertPair`]).
+///
+/// Each expert is placed as if it were the only diffusion model (the other needs no memory
+/// while it computes). If both placements fit side by side, both stay loaded and the switch
+/// moves nothing (`resident_both`). Otherwise the executor *swaps*: it releases the expert
+/// it leaves (its compute-device and host memory) and loads the other per its placement:
+/// `bytes` read from its file (everything not homed on `disk`) at the disk rate, the
+/// compute-device share of them uploaded over the host link.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SwitchPlan {
+    pub high: String,
+    pub low: String,
+    /// Both experts stay loaded for the whole run: the switch costs nothing.
+    pub resident_both: bool,
+    /// Stored bytes per device while the high-noise expert computes (its placement) …
+    pub before: BTreeMap<DeviceName, u64>,
+    /// … and after the switch (the low-noise expert's).
+    pub after: BTreeMap<DeviceName, u64>,
+    /// Bytes loaded at one swap (0 with `resident_both`): the incoming expert's bytes not on
+    /// `disk` (the larger expert's, as a run swaps both ways between batches).
+    pub bytes: u64,
+    /// Of which uploaded to the compute device.
+    pub upload_bytes: u64,
+    /// Predicted seconds of one swap (0 with `resident_both`).
+    pub seconds: f64,
+    /// Whether `seconds` rests on an assumed rate.
+    pub assumed: bool,
 }
 
 /// One device's memory after the plan.
@@ -236,21 +279,35 @@ pub(crate) struct Ledger {
     /// Models not placed yet: (index, compute device, resident bytes, working-set estimate),
     /// so that `auto` models placed earlier leave them room.
     pending: Vec<(usize, DeviceName, u64, u64)>,
+    /// Experts that take turns, by model name and by model index: each group holds the
+    /// memory of its largest member on each device, not the sum.
+    groups: BTreeMap<String, usize>,
+    index_groups: BTreeMap<usize, usize>,
+    /// The group of the model being placed: its partners are left out of every sum, so each
+    /// expert is placed as if it were the only one.
+    placing: Option<usize>,
 }
 
 impl Ledger {
     pub fn homes_on(&self, d: DeviceName) -> u64 {
-        let placed: u64 = self
-            .homes
-            .get(&d)
-            .map_or(0, |v| v.iter().map(|x| x.1).sum());
-        placed
-            + self
-                .pending
-                .iter()
-                .filter(|p| p.1 == d)
-                .map(|p| p.2)
-                .sum::<u64>()
+        let mut sum = 0;
+        let mut grouped: BTreeMap<usize, u64> = BTreeMap::new();
+        let placing = self.placing;
+        let mut add = |g: Option<&usize>, b: u64| match g {
+            Some(g) if Some(*g) == placing => {}
+            Some(g) => {
+                let e = grouped.entry(*g).or_default();
+                *e = (*e).max(b);
+            }
+            None => sum += b,
+        };
+        for (name, b) in self.homes.get(&d).into_iter().flatten() {
+            add(self.groups.get(name), *b);
+        }
+        for p in self.pending.iter().filter(|p| p.1 == d) {
+            add(self.index_groups.get(&p.0), p.2);
+        }
+        sum + grouped.values().sum::<u64>()
     }
     pub fn ws_on(&self, d: DeviceName) -> u64 {
         let placed = self
@@ -411,13 +468,24 @@ pub(crate) fn plan_with(
     };
     order.sort_by_key(|&i| rank(i));
     let mut ledger = Ledger::default();
+    for (g, pair) in req.experts.iter().enumerate() {
+        for name in [&pair.high, &pair.low] {
+            ledger.groups.insert(name.clone(), g);
+            if let Some(i) = req.models.iter().position(|m| &m.name == name) {
+                ledger.index_groups.insert(i, g);
+            }
+        }
+    }
     for (i, ctx) in ctxs.iter().enumerate() {
         ledger.reserve(i, ctx);
     }
     let mut choices: Vec<Option<Choice>> = vec![None; ctxs.len()];
     for i in order {
         ledger.pending.retain(|p| p.0 != i);
-        match place::place(&ctxs[i], hw, &ledger) {
+        ledger.placing = ledger.index_groups.get(&i).copied();
+        let placed = place::place(&ctxs[i], hw, &ledger);
+        ledger.placing = None;
+        match placed {
             Ok(c) => {
                 ledger.add(&ctxs[i], &c);
                 choices[i] = Some(c);
@@ -432,6 +500,7 @@ pub(crate) fn plan_with(
         .into_iter()
         .map(|c| c.expect("every model was placed"))
         .collect();
+    let switches = switch::plan_switches(req, hw, &ctxs, &choices, &mut ledger);
     let on_disk: u64 = ctxs
         .iter()
         .zip(&choices)
@@ -472,7 +541,11 @@ pub(crate) fn plan_with(
         .zip(&choices)
         .map(|(ctx, c)| model_plan(ctx, hw, c))
         .collect();
-    Ok(Plan { devices, models })
+    Ok(Plan {
+        devices,
+        models,
+        switches,
+    })
 }
 
 fn check_devices(m: &ModelRequest, hw: &Hardware) -> Vec<PlanError> {

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::device::DeviceName;
 use crate::units::ByteSize;
 
-use super::{ModelPlan, Plan};
+use super::{ModelPlan, Plan, SwitchPlan};
 
 /// The plan as JSON (`models[].name`, `.compute`, `.placement`, `.blocks[]`,
 /// `.predicted.step_seconds`, `.predicted.slowdown`, …).
@@ -62,6 +62,10 @@ pub fn render_text(plan: &Plan) -> String {
         model(&mut out, m, &mut assumed);
         out.push('\n');
     }
+    for sw in &plan.switches {
+        switch(&mut out, sw, &mut assumed);
+        out.push('\n');
+    }
     let _ = writeln!(
         out,
         "{:<10} {:>10} {:>10} {:>12} {:>10}",
@@ -93,6 +97,56 @@ pub fn render_text(plan: &Plan) -> String {
         }
     }
     out
+}
+
+fn per_device(m: &BTreeMap<DeviceName, u64>) -> String {
+    m.iter()
+        .map(|(d, b)| format!("{d} {}", h(*b)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An expert switch: where each expert lives before and after, and what a switch costs.
+fn switch(out: &mut String, sw: &SwitchPlan, assumed: &mut Vec<String>) {
+    let _ = writeln!(out, "expert switch `{}` → `{}`", sw.high, sw.low);
+    let _ = writeln!(
+        out,
+        "  before (`{}` computes): {}",
+        sw.high,
+        per_device(&sw.before)
+    );
+    let _ = writeln!(
+        out,
+        "  after  (`{}` computes): {}",
+        sw.low,
+        per_device(&sw.after)
+    );
+    if sw.resident_both {
+        let _ = writeln!(
+            out,
+            "  both experts stay loaded (they fit side by side): a switch moves nothing"
+        );
+    } else {
+        let star = if sw.assumed { "*" } else { "" };
+        let _ = writeln!(
+            out,
+            "  swap: release the outgoing expert, load the incoming one: {} read ({} uploaded) in {}{star}",
+            h(sw.bytes),
+            h(sw.upload_bytes),
+            secs(sw.seconds)
+        );
+        let _ = writeln!(
+            out,
+            "  (once per batch, and once more back to `{}` before each further batch)",
+            sw.high
+        );
+        if sw.assumed {
+            let note = "swap time: disk read and host-link rates".to_string();
+            if !assumed.contains(&note) {
+                assumed.push(note);
+            }
+        }
+    }
 }
 
 fn model(out: &mut String, m: &ModelPlan, assumed: &mut Vec<String>) {

@@ -96,7 +96,13 @@ fn ov(pattern: &str, device: &str) -> Override {
 }
 
 fn one(m: ModelRequest, hw: &Hardware) -> Result<Plan, PlanErrors> {
-    plan(&PlanRequest { models: vec![m] }, hw)
+    plan(
+        &PlanRequest {
+            models: vec![m],
+            experts: vec![],
+        },
+        hw,
+    )
 }
 
 fn on(p: &ModelPlan, d: &str) -> u64 {
@@ -421,7 +427,14 @@ fn models_sharing_a_device_add_weights_and_share_the_working_set() {
         encoder("clip", synthetic::clip_l(DType::F16), Allocation::Auto),
         model(Allocation::Auto),
     ];
-    let p = plan(&PlanRequest { models }, &h).unwrap();
+    let p = plan(
+        &PlanRequest {
+            models,
+            experts: vec![],
+        },
+        &h,
+    )
+    .unwrap();
     let d0 = &p.devices[0];
     let weights: u64 = p.models.iter().map(|m| on(m, "cuda:0")).sum();
     assert_eq!(d0.weights, weights);

@@ -56,6 +56,15 @@ pub use noise::{FixedNoise, SeededNoise, StepNoise};
 pub use sampler::{sample, Denoiser, ModelCall, SamplerRun};
 pub use schedule::{full_schedule, schedule};
 
+/// Whether Wan 2.2 A14B's high-noise expert evaluates a step that starts at model timestep
+/// `timestep` (1000·σ), for the switch `boundary` (a fraction of the 1000 training
+/// timesteps): `timestep ≥ 1000 · boundary`, the rule of diffusers' `WanPipeline` and Wan
+/// 2.2's `generate.py`. (diffusers compares the scheduler's int64 timestep; for the boundaries
+/// Wan ships, 0.875 and 0.9, whose 1000 · boundary is a whole number, that is the same test.)
+pub fn high_noise_expert(timestep: f64, boundary: f64) -> bool {
+    timestep >= 1000.0 * boundary
+}
+
 /// What one job asks of the sampler.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SampleSpec {

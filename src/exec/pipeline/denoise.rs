@@ -27,7 +27,8 @@ use std::time::Instant;
 use candle_core::{DType as CDType, Device, Tensor};
 
 use super::encode::Conditioning;
-use super::family::{Codec, Denoiser};
+use super::experts::Experts;
+use super::family::Codec;
 use crate::exec::{Event, ExecError, ImageTask, JobError, PassStats};
 use crate::models::spec::StepInputs;
 use crate::output::{image_to_rgb8, load_init_image, InitFit};
@@ -92,7 +93,7 @@ struct Live<'a> {
 
 /// Runs one batch; one result per input, in order.
 pub(crate) fn run(
-    dit: &mut dyn Denoiser,
+    dits: &mut Experts<'_>,
     vae: &mut dyn Codec,
     inputs: Vec<TaskIn<'_>>,
     events: &mut dyn FnMut(Event),
@@ -100,7 +101,7 @@ pub(crate) fn run(
     let t0 = Instant::now();
     let n = inputs.len();
     let mut failed: Vec<Option<JobError>> = vec![None; n];
-    let fdev = dit.device().clone();
+    let fdev = dits.any(events)?.device().clone();
 
     // img2img: read the init images, then one encoder pass for all of them.
     let mut init_images: Vec<Option<Tensor>> = vec![None; n];
@@ -140,7 +141,8 @@ pub(crate) fn run(
     }
     drop(init_images);
 
-    // Sampler runs.
+    // Sampler runs. The experts of a pipeline share shapes and sampling.
+    let dit = dits.any(events)?;
     let mut live: Vec<Option<Live>> = Vec::with_capacity(n);
     for (k, inp) in inputs.iter().enumerate() {
         if failed[k].is_some() {
@@ -214,30 +216,42 @@ pub(crate) fn run(
             });
         }
         current_step = Some(step);
-        // Evaluations: per call, the prompt's, then the negative prompt's under guidance.
-        let mut owners: Vec<usize> = Vec::new();
-        let mut evals: Vec<StepInputs> = Vec::new();
-        for (c, (k, x, sigma, _)) in calls.iter().enumerate() {
-            let l = live[*k].as_ref().expect("calls come from live runs");
-            for cond in std::iter::once(&l.cond).chain(l.uncond.as_ref()) {
-                owners.push(c);
-                evals.push(StepInputs {
-                    latent: x,
-                    context: &cond.context,
-                    pooled: cond.pooled.as_ref(),
-                    timestep: l.ms.timestep(*sigma),
-                    guidance: l.guidance,
-                });
+        // Evaluations: per call, the prompt's, then the negative prompt's under guidance;
+        // one pass per expert the round needs (the step's starting σ picks it).
+        let mut per_call: Vec<Vec<Result<Tensor, String>>> = calls.iter().map(|_| vec![]).collect();
+        let mut call_expert = vec![0; calls.len()];
+        for expert in 0..dits.len() {
+            let mut owners: Vec<usize> = Vec::new();
+            let mut evals: Vec<StepInputs> = Vec::new();
+            for (c, (k, x, sigma, step)) in calls.iter().enumerate() {
+                let l = live[*k].as_ref().expect("calls come from live runs");
+                let start = l.run.sigmas().get(*step).copied().unwrap_or(*sigma);
+                if dits.pick(l.ms.timestep(start)) != expert {
+                    continue;
+                }
+                call_expert[c] = expert;
+                for cond in std::iter::once(&l.cond).chain(l.uncond.as_ref()) {
+                    owners.push(c);
+                    evals.push(StepInputs {
+                        latent: x,
+                        context: &cond.context,
+                        pooled: cond.pooled.as_ref(),
+                        timestep: l.ms.timestep(*sigma),
+                        guidance: l.guidance,
+                    });
+                }
+            }
+            if evals.is_empty() {
+                continue;
+            }
+            let (outputs, pass) = dits.get(expert, events)?.evaluate(&evals)?;
+            drop(evals);
+            pending.push(pass);
+            for (c, o) in owners.into_iter().zip(outputs) {
+                per_call[c].push(o);
             }
         }
-        let (outputs, pass) = dit.evaluate(&evals)?;
-        drop(evals);
-        pending.push(pass);
-        let mut per_call: Vec<Vec<Result<Tensor, String>>> = calls.iter().map(|_| vec![]).collect();
-        for (c, o) in owners.into_iter().zip(outputs) {
-            per_call[c].push(o);
-        }
-        for ((k, x, sigma, _), outs) in calls.iter().zip(per_call) {
+        for (((k, x, sigma, _), outs), expert) in calls.iter().zip(per_call).zip(call_expert) {
             let k = *k;
             let r = (|| -> Result<(), JobError> {
                 let l = live[k].as_mut().expect("calls come from live runs");
@@ -248,7 +262,7 @@ pub(crate) fn run(
                     None => v,
                     Some(u) => {
                         let u = u.map_err(JobError::new)?;
-                        let scale = l.task.job.cfg;
+                        let scale = l.task.job.cfg_for(expert);
                         v.sub(&u)
                             .and_then(|d| d * scale)
                             .and_then(|d| &u + d)

@@ -31,6 +31,8 @@ pub(crate) struct Header {
     pub text: TextNeeds,
     /// `dev`/`schnell` for FLUX.
     pub variant: Option<&'static str>,
+    /// The default expert switch (`DiffusionModel::boundary`).
+    pub boundary: Option<f64>,
 }
 
 /// A loaded diffusion model, as the runner drives it.
@@ -38,6 +40,8 @@ pub(crate) trait Denoiser {
     /// The compute device.
     fn device(&self) -> &Device;
     fn header(&self) -> Header;
+    /// The model's config, for checking that two experts have the same shape.
+    fn config_text(&self) -> String;
     /// The latent shape of one of `job`'s outputs.
     fn latent_shape(&self, job: &Job) -> Vec<usize>;
     /// The model sampling for `job` (its size and `shift`).
@@ -117,6 +121,7 @@ fn header_of<M: DiffusionModel>(model: &Model) -> Result<Header, ExecError> {
     Ok(Header {
         text: M::text_needs(&cfg),
         variant: M::variant(&cfg),
+        boundary: M::boundary(&cfg),
     })
 }
 
@@ -208,7 +213,12 @@ impl<M: DiffusionModel> Denoiser for Diffusion<M> {
         Header {
             text: M::text_needs(&self.cfg),
             variant: M::variant(&self.cfg),
+            boundary: M::boundary(&self.cfg),
         }
+    }
+
+    fn config_text(&self) -> String {
+        format!("{:?}", self.cfg)
     }
 
     fn latent_shape(&self, job: &Job) -> Vec<usize> {

@@ -26,6 +26,7 @@
 
 mod denoise;
 mod encode;
+mod experts;
 mod family;
 pub mod hashes;
 mod models;
@@ -102,6 +103,10 @@ pub fn generator(
 #[derive(Debug, Clone)]
 struct Roles {
     diffusion: String,
+    /// Wan 2.2 A14B's low-noise expert (`diffusion` is then the high-noise one) and the
+    /// manifest's `boundary`.
+    low_noise: Option<String>,
+    boundary: Option<f64>,
     /// The encoder whose hidden states condition the model (T5, umT5).
     context: String,
     /// The encoder whose pooled vector conditions it (CLIP-L for FLUX), if any.
@@ -112,7 +117,9 @@ struct Roles {
 impl Roles {
     /// Every model, in the order records list them: diffusion, VAE, text encoders.
     fn models(&self) -> Vec<&String> {
-        let mut v = vec![&self.diffusion, &self.vae];
+        let mut v = vec![&self.diffusion];
+        v.extend(self.low_noise.as_ref());
+        v.push(&self.vae);
         v.extend(self.pooled.as_ref());
         v.push(&self.context);
         v
@@ -146,6 +153,8 @@ struct Pipeline {
     /// Remaining tasks per prompt (for the encode-time share and release).
     users: HashMap<CondKey, usize>,
     diffusion: HashMap<String, Box<dyn Denoiser>>,
+    /// Each expert's config once loaded (both experts of a pipeline must agree).
+    expert_configs: HashMap<String, String>,
     vaes: HashMap<String, Box<dyn Codec>>,
     text: TextModels,
     hasher: hashes::FileHasher,
@@ -241,8 +250,22 @@ fn roles_of(manifest: &Manifest, name: &str) -> Result<Roles, ExecError> {
             "pipeline `{name}`: {df} has no context text encoder (a bug in the family table)"
         ))
     })?;
+    if let Some(low) = &p.low_noise {
+        let (Some(h), Some(l)) = (manifest.models.get(&p.diffusion), manifest.models.get(low))
+        else {
+            return Err(load_err(format!("pipeline `{name}`: no model `{low}`")));
+        };
+        if h.compute != l.compute {
+            return Err(load_err(format!(
+                "pipeline `{name}`: the experts compute on different devices (`{}` on {}, `{low}` on {}); give both the same `compute`",
+                p.diffusion, h.compute, l.compute
+            )));
+        }
+    }
     Ok(Roles {
         diffusion: p.diffusion.clone(),
+        low_noise: p.low_noise.clone(),
+        boundary: p.boundary,
         context,
         pooled,
         vae: p.vae.clone(),
@@ -272,6 +295,7 @@ impl Pipeline {
             conds: HashMap::new(),
             users: HashMap::new(),
             diffusion: HashMap::new(),
+            expert_configs: HashMap::new(),
             vaes: HashMap::new(),
             text: TextModels::default(),
             hasher,
@@ -408,11 +432,13 @@ impl Pipeline {
         for t in self.remaining.values() {
             if let Some(r) = self.roles.get(&t.job.pipeline) {
                 needed_d.insert(r.diffusion.clone());
+                needed_d.extend(r.low_noise.clone());
                 needed_v.insert(r.vae.clone());
             }
         }
         if let Some(r) = keep {
             needed_d.insert(r.diffusion.clone());
+            needed_d.extend(r.low_noise.clone());
             needed_v.insert(r.vae.clone());
         }
         release_unneeded(&mut self.diffusion, &needed_d, events);
@@ -420,7 +446,12 @@ impl Pipeline {
     }
 
     fn ensure_loaded(&mut self, r: &Roles, events: &mut dyn FnMut(Event)) -> Result<(), ExecError> {
-        if !self.diffusion.contains_key(&r.diffusion) {
+        // Of two experts, one is loaded here (the other when the sampler reaches it).
+        let one_loaded = r
+            .low_noise
+            .as_ref()
+            .is_some_and(|l| self.diffusion.contains_key(l));
+        if !self.diffusion.contains_key(&r.diffusion) && !one_loaded {
             let m = family::load_diffusion(&mut self.cx, &r.diffusion, events)?;
             self.headers.insert(r.diffusion.clone(), m.header());
             self.diffusion.insert(r.diffusion.clone(), m);
@@ -430,6 +461,41 @@ impl Pipeline {
             self.vaes.insert(r.vae.clone(), v);
         }
         Ok(())
+    }
+
+    /// The diffusion models of `r` (one, or the high- and low-noise experts), the experts'
+    /// boundary (the manifest's, else the weights' default) and whether the plan keeps both
+    /// loaded.
+    fn experts_of(&mut self, r: &Roles) -> Result<(Vec<String>, f64, bool), ExecError> {
+        let Some(low) = &r.low_noise else {
+            return Ok((vec![r.diffusion.clone()], 0.0, true));
+        };
+        let boundary = match r.boundary {
+            Some(b) => b,
+            None => self.header(&r.diffusion)?.boundary.ok_or_else(|| {
+                load_err(format!(
+                    "model `{}` has no default expert boundary: give the pipeline a `boundary`",
+                    r.diffusion
+                ))
+            })?,
+        };
+        let switch = self
+            .cx
+            .plan
+            .switches
+            .iter()
+            .find(|s| s.high == r.diffusion && &s.low == low)
+            .ok_or_else(|| {
+                load_err(format!(
+                    "the plan has no expert switch `{}` → `{low}`: plan the same manifest that runs",
+                    r.diffusion
+                ))
+            })?;
+        Ok((
+            vec![r.diffusion.clone(), low.clone()],
+            boundary,
+            switch.resident_both,
+        ))
     }
 
     /// Every file whose hash goes into the records of `tasks`.
@@ -455,6 +521,7 @@ impl Pipeline {
         r: &Roles,
         shift: f64,
         guidance: Option<f64>,
+        boundary: Option<f64>,
     ) -> ImageRecord {
         let m = self.cx.manifest.clone();
         let job = &task.job;
@@ -495,6 +562,8 @@ impl Pipeline {
             scheduler: job.scheduler,
             steps: job.steps,
             cfg_scale: job.cfg,
+            cfg_scale_low_noise: job.cfg_low_noise,
+            expert_boundary: boundary,
             guidance,
             denoise: job.denoise,
             init_image: job.init_image.as_deref().map(shown),
@@ -603,15 +672,22 @@ impl Generator for Pipeline {
                 uncond,
             });
         }
-        let (Some(dit), Some(vae)) = (
-            self.diffusion.get_mut(&r.diffusion),
-            self.vaes.get_mut(&r.vae),
-        ) else {
+        let (names, boundary, together) = self.experts_of(&r)?;
+        let expert_boundary = (names.len() == 2).then_some(boundary);
+        let Some(vae) = self.vaes.get_mut(&r.vae) else {
             return Err(ExecError::Other(
                 "models not loaded (a bug in the executor)".into(),
             ));
         };
-        let outs = denoise::run(dit.as_mut(), vae.as_mut(), inputs, events)?;
+        let mut dits = experts::Experts::new(
+            &mut self.cx,
+            &mut self.diffusion,
+            &mut self.expert_configs,
+            names,
+            boundary,
+            together,
+        );
+        let outs = denoise::run(&mut dits, vae.as_mut(), inputs, events)?;
         let mut results = Vec::with_capacity(batch.len());
         for ((t, ks), out) in batch.iter().zip(&keys).zip(outs) {
             let encode_share: f64 = ks
@@ -627,7 +703,7 @@ impl Generator for Pipeline {
             let rendered = match out {
                 Err(e) => Err(e),
                 Ok(o) => {
-                    let record = self.record(t, &r, o.shift, o.guidance);
+                    let record = self.record(t, &r, o.shift, o.guidance, expert_boundary);
                     let shape = o.latent.dims().to_vec();
                     match o.latent.flatten_all().and_then(|l| l.to_vec1::<f32>()) {
                         Ok(latent) => Ok(Rendered {

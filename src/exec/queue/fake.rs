@@ -101,6 +101,8 @@ impl FakeGenerator {
             scheduler: j.scheduler,
             steps: j.steps,
             cfg_scale: 1.0,
+            cfg_scale_low_noise: None,
+            expert_boundary: None,
             guidance: Some(j.guidance),
             denoise: j.denoise,
             init_image: None,

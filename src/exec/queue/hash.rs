@@ -176,6 +176,14 @@ pub struct TaskKey<'a> {
     pub frames: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fps: Option<u32>,
+    /// The pipeline's expert `boundary` when the manifest gives one (Wan 2.2 A14B; the
+    /// default follows from the weights, which `models` fingerprints, the low-noise expert
+    /// right after the high-noise one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boundary: Option<f64>,
+    /// The low-noise expert's guidance scale, when the job gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cfg_low_noise: Option<f64>,
 }
 
 /// The guidance part of a [`TaskKey`].
@@ -190,8 +198,10 @@ pub struct CfgKey<'a> {
 #[derive(Debug, Clone)]
 pub struct TaskHasher {
     models: BTreeMap<String, ModelKey>,
-    /// Pipeline name → model names (diffusion, encoders, VAE).
+    /// Pipeline name → model names (diffusion, its low-noise expert, encoders, VAE).
     pipelines: BTreeMap<String, Vec<String>>,
+    /// Pipeline name → the manifest's expert boundary.
+    boundaries: BTreeMap<String, f64>,
     init_images: BTreeMap<PathBuf, String>,
 }
 
@@ -201,12 +211,17 @@ impl TaskHasher {
         let mut models = BTreeMap::new();
         let mut pipelines = BTreeMap::new();
         let mut init_images = BTreeMap::new();
+        let mut boundaries = BTreeMap::new();
         for job in &m.jobs {
             if !pipelines.contains_key(&job.pipeline) {
                 let Some(p) = m.pipelines.get(&job.pipeline) else {
                     continue; // validation guarantees it exists
                 };
+                if let Some(b) = p.boundary {
+                    boundaries.insert(job.pipeline.clone(), b);
+                }
                 let names: Vec<String> = std::iter::once(&p.diffusion)
+                    .chain(&p.low_noise)
                     .chain(&p.text_encoders)
                     .chain(std::iter::once(&p.vae))
                     .cloned()
@@ -232,6 +247,7 @@ impl TaskHasher {
         Ok(TaskHasher {
             models,
             pipelines,
+            boundaries,
             init_images,
         })
     }
@@ -268,6 +284,8 @@ impl TaskHasher {
             shift: job.shift,
             frames: job.is_video().then_some(job.frames),
             fps: job.fps,
+            boundary: self.boundaries.get(&job.pipeline).copied(),
+            cfg_low_noise: job.cfg_low_noise,
         }
     }
 

@@ -355,8 +355,44 @@ pub(super) fn validate_jobs(
             fine = false;
         }
         let cfg = cfg_sp.map_or(if video { DEFAULT_CFG_VIDEO } else { 1.0 }, |c| c.value);
+        let experts = pipeline.as_ref().is_some_and(|p| {
+            pipelines
+                .iter()
+                .any(|(n, rp)| n.value == *p && rp.value.diffusion_low_noise.is_some())
+        });
+        let cfg_low_noise = match pick(&job.cfg_low_noise, &defaults.cfg_low_noise) {
+            Some(c) if !(c.value.is_finite() && c.value >= 0.0) => {
+                cx.error(
+                    c.span.clone(),
+                    format!(
+                        "`cfg_low_noise` must be a number 0 or more, not {}",
+                        c.value
+                    ),
+                    "",
+                    Some("Wan 2.2's text-to-video uses 3 on the low-noise expert".into()),
+                );
+                fine = false;
+                None
+            }
+            Some(c) if !experts => {
+                // A `[defaults]` value only matters to jobs of two-expert pipelines.
+                if job.cfg_low_noise.is_some() {
+                    cx.error(
+                        c.span.clone(),
+                        "`cfg_low_noise` is for pipelines with two experts",
+                        "",
+                        Some("give the job's pipeline a `diffusion_low_noise` (Wan 2.2 A14B), or remove `cfg_low_noise`".into()),
+                    );
+                    fine = false;
+                }
+                None
+            }
+            Some(c) => Some(c.value),
+            None => None,
+        };
         let negative_sp = pick(&job.negative_prompt, &defaults.negative_prompt);
-        if let (Some(n), true) = (negative_sp, cfg == 1.0) {
+        let unguided = cfg == 1.0 && cfg_low_noise.is_none_or(|c| c == 1.0);
+        if let (Some(n), true) = (negative_sp, unguided) {
             let mut d = Diagnostic::warning(format!(
                 "job `{name}`: `negative_prompt` has no effect with `cfg = 1`"
             ))
@@ -443,6 +479,7 @@ pub(super) fn validate_jobs(
                 batch: batch_sp.map(|b| b.value),
                 negative_prompt: negative_sp.map(|n| n.value.clone()),
                 cfg,
+                cfg_low_noise,
                 shift: shift_sp.map(|s| s.value),
                 frames,
                 fps,

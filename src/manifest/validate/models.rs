@@ -571,13 +571,16 @@ pub(super) fn validate_pipelines(
                 }
             }
         }
-        match (&p.diffusion, enc_ok, &p.vae, diffusion, vae) {
-            (Some(d), true, Some(v), Some(_), Some(_)) => {
+        let experts = experts(cx, p, diffusion, &mut lookup);
+        match (&p.diffusion, enc_ok, &p.vae, diffusion, vae, experts) {
+            (Some(d), true, Some(v), Some(_), Some(_), Some((low_noise, boundary))) => {
                 out.insert(
                     name.value.clone(),
                     Pipeline {
                         name: name.value.clone(),
                         diffusion: d.value.clone(),
+                        low_noise,
+                        boundary,
                         text_encoders: encoders.into_iter().map(|(e, _)| e.value).collect(),
                         vae: v.value.clone(),
                     },
@@ -600,6 +603,85 @@ pub(super) fn validate_pipelines(
         }
     }
     ok.then_some(out)
+}
+
+/// The family that has a low-noise expert (Wan 2.2 A14B).
+const EXPERT_FAMILY: Family = Family::Wan;
+
+/// A pipeline's `diffusion_low_noise` and `boundary`: the low-noise expert exists, is a
+/// diffusion model of the same family as `diffusion` (a family with experts), is not
+/// `diffusion` itself; `boundary` lies in (0, 1) and comes only with an expert. `None` when
+/// an error was reported.
+#[allow(clippy::type_complexity)]
+fn experts(
+    cx: &mut Cx,
+    p: &RawPipeline,
+    diffusion: Option<Option<Family>>,
+    lookup: &mut dyn FnMut(&mut Cx, &Sp<String>, &str, Role) -> Option<Option<Family>>,
+) -> Option<(Option<String>, Option<f64>)> {
+    let mut ok = true;
+    let boundary = match (&p.boundary, &p.diffusion_low_noise) {
+        (Some(b), None) => {
+            cx.error(
+                b.span.clone(),
+                "`boundary` without `diffusion_low_noise`",
+                "",
+                Some("the boundary is where a Wan 2.2 A14B pipeline switches from `diffusion` (high-noise expert) to `diffusion_low_noise`: name the low-noise expert, or remove `boundary`".into()),
+            );
+            ok = false;
+            None
+        }
+        (Some(b), Some(_)) if !(b.value > 0.0 && b.value < 1.0) => {
+            cx.error(
+                b.span.clone(),
+                format!("`boundary` must be more than 0 and less than 1, not {}", b.value),
+                "",
+                Some("it is a fraction of the 1000 training timesteps: Wan 2.2 uses 0.875 for text-to-video and 0.9 for image-to-video (the default from the weights)".into()),
+            );
+            ok = false;
+            None
+        }
+        (b, _) => b.as_ref().map(|b| b.value),
+    };
+    let low = match &p.diffusion_low_noise {
+        None => None,
+        Some(l) => {
+            let fam = lookup(cx, l, "diffusion_low_noise", Role::Diffusion);
+            if p.diffusion.as_ref().is_some_and(|d| d.value == l.value) {
+                cx.error(
+                    l.span.clone(),
+                    format!("`diffusion_low_noise` names `{}`, the `diffusion` model itself", l.value),
+                    "",
+                    Some("Wan 2.2 A14B has two experts in two files: `diffusion` is the high-noise one (`…high_noise…`), `diffusion_low_noise` the low-noise one (`…low_noise…`)".into()),
+                );
+                ok = false;
+            }
+            match (fam, diffusion) {
+                (None, _) => ok = false,
+                (Some(Some(lf)), Some(Some(df))) if lf != df => {
+                    cx.error(
+                        l.span.clone(),
+                        format!("`diffusion_low_noise` is a {lf} model, but `diffusion` is {df}"),
+                        "",
+                        Some("both experts are models of the same family".into()),
+                    );
+                    ok = false;
+                }
+                (Some(Some(lf)), _) if lf != EXPERT_FAMILY => {
+                    cx.error(
+                        l.span.clone(),
+                        format!("{lf} has no low-noise expert"),
+                        "",
+                        Some(format!("`diffusion_low_noise` is for {EXPERT_FAMILY} (Wan 2.2 A14B); remove it")),
+                    );
+                    ok = false;
+                }
+                _ => {}
+            }
+            Some(l.value.clone())
+        }
+    };
+    ok.then_some((low, boundary))
 }
 
 fn role_noun(r: Role) -> &'static str {

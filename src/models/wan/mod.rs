@@ -287,6 +287,17 @@ impl DiffusionModel for WanDit {
         ModelSampling::wan(shift.unwrap_or(WAN_T2V_SHIFT))
     }
 
+    /// Wan 2.2 A14B's switch (`wan/configs/wan_{t2v,i2v}_A14B.py`, diffusers'
+    /// `boundary_ratio`): 0.875 for text-to-video experts (16 latent channels in), 0.900 for
+    /// image-to-video ones (36: latent, mask and image latent).
+    fn boundary(cfg: &Config) -> Option<f64> {
+        Some(if cfg.in_dim == config::LATENT_CHANNELS {
+            0.875
+        } else {
+            0.9
+        })
+    }
+
     fn prepare(&self, inputs: &StepInputs) -> Result<State> {
         if inputs.guidance.is_some() {
             bail!("Wan has no distilled guidance embedding: it takes no guidance value")
