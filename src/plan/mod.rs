@@ -150,7 +150,7 @@ pub struct Plan {
 /// it leaves (its compute-device and host memory) and loads the other per its placement:
 /// `bytes` read from its file (everything not homed on `disk`) at the disk rate, the
 /// compute-device share of them uploaded over the host link.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct SwitchPlan {
     pub high: String,
     pub low: String,
