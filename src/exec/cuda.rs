@@ -36,10 +36,14 @@ use crate::device::UnitHome;
 
 mod device;
 mod layout;
+mod pinned;
+pub mod upload;
 
 use device::dequant_q8_0;
 pub use device::{keep_pool_memory, measure_h2d_gbps};
 use layout::{fill_home, layout_of, region_keys, Layout};
+use pinned::PinnedBuf;
+pub use pinned::{PinMode, PinnedPool};
 pub use layout::{RegionKey, ALIGN};
 
 pub(super) fn cuda_err(what: &str) -> impl Fn(result::DriverError) -> EngineError + '_ {
@@ -54,52 +58,9 @@ pub(super) fn candle_err(e: candle_core::Error) -> EngineError {
     EngineError::Candle(e)
 }
 
-/// Page-locked copies of units, by unit name, kept across engines: pinning costs seconds per
-/// GiB, so a run pins each host-homed unit once and every engine built later reuses it.
-#[derive(Default)]
-pub struct PinnedPool {
-    bufs: HashMap<String, Arc<PinnedHostSlice<u8>>>,
-}
-
-impl PinnedPool {
-    /// Total page-locked bytes held.
-    pub fn bytes(&self) -> u64 {
-        self.bufs.values().map(|b| b.num_bytes() as u64).sum()
-    }
-
-    fn get_or_fill(
-        &mut self,
-        ctx: &Arc<CudaContext>,
-        name: &str,
-        layout: &Layout,
-        data: &UnitData,
-    ) -> Result<Arc<PinnedHostSlice<u8>>, EngineError> {
-        if let Some(b) = self.bufs.get(name) {
-            if b.len() == layout.home_bytes.max(1) {
-                return Ok(b.clone());
-            }
-        }
-        // SAFETY: the buffer is fully written below before any use.
-        let mut buf = unsafe {
-            ctx.alloc_pinned_with_flags::<u8>(
-                layout.home_bytes.max(1),
-                sys::CU_MEMHOSTALLOC_PORTABLE,
-            )
-        }
-        .map_err(cuda_err("allocating page-locked memory"))?;
-        let dst = buf
-            .as_mut_slice()
-            .map_err(cuda_err("mapping page-locked memory"))?;
-        fill_home(layout, data, dst);
-        let buf = Arc::new(buf);
-        self.bufs.insert(name.to_string(), buf.clone());
-        Ok(buf)
-    }
-}
-
 /// The bytes of a unit in its home, mirroring its layout.
 enum Source {
-    Pinned(Arc<PinnedHostSlice<u8>>),
+    Pinned(Arc<PinnedBuf>),
     Peer {
         /// Keeps the donor allocation alive; `ptr` points into it.
         _buf: CudaSlice<u8>,
@@ -251,6 +212,22 @@ impl CudaBackend {
                 }
             }
         }
+        // Host homes first, every unit at once (pinning is the slow part of distributing).
+        let mut host_units = Vec::new();
+        for u in units {
+            if let Home::Streamed { data, link } = &u.home {
+                if link_kinds.get(*link) == Some(&UnitHome::Host) {
+                    host_units.push((u.name.as_str(), layout_of(data, &region_keys_all)?, data));
+                }
+            }
+        }
+        pool.fill_all(
+            &ctx,
+            host_units
+                .iter()
+                .map(|(n, l, d)| (*n, l, d.as_ref()))
+                .collect(),
+        )?;
         let mut region_bytes = vec![0usize; region_keys_all.len()];
         let mut streamed = HashMap::new();
         let mut peer_ctxs: HashMap<usize, Arc<CudaContext>> = HashMap::new();
@@ -264,7 +241,13 @@ impl CudaBackend {
             }
             let kind = &links[*link].kind;
             let source = match kind {
-                UnitHome::Host => Source::Pinned(pool.get_or_fill(&ctx, &u.name, &layout, data)?),
+                UnitHome::Host => Source::Pinned(pool.get(&u.name, layout.home_bytes).ok_or_else(
+                    || EngineError::Fetch {
+                        unit: u.name.clone(),
+                        link: links[*link].name.clone(),
+                        message: "no page-locked home was made (a bug in the backend)".into(),
+                    },
+                )?),
                 UnitHome::Donor(ord) => {
                     let ord = *ord as usize;
                     let pctx = match peer_ctxs.get(&ord) {
@@ -503,7 +486,7 @@ impl Backend for CudaBackend {
                         .wait(&s.free)
                         .map_err(|e| fetch_err(format!("{e:?}")))?;
                 }
-                let host = buf.as_slice().map_err(|e| fetch_err(format!("{e:?}")))?;
+                let host = buf.as_slice().map_err(|e| fetch_err(e.to_string()))?;
                 for &(r, used, home) in &u.layout.regions {
                     // SAFETY: region r of the slot holds at least `used` bytes (sized for the
                     // largest unit); the pinned buffer lives as long as the backend.
@@ -685,5 +668,15 @@ impl Drop for CudaBackend {
         for l in &self.links {
             let _ = l.stream.synchronize();
         }
+        // No copy reads the homes any more: unpin them in the background.
+        let pinned = self
+            .units
+            .drain()
+            .filter_map(|(_, u)| match u.source {
+                Source::Pinned(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        pinned::reap(pinned);
     }
 }

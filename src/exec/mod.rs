@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod distribute;
 pub mod engine;
+pub mod hostmem;
 pub mod load;
 pub mod pipeline;
 pub mod queue;

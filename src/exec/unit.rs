@@ -43,11 +43,29 @@ impl Bytes {
         self.len() == 0
     }
 
+    /// For a mapped range whose bytes now live in their home: drops its pages from the
+    /// process's resident memory ([`super::hostmem::release`]). Owned bytes are untouched.
+    pub fn release_mapped(&self) {
+        if let Bytes::Mapped { .. } = self {
+            super::hostmem::release(self.as_slice());
+        }
+    }
+
     /// An owned copy (moves a mapped range into host memory).
     pub fn to_owned_bytes(&self) -> Bytes {
         match self {
             Bytes::Owned(_) => self.clone(),
-            Bytes::Mapped { .. } => Bytes::Owned(Arc::from(self.as_slice())),
+            Bytes::Mapped { .. } => {
+                let src = self.as_slice();
+                super::hostmem::populate(src);
+                // Zeroed allocations of this size are fresh pages (no memset pass).
+                // SAFETY: all-zero bytes are valid u8.
+                let mut v: Arc<[u8]> = unsafe { Arc::new_zeroed_slice(src.len()).assume_init() };
+                let dst = Arc::get_mut(&mut v).expect("a fresh Arc is unique");
+                super::hostmem::par_copy(dst, src);
+                self.release_mapped();
+                Bytes::Owned(v)
+            }
         }
     }
 }
@@ -103,6 +121,13 @@ impl HostTensor {
                 self.bytes.len()
             )
         }
+        #[cfg(feature = "cuda")]
+        let t = if super::cuda::upload::staged(device, want) {
+            super::cuda::upload::upload(self.bytes.as_slice(), self.dtype, &self.shape, device)?
+        } else {
+            Tensor::from_raw_buffer(self.bytes.as_slice(), self.dtype, &self.shape, device)?
+        };
+        #[cfg(not(feature = "cuda"))]
         let t = Tensor::from_raw_buffer(self.bytes.as_slice(), self.dtype, &self.shape, device)?;
         if self.dtype.is_float() && self.dtype != dtype {
             t.to_dtype(dtype)

@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -24,7 +25,10 @@ fn hex(d: impl AsRef<[u8]>) -> String {
 }
 
 impl FileHashes {
-    /// Reads `path` once and computes both hashes.
+    /// Reads `path` once and computes both hashes. The whole-file digest runs on this thread,
+    /// the data digest of a safetensors file on a second one fed the same buffers, so the
+    /// pair costs the time of one SHA-256 pass (≈ 2 GB/s per core with SHA extensions), not
+    /// two.
     pub fn compute(path: &Path) -> Result<Self, OutputError> {
         let io = |op: &'static str| {
             move |e: std::io::Error| OutputError::Io {
@@ -35,9 +39,10 @@ impl FileHashes {
         };
         let mut file = File::open(path).map_err(io("open"))?;
         let len = file.metadata().map_err(io("read the size of"))?.len();
+        let is_safetensors = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
         let mut whole = Sha256::new();
-        let mut data = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
         let mut pos: u64 = 0;
         // The safetensors data starts after the 8-byte little-endian header length and the header.
         let mut data_start: Option<u64> = None;
@@ -48,33 +53,65 @@ impl FileHashes {
             pos = 8;
             data_start = Some(8u64.saturating_add(u64::from_le_bytes(first)));
         }
-        loop {
-            let n = file.read(&mut buf).map_err(io("read"))?;
-            if n == 0 {
-                break;
-            }
-            let chunk = &buf[..n];
-            whole.update(chunk);
-            if let Some(start) = data_start {
-                if pos + n as u64 > start {
-                    data.update(&chunk[start.saturating_sub(pos) as usize..]);
+        let data_start = data_start.filter(|&s| is_safetensors && s <= len);
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(Arc<[u8]>, usize)>(4);
+            let data = data_start.map(|start| {
+                let mut pos_d = pos;
+                scope.spawn(move || {
+                    let mut data = Sha256::new();
+                    for (chunk, n) in rx {
+                        let chunk = &chunk[..n];
+                        if pos_d + n as u64 > start {
+                            data.update(&chunk[start.saturating_sub(pos_d) as usize..]);
+                        }
+                        pos_d += n as u64;
+                    }
+                    hex(data.finalize())
+                })
+            });
+            let mut tx = data.is_some().then_some(tx);
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut n = 0;
+                while n < CHUNK {
+                    let r = file.read(&mut buf[n..]).map_err(io("read"))?;
+                    if r == 0 {
+                        break;
+                    }
+                    n += r;
                 }
+                if n == 0 {
+                    break;
+                }
+                let chunk: Arc<[u8]> = Arc::from(buf);
+                if let Some(t) = &tx {
+                    if t.send((chunk.clone(), n)).is_err() {
+                        tx = None;
+                    }
+                }
+                whole.update(&chunk[..n]);
+                pos += n as u64;
             }
-            pos += n as u64;
-        }
-        let is_safetensors = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-        let autov3 = match data_start {
-            Some(start) if is_safetensors && start <= len => Some(hex(data.finalize())),
-            _ => None,
-        };
-        Ok(FileHashes {
-            sha256: hex(whole.finalize()),
-            autov3,
+            drop(tx);
+            let autov3 = match data {
+                Some(h) => Some(h.join().map_err(|_| OutputError::Io {
+                    path: path.to_path_buf(),
+                    op: "hash",
+                    source: std::io::Error::other("the hashing thread failed"),
+                })?),
+                None => None,
+            };
+            Ok(FileHashes {
+                sha256: hex(whole.finalize()),
+                autov3,
+            })
         })
     }
 }
+
+/// Bytes read per buffer.
+const CHUNK: usize = 4 << 20;
 
 #[cfg(test)]
 mod tests {

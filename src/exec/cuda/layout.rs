@@ -181,8 +181,18 @@ pub(super) fn layout_of(data: &UnitData, keys: &[RegionKey]) -> Result<Layout, E
 
 /// Writes a unit's stored bytes into its home buffer at their layout offsets.
 pub(super) fn fill_home(layout: &Layout, data: &UnitData, dst: &mut [u8]) {
+    fill_home_with(layout, data, dst, |d, s| d.copy_from_slice(s))
+}
+
+/// [`fill_home`] with the copy done by `copy` (e.g. a parallel copy).
+pub(super) fn fill_home_with(
+    layout: &Layout,
+    data: &UnitData,
+    dst: &mut [u8],
+    copy: impl Fn(&mut [u8], &[u8]),
+) {
     for (p, t) in layout.places.iter().zip(&data.tensors) {
         let b = t.bytes.as_slice();
-        dst[p.home_offset..p.home_offset + b.len()].copy_from_slice(b);
+        copy(&mut dst[p.home_offset..p.home_offset + b.len()], b);
     }
 }

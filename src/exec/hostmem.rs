@@ -1,0 +1,131 @@
+//! Moving weight bytes through host memory at memory speed, once: parallel copies out of
+//! memory-mapped files, bulk page-in of mapped ranges, and giving mapped pages back once their
+//! bytes live in their final home.
+//!
+//! Why (docs/executor.md, "Load path"): a mapped range is read by page faults, one 4 KiB page
+//! at a time on the thread that touches it — a single-threaded copy out of a 22 GB map runs at
+//! a few GB/s. [`populate`] asks the kernel to map a whole range in one call
+//! (`MADV_POPULATE_READ`, Linux 5.14+; skipped silently where it is missing) on several threads,
+//! and [`par_copy`] splits a copy across threads. Once a tensor's bytes are on the GPU or in
+//! their page-locked home, [`release`] drops the mapping's pages (`MADV_DONTNEED`) so they stop
+//! counting as the process's resident memory: a weight homed in host RAM then costs its bytes
+//! once, not once in the page-locked copy and once more in the mapped page cache. The file's
+//! pages stay in the page cache (and are re-read from it if the range is touched again).
+
+use rayon::prelude::*;
+
+/// Pieces a parallel copy or page-in is split into.
+const PIECE: usize = 8 << 20;
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+/// The page-aligned range inside `bytes` (start rounded up, end rounded down), or `None`
+/// when it holds no whole page. `outer` widens instead (rounds start down, end up).
+fn aligned(bytes: &[u8], outer: bool) -> Option<(*mut libc::c_void, usize)> {
+    let page = page_size();
+    let start = bytes.as_ptr() as usize;
+    let end = start + bytes.len();
+    let (a, b) = if outer {
+        (start / page * page, end.div_ceil(page) * page)
+    } else {
+        (start.div_ceil(page) * page, end / page * page)
+    };
+    (b > a).then_some((a as *mut libc::c_void, b - a))
+}
+
+/// Maps every page of `bytes` (a range of a read-only file mapping) in, on up to all cores,
+/// so the copies that follow run at memory speed. Best effort: where the kernel lacks
+/// `MADV_POPULATE_READ` the pages are faulted in by the copy instead.
+pub fn populate(bytes: &[u8]) {
+    if bytes.len() < PIECE {
+        return;
+    }
+    bytes.par_chunks(PIECE).for_each(|piece| {
+        if let Some((ptr, len)) = aligned(piece, true) {
+            // SAFETY: the range lies within (page-rounded) a live mapping owned by the caller;
+            // POPULATE_READ only faults pages in, it never changes their contents.
+            unsafe {
+                libc::madvise(ptr, len, libc::MADV_POPULATE_READ);
+            }
+        }
+    });
+}
+
+/// Drops the pages of `bytes`, a range of a read-only private file mapping whose contents
+/// have been copied to their home, from the process's resident memory. Only whole pages
+/// inside the range are dropped (neighbouring tensors keep theirs). Reading the range again
+/// re-faults the file's bytes unchanged.
+///
+/// Call only on ranges of read-only file mappings: on anonymous or written memory
+/// `MADV_DONTNEED` would discard data.
+pub fn release(bytes: &[u8]) {
+    if let Some((ptr, len)) = aligned(bytes, false) {
+        // SAFETY: the caller guarantees a read-only file mapping: DONTNEED drops clean pages,
+        // whose bytes the file still holds.
+        unsafe {
+            libc::madvise(ptr, len, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, split across threads for large copies.
+pub fn par_copy(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "par_copy of unequal lengths");
+    if src.len() < 2 * PIECE {
+        dst.copy_from_slice(src);
+        return;
+    }
+    dst.par_chunks_mut(PIECE)
+        .zip(src.par_chunks(PIECE))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_and_page_calls_keep_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.bin");
+        let n = 3 * PIECE + 12345;
+        let data: Vec<u8> = (0..n).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        // SAFETY: the file is not modified while mapped.
+        let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+        let range = &map[777..n - 99];
+        populate(range);
+        let mut out = vec![0u8; range.len()];
+        par_copy(&mut out, range);
+        assert_eq!(out, data[777..n - 99]);
+        release(range);
+        // The released pages read back from the file.
+        assert_eq!(&map[..], &data[..]);
+        // Small copies take the plain path.
+        let mut small = vec![0u8; 10];
+        par_copy(&mut small, &data[..10]);
+        assert_eq!(small, data[..10]);
+    }
+
+    #[test]
+    fn aligned_ranges() {
+        let page = page_size();
+        let buf = vec![0u8; 4 * page];
+        let base = buf.as_ptr() as usize;
+        let off = base.div_ceil(page) * page - base;
+        let inner = aligned(&buf[off + 1..off + 3 * page], false).unwrap();
+        assert_eq!(inner.1, page);
+        let outer = aligned(&buf[off + 1..off + 3 * page], true).unwrap();
+        assert_eq!(outer.1, 3 * page);
+        assert!(aligned(&buf[off + 1..off + page], false).is_none());
+    }
+}
