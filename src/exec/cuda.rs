@@ -42,9 +42,9 @@ pub mod upload;
 use device::dequant_q8_0;
 pub use device::{keep_pool_memory, measure_h2d_gbps};
 use layout::{fill_home, layout_of, region_keys, Layout};
+pub use layout::{RegionKey, ALIGN};
 use pinned::PinnedBuf;
 pub use pinned::{PinMode, PinnedPool};
-pub use layout::{RegionKey, ALIGN};
 
 pub(super) fn cuda_err(what: &str) -> impl Fn(result::DriverError) -> EngineError + '_ {
     move |e| EngineError::Fetch {
@@ -241,13 +241,15 @@ impl CudaBackend {
             }
             let kind = &links[*link].kind;
             let source = match kind {
-                UnitHome::Host => Source::Pinned(pool.get(&u.name, layout.home_bytes).ok_or_else(
-                    || EngineError::Fetch {
-                        unit: u.name.clone(),
-                        link: links[*link].name.clone(),
-                        message: "no page-locked home was made (a bug in the backend)".into(),
-                    },
-                )?),
+                UnitHome::Host => {
+                    Source::Pinned(pool.get(&u.name, layout.home_bytes).ok_or_else(|| {
+                        EngineError::Fetch {
+                            unit: u.name.clone(),
+                            link: links[*link].name.clone(),
+                            message: "no page-locked home was made (a bug in the backend)".into(),
+                        }
+                    })?)
+                }
                 UnitHome::Donor(ord) => {
                     let ord = *ord as usize;
                     let pctx = match peer_ctxs.get(&ord) {

@@ -88,10 +88,10 @@ impl PinnedBuf {
             PinMode::Register => {
                 let layout = std::alloc::Layout::from_size_align(len.div_ceil(PAGE) * PAGE, PAGE)
                     .map_err(|e| EngineError::Fetch {
-                        unit: String::new(),
-                        link: "cpu".into(),
-                        message: format!("page-locked buffer of {len} bytes: {e}"),
-                    })?;
+                    unit: String::new(),
+                    link: "cpu".into(),
+                    message: format!("page-locked buffer of {len} bytes: {e}"),
+                })?;
                 // SAFETY: the layout has a non-zero size.
                 let ptr = unsafe { std::alloc::alloc(layout) };
                 if ptr.is_null() {
@@ -137,9 +137,7 @@ impl PinnedBuf {
 
     pub fn as_slice(&self) -> Result<&[u8], EngineError> {
         match self {
-            PinnedBuf::Alloc(b) => b
-                .as_slice()
-                .map_err(cuda_err("reading page-locked memory")),
+            PinnedBuf::Alloc(b) => b.as_slice().map_err(cuda_err("reading page-locked memory")),
             // SAFETY: a live allocation of `len` bytes, only read after construction.
             PinnedBuf::Registered { ptr, len, .. } => {
                 Ok(unsafe { std::slice::from_raw_parts(*ptr, *len) })
@@ -181,7 +179,10 @@ impl PinnedPool {
 
     /// The buffer of unit `name` if the pool holds one of `len` bytes.
     pub(super) fn get(&self, name: &str, len: usize) -> Option<Arc<PinnedBuf>> {
-        self.bufs.get(name).filter(|b| b.len() == len.max(1)).cloned()
+        self.bufs
+            .get(name)
+            .filter(|b| b.len() == len.max(1))
+            .cloned()
     }
 
     /// Pins every unit of `todo` (name, layout, data) not already held, in parallel.

@@ -86,9 +86,7 @@ pub fn upload(
             },
         );
     }
-    let st = all
-        .get_mut(&key)
-        .ok_or_else(|| err("staging", "missing"))?;
+    let st = all.get_mut(&key).ok_or_else(|| err("staging", "missing"))?;
     ctx.bind_to_thread().map_err(|e| err("binding", e))?;
     hostmem::populate(bytes);
     for (i, chunk) in bytes.chunks(CHUNK).enumerate() {

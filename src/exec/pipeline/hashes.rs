@@ -2,9 +2,12 @@
 //! version and off the critical path.
 //!
 //! Hashing a file reads all of it (a 23 GB FLUX checkpoint takes as long to hash as to read).
-//! So: hashes are kept in `CACHE/hashes.json`, keyed by absolute path, size and modification
-//! time, and reused while those match; files not in it are hashed on one background thread
-//! started when the run's models are known ([`FileHasher::start`]), so hashing overlaps text
+//! So: hashes are kept in `hashes.json` in the per-user cache folder ([`user_cache_dir`]:
+//! `MGPU_CACHE_DIR`, else `$XDG_CACHE_HOME/mgpu`, else `~/.cache/mgpu`), keyed by absolute
+//! path, size and modification time, and reused while those match — by every run of the user,
+//! whatever its output folder or shard. Files not in it are hashed on a background thread
+//! started when the run's models are known ([`FileHasher::start`]), all files at once (one
+//! thread each, and each file's two digests on two threads), so hashing overlaps text
 //! encoding, loading and the first batch; a record asks for a hash only when the batch is done
 //! ([`FileHasher::get`], which waits for the thread if that file is not finished). With
 //! [`HashMode::Off`] records carry no hashes at all and nothing is read.
@@ -41,6 +44,20 @@ struct Entry {
 struct CacheFile {
     version: u32,
     files: Vec<Entry>,
+}
+
+/// The per-user cache folder: `MGPU_CACHE_DIR`, else `$XDG_CACHE_HOME/mgpu` (an absolute
+/// path, as the XDG base directory spec requires), else `$HOME/.cache/mgpu`; `None` when none
+/// is set. `var` looks a variable up (the environment in a run, a table in tests).
+pub fn user_cache_dir(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let set = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(d) = set("MGPU_CACHE_DIR") {
+        return Some(d);
+    }
+    if let Some(d) = set("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
+        return Some(d.join("mgpu"));
+    }
+    set("HOME").map(|h| h.join(".cache").join("mgpu"))
 }
 
 fn stamp(path: &Path) -> Option<(u64, u128)> {
@@ -183,42 +200,80 @@ impl FileHasher {
     }
 }
 
-fn hash_all(
-    todo: Vec<PathBuf>,
-    done: Results,
-    cache: PathBuf,
-    mut cached: CacheFile,
-) -> Vec<String> {
+/// Hashes one file, publishing the result in `done`; the cache entry when the file did not
+/// change while it was read.
+fn hash_one(path: PathBuf, done: &Results) -> (Option<Entry>, Option<String>) {
+    let before = stamp(&path);
+    let (h, entry, note) = match FileHashes::compute(&path) {
+        Ok(h) => {
+            let entry = match before {
+                Some((size, mtime_ns)) if stamp(&path) == before => Some(Entry {
+                    path: path.clone(),
+                    size,
+                    mtime_ns,
+                    sha256: h.sha256.clone(),
+                    autov3: h.autov3.clone(),
+                }),
+                _ => None,
+            };
+            (Some(h), entry, None)
+        }
+        Err(e) => (
+            None,
+            None,
+            Some(format!(
+                "cannot hash {} for the image records: {e}",
+                path.display()
+            )),
+        ),
+    };
+    done.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(path, h);
+    (entry, note)
+}
+
+fn hash_all(todo: Vec<PathBuf>, done: Results, cache: PathBuf, cached: CacheFile) -> Vec<String> {
     let mut notes = Vec::new();
-    for path in todo {
-        let before = stamp(&path);
-        let r = FileHashes::compute(&path);
-        let h = match r {
-            Ok(h) => {
-                if let (Some((size, mtime_ns)), true) = (before, stamp(&path) == before) {
-                    cached.files.retain(|e| e.path != path);
-                    cached.files.push(Entry {
-                        path: path.clone(),
-                        size,
-                        mtime_ns,
-                        sha256: h.sha256.clone(),
-                        autov3: h.autov3.clone(),
-                    });
-                }
-                Some(h)
-            }
-            Err(e) => {
-                notes.push(format!(
-                    "cannot hash {} for the image records: {e}",
-                    path.display()
-                ));
-                None
-            }
-        };
-        done.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(path, h);
+    // Every file at once: reading is what takes the time, and page-cache reads scale with
+    // threads; a file's two digests already run on two threads.
+    let results: Vec<(Option<Entry>, Option<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = todo
+            .into_iter()
+            .map(|path| {
+                let done = &done;
+                s.spawn(move || hash_one(path, done))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    (
+                        None,
+                        Some("a hashing thread failed: a record carries no hashes".into()),
+                    )
+                })
+            })
+            .collect()
+    });
+    // Merge with what is on disk now: another run (a shard, a parallel job) may have saved
+    // entries since this one read the cache.
+    let mut cached = std::fs::read(&cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<CacheFile>(&b).ok())
+        .unwrap_or(cached);
+    for (entry, note) in results {
+        notes.extend(note);
+        if let Some(e) = entry {
+            cached.files.retain(|c| c.path != e.path);
+            cached.files.push(e);
+        }
     }
+    // Entries of files that no longer exist (or changed) are dropped, so the cache stays small.
+    cached
+        .files
+        .retain(|e| stamp(&e.path) == Some((e.size, e.mtime_ns)));
     cached.version = 1;
     let text = match serde_json::to_vec_pretty(&cached) {
         Ok(t) => t,
@@ -227,6 +282,15 @@ fn hash_all(
             return notes;
         }
     };
+    if let Some(parent) = cache.parent() {
+        if let Err(e) = std::fs::create_dir_all(parent) {
+            notes.push(format!(
+                "cannot create the hash cache folder {}: {e} (files will be hashed again next run)",
+                parent.display()
+            ));
+            return notes;
+        }
+    }
     if let Err(e) = crate::output::write_atomic(&cache, |w| w.write_all(&text)) {
         notes.push(format!(
             "cannot save the hash cache {}: {e} (files will be hashed again next run)",
@@ -269,5 +333,73 @@ mod tests {
         let mut m = FileHasher::new(HashMode::Cached, &cache);
         assert_eq!(m.get(&dir.path().join("missing")), None);
         assert!(m.take_notes()[0].contains("cannot hash"));
+    }
+
+    #[test]
+    fn several_files_hash_at_once_and_merge_into_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<_> = (0..4)
+            .map(|i| {
+                let f = dir.path().join(format!("m{i}.bin"));
+                std::fs::write(&f, vec![i as u8; 1000 + i]).unwrap();
+                f
+            })
+            .collect();
+        let cache = dir.path().join("c");
+        let mut a = FileHasher::new(HashMode::Cached, &cache);
+        a.start(files[..2].to_vec());
+        a.join();
+        let mut b = FileHasher::new(HashMode::Cached, &cache);
+        b.start(files[2..].to_vec());
+        for f in &files[2..] {
+            assert_eq!(b.get(f).unwrap(), FileHashes::compute(f).unwrap());
+        }
+        b.join();
+        let saved: CacheFile =
+            serde_json::from_slice(&std::fs::read(cache.join("hashes.json")).unwrap()).unwrap();
+        assert_eq!(saved.files.len(), 4, "both runs' entries are kept");
+        // A deleted file's entry goes at the next save.
+        std::fs::remove_file(&files[0]).unwrap();
+        let mut c = FileHasher::new(HashMode::Cached, &cache);
+        c.start(vec![files[1].clone(), dir.path().join("new.bin")]);
+        c.join();
+        let saved: CacheFile =
+            serde_json::from_slice(&std::fs::read(cache.join("hashes.json")).unwrap()).unwrap();
+        assert_eq!(saved.files.len(), 3);
+    }
+
+    #[test]
+    fn the_user_cache_folder() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            user_cache_dir(env(&[
+                ("MGPU_CACHE_DIR", "/c"),
+                ("XDG_CACHE_HOME", "/x"),
+                ("HOME", "/h")
+            ])),
+            p("/c")
+        );
+        assert_eq!(
+            user_cache_dir(env(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")])),
+            p("/x/mgpu")
+        );
+        // A relative XDG_CACHE_HOME is invalid per the spec and ignored; empty means unset.
+        assert_eq!(
+            user_cache_dir(env(&[
+                ("XDG_CACHE_HOME", "x"),
+                ("MGPU_CACHE_DIR", ""),
+                ("HOME", "/h")
+            ])),
+            p("/h/.cache/mgpu")
+        );
+        assert_eq!(user_cache_dir(env(&[])), None);
     }
 }

@@ -68,8 +68,9 @@ pub struct PipelineOptions {
     /// Keep text encoders loaded after encoding (also per model: `keep_loaded`).
     pub keep_text_encoders: bool,
     /// Folder for spill files (patched weights homed on `disk`) and the file-hash cache.
-    /// `None`: `OUTPUT_ROOT/.mgpu-cache`, on the disk the outputs go to (not `/tmp`, which is
-    /// often RAM: `disk` homes must not silently become memory).
+    /// `None`: spill files in `OUTPUT_ROOT/.mgpu-cache`, on the disk the outputs go to (not
+    /// `/tmp`, which is often RAM: `disk` homes must not silently become memory), and the
+    /// file-hash cache in the per-user cache folder ([`hashes::user_cache_dir`]).
     pub cache_dir: Option<PathBuf>,
     /// Whether image records carry model and LoRA file hashes.
     pub hashes: HashMode,
@@ -286,7 +287,14 @@ impl Pipeline {
             }
         }
         let cx = Ctx::new(manifest, plan, hardware, options);
-        let hasher = hashes::FileHasher::new(cx.options.hashes, &cx.cache_dir);
+        // The hash cache is per user (shards and new output folders reuse it); an explicit
+        // cache folder (tests, benchmarks) keeps it there instead.
+        let hash_dir = match &cx.options.cache_dir {
+            Some(d) => d.clone(),
+            None => hashes::user_cache_dir(|k| std::env::var(k).ok())
+                .unwrap_or_else(|| cx.cache_dir.clone()),
+        };
+        let hasher = hashes::FileHasher::new(cx.options.hashes, &hash_dir);
         Ok(Pipeline {
             cx,
             roles,
