@@ -16,9 +16,12 @@ pub mod progress;
 pub use golden::render_golden;
 pub use json::{
     job_reports, BatchReport, Counts, DeviceBytes, JobLora, JobModel, JobReport, ModelReport,
-    ReportBuilder, RunReport, RunStatus, StepReport, TaskReport, TaskState, REPORT_FORMAT,
+    PhaseReport, ReportBuilder, RunReport, RunStatus, StepReport, TaskReport, TaskState,
+    REPORT_FORMAT,
 };
 pub use progress::{Progress, ProgressMode};
+
+use crate::exec::phase::Phase;
 
 /// `1536` → `1.50 KiB`; bytes below 1 KiB as `N B`.
 pub fn human_bytes(b: u64) -> String {
@@ -83,6 +86,10 @@ pub fn render_summary(r: &RunReport) -> String {
         s.push_str(&format!(" (shard {shard})"));
     }
     s.push('\n');
+    if let Some(line) = phase_line(&r.phases) {
+        s.push_str(&line);
+        s.push('\n');
+    }
     let failed: Vec<&TaskReport> = r
         .tasks
         .iter()
@@ -105,6 +112,34 @@ pub fn render_summary(r: &RunReport) -> String {
         s.push_str(&format!("error: {e}\n"));
     }
     s
+}
+
+/// One line: each phase's seconds summed over models (bytes where they mean something), in
+/// the order of [`Phase::ALL`]; `None` when the run reported none.
+pub fn phase_line(phases: &[PhaseReport]) -> Option<String> {
+    if phases.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = Phase::ALL
+        .iter()
+        .filter_map(|&ph| {
+            let of: Vec<&PhaseReport> = phases.iter().filter(|p| p.phase == ph).collect();
+            if of.is_empty() {
+                return None;
+            }
+            let secs: f64 = of.iter().map(|p| p.seconds).sum();
+            let bytes: u64 = of.iter().map(|p| p.bytes).sum();
+            let mut t = format!("{ph} {}", human_seconds(secs));
+            if bytes > 0 && !matches!(ph, Phase::Write) {
+                t.push_str(&format!(" ({})", human_bytes(bytes)));
+            }
+            if ph == Phase::Hash {
+                t.push_str(" in background");
+            }
+            Some(t)
+        })
+        .collect();
+    Some(format!("time: {}", parts.join(", ")))
 }
 
 #[cfg(test)]

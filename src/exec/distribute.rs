@@ -25,12 +25,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use candle_core::{DType as CDType, Device, Tensor};
 
 use super::cpu::CpuBackend;
 use super::engine::{Backend, Engine, EngineUnit, Home};
-use super::load::{LoadError, ModelFile};
+use super::load::{LoadError, ModelFile, Origin};
+use super::phase::{Phase, Phases};
 use super::unit::{Bytes, HostTensor, UnitData};
 use crate::device::DeviceName;
 pub use crate::device::UnitHome;
@@ -90,6 +92,8 @@ pub struct Distributed {
     pub spilled: u64,
     /// Units per home, for the log.
     pub homes: BTreeMap<UnitHome, usize>,
+    /// Where the time went (convert, patch, upload, pin, spill, read).
+    pub phases: Phases,
 }
 
 impl std::fmt::Debug for Distributed {
@@ -142,13 +146,16 @@ pub fn distribute(
     let mut held: BTreeMap<DeviceName, u64> = BTreeMap::new();
     let mut homes: BTreeMap<UnitHome, usize> = BTreeMap::new();
     let mut spilled = 0u64;
+    let mut phases = Phases::default();
     // The resident rest: materialised once.
     let mut resident_tensors = HashMap::with_capacity(resident.len());
     for (canonical, rel) in resident {
-        let (t, _) = mf.tensor(canonical, rel)?;
+        let t = timed_tensor(mf, canonical, rel, &mut phases)?;
+        let t0 = Instant::now();
         let m = t
             .materialize(&target.device, target.dtype)
             .map_err(|e| other(format!("placing `{canonical}` on {}: {e}", target.name)))?;
+        phases.since(Phase::Upload, t0, tensor_bytes(&m));
         *held.entry(target.name).or_default() += tensor_bytes(&m);
         resident_tensors.insert(rel.clone(), m);
     }
@@ -162,7 +169,8 @@ pub fn distribute(
                 tensors: Vec::with_capacity(spec.tensors.len()),
             };
             for (canonical, rel) in &spec.tensors {
-                data.tensors.push(mf.tensor(canonical, rel)?.0);
+                data.tensors
+                    .push(timed_tensor(mf, canonical, rel, &mut phases)?);
             }
             *homes.entry(spec.home).or_default() += 1;
             units.push(PlacedUnit {
@@ -180,6 +188,7 @@ pub fn distribute(
         }
         slot_bytes += built.slot_bytes;
         spilled += built.spilled;
+        phases.merge(&built.phases);
         engines.push(built.engine);
     }
     Ok(Distributed {
@@ -189,7 +198,27 @@ pub fn distribute(
         slot_bytes,
         spilled,
         homes,
+        phases,
     })
+}
+
+/// `mf.tensor`, its time counted by what it did: patched (LoRA), converted or assembled
+/// (convert), or handed out as stored (read: a range of the map, nothing read yet).
+fn timed_tensor(
+    mf: &mut ModelFile,
+    canonical: &str,
+    rel: &str,
+    phases: &mut Phases,
+) -> Result<HostTensor, LoadError> {
+    let t0 = Instant::now();
+    let (t, origin) = mf.tensor(canonical, rel)?;
+    let phase = match origin {
+        Origin::Patched => Phase::Patch,
+        Origin::Converted | Origin::Assembled => Phase::Convert,
+        Origin::AsStored => Phase::Read,
+    };
+    phases.since(phase, t0, t.bytes.len() as u64);
+    Ok(t)
 }
 
 /// A unit's bytes as the caller has them.
@@ -228,6 +257,8 @@ pub struct BuiltEngine {
     pub slot_bytes: u64,
     /// Bytes written to spill files (disk homes of patched or converted tensors).
     pub spilled: u64,
+    /// Where the time went (upload, read, spill, pin).
+    pub phases: Phases,
 }
 
 /// Homes every unit of one cyclic execution order and builds the streaming engine over them
@@ -245,6 +276,8 @@ pub fn build_engine(
 ) -> Result<BuiltEngine, String> {
     let mut held: BTreeMap<DeviceName, u64> = BTreeMap::new();
     let mut spilled = 0u64;
+    let mut phases = Phases::default();
+    let mut host_bytes = 0u64;
     let mut engine_units = Vec::with_capacity(units.len());
     let mut links: Vec<(String, UnitHome)> = Vec::new();
     let mut largest = 0u64;
@@ -255,10 +288,13 @@ pub fn build_engine(
                 Home::Resident(Arc::new(m))
             }
             (UnitHome::Compute, UnitSource::Host(data)) => {
+                let t0 = Instant::now();
                 let m = data
                     .materialize(&target.device, target.dtype)
                     .map_err(|e| format!("placing `{}` on {}: {e}", unit.name, target.name))?;
-                *held.entry(target.name).or_default() += m.values().map(tensor_bytes).sum::<u64>();
+                let bytes = m.values().map(tensor_bytes).sum::<u64>();
+                phases.since(Phase::Upload, t0, bytes);
+                *held.entry(target.name).or_default() += bytes;
                 Home::Resident(Arc::new(m))
             }
             (streamed, UnitSource::Device(_)) => {
@@ -271,10 +307,14 @@ pub fn build_engine(
                 let data = match streamed {
                     // On a CPU compute device, host homes are owned copies; the CUDA
                     // backend copies host homes into page-locked memory itself.
-                    UnitHome::Host if !target.device.is_cuda() => data.to_owned_data(),
+                    UnitHome::Host if !target.device.is_cuda() => {
+                        phases.time(Phase::Read, data.bytes(), || data.to_owned_data())
+                    }
                     UnitHome::Disk => {
+                        let t0 = Instant::now();
                         let (d, n) = spill(data, cache_dir)
                             .map_err(|e| format!("unit `{}`: {e}", unit.name))?;
+                        phases.since(Phase::Spill, t0, n);
                         spilled += n;
                         d
                     }
@@ -287,6 +327,9 @@ pub fn build_engine(
                     _ => data,
                 };
                 *held.entry(streamed.device(target.name)).or_default() += data.bytes();
+                if streamed != UnitHome::Disk {
+                    host_bytes += data.bytes();
+                }
                 largest = largest.max(materialized_bytes(&data, target.dtype));
                 let link = match links.iter().position(|(_, h)| *h == streamed) {
                     Some(i) => i,
@@ -309,8 +352,13 @@ pub fn build_engine(
     }
     let k = if links.is_empty() { 0 } else { slots.max(1) };
     let start = |e: String| format!("starting the streaming engine: {e}");
+    let t0 = Instant::now();
     let (backend, slot_bytes) =
         make_backend(target, &engine_units, &links, k, largest, pools).map_err(start)?;
+    // The CUDA backend page-locks host homes and uploads donor homes as it starts.
+    if target.device.is_cuda() && host_bytes > 0 {
+        phases.since(Phase::Pin, t0, host_bytes);
+    }
     let engine = Engine::new(
         engine_units,
         k,
@@ -324,6 +372,7 @@ pub fn build_engine(
         held,
         slot_bytes,
         spilled,
+        phases,
     })
 }
 

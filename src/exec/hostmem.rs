@@ -123,7 +123,7 @@ mod tests {
         let base = buf.as_ptr() as usize;
         let off = base.div_ceil(page) * page - base;
         let inner = aligned(&buf[off + 1..off + 3 * page], false).unwrap();
-        assert_eq!(inner.1, page);
+        assert_eq!(inner.1, 2 * page);
         let outer = aligned(&buf[off + 1..off + 3 * page], true).unwrap();
         assert_eq!(outer.1, 3 * page);
         assert!(aligned(&buf[off + 1..off + page], false).is_none());

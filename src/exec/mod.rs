@@ -17,6 +17,7 @@ pub mod distribute;
 pub mod engine;
 pub mod hostmem;
 pub mod load;
+pub mod phase;
 pub mod pipeline;
 pub mod queue;
 pub mod unit;
@@ -115,6 +116,14 @@ pub enum Event {
     },
     /// A note for the log (prompt truncated, a component released, …).
     Note { message: String },
+    /// Time spent in one phase for `model` (a model name, or a file's name for hashing):
+    /// see [`phase`]. The run report sums these.
+    Phase {
+        model: String,
+        phase: phase::Phase,
+        seconds: f64,
+        bytes: u64,
+    },
 }
 
 /// Makes images. The queue hands it every task of the run once ([`Generator::prepare`]),

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::exec::phase::Phase;
 use crate::exec::queue::{Outcome, RunEvent, RunReason, Stop, TaskInfo, TaskStatus};
 use crate::exec::Event;
 use crate::golden::VerifyReport;
@@ -42,6 +43,21 @@ pub struct RunReport {
     /// report's cards show); absent in reports written before it existed.
     #[serde(default)]
     pub jobs: Vec<JobReport>,
+    /// Where the run's time went: seconds and bytes per phase and model, in the order first
+    /// seen (docs/executor.md, "Phases"); absent in reports written before it existed.
+    #[serde(default)]
+    pub phases: Vec<PhaseReport>,
+}
+
+/// One phase of one model (or file, for `hash`; `outputs` for `write`), summed over the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PhaseReport {
+    pub phase: Phase,
+    pub model: String,
+    /// Wall-clock seconds of the thread doing the work (hashing runs in the background).
+    pub seconds: f64,
+    /// Bytes the phase moved or produced (0 where bytes mean nothing, e.g. `sample`).
+    pub bytes: u64,
 }
 
 /// One `[[jobs]]` entry of the manifest, every default applied.
@@ -246,6 +262,7 @@ pub struct ReportBuilder {
     batches: Vec<BatchReport>,
     batch_of: BTreeMap<usize, usize>,
     measured: BTreeMap<String, Vec<(String, u64)>>,
+    phases: Vec<PhaseReport>,
 }
 
 impl ReportBuilder {
@@ -265,6 +282,7 @@ impl ReportBuilder {
             batches: Vec::new(),
             batch_of: BTreeMap::new(),
             measured: BTreeMap::new(),
+            phases: Vec::new(),
         }
     }
 
@@ -283,6 +301,27 @@ impl ReportBuilder {
                     step_times: Vec::new(),
                 });
             }
+            RunEvent::Exec(Event::Phase {
+                model,
+                phase,
+                seconds,
+                bytes,
+            }) => match self
+                .phases
+                .iter_mut()
+                .find(|p| p.phase == *phase && &p.model == model)
+            {
+                Some(p) => {
+                    p.seconds += seconds;
+                    p.bytes += bytes;
+                }
+                None => self.phases.push(PhaseReport {
+                    phase: *phase,
+                    model: model.clone(),
+                    seconds: *seconds,
+                    bytes: *bytes,
+                }),
+            },
             RunEvent::Exec(Event::Loaded { model, measured }) => {
                 self.measured.insert(model.clone(), measured.clone());
             }
@@ -391,6 +430,7 @@ impl ReportBuilder {
             models: self.models(),
             golden,
             jobs: Vec::new(),
+            phases: self.phases.clone(),
         }
     }
 

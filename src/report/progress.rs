@@ -244,7 +244,8 @@ impl Progress {
                 self.line(&format!("{model}: ready ({})", per.join(", ")));
             }
             Event::Note { message } => self.line(&format!("note: {message}")),
-            Event::BatchStarted { .. } => {}
+            // Summed into the report and its summary line, not printed one by one.
+            Event::BatchStarted { .. } | Event::Phase { .. } => {}
             Event::Step {
                 step,
                 steps,

@@ -65,6 +65,7 @@ fn report_json_has_the_documented_fields() {
             "mgpu_version",
             "models",
             "output_root",
+            "phases",
             "seconds",
             "shard",
             "started",

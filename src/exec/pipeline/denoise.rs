@@ -29,6 +29,7 @@ use candle_core::{DType as CDType, Device, Tensor};
 use super::encode::Conditioning;
 use super::experts::Experts;
 use super::family::Codec;
+use crate::exec::phase::Phase;
 use crate::exec::{Event, ExecError, ImageTask, JobError, PassStats};
 use crate::models::spec::StepInputs;
 use crate::output::{image_to_rgb8, load_init_image, InitFit};
@@ -102,6 +103,8 @@ pub(crate) fn run(
     let n = inputs.len();
     let mut failed: Vec<Option<JobError>> = vec![None; n];
     let fdev = dits.any(events)?.device().clone();
+    // The loop's time from here (a model loaded above reports its own load phases).
+    let t_sample = Instant::now();
 
     // img2img: read the init images, then one encoder pass for all of them.
     let mut init_images: Vec<Option<Tensor>> = vec![None; n];
@@ -298,6 +301,12 @@ pub(crate) fn run(
         });
     }
     let sampled_seconds = t0.elapsed().as_secs_f64();
+    events(Event::Phase {
+        model: dits.label(),
+        phase: Phase::Sample,
+        seconds: t_sample.elapsed().as_secs_f64(),
+        bytes: 0,
+    });
 
     // Decode: one decoder pass for the batch.
     let mut latents: Vec<Option<Tensor>> = vec![None; n];
@@ -312,7 +321,14 @@ pub(crate) fn run(
             Err(e) => failed[k] = Some(JobError::new(format!("sampler: {e}"))),
         }
     }
+    let t_decode = Instant::now();
     let decoded = vae.decode(&latents)?;
+    events(Event::Phase {
+        model: vae.name().to_string(),
+        phase: Phase::Decode,
+        seconds: t_decode.elapsed().as_secs_f64(),
+        bytes: 0,
+    });
     let share = sampled_seconds / n.max(1) as f64;
     let mut out = Vec::with_capacity(n);
     for (k, d) in decoded.into_iter().enumerate() {

@@ -21,6 +21,7 @@ use candle_core::{DType as CDType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::models::{ClipModel, Ctx, Eng, T5Model};
+use crate::exec::phase::Phase;
 use crate::exec::{Event, ExecError, JobError};
 use crate::models::tokenize::clean::wan_prompt_clean;
 use crate::models::tokenize::{Encoded, TokenizeError};
@@ -98,6 +99,7 @@ impl TextModels {
             )));
         };
         let mut out = Vec::with_capacity(prompts.len());
+        let (mut clip_s, mut t5_s) = (0.0, 0.0);
         for chunk in prompts.chunks(ENCODE_CHUNK) {
             let t0 = Instant::now();
             let pooled_out = match clip.as_deref_mut() {
@@ -107,7 +109,10 @@ impl TextModels {
                     .collect(),
                 None => vec![None; chunk.len()],
             };
+            let t1 = Instant::now();
             let hidden = t5_chunk(t5, chunk, tokens, masked, events)?;
+            clip_s += (t1 - t0).as_secs_f64();
+            t5_s += t1.elapsed().as_secs_f64();
             let share = t0.elapsed().as_secs_f64() / chunk.len() as f64;
             for (p, h) in pooled_out.into_iter().zip(hidden) {
                 let host = |t: Tensor| -> Result<Tensor, JobError> {
@@ -127,6 +132,16 @@ impl TextModels {
                 });
             }
         }
+        let phase = |model: &str, seconds| Event::Phase {
+            model: model.to_string(),
+            phase: Phase::Encode,
+            seconds,
+            bytes: 0,
+        };
+        if let Some(p) = pooled {
+            events(phase(p, clip_s));
+        }
+        events(phase(context, t5_s));
         Ok(out)
     }
 

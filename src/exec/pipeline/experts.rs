@@ -58,6 +58,11 @@ impl<'a> Experts<'a> {
         }
     }
 
+    /// The models' names for reports: `name`, or `high+low`.
+    pub fn label(&self) -> String {
+        self.names.join("+")
+    }
+
     /// The number of models (1 or 2).
     pub fn len(&self) -> usize {
         self.names.len()

@@ -72,11 +72,15 @@ fn stamp(path: &Path) -> Option<(u64, u128)> {
 
 type Results = Arc<Mutex<HashMap<PathBuf, Option<FileHashes>>>>;
 
+/// Files hashed (not found in the cache): path, seconds, bytes.
+type Timings = Arc<Mutex<Vec<(PathBuf, f64, u64)>>>;
+
 /// The run's file hashes; see the module docs.
 pub struct FileHasher {
     mode: HashMode,
     cache: PathBuf,
     done: Results,
+    timings: Timings,
     worker: Option<JoinHandle<Vec<String>>>,
     notes: Vec<String>,
 }
@@ -97,6 +101,7 @@ impl FileHasher {
             mode,
             cache: cache_dir.join("hashes.json"),
             done: Arc::default(),
+            timings: Arc::default(),
             worker: None,
             notes: Vec::new(),
         }
@@ -144,10 +149,11 @@ impl FileHasher {
             return;
         }
         let done = self.done.clone();
+        let timings = self.timings.clone();
         let cache = self.cache.clone();
         let spawned = std::thread::Builder::new()
             .name("mgpu-hash".into())
-            .spawn(move || hash_all(todo, done, cache, cached));
+            .spawn(move || hash_all(todo, done, timings, cache, cached));
         match spawned {
             Ok(h) => self.worker = Some(h),
             Err(e) => self.notes.push(format!(
@@ -194,6 +200,12 @@ impl FileHasher {
         known(self).flatten()
     }
 
+    /// The files hashed since the last call (cache hits are not listed): path, seconds of
+    /// the background thread, bytes read.
+    pub fn take_timings(&mut self) -> Vec<(PathBuf, f64, u64)> {
+        std::mem::take(&mut *self.timings.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Notes for the log (unreadable files, an unwritable cache).
     pub fn take_notes(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notes)
@@ -202,8 +214,9 @@ impl FileHasher {
 
 /// Hashes one file, publishing the result in `done`; the cache entry when the file did not
 /// change while it was read.
-fn hash_one(path: PathBuf, done: &Results) -> (Option<Entry>, Option<String>) {
+fn hash_one(path: PathBuf, done: &Results, timings: &Timings) -> (Option<Entry>, Option<String>) {
     let before = stamp(&path);
+    let t0 = std::time::Instant::now();
     let (h, entry, note) = match FileHashes::compute(&path) {
         Ok(h) => {
             let entry = match before {
@@ -216,6 +229,11 @@ fn hash_one(path: PathBuf, done: &Results) -> (Option<Entry>, Option<String>) {
                 }),
                 _ => None,
             };
+            timings.lock().unwrap_or_else(|p| p.into_inner()).push((
+                path.clone(),
+                t0.elapsed().as_secs_f64(),
+                before.map_or(0, |(size, _)| size),
+            ));
             (Some(h), entry, None)
         }
         Err(e) => (
@@ -233,7 +251,13 @@ fn hash_one(path: PathBuf, done: &Results) -> (Option<Entry>, Option<String>) {
     (entry, note)
 }
 
-fn hash_all(todo: Vec<PathBuf>, done: Results, cache: PathBuf, cached: CacheFile) -> Vec<String> {
+fn hash_all(
+    todo: Vec<PathBuf>,
+    done: Results,
+    timings: Timings,
+    cache: PathBuf,
+    cached: CacheFile,
+) -> Vec<String> {
     let mut notes = Vec::new();
     // Every file at once: reading is what takes the time, and page-cache reads scale with
     // threads; a file's two digests already run on two threads.
@@ -241,8 +265,8 @@ fn hash_all(todo: Vec<PathBuf>, done: Results, cache: PathBuf, cached: CacheFile
         let handles: Vec<_> = todo
             .into_iter()
             .map(|path| {
-                let done = &done;
-                s.spawn(move || hash_one(path, done))
+                let (done, timings) = (&done, &timings);
+                s.spawn(move || hash_one(path, done, timings))
             })
             .collect();
         handles
@@ -318,9 +342,11 @@ mod tests {
         assert!(cache.join("hashes.json").exists());
         // A new run finds it in the cache without reading the file: prove it by checking the
         // cached entry is used (same value) and that a changed file is hashed again.
+        assert_eq!(h.take_timings().len(), 1, "the file was read and timed");
         let mut h2 = FileHasher::new(HashMode::Cached, &cache);
         h2.start(vec![f.clone()]);
         assert_eq!(h2.get(&f).unwrap(), a);
+        assert!(h2.take_timings().is_empty(), "a cache hit reads nothing");
         std::fs::write(&f, b"\x02\0\0\0\0\0\0\0{}abcd").unwrap();
         let mut h3 = FileHasher::new(HashMode::Cached, &cache);
         h3.start(vec![f.clone()]);

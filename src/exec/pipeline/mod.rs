@@ -745,6 +745,17 @@ impl Generator for Pipeline {
         for n in self.hasher.take_notes() {
             events(Event::Note { message: n });
         }
+        for (path, seconds, bytes) in self.hasher.take_timings() {
+            events(Event::Phase {
+                model: path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into(),
+                ),
+                phase: crate::exec::phase::Phase::Hash,
+                seconds,
+                bytes,
+            });
+        }
         Ok(results)
     }
 

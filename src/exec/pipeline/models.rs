@@ -22,6 +22,7 @@ use crate::device::DeviceName;
 use crate::exec::distribute::{self, compute_device, Target, UnitHome, UnitSpec};
 use crate::exec::engine::{Backend, Engine};
 use crate::exec::load::ModelFile;
+use crate::exec::phase::{Phase, Phases};
 use crate::exec::{Event, ExecError};
 use crate::family::Family;
 use crate::hardware::Hardware;
@@ -185,7 +186,10 @@ pub(crate) fn load_parts(
     }
     mf.check(needed)?;
     stage(events, "patching");
+    let t0 = std::time::Instant::now();
     mf.load_loras(&model.loras)?;
+    let mut phases = Phases::default();
+    phases.since(Phase::Patch, t0, 0);
     let mut by_unit = mf.by_unit(&needed.keys().cloned().collect::<BTreeSet<_>>());
     let resident = by_unit.remove(RESIDENT).unwrap_or_default();
     let mut specs = Vec::with_capacity(groups.len());
@@ -218,6 +222,10 @@ pub(crate) fn load_parts(
     let d = distribute::distribute(&mut mf, &resident, &specs, &target, slots, &cx.cache_dir)?;
     for n in mf.notes.drain(..) {
         events(Event::Note { message: n });
+    }
+    phases.merge(&d.phases);
+    for e in phases.events(&model.name) {
+        events(e);
     }
     let homes: Vec<String> = d.homes.iter().map(|(h, n)| format!("{n} {h}")).collect();
     let mut msg = format!(
@@ -257,7 +265,15 @@ pub(crate) fn opened(model: &Model, events: &mut dyn FnMut(Event)) -> Result<Mod
         model: model.name.clone(),
         stage: "loading".into(),
     });
-    Ok(ModelFile::open(model, candle_dtype(model.dtype))?)
+    let t0 = std::time::Instant::now();
+    let mf = ModelFile::open(model, candle_dtype(model.dtype))?;
+    events(Event::Phase {
+        model: model.name.clone(),
+        phase: Phase::Read,
+        seconds: t0.elapsed().as_secs_f64(),
+        bytes: 0,
+    });
+    Ok(mf)
 }
 
 pub(crate) fn infer_err(model: &Model, e: impl std::fmt::Display) -> ExecError {

@@ -291,6 +291,16 @@ impl Queue {
                 status[i] = match result.map_err(|e| e.message).and_then(|r| {
                     let started = Instant::now();
                     let sha = write(task, &r)?;
+                    let bytes = std::fs::metadata(&task.image.path).map_or(0, |m| m.len());
+                    forward(
+                        obs,
+                        Event::Phase {
+                            model: "outputs".into(),
+                            phase: crate::exec::phase::Phase::Write,
+                            seconds: started.elapsed().as_secs_f64(),
+                            bytes,
+                        },
+                    );
                     obs.rendered(task, &r, &task.image.path);
                     Ok((r.seconds + started.elapsed().as_secs_f64(), sha))
                 }) {

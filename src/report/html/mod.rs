@@ -57,7 +57,13 @@ pub fn render(report: &RunReport, json: &serde_json::Value, opts: &PageOptions) 
     gallery(&mut s, report, opts);
     batches(&mut s, report);
     tables::plan(&mut s, report);
-    if let Some(p) = json.get("phases").filter(|p| !p.is_null()) {
+    if !report.phases.is_empty() {
+        tables::phases(&mut s, &report.phases);
+    } else if let Some(p) = json
+        .get("phases")
+        .filter(|p| p.as_array().is_some_and(|a| !a.is_empty()))
+    {
+        // A newer report's layout this version does not model: shown as it is.
         s.push_str("<section id=\"phases\"><h2>Phases</h2>");
         tables::value_table(&mut s, p);
         s.push_str("</section>\n");

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::images::{heat_map, png_data_uri, scaled};
 use super::{esc, plot::seconds_label};
 use crate::golden::{OutputCheck, Verdict, VerifyReport};
-use crate::report::{human_bytes, RunReport};
+use crate::report::{human_bytes, PhaseReport, RunReport};
 
 /// Longest side of the pictures of a golden comparison.
 const GOLDEN_PICTURE: u32 = 320;
@@ -228,6 +228,30 @@ pub fn plan(s: &mut String, r: &RunReport) {
 /// Any JSON value as HTML: an array of objects is a table with a column per key (the union,
 /// in first-seen order); an object of objects is the same with the keys as a first column;
 /// other objects are two-column tables; scalars are text.
+/// Where the run's time went: one row per phase and model, seconds and bytes.
+pub fn phases(s: &mut String, phases: &[PhaseReport]) {
+    s.push_str(
+        "<section id=\"phases\"><h2>Phases</h2><table><tr><th>phase</th><th>model</th>\
+         <th>seconds</th><th>bytes</th></tr>",
+    );
+    for p in phases {
+        let bytes = if p.bytes > 0 {
+            human_bytes(p.bytes)
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{:.3}</td><td class=\"n\">{}</td></tr>",
+            p.phase,
+            esc(&p.model),
+            p.seconds,
+            bytes
+        );
+    }
+    s.push_str("</table></section>\n");
+}
+
 pub fn value_table(s: &mut String, v: &serde_json::Value) {
     use serde_json::Value;
     type Row<'v> = (Option<String>, &'v serde_json::Map<String, Value>);

@@ -37,7 +37,8 @@ fn report(dir: &Path) -> (RunReport, serde_json::Value) {
                   "sampler": "euler", "scheduler": "simple", "guidance": 3.5, "cfg": 1.0,
                   "models": [{"name": "flux", "family": "flux", "file": "/m/flux.safetensors"}],
                   "loras": [{"model": "flux", "file": "/m/style.safetensors", "strength": 0.8}]}],
-        "phases": [{"phase": "read", "seconds": 1.25}, {"phase": "upload", "bytes": 4096}]
+        "phases": [{"phase": "read", "model": "flux", "seconds": 1.25, "bytes": 0},
+                   {"phase": "upload", "model": "flux", "seconds": 0.5, "bytes": 4096}]
     });
     (serde_json::from_value(v.clone()).unwrap(), v)
 }
@@ -70,10 +71,10 @@ fn cards_escape_text_and_say_why_a_picture_is_missing() {
     assert!(page.contains("<td>cpu</td><td class=\"n\">2.00 KiB</td><td class=\"n\">2.00 KiB</td>"));
     assert!(page.contains("120 ms"));
     assert!(page.contains("150 ms <small>(mean of 2 steps, batch of 2)</small>"));
-    // A `phases` array of objects: a column per key.
-    assert!(page.contains("<tr><th>phase</th><th>seconds</th><th>bytes</th></tr>"));
+    // The phases: a row per phase and model.
+    assert!(page.contains("<tr><th>phase</th><th>model</th><th>seconds</th><th>bytes</th></tr>"));
     assert!(page.contains(
-        "<tr><td class=\"n\">upload</td><td class=\"n\"></td><td class=\"n\">4096</td></tr>"
+        "<tr><td>upload</td><td>flux</td><td class=\"n\">0.500</td><td class=\"n\">4.00 KiB</td></tr>"
     ));
 }
 
