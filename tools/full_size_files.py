@@ -9,6 +9,8 @@ compute is the real compute (matrix products do not look at the values). Pixels 
     python3 tools/full_size_files.py DIR wan14b   # wan2.1_t2v_14B_bf16.safetensors,
                                                   # umt5_xxl_fp16.safetensors, wan_2.1_vae.safetensors
     python3 tools/full_size_files.py DIR wan1.3b
+    python3 tools/full_size_files.py DIR flux-dev   # flux1-dev.safetensors (bf16), t5xxl_fp16,
+                                                  # clip_l, ae (f32), and both tokenizers
     python3 tools/full_size_files.py DIR wan22-a14b  # wan2.2_t2v_{high,low}_noise_14B_bf16.safetensors
                                                      # (Wan 2.2 A14B's two experts: the Wan 2.1
                                                      # 14B layout each), umT5, the Wan 2.1 VAE
@@ -54,6 +56,45 @@ def umt5_layout():
     return out
 
 
+def t5xxl_layout():
+    """T5 v1.1 XXL's encoder as ComfyUI's t5xxl_fp16.safetensors names it (transformers' names):
+    24 blocks, d_model 4096, d_ff 10240, 64 heads, the position bias in block 0 only."""
+    d, ff, heads, buckets, vocab = 4096, 10240, 64, 32, 32128
+    out = [("shared.weight", [vocab, d]), ("encoder.final_layer_norm.weight", [d])]
+    for i in range(24):
+        b = f"encoder.block.{i}.layer"
+        for m in "qkvo":
+            out.append((f"{b}.0.SelfAttention.{m}.weight", [d, d]))
+        if i == 0:
+            out.append((f"{b}.0.SelfAttention.relative_attention_bias.weight", [buckets, heads]))
+        out.append((f"{b}.0.layer_norm.weight", [d]))
+        out.append((f"{b}.1.DenseReluDense.wi_0.weight", [ff, d]))
+        out.append((f"{b}.1.DenseReluDense.wi_1.weight", [ff, d]))
+        out.append((f"{b}.1.DenseReluDense.wo.weight", [d, ff]))
+        out.append((f"{b}.1.layer_norm.weight", [d]))
+    return out
+
+
+def clip_l_layout():
+    """CLIP ViT-L/14's text model (transformers' names, as in ComfyUI's clip_l.safetensors):
+    12 layers, width 768, MLP 3072, 77 positions, vocabulary 49408."""
+    d, ff = 768, 3072
+    t = "text_model"
+    out = [(f"{t}.embeddings.token_embedding.weight", [49408, d]),
+           (f"{t}.embeddings.position_embedding.weight", [77, d]),
+           (f"{t}.final_layer_norm.weight", [d]), (f"{t}.final_layer_norm.bias", [d]),
+           ("text_projection.weight", [d, d])]
+    for i in range(12):
+        b = f"{t}.encoder.layers.{i}"
+        for m in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            out += [(f"{b}.self_attn.{m}.weight", [d, d]), (f"{b}.self_attn.{m}.bias", [d])]
+        for n in ("layer_norm1", "layer_norm2"):
+            out += [(f"{b}.{n}.weight", [d]), (f"{b}.{n}.bias", [d])]
+        out += [(f"{b}.mlp.fc1.weight", [ff, d]), (f"{b}.mlp.fc1.bias", [ff]),
+                (f"{b}.mlp.fc2.weight", [d, ff]), (f"{b}.mlp.fc2.bias", [d])]
+    return out
+
+
 def write(path, layout, dtype, metadata):
     header = {"__metadata__": metadata}
     offset = 0
@@ -73,12 +114,26 @@ def write(path, layout, dtype, metadata):
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[2] not in ("wan14b", "wan1.3b", "wan22-a14b"):
+    if len(sys.argv) != 3 or sys.argv[2] not in ("flux-dev", "wan14b", "wan1.3b", "wan22-a14b"):
         sys.exit(__doc__)
     out, which = sys.argv[1], sys.argv[2]
     os.makedirs(out, exist_ok=True)
     fx = os.path.join(ROOT, "tests", "fixtures", "parity")
     note = {"mgpu": "tools/full_size_files.py: zeros in the real layout, not a trained model"}
+    if which == "flux-dev":
+        write(os.path.join(out, "flux1-dev.safetensors"),
+              read_layout(os.path.join(fx, "flux", "layout_flux_dev.txt")), "BF16", note)
+        write(os.path.join(out, "t5xxl_fp16.safetensors"), t5xxl_layout(), "F16", note)
+        write(os.path.join(out, "clip_l.safetensors"), clip_l_layout(), "F16", note)
+        write(os.path.join(out, "ae.safetensors"),
+              read_layout(os.path.join(fx, "flux", "layout_ae.txt")), "F32", note)
+        # The parity fixtures' tokenizers (small vocabularies: every id they give is valid for
+        # the full-size embeddings; the words do not matter to zero weights).
+        for name in ("t5-tokenizer.json", "clip-tokenizer.json"):
+            with open(os.path.join(fx, "text", name), "rb") as src:
+                with open(os.path.join(out, name), "wb") as dst:
+                    dst.write(src.read())
+        return
     if which == "wan22-a14b":
         # ComfyUI publishes these experts as fp16 and fp8_scaled; bf16 here, so that the
         # measurement is the streaming, not a conversion at load.

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Time to first image at full size (issue #11), in one go on the GPU machine:
+#   files     tools/full_size_files.py flux-dev: FLUX.1-dev bf16 (23.8 GB), T5-XXL fp16
+#             (9.5 GB), CLIP-L, ae with the real names and shapes (sparse zeros: reads come
+#             from the page cache, as for weights a user has read before)
+#   read      the page-cache read rate of those files (a second `cat`), the bytes/bandwidth
+#             floor of the issue's target
+#   runs      `mgpu run` of one job of 4 images, 1024², 20 steps, batch 4, everything on
+#             cuda:0, under several cases (resident with a cold and a warm hash cache; FLUX's
+#             blocks in host RAM with cuMemHostAlloc and with cuMemHostRegister; half and half);
+#             per case: wall, the report's phases, sampling + decode, the load overhead
+#             (wall − sample − decode) against the target, peak RSS, user+system CPU
+#   peer      diffusers loading the same pipeline (tools/peer_diffusers_flux_load.py), if
+#             diffusers can be imported or its wheels are in .carry/wheels
+# Usage: tools/gpu-first-image.sh [path/to/mgpu] [output folder]
+#   CASES="cold warm host host-register half"  PEER=1
+# Needs: an mgpu built with `--features cuda`, ~36 GB of disk for the files' headers and
+# about that much free RAM for their pages. Results: first-image.txt, first-image.json,
+# run-*.json (reports), peer.json in the output folder.
+set -u
+BIN=${1:-.carry/bin/mgpu}
+OUTDIR=${2:-${OUT:-/tmp/first-image-out}}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+W=${WORK:-/tmp/first-image}
+CASES=${CASES:-"cold warm host host-register half"}
+mkdir -p "$OUTDIR" "$W"
+OUTDIR=$(cd "$OUTDIR" && pwd)
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+
+echo "== files"
+[ -f "$W/models/flux1-dev.safetensors" ] || python3 "$ROOT/tools/full_size_files.py" "$W/models" flux-dev
+FILES=("$W"/models/*.safetensors)
+BYTES=$(du -cb --apparent-size "${FILES[@]}" | tail -n1 | cut -f1)
+cat "${FILES[@]}" >/dev/null
+t0=$(date +%s.%N); cat "${FILES[@]}" >/dev/null; t1=$(date +%s.%N)
+READ_GBS=$(awk "BEGIN{printf \"%.2f\", $BYTES / ($t1 - $t0) / 1e9}")
+echo "read: $BYTES bytes in $(awk "BEGIN{print $t1 - $t0}") s from the page cache = $READ_GBS GB/s" |
+  tee "$OUTDIR/first-image.txt"
+
+manifest() { # ALLOCATION
+  cat <<TOML
+[settings]
+output_root = "out"
+compute = "cuda:0"
+[models.flux]
+family = "flux"
+file = "models/flux1-dev.safetensors"
+variant = "dev"
+allocation = "$1"
+[models.t5]
+family = "t5"
+file = "models/t5xxl_fp16.safetensors"
+tokenizer = "models/t5-tokenizer.json"
+[models.clip]
+family = "clip-l"
+file = "models/clip_l.safetensors"
+tokenizer = "models/clip-tokenizer.json"
+[models.vae]
+family = "flux-vae"
+file = "models/ae.safetensors"
+[pipelines.dev]
+diffusion = "flux"
+text_encoders = ["clip", "t5"]
+vae = "vae"
+[defaults]
+width = 1024
+height = 1024
+steps = 20
+guidance = 3.5
+batch = 4
+[[jobs]]
+name = "fox"
+prompt = "a red fox in snow, golden hour, 85mm photograph"
+seed = 42
+count = 4
+TOML
+}
+
+# One case: NAME ALLOCATION [ENV=VALUE...]; runs under a Python wrapper for the child's peak
+# RSS and CPU seconds (no /usr/bin/time on the machine).
+run_case() {
+  local name=$1 alloc=$2; shift 2
+  manifest "$alloc" >"$W/$name.toml"
+  env "$@" python3 - "$BIN" "$W/$name.toml" "$OUTDIR/run-$name.json" "$OUTDIR/case-$name.json" "$name" "$alloc" "$READ_GBS" <<'PY'
+import json, resource, subprocess, sys, time
+bin_, manifest, report, out, name, alloc, read_gbs = sys.argv[1:]
+t0 = time.time()
+p = subprocess.run([bin_, "run", manifest, "--force", "--report", report],
+                   capture_output=True, text=True)
+wall = time.time() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+phases, weight_bytes = {}, 0
+try:
+    r = json.load(open(report))
+    for ph in r.get("phases", []):
+        k = ph["phase"]
+        phases[k] = phases.get(k, 0.0) + ph["seconds"]
+    for m in r.get("models", []):
+        pass
+except Exception as e:
+    r = None
+lines = [l for l in p.stderr.splitlines() if l.startswith("time:") or "error" in l]
+sd = phases.get("sample", 0.0) + phases.get("decode", 0.0)
+rec = {"case": name, "flux_allocation": alloc, "rc": p.returncode, "wall_s": round(wall, 2),
+       "sample_s": round(phases.get("sample", 0.0), 2), "decode_s": round(phases.get("decode", 0.0), 2),
+       "overhead_s": round(wall - sd, 2), "phases_s": {k: round(v, 2) for k, v in phases.items()},
+       "max_rss_gib": round(ru.ru_maxrss / 2**20, 2), "user_s": round(ru.ru_utime, 1),
+       "sys_s": round(ru.ru_stime, 1), "summary": lines[-3:]}
+json.dump(rec, open(out, "w"), indent=1)
+print(json.dumps(rec))
+if p.returncode != 0:
+    print(p.stderr[-3000:])
+PY
+}
+
+echo "== runs (MGPU_CACHE_DIR=$W/cache: cold first, warm after)"
+rm -rf "$W/cache" "$W/out"
+for c in $CASES; do
+  case $c in
+    cold) run_case cold "cuda:0,*" MGPU_CACHE_DIR="$W/cache" ;;
+    warm) run_case warm "cuda:0,*" MGPU_CACHE_DIR="$W/cache" ;;
+    host) run_case host "cpu,*" MGPU_CACHE_DIR="$W/cache" MGPU_PIN=alloc ;;
+    host-register) run_case host-register "cpu,*" MGPU_CACHE_DIR="$W/cache" MGPU_PIN=register ;;
+    half) run_case half "cuda:0,50%;cpu,*" MGPU_CACHE_DIR="$W/cache" ;;
+    *) echo "unknown case $c" ;;
+  esac
+done 2>&1 | tee -a "$OUTDIR/first-image.txt"
+python3 - "$OUTDIR" "$BYTES" "$READ_GBS" <<'PY' | tee -a "$OUTDIR/first-image.txt"
+import glob, json, os, sys
+outdir, nbytes, gbs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+floor = nbytes / (gbs * 1e9)
+target = 1.3 * floor + 2
+rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(outdir, "case-*.json")))]
+print(f"weights {nbytes/1e9:.1f} GB, page-cache read {gbs} GB/s: floor {floor:.2f} s, target overhead <= {target:.2f} s")
+print(f"{'case':<14} {'flux':<18} {'wall':>6} {'sample':>7} {'decode':>7} {'overhead':>9} {'met':>4} {'RSS GiB':>8} {'CPU s':>7}")
+for r in rows:
+    met = "yes" if r["overhead_s"] <= target else "no"
+    print(f"{r['case']:<14} {r['flux_allocation']:<18} {r['wall_s']:>6} {r['sample_s']:>7} {r['decode_s']:>7} {r['overhead_s']:>9} {met:>4} {r['max_rss_gib']:>8} {r['user_s']+r['sys_s']:>7.1f}")
+    print(f"{'':<14} {r['phases_s']}")
+json.dump({"bytes": nbytes, "read_GBps": gbs, "floor_s": floor, "target_s": target, "cases": rows},
+          open(os.path.join(outdir, "first-image.json"), "w"), indent=1)
+PY
+
+if [ "${PEER:-1}" = 1 ]; then
+  echo "== peer: diffusers loading the same pipeline"
+  if ! python3 -c "import diffusers" 2>/dev/null && ls "$ROOT"/.carry/wheels/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$ROOT"/.carry/wheels/*.whl &&
+      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  OUT="$OUTDIR" PYTHONUNBUFFERED=1 timeout 400 python3 "$ROOT/tools/peer_diffusers_flux_load.py" \
+    --dir "$W/diffusers" 2>&1 | tee "$OUTDIR/peer.txt" | tail -n 30
+fi
