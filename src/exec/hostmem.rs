@@ -38,7 +38,7 @@ fn aligned(bytes: &[u8], outer: bool) -> Option<(*mut libc::c_void, usize)> {
     } else {
         (start.div_ceil(page) * page, end / page * page)
     };
-    (b > a).then_some((a as *mut libc::c_void, b - a))
+    (b > a).then(|| (a as *mut libc::c_void, b - a))
 }
 
 /// Maps every page of `bytes` (a range of a read-only file mapping) in, on up to all cores,
@@ -127,5 +127,7 @@ mod tests {
         let outer = aligned(&buf[off + 1..off + 3 * page], true).unwrap();
         assert_eq!(outer.1, 3 * page);
         assert!(aligned(&buf[off + 1..off + page], false).is_none());
+        // A range inside one page: nothing inside, and no underflow computing it.
+        assert!(aligned(&buf[off + 1..off + 9], false).is_none());
     }
 }
