@@ -677,6 +677,7 @@ fn host_tensor(
             shape: shape.to_vec(),
             bytes: Bytes::Owned(Arc::from(q)),
             quant: Some(crate::weights::DType::Q8_0),
+            scale: None,
         });
     }
     Ok(HostTensor {
@@ -685,6 +686,7 @@ fn host_tensor(
         shape: shape.to_vec(),
         bytes: tensor_bytes(t)?,
         quant: None,
+        scale: None,
     })
 }
 

@@ -452,6 +452,7 @@ mod tests {
                     .collect::<Vec<u8>>(),
             )),
             quant: None,
+            scale: None,
         };
         let data = UnitData {
             name: "u".into(),
@@ -488,6 +489,7 @@ mod tests {
                 shape: vec![1],
                 bytes: Bytes::Owned(Arc::from(vec![0u8; 4])),
                 quant: None,
+                scale: None,
             }],
         };
         let e = spill(data, &file).unwrap_err();
