@@ -322,7 +322,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
 }
 
 /// The planner's view of one cell: the benchmarked model's inventory (its own layout, in
-/// bf16, or Q8_0 matrices for `@q8_0`), the placement's streamed blocks as homes, the batch,
+/// bf16, or Q8_0 matrices for `@q8_0`, fp8 matrices for `@fp8`), the placement's streamed blocks as homes, the batch,
 /// size, frames and evaluations per step.
 fn cell_request(
     model: &BenchModel,
@@ -342,6 +342,8 @@ fn cell_request(
             let numel: usize = shape.iter().product();
             let dtype = if placement.q8_0 && shape.len() >= 2 && numel.is_multiple_of(32) {
                 WDType::Q8_0
+            } else if placement.fp8 && shape.len() >= 2 {
+                WDType::F8_E4M3
             } else {
                 WDType::BF16
             };
@@ -370,6 +372,14 @@ fn cell_request(
     workload.batch = batch as u32;
     workload.text_tokens = cfg.txt_tokens as u32;
     workload.evals_per_step = if cfg.cfg { 2 } else { 1 };
+    // Compact (Q8_0, fp8) matrices are widened to bf16 on the device.
+    let stored: u64 = inventory.tensors.iter().map(|t| t.len).sum();
+    let widened: u64 = inventory.tensors.iter().map(|t| t.numel() * 2).sum();
+    let device_bytes_factor = if stored > 0 {
+        widened as f64 / stored as f64
+    } else {
+        1.0
+    };
     let req = ModelRequest {
         name: "model".into(),
         family: model.family(),
@@ -377,7 +387,7 @@ fn cell_request(
         allocation: crate::alloc::Allocation::Auto,
         overrides: vec![],
         inventory,
-        device_bytes_factor: 1.0,
+        device_bytes_factor,
         workload,
         prefetch: None,
     };
