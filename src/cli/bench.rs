@@ -87,6 +87,11 @@ pub struct Args {
     /// off or not deterministic. `small` (for compute-sanitizer) or `full` (the default).
     #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "full")]
     pub check_kernels: Option<CheckSize>,
+    /// Instead of the placement table, widen every fp8 bit pattern (e4m3fn, e5m2; without and
+    /// with scales) to bf16, f16 and f32 with the CUDA kernel and compare the bytes with the
+    /// CPU's widening; fails if one differs.
+    #[arg(long)]
+    pub check_fp8: bool,
     /// Seed of the weight generator.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -214,6 +219,9 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     }
     if let Some(size) = args.check_kernels {
         return check_kernels(&args.device, size);
+    }
+    if args.check_fp8 {
+        return check_fp8(&args.device);
     }
     if args.ops {
         let device = match args.device {
@@ -452,6 +460,29 @@ fn check_kernels(device: &DeviceName, size: CheckSize) -> anyhow::Result<Status>
     } else {
         Status::Failed
     })
+}
+
+#[cfg(feature = "cuda")]
+fn check_fp8(device: &DeviceName) -> anyhow::Result<Status> {
+    let DeviceName::Cuda(i) = device else {
+        bail!("--check-fp8 needs a CUDA device (--device cuda:N)")
+    };
+    let dev = Device::new_cuda_with_stream(*i as usize).context("opening the CUDA device")?;
+    let fails = crate::exec::cuda::check_widen_fp8(&dev)?;
+    if fails.is_empty() {
+        println!("fp8 widening on {device}: every pattern, scale and dtype bit-identical to the CPU");
+        Ok(Status::Ok)
+    } else {
+        for f in &fails {
+            println!("fp8 widening differs: {f}");
+        }
+        Ok(Status::Failed)
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn check_fp8(_device: &DeviceName) -> anyhow::Result<Status> {
+    bail!("--check-fp8: this mgpu was built without CUDA (build with --features cuda; see docs/gpu.md)")
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -38,7 +38,7 @@ mod device;
 mod layout;
 
 use device::{dequant_q8_0, fp8_tables, widen_fp8};
-pub use device::{keep_pool_memory, measure_h2d_gbps};
+pub use device::{check_widen_fp8, keep_pool_memory, measure_h2d_gbps};
 use layout::{fill_home, layout_of, region_keys, Layout};
 pub use layout::{RegionKey, ALIGN};
 

@@ -167,3 +167,72 @@ pub(super) fn widen_fp8(
         .map(|_| ())
         .map_err(|e| format!("{e:?}"))
 }
+
+/// Widens every fp8 bit pattern of both types (repeated over several kernel blocks), without
+/// and with scales (tiny, odd, negative), to bf16, f16 and f32 with the kernel and compares
+/// the bytes with the CPU widening (`exec::unit::widen_fp8`). Returns one line per
+/// combination that differs (empty: bit-identical).
+pub fn check_widen_fp8(device: &Device) -> Result<Vec<String>, EngineError> {
+    use crate::weights::DType as W;
+    let cdev = device.as_cuda_device().map_err(candle_err)?;
+    let stream = cdev.cuda_stream();
+    let tables = stream
+        .clone_htod(&fp8_tables())
+        .map_err(cuda_err("uploading the fp8 tables"))?;
+    let tables_ptr = tables.device_ptr(&stream).0;
+    let patterns: Vec<u8> = (0..4099u32).map(|i| (i * 7 % 256) as u8).collect();
+    let src = stream
+        .clone_htod(&patterns)
+        .map_err(cuda_err("uploading the patterns"))?;
+    let src_ptr = src.device_ptr(&stream).0;
+    let n = patterns.len();
+    let mut fails = Vec::new();
+    for (fp8, table_off) in [(W::F8_E4M3, 0u64), (W::F8_E5M2, 256 * 4)] {
+        for scale in [None, Some(0.015625f32), Some(3.7e-3), Some(1.0e-30), Some(-2.5e4)] {
+            for out in [
+                candle_core::DType::BF16,
+                candle_core::DType::F16,
+                candle_core::DType::F32,
+            ] {
+                let bytes = n * out.size_in_bytes();
+                // SAFETY: fully written by the kernel before it is read back.
+                let dst = unsafe { stream.alloc::<u8>(bytes) }
+                    .map_err(cuda_err("allocating device memory"))?;
+                let dst_ptr = dst.device_ptr(&stream).0;
+                widen_fp8(
+                    device,
+                    src_ptr,
+                    dst_ptr,
+                    n as u64,
+                    tables_ptr + table_off,
+                    scale,
+                    out,
+                )
+                .map_err(|m| EngineError::Fetch {
+                    unit: "fp8 check".into(),
+                    link: "cuda".into(),
+                    message: m,
+                })?;
+                stream.synchronize().map_err(cuda_err("widening"))?;
+                let got = stream
+                    .clone_dtoh(&dst)
+                    .map_err(cuda_err("reading back"))?;
+                let want = crate::exec::unit::widen_fp8(fp8, &patterns, scale, out)
+                    .unwrap_or_default();
+                if got != want {
+                    let w = out.size_in_bytes();
+                    let first = (0..n)
+                        .find(|&i| got[i * w..(i + 1) * w] != want[i * w..(i + 1) * w])
+                        .unwrap_or(0);
+                    fails.push(format!(
+                        "{fp8} × {scale:?} → {out:?}: value {first} (pattern {:#04x}) is {:02x?}, the CPU gives {:02x?}",
+                        patterns[first],
+                        &got[first * w..(first + 1) * w],
+                        &want[first * w..(first + 1) * w]
+                    ));
+                }
+            }
+        }
+    }
+    Ok(fails)
+}
