@@ -76,8 +76,7 @@ fn write_files(kind: Fp8, compute: candle_core::DType, fp8: &Path, widened: &Pat
         };
         let mut q = vec![0u8; vals.len()];
         math::encode(dt, &vals, scale, &mut q);
-        let wide =
-            mgpu::exec::unit::widen_fp8(dt, &q, scale, compute).expect("a compute dtype");
+        let wide = mgpu::exec::unit::widen_fp8(dt, &q, scale, compute).expect("a compute dtype");
         a.push((t.name.clone(), st, shape.clone(), q));
         if let Some(s) = scale {
             let name = t.name.replace(".weight", ".scale_weight");
@@ -109,8 +108,12 @@ fn fp8_homes_hold_fp8_and_give_the_widened_models_bytes() {
         (Fp8::E5m2, candle_core::DType::F32, "f32"),
     ] {
         let what = format!("{kind:?} in {dtype}");
-        let fp8 = dir.path().join(format!("flux-{kind:?}-{dtype}-fp8.safetensors"));
-        let wide = dir.path().join(format!("flux-{kind:?}-{dtype}-wide.safetensors"));
+        let fp8 = dir
+            .path()
+            .join(format!("flux-{kind:?}-{dtype}-fp8.safetensors"));
+        let wide = dir
+            .path()
+            .join(format!("flux-{kind:?}-{dtype}-wide.safetensors"));
         write_files(kind, compute, &fp8, &wide);
         let manifest = |file: &Path| {
             load(

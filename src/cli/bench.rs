@@ -470,7 +470,9 @@ fn check_fp8(device: &DeviceName) -> anyhow::Result<Status> {
     let dev = Device::new_cuda_with_stream(*i as usize).context("opening the CUDA device")?;
     let fails = crate::exec::cuda::check_widen_fp8(&dev)?;
     if fails.is_empty() {
-        println!("fp8 widening on {device}: every pattern, scale and dtype bit-identical to the CPU");
+        println!(
+            "fp8 widening on {device}: every pattern, scale and dtype bit-identical to the CPU"
+        );
         Ok(Status::Ok)
     } else {
         for f in &fails {

@@ -30,8 +30,8 @@ use crate::models::tiny;
 mod ops;
 mod storage;
 pub use ops::{profile_ops, profile_wan_ops};
-pub use storage::Storage;
 use storage::host_tensor;
+pub use storage::Storage;
 
 /// One placement to measure.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -330,8 +330,7 @@ impl Weights {
         // copies for the `@q8_0` and `@fp8` placements.
         let wants = |st: Storage| {
             cfg.placements.iter().any(|p| {
-                p.storage() == st
-                    && (st != Storage::Plain || (p.source.is_some() && p.percent > 0))
+                p.storage() == st && (st != Storage::Plain || (p.source.is_some() && p.percent > 0))
             })
         };
         let mut host: [Vec<Option<UnitData>>; 3] = Default::default();

@@ -37,8 +37,8 @@ use crate::device::UnitHome;
 mod device;
 mod layout;
 
-use device::{dequant_q8_0, fp8_tables, widen_fp8};
 pub use device::{check_widen_fp8, keep_pool_memory, measure_h2d_gbps};
+use device::{dequant_q8_0, fp8_tables, widen_fp8};
 use layout::{fill_home, layout_of, region_keys, Layout};
 pub use layout::{RegionKey, ALIGN};
 
@@ -643,8 +643,7 @@ impl Backend for CudaBackend {
                 let dst = r.ptr + p.offset as u64;
                 match q {
                     crate::weights::DType::Q8_0 => {
-                        dequant_q8_0(&self.device, src, dst, (src_len / 34) as u64)
-                            .map_err(&err)?
+                        dequant_q8_0(&self.device, src, dst, (src_len / 34) as u64).map_err(&err)?
                     }
                     crate::weights::DType::F8_E4M3 | crate::weights::DType::F8_E5M2 => {
                         let table = self.fp8_tables_ptr

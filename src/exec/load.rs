@@ -95,8 +95,6 @@ pub fn native_dtype(d: DType) -> Option<CDType> {
     })
 }
 
-
-
 /// How one tensor reached its final bytes (for notes and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -692,7 +690,9 @@ mod tests {
         assert_eq!(t.quant, Some(DType::F8_E4M3));
         assert_eq!(t.scale, Some(SCALE));
         assert_eq!(t.bytes.len(), want.len());
-        let m = t.materialize(&candle_core::Device::Cpu, CDType::F32).unwrap();
+        let m = t
+            .materialize(&candle_core::Device::Cpu, CDType::F32)
+            .unwrap();
         assert_eq!(m.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
         // In bf16 compute: the same f32 values rounded once.
         let mut mf = open(&path, CDType::BF16);

@@ -122,7 +122,10 @@ pub fn widen_fp8(
             .zip(dst.par_chunks_mut(CHUNK * w))
             .for_each(run);
     } else {
-        bytes.chunks(CHUNK).zip(dst.chunks_mut(CHUNK * w)).for_each(run);
+        bytes
+            .chunks(CHUNK)
+            .zip(dst.chunks_mut(CHUNK * w))
+            .for_each(run);
     }
     Some(dst)
 }
@@ -281,7 +284,13 @@ mod tests {
         use crate::weights::DType as W;
         let bytes: Vec<u8> = (0..=255u8).collect();
         for fp8 in [W::F8_E4M3, W::F8_E5M2] {
-            for scale in [None, Some(0.015625f32), Some(3.7e-3), Some(1.0e-30), Some(-2.5e4)] {
+            for scale in [
+                None,
+                Some(0.015625f32),
+                Some(3.7e-3),
+                Some(1.0e-30),
+                Some(-2.5e4),
+            ] {
                 let f: Vec<f32> = bytes
                     .iter()
                     .map(|&b| {
@@ -332,7 +341,7 @@ mod tests {
     fn compact_fp8_materializes_like_the_widened_tensor() {
         use crate::weights::DType as W;
         let n = (1 << 20) + 4099;
-        let bytes: Vec<u8> = (0..n).map(|i| (i * 2654435761usize >> 7) as u8).collect();
+        let bytes: Vec<u8> = (0..n).map(|i| ((i * 2654435761usize) >> 7) as u8).collect();
         for (fp8, scale) in [(W::F8_E4M3, Some(0.02f32)), (W::F8_E5M2, None)] {
             let compact = HostTensor {
                 name: "w".into(),

@@ -132,4 +132,3 @@ pub(super) fn tensor_bytes(t: &Tensor) -> candle_core::Result<Bytes> {
     };
     Ok(Bytes::Owned(Arc::from(v)))
 }
-

@@ -188,7 +188,13 @@ pub fn check_widen_fp8(device: &Device) -> Result<Vec<String>, EngineError> {
     let n = patterns.len();
     let mut fails = Vec::new();
     for (fp8, table_off) in [(W::F8_E4M3, 0u64), (W::F8_E5M2, 256 * 4)] {
-        for scale in [None, Some(0.015625f32), Some(3.7e-3), Some(1.0e-30), Some(-2.5e4)] {
+        for scale in [
+            None,
+            Some(0.015625f32),
+            Some(3.7e-3),
+            Some(1.0e-30),
+            Some(-2.5e4),
+        ] {
             for out in [
                 candle_core::DType::BF16,
                 candle_core::DType::F16,
@@ -214,11 +220,9 @@ pub fn check_widen_fp8(device: &Device) -> Result<Vec<String>, EngineError> {
                     message: m,
                 })?;
                 stream.synchronize().map_err(cuda_err("widening"))?;
-                let got = stream
-                    .clone_dtoh(&dst)
-                    .map_err(cuda_err("reading back"))?;
-                let want = crate::exec::unit::widen_fp8(fp8, &patterns, scale, out)
-                    .unwrap_or_default();
+                let got = stream.clone_dtoh(&dst).map_err(cuda_err("reading back"))?;
+                let want =
+                    crate::exec::unit::widen_fp8(fp8, &patterns, scale, out).unwrap_or_default();
                 if got != want {
                     let w = out.size_in_bytes();
                     let first = (0..n)
