@@ -47,7 +47,6 @@ pub struct Placement {
     /// `@fp8`: the blocks' matrices are stored as ComfyUI scaled fp8 (e4m3fn + a per-tensor
     /// scale, as `*_fp8_scaled` files store them); streamed blocks travel as fp8 and are
     /// widened on the compute device, resident ones are widened once.
-    #[serde(default)]
     pub fp8: bool,
 }
 
