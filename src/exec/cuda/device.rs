@@ -174,6 +174,7 @@ pub(super) fn widen_fp8(
 /// combination that differs (empty: bit-identical).
 pub fn check_widen_fp8(device: &Device) -> Result<Vec<String>, EngineError> {
     use crate::weights::DType as W;
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
     let cdev = device.as_cuda_device().map_err(candle_err)?;
     let stream = cdev.cuda_stream();
     let tables = stream
