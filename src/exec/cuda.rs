@@ -239,7 +239,7 @@ impl CudaBackend {
                 .map_err(cuda_err("creating a copy stream"))?;
             links.push(Link {
                 name: name.clone(),
-                kind: kind.clone(),
+                kind: *kind,
                 stream,
             });
         }
