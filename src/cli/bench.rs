@@ -56,7 +56,9 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub batch: Vec<usize>,
     /// Placements: `resident`, or SOURCE:PERCENT with SOURCE `cpu`, `disk` or `cuda:N`
-    /// (a donor GPU), e.g. `cpu:50` streams half of the blocks from page-locked host memory.
+    /// (a donor GPU), e.g. `cpu:50` streams half of the blocks from page-locked host memory;
+    /// a suffix `@q8_0` or `@fp8` stores the blocks' matrices as GGUF Q8_0 or ComfyUI scaled
+    /// fp8 (they travel compact and are widened on the compute device).
     #[arg(long, value_delimiter = ',', default_value = "resident,cpu:100")]
     pub placements: Vec<Placement>,
     /// Prefetch slots K on the compute device: a number (1–64), or `auto`: per placement and

@@ -6,7 +6,8 @@
 //! Weights are generated on the compute device (no files: the 12 B FLUX-dev shape is 23.8 GB,
 //! Wan 14B 28.6 GB) from a fixed seed, so every placement computes on the same bytes. A
 //! placement is `resident` or `SOURCE:P` — P % of the blocks (spread evenly through the
-//! execution order) streamed from SOURCE (`cpu`, `disk`, or a donor `cuda:N`). Engines are
+//! execution order) streamed from SOURCE (`cpu`, `disk`, or a donor `cuda:N`), optionally
+//! with the blocks' matrices stored compact (`@q8_0`, `@fp8`: [`Storage`]). Engines are
 //! built by [`crate::exec::distribute::build_engine`], the same homes and backends
 //! `mgpu run` uses. Each step is one engine pass that applies every fetched block to every
 //! model evaluation of the batch in turn (with `cfg`, two per job: prompt and negative
