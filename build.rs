@@ -14,6 +14,7 @@ const KERNELS: &[(&str, &str)] = &[
     ("src/models/flux/kernels/elementwise.cu", "elementwise.ptx"),
     ("src/models/flux/kernels/flash.cu", "flash.ptx"),
     ("src/exec/kernels/dequant.cu", "dequant.ptx"),
+    ("src/exec/kernels/widen.cu", "widen.ptx"),
 ];
 /// Headers the kernels include.
 const HEADERS: &[&str] = &["src/models/flux/kernels/common.cuh"];

@@ -85,6 +85,7 @@ fn model() -> Model {
                     shape: shape.clone(),
                     bytes: Bytes::Owned(Arc::from(bytes)),
                     quant: None,
+                    scale: None,
                 });
             }
             None => {

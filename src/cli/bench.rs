@@ -56,7 +56,9 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub batch: Vec<usize>,
     /// Placements: `resident`, or SOURCE:PERCENT with SOURCE `cpu`, `disk` or `cuda:N`
-    /// (a donor GPU), e.g. `cpu:50` streams half of the blocks from page-locked host memory.
+    /// (a donor GPU), e.g. `cpu:50` streams half of the blocks from page-locked host memory;
+    /// a suffix `@q8_0` or `@fp8` stores the blocks' matrices as GGUF Q8_0 or ComfyUI scaled
+    /// fp8 (they travel compact and are widened on the compute device).
     #[arg(long, value_delimiter = ',', default_value = "resident,cpu:100")]
     pub placements: Vec<Placement>,
     /// Prefetch slots K on the compute device: a number (1–64), or `auto`: per placement and
@@ -87,6 +89,11 @@ pub struct Args {
     /// off or not deterministic. `small` (for compute-sanitizer) or `full` (the default).
     #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "full")]
     pub check_kernels: Option<CheckSize>,
+    /// Instead of the placement table, widen every fp8 bit pattern (e4m3fn, e5m2; without and
+    /// with scales) to bf16, f16 and f32 with the CUDA kernel and compare the bytes with the
+    /// CPU's widening; fails if one differs.
+    #[arg(long)]
+    pub check_fp8: bool,
     /// Seed of the weight generator.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -215,6 +222,9 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     if let Some(size) = args.check_kernels {
         return check_kernels(&args.device, size);
     }
+    if args.check_fp8 {
+        return check_fp8(&args.device);
+    }
     if args.ops {
         let device = match args.device {
             DeviceName::Cpu => Device::Cpu,
@@ -322,7 +332,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
 }
 
 /// The planner's view of one cell: the benchmarked model's inventory (its own layout, in
-/// bf16, or Q8_0 matrices for `@q8_0`), the placement's streamed blocks as homes, the batch,
+/// bf16, or Q8_0 matrices for `@q8_0`, fp8 matrices for `@fp8`), the placement's streamed blocks as homes, the batch,
 /// size, frames and evaluations per step.
 fn cell_request(
     model: &BenchModel,
@@ -342,6 +352,8 @@ fn cell_request(
             let numel: usize = shape.iter().product();
             let dtype = if placement.q8_0 && shape.len() >= 2 && numel.is_multiple_of(32) {
                 WDType::Q8_0
+            } else if placement.fp8 && shape.len() >= 2 {
+                WDType::F8_E4M3
             } else {
                 WDType::BF16
             };
@@ -370,6 +382,14 @@ fn cell_request(
     workload.batch = batch as u32;
     workload.text_tokens = cfg.txt_tokens as u32;
     workload.evals_per_step = if cfg.cfg { 2 } else { 1 };
+    // Compact (Q8_0, fp8) matrices are widened to bf16 on the device.
+    let stored: u64 = inventory.tensors.iter().map(|t| t.len).sum();
+    let widened: u64 = inventory.tensors.iter().map(|t| t.numel() * 2).sum();
+    let device_bytes_factor = if stored > 0 {
+        widened as f64 / stored as f64
+    } else {
+        1.0
+    };
     let req = ModelRequest {
         name: "model".into(),
         family: model.family(),
@@ -377,7 +397,7 @@ fn cell_request(
         allocation: crate::alloc::Allocation::Auto,
         overrides: vec![],
         inventory,
-        device_bytes_factor: 1.0,
+        device_bytes_factor,
         workload,
         prefetch: None,
     };
@@ -442,6 +462,31 @@ fn check_kernels(device: &DeviceName, size: CheckSize) -> anyhow::Result<Status>
     } else {
         Status::Failed
     })
+}
+
+#[cfg(feature = "cuda")]
+fn check_fp8(device: &DeviceName) -> anyhow::Result<Status> {
+    let DeviceName::Cuda(i) = device else {
+        bail!("--check-fp8 needs a CUDA device (--device cuda:N)")
+    };
+    let dev = Device::new_cuda_with_stream(*i as usize).context("opening the CUDA device")?;
+    let fails = crate::exec::cuda::check_widen_fp8(&dev)?;
+    if fails.is_empty() {
+        println!(
+            "fp8 widening on {device}: every pattern, scale and dtype bit-identical to the CPU"
+        );
+        Ok(Status::Ok)
+    } else {
+        for f in &fails {
+            println!("fp8 widening differs: {f}");
+        }
+        Ok(Status::Failed)
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn check_fp8(_device: &DeviceName) -> anyhow::Result<Status> {
+    bail!("--check-fp8: this mgpu was built without CUDA (build with --features cuda; see docs/gpu.md)")
 }
 
 #[cfg(not(feature = "cuda"))]

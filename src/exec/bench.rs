@@ -6,7 +6,8 @@
 //! Weights are generated on the compute device (no files: the 12 B FLUX-dev shape is 23.8 GB,
 //! Wan 14B 28.6 GB) from a fixed seed, so every placement computes on the same bytes. A
 //! placement is `resident` or `SOURCE:P` — P % of the blocks (spread evenly through the
-//! execution order) streamed from SOURCE (`cpu`, `disk`, or a donor `cuda:N`). Engines are
+//! execution order) streamed from SOURCE (`cpu`, `disk`, or a donor `cuda:N`), optionally
+//! with the blocks' matrices stored compact (`@q8_0`, `@fp8`: [`Storage`]). Engines are
 //! built by [`crate::exec::distribute::build_engine`], the same homes and backends
 //! `mgpu run` uses. Each step is one engine pass that applies every fetched block to every
 //! model evaluation of the batch in turn (with `cfg`, two per job: prompt and negative
@@ -16,20 +17,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
 use super::distribute::{build_engine, PlacedUnit, Pools, Target, UnitSource};
 use super::engine::{EngineError, PassStats};
-use super::unit::{Bytes, HostTensor, UnitData};
+use super::unit::UnitData;
 use crate::device::{DeviceName, UnitHome};
 use crate::models::spec::{self, DiffusionModel, StepInputs};
 use crate::models::tiny;
 
 mod ops;
+mod storage;
 pub use ops::{profile_ops, profile_wan_ops};
+use storage::host_tensor;
+pub use storage::Storage;
 
 /// One placement to measure.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -42,6 +45,23 @@ pub struct Placement {
     /// store them); streamed blocks travel quantised and are dequantised on the compute
     /// device, resident ones are dequantised once.
     pub q8_0: bool,
+    /// `@fp8`: the blocks' matrices are stored as ComfyUI scaled fp8 (e4m3fn + a per-tensor
+    /// scale, as `*_fp8_scaled` files store them); streamed blocks travel as fp8 and are
+    /// widened on the compute device, resident ones are widened once.
+    pub fp8: bool,
+}
+
+impl Placement {
+    /// How the placement's blocks are stored.
+    pub fn storage(&self) -> Storage {
+        if self.q8_0 {
+            Storage::Q8_0
+        } else if self.fp8 {
+            Storage::Fp8
+        } else {
+            Storage::Plain
+        }
+    }
 }
 
 impl std::str::FromStr for Placement {
@@ -52,11 +72,16 @@ impl std::str::FromStr for Placement {
             Some(rest) => (rest, true),
             None => (t, false),
         };
+        let (t, fp8) = match t.strip_suffix("@fp8") {
+            Some(rest) if !q8_0 => (rest, true),
+            _ => (t, false),
+        };
         if t == "resident" {
             return Ok(Placement {
                 source: None,
                 percent: 0,
                 q8_0,
+                fp8,
             });
         }
         let (src, pct) = t.rsplit_once(':').ok_or_else(|| {
@@ -76,6 +101,7 @@ impl std::str::FromStr for Placement {
             source: Some(source),
             percent,
             q8_0,
+            fp8,
         })
     }
 }
@@ -88,9 +114,7 @@ impl std::fmt::Display for Placement {
             Some(UnitHome::Disk) => write!(f, "disk:{}", self.percent),
             Some(UnitHome::Donor(i)) => write!(f, "cuda:{i}:{}", self.percent),
         }?;
-        if self.q8_0 {
-            f.write_str("@q8_0")?;
-        }
+        f.write_str(self.storage().suffix())?;
         Ok(())
     }
 }
@@ -263,12 +287,15 @@ fn setup_err(unit: &str, message: String) -> EngineError {
     }
 }
 
-/// One model's generated weights, and their host copies for the streamed placements.
+/// One model's generated weights, and their host copies for the streamed placements, per
+/// [`Storage`] (indexed by `Storage::index`).
 struct Weights {
-    resident: Vec<HashMap<String, Tensor>>,
-    host: Vec<Option<UnitData>>,
-    host_q8: Vec<Option<UnitData>>,
-    resident_q8: Vec<HashMap<String, Tensor>>,
+    /// Per storage: each unit's tensors on the compute device (for compact storages: the
+    /// compact host copy widened once, through the same path as a fetch).
+    resident: [Vec<HashMap<String, Tensor>>; 3],
+    /// Per storage: each block's host copy (`None` for the resident rest or when no
+    /// placement needs it).
+    host: [Vec<Option<UnitData>>; 3],
 }
 
 impl Weights {
@@ -299,55 +326,46 @@ impl Weights {
             }
             resident.push(m);
         }
-        // Host copies of the blocks, made once, shared by every streamed placement; Q8_0 copies
-        // for the `@q8_0` placements.
-        let streams = |q: bool| {
-            cfg.placements
-                .iter()
-                .any(|p| p.q8_0 == q && (q || (p.source.is_some() && p.percent > 0)))
+        // Host copies of the blocks, made once, shared by every streamed placement; compact
+        // copies for the `@q8_0` and `@fp8` placements.
+        let wants = |st: Storage| {
+            cfg.placements.iter().any(|p| {
+                p.storage() == st && (st != Storage::Plain || (p.source.is_some() && p.percent > 0))
+            })
         };
-        let mut host: Vec<Option<UnitData>> = vec![None; units.len()];
-        let mut host_q8: Vec<Option<UnitData>> = vec![None; units.len()];
-        let mut resident_q8: Vec<HashMap<String, Tensor>> = Vec::new();
-        for (q, want) in [(false, streams(false)), (true, streams(true))] {
-            if !want {
+        let mut host: [Vec<Option<UnitData>>; 3] = Default::default();
+        let mut residents: [Vec<HashMap<String, Tensor>>; 3] = Default::default();
+        for st in [Storage::Plain, Storage::Q8_0, Storage::Fp8] {
+            let k = st.index();
+            host[k] = vec![None; units.len()];
+            if !wants(st) {
                 continue;
             }
-            progress(if q {
-                "quantising blocks to Q8_0 in host memory"
-            } else {
-                "copying blocks to host memory"
-            });
+            progress(st.progress());
             for (i, (name, tensors)) in units.iter().enumerate().skip(1) {
                 let mut ts = Vec::new();
                 for (tname, shape) in tensors {
                     let t = resident[i][tname].to_device(&Device::Cpu)?;
-                    ts.push(host_tensor(tname, shape, &t, cfg.dtype, q)?);
+                    ts.push(host_tensor(tname, shape, &t, cfg.dtype, st)?);
                 }
-                let data = Some(UnitData {
+                host[k][i] = Some(UnitData {
                     name: name.clone(),
                     tensors: ts,
                 });
-                if q {
-                    host_q8[i] = data;
-                } else {
-                    host[i] = data;
-                }
             }
-            if q {
-                // Resident Q8_0 blocks: dequantised once, through the same path as a fetch.
-                resident_q8.push(resident[0].clone());
-                for d in host_q8.iter().skip(1).flatten() {
-                    resident_q8.push(d.materialize(device, cfg.dtype)?);
+            if st != Storage::Plain {
+                // Resident compact blocks: widened once, through the same path as a fetch.
+                residents[k].push(resident[0].clone());
+                for d in host[k].iter().skip(1).flatten() {
+                    residents[k].push(d.materialize(device, cfg.dtype)?);
                 }
             }
         }
+        residents[0] = resident;
         Ok((
             Weights {
-                resident,
+                resident: residents,
                 host,
-                host_q8,
-                resident_q8,
             },
             parameters,
         ))
@@ -382,8 +400,7 @@ pub fn run<M: DiffusionModel>(
         parameters += p;
     }
     let esize = cfg.dtype.size_in_bytes() as u64;
-    let unit_bytes: Vec<u64> = weights[0]
-        .resident
+    let unit_bytes: Vec<u64> = weights[0].resident[0]
         .iter()
         .map(|m| m.values().map(|t| t.elem_count() as u64 * esize).sum())
         .collect();
@@ -429,7 +446,7 @@ pub fn run<M: DiffusionModel>(
         .map(|w| {
             M::new(
                 model,
-                candle_nn::VarBuilder::from_tensors(w.resident[0].clone(), cfg.dtype, device),
+                candle_nn::VarBuilder::from_tensors(w.resident[0][0].clone(), cfg.dtype, device),
             )
         })
         .collect::<candle_core::Result<Vec<M>>>()?;
@@ -451,8 +468,8 @@ pub fn run<M: DiffusionModel>(
     let guidance = M::guidance(model, 3.5);
 
     let mut measurements = Vec::new();
-    // The all-resident batch-1 hash, per storage (plain, Q8_0).
-    let mut reference: HashMap<bool, String> = HashMap::new();
+    // The all-resident batch-1 hash, per storage (plain, Q8_0, fp8).
+    let mut reference: HashMap<Storage, String> = HashMap::new();
     for &batch in &cfg.batches {
         for placement in &cfg.placements {
             progress(&format!("{placement}, batch {batch}"));
@@ -462,11 +479,8 @@ pub fn run<M: DiffusionModel>(
             };
             let mut placed_all = Vec::with_capacity(weights.len());
             for w in &weights {
-                let (homes, residents) = if placement.q8_0 {
-                    (&w.host_q8, &w.resident_q8)
-                } else {
-                    (&w.host, &w.resident)
-                };
+                let k = placement.storage().index();
+                let (homes, residents) = (&w.host[k], &w.resident[k]);
                 let mut placed = Vec::with_capacity(n_blocks);
                 for i in 1..units.len() {
                     let name = units[i].0.clone();
@@ -487,11 +501,7 @@ pub fn run<M: DiffusionModel>(
                 }
                 placed_all.push(placed);
             }
-            let homes = if placement.q8_0 {
-                &weights[0].host_q8
-            } else {
-                &weights[0].host
-            };
+            let homes = &weights[0].host[placement.storage().index()];
             let streamed_bytes: u64 = (1..units.len())
                 .filter(|&i| streamed[i - 1])
                 .map(|i| homes[i].as_ref().map_or(0, |d| d.bytes()))
@@ -593,11 +603,11 @@ pub fn run<M: DiffusionModel>(
             drop(engines);
             if placement.source.is_none() && batch == 1 {
                 if let Some(h) = hashes.first() {
-                    reference.insert(placement.q8_0, h.clone());
+                    reference.insert(placement.storage(), h.clone());
                 }
             }
             let identical = reference
-                .get(&placement.q8_0)
+                .get(&placement.storage())
                 .map(|r| hashes.first() == Some(r));
             let step_seconds = median(stats.iter().map(|s| s.seconds).collect());
             let wait_seconds = median(stats.iter().map(|s| s.wait_seconds).collect());
@@ -652,62 +662,6 @@ fn device_name(d: &Device) -> String {
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         other => format!("{other:?}"),
     }
-}
-
-/// The host copy of one generated tensor: its bytes as stored, or Q8_0 blocks for matrices
-/// (rank ≥ 2, whole blocks of 32) when `q8_0`, as city96's GGUF files store FLUX.
-fn host_tensor(
-    name: &str,
-    shape: &[usize],
-    t: &Tensor,
-    dtype: DType,
-    q8_0: bool,
-) -> candle_core::Result<HostTensor> {
-    let numel: usize = shape.iter().product();
-    if q8_0 && shape.len() >= 2 && numel.is_multiple_of(32) {
-        use rayon::prelude::*;
-        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let q: Vec<u8> = v
-            .par_chunks(32 * 4096)
-            .flat_map_iter(crate::weights::gguf::dequant::quantize_q8_0)
-            .collect();
-        return Ok(HostTensor {
-            name: name.to_string(),
-            dtype,
-            shape: shape.to_vec(),
-            bytes: Bytes::Owned(Arc::from(q)),
-            quant: Some(crate::weights::DType::Q8_0),
-        });
-    }
-    Ok(HostTensor {
-        name: name.to_string(),
-        dtype,
-        shape: shape.to_vec(),
-        bytes: tensor_bytes(t)?,
-        quant: None,
-    })
-}
-
-/// A CPU tensor's bytes, little-endian as stored.
-fn tensor_bytes(t: &Tensor) -> candle_core::Result<Bytes> {
-    fn le_bytes<T: Copy>(v: &[T], to_le: impl Fn(&T) -> Vec<u8>) -> Vec<u8> {
-        if cfg!(target_endian = "little") {
-            // SAFETY: plain-old-data elements viewed as bytes; on a little-endian host the
-            // in-memory order is the stored (little-endian) order.
-            unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
-                .to_vec()
-        } else {
-            v.iter().flat_map(to_le).collect()
-        }
-    }
-    let t = t.flatten_all()?;
-    let v: Vec<u8> = match t.dtype() {
-        DType::F32 => le_bytes(&t.to_vec1::<f32>()?, |x| x.to_le_bytes().to_vec()),
-        DType::BF16 => le_bytes(&t.to_vec1::<half::bf16>()?, |x| x.to_le_bytes().to_vec()),
-        DType::F16 => le_bytes(&t.to_vec1::<half::f16>()?, |x| x.to_le_bytes().to_vec()),
-        d => candle_core::bail!("bench: dtype {d:?} is not generated"),
-    };
-    Ok(Bytes::Owned(Arc::from(v)))
 }
 
 /// Renders the measurements as a table.
@@ -840,6 +794,9 @@ mod tests {
                 "disk:100",
                 "resident@q8_0",
                 "cpu:100@q8_0",
+                "resident@fp8",
+                "cpu:100@fp8",
+                "disk:100@fp8",
             ]
             .iter()
             .map(|p| p.parse().unwrap())
@@ -903,7 +860,7 @@ mod tests {
             |_| {},
         )
         .unwrap();
-        assert_eq!(r.measurements.len(), 12);
+        assert_eq!(r.measurements.len(), 18);
         for m in &r.measurements {
             assert_eq!(m.identical, Some(true), "{} batch {}", m.placement, m.batch);
             assert_eq!(m.steps.len(), 2);
@@ -926,6 +883,15 @@ mod tests {
             .unwrap();
         assert_ne!(q8.hashes[0], cpu100.hashes[0]);
         assert!(q8.streamed_bytes < cpu100.streamed_bytes);
+        // Scaled fp8: its own reference (resident@fp8, widened once), and the matrices travel
+        // as one byte per value (fewer bytes than Q8_0's 34 per 32).
+        let fp8 = r
+            .measurements
+            .iter()
+            .find(|m| m.placement == "cpu:100@fp8" && m.batch == 1)
+            .unwrap();
+        assert_ne!(fp8.hashes[0], cpu100.hashes[0]);
+        assert!(fp8.streamed_bytes < q8.streamed_bytes);
     }
 }
 

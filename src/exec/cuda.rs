@@ -39,8 +39,8 @@ mod layout;
 mod pinned;
 pub mod upload;
 
-use device::dequant_q8_0;
-pub use device::{keep_pool_memory, measure_h2d_gbps};
+pub use device::{check_widen_fp8, keep_pool_memory, measure_h2d_gbps};
+use device::{dequant_q8_0, fp8_tables, widen_fp8};
 use layout::{fill_home, layout_of, region_keys, Layout};
 pub use layout::{RegionKey, ALIGN};
 use pinned::PinnedBuf;
@@ -131,6 +131,9 @@ pub struct CudaBackend {
     stalls_used: usize,
     /// Shared events for disk slots (ready/free), by slot.
     disk_events: Vec<(Arc<EventCell>, Arc<EventCell>)>,
+    /// The fp8 → f32 tables of the widening kernel (e4m3fn, then e5m2), on the device.
+    _fp8_tables: CudaSlice<f32>,
+    fp8_tables_ptr: sys::CUdeviceptr,
 }
 
 fn region_ptr(t: &Tensor, stream: &CudaStream) -> Result<sys::CUdeviceptr, EngineError> {
@@ -197,7 +200,7 @@ impl CudaBackend {
                 .map_err(cuda_err("creating a copy stream"))?;
             links.push(Link {
                 name: name.clone(),
-                kind: kind.clone(),
+                kind: *kind,
                 stream,
             });
         }
@@ -349,6 +352,10 @@ impl CudaBackend {
                 disk_done: None,
             });
         }
+        let fp8_tables = compute
+            .clone_htod(&fp8_tables())
+            .map_err(cuda_err("uploading the fp8 tables"))?;
+        let fp8_tables_ptr = fp8_tables.device_ptr(&compute).0;
         // Slot regions were zero-filled on the compute stream: finish that before copies land.
         compute
             .synchronize()
@@ -380,6 +387,8 @@ impl CudaBackend {
             stall_events: Vec::new(),
             stalls_used: 0,
             disk_events,
+            _fp8_tables: fp8_tables,
+            fp8_tables_ptr,
         })
     }
 
@@ -613,10 +622,34 @@ impl Backend for CudaBackend {
             .record(&self.compute)
             .map_err(|e| err(format!("{e:?}")))?;
         for p in &u.layout.places {
-            if let Some((_, src_region, src_off, src_len)) = p.quant {
+            if let Some((q, src_region, src_off, src_len)) = p.quant {
                 let src = s.regions[src_region].ptr + src_off as u64;
-                let dst = s.regions[p.region].ptr + p.offset as u64;
-                dequant_q8_0(&self.device, src, dst, (src_len / 34) as u64).map_err(&err)?;
+                let r = &s.regions[p.region];
+                let dst = r.ptr + p.offset as u64;
+                match q {
+                    crate::weights::DType::Q8_0 => {
+                        dequant_q8_0(&self.device, src, dst, (src_len / 34) as u64).map_err(&err)?
+                    }
+                    crate::weights::DType::F8_E4M3 | crate::weights::DType::F8_E5M2 => {
+                        let table = self.fp8_tables_ptr
+                            + if q == crate::weights::DType::F8_E5M2 {
+                                256 * 4
+                            } else {
+                                0
+                            };
+                        widen_fp8(
+                            &self.device,
+                            src,
+                            dst,
+                            src_len as u64,
+                            table,
+                            p.scale,
+                            r.dtype,
+                        )
+                        .map_err(&err)?
+                    }
+                    other => return Err(err(format!("{other} cannot be widened on the GPU"))),
+                }
             }
         }
         let mut out = HashMap::with_capacity(u.layout.places.len());

@@ -501,6 +501,7 @@ mod tests {
                     .collect::<Vec<u8>>(),
             )),
             quant: None,
+            scale: None,
         };
         let data = UnitData {
             name: "u".into(),
@@ -537,6 +538,7 @@ mod tests {
                 shape: vec![1],
                 bytes: Bytes::Owned(Arc::from(vec![0u8; 4])),
                 quant: None,
+                scale: None,
             }],
         };
         let e = spill(data, &file).unwrap_err();

@@ -22,6 +22,7 @@ fn unit_data(name: &str, value: f32, n: usize) -> Arc<UnitData> {
             shape: vec![n],
             bytes: Bytes::Owned(Arc::from(bytes)),
             quant: None,
+            scale: None,
         }],
     })
 }

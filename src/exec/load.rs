@@ -10,9 +10,11 @@
 //!    against the canonical layout (`weights::lora`); `strict` is honoured per file.
 //! 3. Tensors ([`ModelFile::tensor`]), once per needed tensor while distributing: the canonical
 //!    bytes (a zero-copy range of the map when the tensor is stored as used, else assembled
-//!    from its parts), LoRAs added in f32 and rounded once to the stored dtype, and dtypes
-//!    candle cannot hold as stored (fp8, scaled fp8, GGML blocks) converted once to the
-//!    compute dtype.
+//!    from its parts), LoRAs added in f32 and rounded once to the stored dtype. fp8 and
+//!    scaled fp8 stay fp8 (with their scale) and GGUF Q8_0 computed in bf16 stays in its
+//!    blocks: they are widened where they are used (`HostTensor::materialize`, on a GPU by a
+//!    kernel with the same arithmetic), so homes hold and links move the compact bytes. Other
+//!    GGML blocks are converted once to the compute dtype.
 //!
 //! The result of step 3 does not depend on where the unit will live: resident, host and disk
 //! homes all hold these bytes, and [`super::unit::UnitData::materialize`] is the one
@@ -32,7 +34,7 @@ use std::sync::Arc;
 
 use candle_core::DType as CDType;
 
-use super::unit::{Bytes, HostTensor};
+use super::unit::{stored_of, Bytes, HostTensor};
 use crate::family::Family;
 use crate::manifest::{LoraMode, Model};
 use crate::weights::keymap::{self, CanonicalLayout, CanonicalTensor, KeymapError};
@@ -93,16 +95,6 @@ pub fn native_dtype(d: DType) -> Option<CDType> {
     })
 }
 
-/// The stored dtype of a compute dtype (bf16, f16 or f32).
-fn stored_of(c: CDType) -> Option<DType> {
-    match c {
-        CDType::F32 => Some(DType::F32),
-        CDType::F16 => Some(DType::F16),
-        CDType::BF16 => Some(DType::BF16),
-        _ => None,
-    }
-}
-
 /// How one tensor reached its final bytes (for notes and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -112,7 +104,7 @@ pub enum Origin {
     Assembled,
     /// A LoRA changed it.
     Patched,
-    /// Converted to the compute dtype (fp8, scaled fp8, GGML blocks).
+    /// Converted to the compute dtype (GGML blocks other than a compact Q8_0).
     Converted,
 }
 
@@ -365,6 +357,7 @@ impl ModelFile {
                             len: range.len(),
                         },
                         quant: None,
+                        scale: None,
                     },
                     Origin::AsStored,
                 ));
@@ -397,9 +390,44 @@ impl ModelFile {
                     shape,
                     bytes,
                     quant: Some(DType::Q8_0),
+                    scale: None,
                 },
                 Origin::AsStored,
             ));
+        }
+        let store = stored_of(self.compute).ok_or_else(|| {
+            self.tensor_err(
+                canonical,
+                format!("compute dtype {:?} is not bf16, f16 or f32", self.compute),
+            )
+        })?;
+        // fp8 and scaled fp8 as stored and untouched: a range of the map, compact.
+        if super::unit::is_fp8(ct.dtype) && !touched && ct.is_passthrough() {
+            if let (Some(dt), Some((map, range))) = (
+                native_dtype(store),
+                self.file
+                    .mapped(&ct.parts[0].source)
+                    .map_err(|source| LoadError::Weights {
+                        model: self.model.clone(),
+                        source,
+                    })?,
+            ) {
+                return Ok((
+                    HostTensor {
+                        name: rel.to_string(),
+                        dtype: dt,
+                        shape,
+                        bytes: Bytes::Mapped {
+                            map,
+                            start: range.start,
+                            len: range.len(),
+                        },
+                        quant: Some(ct.dtype),
+                        scale,
+                    },
+                    Origin::AsStored,
+                ));
+            }
         }
         let mut bytes = self.assemble(&ct)?;
         let mut origin = if ct.is_passthrough() {
@@ -407,12 +435,6 @@ impl ModelFile {
         } else {
             Origin::Assembled
         };
-        let store = stored_of(self.compute).ok_or_else(|| {
-            self.tensor_err(
-                canonical,
-                format!("compute dtype {:?} is not bf16, f16 or f32", self.compute),
-            )
-        })?;
         let lerr = |model: &str, source| LoadError::Lora {
             model: model.to_string(),
             source: Box::new(source),
@@ -450,16 +472,21 @@ impl ModelFile {
             match native {
                 Some(dt) => (dt, bytes),
                 None => {
-                    // fp8 or scaled fp8: widen exactly (× scale, one f32 rounding), then round
-                    // once to the compute dtype.
-                    let mut f = vec![0f32; numel];
-                    math::decode(ct.dtype, &bytes, scale, &mut f);
-                    let mut out = vec![0u8; numel * store.block().1 as usize];
-                    math::encode(store, &f, None, &mut out);
-                    if origin != Origin::Patched {
-                        origin = Origin::Converted;
-                    }
-                    (native_dtype(store).unwrap_or(self.compute), out)
+                    // fp8 or scaled fp8 (patched in place when a LoRA touches it): the fp8
+                    // bytes stay as they are and travel compact; `HostTensor::materialize`
+                    // widens them (× scale, one f32 rounding, one rounding to the compute
+                    // dtype) where they are used.
+                    return Ok((
+                        HostTensor {
+                            name: rel.to_string(),
+                            dtype: native_dtype(store).unwrap_or(self.compute),
+                            shape,
+                            bytes: Bytes::Owned(Arc::from(bytes)),
+                            quant: Some(ct.dtype),
+                            scale,
+                        },
+                        origin,
+                    ));
                 }
             }
         } else if let Some(dt) = native {
@@ -486,6 +513,7 @@ impl ModelFile {
                 shape,
                 bytes: Bytes::Owned(Arc::from(bytes)),
                 quant: None,
+                scale: None,
             },
             origin,
         ))
@@ -644,7 +672,7 @@ mod tests {
     }
 
     #[test]
-    fn stored_tensors_stay_mapped_and_scaled_fp8_is_converted_once() {
+    fn stored_tensors_stay_mapped_and_scaled_fp8_stays_compact() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fp8.safetensors");
         let want = write_scaled_fp8(&path);
@@ -653,17 +681,19 @@ mod tests {
         let (t, origin) = mf.tensor("img_in.weight", "img_in.weight").unwrap();
         assert_eq!(origin, Origin::AsStored);
         assert!(matches!(t.bytes, Bytes::Mapped { .. }));
-        // Scaled fp8: fp8 × scale in f32 (exact), stored in the compute dtype.
+        // Scaled fp8: the file's fp8 bytes (a range of the map) and the scale; widened to
+        // fp8 × scale in f32 (exact) where it is used.
         let (t, origin) = mf.tensor(QKV, "img_attn.qkv.weight").unwrap();
-        assert_eq!(origin, Origin::Converted);
+        assert_eq!(origin, Origin::AsStored);
+        assert!(matches!(t.bytes, Bytes::Mapped { .. }));
         assert_eq!(t.dtype, CDType::F32);
-        let got: Vec<f32> = t
-            .bytes
-            .as_slice()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        assert_eq!(got, want);
+        assert_eq!(t.quant, Some(DType::F8_E4M3));
+        assert_eq!(t.scale, Some(SCALE));
+        assert_eq!(t.bytes.len(), want.len());
+        let m = t
+            .materialize(&candle_core::Device::Cpu, CDType::F32)
+            .unwrap();
+        assert_eq!(m.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
         // In bf16 compute: the same f32 values rounded once.
         let mut mf = open(&path, CDType::BF16);
         let (t, _) = mf.tensor(QKV, "img_attn.qkv.weight").unwrap();

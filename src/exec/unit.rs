@@ -79,9 +79,73 @@ pub struct HostTensor {
     pub dtype: DType,
     pub shape: Vec<usize>,
     pub bytes: Bytes,
-    /// `Some(Q8_0 …)`: `bytes` hold GGML blocks of that type; they travel quantised and are
-    /// dequantised (to f32, then rounded to `dtype`) where they are used.
+    /// `Some(Q8_0)`: `bytes` hold GGML blocks of that type; they travel quantised and are
+    /// dequantised (to f32, then rounded to `dtype`) where they are used. `Some(F8_E4M3 |
+    /// F8_E5M2)`: `bytes` hold one fp8 value per element, widened ([`widen_fp8`], with
+    /// `scale`) to `dtype` where they are used.
     pub quant: Option<crate::weights::DType>,
+    /// ComfyUI scaled fp8: the per-tensor scale an fp8 `quant` tensor is multiplied by (in
+    /// f32) when widened. `None` for every other tensor.
+    pub scale: Option<f32>,
+}
+
+/// Whether `q` is an fp8 type (one byte per value, widened by [`widen_fp8`]).
+pub fn is_fp8(q: crate::weights::DType) -> bool {
+    matches!(
+        q,
+        crate::weights::DType::F8_E4M3 | crate::weights::DType::F8_E5M2
+    )
+}
+
+/// The stored dtype of a floating-point compute dtype (bf16, f16 or f32).
+pub fn stored_of(c: DType) -> Option<crate::weights::DType> {
+    use crate::weights::DType as W;
+    match c {
+        DType::F32 => Some(W::F32),
+        DType::F16 => Some(W::F16),
+        DType::BF16 => Some(W::BF16),
+        _ => None,
+    }
+}
+
+/// fp8 bytes (`fp8`: e4m3fn or e5m2) widened to `out` (bf16, f16 or f32), little-endian:
+/// each value exactly to f32, times `scale` in f32 when given (one f32 rounding), then
+/// rounded once to `out` (round to nearest, ties to even) — `weights::lora::math::decode`
+/// then `encode`, the loader's host-side widening, split into chunks across threads (the
+/// arithmetic is per element, so the split cannot change a bit). `None` for a dtype pair
+/// this does not handle.
+pub fn widen_fp8(
+    fp8: crate::weights::DType,
+    bytes: &[u8],
+    scale: Option<f32>,
+    out: DType,
+) -> Option<Vec<u8>> {
+    use crate::weights::lora::math;
+    use rayon::prelude::*;
+    let store = stored_of(out)?;
+    if !is_fp8(fp8) {
+        return None;
+    }
+    let w = out.size_in_bytes();
+    let mut dst = vec![0u8; bytes.len() * w];
+    const CHUNK: usize = 1 << 16;
+    let run = |(src, dst): (&[u8], &mut [u8])| {
+        let mut f = vec![0f32; src.len()];
+        math::decode(fp8, src, scale, &mut f);
+        math::encode(store, &f, None, dst);
+    };
+    if bytes.len() > 1 << 20 {
+        bytes
+            .par_chunks(CHUNK)
+            .zip(dst.par_chunks_mut(CHUNK * w))
+            .for_each(run);
+    } else {
+        bytes
+            .chunks(CHUNK)
+            .zip(dst.chunks_mut(CHUNK * w))
+            .for_each(run);
+    }
+    Some(dst)
 }
 
 impl HostTensor {
@@ -98,6 +162,22 @@ impl HostTensor {
                     self.shape,
                     self.bytes.len()
                 )
+            }
+            if is_fp8(q) {
+                let b = widen_fp8(q, self.bytes.as_slice(), self.scale, self.dtype).ok_or_else(
+                    || {
+                        candle_core::Error::Msg(format!(
+                            "tensor `{}`: {q} cannot be widened to {:?} (supported: bf16, f16, f32)",
+                            self.name, self.dtype
+                        ))
+                    },
+                )?;
+                let t = Tensor::from_raw_buffer(&b, self.dtype, &self.shape, device)?;
+                return if self.dtype != dtype {
+                    t.to_dtype(dtype)
+                } else {
+                    Ok(t)
+                };
             }
             let v = crate::weights::convert::to_f32(q, self.bytes.as_slice(), numel);
             // Round to the tensor's type first (as the device-side dequantisation does), then
@@ -191,6 +271,7 @@ mod tests {
             shape: vec![vals.len()],
             bytes: Bytes::Owned(Arc::from(bytes)),
             quant: None,
+            scale: None,
         }
     }
 
@@ -218,5 +299,101 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("needs 8 bytes, the store holds 4"), "{e}");
+    }
+
+    /// Every fp8 bit pattern, widened with and without a scale to every compute dtype, gives
+    /// the bytes of the independent reference: the `float8` crate's value × scale in f32,
+    /// rounded by candle's `to_dtype` (what the loader's host-side widening produced).
+    #[test]
+    fn widen_fp8_matches_the_reference_for_every_pattern() {
+        use crate::weights::DType as W;
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        for fp8 in [W::F8_E4M3, W::F8_E5M2] {
+            for scale in [
+                None,
+                Some(0.015625f32),
+                Some(3.7e-3),
+                Some(1.0e-30),
+                Some(-2.5e4),
+            ] {
+                let f: Vec<f32> = bytes
+                    .iter()
+                    .map(|&b| {
+                        let v = match fp8 {
+                            W::F8_E4M3 => float8::F8E4M3::from_bits(b).to_f32(),
+                            _ => float8::F8E5M2::from_bits(b).to_f32(),
+                        };
+                        scale.map_or(v, |s| v * s)
+                    })
+                    .collect();
+                for out in [DType::BF16, DType::F16, DType::F32] {
+                    let want = Tensor::from_vec(f.clone(), 256, &Device::Cpu)
+                        .unwrap()
+                        .to_dtype(out)
+                        .unwrap();
+                    let want_bytes = match out {
+                        DType::BF16 => want
+                            .to_vec1::<half::bf16>()
+                            .unwrap()
+                            .iter()
+                            .flat_map(|v| v.to_le_bytes())
+                            .collect::<Vec<u8>>(),
+                        DType::F16 => want
+                            .to_vec1::<half::f16>()
+                            .unwrap()
+                            .iter()
+                            .flat_map(|v| v.to_le_bytes())
+                            .collect(),
+                        _ => want
+                            .to_vec1::<f32>()
+                            .unwrap()
+                            .iter()
+                            .flat_map(|v| v.to_le_bytes())
+                            .collect(),
+                    };
+                    let got = widen_fp8(fp8, &bytes, scale, out).unwrap();
+                    assert_eq!(got, want_bytes, "{fp8} × {scale:?} → {out:?}");
+                }
+            }
+        }
+        assert!(widen_fp8(W::Q8_0, &bytes, None, DType::BF16).is_none());
+        assert!(widen_fp8(W::F8_E4M3, &bytes, None, DType::U8).is_none());
+    }
+
+    /// A compact fp8 tensor materialises to the same bytes as the host-widened tensor the
+    /// loader used to store, large enough to take the threaded path.
+    #[test]
+    fn compact_fp8_materializes_like_the_widened_tensor() {
+        use crate::weights::DType as W;
+        let n = (1 << 20) + 4099;
+        let bytes: Vec<u8> = (0..n).map(|i| ((i * 2654435761usize) >> 7) as u8).collect();
+        for (fp8, scale) in [(W::F8_E4M3, Some(0.02f32)), (W::F8_E5M2, None)] {
+            let compact = HostTensor {
+                name: "w".into(),
+                dtype: DType::BF16,
+                shape: vec![n],
+                bytes: Bytes::Owned(Arc::from(bytes.clone())),
+                quant: Some(fp8),
+                scale,
+            };
+            let mut f = vec![0f32; n];
+            crate::weights::lora::math::decode(fp8, &bytes, scale, &mut f);
+            let mut wide = vec![0u8; 2 * n];
+            crate::weights::lora::math::encode(W::BF16, &f, None, &mut wide);
+            let widened = HostTensor {
+                bytes: Bytes::Owned(Arc::from(wide)),
+                quant: None,
+                scale: None,
+                ..compact.clone()
+            };
+            for dt in [DType::BF16, DType::F32] {
+                let a = compact.materialize(&Device::Cpu, dt).unwrap();
+                let b = widened.materialize(&Device::Cpu, dt).unwrap();
+                let a = a.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+                let b = b.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&a) == bits(&b), "{fp8} {dt:?}");
+            }
+        }
     }
 }

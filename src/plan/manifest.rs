@@ -237,7 +237,7 @@ fn workload(m: &Manifest, model: &Model) -> Workload {
 
 /// Bytes a unit takes on the compute device per stored byte: the compute dtype's size per
 /// element over the stored size (bf16 stored, f32 compute on a CPU: 2.0; GGUF Q8_0
-/// dequantised to bf16: ≈ 1.88).
+/// dequantised to bf16: ≈ 1.88; fp8 widened to bf16: 2.0).
 fn device_bytes_factor(model: &Model, inv: &Inventory) -> f64 {
     let stored: u64 = inv.tensors.iter().map(|t| t.len).sum();
     if stored == 0 {
@@ -261,13 +261,14 @@ fn device_bytes_factor(model: &Model, inv: &Inventory) -> f64 {
 }
 
 /// The dtype a stored tensor is held in after loading, when the executor converts it
-/// (`exec::load`): GGML-quantised and fp8 tensors are widened and rounded once to the compute
+/// (`exec::load`): GGML-quantised tensors are dequantised and rounded once to the compute
 /// dtype, except Q8_0 computed in bf16 without LoRAs, which stays quantised and travels as
-/// stored. With LoRAs every quantised tensor counts as patched (an upper bound: the LoRA files
-/// are not read when planning).
+/// stored. fp8 and scaled fp8 always stay fp8 (LoRAs patch them in place) and are widened on
+/// the compute device: every home holds, and every fetch moves, their file bytes. With LoRAs
+/// every quantised tensor counts as patched (an upper bound: the LoRA files are not read
+/// when planning).
 fn loaded_dtype(stored: DType, compute: DType, loras: bool) -> Option<DType> {
-    let fp8 = matches!(stored, DType::F8_E4M3 | DType::F8_E5M2);
-    ((stored.is_quantized() && !stored.stays_quantized(compute, loras)) || fp8).then_some(compute)
+    (stored.is_quantized() && !stored.stays_quantized(compute, loras)).then_some(compute)
 }
 
 /// `inv` with each tensor's bytes as the executor will hold them in every home (see
@@ -397,8 +398,10 @@ mod loaded_tests {
             (Q8_0, F32, false, Some(F32)),
             (Q4_K, BF16, false, Some(BF16)),
             (Q4_0, F16, true, Some(F16)),
-            (F8_E4M3, BF16, false, Some(BF16)),
-            (F8_E5M2, F32, false, Some(F32)),
+            // fp8 stays fp8 (widened on the compute device), with or without LoRAs.
+            (F8_E4M3, BF16, false, None),
+            (F8_E4M3, BF16, true, None),
+            (F8_E5M2, F32, false, None),
             (I64, BF16, true, None),
         ];
         for (stored, compute, loras, want) in table {

@@ -36,6 +36,9 @@ pub(crate) struct ModelCtx<'a> {
     /// that travel quantised (tensors still quantised after [`super::manifest::as_loaded`])
     /// to a GPU; a resident unit is dequantised once, at load.
     pub dequant: Vec<f64>,
+    /// Per unit: bytes of its compact tensors, which a CUDA slot holds beside their widened
+    /// form (0 on a CPU, where widening makes a fresh tensor).
+    pub staging: Vec<u64>,
     pub tflops: Rate,
     pub activations: u64,
     pub activation_formula: String,
@@ -84,12 +87,13 @@ impl<'a> ModelCtx<'a> {
             .units
             .iter()
             .map(|u| {
-                // Quantised tensors are widened to bf16 (2 bytes) on the GPU.
+                // Compact tensors (GGUF blocks that travel quantised, fp8) are widened to
+                // bf16 (2 bytes) on the GPU at each fetch.
                 let out: u64 = u
                     .tensors
                     .iter()
                     .map(|&t| &inv.tensors[t])
-                    .filter(|t| t.dtype.is_quantized())
+                    .filter(|t| compact(t.dtype))
                     .map(|t| t.numel() * 2)
                     .sum();
                 if out > 0 && req.compute.is_cuda() && dequant_rate > 0.0 {
@@ -97,6 +101,22 @@ impl<'a> ModelCtx<'a> {
                 } else {
                     0.0
                 }
+            })
+            .collect();
+        // A CUDA slot also holds the compact bytes of its unit while they are widened.
+        let staging = inv
+            .units
+            .iter()
+            .map(|u| {
+                if !req.compute.is_cuda() {
+                    return 0;
+                }
+                u.tensors
+                    .iter()
+                    .map(|&t| &inv.tensors[t])
+                    .filter(|t| compact(t.dtype))
+                    .map(|t| t.len)
+                    .sum()
             })
             .collect();
         let (activations, activation_formula) = arch.activations();
@@ -111,6 +131,7 @@ impl<'a> ModelCtx<'a> {
             compute,
             runs,
             dequant,
+            staging,
             tflops,
             activations,
             activation_formula,
@@ -118,6 +139,12 @@ impl<'a> ModelCtx<'a> {
             factor,
             tokens: arch.seq(),
         }
+    }
+
+    /// Bytes a slot needs to hold unit `i` streamed: its values in the compute dtype and the
+    /// compact bytes they are widened from.
+    pub fn slot_of(&self, i: usize) -> u64 {
+        self.on_device(self.inv.units[i].bytes) + self.staging[i]
     }
 
     /// Bytes unit `i` takes on the compute device.
@@ -142,6 +169,13 @@ pub(crate) struct Choice {
     pub slot_bytes: u64,
     pub step: f64,
     pub excess: u64,
+}
+
+/// Whether tensors stored as `d` travel compact and are widened on the compute device at
+/// each fetch (GGML blocks that stay quantised, fp8): see `plan::manifest::as_loaded`.
+fn compact(d: crate::weights::DType) -> bool {
+    use crate::weights::DType as W;
+    d.is_quantized() || matches!(d, W::F8_E4M3 | W::F8_E5M2)
 }
 
 /// Copy queue of a source: the host link (cpu and disk share it) or a peer GPU's link.
@@ -605,7 +639,7 @@ pub(crate) fn choose_k(ctx: &ModelCtx, hw: &Hardware, ledger: &Ledger, layout: L
     let streamed = layout.homes.iter().any(|h| *h != compute);
     let slot_bytes = (0..layout.homes.len())
         .filter(|&i| layout.homes[i] != compute)
-        .map(|i| ctx.on_device(ctx.inv.units[i].bytes))
+        .map(|i| ctx.slot_of(i))
         .max()
         .unwrap_or(0);
     let ks: Vec<u32> = match (streamed, ctx.req.prefetch) {

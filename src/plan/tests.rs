@@ -678,3 +678,28 @@ fn other_errors() {
     bad.links[0].gbps = Some(-1.0);
     insta::assert_snapshot!("error_hardware", errors(one(model(Allocation::Auto), &bad)));
 }
+
+#[test]
+fn fp8_units_travel_compact_and_slots_hold_both_forms() {
+    let inv = Arc::new(synthetic::flux_dev(DType::F8_E4M3));
+    let mut m = model(Allocation::Auto);
+    m.inventory = inv.clone();
+    m.device_bytes_factor = 2.0;
+    let p = one(m, &hw("hw-4090-cpu.toml")).unwrap();
+    let mp = &p.models[0];
+    let streamed: Vec<&BlockPlan> = mp.blocks.iter().filter(|b| b.home != mp.compute).collect();
+    assert!(!streamed.is_empty(), "a 24 GB card streams FLUX.1-dev");
+    // Units count their fp8 bytes (what homes hold and a fetch moves) …
+    for b in &streamed {
+        let u = inv.units.iter().find(|u| u.name == b.name).unwrap();
+        assert_eq!(b.bytes, u.bytes, "{}", b.name);
+    }
+    // … and a slot holds the widened bf16 values (2×) beside the compact bytes (1×), for the
+    // largest unit whose tensors are all fp8.
+    let largest = streamed.iter().map(|b| b.bytes).max().unwrap();
+    assert!(
+        mp.slot_bytes <= 3 * largest && mp.slot_bytes > 2 * largest,
+        "slot {} for a largest streamed unit of {largest}",
+        mp.slot_bytes
+    );
+}

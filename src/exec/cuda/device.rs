@@ -1,5 +1,6 @@
 //! Device-wide helpers of the CUDA backend: the page-locked copy-rate measurement, the memory
-//! pool setting that keeps freed activations mapped, and the Q8_0 dequantisation kernel.
+//! pool setting that keeps freed activations mapped, the Q8_0 dequantisation kernel and the
+//! fp8 widening kernel.
 
 use candle_core::cuda_backend::cudarc::driver::sys;
 use candle_core::Device;
@@ -100,4 +101,143 @@ pub(super) fn dequant_q8_0(
     unsafe { b.launch(cfg) }
         .map(|_| ())
         .map_err(|e| format!("{e:?}"))
+}
+
+/// PTX of `src/exec/kernels/widen.cu`, compiled by build.rs.
+const WIDEN_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/widen.ptx"));
+
+/// The CPU's fp8 → f32 tables (e4m3fn at 0, e5m2 at 256), as the widening kernel reads them:
+/// the same values, NaN bits included, as `weights::lora::math::decode`.
+pub(super) fn fp8_tables() -> Vec<f32> {
+    use crate::weights::{lora::math, DType as W};
+    let patterns: Vec<u8> = (0..=255u8).collect();
+    let mut t = vec![0f32; 512];
+    math::decode(W::F8_E4M3, &patterns, None, &mut t[..256]);
+    math::decode(W::F8_E5M2, &patterns, None, &mut t[256..]);
+    t
+}
+
+/// Launches the fp8 → `out` widening of `n` values at `src` into `dst` on the compute stream:
+/// `table` points at the 256 f32 values of the fp8 type ([`fp8_tables`]), `scale` is the
+/// ComfyUI scale (multiplied in f32) when given.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn widen_fp8(
+    device: &Device,
+    src: sys::CUdeviceptr,
+    dst: sys::CUdeviceptr,
+    n: u64,
+    table: sys::CUdeviceptr,
+    scale: Option<f32>,
+    out: candle_core::DType,
+) -> Result<(), String> {
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    let name = match out {
+        candle_core::DType::BF16 => "widen_fp8_bf16",
+        candle_core::DType::F16 => "widen_fp8_f16",
+        candle_core::DType::F32 => "widen_fp8_f32",
+        d => return Err(format!("fp8 cannot be widened to {d:?} on the GPU")),
+    };
+    let cdev = device.as_cuda_device().map_err(|e| e.to_string())?;
+    let f = cdev
+        .get_or_load_custom_func(name, "mgpu_widen", WIDEN_PTX)
+        .map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let threads = 256u32;
+    let grid = u32::try_from(n.div_ceil(threads as u64))
+        .map_err(|_| format!("{n} values are too many for one launch"))?;
+    let cfg = LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let s = scale.unwrap_or(1.0);
+    let scaled = i32::from(scale.is_some());
+    let mut b = f.builder();
+    b.arg(&src)
+        .arg(&dst)
+        .arg(&table)
+        .arg(&s)
+        .arg(&scaled)
+        .arg(&n);
+    // SAFETY: src holds n fp8 bytes and dst n values of `out` inside live slot regions (sized
+    // by the layout); table holds 256 f32 values; the kernel reads and writes only those.
+    unsafe { b.launch(cfg) }
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Widens every fp8 bit pattern of both types (repeated over several kernel blocks), without
+/// and with scales (tiny, odd, negative), to bf16, f16 and f32 with the kernel and compares
+/// the bytes with the CPU widening (`exec::unit::widen_fp8`). Returns one line per
+/// combination that differs (empty: bit-identical).
+pub fn check_widen_fp8(device: &Device) -> Result<Vec<String>, EngineError> {
+    use crate::weights::DType as W;
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let cdev = device.as_cuda_device().map_err(candle_err)?;
+    let stream = cdev.cuda_stream();
+    let tables = stream
+        .clone_htod(&fp8_tables())
+        .map_err(cuda_err("uploading the fp8 tables"))?;
+    let tables_ptr = tables.device_ptr(&stream).0;
+    let patterns: Vec<u8> = (0..4099u32).map(|i| (i * 7 % 256) as u8).collect();
+    let src = stream
+        .clone_htod(&patterns)
+        .map_err(cuda_err("uploading the patterns"))?;
+    let src_ptr = src.device_ptr(&stream).0;
+    let n = patterns.len();
+    let mut fails = Vec::new();
+    for (fp8, table_off) in [(W::F8_E4M3, 0u64), (W::F8_E5M2, 256 * 4)] {
+        for scale in [
+            None,
+            Some(0.015625f32),
+            Some(3.7e-3),
+            Some(1.0e-30),
+            Some(-2.5e4),
+        ] {
+            for out in [
+                candle_core::DType::BF16,
+                candle_core::DType::F16,
+                candle_core::DType::F32,
+            ] {
+                let bytes = n * out.size_in_bytes();
+                // SAFETY: fully written by the kernel before it is read back.
+                let dst = unsafe { stream.alloc::<u8>(bytes) }
+                    .map_err(cuda_err("allocating device memory"))?;
+                let dst_ptr = dst.device_ptr(&stream).0;
+                widen_fp8(
+                    device,
+                    src_ptr,
+                    dst_ptr,
+                    n as u64,
+                    tables_ptr + table_off,
+                    scale,
+                    out,
+                )
+                .map_err(|m| EngineError::Fetch {
+                    unit: "fp8 check".into(),
+                    link: "cuda".into(),
+                    message: m,
+                })?;
+                stream.synchronize().map_err(cuda_err("widening"))?;
+                let got = stream.clone_dtoh(&dst).map_err(cuda_err("reading back"))?;
+                let want =
+                    crate::exec::unit::widen_fp8(fp8, &patterns, scale, out).unwrap_or_default();
+                if got != want {
+                    let w = out.size_in_bytes();
+                    let first = (0..n)
+                        .find(|&i| got[i * w..(i + 1) * w] != want[i * w..(i + 1) * w])
+                        .unwrap_or(0);
+                    fails.push(format!(
+                        "{fp8} × {scale:?} → {out:?}: value {first} (pattern {:#04x}) is {:02x?}, the CPU gives {:02x?}",
+                        patterns[first],
+                        &got[first * w..(first + 1) * w],
+                        &want[first * w..(first + 1) * w]
+                    ));
+                }
+            }
+        }
+    }
+    Ok(fails)
 }

@@ -1,0 +1,200 @@
+//! Issue #13, "fp8 travels as fp8": the tiny FLUX transformer stored as fp8 (e4m3fn, e5m2)
+//! and as ComfyUI scaled fp8 runs through the executor's [`Generator`] with its blocks
+//! resident, streamed from host memory and streamed from disk (the memory map: no spill file,
+//! the homes hold the file's fp8 bytes), and every image's latent and RGB pixels are compared
+//! bit for bit with
+//! - the all-resident run of the same file, and
+//! - the old path, widen-on-host: the same model stored as the loader used to hold it (every
+//!   fp8 tensor widened on the host to the compute dtype, `exec::unit::widen_fp8`), a plain
+//!   bf16/f32 file that the executor passes through as stored.
+//!
+//! A pass streams the fp8 bytes: about half the bytes of the widened bf16 model.
+//!
+//! [`Generator`]: mgpu::exec::pipeline::Generator
+
+mod exec_common;
+
+use std::path::Path;
+
+use exec_common::*;
+
+use mgpu::exec::pipeline::UnitHome;
+use mgpu::weights::{lora::math, DType, WeightFile};
+use safetensors::tensor::{serialize_to_file, TensorView};
+use safetensors::Dtype as St;
+
+const JOBS: &str = r#"
+[[jobs]]
+name = "fox"
+prompt = "a red fox in snow"
+seed = 42
+count = 2
+"#;
+
+/// How the matrices of the tiny transformer are stored.
+#[derive(Clone, Copy, Debug)]
+enum Fp8 {
+    E4m3,
+    E5m2,
+    /// e4m3fn with a per-tensor f32 `scale_weight` (max|w| → 448) and a `scaled_fp8` marker.
+    Scaled,
+}
+
+/// Writes the tiny FLUX transformer with its 2-D `.weight`s in `kind` (the rest f32) to
+/// `fp8`, and the same model as the old loader held it — those tensors widened on the host to
+/// `compute` — to `widened`.
+fn write_files(kind: Fp8, compute: candle_core::DType, fp8: &Path, widened: &Path) {
+    let src = WeightFile::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/tiny/flux-tiny.safetensors"),
+    )
+    .unwrap();
+    let wide_st = match compute {
+        candle_core::DType::BF16 => St::BF16,
+        _ => St::F32,
+    };
+    let mut a: Vec<(String, St, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut b: Vec<(String, St, Vec<usize>, Vec<u8>)> = Vec::new();
+    for t in src.tensors() {
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let vals = src.to_f32(&t.name).unwrap();
+        let f32_bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        if shape.len() != 2 || !t.name.ends_with(".weight") {
+            a.push((t.name.clone(), St::F32, shape.clone(), f32_bytes.clone()));
+            b.push((t.name.clone(), St::F32, shape, f32_bytes));
+            continue;
+        }
+        let (dt, st) = match kind {
+            Fp8::E5m2 => (DType::F8_E5M2, St::F8_E5M2),
+            _ => (DType::F8_E4M3, St::F8_E4M3),
+        };
+        let scale = match kind {
+            Fp8::Scaled => {
+                let m = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+                Some(if m > 0.0 { m / 448.0 } else { 1.0 })
+            }
+            _ => None,
+        };
+        let mut q = vec![0u8; vals.len()];
+        math::encode(dt, &vals, scale, &mut q);
+        let wide = mgpu::exec::unit::widen_fp8(dt, &q, scale, compute).expect("a compute dtype");
+        a.push((t.name.clone(), st, shape.clone(), q));
+        if let Some(s) = scale {
+            let name = t.name.replace(".weight", ".scale_weight");
+            a.push((name, St::F32, vec![], s.to_le_bytes().to_vec()));
+        }
+        b.push((t.name.clone(), wide_st, shape, wide));
+    }
+    if matches!(kind, Fp8::Scaled) {
+        a.push(("scaled_fp8".into(), St::F8_E4M3, vec![0], vec![]));
+    }
+    for (list, path) in [(&a, fp8), (&b, widened)] {
+        let views: Vec<(String, TensorView)> = list
+            .iter()
+            .map(|(n, d, s, bytes)| (n.clone(), TensorView::new(*d, s.clone(), bytes).unwrap()))
+            .collect();
+        serialize_to_file(views, None, path).unwrap();
+    }
+}
+
+#[test]
+fn fp8_homes_hold_fp8_and_give_the_widened_models_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    for (kind, compute, dtype) in [
+        (Fp8::E4m3, candle_core::DType::BF16, "bf16"),
+        (Fp8::Scaled, candle_core::DType::BF16, "bf16"),
+        (Fp8::Scaled, candle_core::DType::F32, "f32"),
+        (Fp8::E5m2, candle_core::DType::F32, "f32"),
+    ] {
+        let what = format!("{kind:?} in {dtype}");
+        let fp8 = dir
+            .path()
+            .join(format!("flux-{kind:?}-{dtype}-fp8.safetensors"));
+        let wide = dir
+            .path()
+            .join(format!("flux-{kind:?}-{dtype}-wide.safetensors"));
+        write_files(kind, compute, &fp8, &wide);
+        let manifest = |file: &Path| {
+            load(
+                &manifest_text(&out, &format!("dtype = \"{dtype}\""), JOBS)
+                    .replace("tiny/flux-tiny.safetensors", &file.display().to_string()),
+            )
+        };
+        let (m, old) = (manifest(&fp8), manifest(&wide));
+        // The old path: widened on the host, resident.
+        let reference = run(&old, options(&cache), &[&[0], &[1]]);
+        let resident = run(&m, options(&cache), &[&[0], &[1]]);
+        assert_all_same(&reference, &resident, 2, &format!("{what}, resident"));
+        let host = run(
+            &m,
+            everything_on(options(&cache), UnitHome::Host),
+            &[&[0, 1]],
+        );
+        assert_all_same(&reference, &host, 2, &format!("{what}, host homes"));
+        let disk = run(
+            &m,
+            everything_on(options(&cache), UnitHome::Disk),
+            &[&[1], &[0]],
+        );
+        assert_all_same(&reference, &disk, 2, &format!("{what}, disk homes"));
+        // Disk homes are the file's own fp8 bytes: nothing was widened into a spill file.
+        assert!(
+            !disk
+                .notes()
+                .iter()
+                .any(|n| n.contains("model `flux`") && n.contains("spill file")),
+            "{what}: {:?}",
+            disk.notes()
+        );
+        // A pass moves the fp8 bytes: less than the widened model's pass.
+        let old_host = run(
+            &old,
+            everything_on(options(&cache), UnitHome::Host),
+            &[&[0]],
+        );
+        assert_all_same(&reference, &old_host, 1, &format!("{what}, old path, host"));
+        let (q, w) = (host.first_pass_bytes(), old_host.first_pass_bytes());
+        assert!(q > 0 && q < w, "{what}: fp8 pass {q} bytes, widened {w}");
+    }
+}
+
+#[test]
+fn a_lora_patches_fp8_in_place_and_placements_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    let fp8 = dir.path().join("flux-fp8.safetensors");
+    let wide = dir.path().join("flux-wide.safetensors");
+    write_files(Fp8::Scaled, candle_core::DType::BF16, &fp8, &wide);
+    let text = manifest_text(
+        &out,
+        "dtype = \"bf16\"\nloras = [{ file = \"tiny/lora-tiny.safetensors\" }]",
+        JOBS,
+    )
+    .replace("tiny/flux-tiny.safetensors", &fp8.display().to_string());
+    let m = load(&text);
+    let resident = run(&m, options(&cache), &[&[0], &[1]]);
+    let host = run(
+        &m,
+        everything_on(options(&cache), UnitHome::Host),
+        &[&[0, 1]],
+    );
+    assert_all_same(&resident, &host, 2, "scaled fp8 + LoRA, host homes");
+    let disk = run(
+        &m,
+        everything_on(options(&cache), UnitHome::Disk),
+        &[&[1], &[0]],
+    );
+    assert_all_same(&resident, &disk, 2, "scaled fp8 + LoRA, disk homes");
+    // The LoRA changed the output.
+    let plain = run(
+        &load(
+            &manifest_text(&out, "dtype = \"bf16\"", JOBS)
+                .replace("tiny/flux-tiny.safetensors", &fp8.display().to_string()),
+        ),
+        options(&cache),
+        &[&[0]],
+    );
+    assert_ne!(plain.ok(0).latent, resident.ok(0).latent);
+}
