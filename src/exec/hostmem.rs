@@ -88,6 +88,38 @@ pub fn par_copy(dst: &mut [u8], src: &[u8]) {
         .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
+/// Copies `src` into `dst` on up to all cores, in pieces: each piece is paged in with one
+/// call, copied, and — when `src` is a range of a read-only file mapping (`mapped`) — its whole
+/// pages are dropped right after ([`release`]), so at most a few pieces per thread are
+/// resident twice at any time. Never pass `mapped = true` for anonymous or written memory.
+pub fn copy_from(dst: &mut [u8], src: &[u8], mapped: bool) {
+    assert_eq!(dst.len(), src.len(), "copy_from of unequal lengths");
+    let one = |d: &mut [u8], s: &[u8]| {
+        if mapped && s.len() >= PAGE_MIN {
+            if let Some((ptr, len)) = aligned(s, true) {
+                // SAFETY: as in `populate`: faults pages of a live mapping in, read only.
+                unsafe {
+                    libc::madvise(ptr, len, libc::MADV_POPULATE_READ);
+                }
+            }
+        }
+        d.copy_from_slice(s);
+        if mapped {
+            release(s);
+        }
+    };
+    if src.len() < 2 * PIECE {
+        one(dst, src);
+        return;
+    }
+    dst.par_chunks_mut(PIECE)
+        .zip(src.par_chunks(PIECE))
+        .for_each(|(d, s)| one(d, s));
+}
+
+/// Below this a piece is not worth a separate page-in call.
+const PAGE_MIN: usize = 1 << 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +146,17 @@ mod tests {
         let mut small = vec![0u8; 10];
         par_copy(&mut small, &data[..10]);
         assert_eq!(small, data[..10]);
+        // Piecewise copy with release: same bytes, and the map still reads the file's bytes.
+        let mut out2 = vec![0u8; range.len()];
+        copy_from(&mut out2, range, true);
+        assert_eq!(out2, data[777..n - 99]);
+        assert_eq!(&map[..], &data[..]);
+        // Owned memory is never released (mapped = false): the source keeps its bytes.
+        let owned = data.clone();
+        let mut out3 = vec![0u8; n];
+        copy_from(&mut out3, &owned, false);
+        assert_eq!(out3, data);
+        assert_eq!(owned, data);
     }
 
     #[test]

@@ -51,19 +51,28 @@ impl Bytes {
         }
     }
 
+    /// Whether these are a range of a file mapping.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Bytes::Mapped { .. })
+    }
+
+    /// Copies the bytes into `dst` on all cores; a mapped range is paged in, copied and its
+    /// pages dropped piece by piece, so the file's pages do not stay resident beside the copy.
+    pub fn copy_to(&self, dst: &mut [u8]) {
+        super::hostmem::copy_from(dst, self.as_slice(), self.is_mapped());
+    }
+
     /// An owned copy (moves a mapped range into host memory).
     pub fn to_owned_bytes(&self) -> Bytes {
         match self {
             Bytes::Owned(_) => self.clone(),
             Bytes::Mapped { .. } => {
                 let src = self.as_slice();
-                super::hostmem::populate(src);
                 // Zeroed allocations of this size are fresh pages (no memset pass).
                 // SAFETY: all-zero bytes are valid u8.
                 let mut v: Arc<[u8]> = unsafe { Arc::new_zeroed_slice(src.len()).assume_init() };
                 let dst = Arc::get_mut(&mut v).expect("a fresh Arc is unique");
-                super::hostmem::par_copy(dst, src);
-                self.release_mapped();
+                self.copy_to(dst);
                 Bytes::Owned(v)
             }
         }
@@ -203,7 +212,13 @@ impl HostTensor {
         }
         #[cfg(feature = "cuda")]
         let t = if super::cuda::upload::staged(device, want) {
-            super::cuda::upload::upload(self.bytes.as_slice(), self.dtype, &self.shape, device)?
+            super::cuda::upload::upload(
+                self.bytes.as_slice(),
+                self.bytes.is_mapped(),
+                self.dtype,
+                &self.shape,
+                device,
+            )?
         } else {
             Tensor::from_raw_buffer(self.bytes.as_slice(), self.dtype, &self.shape, device)?
         };

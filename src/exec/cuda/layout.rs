@@ -188,7 +188,7 @@ pub(super) fn layout_of(data: &UnitData, keys: &[RegionKey]) -> Result<Layout, E
 
 /// Writes a unit's stored bytes into its home buffer at their layout offsets.
 pub(super) fn fill_home(layout: &Layout, data: &UnitData, dst: &mut [u8]) {
-    fill_home_with(layout, data, dst, |d, s| d.copy_from_slice(s))
+    fill_home_with(layout, data, dst, |d, s| d.copy_from_slice(s.as_slice()))
 }
 
 /// [`fill_home`] with the copy done by `copy` (e.g. a parallel copy).
@@ -196,10 +196,10 @@ pub(super) fn fill_home_with(
     layout: &Layout,
     data: &UnitData,
     dst: &mut [u8],
-    copy: impl Fn(&mut [u8], &[u8]),
+    copy: impl Fn(&mut [u8], &crate::exec::unit::Bytes),
 ) {
     for (p, t) in layout.places.iter().zip(&data.tensors) {
-        let b = t.bytes.as_slice();
-        copy(&mut dst[p.home_offset..p.home_offset + b.len()], b);
+        let n = t.bytes.len();
+        copy(&mut dst[p.home_offset..p.home_offset + n], &t.bytes);
     }
 }

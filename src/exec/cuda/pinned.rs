@@ -8,9 +8,10 @@
 //!   task on rayon's threads, each with the context bound), pages the mapped source in with
 //!   one call per range, copies it, and drops the mapped pages (`hostmem::release`) so the
 //!   weights count once in the process's memory;
-//! - two ways to get page-locked memory, chosen by `MGPU_PIN` (`alloc`, the default: the
-//!   driver allocates it, `cuMemHostAlloc`; `register`: ordinary memory filled first, then
-//!   registered with `cuMemHostRegister`). Both are measured by the GPU harness;
+//! - two ways to get page-locked memory, chosen by `MGPU_PIN` (`register`, the default:
+//!   ordinary memory filled first, then registered with `cuMemHostRegister`; `alloc`: the
+//!   driver allocates it, `cuMemHostAlloc`, 13× slower to set up on the H200 host:
+//!   benches/RESULTS.md). Both are measured by tools/gpu-first-image.sh;
 //! - dropping an engine hands its page-locked buffers to a background thread
 //!   ([`reap`]), so unpinning overlaps decoding and writing instead of preceding them.
 
@@ -21,7 +22,6 @@ use candle_core::cuda_backend::cudarc::driver::{sys, CudaContext, PinnedHostSlic
 use rayon::prelude::*;
 
 use super::super::engine::EngineError;
-use super::super::hostmem;
 use super::super::unit::UnitData;
 use super::cuda_err;
 use super::layout::{fill_home_with, Layout};
@@ -36,11 +36,12 @@ pub enum PinMode {
 }
 
 impl PinMode {
-    /// From `MGPU_PIN` (`alloc` or `register`); `alloc` when unset or unknown.
+    /// From `MGPU_PIN` (`alloc` or `register`); `register` when unset or unknown (measured on
+    /// an H200 host: 22 GiB pinned in 1.7 s registered vs 22 s through `cuMemHostAlloc`).
     pub fn from_env() -> PinMode {
         match std::env::var("MGPU_PIN").as_deref() {
-            Ok("register") => PinMode::Register,
-            _ => PinMode::Alloc,
+            Ok("alloc") => PinMode::Alloc,
+            _ => PinMode::Register,
         }
     }
 }
@@ -201,15 +202,11 @@ impl PinnedPool {
             .map(|(name, layout, data)| {
                 ctx.bind_to_thread()
                     .map_err(cuda_err("binding the context"))?;
-                for t in &data.tensors {
-                    hostmem::populate(t.bytes.as_slice());
-                }
+                // Mapped bytes are paged in, copied and dropped piece by piece, so the file's
+                // pages never pile up beside the pinned copy.
                 let buf = PinnedBuf::new(ctx, layout.home_bytes, mode, |dst| {
-                    fill_home_with(layout, data, dst, hostmem::par_copy)
+                    fill_home_with(layout, data, dst, |d, b| b.copy_to(d))
                 })?;
-                for t in &data.tensors {
-                    t.bytes.release_mapped();
-                }
                 Ok((name.to_string(), Arc::new(buf)))
             })
             .collect();

@@ -48,6 +48,7 @@ fn err(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
 /// device), copied through page-locked staging buffers.
 pub fn upload(
     bytes: &[u8],
+    mapped: bool,
     dtype: DType,
     shape: &[usize],
     device: &Device,
@@ -67,7 +68,7 @@ pub fn upload(
     let dst = region_ptr(&t, &stream).map_err(|e| err("device pointer", e))?;
     let mut all = stagings().lock().unwrap_or_else(|p| p.into_inner());
     let key = Arc::as_ptr(&ctx) as usize;
-    if !all.contains_key(&key) {
+    if let std::collections::hash_map::Entry::Vacant(slot) = all.entry(key) {
         let mk = || -> candle_core::Result<PinnedHostSlice<u8>> {
             // SAFETY: every byte copied out is written first.
             unsafe { ctx.alloc_pinned_with_flags::<u8>(CHUNK, sys::CU_MEMHOSTALLOC_PORTABLE) }
@@ -77,18 +78,14 @@ pub fn upload(
             ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
                 .map_err(|e| err("creating an event", e))
         };
-        all.insert(
-            key,
-            Staging {
-                bufs: [mk()?, mk()?],
-                done: [ev()?, ev()?],
-                pending: [false, false],
-            },
-        );
+        slot.insert(Staging {
+            bufs: [mk()?, mk()?],
+            done: [ev()?, ev()?],
+            pending: [false, false],
+        });
     }
     let st = all.get_mut(&key).ok_or_else(|| err("staging", "missing"))?;
     ctx.bind_to_thread().map_err(|e| err("binding", e))?;
-    hostmem::populate(bytes);
     for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
         let b = i % 2;
         if st.pending[b] {
@@ -99,7 +96,8 @@ pub fn upload(
         let host = st.bufs[b]
             .as_mut_slice()
             .map_err(|e| err("staging buffer", e))?;
-        hostmem::par_copy(&mut host[..chunk.len()], chunk);
+        // Paged in on all cores, copied, and (for a file mapping) the chunk's pages dropped.
+        hostmem::copy_from(&mut host[..chunk.len()], chunk, mapped);
         // SAFETY: `dst + i·CHUNK .. + len` lies inside the tensor's allocation (its size was
         // checked against `bytes`); the staging buffer is not written again before `done[b]`
         // (recorded right after this copy) has completed.
