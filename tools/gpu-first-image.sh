@@ -6,14 +6,17 @@
 #   read      the page-cache read rate of those files (a second `cat`), the bytes/bandwidth
 #             floor of the issue's target
 #   runs      `mgpu run` of one job of 4 images, 1024², 20 steps, batch 4, everything on
-#             cuda:0, under several cases (resident with a cold and a warm hash cache; FLUX's
-#             blocks in host RAM with cuMemHostAlloc and with cuMemHostRegister; half and half);
+#             cuda:0, under several cases: `first` (the machine's first mgpu process: the CUDA
+#             driver's JIT cache of the PTX kernels and the hash cache both cold), `cold-hash`
+#             (JIT cache warm, a new hash cache), `warm`, FLUX's blocks in host RAM with
+#             cuMemHostRegister (`host`, the default) and cuMemHostAlloc (`host-alloc`), half
+#             and half (`half`);
 #             per case: wall, the report's phases, sampling + decode, the load overhead
 #             (wall − sample − decode) against the target, peak RSS, user+system CPU
 #   peer      diffusers loading the same pipeline (tools/peer_diffusers_flux_load.py), if
 #             diffusers can be imported or its wheels are in .carry/wheels
 # Usage: tools/gpu-first-image.sh [path/to/mgpu] [output folder]
-#   CASES="cold warm host host-register half"  PEER=1
+#   CASES="first cold-hash warm host host-alloc half"  PEER=1
 # Needs: an mgpu built with `--features cuda`, ~36 GB of disk for the files' headers and
 # about that much free RAM for their pages. Results: first-image.txt, first-image.json,
 # run-*.json (reports), peer.json in the output folder.
@@ -22,7 +25,7 @@ BIN=${1:-.carry/bin/mgpu}
 OUTDIR=${2:-${OUT:-/tmp/first-image-out}}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=${WORK:-/tmp/first-image}
-CASES=${CASES:-"cold warm host host-register half"}
+CASES=${CASES:-"first cold-hash warm host host-alloc half"}
 mkdir -p "$OUTDIR" "$W"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
@@ -101,12 +104,18 @@ try:
 except Exception as e:
     r = None
 lines = [l for l in p.stderr.splitlines() if l.startswith("time:") or "error" in l]
+import glob, hashlib, os
+pngs = sorted(glob.glob(os.path.join(os.path.dirname(manifest), "out", "**", "*.png"), recursive=True))
+h = hashlib.sha256()
+for f in pngs:
+    h.update(open(f, "rb").read())
 sd = phases.get("sample", 0.0) + phases.get("decode", 0.0)
 rec = {"case": name, "flux_allocation": alloc, "rc": p.returncode, "wall_s": round(wall, 2),
        "sample_s": round(phases.get("sample", 0.0), 2), "decode_s": round(phases.get("decode", 0.0), 2),
        "overhead_s": round(wall - sd, 2), "phases_s": {k: round(v, 2) for k, v in phases.items()},
        "max_rss_gib": round(ru.ru_maxrss / 2**20, 2), "user_s": round(ru.ru_utime, 1),
-       "sys_s": round(ru.ru_stime, 1), "summary": lines[-3:]}
+       "sys_s": round(ru.ru_stime, 1), "pngs": len(pngs), "png_sha": h.hexdigest()[:16],
+       "summary": lines[-3:]}
 json.dump(rec, open(out, "w"), indent=1)
 print(json.dumps(rec))
 if p.returncode != 0:
@@ -115,13 +124,14 @@ PY
 }
 
 echo "== runs (MGPU_CACHE_DIR=$W/cache: cold first, warm after)"
-rm -rf "$W/cache" "$W/out"
+rm -rf "$W/cache" "$W/cache0" "$W/out"
 for c in $CASES; do
   case $c in
-    cold) run_case cold "cuda:0,*" MGPU_CACHE_DIR="$W/cache" ;;
+    first) run_case first "cuda:0,*" MGPU_CACHE_DIR="$W/cache0" ;;
+    cold-hash) run_case cold-hash "cuda:0,*" MGPU_CACHE_DIR="$W/cache" ;;
     warm) run_case warm "cuda:0,*" MGPU_CACHE_DIR="$W/cache" ;;
-    host) run_case host "cpu,*" MGPU_CACHE_DIR="$W/cache" MGPU_PIN=alloc ;;
-    host-register) run_case host-register "cpu,*" MGPU_CACHE_DIR="$W/cache" MGPU_PIN=register ;;
+    host) run_case host "cpu,*" MGPU_CACHE_DIR="$W/cache" MGPU_PIN=register ;;
+    host-alloc) run_case host-alloc "cpu,*" MGPU_CACHE_DIR="$W/cache" MGPU_PIN=alloc ;;
     half) run_case half "cuda:0,50%;cpu,*" MGPU_CACHE_DIR="$W/cache" ;;
     *) echo "unknown case $c" ;;
   esac
@@ -137,7 +147,7 @@ print(f"{'case':<14} {'flux':<18} {'wall':>6} {'sample':>7} {'decode':>7} {'over
 for r in rows:
     met = "yes" if r["overhead_s"] <= target else "no"
     print(f"{r['case']:<14} {r['flux_allocation']:<18} {r['wall_s']:>6} {r['sample_s']:>7} {r['decode_s']:>7} {r['overhead_s']:>9} {met:>4} {r['max_rss_gib']:>8} {r['user_s']+r['sys_s']:>7.1f}")
-    print(f"{'':<14} {r['phases_s']}")
+    print(f"{'':<14} {r['phases_s']} pngs {r.get('pngs')} {r.get('png_sha')}")
 json.dump({"bytes": nbytes, "read_GBps": gbs, "floor_s": floor, "target_s": target, "cases": rows},
           open(os.path.join(outdir, "first-image.json"), "w"), indent=1)
 PY

@@ -98,10 +98,11 @@ def build(d):
         cfg.torch_dtype = "bfloat16"
         cfg.save_pretrained(os.path.join(d, sub))
         total += write_sparse(os.path.join(d, sub, "model.safetensors"), shapes_of(m))
-    CLIPTokenizer(os.path.join(FX, "clip-vocab.json"), os.path.join(FX, "clip-merges.txt")
-                  ).save_pretrained(os.path.join(d, "tokenizer"))
-    T5TokenizerFast(tokenizer_file=os.path.join(FX, "t5-tokenizer.json")
-                    ).save_pretrained(os.path.join(d, "tokenizer_2"))
+    # model_max_length as the real tokenizers have it (the pipeline pads to it).
+    CLIPTokenizer(os.path.join(FX, "clip-vocab.json"), os.path.join(FX, "clip-merges.txt"),
+                  model_max_length=77).save_pretrained(os.path.join(d, "tokenizer"))
+    T5TokenizerFast(tokenizer_file=os.path.join(FX, "t5-tokenizer.json"),
+                    model_max_length=512).save_pretrained(os.path.join(d, "tokenizer_2"))
     FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
                                     max_shift=1.15, base_image_seq_len=256,
                                     max_image_seq_len=4096
@@ -138,14 +139,18 @@ def measure(d, mode, gen):
     torch.cuda.synchronize()
     rec["to_device_s"] = round(time.perf_counter() - t1, 2)
     rec["load_s"] = round(time.perf_counter() - t0, 2)
+    print(json.dumps(rec), flush=True)  # the load stands even if generating fails
     if gen:
         t2 = time.perf_counter()
-        pipe("a red fox in snow, golden hour, 85mm photograph", height=1024, width=1024,
-             num_inference_steps=20, guidance_scale=3.5, num_images_per_prompt=4,
-             generator=torch.Generator("cpu").manual_seed(42))
-        torch.cuda.synchronize()
-        rec["generate_s"] = round(time.perf_counter() - t2, 2)
-        rec["first_image_s"] = round(time.perf_counter() - t0, 2)
+        try:
+            pipe("a red fox in snow, golden hour, 85mm photograph", height=1024, width=1024,
+                 num_inference_steps=20, guidance_scale=3.5, num_images_per_prompt=4,
+                 max_sequence_length=512, generator=torch.Generator("cpu").manual_seed(42))
+            torch.cuda.synchronize()
+            rec["generate_s"] = round(time.perf_counter() - t2, 2)
+            rec["first_image_s"] = round(time.perf_counter() - t0, 2)
+        except Exception as e:
+            rec["generate_error"] = f"{type(e).__name__}: {e}"[:500]
     ru = resource.getrusage(resource.RUSAGE_SELF)
     rec["max_rss_gib"] = round(ru.ru_maxrss / 2**20, 2)
     rec["cpu_s"] = round(ru.ru_utime + ru.ru_stime, 1)
