@@ -1,12 +1,11 @@
 //! Wan 2.2 A14B image-to-video: the conditioning layout, the tiny I2V demo through the real
 //! binary (check, run, record, resume), and the check-time init image diagnostics.
 //!
-//! Parity note: diffusers could not be installed here (no CPU torch wheel reachable), so the
-//! conditioning's expected values are derived independently from the reference's description
-//! (`WanImageToVideoPipeline.prepare_latents`: pixel-frame mask 1 on frame 0, its first entry
-//! repeated 4 times, regrouped 4 per latent frame; mask channels first, then the normalised
-//! latent), and the VAE encode they build on is the one `tests/models_wan_vae.rs` checks
-//! against diffusers.
+//! The conditioning is checked twice: against values derived by hand from the reference's
+//! description (`WanImageToVideoPipeline.prepare_latents`: pixel-frame mask 1 on frame 0, its
+//! first entry repeated 4 times, regrouped 4 per latent frame; mask channels first, then the
+//! normalised latent), and against diffusers' own output on the tiny parity VAE
+//! (`tools/parity_wan22_i2v.py`).
 
 mod common;
 
@@ -164,5 +163,51 @@ fn init_image_problems_are_check_errors_and_i2v_needs_i2v_weights() {
     assert!(
         e.contains("is a text-to-video model: `init_image` needs image-to-video weights"),
         "{e}"
+    );
+}
+
+/// The assembled conditioning against diffusers' `WanImageToVideoPipeline.prepare_latents`
+/// (fixture from `tools/parity_wan22_i2v.py`, on the tiny VAE of `tools/parity_wan_vae.py`).
+#[test]
+fn the_conditioning_matches_diffusers() {
+    let dir = repo_root().join("tests/fixtures/parity");
+    let io =
+        candle_core::safetensors::load(dir.join("wan22_i2v/condition.safetensors"), &Device::Cpu)
+            .expect("fixture: regenerate with tools/parity_wan22_i2v.py");
+    let w =
+        candle_core::safetensors::load(dir.join("wan_vae/vae.safetensors"), &Device::Cpu).unwrap();
+    let vcfg = VaeConfig::tiny();
+    let vb = candle_nn::VarBuilder::from_tensors(w, DType::F32, &Device::Cpu);
+    let [enc, _] = WanVae::units();
+    let e = WanVae::encoder(&vcfg, vb.pp(enc), vb.clone()).unwrap();
+    let image = &io["image"];
+    let zeros = Tensor::zeros((8, 3, 32, 48), DType::F32, &Device::Cpu).unwrap();
+    let video = Tensor::cat(&[image, &zeros], 0).unwrap();
+    let z = WanVae::encode(&e, &video).unwrap();
+    let ours = WanDit::image_condition(&wan::Config::tiny_i2v(), &z).unwrap();
+    let theirs = &io["condition"];
+    assert_eq!(ours.dims(), theirs.dims());
+    let a = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    // The mask exactly; the latent to the VAE parity test's tolerance.
+    let mask_len = 4 * 3 * 4 * 6;
+    assert_eq!(a[..mask_len], b[..mask_len], "mask");
+    let diff2: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| f64::from(x - y).powi(2))
+        .sum();
+    let norm2: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+    let max_diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let max_b = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    let (l2, maxrel) = ((diff2 / norm2).sqrt(), f64::from(max_diff / max_b));
+    eprintln!("conditioning vs diffusers: relative L2 {l2:.2e}, max-abs / max|ref| {maxrel:.2e}");
+    assert!(
+        l2 <= 1e-4 && maxrel <= 1e-4,
+        "L2 {l2:.3e}, max {maxrel:.3e}"
     );
 }

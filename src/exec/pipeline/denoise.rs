@@ -229,7 +229,7 @@ pub(crate) fn run(
         for (k, l) in live.iter().enumerate() {
             let Some(l) = l.as_ref() else { continue };
             let Some(c) = l.run.next_call() else { continue };
-            match i2v::model_input(&c.x, l.condition.as_ref()) {
+            match i2v::model_input(c.x, l.condition.as_ref()) {
                 Ok(xin) => calls.push((k, c.x.clone(), c.sigma, c.step, xin)),
                 Err(e) => failed[k] = Some(JobError::new(format!("image conditioning: {e}"))),
             }
