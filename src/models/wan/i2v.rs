@@ -68,7 +68,7 @@ mod tests {
     fn mask_marks_latent_frame_zero_only() -> Result<()> {
         let m = first_frame_mask(3, 2, 2, &Device::Cpu)?;
         assert_eq!(m.dims(), &[1, 4, 3, 2, 2]);
-        let v = m.flatten_to(2)?.squeeze(0)?.to_vec2::<f32>()?;
+        let v = m.squeeze(0)?.flatten_from(1)?.to_vec2::<f32>()?;
         for (c, row) in v.iter().enumerate() {
             assert_eq!(row[..4], [1.0; 4], "channel {c} frame 0");
             assert!(
