@@ -211,3 +211,38 @@ fn the_conditioning_matches_diffusers() {
         "L2 {l2:.3e}, max {maxrel:.3e}"
     );
 }
+
+#[test]
+fn make_tiny_writes_the_committed_i2v_experts_and_refuses_i2v_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().to_str().unwrap();
+    let o = mgpu(&["make-tiny", "wan", "--experts", "--i2v", "--out", out]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for f in [
+        "wan22-i2v-high-noise-tiny.safetensors",
+        "wan22-i2v-low-noise-tiny.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(d.path().join(f)).unwrap(),
+            std::fs::read(repo_root().join("manifests/tiny").join(f)).unwrap(),
+            "{f}: regenerate with `mgpu make-tiny wan --experts --i2v --out manifests/tiny`"
+        );
+    }
+    let h = mgpu::weights::safetensors::read_header(
+        &d.path().join("wan22-i2v-high-noise-tiny.safetensors"),
+    )
+    .unwrap();
+    let pe = h
+        .tensors
+        .iter()
+        .find(|t| t.name == "patch_embedding.weight")
+        .unwrap();
+    assert_eq!(pe.shape[1], 36, "{:?}", pe.shape);
+    let o = mgpu(&["make-tiny", "wan", "--i2v", "--out", out]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("make-tiny wan --experts --i2v"),
+        "{}",
+        stderr(&o)
+    );
+}
