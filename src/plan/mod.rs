@@ -138,7 +138,7 @@ pub struct Plan {
     pub devices: Vec<DevicePlan>,
     pub models: Vec<ModelPlan>,
     /// One entry per [`ExpertPair`] of the request: how the executor switches experts.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub switches: Vec<SwitchPlan>,
 }
 
