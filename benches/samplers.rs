@@ -85,6 +85,7 @@ fn png(c: &mut Criterion) {
         guidance: Some(3.5),
         denoise: 1.0,
         init_image: None,
+        init_image_sha256: None,
         shift: Some(1.15),
         width: 1024,
         height: 1024,

@@ -61,6 +61,11 @@ pub struct Args {
     /// `diffusion_low_noise`.
     #[arg(long)]
     pub experts: bool,
+    /// wan --experts only: image-to-video experts (Wan 2.2 A14B I2V, 36 input channels),
+    /// `wan22-i2v-high-noise-tiny.safetensors` and `wan22-i2v-low-noise-tiny.safetensors`,
+    /// for jobs with an `init_image`.
+    #[arg(long)]
+    pub i2v: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -130,6 +135,12 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     if args.experts && args.family != Family::Wan {
         bail!(
             "make-tiny {} --experts: only wan has experts (Wan 2.2 A14B's high- and low-noise models); leave --experts out",
+            args.family
+        )
+    }
+    if args.i2v && !(args.experts && args.family == Family::Wan) {
+        bail!(
+            "make-tiny {} --i2v: image-to-video experts are written by `make-tiny wan --experts --i2v` (Wan 2.2 A14B I2V has two experts)",
             args.family
         )
     }
@@ -203,24 +214,43 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
             meta: vec![],
         }],
         Family::Wan if args.experts => {
-            let layout = spec::diffusion_layout::<wan::WanDit>(&wan::Config::tiny())?;
+            let (cfg, files, kind) = if args.i2v {
+                (
+                    wan::Config::tiny_i2v(),
+                    [
+                        "wan22-i2v-high-noise-tiny.safetensors",
+                        "wan22-i2v-low-noise-tiny.safetensors",
+                    ],
+                    "image-to-video",
+                )
+            } else {
+                (
+                    wan::Config::tiny(),
+                    [
+                        "wan22-high-noise-tiny.safetensors",
+                        "wan22-low-noise-tiny.safetensors",
+                    ],
+                    "text-to-video",
+                )
+            };
+            let layout = spec::diffusion_layout::<wan::WanDit>(&cfg)?;
             let expert = |file, what: &str, seed| -> anyhow::Result<Output> {
                 Ok(Output {
                     file,
-                    what: format!("tiny Wan 2.2 A14B-style {what} expert"),
+                    what: if args.i2v {
+                        format!("tiny Wan 2.2 A14B-style {kind} {what} expert")
+                    } else {
+                        format!("tiny Wan 2.2 A14B-style {what} expert")
+                    },
                     tensors: tiny::weights_for(&layout, seed)?,
                     gguf: false,
                     extra: None,
-                    meta: vec![("num_heads", wan::Config::tiny().num_heads.to_string())],
+                    meta: vec![("num_heads", cfg.num_heads.to_string())],
                 })
             };
             vec![
-                expert("wan22-high-noise-tiny.safetensors", "high-noise", seed)?,
-                expert(
-                    "wan22-low-noise-tiny.safetensors",
-                    "low-noise",
-                    seed.wrapping_add(1),
-                )?,
+                expert(files[0], "high-noise", seed)?,
+                expert(files[1], "low-noise", seed.wrapping_add(1))?,
             ]
         }
         Family::Wan => vec![Output {

@@ -260,7 +260,11 @@ impl Manifest {
         }
         for j in &self.jobs {
             if let Some(p) = &j.init_image {
-                check(p, format!("jobs.{}.init_image", j.index), "init image");
+                let at = format!("jobs.{}.init_image", j.index);
+                check(p, at.clone(), "init image");
+                if p.is_file() {
+                    folder_problems.extend(self.check_init_image(j, p, &at));
+                }
             }
         }
         if self.settings.output_root.is_file() {
@@ -279,6 +283,54 @@ impl Manifest {
         }
         out.sort();
         out
+    }
+
+    /// Decodes the init image `path` of `job` (an existing file) and checks its size: an
+    /// img2img init image must be the job's size; an image-to-video first frame may be any
+    /// size (it is scaled and centre-cropped to the job's).
+    fn check_init_image(&self, job: &Job, path: &Path, at: &str) -> Option<Diagnostic> {
+        let decoded = image::ImageReader::open(path)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.with_guessed_format().map_err(|e| e.to_string()))
+            .and_then(|r| r.decode().map_err(|e| e.to_string()));
+        let img = match decoded {
+            Ok(img) => img,
+            Err(e) => {
+                return Some(self.diagnostic_at_path(
+                    at,
+                    None,
+                    format!("init image cannot be decoded: {}: {e}", path.display()),
+                    "init images are PNG or JPEG files",
+                ))
+            }
+        };
+        let (w, h) = (img.width(), img.height());
+        if w == 0 || h == 0 {
+            return Some(self.diagnostic_at_path(
+                at,
+                None,
+                format!("init image {} is empty ({w}x{h} pixels)", path.display()),
+                "give an image of at least one pixel",
+            ));
+        }
+        if !job.is_video() && (w, h) != (job.width, job.height) {
+            return Some(self.diagnostic_at_path(
+                at,
+                None,
+                format!(
+                    "init image {} is {w}x{h} pixels but job `{}` is {}x{}",
+                    path.display(),
+                    job.name,
+                    job.width,
+                    job.height
+                ),
+                format!(
+                    "img2img starts from the init image at the job's size: resize it to {}x{}, or set the job's `width = {w}` and `height = {h}`",
+                    job.width, job.height
+                ),
+            ));
+        }
+        None
     }
 
     /// The models of pipeline `name`: diffusion, text encoders, VAE.

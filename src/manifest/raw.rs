@@ -247,11 +247,14 @@ raw_table! {
         /// {scheduler}, numbers zero-padded with {seed:05} (default `{job}-{seed}.png`).
         #[schemars(example = &"out/fox-{seed}.png")]
         output: String,
-        /// Image to start from (img2img), relative to the manifest's folder; its size must be
+        /// Image to start from, relative to the manifest's folder (PNG or JPEG, checked by
+        /// `mgpu check`): img2img for image models, where its size must be width × height;
+        /// the first frame for image-to-video (a pipeline with Wan 2.2 A14B I2V experts),
+        /// where any size is scaled, keeping its aspect ratio, and centre-cropped to
         /// width × height.
         init_image: String,
         /// How much of `init_image` is replaced, in (0, 1] (default 0.75; only with
-        /// `init_image`).
+        /// `init_image`, and not for image-to-video).
         #[schemars(extend("exclusiveMinimum" = 0.0, "maximum" = 1.0))]
         denoise: f64,
         /// Largest batch this job's images are run in (default: chosen from free memory).

@@ -29,7 +29,8 @@ pub type ShapeOf<'a> = &'a dyn Fn(&str) -> Option<Vec<usize>>;
 #[derive(Debug, Clone, Copy)]
 pub struct StepInputs<'a> {
     /// The latent being denoised, in the sampler's dtype (f32): `[1, C, h, w]` or
-    /// `[1, C, T, h, w]`.
+    /// `[1, C, T, h, w]`; for an image-to-video model, followed on the channel axis by the
+    /// job's image conditioning ([`DiffusionModel::condition_channels`]).
     pub latent: &'a Tensor,
     /// Text hidden states `[1, L, D]` (T5-XXL for FLUX, umT5-XXL for Wan).
     pub context: &'a Tensor,
@@ -79,7 +80,8 @@ pub trait DiffusionModel: Sized {
     fn units(cfg: &Self::Config) -> Vec<String>;
     /// Builds unit `index` from `vb`, whose names are relative to the unit.
     fn build_unit(cfg: &Self::Config, index: usize, vb: VarBuilder) -> Result<Self::Block>;
-    /// The latent shape of one job: `[1, C, h, w]` or `[1, C, T, h, w]`.
+    /// The latent shape of one job: `[1, C, h, w]` or `[1, C, T, h, w]` (the noisy latent
+    /// the sampler denoises, without image conditioning).
     fn latent_shape(cfg: &Self::Config, width: u32, height: u32, frames: u32) -> Vec<usize>;
     /// The text encoders the family needs (`pooled` only if the config uses one). Their
     /// families are those of [`Family::companions`].
@@ -108,6 +110,21 @@ pub trait DiffusionModel: Sized {
     /// `None`: the family has no experts.
     fn boundary(_cfg: &Self::Config) -> Option<f64> {
         None
+    }
+
+    /// Image-to-video models: the channels of image conditioning the model takes after the
+    /// noisy latent (Wan 2.2 A14B I2V: 20); 0 for models without (the default). For such a
+    /// model the runner VAE-encodes the *conditioning video* of a job — its init image as the
+    /// first frame, zero frames after, as many frames as the job makes — hands that latent
+    /// to [`DiffusionModel::image_condition`], and gives every evaluation the noisy latent
+    /// followed by the result on the channel axis ([`StepInputs::latent`]).
+    fn condition_channels(_cfg: &Self::Config) -> usize {
+        0
+    }
+    /// The image conditioning `[1, condition_channels, T, h, w]` (f32) from the normalised VAE
+    /// latent `[1, C, T, h, w]` of the conditioning video.
+    fn image_condition(_cfg: &Self::Config, _encoded: &Tensor) -> Result<Tensor> {
+        candle_core::bail!("this model takes no image conditioning")
     }
 
     /// Embeds one evaluation's inputs.

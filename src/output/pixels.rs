@@ -65,13 +65,17 @@ pub fn image_to_rgb8(image: &Tensor) -> Result<RgbImage, OutputError> {
 crate::sample::names::name_enum!(
     /// What to do when an img2img init image is not the job's size.
     InitFit, "init image fit",
-    "What to do with an init image of another size: exact (refuse it) or resize (stretch to the job's size with a Lanczos-3 filter).",
+    "What to do with an init image of another size: exact (refuse it), resize (stretch to the job's size with a Lanczos-3 filter) or cover (scale keeping the aspect ratio until it covers the job's size, then crop the centre).",
     {
         /// Refuse it with an error naming both sizes (the default).
         Exact => "exact",
         /// Stretch it to the job's size with a Lanczos-3 filter (aspect ratio not kept),
         /// like ComfyUI's `ImageScale` with `crop = disabled`.
         Resize => "resize",
+        /// Scale it with a Lanczos-3 filter, keeping its aspect ratio, to the smallest size
+        /// that covers the job's, then crop the centre (ComfyUI's `ImageScale` with
+        /// `crop = center`). Image-to-video uses it.
+        Cover => "cover",
     }
 );
 
@@ -121,9 +125,30 @@ pub fn load_init_image(
                     image::imageops::FilterType::Lanczos3,
                 );
             }
+            InitFit::Cover => rgb = cover(&rgb, width, height),
         }
     }
     rgb8_to_tensor(&rgb)
+}
+
+/// `rgb` scaled (Lanczos-3, aspect ratio kept) to the smallest size covering `width ×
+/// height`, then cropped to it around the centre.
+pub fn cover(rgb: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (w0, h0) = rgb.dimensions();
+    if (w0, h0) == (width, height) || w0 == 0 || h0 == 0 {
+        return rgb.clone();
+    }
+    // Scale by the larger of the two ratios; round the scaled size up so it covers.
+    let (sw, sh) = if u64::from(width) * u64::from(h0) >= u64::from(height) * u64::from(w0) {
+        let sh = (u64::from(h0) * u64::from(width)).div_ceil(u64::from(w0));
+        (width, sh.max(u64::from(height)) as u32)
+    } else {
+        let sw = (u64::from(w0) * u64::from(height)).div_ceil(u64::from(h0));
+        (sw.max(u64::from(width)) as u32, height)
+    };
+    let scaled = image::imageops::resize(rgb, sw, sh, image::imageops::FilterType::Lanczos3);
+    let (x, y) = ((sw - width) / 2, (sh - height) / 2);
+    image::imageops::crop_imm(&scaled, x, y, width, height).to_image()
 }
 
 /// 8-bit RGB → `[1, 3, H, W]` f32 in [-1, 1] on the CPU.
@@ -228,5 +253,24 @@ mod tests {
             Some("exact")
         );
         Ok(())
+    }
+
+    #[test]
+    fn cover_keeps_the_aspect_ratio_and_crops_the_centre() {
+        // 8×2: left half red, right half blue, a green column in the middle two.
+        let src = RgbImage::from_fn(8, 2, |x, _| match x {
+            3 | 4 => image::Rgb([0, 255, 0]),
+            x if x < 3 => image::Rgb([255, 0, 0]),
+            _ => image::Rgb([0, 0, 255]),
+        });
+        // To 2×2: scaled to 8×2 (already covers), centre 2 columns kept: the green ones.
+        let c = cover(&src, 2, 2);
+        assert_eq!(c.dimensions(), (2, 2));
+        assert!(c.pixels().all(|p| p.0 == [0, 255, 0]), "{:?}", c.as_raw());
+        // Up-scaled to cover 4×4: 16×4 then cropped to the centre; wider targets crop rows.
+        assert_eq!(cover(&src, 4, 4).dimensions(), (4, 4));
+        assert_eq!(cover(&src, 16, 1).dimensions(), (16, 1));
+        assert_eq!(cover(&src, 3, 7).dimensions(), (3, 7));
+        assert_eq!(cover(&src, 8, 2).as_raw(), src.as_raw());
     }
 }

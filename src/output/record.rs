@@ -44,9 +44,12 @@ pub struct ImageRecord {
     pub guidance: Option<f64>,
     /// img2img strength in (0, 1]; 1 for text-to-image.
     pub denoise: f64,
-    /// The img2img init image, as the manifest named it.
+    /// The init image (img2img, or image-to-video's first frame), as the manifest named it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_image: Option<String>,
+    /// SHA-256 of the init image file's bytes, lowercase hex (the job hash includes it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image_sha256: Option<String>,
     /// The model-sampling shift used (FLUX `mu`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shift: Option<f64>,
@@ -143,6 +146,7 @@ pub(crate) mod tests {
             guidance: Some(3.5),
             denoise: 1.0,
             init_image: None,
+            init_image_sha256: None,
             shift: Some(1.15),
             width: 1024,
             height: 1024,

@@ -17,6 +17,11 @@
 //! computations never see it. An engine error (a fetch failing) fails the batch
 //! ([`ExecError`]): the weights are no longer trustworthy.
 //!
+//! Image-to-video (a model with image conditioning, [`i2v`]): the init image becomes the
+//! first frame of a conditioning video, encoded in the same encoder pass, and the model's
+//! image conditioning from its latent follows the noisy latent in every evaluation; sampling
+//! starts from pure noise.
+//!
 //! img2img: the init image is encoded deterministically to the posterior *mean* (no sampled
 //! latent, so no extra noise stream), in the diffusion model's latent space, and mixed with
 //! the task's seeded noise at the schedule's first σ ([`SamplerRun::start`]).
@@ -29,6 +34,7 @@ use candle_core::{DType as CDType, Device, Tensor};
 use super::encode::Conditioning;
 use super::experts::Experts;
 use super::family::Codec;
+use super::i2v;
 use crate::exec::phase::Phase;
 use crate::exec::{Event, ExecError, ImageTask, JobError, PassStats};
 use crate::models::spec::StepInputs;
@@ -90,6 +96,8 @@ struct Live<'a> {
     cond: Cond,
     /// The negative prompt's conditioning under classifier-free guidance.
     uncond: Option<Cond>,
+    /// Image-to-video: the image conditioning that follows the noisy latent.
+    condition: Option<Tensor>,
 }
 
 /// Runs one batch; one result per input, in order.
@@ -106,7 +114,12 @@ pub(crate) fn run(
     // The loop's time from here (a model loaded above reports its own load phases).
     let t_sample = Instant::now();
 
-    // img2img: read the init images, then one encoder pass for all of them.
+    // Init images, then one encoder pass for all of them: img2img starting latents, or
+    // image-to-video conditioning videos (`i2v`) when the model takes image conditioning.
+    let (condition_channels, model_name) = {
+        let d = dits.any(events)?;
+        (d.header().condition_channels, d.name().to_string())
+    };
     let mut init_images: Vec<Option<Tensor>> = vec![None; n];
     for (k, inp) in inputs.iter().enumerate() {
         if let Some(e) = [Some(&inp.cond), inp.uncond.as_ref()]
@@ -117,8 +130,17 @@ pub(crate) fn run(
             failed[k] = Some(e.clone());
             continue;
         }
-        if let Some(path) = &inp.task.job.init_image {
-            let job = &inp.task.job;
+        let job = &inp.task.job;
+        if let Some(e) = i2v::mismatch(job, condition_channels, &model_name) {
+            failed[k] = Some(e);
+            continue;
+        }
+        if condition_channels > 0 {
+            match i2v::conditioning_video(job, vae.device(), vae.dtype()) {
+                Ok(t) => init_images[k] = Some(t),
+                Err(e) => failed[k] = Some(e),
+            }
+        } else if let Some(path) = &job.init_image {
             match load_init_image(path, job.width, job.height, InitFit::Exact)
                 .map_err(|e| JobError::new(format!("init image: {e}")))
                 .and_then(|t| {
@@ -132,10 +154,15 @@ pub(crate) fn run(
         }
     }
     let mut inits: Vec<Option<Tensor>> = vec![None; n];
+    let mut conditions: Vec<Option<Tensor>> = vec![None; n];
     for (k, r) in vae.encode(&init_images)?.into_iter().enumerate() {
         match r {
             None => {}
             Some(Ok(z)) => match z.to_device(&fdev).and_then(|z| z.to_dtype(CDType::F32)) {
+                Ok(z) if condition_channels > 0 => match dits.any(events)?.image_condition(&z) {
+                    Ok(c) => conditions[k] = Some(c),
+                    Err(e) => failed[k] = Some(JobError::new(format!("init image: {e}"))),
+                },
                 Ok(z) => inits[k] = Some(z),
                 Err(e) => failed[k] = Some(JobError::new(format!("init image: {e}"))),
             },
@@ -177,6 +204,7 @@ pub(crate) fn run(
                 guidance: dit.guidance(job),
                 cond: Cond::on(cond, &fdev)?,
                 uncond,
+                condition: conditions[k].take(),
             })
         })();
         match started {
@@ -199,15 +227,21 @@ pub(crate) fn run(
     let mut pending: Vec<PassStats> = Vec::new();
     let mut current_step: Option<usize> = None;
     loop {
-        // (task index, input, σ, step)
-        let calls: Vec<(usize, Tensor, f64, usize)> = live
-            .iter()
-            .enumerate()
-            .filter_map(|(k, l)| {
-                let c = l.as_ref()?.run.next_call()?;
-                Some((k, c.x.clone(), c.sigma, c.step))
-            })
-            .collect();
+        // (task index, input, σ, step, model input: the input and any image conditioning)
+        let mut calls: Vec<(usize, Tensor, f64, usize, Tensor)> = Vec::new();
+        for (k, l) in live.iter().enumerate() {
+            let Some(l) = l.as_ref() else { continue };
+            let Some(c) = l.run.next_call() else { continue };
+            match i2v::model_input(c.x, l.condition.as_ref()) {
+                Ok(xin) => calls.push((k, c.x.clone(), c.sigma, c.step, xin)),
+                Err(e) => failed[k] = Some(JobError::new(format!("image conditioning: {e}"))),
+            }
+        }
+        for k in 0..n {
+            if failed[k].is_some() {
+                live[k] = None;
+            }
+        }
         let Some(step) = calls.iter().map(|c| c.3).min() else {
             break;
         };
@@ -226,7 +260,7 @@ pub(crate) fn run(
         for expert in 0..dits.len() {
             let mut owners: Vec<usize> = Vec::new();
             let mut evals: Vec<StepInputs> = Vec::new();
-            for (c, (k, x, sigma, step)) in calls.iter().enumerate() {
+            for (c, (k, _, sigma, step, xin)) in calls.iter().enumerate() {
                 let l = live[*k].as_ref().expect("calls come from live runs");
                 let start = l.run.sigmas().get(*step).copied().unwrap_or(*sigma);
                 if dits.pick(l.ms.timestep(start)) != expert {
@@ -236,7 +270,7 @@ pub(crate) fn run(
                 for cond in std::iter::once(&l.cond).chain(l.uncond.as_ref()) {
                     owners.push(c);
                     evals.push(StepInputs {
-                        latent: x,
+                        latent: xin,
                         context: &cond.context,
                         pooled: cond.pooled.as_ref(),
                         timestep: l.ms.timestep(*sigma),
@@ -254,7 +288,7 @@ pub(crate) fn run(
                 per_call[c].push(o);
             }
         }
-        for (((k, x, sigma, _), outs), expert) in calls.iter().zip(per_call).zip(call_expert) {
+        for (((k, x, sigma, _, _), outs), expert) in calls.iter().zip(per_call).zip(call_expert) {
             let k = *k;
             let r = (|| -> Result<(), JobError> {
                 let l = live[k].as_mut().expect("calls come from live runs");

@@ -33,10 +33,15 @@ pub(crate) struct Header {
     pub variant: Option<&'static str>,
     /// The default expert switch (`DiffusionModel::boundary`).
     pub boundary: Option<f64>,
+    /// Channels of image conditioning (`DiffusionModel::condition_channels`): image-to-video
+    /// models have some and need an init image; 0 for the rest.
+    pub condition_channels: usize,
 }
 
 /// A loaded diffusion model, as the runner drives it.
 pub(crate) trait Denoiser {
+    /// The model's name in the manifest.
+    fn name(&self) -> &str;
     /// The compute device.
     fn device(&self) -> &Device;
     fn header(&self) -> Header;
@@ -48,6 +53,9 @@ pub(crate) trait Denoiser {
     fn sampling(&self, job: &Job) -> Result<ModelSampling, String>;
     /// The distilled-guidance input for `job`, if the model takes one.
     fn guidance(&self, job: &Job) -> Option<f64>;
+    /// The image conditioning from the conditioning video's latent
+    /// (`DiffusionModel::image_condition`).
+    fn image_condition(&self, encoded: &Tensor) -> Result<Tensor, String>;
     /// One engine pass over every input; one result (the model output) per input, in order.
     fn evaluate(
         &mut self,
@@ -122,6 +130,7 @@ fn header_of<M: DiffusionModel>(model: &Model) -> Result<Header, ExecError> {
         text: M::text_needs(&cfg),
         variant: M::variant(&cfg),
         boundary: M::boundary(&cfg),
+        condition_channels: M::condition_channels(&cfg),
     })
 }
 
@@ -205,6 +214,10 @@ impl<M: DiffusionModel> Diffusion<M> {
 }
 
 impl<M: DiffusionModel> Denoiser for Diffusion<M> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn device(&self) -> &Device {
         &self.target.device
     }
@@ -214,7 +227,12 @@ impl<M: DiffusionModel> Denoiser for Diffusion<M> {
             text: M::text_needs(&self.cfg),
             variant: M::variant(&self.cfg),
             boundary: M::boundary(&self.cfg),
+            condition_channels: M::condition_channels(&self.cfg),
         }
+    }
+
+    fn image_condition(&self, encoded: &Tensor) -> Result<Tensor, String> {
+        M::image_condition(&self.cfg, encoded).map_err(|e| self.failed(e))
     }
 
     fn config_text(&self) -> String {

@@ -29,6 +29,7 @@ mod encode;
 mod experts;
 mod family;
 pub mod hashes;
+mod i2v;
 mod models;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -575,6 +576,12 @@ impl Pipeline {
             guidance,
             denoise: job.denoise,
             init_image: job.init_image.as_deref().map(shown),
+            // Small files, read once per image: the record names exactly the bytes used.
+            init_image_sha256: job
+                .init_image
+                .as_deref()
+                .and_then(|p| std::fs::read(p).ok())
+                .map(|b| super::queue::hash::sha256_hex(&b)),
             shift: Some(shift),
             width: job.width,
             height: job.height,

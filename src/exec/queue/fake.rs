@@ -106,6 +106,7 @@ impl FakeGenerator {
             guidance: Some(j.guidance),
             denoise: j.denoise,
             init_image: None,
+            init_image_sha256: None,
             shift: None,
             width: j.width,
             height: j.height,

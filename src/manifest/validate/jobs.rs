@@ -225,6 +225,11 @@ pub(super) fn validate_jobs(
         }
         let guidance = guidance_sp.map_or(DEFAULT_GUIDANCE, |g| g.value);
 
+        let experts = pipeline.as_ref().is_some_and(|p| {
+            pipelines
+                .iter()
+                .any(|(n, rp)| n.value == *p && rp.value.diffusion_low_noise.is_some())
+        });
         let init_image = match &job.init_image {
             Some(p) => match check_path(cx, p, PathKind::Other) {
                 Some(s) => Some(resolve(dir, s)),
@@ -236,6 +241,18 @@ pub(super) fn validate_jobs(
             None => None,
         };
         let denoise = match (&job.init_image, &job.denoise, &defaults.denoise) {
+            // Image-to-video keeps the init image as the first frame and starts from noise.
+            (Some(_), Some(d), _) if video && experts => {
+                cx.error(
+                    d.span.clone(),
+                    "`denoise` is for img2img; image-to-video has no denoise strength",
+                    "",
+                    Some("remove `denoise`: image-to-video keeps `init_image` as the first frame and generates the rest from pure noise".into()),
+                );
+                fine = false;
+                1.0
+            }
+            (Some(_), _, _) if video => 1.0,
             (None, Some(d), _) => {
                 cx.error(
                     d.span.clone(),
@@ -335,7 +352,10 @@ pub(super) fn validate_jobs(
             Some(f) => Some(f.value),
             None => video.then_some(DEFAULT_FPS),
         };
-        if let (true, Some(i)) = (video, &job.init_image) {
+        // Image-to-video runs on Wan 2.2 A14B's I2V experts (a two-expert pipeline; that its
+        // weights take image conditioning is checked when they are read). A single Wan model
+        // would be Wan 2.1 I2V, whose CLIP-vision image embedding is not supported.
+        if let (true, false, Some(i)) = (video, experts, &job.init_image) {
             cx.error(
                 i.span.clone(),
                 format!("`init_image` (image-to-video) is not supported for {fam_name} yet"),
@@ -355,11 +375,6 @@ pub(super) fn validate_jobs(
             fine = false;
         }
         let cfg = cfg_sp.map_or(if video { DEFAULT_CFG_VIDEO } else { 1.0 }, |c| c.value);
-        let experts = pipeline.as_ref().is_some_and(|p| {
-            pipelines
-                .iter()
-                .any(|(n, rp)| n.value == *p && rp.value.diffusion_low_noise.is_some())
-        });
         let cfg_low_noise = match pick(&job.cfg_low_noise, &defaults.cfg_low_noise) {
             Some(c) if !(c.value.is_finite() && c.value >= 0.0) => {
                 cx.error(

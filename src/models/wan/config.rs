@@ -40,8 +40,13 @@ pub struct Config {
 pub const ROPE_THETA: f64 = 10_000.0;
 /// Head dimension of every official Wan model (used when a file does not say the head count).
 pub const OFFICIAL_HEAD_DIM: usize = 128;
-/// Latent channels of the Wan 2.1 VAE (`z_dim`), the only input width a checkpoint may have.
+/// Latent channels of the Wan 2.1 VAE (`z_dim`): the input width of text-to-video checkpoints
+/// and the output width of every supported one.
 pub const LATENT_CHANNELS: usize = 16;
+/// Channels of the image conditioning an image-to-video checkpoint (Wan 2.2 A14B I2V) takes
+/// after the noisy latent: a 4-channel first-frame mask, then the 16-channel VAE latent of the
+/// conditioning video (`in_dim` 36 = 16 + 4 + 16).
+pub const I2V_CONDITION_CHANNELS: usize = 4 + LATENT_CHANNELS;
 /// Temporal and spatial compression of the Wan 2.1 VAE (`vae_stride = (4, 8, 8)`).
 pub const VAE_STRIDE: [usize; 3] = [4, 8, 8];
 
@@ -62,6 +67,15 @@ impl Config {
             qk_norm: true,
             cross_attn_norm: true,
             eps: 1e-6,
+        }
+    }
+
+    /// Wan 2.2 A14B I2V (`wan_i2v_A14B.py`), each expert: the 14B shape with 36 input
+    /// channels (noisy latent, mask, image latent) and no CLIP image embedding.
+    pub fn i2v_a14b() -> Self {
+        Self {
+            in_dim: LATENT_CHANNELS + I2V_CONDITION_CHANNELS,
+            ..Self::t2v_14b()
         }
     }
 
@@ -88,6 +102,21 @@ impl Config {
             num_layers: 2,
             ..Self::t2v_14b()
         }
+    }
+
+    /// [`Config::tiny`] as an image-to-video expert (36 input channels), for tests and the
+    /// image-to-video demo.
+    pub fn tiny_i2v() -> Self {
+        Self {
+            in_dim: LATENT_CHANNELS + I2V_CONDITION_CHANNELS,
+            ..Self::tiny()
+        }
+    }
+
+    /// Channels of image conditioning the model takes after the noisy latent: 0 for
+    /// text-to-video, [`I2V_CONDITION_CHANNELS`] for image-to-video.
+    pub fn condition_channels(&self) -> usize {
+        self.in_dim.saturating_sub(self.out_dim)
     }
 
     pub fn head_dim(&self) -> usize {
@@ -167,8 +196,10 @@ impl Config {
     /// presence of `norm_q` and `norm3`. The head count is not stored in the weights: it is
     /// taken from `meta` (`num_heads` as in the original `config.json`, diffusers'
     /// `num_attention_heads`, or `attention_head_dim`), else width / 128 (every official Wan
-    /// model has head dimension 128). Image-to-video checkpoints, and input widths other than
-    /// the Wan 2.1 VAE's 16 channels, are refused.
+    /// model has head dimension 128). The input width is 16 (text-to-video) or 36 (Wan 2.2
+    /// A14B image-to-video: latent, mask and image latent, see [`I2V_CONDITION_CHANNELS`]);
+    /// Wan 2.1 image-to-video checkpoints (a CLIP-vision image embedding, `img_emb`) and
+    /// other widths are refused.
     pub fn infer(shape_of: ShapeOf, meta: &BTreeMap<String, String>) -> Result<Self> {
         let has = |n: &str| shape_of(n).is_some();
         if let Some(n) = [
@@ -180,7 +211,7 @@ impl Config {
         .find(|n| has(n))
         {
             bail!(
-                "Wan weights: `{n}` belongs to an image-to-video (I2V/FLF2V) Wan model; image-to-video Wan is not supported yet, use a text-to-video (T2V) checkpoint"
+                "Wan weights: `{n}` belongs to a Wan 2.1 image-to-video (I2V/FLF2V) model, which conditions on a CLIP-vision image embedding; that image-to-video Wan is not supported yet (Wan 2.2 A14B image-to-video experts, which take none, are), use a text-to-video (T2V) checkpoint or the Wan 2.2 I2V experts"
             )
         }
         let need = |name: &str, rank: usize| -> Result<Vec<usize>> {
@@ -194,9 +225,10 @@ impl Config {
         };
         let pe = need("patch_embedding.weight", 5)?;
         let (dim, in_dim, patch_size) = (pe[0], pe[1], [pe[2], pe[3], pe[4]]);
-        if in_dim != LATENT_CHANNELS {
+        if in_dim != LATENT_CHANNELS && in_dim != LATENT_CHANNELS + I2V_CONDITION_CHANNELS {
             bail!(
-                "Wan weights: `patch_embedding.weight` takes {in_dim} latent channels; text-to-video Wan 2.1 takes {LATENT_CHANNELS} (other counts belong to image- or control-conditioned Wan models or to Wan 2.2's 48-channel VAE, not supported yet)"
+                "Wan weights: `patch_embedding.weight` takes {in_dim} latent channels; text-to-video Wan 2.1 takes {LATENT_CHANNELS}, Wan 2.2 A14B image-to-video {} (other counts belong to control-conditioned Wan models or to Wan 2.2's 48-channel VAE, not supported yet)",
+                LATENT_CHANNELS + I2V_CONDITION_CHANNELS
             )
         }
         let head = need("head.head.weight", 2)?;
@@ -204,6 +236,12 @@ impl Config {
         if head[1] != dim || volume == 0 || head[0] % volume != 0 {
             bail!(
                 "Wan weights: `head.head.weight` has shape {head:?}, expected [out·{volume}, {dim}] for patch {patch_size:?} and width {dim}"
+            )
+        }
+        if head[0] / volume != LATENT_CHANNELS {
+            bail!(
+                "Wan weights: `head.head.weight` has shape {head:?}: {} output channels, expected {LATENT_CHANNELS} (the Wan 2.1 VAE's latent)",
+                head[0] / volume
             )
         }
         let text = need("text_embedding.0.weight", 2)?;
@@ -280,7 +318,13 @@ mod tests {
 
     #[test]
     fn presets_are_valid() {
-        for c in [Config::t2v_14b(), Config::t2v_1_3b(), Config::tiny()] {
+        for c in [
+            Config::t2v_14b(),
+            Config::t2v_1_3b(),
+            Config::tiny(),
+            Config::i2v_a14b(),
+            Config::tiny_i2v(),
+        ] {
             c.validate().unwrap();
         }
         assert_eq!(Config::t2v_14b().head_dim(), 128);
@@ -289,6 +333,9 @@ mod tests {
         assert_eq!(Config::t2v_14b().rope_axes(), [44, 42, 42]);
         assert_eq!(Config::tiny().rope_axes(), [8, 4, 4]);
         assert_eq!(Config::tiny().patch_in(), 64);
+        assert_eq!(Config::tiny().condition_channels(), 0);
+        assert_eq!(Config::i2v_a14b().condition_channels(), 20);
+        assert_eq!(Config::tiny_i2v().patch_in(), 36 * 4);
     }
 
     #[test]

@@ -18,13 +18,17 @@
 //! Reference: the Wan team's `wan/modules/model.py` (`WanModel.forward`),
 //! <https://github.com/Wan-Video/Wan2.1>, with the precision of diffusers'
 //! `WanTransformer3DModel` (`models/transformers/transformer_wan.py`), against which parity is
-//! tested in `tests/models_wan.rs`. Text-to-video only: image-to-video checkpoints are refused.
+//! tested in `tests/models_wan.rs`. Text-to-video, and Wan 2.2 A14B image-to-video: its
+//! experts take 36 input channels, the noisy latent followed by the image conditioning of
+//! [`i2v`] (the runner concatenates them); Wan 2.1's image-to-video checkpoints (a CLIP-vision
+//! image embedding) are refused.
 
 pub mod block;
 pub mod config;
 pub mod embed;
 #[cfg(feature = "cuda")]
 mod fused;
+pub mod i2v;
 
 use std::collections::BTreeMap;
 
@@ -253,12 +257,13 @@ impl DiffusionModel for WanDit {
         WanDit::build_unit(cfg, index, vb)
     }
 
-    /// `[1, in_dim, (frames − 1)/4 + 1, height/8, width/8]` (the Wan 2.1 VAE's strides).
+    /// `[1, out_dim, (frames − 1)/4 + 1, height/8, width/8]` (the Wan 2.1 VAE's strides; the
+    /// noisy latent alone, without an image-to-video model's conditioning channels).
     fn latent_shape(cfg: &Config, width: u32, height: u32, frames: u32) -> Vec<usize> {
         let [st, sh, sw] = config::VAE_STRIDE;
         vec![
             1,
-            cfg.in_dim,
+            cfg.out_dim,
             (frames.max(1) as usize - 1) / st + 1,
             height as usize / sh,
             width as usize / sw,
@@ -296,6 +301,19 @@ impl DiffusionModel for WanDit {
         } else {
             0.9
         })
+    }
+
+    /// 20 for Wan 2.2 A14B image-to-video experts (mask and image latent), else 0.
+    fn condition_channels(cfg: &Config) -> usize {
+        cfg.condition_channels()
+    }
+
+    /// [`i2v::image_condition`]: the first-frame mask, then the conditioning video's latent.
+    fn image_condition(cfg: &Config, encoded: &Tensor) -> Result<Tensor> {
+        if cfg.condition_channels() != config::I2V_CONDITION_CHANNELS {
+            bail!("this Wan model is text-to-video: it takes no image conditioning")
+        }
+        i2v::image_condition(encoded)
     }
 
     fn prepare(&self, inputs: &StepInputs) -> Result<State> {
