@@ -470,6 +470,8 @@ pub fn run<M: DiffusionModel>(
     let mut measurements = Vec::new();
     // The all-resident batch-1 hash, per storage (plain, Q8_0, fp8).
     let mut reference: HashMap<Storage, String> = HashMap::new();
+    // The second expert's page-locked copies (the first uses `pools`).
+    let mut expert_pools: Vec<Pools> = (1..weights.len()).map(|_| Pools::default()).collect();
     for &batch in &cfg.batches {
         for placement in &cfg.placements {
             progress(&format!("{placement}, batch {batch}"));
@@ -512,9 +514,15 @@ pub fn run<M: DiffusionModel>(
                 .copied()
                 .unwrap_or(cfg.slots);
             let mut engines = Vec::with_capacity(placed_all.len());
-            for placed in placed_all {
+            for (j, placed) in placed_all.into_iter().enumerate() {
+                // Pools reuse page-locked copies by unit name, and both experts name their
+                // blocks alike: each expert keeps its own pool.
+                let pool = match j {
+                    0 => &mut *pools,
+                    _ => &mut expert_pools[j - 1],
+                };
                 engines.push(
-                    build_engine(placed, &target, slots, cache_dir, pools)
+                    build_engine(placed, &target, slots, cache_dir, pool)
                         .map_err(|e| setup_err(&placement.to_string(), e))?
                         .engine,
                 );
