@@ -296,3 +296,7 @@ impl Manifest {
         ))
     }
 }
+
+#[cfg(test)]
+#[path = "bounded_tests.rs"]
+mod bounded_tests;
