@@ -29,7 +29,9 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let target = it.next().ok_or("usage: fuzz TARGET [--runs N] [--seed S] [--batch B] [--timeout SECS] [--only I]")?;
+    let target = it.next().ok_or(
+        "usage: fuzz TARGET [--runs N] [--seed S] [--batch B] [--timeout SECS] [--only I]",
+    )?;
     let mut a = Args {
         target,
         runs: 1_000_000,
@@ -50,7 +52,9 @@ fn parse_args() -> Result<Args, String> {
             "--batch" => a.batch = num(it.next(), "--batch")?.max(1),
             "--timeout" => a.timeout = num(it.next(), "--timeout")?,
             "--only" => a.only = Some(num(it.next(), "--only")?),
-            "--worker" => a.worker = Some((num(it.next(), "--worker")?, num(it.next(), "--worker")?)),
+            "--worker" => {
+                a.worker = Some((num(it.next(), "--worker")?, num(it.next(), "--worker")?))
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -72,7 +76,8 @@ fn root() -> PathBuf {
 fn work(a: &Args, from: u64, to: u64) {
     let root = root();
     let corpus = fuzz_targets::corpus(&root, &a.target);
-    let scratch = std::env::temp_dir().join(format!("mgpu-fuzz-{}-{}", a.target, std::process::id()));
+    let scratch =
+        std::env::temp_dir().join(format!("mgpu-fuzz-{}-{}", a.target, std::process::id()));
     for i in from..to {
         let data = fuzz_targets::input(&corpus, a.seed, i);
         fuzz_targets::run(&a.target, &data, &root, &scratch);
@@ -87,7 +92,14 @@ fn child_ok(a: &Args, from: u64, to: u64) -> bool {
         Err(_) => return false,
     };
     let mut child = match Command::new(exe)
-        .args([&a.target, "--seed", &a.seed.to_string(), "--worker", &from.to_string(), &to.to_string()])
+        .args([
+            &a.target,
+            "--seed",
+            &a.seed.to_string(),
+            "--worker",
+            &from.to_string(),
+            &to.to_string(),
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
     {
@@ -158,7 +170,11 @@ fn main() -> ExitCode {
             let _ = std::fs::create_dir_all(&dir);
             let path = dir.join(format!("seed-{}-input-{bad}", a.seed));
             let _ = std::fs::write(&path, &data);
-            eprintln!("{}: input {bad} fails; saved to {}", a.target, path.display());
+            eprintln!(
+                "{}: input {bad} fails; saved to {}",
+                a.target,
+                path.display()
+            );
             crashes.push(bad);
             from = bad + 1;
         }

@@ -163,10 +163,8 @@ impl Inventory {
         // A diffusion model is its blocks: a file with none (one unrelated tensor named as
         // `flux`) is not one, whatever the manifest says.
         let diffusion = family.filter(|f| f.role() == crate::family::Role::Diffusion);
-        if let (Some(family), false) = (
-            diffusion,
-            units.iter().any(|u| u.kind == UnitKind::Block),
-        ) {
+        if let (Some(family), false) = (diffusion, units.iter().any(|u| u.kind == UnitKind::Block))
+        {
             return Err(InventoryError::NoBlocks {
                 path,
                 family,

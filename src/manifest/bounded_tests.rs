@@ -23,7 +23,10 @@ fn twenty_thousand_semicolons_print_a_page() {
     let out = rendered(&text);
     assert!(out.contains("error"), "{out}");
     assert!(out.len() < 64 * 1024, "{} bytes", out.len());
-    assert!(out.lines().all(|l| l.chars().count() < 300), "a line too long");
+    assert!(
+        out.lines().all(|l| l.chars().count() < 300),
+        "a line too long"
+    );
 }
 
 #[test]

@@ -45,9 +45,7 @@ pub use infotext::Infotext;
 pub use mp4::{write_mp4, Ffmpeg, FFMPEG_ENV};
 pub use mp4box::read_mp4_metadata;
 pub use pixels::{image_to_rgb8, load_init_image, rgb8_to_tensor, InitFit};
-pub use png::{
-    confine, encode_png, read_png_metadata, write_atomic, write_png, PngMetadata,
-};
+pub use png::{confine, encode_png, read_png_metadata, write_atomic, write_png, PngMetadata};
 pub use record::{ImageRecord, LoraRecord, ModelRecord, RECORD_FORMAT};
 pub use video::{
     needs_ffmpeg, read_output_metadata, video_extensions, write_video, Fps, OutputKind,

@@ -341,7 +341,10 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.path(), root.path().join("fox")).unwrap();
         let path = root.path().join("fox/a.png");
         let e = confine(root.path(), &path).unwrap_err().to_string();
-        assert!(e.contains("refusing to write") && e.contains("fox/a.png"), "{e}");
+        assert!(
+            e.contains("refusing to write") && e.contains("fox/a.png"),
+            "{e}"
+        );
         assert!(e.contains("outside the output root"), "{e}");
         assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
         // A deeper folder created through the link is refused too; a link inside is fine.

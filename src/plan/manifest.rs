@@ -435,7 +435,11 @@ mod loaded_tests {
     #[test]
     fn a_corrupt_lora_fails_plan() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("style.safetensors"), b"\x10\0\0\0\0\0\0\0{not json at all").unwrap();
+        std::fs::write(
+            dir.path().join("style.safetensors"),
+            b"\x10\0\0\0\0\0\0\0{not json at all",
+        )
+        .unwrap();
         let text = r#"
 [settings]
 compute = "cuda:0"

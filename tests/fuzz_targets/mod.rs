@@ -17,14 +17,7 @@ use mgpu::weights::keymap::{canonicalize, CanonicalLayout};
 use mgpu::weights::lora::LoraSet;
 
 /// Every target, in the order runs go through them.
-pub const TARGETS: &[&str] = &[
-    "manifest",
-    "alloc",
-    "safetensors",
-    "gguf",
-    "lora",
-    "pickle",
-];
+pub const TARGETS: &[&str] = &["manifest", "alloc", "safetensors", "gguf", "lora", "pickle"];
 
 /// The committed seeds of `target`, in name order.
 pub fn corpus(root: &Path, target: &str) -> Vec<Vec<u8>> {
@@ -279,6 +272,9 @@ pub fn run(target: &str, data: &[u8], root: &Path, scratch: &Path) {
         "pickle" => {
             let _ = mgpu::weights::pickle::vm::unpickle(data);
         }
-        other => panic!("unknown fuzz target `{other}` (known: {})", TARGETS.join(", ")),
+        other => panic!(
+            "unknown fuzz target `{other}` (known: {})",
+            TARGETS.join(", ")
+        ),
     }
 }

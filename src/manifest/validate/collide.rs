@@ -56,10 +56,7 @@ fn shape_of(job: &Job) -> Shape {
 }
 
 fn is_number(t: Option<&Tok>) -> bool {
-    matches!(
-        t,
-        Some(Tok::Seed(_) | Tok::Index(_) | Tok::Char('0'..='9'))
-    )
+    matches!(t, Some(Tok::Seed(_) | Tok::Index(_) | Tok::Char('0'..='9')))
 }
 
 fn has_var(shape: &Shape) -> (bool, bool) {
@@ -151,7 +148,10 @@ fn components(members: &[usize], runs: &[Vec<Option<String>>]) -> Vec<Vec<usize>
         }
         by_root.entry(root).or_default().push(m);
     }
-    order.into_iter().filter_map(|r| by_root.remove(&r)).collect()
+    order
+        .into_iter()
+        .filter_map(|r| by_root.remove(&r))
+        .collect()
 }
 
 /// Whether every number token has a non-digit (or a component boundary) on both sides.

@@ -52,16 +52,23 @@ fn eleven_big_jobs_with_one_index_template_collide() {
     assert!(t.elapsed().as_secs() < 5, "{:?}", t.elapsed());
     assert!(!e.is_empty());
     assert!(
-        e.iter().all(|m| m == "two images would be written to `0.png`"),
+        e.iter()
+            .all(|m| m == "two images would be written to `0.png`"),
         "{e:?}"
     );
 }
 
 #[test]
 fn seed_ranges_overlap_or_not() {
-    let e = errors(&[job("a", 0, 100_000, "s{seed}.png"), job("b", 99_999, 100_000, "s{seed}.png")]);
+    let e = errors(&[
+        job("a", 0, 100_000, "s{seed}.png"),
+        job("b", 99_999, 100_000, "s{seed}.png"),
+    ]);
     assert_eq!(e, ["two images would be written to `s99999.png`"]);
-    let e = errors(&[job("a", 0, 100_000, "s{seed}.png"), job("b", 100_000, 100_000, "s{seed}.png")]);
+    let e = errors(&[
+        job("a", 0, 100_000, "s{seed}.png"),
+        job("b", 100_000, 100_000, "s{seed}.png"),
+    ]);
     assert!(e.is_empty(), "{e:?}");
     // Many large jobs with distinct names: no listing at all, and no error.
     let jobs: Vec<String> = (0..30)
@@ -74,9 +81,15 @@ fn seed_ranges_overlap_or_not() {
 #[test]
 fn padding_and_adjacent_numbers_are_listed() {
     // `{index:03}` and `{index}` meet at 100; `{index}{seed}` can meet with other indices.
-    let e = errors(&[job("a", 0, 200, "{index:03}.png"), job("b", 0, 200, "{index}.png")]);
+    let e = errors(&[
+        job("a", 0, 200, "{index:03}.png"),
+        job("b", 0, 200, "{index}.png"),
+    ]);
     assert_eq!(e, ["two images would be written to `100.png`"]);
-    let e = errors(&[job("a", 22, 20, "{index}{seed}.png"), job("b", 233, 5, "{index}{seed}.png")]);
+    let e = errors(&[
+        job("a", 22, 20, "{index}{seed}.png"),
+        job("b", 233, 5, "{index}{seed}.png"),
+    ]);
     assert_eq!(e, ["two images would be written to `1234.png`"]);
 }
 
@@ -89,7 +102,14 @@ fn a_template_whose_number_is_cancelled_collides_within_its_job() {
 #[test]
 fn too_many_images_to_list_are_refused_with_the_limit() {
     let jobs: Vec<String> = (0..11)
-        .map(|i| job(&format!("j{i}"), i * 1_000_000, 100_000, &format!("{{index:0{}}}.png", i % 3 + 1)))
+        .map(|i| {
+            job(
+                &format!("j{i}"),
+                i * 1_000_000,
+                100_000,
+                &format!("{{index:0{}}}.png", i % 3 + 1),
+            )
+        })
         .collect();
     let e = errors(&jobs);
     assert_eq!(e.len(), 1, "{e:?}");

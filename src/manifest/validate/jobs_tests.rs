@@ -45,7 +45,10 @@ fn huge_numbers_are_check_errors_with_their_line() {
     );
     assert!(e.contains("m.toml:23:9"), "{e}");
     let e = check("batch = 100000");
-    assert!(e.contains(&format!("`batch` must be 1 to {MAX_BATCH}")), "{e}");
+    assert!(
+        e.contains(&format!("`batch` must be 1 to {MAX_BATCH}")),
+        "{e}"
+    );
     for (keys, want) in [
         ("width = 4294967280", "`width` must be at most 16384"),
         ("guidance = 1e308", "`guidance` must be 0 to 1000"),
@@ -59,7 +62,9 @@ fn huge_numbers_are_check_errors_with_their_line() {
     }
     let e = check("width = 16384\nheight = 16384");
     assert!(
-        e.contains(&format!("16384×16384 is 1048576 latent tokens; at most {MAX_TOKENS} fit")),
+        e.contains(&format!(
+            "16384×16384 is 1048576 latent tokens; at most {MAX_TOKENS} fit"
+        )),
         "{e}"
     );
     assert!(check("steps = 10000\nwidth = 2048\nheight = 2048\nbatch = 4").is_empty());

@@ -71,9 +71,7 @@ fn memo_shares_mutable_dicts() {
     // d = {}; memo[0] = d; d['k'] = 1; return (memo[0],)  -> the filled dict.
     let p = b"}q\x00X\x01\x00\x00\x00kK\x01sh\x00\x85.";
     let v = run(p).unwrap();
-    let Value::Tuple(t) = &v else {
-        panic!()
-    };
+    let Value::Tuple(t) = &v else { panic!() };
     let Value::Dict(d) = &t[0] else { panic!() };
     assert_eq!(d.borrow().entries.len(), 1);
 }
@@ -85,7 +83,10 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
     p.extend(std::iter::repeat_n(0x85u8, 150_000));
     p.push(b'.');
     let e = run(&p).unwrap_err().to_string();
-    assert!(e.contains(&format!("nested more than {MAX_DEPTH} deep")), "{e}");
+    assert!(
+        e.contains(&format!("nested more than {MAX_DEPTH} deep")),
+        "{e}"
+    );
     // EMPTY_LIST/APPEND of empty lists stays shallow and is fine.
     let mut p = Vec::new();
     p.push(b']');
