@@ -96,14 +96,9 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
     p.push(b'.');
     assert!(run(&p).is_ok());
     // MARK/TUPLE nesting.
-    let mut p = Vec::new();
-    for _ in 0..150_000 {
-        p.push(b'(');
-    }
+    let mut p = vec![b'('; 150_000];
     p.push(b')');
-    for _ in 0..150_000 {
-        p.push(b't');
-    }
+    p.extend(std::iter::repeat_n(b't', 150_000));
     p.push(b'.');
     let e = run(&p).unwrap_err().to_string();
     assert!(e.contains("nested more than"), "{e}");
