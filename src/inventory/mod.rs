@@ -101,6 +101,13 @@ pub enum InventoryError {
     UnknownFormat { path: PathBuf, magic: String },
     #[error("{}: the file holds no tensors", path.display())]
     Empty { path: PathBuf },
+    #[error("{}: the manifest says family `{family}` but none of the file's {count} tensors (like `{example}`) belongs to a {family} block, and its names match no family mgpu knows; point `file` at a {family} diffusion model", path.display())]
+    NoBlocks {
+        path: PathBuf,
+        family: Family,
+        count: usize,
+        example: String,
+    },
     #[error("{}: the manifest says family `{given}` but the file looks like `{detected}` (it has `{evidence}`); fix `family` or `file`", path.display())]
     FamilyMismatch {
         path: PathBuf,
@@ -153,6 +160,21 @@ impl Inventory {
             (None, None) => (None, FamilySource::Unknown),
         };
         let (units, grouping) = group::group(family, &tensors);
+        // A diffusion model is its blocks: a file with none (one unrelated tensor named as
+        // `flux`) is not one, whatever the manifest says.
+        let diffusion = family.filter(|f| f.role() == crate::family::Role::Diffusion);
+        if let (Some(family), false) = (diffusion, units.iter().any(|u| u.kind == UnitKind::Block))
+        {
+            return Err(InventoryError::NoBlocks {
+                path,
+                family,
+                count: tensors.len(),
+                example: tensors
+                    .first()
+                    .map(|t| t.name.chars().take(80).collect())
+                    .unwrap_or_default(),
+            });
+        }
         Ok(Inventory {
             path,
             format,
@@ -277,6 +299,18 @@ mod tests {
         bytes.extend_from_slice(h.as_bytes());
         bytes.extend(std::iter::repeat_n(0u8, off as usize));
         write(&bytes)
+    }
+
+    #[test]
+    fn one_unrelated_tensor_is_not_a_flux_model() {
+        let f = safetensors_file(&[("whatever.weight", "F32", &[4])]);
+        let e = read(f.path(), Some(Family::Flux)).unwrap_err().to_string();
+        assert!(
+            e.contains("the manifest says family `flux` but none of the file's 1 tensors (like `whatever.weight`)"),
+            "{e}"
+        );
+        // Without a family it is an unknown file, as before.
+        assert!(read(f.path(), None).is_ok());
     }
 
     #[test]

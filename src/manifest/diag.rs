@@ -214,9 +214,14 @@ impl Diagnostic {
             ));
             out.push_str(&format!("{pad} {bar}\n"));
             let mut prev_line: Option<usize> = None;
+            // The part of the current line shown: (start, end) bytes, and whether cut.
+            let mut shown = (0, 0);
             for (label, is_primary) in labels {
                 let li = src.line_index(label.span.start);
+                let line = src.line(li);
+                let line_start = src.line_starts[li];
                 if prev_line != Some(li) {
+                    shown = window(line, label.span.start.saturating_sub(line_start));
                     if let Some(p) = prev_line {
                         if li > p + 1 {
                             out.push_str(&format!("{}\n", st.paint(BLUE, "...")));
@@ -224,23 +229,20 @@ impl Diagnostic {
                     }
                     let num = format!("{:>gutter$}", li + 1);
                     out.push_str(&format!(
-                        "{} {bar} {}\n",
+                        "{} {bar} {}{}{}\n",
                         st.paint(BLUE, &num),
-                        expand_tabs(src.line(li))
+                        if shown.0 > 0 { "…" } else { "" },
+                        printable(&line[shown.0..shown.1]),
+                        if shown.1 < line.len() { "…" } else { "" },
                     ));
                     prev_line = Some(li);
                 }
-                let line = src.line(li);
-                let line_start = src.line_starts[li];
-                let start = floor_char(
-                    line,
-                    label.span.start.saturating_sub(line_start).min(line.len()),
-                );
-                let end = floor_char(
-                    line,
-                    label.span.end.saturating_sub(line_start).min(line.len()),
-                );
-                let col = display_width(&line[..start]);
+                let clamp = |pos: usize| {
+                    floor_char(line, pos.saturating_sub(line_start).clamp(shown.0, shown.1))
+                };
+                let start = clamp(label.span.start);
+                let end = clamp(label.span.end);
+                let col = display_width(&line[shown.0..start]) + usize::from(shown.0 > 0);
                 let width = display_width(&line[start..end.max(start)]).max(1);
                 let (mark, c) = if is_primary {
                     ('^', sev_color)
@@ -290,8 +292,48 @@ impl Diagnostic {
     }
 }
 
-fn expand_tabs(s: &str) -> String {
-    s.replace('\t', "    ")
+/// Source lines longer than this many characters are shown cut around the label.
+const MAX_SHOWN_CHARS: usize = 120;
+/// How many characters before the label a cut line keeps.
+const SHOWN_BEFORE: usize = 40;
+/// The most diagnostics [`Diagnostics::render`] prints; the rest are counted.
+pub const MAX_RENDERED: usize = 50;
+
+/// The byte range of `line` to show for a label at byte `at`: all of a short line, else
+/// [`MAX_SHOWN_CHARS`] characters from [`SHOWN_BEFORE`] before the label (so one 20 000-
+/// character line reported 20 000 times does not print 400 million characters).
+fn window(line: &str, at: usize) -> (usize, usize) {
+    if line.len() <= MAX_SHOWN_CHARS || line.chars().count() <= MAX_SHOWN_CHARS {
+        return (0, line.len());
+    }
+    let at = floor_char(line, at.min(line.len()));
+    let before: Vec<usize> = line[..at]
+        .char_indices()
+        .rev()
+        .take(SHOWN_BEFORE)
+        .map(|(i, _)| i)
+        .collect();
+    let start = before.last().copied().unwrap_or(at);
+    let end = line[start..]
+        .char_indices()
+        .nth(MAX_SHOWN_CHARS)
+        .map_or(line.len(), |(i, _)| start + i);
+    (start, end)
+}
+
+/// A source line for the terminal: tabs as four spaces, other control characters (a bare
+/// `\r`, ESC) as their visible symbols, one column each.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push_str("    "),
+            c if (c as u32) < 0x20 => out.push(char::from_u32(0x2400 + c as u32).unwrap_or('?')),
+            '\x7f' => out.push('\u{2421}'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn display_width(s: &str) -> usize {
@@ -368,13 +410,25 @@ impl Diagnostics {
         self.0.sort_by_key(Diagnostic::sort_key);
     }
 
-    /// Every diagnostic, rendered, separated by blank lines.
+    /// Every diagnostic, rendered, separated by blank lines; after [`MAX_RENDERED`] of them
+    /// the rest are only counted (like cargo, so a file with 20 000 errors prints a page).
     pub fn render(&self, color: bool) -> String {
-        self.0
+        let mut out = self
+            .0
             .iter()
+            .take(MAX_RENDERED)
             .map(|d| d.render(color))
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n");
+        let rest = self.0.len().saturating_sub(MAX_RENDERED);
+        if rest > 0 {
+            let rest: Diagnostics = self.0[MAX_RENDERED..].iter().cloned().collect();
+            out.push_str(&format!(
+                "\n... and {} more, not shown (fix the ones above first)\n",
+                rest.counts()
+            ));
+        }
+        out
     }
 
     /// `2 errors, 1 warning` (or `no problems`).

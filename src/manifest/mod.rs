@@ -348,3 +348,7 @@ impl Manifest {
         ))
     }
 }
+
+#[cfg(test)]
+#[path = "bounded_tests.rs"]
+mod bounded_tests;

@@ -59,6 +59,15 @@ pub fn placeholders_help() -> String {
     )
 }
 
+/// One piece of a template's [`OutputTemplate::shape`]: a character, or a number that changes
+/// from image to image (zero-padded to a width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Tok {
+    Char(char),
+    Seed(usize),
+    Index(usize),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Part {
     Lit(String),
@@ -254,6 +263,37 @@ impl OutputTemplate {
                         Var::Scheduler => v.scheduler.to_string(),
                     };
                     out.push_str(&s);
+                }
+            }
+        }
+        out
+    }
+
+    /// The template with the job's constant placeholders filled in and the two that change
+    /// from image to image (`{seed}`, `{index}`) left as tokens: what the collision check
+    /// reasons about (`manifest::validate::collide`).
+    pub(crate) fn shape(&self, v: &Vars<'_>) -> Vec<Tok> {
+        let mut out = Vec::new();
+        for p in &self.parts {
+            match p {
+                Part::Lit(s) => out.extend(s.chars().map(Tok::Char)),
+                Part::Var {
+                    var: Var::Seed,
+                    width,
+                } => out.push(Tok::Seed(*width)),
+                Part::Var {
+                    var: Var::Index,
+                    width,
+                } => out.push(Tok::Index(*width)),
+                Part::Var { var, width } => {
+                    let one = OutputTemplate {
+                        text: String::new(),
+                        parts: vec![Part::Var {
+                            var: *var,
+                            width: *width,
+                        }],
+                    };
+                    out.extend(one.render(v).chars().map(Tok::Char));
                 }
             }
         }

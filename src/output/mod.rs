@@ -45,7 +45,7 @@ pub use infotext::Infotext;
 pub use mp4::{write_mp4, Ffmpeg, FFMPEG_ENV};
 pub use mp4box::read_mp4_metadata;
 pub use pixels::{image_to_rgb8, load_init_image, rgb8_to_tensor, InitFit};
-pub use png::{encode_png, read_png_metadata, write_atomic, write_png, PngMetadata};
+pub use png::{confine, encode_png, read_png_metadata, write_atomic, write_png, PngMetadata};
 pub use record::{ImageRecord, LoraRecord, ModelRecord, RECORD_FORMAT};
 pub use video::{
     needs_ffmpeg, read_output_metadata, video_extensions, write_video, Fps, OutputKind,
@@ -60,6 +60,14 @@ pub enum OutputError {
         path: PathBuf,
         op: &'static str,
         source: std::io::Error,
+    },
+    /// The folder an output goes into resolves (through a symbolic link) outside the output
+    /// root: `out/fox -> /elsewhere`.
+    #[error("refusing to write {}: its folder is really {}, outside the output root {} (a symbolic link inside the output root points out of it); remove the link or point `[settings].output_root` at the real folder", path.display(), real.display(), root.display())]
+    Escapes {
+        path: PathBuf,
+        real: PathBuf,
+        root: PathBuf,
     },
     #[error("expected an RGB image tensor of shape [1, 3, H, W] or [3, H, W], got {shape:?}")]
     NotAnImage { shape: Vec<usize> },

@@ -192,6 +192,45 @@ fn io_err(op: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> OutputEr
     }
 }
 
+/// Creates the folder of `path` (inside `root`) and checks that its real path, symbolic links
+/// resolved, is inside `root`'s real path: the template check is textual, and a link such as
+/// `out/fox -> /elsewhere` would otherwise carry writes out of the output root. Links that stay
+/// inside the root are fine. Call right before writing.
+pub fn confine(root: &Path, path: &Path) -> Result<(), OutputError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(root).map_err(io_err("create the output root", root))?;
+    let real_root = std::fs::canonicalize(root).map_err(io_err("resolve the output root", root))?;
+    let inside = |d: &Path| -> Result<(), OutputError> {
+        let real = std::fs::canonicalize(d).map_err(io_err("resolve the folder", d))?;
+        if real.starts_with(&real_root) {
+            Ok(())
+        } else {
+            Err(OutputError::Escapes {
+                path: path.to_path_buf(),
+                real,
+                root: root.to_path_buf(),
+            })
+        }
+    };
+    // The deepest folder that exists already, checked before any folder is created in it
+    // (so no folder is made through a link either).
+    let mut existing = dir;
+    while std::fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => existing = p,
+            _ => break,
+        }
+    }
+    if std::fs::symlink_metadata(existing).is_ok() {
+        inside(existing)?;
+    }
+    std::fs::create_dir_all(dir).map_err(io_err("create the folder", dir))?;
+    inside(dir)
+}
+
 /// An output being written: a temporary file `.NAME.XXXXXX.tmp` beside its final path (the
 /// name the queue's stale-file cleanup removes after a kill), removed on drop unless
 /// [`Staged::commit`] moves it into place. Shared by every writer of outputs (PNG, animated
@@ -292,6 +331,29 @@ mod tests {
         // The A1111 text adds the LoRA tags after the prompt.
         let params = meta.parameters.unwrap().prompt;
         assert_eq!(params, format!("{} <lora:style:0.8>", record.prompt));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_out_of_the_root_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.path().join("fox")).unwrap();
+        let path = root.path().join("fox/a.png");
+        let e = confine(root.path(), &path).unwrap_err().to_string();
+        assert!(
+            e.contains("refusing to write") && e.contains("fox/a.png"),
+            "{e}"
+        );
+        assert!(e.contains("outside the output root"), "{e}");
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+        // A deeper folder created through the link is refused too; a link inside is fine.
+        assert!(confine(root.path(), &root.path().join("fox/x/y/a.png")).is_err());
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+        std::fs::create_dir(root.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", root.path().join("inside")).unwrap();
+        confine(root.path(), &root.path().join("inside/b.png")).unwrap();
+        confine(root.path(), &root.path().join("new/deep/c.png")).unwrap();
     }
 
     #[test]

@@ -63,6 +63,28 @@ fn read_inventories_with(
     let mut out = BTreeMap::new();
     let mut diags = Diagnostics::default();
     for model in needed_models(m) {
+        // LoRA files: their headers are read (and checked) now, so a corrupt LoRA fails
+        // `plan`, not the first batch of `run`. One that is not there yet is fine when
+        // planning before downloading.
+        for (i, lora) in model.loras.iter().enumerate() {
+            if assume && !lora.file.exists() {
+                continue;
+            }
+            let problem = match crate::weights::WeightFile::open(&lora.file) {
+                Ok(f) if f.tensors().is_empty() => Some("the file holds no tensors".to_string()),
+                Ok(_) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = problem {
+                diags.push(m.diagnostic_at(
+                    &model.name,
+                    &format!("loras.{i}.file"),
+                    None,
+                    format!("model `{}`: LoRA {}: {e}", model.name, lora.file.display()),
+                    "`file` must name a LoRA safetensors file (kohya, diffusers/PEFT or ComfyUI names; docs/lora.md), relative to the manifest's folder",
+                ));
+            }
+        }
         if assume && !model.file.exists() {
             if let Some((inv, what)) = assumed_inventory(model) {
                 assumed.insert(
@@ -411,5 +433,48 @@ mod loaded_tests {
                 "{stored:?} {compute:?} {loras}"
             );
         }
+    }
+
+    #[test]
+    fn a_corrupt_lora_fails_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("style.safetensors"),
+            b"\x10\0\0\0\0\0\0\0{not json at all",
+        )
+        .unwrap();
+        let text = r#"
+[settings]
+compute = "cuda:0"
+[models.flux]
+family = "flux"
+file = "flux1-dev.safetensors"
+loras = [{ file = "style.safetensors" }]
+[models.t5]
+family = "t5"
+file = "t5xxl_fp16.safetensors"
+tokenizer = "t5-tokenizer.json"
+[models.clip]
+family = "clip-l"
+file = "clip_l.safetensors"
+tokenizer = "clip-tokenizer.json"
+[models.vae]
+family = "flux-vae"
+file = "ae.safetensors"
+[pipelines.dev]
+diffusion = "flux"
+text_encoders = ["clip", "t5"]
+vae = "vae"
+[[jobs]]
+prompt = "p"
+"#;
+        let m = crate::manifest::load_str(&dir.path().join("m.toml"), text).unwrap();
+        let Err(e) = read_inventories_assuming(&m) else {
+            panic!("plan accepted a corrupt LoRA");
+        };
+        let e = e.to_string();
+        assert!(e.contains("model `flux`: LoRA"), "{e}");
+        assert!(e.contains("style.safetensors"), "{e}");
+        assert!(e.contains("m.toml:7:"), "{e}");
     }
 }

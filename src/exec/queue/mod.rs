@@ -336,6 +336,7 @@ fn forward(obs: &mut dyn Observer, e: Event) {
 /// Writes one image (PNG) or video (animated PNG, MP4) with its job hash; returns the SHA-256
 /// of the file's bytes.
 fn write(task: &ImageTask, r: &Rendered) -> Result<String, String> {
+    crate::output::confine(&task.job.output_root, &task.image.path).map_err(|e| e.to_string())?;
     let mut record = r.record.clone();
     record.job_hash = Some(task.hash.clone());
     let (w, h) = r.rgb().dimensions();

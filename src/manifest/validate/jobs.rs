@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{check_path, resolve, PathKind};
 use crate::family::Family;
@@ -28,6 +28,24 @@ pub const DEFAULT_FPS: u32 = 16;
 pub const DEFAULT_CFG_VIDEO: f64 = 5.0;
 /// The most images one job may ask for (so collision checks and plans stay tractable).
 pub const MAX_COUNT: u32 = 100_000;
+/// The most sampling steps: a schedule holds `steps + 1` sigmas and the run records every
+/// step, so `steps = 4294967295` must stop at `check`, not abort `run` allocating 34 GB.
+/// ComfyUI's limit; models are trained on 1000 timesteps.
+pub const MAX_STEPS: u32 = 10_000;
+/// The largest width or height in pixels (ComfyUI's `MAX_RESOLUTION` is 16384; mgpu's
+/// attention over (w/16)·(h/16) tokens per frame is bounded by [`MAX_TOKENS`] as well).
+pub const MAX_SIDE: u32 = 16_384;
+/// The most latent tokens one image or video may have: (w/16)·(h/16)·latent frames. FLUX at
+/// 2048×2048 has 16 384, Wan at 1280×720×81 has 75 600; 8192×8192 (262 144) is the most
+/// whose attention still fits one GPU.
+pub const MAX_TOKENS: u64 = 1 << 18;
+/// The most frames of a video (4k+1).
+pub const MAX_FRAMES: u32 = 4 * 256 + 1;
+/// The largest batch: more images in one pass than this never fit the activations of one GPU.
+pub const MAX_BATCH: u32 = 256;
+/// The largest `guidance`, `cfg` or `shift`: far above any useful value (FLUX guidance 2–5,
+/// cfg 1–10, shift 1–10), low enough that the arithmetic stays finite.
+pub const MAX_SCALE: f64 = 1000.0;
 
 /// The job's value, else the default's; with its span.
 fn pick<'a, T>(job: &'a Option<Sp<T>>, def: &'a Option<Sp<T>>) -> Option<&'a Sp<T>> {
@@ -167,7 +185,15 @@ pub(super) fn validate_jobs(
         let mut size = |key: &str, v: Option<&Sp<u32>>| -> u32 {
             let Some(v) = v else { return DEFAULT_SIZE };
             let multiple = family.map_or(1, Family::size_multiple);
-            if v.value == 0 || v.value % multiple != 0 {
+            if v.value > MAX_SIDE {
+                cx.error(
+                    v.span.clone(),
+                    format!("`{key}` must be at most {MAX_SIDE}, not {}", v.value),
+                    "",
+                    Some("FLUX is made for about 1024×1024 (up to 2048), Wan for 1280×720".into()),
+                );
+                fine = false;
+            } else if v.value == 0 || v.value % multiple != 0 {
                 let lower = (v.value / multiple) * multiple;
                 let upper = lower + multiple;
                 let choices = if lower == 0 {
@@ -193,10 +219,10 @@ pub(super) fn validate_jobs(
         let height = size("height", pick(&job.height, &defaults.height));
 
         let steps_sp = pick(&job.steps, &defaults.steps);
-        if let Some(s) = steps_sp.filter(|s| s.value == 0) {
+        if let Some(s) = steps_sp.filter(|s| s.value == 0 || s.value > MAX_STEPS) {
             cx.error(
                 s.span.clone(),
-                "`steps` must be at least 1",
+                format!("`steps` must be 1 to {MAX_STEPS}, not {}", s.value),
                 "",
                 Some("FLUX dev is usually run with 20–50 steps, schnell with 1–4".into()),
             );
@@ -214,10 +240,10 @@ pub(super) fn validate_jobs(
         let sampler = pick(&job.sampler, &defaults.sampler).map_or(sampler0, |s| s.value);
         let scheduler = pick(&job.scheduler, &defaults.scheduler).map_or(scheduler0, |s| s.value);
         let guidance_sp = pick(&job.guidance, &defaults.guidance);
-        if let Some(g) = guidance_sp.filter(|g| g.value < 0.0) {
+        if let Some(g) = guidance_sp.filter(|g| !(0.0..=MAX_SCALE).contains(&g.value)) {
             cx.error(
                 g.span.clone(),
-                format!("`guidance` must be 0 or more, not {}", g.value),
+                format!("`guidance` must be 0 to {MAX_SCALE}, not {}", g.value),
                 "",
                 Some("FLUX dev is usually run with guidance 2.5–4".into()),
             );
@@ -265,7 +291,7 @@ pub(super) fn validate_jobs(
             }
             (None, None, _) => 1.0,
             (Some(_), j, d) => match j.as_ref().or(d.as_ref()) {
-                Some(d) if d.value <= 0.0 || d.value > 1.0 => {
+                Some(d) if !(d.value > 0.0 && d.value <= 1.0) => {
                     cx.error(
                         d.span.clone(),
                         format!(
@@ -283,10 +309,10 @@ pub(super) fn validate_jobs(
             },
         };
         let batch_sp = pick(&job.batch, &defaults.batch);
-        if let Some(b) = batch_sp.filter(|b| b.value == 0) {
+        if let Some(b) = batch_sp.filter(|b| b.value == 0 || b.value > MAX_BATCH) {
             cx.error(
                 b.span.clone(),
-                "`batch` must be at least 1",
+                format!("`batch` must be 1 to {MAX_BATCH}, not {}", b.value),
                 "",
                 Some("leave `batch` out to let mgpu choose from free memory".into()),
             );
@@ -297,6 +323,16 @@ pub(super) fn validate_jobs(
         // Video keys: frames (4k+1) and fps for video families; refused for image families.
         let frames_sp = pick(&job.frames, &defaults.frames);
         let frames = match frames_sp {
+            Some(f) if video && f.value > MAX_FRAMES => {
+                cx.error(
+                    f.span.clone(),
+                    format!("`frames` must be at most {MAX_FRAMES}, not {}", f.value),
+                    "",
+                    Some(format!("Wan makes {DEFAULT_FRAMES} frames (about 5 s at 16 fps); make longer videos from several jobs")),
+                );
+                fine = false;
+                f.value
+            }
             Some(f) if video && (f.value == 0 || f.value % 4 != 1) => {
                 let lower = f.value.saturating_sub(1) / 4 * 4 + 1;
                 cx.error(
@@ -365,10 +401,10 @@ pub(super) fn validate_jobs(
             fine = false;
         }
         let cfg_sp = pick(&job.cfg, &defaults.cfg);
-        if let Some(c) = cfg_sp.filter(|c| !(c.value.is_finite() && c.value >= 0.0)) {
+        if let Some(c) = cfg_sp.filter(|c| !(0.0..=MAX_SCALE).contains(&c.value)) {
             cx.error(
                 c.span.clone(),
-                format!("`cfg` must be a number 0 or more, not {}", c.value),
+                format!("`cfg` must be a number 0 to {MAX_SCALE}, not {}", c.value),
                 "",
                 Some("1 turns classifier-free guidance off; Wan is usually run at 5–6".into()),
             );
@@ -376,11 +412,11 @@ pub(super) fn validate_jobs(
         }
         let cfg = cfg_sp.map_or(if video { DEFAULT_CFG_VIDEO } else { 1.0 }, |c| c.value);
         let cfg_low_noise = match pick(&job.cfg_low_noise, &defaults.cfg_low_noise) {
-            Some(c) if !(c.value.is_finite() && c.value >= 0.0) => {
+            Some(c) if !(0.0..=MAX_SCALE).contains(&c.value) => {
                 cx.error(
                     c.span.clone(),
                     format!(
-                        "`cfg_low_noise` must be a number 0 or more, not {}",
+                        "`cfg_low_noise` must be a number 0 to {MAX_SCALE}, not {}",
                         c.value
                     ),
                     "",
@@ -416,12 +452,33 @@ pub(super) fn validate_jobs(
             cx.push(d);
         }
         let shift_sp = pick(&job.shift, &defaults.shift);
-        if let Some(sh) = shift_sp.filter(|sh| !(sh.value.is_finite() && sh.value > 0.0)) {
+        if let Some(sh) = shift_sp.filter(|sh| !(sh.value > 0.0 && sh.value <= MAX_SCALE)) {
             cx.error(
                 sh.span.clone(),
-                format!("`shift` must be a number above 0, not {}", sh.value),
+                format!("`shift` must be a number above 0 and at most {MAX_SCALE}, not {}", sh.value),
                 "",
                 Some("leave `shift` out to use the model's own (Wan: 5, FLUX dev: from the image size)".into()),
+            );
+            fine = false;
+        }
+
+        // Latent tokens of one image or video: what attention and the latents scale with.
+        let tokens = (width as u64).div_ceil(16)
+            * (height as u64).div_ceil(16)
+            * ((frames.max(1) as u64 - 1) / 4 + 1);
+        if fine && tokens > MAX_TOKENS {
+            let span = pick(&job.width, &defaults.width)
+                .or(pick(&job.height, &defaults.height))
+                .or(frames_sp)
+                .map_or(header.clone(), |s| s.span.clone());
+            cx.error(
+                span,
+                format!(
+                    "{width}×{height}{} is {tokens} latent tokens; at most {MAX_TOKENS} fit",
+                    if video { format!(" × {frames} frames") } else { String::new() }
+                ),
+                "",
+                Some("each 16×16 pixels (and each 4 frames) is one token: make the image smaller or the video shorter".into()),
             );
             fine = false;
         }
@@ -441,6 +498,18 @@ pub(super) fn validate_jobs(
                         );
                         fine = false;
                     }
+                    let vars = crate::manifest::template::Vars {
+                        seed,
+                        index: 0,
+                        job: &name,
+                        pipeline: pipeline.as_deref().unwrap_or(""),
+                        width,
+                        height,
+                        steps,
+                        sampler: sampler.name(),
+                        scheduler: scheduler.name(),
+                    };
+                    fine &= file_names_fit(cx, &o.span, &t, &vars, count);
                     let ext = t.extension();
                     if !video && ext != "png" {
                         cx.error(
@@ -505,71 +574,70 @@ pub(super) fn validate_jobs(
     ok.then_some(out)
 }
 
-/// The most images checked for colliding outputs.
-const MAX_CHECKED_IMAGES: u64 = 1_000_000;
+/// The longest file or folder name most filesystems take (ext4, XFS, APFS, NTFS: 255).
+pub const MAX_NAME_BYTES: usize = 255;
+/// What the output writer adds to a file name for its temporary file: `.NAME.XXXXXX.tmp`.
+pub const TEMP_NAME_EXTRA: usize = ".".len() + ".".len() + 6 + ".tmp".len();
 
-/// Two images (of one job or of two) must not write the same file.
-pub(super) fn check_collisions(
+/// NUL characters and names too long for the filesystem (counting the temporary file's
+/// extra characters), for the longest name any image of the job renders to.
+fn file_names_fit(
     cx: &mut Cx,
-    jobs: &[Job],
-    raw: &[Sp<RawJob>],
-    defaults: &RawDefaults,
-) {
-    let total: u64 = jobs.iter().map(|j| j.count as u64).sum();
-    if total > MAX_CHECKED_IMAGES {
-        let mut d = Diagnostic::warning(format!(
-            "{total} images: outputs were not checked for collisions (at most {MAX_CHECKED_IMAGES} are)"
-        ));
-        d.source = Some(cx.src.clone());
-        cx.push(d);
-        return;
+    span: &Range<usize>,
+    t: &OutputTemplate,
+    vars: &crate::manifest::template::Vars<'_>,
+    count: u32,
+) -> bool {
+    use crate::manifest::template::Tok;
+    let digits = |n: u64| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let last = count.saturating_sub(1);
+    let seed = vars.seed;
+    let toks = t.shape(vars);
+    if toks.contains(&Tok::Char('\0')) {
+        cx.error(
+            span.clone(),
+            "NUL character in an output path",
+            "",
+            Some("file names cannot hold NUL (`\\u0000`): remove it".into()),
+        );
+        return false;
     }
-    let output_span = |j: &Job| -> Range<usize> {
-        let rj = &raw[j.index];
-        rj.value
-            .output
-            .as_ref()
-            .or(defaults.output.as_ref())
-            .map_or(rj.span.clone(), |o| o.span.clone())
-    };
-    let mut seen: HashMap<PathBuf, (usize, u32)> = HashMap::new();
-    let mut reported: std::collections::HashSet<(usize, usize)> = Default::default();
-    for j in jobs {
-        for img in j.images() {
-            let Some(&(first_job, first_img)) = seen.get(&img.path) else {
-                seen.insert(img.path, (j.index, img.index));
-                continue;
-            };
-            if !reported.insert((first_job, j.index)) {
-                continue;
-            }
-            let first = jobs.iter().find(|f| f.index == first_job).unwrap_or(j);
-            let shown = img
-                .path
-                .strip_prefix(&j.output_root)
-                .unwrap_or(&img.path)
-                .display()
-                .to_string();
-            let (here, there) = (output_span(j), output_span(first));
-            let mut d = Diagnostic::error(format!("two images would be written to `{shown}`")).at(
-                &cx.src,
-                here.clone(),
-                format!("job `{}`, image {} (seed {})", j.name, img.index, img.seed),
+    let comps: Vec<&[Tok]> = toks.split(|t| *t == Tok::Char('/')).collect();
+    for (i, comp) in comps.iter().enumerate() {
+        let len: usize = comp
+            .iter()
+            .map(|t| match t {
+                Tok::Char(c) => c.len_utf8(),
+                Tok::Seed(w) => (*w).max(digits(seed.saturating_add(last as u64))),
+                Tok::Index(w) => (*w).max(digits(last as u64)),
+            })
+            .sum();
+        let file = i + 1 == comps.len();
+        let max = if file {
+            MAX_NAME_BYTES - TEMP_NAME_EXTRA
+        } else {
+            MAX_NAME_BYTES
+        };
+        if len > max {
+            cx.error(
+                span.clone(),
+                format!(
+                    "a {} name of this output path would be {len} bytes long; at most {max} fit",
+                    if file { "file" } else { "folder" }
+                ),
+                "",
+                Some(if file {
+                    format!("filesystems take names of up to {MAX_NAME_BYTES} bytes, and mgpu writes each output first to `.NAME.XXXXXX.tmp` ({TEMP_NAME_EXTRA} more): shorten the name")
+                } else {
+                    format!("filesystems take names of up to {MAX_NAME_BYTES} bytes: shorten the folder's name")
+                }),
             );
-            let first_label = format!(
-                "job `{}`, image {} (seed {})",
-                first.name,
-                first_img,
-                first.image(first_img).seed
-            );
-            if there == here {
-                d = d.with_note(format!("also written by {first_label}"));
-            } else {
-                d = d.with_secondary(there, first_label);
-            }
-            cx.push(d.with_help(
-                "make the output templates differ, e.g. with `{job}`, `{seed}` or `{index}`",
-            ));
+            return false;
         }
     }
+    true
 }
+
+#[cfg(test)]
+#[path = "jobs_tests.rs"]
+mod tests;

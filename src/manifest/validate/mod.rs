@@ -6,6 +6,7 @@
 //! templates) → output collisions across all images. Nothing here touches the filesystem:
 //! file existence is [`Manifest::check_files`].
 
+mod collide;
 mod jobs;
 mod models;
 
@@ -182,7 +183,7 @@ pub(crate) fn validate(raw: RawManifest, cx: &mut Cx, path: &Path) -> Option<Man
         cx.push(d);
     }
     if let Some(jobs) = &jobs {
-        jobs::check_collisions(cx, jobs, &raw_jobs, &defaults);
+        collide::check_collisions(cx, jobs, &raw_jobs, &defaults);
     }
     Some(Manifest {
         path: path.to_path_buf(),

@@ -197,13 +197,18 @@ impl fmt::Display for PickleError {
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
-    stack: Vec<Value>,
+    /// Values with their nesting depth (0 for a scalar, 1 for a container of scalars, ...).
+    stack: Vec<(Value, u32)>,
     marks: Vec<usize>,
-    memo: HashMap<u32, Value>,
+    memo: HashMap<u32, (Value, u32)>,
     /// Storages by key, so two tensors naming one storage share it.
     storages: HashMap<String, Rc<StorageRef>>,
     op_at: usize,
 }
+
+/// How deep values may nest. A state dict nests a handful of levels; a hostile pickle of
+/// 150 000 nested tuples must stop with an error, and [`Value`]'s drop is iterative besides.
+pub const MAX_DEPTH: u32 = 1000;
 
 /// Runs the pickle in `data` and returns the value it builds.
 pub fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
@@ -255,29 +260,71 @@ impl<'a> Machine<'a> {
             })
     }
 
-    fn pop(&mut self) -> Result<Value, PickleError> {
+    fn push(&mut self, v: Value) {
+        self.stack.push((v, 0));
+    }
+
+    /// Pushes a container whose deepest element has depth `inner`.
+    fn push_container(&mut self, v: Value, inner: u32) -> Result<(), PickleError> {
+        let depth = self.nest(inner)?;
+        self.stack.push((v, depth));
+        Ok(())
+    }
+
+    /// The depth of a container holding an element of depth `inner`, within [`MAX_DEPTH`].
+    fn nest(&self, inner: u32) -> Result<u32, PickleError> {
+        if inner >= MAX_DEPTH {
+            return Err(self.bad(format!(
+                "values nested more than {MAX_DEPTH} deep (a state dict nests a few levels; \
+                 this pickle is malformed or hostile)"
+            )));
+        }
+        Ok(inner + 1)
+    }
+
+    fn pop_d(&mut self) -> Result<(Value, u32), PickleError> {
         let floor = self.marks.last().copied().unwrap_or(0);
         if self.stack.len() <= floor {
             return Err(self.bad("stack underflow"));
         }
-        Ok(self.stack.pop().expect("checked non-empty"))
+        self.stack.pop().ok_or_else(|| self.bad("stack underflow"))
+    }
+
+    fn pop(&mut self) -> Result<Value, PickleError> {
+        Ok(self.pop_d()?.0)
+    }
+
+    fn top_d(&self) -> Result<&(Value, u32), PickleError> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err(self.bad("stack underflow"));
+        }
+        self.stack.last().ok_or_else(|| self.bad("stack underflow"))
     }
 
     fn top(&self) -> Result<&Value, PickleError> {
-        let floor = self.marks.last().copied().unwrap_or(0);
-        if self.stack.len() <= floor {
-            return Err(self.bad("stack underflow"));
-        }
-        Ok(self.stack.last().expect("checked non-empty"))
+        Ok(&self.top_d()?.0)
     }
 
-    /// Pops everything above the last MARK, and the mark.
-    fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
+    /// Raises the recorded depth of the container on top of the stack after an element of
+    /// depth `inner` went into it.
+    fn deepen_top(&mut self, inner: u32) -> Result<(), PickleError> {
+        let depth = self.nest(inner)?;
+        if let Some(top) = self.stack.last_mut() {
+            top.1 = top.1.max(depth);
+        }
+        Ok(())
+    }
+
+    /// Pops everything above the last MARK, and the mark; with the deepest element's depth.
+    fn pop_mark(&mut self) -> Result<(Vec<Value>, u32), PickleError> {
         let m = self
             .marks
             .pop()
             .ok_or_else(|| self.bad("no MARK to pop to"))?;
-        Ok(self.stack.split_off(m))
+        let items = self.stack.split_off(m);
+        let depth = items.iter().map(|(_, d)| *d).max().unwrap_or(0);
+        Ok((items.into_iter().map(|(v, _)| v).collect(), depth))
     }
 
     fn text_line(&mut self) -> Result<&'a str, PickleError> {
@@ -299,7 +346,7 @@ impl<'a> Machine<'a> {
             })
     }
 
-    fn memo_get(&self, i: u32) -> Result<Value, PickleError> {
+    fn memo_get(&self, i: u32) -> Result<(Value, u32), PickleError> {
         self.memo
             .get(&i)
             .cloned()
@@ -328,26 +375,26 @@ impl<'a> Machine<'a> {
                     self.pop()?;
                 }
                 b'1' => {
-                    self.pop_mark()?;
+                    let _ = self.pop_mark()?;
                 }
                 b'2' => {
-                    let v = self.top()?.clone();
+                    let v = self.top_d()?.clone();
                     self.stack.push(v);
                 }
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'N' => self.push(Value::None),
+                0x88 => self.push(Value::Bool(true)),
+                0x89 => self.push(Value::Bool(false)),
                 b'J' => {
                     let v = i32::from_le_bytes(self.arr()?);
-                    self.stack.push(Value::Int(v.into()))
+                    self.push(Value::Int(v.into()))
                 }
                 b'K' => {
                     let v = self.arr::<1>()?[0];
-                    self.stack.push(Value::Int(v.into()))
+                    self.push(Value::Int(v.into()))
                 }
                 b'M' => {
                     let v = u16::from_le_bytes(self.arr()?);
-                    self.stack.push(Value::Int(v.into()))
+                    self.push(Value::Int(v.into()))
                 }
                 0x8a | 0x8b => {
                     // LONG1, LONG4: little-endian two's complement
@@ -368,11 +415,11 @@ impl<'a> Machine<'a> {
                     if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
                         v -= 1i64 << (8 * n);
                     }
-                    self.stack.push(Value::Int(v));
+                    self.push(Value::Int(v));
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.arr()?);
-                    self.stack.push(Value::Float(v))
+                    self.push(Value::Float(v))
                 }
                 b'X' | 0x8c | 0x8d => {
                     // BINUNICODE (u32 len), SHORT_BINUNICODE (u8), BINUNICODE8 (u64)
@@ -384,7 +431,7 @@ impl<'a> Machine<'a> {
                     let n = self.len_u64(n)?;
                     let b = self.take(n)?;
                     let s = std::str::from_utf8(b).map_err(|_| self.bad("string is not valid UTF-8"))?;
-                    self.stack.push(Value::Str(s.into()));
+                    self.push(Value::Str(s.into()));
                 }
                 b'T' | b'U' => {
                     // BINSTRING (i32 len), SHORT_BINSTRING (u8): Python 2 str, read as text
@@ -395,7 +442,7 @@ impl<'a> Machine<'a> {
                     };
                     let n = self.len_u64(n)?;
                     let b = self.take(n)?;
-                    self.stack.push(Value::Str(String::from_utf8_lossy(b).into()));
+                    self.push(Value::Str(String::from_utf8_lossy(b).into()));
                 }
                 b'B' | b'C' | 0x8e => {
                     // BINBYTES (u32), SHORT_BINBYTES (u8), BINBYTES8 (u64)
@@ -406,70 +453,77 @@ impl<'a> Machine<'a> {
                     };
                     let n = self.len_u64(n)?;
                     let b = self.take(n)?;
-                    self.stack.push(Value::Bytes(b.into()));
+                    self.push(Value::Bytes(b.into()));
                 }
-                b')' => self.stack.push(Value::Tuple(Rc::from(Vec::new()))),
+                b')' => self.push_container(Value::Tuple(Rc::from(Vec::new())), 0)?,
                 b't' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items.into()));
+                    let (items, d) = self.pop_mark()?;
+                    self.push_container(Value::Tuple(items.into()), d)?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let mut items = Vec::with_capacity(n);
+                    let mut d = 0;
                     for _ in 0..n {
-                        items.push(self.pop()?);
+                        let (v, vd) = self.pop_d()?;
+                        items.push(v);
+                        d = d.max(vd);
                     }
                     items.reverse();
-                    self.stack.push(Value::Tuple(items.into()));
+                    self.push_container(Value::Tuple(items.into()), d)?;
                 }
-                b']' => self.stack.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
+                b']' => self.push_container(Value::List(Rc::new(RefCell::new(Vec::new()))), 0)?,
                 b'l' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                    let (items, d) = self.pop_mark()?;
+                    self.push_container(Value::List(Rc::new(RefCell::new(items))), d)?;
                 }
                 b'a' => {
-                    let v = self.pop()?;
+                    let (v, d) = self.pop_d()?;
                     match self.top()? {
                         Value::List(l) => l.borrow_mut().push(v),
                         other => return Err(self.bad(format!("APPEND to a {}", other.kind()))),
                     }
+                    self.deepen_top(d)?;
                 }
                 b'e' => {
-                    let items = self.pop_mark()?;
+                    let (items, d) = self.pop_mark()?;
                     match self.top()? {
                         Value::List(l) => l.borrow_mut().extend(items),
                         other => return Err(self.bad(format!("APPENDS to a {}", other.kind()))),
                     }
+                    self.deepen_top(d)?;
                 }
-                b'}' => self.stack.push(Value::Dict(Rc::new(RefCell::new(Dict::default())))),
+                b'}' => self.push_container(Value::Dict(Rc::new(RefCell::new(Dict::default()))), 0)?,
                 b'd' => {
-                    let items = self.pop_mark()?;
+                    let (items, d) = self.pop_mark()?;
                     let dict = Rc::new(RefCell::new(Dict::default()));
                     self.fill_dict(&dict, items)?;
-                    self.stack.push(Value::Dict(dict));
+                    self.push_container(Value::Dict(dict), d)?;
                 }
                 b's' => {
-                    let v = self.pop()?;
+                    let (v, d) = self.pop_d()?;
                     let k = self.pop()?;
                     let dict = match self.top()? {
                         Value::Dict(d) => d.clone(),
                         other => return Err(self.bad(format!("SETITEM on a {}", other.kind()))),
                     };
                     self.fill_dict(&dict, vec![k, v])?;
+                    self.deepen_top(d)?;
                 }
                 b'u' => {
-                    let items = self.pop_mark()?;
+                    let (items, d) = self.pop_mark()?;
                     let dict = match self.top()? {
                         Value::Dict(d) => d.clone(),
                         other => return Err(self.bad(format!("SETITEMS on a {}", other.kind()))),
                     };
                     self.fill_dict(&dict, items)?;
+                    self.deepen_top(d)?;
                 }
                 b'c' => {
                     let module = self.text_line()?;
                     let name = self.text_line()?;
                     let g = self.global(module, name)?;
-                    self.stack.push(g);
+                    self.push(g);
                 }
                 0x93 => {
                     // STACK_GLOBAL
@@ -478,25 +532,25 @@ impl<'a> Machine<'a> {
                     match (&module, &name) {
                         (Value::Str(m), Value::Str(n)) => {
                             let g = self.global(m, n)?;
-                            self.stack.push(g);
+                            self.push(g);
                         }
                         _ => return Err(self.bad("STACK_GLOBAL needs two strings")),
                     }
                 }
                 b'q' => {
                     let i = self.arr::<1>()?[0] as u32;
-                    let v = self.top()?.clone();
+                    let v = self.top_d()?.clone();
                     self.memo.insert(i, v);
                 }
                 b'r' => {
                     let i = u32::from_le_bytes(self.arr()?);
-                    let v = self.top()?.clone();
+                    let v = self.top_d()?.clone();
                     self.memo.insert(i, v);
                 }
                 0x94 => {
                     // MEMOIZE
                     let i = u32::try_from(self.memo.len()).map_err(|_| self.bad("memo overflow"))?;
-                    let v = self.top()?.clone();
+                    let v = self.top_d()?.clone();
                     self.memo.insert(i, v);
                 }
                 b'h' => {
@@ -513,18 +567,19 @@ impl<'a> Machine<'a> {
                     // BINPERSID
                     let pid = self.pop()?;
                     let s = self.persistent_load(pid)?;
-                    self.stack.push(s);
+                    self.push(s);
                 }
                 b'R' | 0x81 => {
                     // REDUCE: callable(*args); NEWOBJ: cls.__new__(cls, *args)
-                    let args = self.pop()?;
+                    let (args, d) = self.pop_d()?;
                     let callable = self.pop()?;
-                    let args = match args {
-                        Value::Tuple(t) => t,
+                    let args = match &args {
+                        Value::Tuple(t) => t.clone(),
                         other => return Err(self.bad(format!("call arguments are a {}, not a tuple", other.kind()))),
                     };
                     let v = self.call(callable, &args)?;
-                    self.stack.push(v);
+                    // The result holds at most what the arguments held.
+                    self.stack.push((v, d));
                 }
                 b'b' => {
                     // BUILD: set state on the object below. Dict state (an OrderedDict's
@@ -727,6 +782,8 @@ fn opcode_name(op: u8) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+mod drop;
 
 #[cfg(test)]
 mod tests;

@@ -32,7 +32,7 @@ fn builds_plain_data() {
     // {'a': [1, -2, 3.5], 'b': (True, None), 300: 'x'} with protocol-2 opcodes.
     let mut p = b"\x80\x02}q\x00(X\x01\x00\x00\x00a]q\x01(K\x01J\xfe\xff\xff\xffG@\x0c\x00\x00\x00\x00\x00\x00eX\x01\x00\x00\x00b\x88N\x86M,\x01X\x01\x00\x00\x00xu.".to_vec();
     let v = run(&p).unwrap();
-    let Value::Dict(d) = v else { panic!() };
+    let Value::Dict(d) = &v else { panic!() };
     let d = d.borrow();
     assert_eq!(d.entries.len(), 3);
     let Value::List(l) = &d.entries[0].1 else {
@@ -70,9 +70,72 @@ fn long_and_lengths() {
 fn memo_shares_mutable_dicts() {
     // d = {}; memo[0] = d; d['k'] = 1; return (memo[0],)  -> the filled dict.
     let p = b"}q\x00X\x01\x00\x00\x00kK\x01sh\x00\x85.";
-    let Value::Tuple(t) = run(p).unwrap() else {
-        panic!()
-    };
+    let v = run(p).unwrap();
+    let Value::Tuple(t) = &v else { panic!() };
     let Value::Dict(d) = &t[0] else { panic!() };
     assert_eq!(d.borrow().entries.len(), 1);
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    // 150 000 nested tuples: ((((),),),) ... built with TUPLE1.
+    let mut p = vec![b')'];
+    p.extend(std::iter::repeat_n(0x85u8, 150_000));
+    p.push(b'.');
+    let e = run(&p).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("nested more than {MAX_DEPTH} deep")),
+        "{e}"
+    );
+    // EMPTY_LIST/APPEND of empty lists stays shallow and is fine.
+    let mut p = Vec::new();
+    p.push(b']');
+    for _ in 0..150_000 {
+        p.extend_from_slice(b"]a");
+    }
+    p.push(b'.');
+    assert!(run(&p).is_ok());
+    // MARK/TUPLE nesting.
+    let mut p = vec![b'('; 150_000];
+    p.push(b')');
+    p.extend(std::iter::repeat_n(b't', 150_000));
+    p.push(b'.');
+    let e = run(&p).unwrap_err().to_string();
+    assert!(e.contains("nested more than"), "{e}");
+}
+
+#[test]
+fn dropping_a_chain_built_through_the_memo_does_not_overflow() {
+    // Lists linked through the memo: head = []; for i: b = []; memo[i] = b; head.append(b);
+    // head = memo[i]. Each APPEND sees an empty list, so the depth check cannot see the
+    // chain; dropping it must still not recurse.
+    let n: u32 = 150_000;
+    let mut p = vec![b']', b'r'];
+    p.extend_from_slice(&0u32.to_le_bytes());
+    for i in 1..=n {
+        p.push(b']');
+        p.push(b'r');
+        p.extend_from_slice(&i.to_le_bytes());
+        p.push(b'a');
+        p.push(b'0');
+        p.push(b'j');
+        p.extend_from_slice(&i.to_le_bytes());
+    }
+    p.push(b'0');
+    p.push(b'j');
+    p.extend_from_slice(&0u32.to_le_bytes());
+    p.push(b'.');
+    // Run on a small stack so a recursive drop would certainly overflow.
+    let ok = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let v = run(&p).unwrap();
+            assert_eq!(v.kind(), "list");
+            drop(v);
+            true
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(ok);
 }
