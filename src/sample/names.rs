@@ -135,17 +135,22 @@ mod tests {
     fn suggestions_are_bounded() {
         let names: Vec<String> = (0..1000).map(|i| format!("model_{i:04}")).collect();
         let huge = "x".repeat(1 << 20);
-        let t0 = std::time::Instant::now();
         assert_eq!(suggest(&huge, names.iter().map(String::as_str)), None);
-        let long_candidates: Vec<String> = (0..1000).map(|i| format!("{huge}{i}")).collect();
+        let long_candidates: Vec<String> = (0..20).map(|i| format!("{huge}{i}")).collect();
         assert_eq!(
             suggest("model_0001", long_candidates.iter().map(String::as_str)),
             None
         );
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(2),
-            "{:?}",
-            t0.elapsed()
+        // The cap is what bounds the work (no timing here: the structure is the guarantee):
+        // a name one letter off a candidate gets no suggestion once it is over the cap.
+        let long = "m".repeat(MAX_SUGGEST_LEN + 1);
+        let near = format!("{}n", &long[1..]);
+        assert_eq!(suggest(&near, std::iter::once(long.as_str())), None);
+        let short = "m".repeat(MAX_SUGGEST_LEN);
+        let near = format!("{}n", &short[1..]);
+        assert_eq!(
+            suggest(&near, std::iter::once(short.as_str())).as_deref(),
+            Some(short.as_str())
         );
         assert_eq!(
             suggest("model_0O42", names.iter().map(String::as_str)).as_deref(),
