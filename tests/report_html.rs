@@ -83,7 +83,10 @@ fn run_writes_a_self_contained_page_and_report_rebuilds_it() {
     }
     assert!(again.contains("<section id=\"phases\">"));
     assert!(again.contains("<tr><th>phase</th><th>model</th><th>seconds</th><th>bytes</th></tr>"));
-    assert!(again.contains("<tr><td>sample</td><td>flux</td>"), "{again}");
+    assert!(
+        again.contains("<tr><td>sample</td><td>flux</td>"),
+        "{again}"
+    );
 
     // Not a report: a clear error, exit 2.
     let o = mgpu(&[
