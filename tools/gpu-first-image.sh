@@ -86,25 +86,20 @@ run_case() {
   local name=$1 alloc=$2; shift 2
   manifest "$alloc" >"$W/$name.toml"
   env "$@" python3 - "$BIN" "$W/$name.toml" "$OUTDIR/run-$name.json" "$OUTDIR/case-$name.json" "$name" "$alloc" "$READ_GBS" <<'PY'
-import json, resource, subprocess, sys, time
+import glob, hashlib, json, os, resource, subprocess, sys, time
 bin_, manifest, report, out, name, alloc, read_gbs = sys.argv[1:]
 t0 = time.time()
 p = subprocess.run([bin_, "run", manifest, "--force", "--report", report],
                    capture_output=True, text=True)
 wall = time.time() - t0
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-phases, weight_bytes = {}, 0
+phases = {}
 try:
-    r = json.load(open(report))
-    for ph in r.get("phases", []):
-        k = ph["phase"]
-        phases[k] = phases.get(k, 0.0) + ph["seconds"]
-    for m in r.get("models", []):
-        pass
-except Exception as e:
-    r = None
+    for ph in json.load(open(report)).get("phases", []):
+        phases[ph["phase"]] = phases.get(ph["phase"], 0.0) + ph["seconds"]
+except Exception:
+    pass  # a failed run leaves no report: rc and stderr say why
 lines = [l for l in p.stderr.splitlines() if l.startswith("time:") or "error" in l]
-import glob, hashlib, os
 pngs = sorted(glob.glob(os.path.join(os.path.dirname(manifest), "out", "**", "*.png"), recursive=True))
 h = hashlib.sha256()
 for f in pngs:

@@ -4,13 +4,13 @@
 //!
 //! Why (docs/executor.md, "Load path"): a mapped range is read by page faults, one 4 KiB page
 //! at a time on the thread that touches it — a single-threaded copy out of a 22 GB map runs at
-//! a few GB/s. [`populate`] asks the kernel to map a whole range in one call
-//! (`MADV_POPULATE_READ`, Linux 5.14+; skipped silently where it is missing) on several threads,
-//! and [`par_copy`] splits a copy across threads. Once a tensor's bytes are on the GPU or in
-//! their page-locked home, [`release`] drops the mapping's pages (`MADV_DONTNEED`) so they stop
-//! counting as the process's resident memory: a weight homed in host RAM then costs its bytes
-//! once, not once in the page-locked copy and once more in the mapped page cache. The file's
-//! pages stay in the page cache (and are re-read from it if the range is touched again).
+//! a few GB/s. [`copy_from`] splits a copy into pieces on all cores, asks the kernel to map each
+//! piece of a mapped source in one call (`MADV_POPULATE_READ`, Linux 5.14+; skipped silently
+//! where it is missing), and once the piece is copied drops the mapping's pages
+//! (`MADV_DONTNEED`, [`release`]) so they stop counting as the process's resident memory: a
+//! weight homed in host RAM then costs its bytes once, not once in its copy and once more in
+//! the mapped page cache. The file's pages stay in the page cache (and are re-read from it if
+//! the range is touched again).
 
 use rayon::prelude::*;
 
@@ -41,24 +41,6 @@ fn aligned(bytes: &[u8], outer: bool) -> Option<(*mut libc::c_void, usize)> {
     (b > a).then(|| (a as *mut libc::c_void, b - a))
 }
 
-/// Maps every page of `bytes` (a range of a read-only file mapping) in, on up to all cores,
-/// so the copies that follow run at memory speed. Best effort: where the kernel lacks
-/// `MADV_POPULATE_READ` the pages are faulted in by the copy instead.
-pub fn populate(bytes: &[u8]) {
-    if bytes.len() < PIECE {
-        return;
-    }
-    bytes.par_chunks(PIECE).for_each(|piece| {
-        if let Some((ptr, len)) = aligned(piece, true) {
-            // SAFETY: the range lies within (page-rounded) a live mapping owned by the caller;
-            // POPULATE_READ only faults pages in, it never changes their contents.
-            unsafe {
-                libc::madvise(ptr, len, libc::MADV_POPULATE_READ);
-            }
-        }
-    });
-}
-
 /// Drops the pages of `bytes`, a range of a read-only private file mapping whose contents
 /// have been copied to their home, from the process's resident memory. Only whole pages
 /// inside the range are dropped (neighbouring tensors keep theirs). Reading the range again
@@ -66,7 +48,7 @@ pub fn populate(bytes: &[u8]) {
 ///
 /// Call only on ranges of read-only file mappings: on anonymous or written memory
 /// `MADV_DONTNEED` would discard data.
-pub fn release(bytes: &[u8]) {
+fn release(bytes: &[u8]) {
     if let Some((ptr, len)) = aligned(bytes, false) {
         // SAFETY: the caller guarantees a read-only file mapping: DONTNEED drops clean pages,
         // whose bytes the file still holds.
@@ -74,18 +56,6 @@ pub fn release(bytes: &[u8]) {
             libc::madvise(ptr, len, libc::MADV_DONTNEED);
         }
     }
-}
-
-/// `dst.copy_from_slice(src)`, split across threads for large copies.
-pub fn par_copy(dst: &mut [u8], src: &[u8]) {
-    assert_eq!(dst.len(), src.len(), "par_copy of unequal lengths");
-    if src.len() < 2 * PIECE {
-        dst.copy_from_slice(src);
-        return;
-    }
-    dst.par_chunks_mut(PIECE)
-        .zip(src.par_chunks(PIECE))
-        .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
 /// Copies `src` into `dst` on up to all cores, in pieces: each piece is paged in with one
@@ -97,7 +67,8 @@ pub fn copy_from(dst: &mut [u8], src: &[u8], mapped: bool) {
     let one = |d: &mut [u8], s: &[u8]| {
         if mapped && s.len() >= PAGE_MIN {
             if let Some((ptr, len)) = aligned(s, true) {
-                // SAFETY: as in `populate`: faults pages of a live mapping in, read only.
+                // SAFETY: the range lies within (page-rounded) a live mapping owned by the
+                // caller; POPULATE_READ only faults pages in, it never changes their contents.
                 unsafe {
                     libc::madvise(ptr, len, libc::MADV_POPULATE_READ);
                 }
@@ -135,16 +106,15 @@ mod tests {
         // SAFETY: the file is not modified while mapped.
         let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
         let range = &map[777..n - 99];
-        populate(range);
         let mut out = vec![0u8; range.len()];
-        par_copy(&mut out, range);
+        copy_from(&mut out, range, false);
         assert_eq!(out, data[777..n - 99]);
         release(range);
         // The released pages read back from the file.
         assert_eq!(&map[..], &data[..]);
         // Small copies take the plain path.
         let mut small = vec![0u8; 10];
-        par_copy(&mut small, &data[..10]);
+        copy_from(&mut small, &data[..10], false);
         assert_eq!(small, data[..10]);
         // Piecewise copy with release: same bytes, and the map still reads the file's bytes.
         let mut out2 = vec![0u8; range.len()];

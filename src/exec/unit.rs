@@ -43,14 +43,6 @@ impl Bytes {
         self.len() == 0
     }
 
-    /// For a mapped range whose bytes now live in their home: drops its pages from the
-    /// process's resident memory ([`super::hostmem::release`]). Owned bytes are untouched.
-    pub fn release_mapped(&self) {
-        if let Bytes::Mapped { .. } = self {
-            super::hostmem::release(self.as_slice());
-        }
-    }
-
     /// Whether these are a range of a file mapping.
     pub fn is_mapped(&self) -> bool {
         matches!(self, Bytes::Mapped { .. })

@@ -6,7 +6,7 @@
 //! the first image written. So:
 //! - [`PinnedPool::fill_all`] pins every host-homed unit of an engine in parallel (one unit per
 //!   task on rayon's threads, each with the context bound), pages the mapped source in with
-//!   one call per range, copies it, and drops the mapped pages (`hostmem::release`) so the
+//!   one call per piece, copies it, and drops the mapped pages (`hostmem::copy_from`) so the
 //!   weights count once in the process's memory;
 //! - two ways to get page-locked memory, chosen by `MGPU_PIN` (`register`, the default:
 //!   ordinary memory filled first, then registered with `cuMemHostRegister`; `alloc`: the
