@@ -203,7 +203,8 @@ pub fn distribute(
 }
 
 /// `mf.tensor`, its time counted by what it did: patched (LoRA), converted or assembled
-/// (convert), or handed out as stored (read: a range of the map, nothing read yet).
+/// (convert, with the bytes produced), or handed out as stored (read: a range of the map, so
+/// no bytes are counted — they are read where they are copied, under pin or upload).
 fn timed_tensor(
     mf: &mut ModelFile,
     canonical: &str,
@@ -212,12 +213,12 @@ fn timed_tensor(
 ) -> Result<HostTensor, LoadError> {
     let t0 = Instant::now();
     let (t, origin) = mf.tensor(canonical, rel)?;
-    let phase = match origin {
-        Origin::Patched => Phase::Patch,
-        Origin::Converted | Origin::Assembled => Phase::Convert,
-        Origin::AsStored => Phase::Read,
+    let (phase, bytes) = match origin {
+        Origin::Patched => (Phase::Patch, t.bytes.len() as u64),
+        Origin::Converted | Origin::Assembled => (Phase::Convert, t.bytes.len() as u64),
+        Origin::AsStored => (Phase::Read, 0),
     };
-    phases.since(phase, t0, t.bytes.len() as u64);
+    phases.since(phase, t0, bytes);
     Ok(t)
 }
 
