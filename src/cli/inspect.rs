@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::Status;
@@ -96,32 +97,62 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     Ok(Status::Ok)
 }
 
-#[derive(Serialize)]
-struct JsonReport<'a> {
-    file: String,
-    format: Format,
+/// Version of the `mgpu inspect --json` layout (bumped when a field changes meaning). Its key
+/// is `inspect_format`: `format` is the weight file's format, as it was before the version.
+pub const INSPECT_FORMAT: u32 = 1;
+
+/// `mgpu inspect --json` (schemas/inspect.schema.json).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InspectOutput<'a> {
+    /// Layout version of this output; bumped when a field changes meaning.
+    pub inspect_format: u32,
+    pub mgpu_version: String,
+    /// The file as named on the command line.
+    pub file: String,
+    pub format: Format,
     /// Family, key layout and name prefix, when recognised.
-    detected: Option<&'a Detection>,
-    metadata: BTreeMap<&'a str, serde_json::Value>,
-    tensor_count: usize,
-    total_bytes: u64,
-    dtypes: BTreeMap<&'static str, DtypeCount>,
-    tensors: Vec<JsonTensor<'a>>,
+    pub detected: Option<&'a Detection>,
+    /// The file's metadata by key (GGUF key-values, safetensors `__metadata__`).
+    pub metadata: BTreeMap<&'a str, MetadataEntry<'a>>,
+    pub tensor_count: usize,
+    /// Bytes of tensor data.
+    pub total_bytes: u64,
+    /// Tensors and bytes per element type.
+    pub dtypes: BTreeMap<&'static str, DtypeCount>,
+    /// Every tensor, in file order.
+    pub tensors: Vec<TensorOutput<'a>>,
 }
 
-#[derive(Serialize, Default, Clone, Copy)]
-struct DtypeCount {
-    count: usize,
-    bytes: u64,
+/// One metadata value.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum MetadataEntry<'a> {
+    /// The value as stored.
+    Value(&'a MetaValue),
+    /// An array of over 64 items, summarised (unless `--all`).
+    Summary {
+        /// Its GGUF type, `array<string>`, `array<i32>`, ….
+        #[serde(rename = "type")]
+        kind: String,
+        len: usize,
+    },
 }
 
-#[derive(Serialize)]
-struct JsonTensor<'a> {
+/// Tensors of one element type.
+#[derive(Debug, Serialize, Default, Clone, Copy, JsonSchema)]
+pub struct DtypeCount {
+    pub count: usize,
+    pub bytes: u64,
+}
+
+/// One tensor as recorded in the header.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TensorOutput<'a> {
     #[serde(flatten)]
-    info: &'a TensorInfo,
+    pub info: &'a TensorInfo,
     /// The shard holding it, for sharded sets.
     #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<String>,
+    pub file: Option<String>,
 }
 
 fn dtype_counts(file: &WeightFile) -> BTreeMap<&'static str, DtypeCount> {
@@ -134,29 +165,31 @@ fn dtype_counts(file: &WeightFile) -> BTreeMap<&'static str, DtypeCount> {
     m
 }
 
-fn json_report<'a>(
+/// The JSON of `mgpu inspect --json` (`all`: no array is summarised).
+pub fn json_report<'a>(
     file: &'a WeightFile,
     detection: Option<&'a Detection>,
     all: bool,
-) -> JsonReport<'a> {
+) -> InspectOutput<'a> {
     let metadata = file
         .metadata()
         .iter()
         .map(|(k, v)| {
-            let j = match v {
-                MetaValue::Array(a) if a.len() > 64 && !all => {
-                    serde_json::json!({ "type": a.type_name(), "len": a.len() })
-                }
-                v => serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+            let entry = match v {
+                MetaValue::Array(a) if a.len() > 64 && !all => MetadataEntry::Summary {
+                    kind: a.type_name(),
+                    len: a.len(),
+                },
+                v => MetadataEntry::Value(v),
             };
-            (k.as_str(), j)
+            (k.as_str(), entry)
         })
         .collect();
     let sharded = matches!(file.format(), Format::SafetensorsSharded { .. });
     let tensors = file
         .tensors()
         .iter()
-        .map(|t| JsonTensor {
+        .map(|t| TensorOutput {
             info: t,
             file: sharded
                 .then(|| file.file_of(&t.name).ok())
@@ -165,7 +198,9 @@ fn json_report<'a>(
                 .map(|n| n.to_string_lossy().into_owned()),
         })
         .collect();
-    JsonReport {
+    InspectOutput {
+        inspect_format: INSPECT_FORMAT,
+        mgpu_version: env!("CARGO_PKG_VERSION").into(),
         file: file.path().display().to_string(),
         format: file.format(),
         detected: detection,

@@ -13,7 +13,7 @@ use crate::family::Family;
 use super::TensorInfo;
 
 /// How a file names its tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyLayout {
     /// Black Forest Labs / ComfyUI names (`double_blocks.0.img_attn.qkv.weight`), the original
@@ -39,7 +39,8 @@ impl KeyLayout {
 }
 
 /// What [`detect`] found.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[schemars(description = "The model family a file holds, its key layout and the name prefix.")]
 pub struct Detection {
     pub family: Family,
     pub layout: KeyLayout,

@@ -4,8 +4,10 @@
 //! [`DType::from_ggml`]; ids mgpu cannot dequantise are named by [`ggml_type_name`] so errors can
 //! say what a file holds.
 
+use std::borrow::Cow;
 use std::fmt;
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Serialize, Serializer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -259,9 +261,53 @@ impl Serialize for DType {
     }
 }
 
+impl DType {
+    /// Every element type, in declaration order (for the JSON schema's list of names).
+    pub const ALL: [DType; 22] = {
+        use DType::*;
+        [
+            Bool, U8, I8, I16, I32, I64, F16, BF16, F32, F64, F8_E4M3, F8_E5M2, Q4_0, Q4_1, Q5_0,
+            Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+        ]
+    };
+}
+
+impl JsonSchema for DType {
+    fn schema_name() -> Cow<'static, str> {
+        "DType".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+        json_schema!({
+            "description": "A tensor's element type: safetensors' spelling for plain and fp8 types, GGML's for block-quantised ones.",
+            "type": "string",
+            "enum": names,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`DType::ALL`] lists every variant once, with distinct names (a new variant makes the
+    /// match below fail to compile until it is added here and to `ALL`).
+    #[test]
+    fn all_lists_every_type() {
+        let index = |d: DType| -> usize {
+            use DType::*;
+            match d {
+                Bool | U8 | I8 | I16 | I32 | I64 | F16 | BF16 | F32 | F64 | F8_E4M3 | F8_E5M2
+                | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K => d as usize,
+            }
+        };
+        for (i, d) in DType::ALL.iter().enumerate() {
+            assert_eq!(index(*d), i);
+        }
+        let names: std::collections::BTreeSet<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+        assert_eq!(names.len(), DType::ALL.len());
+        assert!(!names.contains("?"));
+    }
 
     #[test]
     fn storage_bytes_table() {

@@ -3,9 +3,11 @@
 //! and safetensors `__metadata__` strings. [`crate::weights::WeightFile::metadata`] hands these
 //! out; `mgpu inspect` prints them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 
@@ -220,6 +222,23 @@ impl Serialize for MetaValue {
             MetaValue::String(v) => s.serialize_str(v),
             MetaValue::Array(a) => a.serialize(s),
         }
+    }
+}
+
+/// The schema of [`MetaValue`]'s JSON: a number, boolean, string or null, or an array of them.
+impl JsonSchema for MetaValue {
+    fn schema_name() -> Cow<'static, str> {
+        "MetaValue".into()
+    }
+    fn json_schema(g: &mut SchemaGenerator) -> Schema {
+        let item = g.subschema_for::<MetaValue>();
+        json_schema!({
+            "description": "A metadata value as stored: a number, boolean or string, or an array of them (GGUF arrays are typed and may nest). Non-finite floats are null.",
+            "anyOf": [
+                { "type": ["number", "boolean", "string", "null"] },
+                { "type": "array", "items": item }
+            ]
+        })
     }
 }
 

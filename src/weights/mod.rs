@@ -54,7 +54,7 @@ pub use store::{Format, WeightFile};
 use std::path::{Path, PathBuf};
 
 /// One tensor as recorded in a file header.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct TensorInfo {
     /// The name exactly as stored in the file.
     pub name: String,

@@ -20,7 +20,7 @@ use super::pickle::{self, Layout};
 use super::{convert, gguf, safetensors, shards, DType, TensorInfo, WeightsError};
 
 /// A file format, as detected from the bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Format {
     Safetensors,
