@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use super::Status;
 use crate::hardware::file;
-use crate::hardware::probe::{self, ProbeReport};
+use crate::hardware::probe::{self, ProbeOutput, ProbeReport};
 
 /// Show this machine's devices and rates, or save them as a hardware file.
 ///
@@ -47,7 +47,10 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
             .with_context(|| format!("cannot write hardware file {}", path.display()))?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&ProbeOutput::new(&report))?
+        );
     } else {
         print!("{}", render(&report));
         if let Some(path) = &args.save {

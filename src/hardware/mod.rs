@@ -62,14 +62,14 @@ pub const KNOWN_GPUS: &[(&str, f64)] = &[
 ];
 
 /// A machine: its devices and the measured or declared links between them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Hardware {
     pub devices: Vec<Device>,
     pub links: Vec<Link>,
 }
 
 /// One device: the host (`cpu`) or a CUDA GPU. Never `disk`, which is implicit.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Device {
     pub name: DeviceName,
     /// Total memory.
@@ -100,7 +100,7 @@ pub enum LinkKind {
 
 /// A directed link. `gbps` is decimal GB/s (10⁹ bytes per second), as benchmarks print it.
 /// At least one of `gbps` (measured) and `kind` (then the kind's default rate is assumed) is set.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Link {
     pub from: DeviceName,
     pub to: DeviceName,

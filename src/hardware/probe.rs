@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{Device, Hardware, Link};
@@ -16,7 +17,7 @@ use crate::device::DeviceName;
 use crate::units::{ByteSize, KIB};
 
 /// Whether one GPU can read another's memory directly (`cuDeviceCanAccessPeer`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct PeerAccess {
     pub from: DeviceName,
     pub to: DeviceName,
@@ -24,12 +25,17 @@ pub struct PeerAccess {
 }
 
 /// Rates measured by `probe --bench`, GB/s for copies and TFLOP/s for the bf16 product.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
 pub struct BenchResult {
+    /// `[GPU, GB/s]`: host→GPU copies from pinned memory.
     pub h2d_pinned: Vec<(DeviceName, f64)>,
+    /// `[GPU, GB/s]`: host→GPU copies from pageable memory.
     pub h2d_pageable: Vec<(DeviceName, f64)>,
+    /// `[GPU, GB/s]`: GPU→host copies into pinned memory.
     pub d2h_pinned: Vec<(DeviceName, f64)>,
+    /// `[from GPU, to GPU, GB/s]`: peer copies.
     pub peer: Vec<(DeviceName, DeviceName, f64)>,
+    /// `[device, TFLOP/s]`: each GPU's bf16 8192³ product, the CPU's f32 1024³ product.
     pub tflops: Vec<(DeviceName, f64)>,
     /// Reading a file back from disk (after dropping it from the page cache), GB/s: the
     /// `disk → cpu` link (any build).
@@ -37,8 +43,30 @@ pub struct BenchResult {
     pub disk_read_gbps: Option<f64>,
 }
 
+/// Version of the `mgpu probe --json` layout (bumped when a field changes meaning).
+pub const PROBE_FORMAT: u32 = 1;
+
+/// `mgpu probe --json`: the report with a version (schemas/probe.schema.json).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ProbeOutput<'a> {
+    pub format: u32,
+    pub mgpu_version: String,
+    #[serde(flatten)]
+    pub report: &'a ProbeReport,
+}
+
+impl<'a> ProbeOutput<'a> {
+    pub fn new(report: &'a ProbeReport) -> Self {
+        ProbeOutput {
+            format: PROBE_FORMAT,
+            mgpu_version: env!("CARGO_PKG_VERSION").into(),
+            report,
+        }
+    }
+}
+
 /// Everything `mgpu probe` found.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ProbeReport {
     pub hardware: Hardware,
     pub peer_access: Vec<PeerAccess>,
