@@ -1,13 +1,16 @@
 //! Issue 14's rough edges a new user hit, each through the binary: the README's golden
-//! sequence works as written, tokenizer folders pass `check`, `check --json` and the run
-//! report validate against their committed schemas, completions and the man page, and one
-//! example in the `--help` of run, plan and check.
+//! sequence works as written, tokenizer folders pass `check`, the JSON outputs (`check`,
+//! `plan`, `inspect`, `probe`, the run report) carry a version and validate against their
+//! committed schemas, completions and the man page, and one example in the `--help` of run,
+//! plan and check.
 
 mod common;
 
 use std::path::Path;
 
 use common::{demo, mgpu, repo_root, stderr};
+use mgpu::weights::gguf::GgufWriter;
+use mgpu::weights::{DType, MetaArray, MetaValue};
 
 fn validator(file: &str) -> jsonschema::Validator {
     let text = std::fs::read_to_string(repo_root().join("schemas").join(file)).unwrap();
@@ -115,6 +118,71 @@ fn json_outputs_match_their_schemas() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_valid(&validator("plan.schema.json"), &v);
     assert!(v["mgpu_version"].is_string() && v["format"] == 1 && v["models"].is_array());
+}
+
+/// Rough edge 6, the rest: `inspect --json` (on each format, with and without `--all`) and
+/// `probe --json` (with `--bench`) carry a version and match their committed schemas.
+#[test]
+fn inspect_and_probe_json_match_their_schemas() {
+    let inspect = validator("inspect.schema.json");
+    // A GGUF with a long string array (summarised unless --all), a nested array and a NaN.
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("meta.gguf");
+    let mut w = GgufWriter::new(&gguf, "flux");
+    let tokens = MetaArray::String((0..100).map(|i| format!("tok{i}")).collect());
+    w.add_metadata("tokenizer.ggml.tokens", MetaValue::Array(tokens))
+        .unwrap();
+    let nested = MetaArray::Array(vec![MetaArray::I32(vec![1, 2]), MetaArray::I32(vec![3])]);
+    w.add_metadata("test.nested", MetaValue::Array(nested))
+        .unwrap();
+    w.add_metadata("test.nan", MetaValue::F32(f32::NAN))
+        .unwrap();
+    w.add_f32("img_in.bias", &[4], DType::F32, &[0.0; 4])
+        .unwrap();
+    w.finish().unwrap();
+    let gguf = gguf.to_str().unwrap();
+    let files = [
+        "manifests/tiny/flux-tiny.safetensors",
+        "tests/fixtures/gguf/flux_tiny_city96.gguf",
+        "tests/fixtures/gguf/all_types.gguf",
+        "tests/fixtures/safetensors/fp8.safetensors",
+        "tests/fixtures/safetensors/sharded/model.safetensors.index.json",
+        "tests/fixtures/torch/lightning.ckpt",
+        gguf,
+    ];
+    for file in files {
+        for all in [false, true] {
+            let mut args = vec!["inspect", "--json", file];
+            if all {
+                args.push("--all");
+            }
+            let o = mgpu(&args);
+            assert!(o.status.success(), "{file}: {}", stderr(&o));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_valid(&inspect, &v);
+            assert!(
+                v["mgpu_version"].is_string() && v["inspect_format"] == 1,
+                "{file}"
+            );
+            if file == gguf {
+                let tokens = &v["metadata"]["tokenizer.ggml.tokens"];
+                if all {
+                    assert_eq!(tokens.as_array().map(Vec::len), Some(100));
+                } else {
+                    assert_eq!(
+                        *tokens,
+                        serde_json::json!({"type": "array<string>", "len": 100})
+                    );
+                }
+                assert!(v["metadata"]["test.nan"].is_null());
+            }
+        }
+    }
+    let o = mgpu(&["probe", "--json", "--bench"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_valid(&validator("probe.schema.json"), &v);
+    assert!(v["mgpu_version"].is_string() && v["format"] == 1 && v["bench"].is_object());
 }
 
 /// Rough edges 9 and 10: completions, the man page, and an example in three `--help`s.

@@ -12,7 +12,7 @@ pub struct Args {
     pub which: Which,
 }
 
-/// The files mgpu reads that have a schema.
+/// The files mgpu reads and the outputs it writes that have a schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Which {
     /// The manifest (`schemas/manifest.schema.json`).
@@ -26,16 +26,22 @@ pub enum Which {
     Check,
     /// `mgpu plan --json` (`schemas/plan.schema.json`).
     Plan,
+    /// `mgpu inspect --json` (`schemas/inspect.schema.json`).
+    Inspect,
+    /// `mgpu probe --json` (`schemas/probe.schema.json`).
+    Probe,
 }
 
 impl Which {
     /// Every schema with its committed file under `schemas/`.
-    pub const ALL: [(Which, &'static str); 5] = [
+    pub const ALL: [(Which, &'static str); 7] = [
         (Which::Manifest, "manifest.schema.json"),
         (Which::Hardware, "hardware.schema.json"),
         (Which::Report, "report.schema.json"),
         (Which::Check, "check.schema.json"),
         (Which::Plan, "plan.schema.json"),
+        (Which::Inspect, "inspect.schema.json"),
+        (Which::Probe, "probe.schema.json"),
     ];
 }
 
@@ -54,6 +60,8 @@ pub fn text(which: Which) -> String {
         Which::Report => schema_of::<crate::report::RunReport>(),
         Which::Check => schema_of::<super::check::CheckOutput>(),
         Which::Plan => schema_of::<crate::plan::PlanOutput>(),
+        Which::Inspect => schema_of::<super::inspect::InspectOutput<'static>>(),
+        Which::Probe => schema_of::<crate::hardware::probe::ProbeOutput<'static>>(),
     }
 }
 
