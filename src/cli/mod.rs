@@ -99,8 +99,8 @@ pub enum Command {
     Probe(probe::Args),
     /// Show what a weight file holds (format, family, tensors) or dump one tensor as .npy.
     Inspect(inspect::Args),
-    /// Print the JSON schema of the manifest or of the hardware file (for editors: start a
-    /// manifest with `#:schema ../schemas/manifest.schema.json`).
+    /// Print the JSON schema of the manifest, the hardware file or a JSON output (for editors:
+    /// start a manifest with `#:schema ../schemas/manifest.schema.json`).
     Schema(schema::Args),
     /// Write a tiny random-weight model of a family in its real key layout (demo and tests).
     MakeTiny(make_tiny::Args),
