@@ -120,7 +120,7 @@ const SIGNATURES: &[(Family, KeyLayout, &str)] = &[
         KeyLayout::Original,
         "decoder.upsamples.0.residual.0.gamma",
     ),
-    // The Wan 2.2 VAE (original names): recognised so that loading it says it is unsupported.
+    // The Wan 2.2 VAE (original names: one level deeper).
     (
         Family::WanVae,
         KeyLayout::Original,

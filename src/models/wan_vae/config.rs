@@ -1,9 +1,13 @@
-//! Wan 2.1 video autoencoder hyper-parameters.
+//! Wan 2.1 and Wan 2.2 video autoencoder hyper-parameters.
 //!
-//! Reference: Wan2.1 `wan/modules/vae.py` (`_video_vae`: dim 96, dim_mult [1, 2, 4, 4],
+//! References: Wan2.1 `wan/modules/vae.py` (`_video_vae`: dim 96, dim_mult [1, 2, 4, 4],
 //! num_res_blocks 2, attn_scales [], temperal_downsample [False, True, True]; `WanVAE`: z_dim
 //! 16 and the per-channel latent `mean`/`std`), <https://github.com/Wan-Video/Wan2.1>; diffusers'
 //! `AutoencoderKLWan` has the same defaults (`base_dim` 96, `latents_mean`, `latents_std`).
+//! Wan2.2 `wan/modules/vae2_2.py` (`Wan2_2_VAE`: z_dim 48, c_dim 160, `WanVAE_`'s dec_dim 256,
+//! temperal_downsample [False, True, True], patchify 2, the 48 means and stds),
+//! <https://github.com/Wan-Video/Wan2.2>; diffusers' `AutoencoderKLWan(is_residual=True,
+//! patch_size=2, …)`.
 
 use candle_core::{bail, Result};
 
@@ -18,13 +22,32 @@ pub const WAN21_LATENTS_STD: [f32; 16] = [
     1.6382, 1.1253, 2.8251, 1.9160,
 ];
 
+/// Per-channel mean of Wan 2.2's raw latents (`Wan2_2_VAE.mean` in `vae2_2.py`).
+pub const WAN22_LATENTS_MEAN: [f32; 48] = [
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813,
+    0.0891, 0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108,
+    -0.2158, 0.2502, -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313,
+    -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944,
+    0.3573, -0.0548, -0.1681, -0.0667,
+];
+/// Per-channel standard deviation of Wan 2.2's raw latents (`Wan2_2_VAE.std`).
+pub const WAN22_LATENTS_STD: [f32; 48] = [
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+];
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Video channels in and out (3).
+    /// Video channels in and out (3); the convolutions at the ends see `· patch_size²`.
     pub in_channels: usize,
     pub out_channels: usize,
     /// Base channel count; encoder level `i` has `dim · dim_mult[i]` channels.
     pub dim: usize,
+    /// The decoder's base channel count (its level `i` has `decoder_dim ·
+    /// dim_mult[n − 1 − i]`): `dim` in Wan 2.1, 256 against 160 in Wan 2.2.
+    pub decoder_dim: usize,
     /// Latent channels (16); the encoder's head produces `2 · z_dim` (mean and log-variance).
     pub z_dim: usize,
     pub dim_mult: Vec<usize>,
@@ -36,6 +59,14 @@ pub struct Config {
     /// Whether the down-sampling after encoder level `i` also halves time (the references'
     /// `temperal_downsample`); the decoder up-samples time in the reverse order.
     pub temporal_downsample: Vec<bool>,
+    /// Wan 2.2's structure: each level is one residual module (`downsamples.L.downsamples.M`)
+    /// whose input, averaged down to the level's output shape (`AvgDown3D`) or duplicated up
+    /// (`DupUp3D`), is added to its output; the decoder's up-samplers keep the channel count.
+    /// Wan 2.1 (false): flat lists, up-samplers halve the channels, no level shortcuts.
+    pub residual: bool,
+    /// Pixels are folded `p × p` into channels before the encoder and unfolded after the
+    /// decoder (Wan 2.2: 2; Wan 2.1: 1).
+    pub patch_size: usize,
     /// DiT latents are `(z − mean) / std` per channel (computed as `(z − mean) · (1/std)`, as
     /// the references do).
     pub latents_mean: Vec<f32>,
@@ -50,11 +81,14 @@ impl Config {
             in_channels: 3,
             out_channels: 3,
             dim: 96,
+            decoder_dim: 96,
             z_dim: 16,
             dim_mult: vec![1, 2, 4, 4],
             num_res_blocks: 2,
             attn_scales: vec![],
             temporal_downsample: vec![false, true, true],
+            residual: false,
+            patch_size: 1,
             latents_mean: WAN21_LATENTS_MEAN.to_vec(),
             latents_std: WAN21_LATENTS_STD.to_vec(),
         }
@@ -65,7 +99,38 @@ impl Config {
     pub fn tiny() -> Self {
         Self {
             dim: 4,
+            decoder_dim: 4,
             ..Self::wan21()
+        }
+    }
+
+    /// The Wan 2.2 VAE (`wan2.2_vae.safetensors`, `Wan2.2_VAE.pth`) of Wan 2.2 TI2V-5B: 48
+    /// latent channels, 16× spatial (a 2 × 2 patchify, then 8×) and 4× temporal compression.
+    pub fn wan22() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            dim: 160,
+            decoder_dim: 256,
+            z_dim: 48,
+            dim_mult: vec![1, 2, 4, 4],
+            num_res_blocks: 2,
+            attn_scales: vec![],
+            temporal_downsample: vec![false, true, true],
+            residual: true,
+            patch_size: 2,
+            latents_mean: WAN22_LATENTS_MEAN.to_vec(),
+            latents_std: WAN22_LATENTS_STD.to_vec(),
+        }
+    }
+
+    /// `tools/parity_wan22_vae.py`'s tiny Wan 2.2 model: encoder width 4, decoder width 3,
+    /// the real 48 latent channels and normalisation.
+    pub fn tiny22() -> Self {
+        Self {
+            dim: 4,
+            decoder_dim: 3,
+            ..Self::wan22()
         }
     }
 
@@ -73,9 +138,9 @@ impl Config {
         self.dim_mult.len()
     }
 
-    /// Pixels per latent pixel along each side (8).
+    /// Pixels per latent pixel along each side (8; 16 with Wan 2.2's patchify).
     pub fn spatial_factor(&self) -> usize {
-        1 << (self.levels() - 1)
+        self.patch_size << (self.levels() - 1)
     }
 
     /// Frames per latent frame after the first (4): `F = 1 + 4 (T − 1)`.
@@ -95,8 +160,13 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         let n = self.levels();
-        if n == 0 || self.dim == 0 || self.num_res_blocks == 0 {
-            bail!("Wan VAE config: dim_mult, dim and num_res_blocks must be non-zero")
+        if n == 0
+            || self.dim == 0
+            || self.decoder_dim == 0
+            || self.num_res_blocks == 0
+            || self.patch_size == 0
+        {
+            bail!("Wan VAE config: dim_mult, dim, decoder_dim, num_res_blocks and patch_size must be non-zero")
         }
         if self.temporal_downsample.len() + 1 != n {
             bail!(
@@ -121,119 +191,80 @@ impl Config {
                 self.latents_std.len()
             )
         }
+        if self.residual {
+            return self.validate_shortcuts();
+        }
         // Each decoder up-sampling convolution halves the channels.
         for (i, m) in self.dim_mult.iter().enumerate().skip(1) {
-            if !(self.dim * m).is_multiple_of(2) {
+            if !(self.decoder_dim * m).is_multiple_of(2) {
                 bail!(
                     "Wan VAE config: level {i} has an odd channel count {}",
-                    self.dim * m
+                    self.decoder_dim * m
                 )
             }
         }
         Ok(())
     }
 
-    /// Infers the configuration from tensor shapes in the original layout (see the module doc
-    /// of [`super`]): `dim` and the input channels from `encoder.conv1`, the latent channels
-    /// from `conv2`, the levels, residual blocks per level, their channels and which
-    /// down-samplings also halve time (a `time_conv`) by walking `encoder.downsamples.N`. The
-    /// latent mean and std are not stored in checkpoints: Wan 2.1's are used. The Wan 2.2 VAE
-    /// (48 latent channels, patchified input) is refused.
-    pub fn infer(shape_of: impl Fn(&str) -> Option<Vec<usize>>) -> Result<Self> {
-        let need = |name: &str, rank: usize| -> Result<Vec<usize>> {
-            match shape_of(name) {
-                Some(s) if s.len() == rank => Ok(s),
-                Some(s) => bail!(
-                    "Wan VAE weights: `{name}` has shape {s:?}, expected {rank} dimensions"
-                ),
-                None => bail!(
-                    "Wan VAE weights: tensor `{name}` is missing (is this a Wan 2.1 VAE such as wan_2.1_vae.safetensors?)"
-                ),
+    /// The level shortcuts of the residual structure regroup channels: `AvgDown3D` averages
+    /// groups of `cin · factor / cout` values, `DupUp3D` repeats each input channel
+    /// `cout · factor / cin` times (factor = time × height × width scaling).
+    fn validate_shortcuts(&self) -> Result<()> {
+        let n = self.levels();
+        let enc: Vec<usize> = std::iter::once(1)
+            .chain(self.dim_mult.iter().copied())
+            .map(|m| self.dim * m)
+            .collect();
+        for i in 0..n {
+            let (cin, cout) = (enc[i], enc[i + 1]);
+            let f = self.down_factors(i);
+            if !(cin * f.0 * f.1 * f.1).is_multiple_of(cout) {
+                bail!("Wan VAE config: encoder level {i} cannot average {cin} channels (× {f:?}) into {cout}")
             }
-        };
-        let z_dim = need("conv2.weight", 5)?[0];
-        let conv_in = need("encoder.conv1.weight", 5)?;
-        let (dim, in_channels) = (conv_in[0], conv_in[1]);
-        if z_dim == 48 || in_channels == 12 {
-            bail!("the Wan 2.2 VAE is not supported yet ({z_dim} latent channels, {in_channels} input channels); use the Wan 2.1 VAE (wan_2.1_vae.safetensors), which Wan 2.2's 14B models also use")
         }
-        if z_dim != WAN21_LATENTS_MEAN.len() {
-            bail!("Wan VAE weights: {z_dim} latent channels; only the Wan 2.1 VAE (16) is supported, its latent mean and std are known")
+        let dec = self.decoder_dims();
+        for i in 0..n - 1 {
+            let (cin, cout) = (dec[i], dec[i + 1]);
+            let f = self.up_factors(i);
+            if !(cout * f.0 * f.1 * f.1).is_multiple_of(cin) {
+                bail!("Wan VAE config: decoder level {i} cannot spread {cin} channels (× {f:?}) over {cout}")
+            }
         }
-        let head = need("encoder.head.2.weight", 5)?;
-        if head[0] != 2 * z_dim {
-            bail!(
-                "Wan VAE weights: `encoder.head.2.weight` has {} output channels, expected 2 × {z_dim}",
-                head[0]
-            )
-        }
+        Ok(())
+    }
 
-        // encoder.downsamples: runs of residual blocks separated by resamples.
-        let mut runs: Vec<Vec<usize>> = vec![vec![]];
-        let mut temporal = Vec::new();
-        for k in 0.. {
-            let p = format!("encoder.downsamples.{k}");
-            if shape_of(&format!("{p}.residual.0.gamma")).is_some() {
-                let out = need(&format!("{p}.residual.6.weight"), 5)?[0];
-                if let Some(run) = runs.last_mut() {
-                    run.push(out);
-                }
-            } else if shape_of(&format!("{p}.resample.1.weight")).is_some() {
-                temporal.push(shape_of(&format!("{p}.time_conv.weight")).is_some());
-                runs.push(vec![]);
-            } else if shape_of(&format!("{p}.to_qkv.weight")).is_some() {
-                bail!("Wan VAE weights: `{p}` is an attention block; attention inside the levels (attn_scales) is not supported, the Wan 2.1 VAE has none")
+    /// Channels entering decoder level `i` (`i < n`) and, at `n`, leaving the last level:
+    /// `decoder_dim · [mult[n−1], mult[n−1], …, mult[0]]`.
+    pub fn decoder_dims(&self) -> Vec<usize> {
+        let n = self.levels();
+        std::iter::once(self.dim_mult[n - 1])
+            .chain(self.dim_mult.iter().rev().copied())
+            .map(|m| self.decoder_dim * m)
+            .collect()
+    }
+
+    /// (time, space) down-sampling of encoder level `i` (1 = none).
+    pub fn down_factors(&self, i: usize) -> (usize, usize) {
+        if i + 1 >= self.levels() {
+            return (1, 1);
+        }
+        (if self.temporal_downsample[i] { 2 } else { 1 }, 2)
+    }
+
+    /// (time, space) up-sampling of decoder level `i` (the encoder's level `n − 2 − i`).
+    pub fn up_factors(&self, i: usize) -> (usize, usize) {
+        let n = self.levels();
+        if i + 1 >= n {
+            return (1, 1);
+        }
+        (
+            if self.temporal_downsample[n - 2 - i] {
+                2
             } else {
-                break;
-            }
-        }
-        let num_res_blocks = runs[0].len();
-        let mut dim_mult = Vec::with_capacity(runs.len());
-        for (i, run) in runs.iter().enumerate() {
-            if run.len() != num_res_blocks || num_res_blocks == 0 {
-                bail!(
-                    "Wan VAE weights: encoder level {i} has {} residual blocks, level 0 has {num_res_blocks}",
-                    run.len()
-                )
-            }
-            let out = run[0];
-            if run.iter().any(|c| *c != out) || dim == 0 || out % dim != 0 {
-                bail!("Wan VAE weights: encoder level {i} has channels {run:?}, expected one multiple of {dim}")
-            }
-            dim_mult.push(out / dim);
-        }
-        let out_channels = need("decoder.head.2.weight", 5)?[0];
-        let cfg = Self {
-            in_channels,
-            out_channels,
-            dim,
-            z_dim,
-            dim_mult,
-            num_res_blocks,
-            attn_scales: vec![],
-            temporal_downsample: temporal,
-            ..Self::wan21()
-        };
-        cfg.validate()?;
-        // The decoder mirrors the encoder: level i's resample sits after its blocks and has a
-        // `time_conv` where time is up-sampled.
-        let per_level = cfg.num_res_blocks + 2;
-        for (i, t) in cfg.temporal_downsample.iter().rev().enumerate() {
-            let p = format!(
-                "decoder.upsamples.{}",
-                i * per_level + cfg.num_res_blocks + 1
-            );
-            need(&format!("{p}.resample.1.weight"), 4)?;
-            if shape_of(&format!("{p}.time_conv.weight")).is_some() != *t {
-                bail!(
-                    "Wan VAE weights: `{p}` {} a time_conv but the encoder's down-sampling {} {} time",
-                    if *t { "lacks" } else { "has" },
-                    cfg.levels() - 2 - i,
-                    if *t { "halves" } else { "keeps" }
-                )
-            }
-        }
-        Ok(cfg)
+                1
+            },
+            2,
+        )
     }
 }
 

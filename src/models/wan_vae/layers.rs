@@ -1,4 +1,4 @@
-//! Layers of the Wan 2.1 VAE: causal 3-D convolution with a frame cache, RMS norm over
+//! Layers of the Wan VAEs (2.1 and 2.2): causal 3-D convolution with a frame cache, RMS norm over
 //! channels, residual block, single-head per-frame attention, spatial/temporal resampling.
 //!
 //! Activations are `[T, C, H, W]`: the frames of one video are the batch dimension (the
@@ -479,9 +479,21 @@ pub struct Resample {
 }
 
 impl Resample {
+    /// Wan 2.1's resampler: up-sampling halves the channels.
     pub fn new(c: usize, mode: Mode, slots: &mut Slots, vb: VarBuilder) -> Result<Self> {
+        Self::with_up_channels(c, c / 2, mode, slots, vb)
+    }
+
+    /// A resampler whose up-sampling convolution has `up_out` output channels (Wan 2.2: `c`).
+    pub fn with_up_channels(
+        c: usize,
+        up_out: usize,
+        mode: Mode,
+        slots: &mut Slots,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let conv = match mode {
-            Mode::Up2d | Mode::Up3d => Conv2d::new(c, c / 2, 3, [1; 4], 1, vb.pp("resample.1"))?,
+            Mode::Up2d | Mode::Up3d => Conv2d::new(c, up_out, 3, [1; 4], 1, vb.pp("resample.1"))?,
             Mode::Down2d | Mode::Down3d => {
                 Conv2d::new(c, c, 3, [0, 1, 0, 1], 2, vb.pp("resample.1"))?
             }

@@ -1,7 +1,9 @@
-//! The Wan 2.1 video autoencoder (`wan_2.1_vae.safetensors`): a causal 3-D VAE with 8×
-//! spatial and 4× temporal compression to 16 latent channels. The encoder turns a clip into
-//! the latent the Wan DiT denoises (image-to-video, video-to-video), the decoder turns a
-//! denoised latent into frames.
+//! The Wan video autoencoders: Wan 2.1's (`wan_2.1_vae.safetensors`, also used by Wan 2.2's
+//! 14B models), a causal 3-D VAE with 8× spatial and 4× temporal compression to 16 latent
+//! channels, and Wan 2.2's (`wan2.2_vae.safetensors`, the VAE of TI2V-5B), 16× spatial (a 2 × 2
+//! patchify, then 8×) and 4× temporal compression to 48 latent channels, with residual levels
+//! ([`residual`]). The encoder turns a clip into the latent the Wan DiT denoises
+//! (image-to-video, video-to-video), the decoder turns a denoised latent into frames.
 //!
 //! Placement: the units are the whole `encoder` and the whole `decoder`
 //! ([`crate::family::Family::unit_of`]); each is built from a `VarBuilder` whose names are
@@ -15,19 +17,24 @@
 //! causal conv, RMS norm γ, causal conv, 1³ shortcut), `encoder.downsamples.N.resample.1` /
 //! `.time_conv` (resamplers), `encoder.middle.{0,2}` (residual) and `encoder.middle.1`
 //! (`norm`, `to_qkv`, `proj`), `encoder.head.{0,2}`, `conv1`, `conv2`, and the decoder's
-//! mirror with `decoder.upsamples.N`. diffusers' `AutoencoderKLWan` names are mapped onto
-//! these by `weights::keymap`.
+//! mirror with `decoder.upsamples.N`. Wan 2.2 (`wan/modules/vae2_2.py`) nests the lists per
+//! level: `encoder.downsamples.L.downsamples.M` (M < B residual blocks, M = B the resampler;
+//! B = `num_res_blocks`) and `decoder.upsamples.L.upsamples.M` (M ≤ B residual blocks, M = B + 1
+//! the resampler); its level shortcuts have no parameters. diffusers' `AutoencoderKLWan` names
+//! of either version are mapped onto these by `weights::keymap`.
 //!
 //! Computation, exactly as the references (with `CACHE_T = 2` cached frames per causal
 //! convolution between chunks, see [`layers`]):
-//! - encode: pixels `[F, 3, H, W]` in [-1, 1], `F = 1 + 4k`, H and W multiples of 8; the
-//!   encoder sees frame 0, then chunks of 4 frames, each giving one latent frame; `conv1`;
-//!   the posterior mean μ (no sampling, so image-to-video is deterministic); the DiT latent
-//!   `(μ − mean) · (1/std)` per channel, `[1, 16, 1 + k, H/8, W/8]`, f32.
-//! - decode: a DiT latent `[1, 16, T, h, w]` is un-normalised (`z / (1/std) + mean`), goes
+//! - encode: pixels `[F, 3, H, W]` in [-1, 1], `F = 1 + 4k`, H and W multiples of s (the
+//!   spatial factor, 8 or 16); Wan 2.2 patchifies them to `[F, 12, H/2, W/2]`; the encoder sees
+//!   frame 0, then chunks of 4 frames, each giving one latent frame; `conv1`; the posterior
+//!   mean μ (no sampling, so image-to-video is deterministic); the DiT latent
+//!   `(μ − mean) · (1/std)` per channel, `[1, z, 1 + k, H/s, W/s]`, f32.
+//! - decode: a DiT latent `[1, z, T, h, w]` is un-normalised (`z / (1/std) + mean`), goes
 //!   through `conv2`, then the decoder one latent frame at a time: the first gives 1 frame,
-//!   each further one 4 (temporal up-sampling starts with the second latent frame); frames
-//!   `[1 + 4(T − 1), 3, 8h, 8w]`, f32, not clamped.
+//!   each further one 4 (temporal up-sampling starts with the second latent frame; Wan 2.2's
+//!   shortcuts drop their first duplicated frame on the first chunk); Wan 2.2 unpatchifies;
+//!   frames `[1 + 4(T − 1), 3, s·h, s·w]`, f32, not clamped.
 //!
 //! Memory: a pass holds one chunk's activations (at most 4 frames at full resolution), the
 //! frame caches (two input frames per causal convolution, at that convolution's resolution),
@@ -42,13 +49,20 @@
 //! 480×832 decode peaks at about 8.6 GiB above the weights in f32 or less, less again in bf16
 //! (caches and activations halve; RMS norms work in f32), whatever the number of frames.
 //!
+//! The memory figures above are Wan 2.1's; Wan 2.2's decoder is wider (1024 channels at the
+//! latent resolution, 256 at the last level, which runs at half the output resolution before
+//! the unpatchify), not measured yet.
+//!
 //! References: Wan2.1 `wan/modules/vae.py` (`WanVAE_`, `Encoder3d`, `Decoder3d`,
-//! `WanVAE.encode/decode`), <https://github.com/Wan-Video/Wan2.1>; diffusers
+//! `WanVAE.encode/decode`), <https://github.com/Wan-Video/Wan2.1>; Wan2.2
+//! `wan/modules/vae2_2.py`, <https://github.com/Wan-Video/Wan2.2>; diffusers
 //! `models/autoencoders/autoencoder_kl_wan.py` (`AutoencoderKLWan`), the parity target of
 //! `tests/models_wan_vae.rs`.
 
 pub mod config;
+mod infer;
 pub mod layers;
+pub mod residual;
 
 use std::collections::BTreeMap;
 
@@ -61,6 +75,7 @@ pub use config::Config;
 use layers::{
     AttentionBlock, CausalConv3d, FeatCache, Mode, Resample, ResidualBlock, RmsNorm, Slots,
 };
+use residual::{patchify, unpatchify, DownLevel, UpLevel};
 
 /// A residual block or a resampler of `downsamples` / `upsamples`.
 #[derive(Debug, Clone)]
@@ -76,6 +91,20 @@ impl Layer {
             Layer::Resample(r) => r.forward(x, cache),
         }
     }
+}
+
+/// The encoder's levels: Wan 2.1's flat `downsamples.N`, Wan 2.2's `downsamples.L.downsamples`.
+#[derive(Debug, Clone)]
+enum DownBody {
+    Flat(Vec<Layer>),
+    Levels(Vec<DownLevel>),
+}
+
+/// The decoder's levels: Wan 2.1's flat `upsamples.N`, Wan 2.2's `upsamples.L.upsamples`.
+#[derive(Debug, Clone)]
+enum UpBody {
+    Flat(Vec<Layer>),
+    Levels(Vec<UpLevel>),
 }
 
 /// `middle.0` (residual), `middle.1` (attention), `middle.2` (residual).
@@ -123,6 +152,65 @@ impl Head {
     }
 }
 
+/// Wan 2.1's `encoder.downsamples.N`: per level, residual blocks then a resampler.
+fn flat_downsamples(
+    cfg: &Config,
+    dims: &[usize],
+    slots: &mut Slots,
+    vb: &VarBuilder,
+) -> Result<Vec<Layer>> {
+    let mut downsamples = Vec::new();
+    for i in 0..cfg.levels() {
+        let (mut cin, cout) = (dims[i], dims[i + 1]);
+        for _ in 0..cfg.num_res_blocks {
+            let vbl = vb.pp(format!("downsamples.{}", downsamples.len()));
+            downsamples.push(Layer::Residual(ResidualBlock::new(cin, cout, slots, vbl)?));
+            cin = cout;
+        }
+        if i + 1 != cfg.levels() {
+            let mode = if cfg.temporal_downsample[i] {
+                Mode::Down3d
+            } else {
+                Mode::Down2d
+            };
+            let vbl = vb.pp(format!("downsamples.{}", downsamples.len()));
+            downsamples.push(Layer::Resample(Resample::new(cout, mode, slots, vbl)?));
+        }
+    }
+    Ok(downsamples)
+}
+
+/// Wan 2.1's `decoder.upsamples.N`: per level, residual blocks then a resampler that halves
+/// the channels.
+fn flat_upsamples(
+    cfg: &Config,
+    dims: &[usize],
+    slots: &mut Slots,
+    vb: &VarBuilder,
+) -> Result<Vec<Layer>> {
+    let n = cfg.levels();
+    let mut upsamples = Vec::new();
+    for i in 0..n {
+        // Every up-sampler halves the channels: later levels start from half.
+        let (mut cin, cout) = (if i > 0 { dims[i] / 2 } else { dims[i] }, dims[i + 1]);
+        for _ in 0..=cfg.num_res_blocks {
+            let vbl = vb.pp(format!("upsamples.{}", upsamples.len()));
+            upsamples.push(Layer::Residual(ResidualBlock::new(cin, cout, slots, vbl)?));
+            cin = cout;
+        }
+        if i + 1 != n {
+            let mode = if cfg.temporal_downsample[n - 2 - i] {
+                Mode::Up3d
+            } else {
+                Mode::Up2d
+            };
+            let vbl = vb.pp(format!("upsamples.{}", upsamples.len()));
+            upsamples.push(Layer::Resample(Resample::new(cout, mode, slots, vbl)?));
+        }
+    }
+    Ok(upsamples)
+}
+
 /// `(mean, 1/std)` as `[1, z, 1, 1]` f32 tensors.
 fn normalisation(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
     let z = cfg.z_dim;
@@ -139,7 +227,7 @@ pub struct Encoder {
     cfg: Config,
     dtype: DType,
     conv1: CausalConv3d,
-    downsamples: Vec<Layer>,
+    downsamples: DownBody,
     middle: Middle,
     head: Head,
     /// The resident `conv1` (`2·z` → `2·z` channels, 1³).
@@ -156,8 +244,9 @@ impl Encoder {
             .chain(cfg.dim_mult.iter().copied())
             .map(|m| cfg.dim * m)
             .collect();
+        let p2 = cfg.patch_size * cfg.patch_size;
         let conv1 = CausalConv3d::new(
-            cfg.in_channels,
+            cfg.in_channels * p2,
             dims[0],
             [3; 3],
             [1; 3],
@@ -165,26 +254,23 @@ impl Encoder {
             Some(slots.take()),
             vb.pp("conv1"),
         )?;
-        let mut downsamples = Vec::new();
-        for i in 0..cfg.levels() {
-            let (mut cin, cout) = (dims[i], dims[i + 1]);
-            for _ in 0..cfg.num_res_blocks {
-                let vbl = vb.pp(format!("downsamples.{}", downsamples.len()));
-                downsamples.push(Layer::Residual(ResidualBlock::new(
-                    cin, cout, &mut slots, vbl,
-                )?));
-                cin = cout;
+        let downsamples = if cfg.residual {
+            let mut levels = Vec::with_capacity(cfg.levels());
+            for i in 0..cfg.levels() {
+                let vbl = vb.pp(format!("downsamples.{i}.downsamples"));
+                levels.push(DownLevel::new(
+                    cfg,
+                    i,
+                    dims[i],
+                    dims[i + 1],
+                    &mut slots,
+                    vbl,
+                )?);
             }
-            if i + 1 != cfg.levels() {
-                let mode = if cfg.temporal_downsample[i] {
-                    Mode::Down3d
-                } else {
-                    Mode::Down2d
-                };
-                let vbl = vb.pp(format!("downsamples.{}", downsamples.len()));
-                downsamples.push(Layer::Resample(Resample::new(cout, mode, &mut slots, vbl)?));
-            }
-        }
+            DownBody::Levels(levels)
+        } else {
+            DownBody::Flat(flat_downsamples(cfg, &dims, &mut slots, &vb)?)
+        };
         let c = dims[cfg.levels()];
         let middle = Middle::new(c, &mut slots, vb.pp("middle"))?;
         let head = Head::new(c, 2 * cfg.z_dim, &mut slots, vb.pp("head"))?;
@@ -209,15 +295,24 @@ impl Encoder {
     /// One chunk `[T, 3, H, W]` through the encoder body (the caches carry the past).
     fn forward_chunk(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         let mut x = self.conv1.forward_cached(x, cache)?;
-        for layer in &self.downsamples {
-            x = layer.forward(&x, cache)?;
+        match &self.downsamples {
+            DownBody::Flat(layers) => {
+                for layer in layers {
+                    x = layer.forward(&x, cache)?;
+                }
+            }
+            DownBody::Levels(levels) => {
+                for level in levels {
+                    x = level.forward(&x, cache)?;
+                }
+            }
         }
         let x = self.middle.forward(&x, cache)?;
         self.head.forward(&x, cache)
     }
 
-    /// Pixels `[F, 3, H, W]` (F = 1 + 4k, H and W multiples of 8) → the raw posterior mean μ
-    /// `[1 + k, z, H/8, W/8]` in the compute dtype.
+    /// Pixels `[F, 3, H, W]` (F = 1 + 4k, H and W multiples of s) → the raw posterior mean μ
+    /// `[1 + k, z, H/s, W/s]` (s = [`Config::spatial_factor`]) in the compute dtype.
     pub fn encode_raw(&self, pixels: &Tensor) -> Result<Tensor> {
         let (f, c, h, w) = pixels.dims4()?;
         let (s, tf) = (self.cfg.spatial_factor(), self.cfg.temporal_factor());
@@ -235,7 +330,7 @@ impl Encoder {
                 pixels.dims()
             )
         }
-        let x = pixels.to_dtype(self.dtype)?;
+        let x = patchify(&pixels.to_dtype(self.dtype)?, self.cfg.patch_size)?;
         let mut cache = FeatCache::new(self.slots);
         // Frame 0 alone, then chunks of `tf` frames: one latent frame each.
         let mut outs = vec![self.forward_chunk(&x.narrow(0, 0, 1)?, &mut cache)?];
@@ -246,7 +341,7 @@ impl Encoder {
         moments.narrow(1, 0, self.cfg.z_dim)
     }
 
-    /// Pixels `[F, 3, H, W]` in [-1, 1] → the DiT latent `[1, z, T, H/8, W/8]` (f32): the
+    /// Pixels `[F, 3, H, W]` in [-1, 1] → the DiT latent `[1, z, T, H/s, W/s]` (f32): the
     /// posterior mean, normalised per channel.
     pub fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
         let mu = self.encode_raw(pixels)?.to_dtype(DType::F32)?;
@@ -266,7 +361,7 @@ pub struct Decoder {
     post_quant: CausalConv3d,
     conv1: CausalConv3d,
     middle: Middle,
-    upsamples: Vec<Layer>,
+    upsamples: UpBody,
     head: Head,
     slots: usize,
 }
@@ -277,11 +372,7 @@ impl Decoder {
         cfg.validate()?;
         let mut slots = Slots::default();
         let n = cfg.levels();
-        // dims = dim · [mult[-1], mult[-1], …, mult[0]]
-        let dims: Vec<usize> = std::iter::once(cfg.dim_mult[n - 1])
-            .chain(cfg.dim_mult.iter().rev().copied())
-            .map(|m| cfg.dim * m)
-            .collect();
+        let dims = cfg.decoder_dims();
         let z = cfg.z_dim;
         let post_quant = CausalConv3d::new(z, z, [1; 3], [0; 3], 1, None, post_quant)?;
         let conv1 = CausalConv3d::new(
@@ -294,28 +385,18 @@ impl Decoder {
             vb.pp("conv1"),
         )?;
         let middle = Middle::new(dims[0], &mut slots, vb.pp("middle"))?;
-        let mut upsamples = Vec::new();
-        for i in 0..n {
-            // Every up-sampler halves the channels: later levels start from half.
-            let (mut cin, cout) = (if i > 0 { dims[i] / 2 } else { dims[i] }, dims[i + 1]);
-            for _ in 0..=cfg.num_res_blocks {
-                let vbl = vb.pp(format!("upsamples.{}", upsamples.len()));
-                upsamples.push(Layer::Residual(ResidualBlock::new(
-                    cin, cout, &mut slots, vbl,
-                )?));
-                cin = cout;
+        let upsamples = if cfg.residual {
+            let mut levels = Vec::with_capacity(n);
+            for i in 0..n {
+                let vbl = vb.pp(format!("upsamples.{i}.upsamples"));
+                levels.push(UpLevel::new(cfg, i, dims[i], dims[i + 1], &mut slots, vbl)?);
             }
-            if i + 1 != n {
-                let mode = if cfg.temporal_downsample[n - 2 - i] {
-                    Mode::Up3d
-                } else {
-                    Mode::Up2d
-                };
-                let vbl = vb.pp(format!("upsamples.{}", upsamples.len()));
-                upsamples.push(Layer::Resample(Resample::new(cout, mode, &mut slots, vbl)?));
-            }
-        }
-        let head = Head::new(dims[n], cfg.out_channels, &mut slots, vb.pp("head"))?;
+            UpBody::Levels(levels)
+        } else {
+            UpBody::Flat(flat_upsamples(cfg, &dims, &mut slots, &vb)?)
+        };
+        let p2 = cfg.patch_size * cfg.patch_size;
+        let head = Head::new(dims[n], cfg.out_channels * p2, &mut slots, vb.pp("head"))?;
         Ok(Self {
             cfg: cfg.clone(),
             dtype: vb.dtype(),
@@ -332,16 +413,26 @@ impl Decoder {
         &self.cfg
     }
 
-    fn forward_chunk(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+    /// One latent frame through the decoder body; `first`: the clip's first chunk.
+    fn forward_chunk(&self, x: &Tensor, cache: &mut FeatCache, first: bool) -> Result<Tensor> {
         let x = self.conv1.forward_cached(x, cache)?;
         let mut x = self.middle.forward(&x, cache)?;
-        for layer in &self.upsamples {
-            x = layer.forward(&x, cache)?;
+        match &self.upsamples {
+            UpBody::Flat(layers) => {
+                for layer in layers {
+                    x = layer.forward(&x, cache)?;
+                }
+            }
+            UpBody::Levels(levels) => {
+                for level in levels {
+                    x = level.forward(&x, cache, first)?;
+                }
+            }
         }
         self.head.forward(&x, cache)
     }
 
-    /// A raw latent `[T, z, h, w]` → frames `[1 + 4(T − 1), 3, 8h, 8w]` in the compute dtype.
+    /// A raw latent `[T, z, h, w]` → frames `[1 + 4(T − 1), 3, s·h, s·w]` in the compute dtype.
     pub fn decode_raw(&self, z: &Tensor) -> Result<Tensor> {
         let (t, c, h, w) = z.dims4()?;
         if c != self.cfg.z_dim || t == 0 || h == 0 || w == 0 {
@@ -355,13 +446,13 @@ impl Decoder {
         let mut cache = FeatCache::new(self.slots);
         let mut outs = Vec::with_capacity(t);
         for i in 0..t {
-            outs.push(self.forward_chunk(&x.narrow(0, i, 1)?, &mut cache)?);
+            outs.push(self.forward_chunk(&x.narrow(0, i, 1)?, &mut cache, i == 0)?);
         }
         drop(cache);
-        Tensor::cat(&outs, 0)
+        unpatchify(&Tensor::cat(&outs, 0)?, self.cfg.patch_size)
     }
 
-    /// A DiT latent `[1, z, T, h, w]` → frames `[1 + 4(T − 1), 3, 8h, 8w]` (f32, unclamped,
+    /// A DiT latent `[1, z, T, h, w]` → frames `[1 + 4(T − 1), 3, s·h, s·w]` (f32, unclamped,
     /// nominally [-1, 1]).
     pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
         let (b, c, _t, _h, _w) = latent.dims5()?;
@@ -384,7 +475,7 @@ impl Decoder {
     }
 }
 
-/// The Wan 2.1 VAE family ([`Family::WanVae`]).
+/// The Wan VAE family ([`Family::WanVae`]): Wan 2.1's and Wan 2.2's VAE.
 #[derive(Debug, Clone, Copy)]
 pub struct WanVae;
 

@@ -1,4 +1,4 @@
-//! Wan 2.1 VAE key layouts: the canonical original names of Wan's `wan/modules/vae.py` (also
+//! Wan VAE key layouts (Wan 2.1 and Wan 2.2): the canonical original names of Wan's `wan/modules/vae.py` (also
 //! ComfyUI's `wan_2.1_vae.safetensors`: `encoder.downsamples.3.residual.2.weight`, `conv1`,
 //! `decoder.upsamples.4.shortcut.weight`) and diffusers' `AutoencoderKLWan` names
 //! (`encoder.down_blocks.3.conv1.weight`, `quant_conv`, `decoder.up_blocks.1.resnets.0.
@@ -14,13 +14,25 @@
 //! counting P from the file's own names; the rules then rename the sub-modules like the
 //! encoder's. Residual-block names: `norm1` → `residual.0`, `conv1` → `residual.2`, `norm2` →
 //! `residual.3`, `conv2` → `residual.6`, `conv_shortcut` → `shortcut`.
+//!
+//! Wan 2.2's VAE (`wan2.2_vae.safetensors`, Wan2.2 `wan/modules/vae2_2.py`) nests one level
+//! deeper: `encoder.downsamples.L.downsamples.M` (M < B: residual blocks, M = B: the
+//! resampler, B residual blocks per level) and `decoder.upsamples.L.upsamples.M` (M ≤ B:
+//! residual blocks, M = B + 1: the resampler); the rest is named as in Wan 2.1. diffusers
+//! names them `encoder.down_blocks.L.resnets.M` / `encoder.down_blocks.L.downsampler` and
+//! `decoder.up_blocks.L.resnets.M` / `decoder.up_blocks.L.upsampler` (singular, where Wan
+//! 2.1's diffusers names say `upsamplers.0`). [`normalize`] rewrites those to the original
+//! nesting with diffusers' sub-names (`encoder.down_blocks.L.downsamples.M.norm1.gamma`,
+//! `decoder.up_blocks.L.upsamples.B+1.resample.1.weight`), counting B from the file's names;
+//! a file is read as Wan 2.2's when it has `encoder.down_blocks.L.resnets.…` or `…sampler.…`
+//! names. Without the file's names, only the encoder's residual blocks can be rewritten (a
+//! lone `decoder.up_blocks.L.resnets.M` name may be either version's).
 
 use std::collections::HashSet;
 
-use super::spec::{entry, no_rev, rule, Entry, Need, Norm, Rule, Slot, Spec, LIN, WB};
+use super::spec::{entry, no_rev, rule, supported, Entry, Need, Norm, Rule, Slot, Spec, LIN, WB};
 use super::{template, Layout};
 use crate::family::Family;
-use crate::weights::TensorInfo;
 
 pub(crate) fn spec() -> Spec {
     Spec {
@@ -38,7 +50,7 @@ pub(crate) fn spec() -> Spec {
         alias: Some((Layout::WanVaeDiffusers, rules())),
         normalize,
         rev_count: no_rev,
-        unsupported,
+        unsupported: supported,
     }
 }
 
@@ -85,7 +97,12 @@ fn schema() -> Vec<Entry> {
     }
     // Flat lists of residual blocks and resamplers: which index is which depends on the
     // config, so none is required here (the model constructors name what is missing).
-    for list in ["encoder.downsamples.{i}", "decoder.upsamples.{i}"] {
+    for list in [
+        "encoder.downsamples.{i}",
+        "decoder.upsamples.{i}",
+        "encoder.downsamples.{i}.downsamples.{j}",
+        "decoder.upsamples.{i}.upsamples.{j}",
+    ] {
         residual_entries(&mut s, list, Optional);
         s.push(entry(format!("{list}.resample.1"), WB, Optional));
         s.push(entry(format!("{list}.time_conv"), WB, Optional));
@@ -157,9 +174,18 @@ fn rules() -> Vec<Rule> {
         ));
     }
     // The encoder's list keeps its flat indices; the decoder's is flattened by `normalize`.
+    // Wan 2.2's nesting, after `normalize`.
     for (alias, canonical) in [
         ("encoder.down_blocks.{i}", "encoder.downsamples.{i}"),
         ("decoder.upsamples.{i}", "decoder.upsamples.{i}"),
+        (
+            "encoder.down_blocks.{i}.downsamples.{j}",
+            "encoder.downsamples.{i}.downsamples.{j}",
+        ),
+        (
+            "decoder.up_blocks.{i}.upsamples.{j}",
+            "decoder.upsamples.{i}.upsamples.{j}",
+        ),
     ] {
         resnet_rules(&mut r, alias, canonical);
         for m in ["resample.1", "time_conv"] {
@@ -172,6 +198,58 @@ fn rules() -> Vec<Rule> {
         }
     }
     r
+}
+
+/// Whether `all` (a whole file's names) is Wan 2.2's VAE in diffusers' names.
+fn is_v22(all: &HashSet<&str>) -> bool {
+    all.iter().any(|n| {
+        let segs: Vec<&str> = n.splitn(5, '.').collect();
+        matches!(
+            segs.as_slice(),
+            ["encoder", "down_blocks", _, "resnets" | "downsampler", _]
+                | ["decoder", "up_blocks", _, "upsampler", _]
+        )
+    })
+}
+
+/// Residual blocks under `{head}.resnets.M` in `all` (`head` = `decoder.up_blocks.2`).
+fn resnets_under(all: &HashSet<&str>, head: &str) -> Option<u64> {
+    all.iter()
+        .filter_map(|n| {
+            let rest = n.strip_prefix(head)?.strip_prefix(".resnets.")?;
+            rest.split('.').next()?.parse::<u64>().ok()
+        })
+        .max()
+        .map(|m| m + 1)
+}
+
+/// Wan 2.2's diffusers names → the original nesting with diffusers' sub-names (see the module
+/// doc); `None` for other names and where the index needs the file's names and `all` does not
+/// say (or is not Wan 2.2's).
+fn normalize_v22(name: &str, all: &HashSet<&str>) -> Option<String> {
+    let segs: Vec<&str> = name.splitn(4, '.').collect();
+    let [part, blocks, level, rest] = segs.as_slice() else {
+        return None;
+    };
+    level.parse::<u64>().ok()?;
+    let (kind, after) = rest.split_once('.')?;
+    let (inner, sampler) = match (*part, *blocks) {
+        ("encoder", "down_blocks") => ("downsamples", "downsampler"),
+        ("decoder", "up_blocks") => ("upsamples", "upsampler"),
+        _ => return None,
+    };
+    if kind == "resnets" && (*part == "encoder" || is_v22(all)) {
+        // A lone decoder name may be Wan 2.1's (flattened by `normalize`).
+        let (m, tail) = after.split_once('.')?;
+        m.parse::<u64>().ok()?;
+        return Some(format!("{part}.{blocks}.{level}.{inner}.{m}.{tail}"));
+    }
+    if kind == sampler {
+        // The resampler follows the level's residual blocks.
+        let b = resnets_under(all, &format!("{part}.{blocks}.{level}"))?;
+        return Some(format!("{part}.{blocks}.{level}.{inner}.{b}.{after}"));
+    }
+    None
 }
 
 /// Residual blocks per decoder level in diffusers' names (`decoder.up_blocks.0.resnets.M`).
@@ -192,6 +270,12 @@ fn decoder_resnets(all: &HashSet<&str>) -> Option<u64> {
 /// name stays as it is.
 pub(crate) fn normalize(name: &str, all: &HashSet<&str>) -> Norm {
     let keep = || Norm::Keep(name.to_string());
+    if let Some(n) = normalize_v22(name, all) {
+        return Norm::Keep(n);
+    }
+    if is_v22(all) {
+        return keep();
+    }
     let Some(rest) = name.strip_prefix("decoder.up_blocks.") else {
         return keep();
     };
@@ -212,20 +296,6 @@ pub(crate) fn normalize(name: &str, all: &HashSet<&str>) -> Norm {
         _ => return keep(),
     };
     Norm::Keep(format!("decoder.upsamples.{flat}.{tail}"))
-}
-
-/// Refuses the Wan 2.2 VAE (48 latent channels), whose structure differs.
-fn unsupported(tensors: &[(&str, &TensorInfo)]) -> Option<String> {
-    tensors.iter().find_map(|(name, t)| {
-        let z = match *name {
-            "conv2.weight" | "post_quant_conv.weight" => t.shape.first(),
-            "decoder.conv1.weight" | "decoder.conv_in.weight" => t.shape.get(1),
-            _ => None,
-        }?;
-        (*z == 48).then(|| {
-            format!("the Wan 2.2 VAE is not supported yet (`{}` has 48 latent channels); use the Wan 2.1 VAE (wan_2.1_vae.safetensors), which Wan 2.2's 14B models also use", t.name)
-        })
-    })
 }
 
 #[cfg(test)]
@@ -436,19 +506,114 @@ mod tests {
         ));
         let e = canonicalize(Family::WanVae, &infos(&mixed, DType::BF16)).unwrap_err();
         assert!(matches!(e, KeymapError::MixedLayouts { .. }), "{e}");
+    }
 
-        let mut v22 = orig;
-        for (n, s) in v22.iter_mut() {
-            if n == "conv2.weight" {
-                *s = vec![48, 48, 1, 1, 1];
+    /// A Wan 2.2 original name in diffusers' spelling (`WanResidualDownBlock` /
+    /// `WanResidualUpBlock`: `resnets.M`, `downsampler`, `upsampler`), independently of the
+    /// rules above; the names outside the levels are spelled as in Wan 2.1.
+    fn to_diffusers22(name: &str, nrb: usize) -> String {
+        let s: Vec<&str> = name.split('.').collect();
+        match s.as_slice() {
+            [part, _, l, _, m, rest @ ..] if s[1] == s[3] => {
+                let (blocks, sampler, per_level) = if *part == "encoder" {
+                    ("down_blocks", "downsampler", nrb)
+                } else {
+                    ("up_blocks", "upsampler", nrb + 1)
+                };
+                if m.parse::<usize>().unwrap() == per_level {
+                    format!("{part}.{blocks}.{l}.{sampler}.{}", rest.join("."))
+                } else {
+                    let rest = rest.join(".");
+                    let rest = RESNET
+                        .iter()
+                        .find_map(|(d, o)| {
+                            rest.strip_prefix(&format!("{o}."))
+                                .map(|p| format!("{d}.{p}"))
+                        })
+                        .unwrap();
+                    format!("{part}.{blocks}.{l}.resnets.{m}.{rest}")
+                }
             }
+            _ => to_diffusers(name, nrb),
         }
-        let e = canonicalize(Family::WanVae, &infos(&v22, DType::BF16)).unwrap_err();
-        assert!(matches!(e, KeymapError::Unsupported { .. }), "{e}");
-        assert!(
-            e.to_string()
-                .starts_with("wan-vae: the Wan 2.2 VAE is not supported yet"),
-            "{e}"
+    }
+
+    #[test]
+    fn wan22_diffusers_maps_to_the_original_layout() {
+        for cfg in [
+            Config::wan22(),
+            Config::tiny22(),
+            Config {
+                num_res_blocks: 1,
+                ..Config::tiny22()
+            },
+            Config {
+                num_res_blocks: 3,
+                temporal_downsample: vec![true, false, true],
+                ..Config::tiny22()
+            },
+        ] {
+            let orig = layout(&cfg);
+            let nrb = cfg.num_res_blocks;
+            let diff: Vec<(String, Vec<u64>)> = orig
+                .iter()
+                .map(|(n, s)| (format!("vae.{}", to_diffusers22(n, nrb)), s.clone()))
+                .collect();
+            let l = canonicalize(Family::WanVae, &infos(&diff, DType::BF16)).unwrap();
+            assert_eq!(l.layout, Layout::WanVaeDiffusers, "{cfg:?}");
+            let got: BTreeMap<String, Vec<u64>> = l
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.shape.clone()))
+                .collect();
+            let want: BTreeMap<String, Vec<u64>> = orig.iter().cloned().collect();
+            assert_eq!(got, want, "{cfg:?}");
+            assert!(l.tensors.iter().all(|t| t.is_passthrough()));
+            let l = canonicalize(Family::WanVae, &infos(&orig, DType::BF16)).unwrap();
+            assert_eq!(l.layout, Layout::WanVaeOriginal);
+            assert_eq!(l.tensors.len(), orig.len());
+        }
+        let orig = layout(&Config::wan22());
+        let diff: Vec<(String, Vec<u64>)> = orig
+            .iter()
+            .map(|(n, s)| (to_diffusers22(n, 2), s.clone()))
+            .collect();
+        let l = canonicalize(Family::WanVae, &infos(&diff, DType::BF16)).unwrap();
+        for (canonical, diffusers) in [
+            (
+                "encoder.downsamples.1.downsamples.0.shortcut.weight",
+                "encoder.down_blocks.1.resnets.0.conv_shortcut.weight",
+            ),
+            (
+                "encoder.downsamples.2.downsamples.2.time_conv.bias",
+                "encoder.down_blocks.2.downsampler.time_conv.bias",
+            ),
+            (
+                "decoder.upsamples.0.upsamples.3.resample.1.weight",
+                "decoder.up_blocks.0.upsampler.resample.1.weight",
+            ),
+            (
+                "decoder.upsamples.3.upsamples.2.residual.3.gamma",
+                "decoder.up_blocks.3.resnets.2.norm2.gamma",
+            ),
+            ("decoder.conv1.weight", "decoder.conv_in.weight"),
+        ] {
+            assert_eq!(source(&l, canonical), diffusers, "{canonical}");
+        }
+        // One name alone: the encoder's residual blocks are unambiguous, the resamplers need
+        // the level's block count and the decoder's blocks the version.
+        let f = Family::WanVae;
+        assert_eq!(
+            canonical_name(f, "encoder.down_blocks.1.resnets.0.conv1.weight").as_deref(),
+            Some("encoder.downsamples.1.downsamples.0.residual.2.weight")
+        );
+        assert_eq!(
+            canonical_name(f, "decoder.up_blocks.0.upsampler.resample.1.weight"),
+            None
+        );
+        assert_eq!(
+            canonical_unit_name(f, "decoder.up_blocks.0.upsampler.resample.1.weight").as_deref(),
+            Some("decoder")
         );
     }
 
