@@ -12,11 +12,17 @@ mod exec_common;
 use std::path::Path;
 use std::sync::Arc;
 
-use exec_common::{assert_same, load, options, run, tasks, Run};
-use mgpu::exec::pipeline::{PipelineOptions, UnitHome};
+use exec_common::{assert_same, load, options, run, tasks, Run, HW};
+use mgpu::exec::pipeline::{generator, PipelineOptions, UnitHome};
+use mgpu::exec::ImageTask;
 use mgpu::manifest::Manifest;
+use mgpu::{hardware, plan};
 
 fn wan_manifest(out: &Path, jobs: &str) -> Arc<Manifest> {
+    wan_manifest_with_vae(out, "tiny/wan-vae-tiny.safetensors", jobs)
+}
+
+fn wan_manifest_with_vae(out: &Path, vae: &str, jobs: &str) -> Arc<Manifest> {
     load(&format!(
         r#"
 [settings]
@@ -34,7 +40,7 @@ tokenizer = "tiny/umt5-tokenizer.json"
 
 [models.vae]
 family = "wan-vae"
-file = "tiny/wan-vae-tiny.safetensors"
+file = "{vae}"
 
 [pipelines.t2v]
 diffusion = "wan"
@@ -175,4 +181,41 @@ fn guidance_uses_the_negative_prompt_and_records_it() {
         .filter(|e| matches!(e, mgpu::exec::Event::Stage { stage, .. } if stage.starts_with("encoding")))
         .count();
     assert_eq!(encoded, 1);
+}
+
+/// A Wan 2.2 VAE file (the tiny parity fixture, original layout) named by a Wan manifest: it
+/// plans, and loading it says what is supported instead of failing on the latent shapes.
+#[test]
+fn a_wan22_vae_is_refused_with_what_is_supported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, cache) = (dir.path().join("out"), dir.path().join("cache"));
+    let vae = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parity/wan22_vae/vae.safetensors");
+    let m = wan_manifest_with_vae(&out, &vae.display().to_string(), JOBS);
+    let hw = hardware::file::parse(Path::new("hw.toml"), HW).unwrap();
+    let inv =
+        plan::manifest::read_inventories(&m).unwrap_or_else(|d| panic!("{}", d.render(false)));
+    let p = plan::plan(&plan::manifest::request(&m, &inv), &hw).unwrap_or_else(|e| panic!("{e:?}"));
+    let all = tasks(&m);
+    let mut g = generator(m.clone(), Arc::new(p), Arc::new(hw), options(&cache)).unwrap();
+    let mut events = Vec::new();
+    let batch: Vec<ImageTask> = all[..1].to_vec();
+    let msg = match g.prepare(&all, &mut |e| events.push(e)) {
+        Err(e) => e.to_string(),
+        Ok(()) => match g.run_batch(&batch, &mut |e| events.push(e)) {
+            Err(e) => e.to_string(),
+            Ok(r) => match r.into_iter().next() {
+                Some(Err(e)) => e.to_string(),
+                _ => panic!("a Wan 2.2 VAE ran in a Wan 2.1 pipeline"),
+            },
+        },
+    };
+    for part in [
+        "model `vae`",
+        "this is the Wan 2.2 VAE (48 latent channels, 16× spatial compression): it loads",
+        "TI2V-5B pipelines are not supported yet",
+        "use wan_2.1_vae.safetensors",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in: {msg}");
+    }
 }

@@ -146,6 +146,11 @@ pub trait Autoencoder: Sized {
     const FAMILY: Family;
 
     fn infer_config(shape_of: ShapeOf, meta: &BTreeMap<String, String>) -> Result<Self::Config>;
+    /// Why no pipeline can use a VAE of this configuration yet (`None`: they can); checked
+    /// before its weights are loaded.
+    fn pipeline_refusal(_cfg: &Self::Config) -> Option<String> {
+        None
+    }
     /// The two unit names: `["encoder", "decoder"]`.
     fn units() -> [&'static str; 2];
     /// Builds the encoder from its unit's tensors (`unit`, relative names) and the resident

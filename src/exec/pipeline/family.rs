@@ -298,6 +298,9 @@ impl<V: Autoencoder> Vae<V> {
         let mf = opened(model, events)?;
         let shape_of = |n: &str| mf.shape_of(n);
         let cfg = V::infer_config(&shape_of, &file_meta(&mf)).map_err(|e| infer_err(model, e))?;
+        if let Some(why) = V::pipeline_refusal(&cfg) {
+            return Err(infer_err(model, why));
+        }
         let needed = spec::vae_layout::<V>(&cfg).map_err(|e| infer_err(model, e))?;
         let groups = V::units().map(|u| vec![u.to_string()]);
         let mut parts = load_parts(cx, model, mf, &needed, &groups, events)?;
