@@ -300,7 +300,8 @@ pub enum KeymapError {
     },
     #[error("tensor `{tensor}`: {message}")]
     Assemble { tensor: String, message: String },
-    /// A variant of the family that mgpu does not support (the Wan 2.2 VAE).
+    /// A variant of the family that mgpu does not support (a family's `unsupported` hook;
+    /// none refuses one today — the Wan 2.2 VAE was, until it was implemented).
     #[error("{family}: {message}")]
     Unsupported { family: Family, message: String },
 }
