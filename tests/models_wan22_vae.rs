@@ -13,7 +13,9 @@
 //! - The real layout: `vae_layout::<WanVae>(&Config::wan22())` is exactly the 196 names and
 //!   shapes of `wan2.2_vae.safetensors` (derived by the script from diffusers' full-size
 //!   Wan 2.2 config and checked there against Wan 2.2's `WanVAE_`), and inferring the config
-//!   from it gives `Config::wan22()`; the same in diffusers' names.
+//!   from it gives `Config::wan22()` (the same layout in diffusers' names is mapped back by
+//!   `keymap::wan_vae`'s unit tests).
+//! - Clear refusals: wrong latent widths and sizes, missing tensors named.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -48,7 +48,7 @@ the meta device the same way.
 
 Install (CPU): torch==2.15.0 diffusers==0.42.1 safetensors numpy
 Run from the repository root:
-  /tmp/venv/bin/python tools/parity_wan22_vae.py [--wan-repo /path/to/Wan2.2]
+  python tools/parity_wan22_vae.py [--wan-repo /path/to/Wan2.2]
 """
 
 import argparse
