@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Scores the drawing demo on its held-out captions, through the real `mgpu run` (issue 16).
+
+  python3 tools/check_draw.py manifest DIR   writes DIR/heldout.toml: one job per held-out
+                                             caption of tools/draw_scenes.py (captions the
+                                             training never saw), seeds 1000 + index, with
+                                             the demo's models and settings
+  mgpu run DIR/heldout.toml                  makes the pictures (DIR/out/NNN.png)
+  python3 tools/check_draw.py score DIR      checks each picture against its caption (colour,
+                                             shape, count and position of each shape, the
+                                             background) and prints the score and the misses
+
+Needs numpy and Pillow.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import draw_scenes as scenes  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "manifests" / "tiny"
+SEED0 = 1000
+
+
+def write_manifest(d):
+    d.mkdir(parents=True, exist_ok=True)
+    t = lambda name: (TINY / name).resolve().as_posix()  # noqa: E731
+    lines = [
+        "# Held-out captions of the drawing demo (tools/check_draw.py); not a committed manifest.",
+        "[settings]",
+        'output_root = "out"',
+        'compute = "cpu"',
+        "",
+        "[models.flux]",
+        'family = "flux"',
+        f'file = "{t("flux-draw.safetensors")}"',
+        "[models.t5]",
+        'family = "t5"',
+        f'file = "{t("t5-draw.safetensors")}"',
+        f'tokenizer = "{t("t5-draw-tokenizer.json")}"',
+        "[models.clip]",
+        'family = "clip-l"',
+        f'file = "{t("clip-tiny.safetensors")}"',
+        f'tokenizer = "{t("clip-tokenizer.json")}"',
+        "[models.vae]",
+        'family = "flux-vae"',
+        f'file = "{t("ae-draw.safetensors")}"',
+        "[pipelines.draw]",
+        'diffusion = "flux"',
+        'text_encoders = ["clip", "t5"]',
+        'vae = "vae"',
+        "",
+        "[defaults]",
+        "width = 128",
+        "height = 128",
+        "steps = 20",
+        "cfg = 4.0",
+        'output = "{job}.png"',
+        "",
+    ]
+    for i, c in enumerate(scenes.heldout_captions()):
+        lines += ["[[jobs]]", f'name = "h{i:03}"', f'prompt = "{c}"', f"seed = {SEED0 + i}", ""]
+    (d / "heldout.toml").write_text("\n".join(lines))
+    print(f"wrote {d / 'heldout.toml'}: {len(scenes.heldout_captions())} jobs")
+
+
+def score(d):
+    caps = scenes.heldout_captions()
+    ok, misses = 0, []
+    for i, c in enumerate(caps):
+        f = d / "out" / f"h{i:03}.png"
+        if not f.exists():
+            misses.append((c, f"{f} is missing"))
+            continue
+        good, why = scenes.check(np.asarray(Image.open(f).convert("RGB")), c)
+        ok += good
+        if not good:
+            misses.append((f"h{i:03} {c}", why))
+    for c, why in misses:
+        print(f"miss {c}: {why}")
+    print(f"held-out: {ok}/{len(caps)} correct ({100 * ok / len(caps):.0f} %)")
+    return ok / len(caps)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in ("manifest", "score"):
+        sys.exit(__doc__)
+    d = Path(sys.argv[2])
+    if sys.argv[1] == "manifest":
+        write_manifest(d)
+    else:
+        score(d)

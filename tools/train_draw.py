@@ -1,0 +1,495 @@
+#!/usr/bin/env python3
+"""Trains the drawing model (issue 16; manifests/draw.toml): a tiny FLUX-architecture model
+that learns to draw what its prompts say, in the real checkpoint layouts mgpu reads.
+
+What it trains, in order, on scenes from tools/draw_scenes.py (coloured circles, squares and
+triangles on a coloured background, described by their captions; the held-out captions are
+never shown):
+
+  1. the autoencoder: diffusers' AutoencoderKL in FLUX's configuration (16 latent channels,
+     8× downsampling, no quant convs), block widths 32/64/64/64, L1 + MSE + a small KL term;
+     then the latent scaling/shift factors from the encoded training scenes, as FLUX's are;
+  2. a training set made once on the device: --pool scenes as scaled latents, T5 ids and
+     CLIP pooled vectors (making scenes per step cost more than the step itself);
+  3. the transformer: diffusers' FluxTransformer2DModel (schnell-style: no guidance
+     embedding, true classifier-free guidance instead; 4 double + 4 single blocks, width 128,
+     4 heads of 32) by rectified-flow matching on the latents, together with a tiny T5 v1.1
+     encoder (width 64, 2 blocks) whose tokenizer knows the scene words whole. CLIP-L's slot
+     is the existing frozen random tiny CLIP (manifests/tiny/clip-tiny.safetensors). 10 % of
+     the captions are dropped to "" so the model also learns the unconditional prediction.
+     Text is tokenised exactly as mgpu does for a schnell-style FLUX: T5 padded with <pad> to
+     256 tokens and encoded unmasked, CLIP padded with <|endoftext|> to 77. float32 with TF32
+     matmuls: bf16 autocast of this stage failed inside cuBLAS on the lent H200 (torch 2.11).
+     The EMA weights are saved every --save-every seconds, so a run cut short leaves a model.
+
+It writes to --out (default manifests/tiny/):
+
+  flux-draw.safetensors      the transformer, BFL layout (flux1-schnell.safetensors names),
+                             bf16, metadata axes_dims_rope (head width 32 is not FLUX's 128)
+  ae-draw.safetensors        the autoencoder, ae.safetensors layout, bf16, metadata
+                             scaling_factor / shift_factor
+  t5-draw.safetensors        the T5 encoder, Hugging Face layout, bf16
+  t5-draw-tokenizer.json     manifests/tiny/t5-tokenizer.json with the scene words appended
+  draw-train.json            versions, configs, seeds, steps, losses, held-out score, seconds
+
+Weights are rounded to bf16 once; the held-out evaluation at the end (--no-eval skips it;
+tools/check_draw.py scores through `mgpu run` instead) samples with those rounded weights in
+float32, as mgpu computes on a CPU, using mgpu's schedule (σ = t, linear, 20 Euler steps)
+and CFG 4.
+
+Reproducible: seeds for weights, data and noise are fixed and the scene stream is a pure
+function of the seed. CUDA kernels are not bitwise deterministic (atomics in backward
+passes), so a rerun on a GPU gives a model of the same quality, not the same bytes.
+
+Run on a GPU machine (torch, transformers, diffusers 0.42, safetensors, numpy, tokenizers):
+  python3 tools/train_draw.py --out manifests/tiny
+Measured on the lent H200 (2026-12-03): the DiT stage runs ≈ 4 200 scenes/s (batch 512 from
+the pool) and ≈ 2 600/s (batch 256, scenes made per step); 1 M scenes are far from enough
+(docs/demo.md).
+A smoke run on a CPU (minutes, a model that does not draw): --smoke
+"""
+
+import argparse
+import copy
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import draw_scenes as scenes  # noqa: E402
+from parity_flux import dit_to_bfl, img_ids, pack, unpack, vae_to_bfl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "manifests" / "tiny"
+
+T5_LEN = 256  # schnell-style FLUX: T5 padded to 256
+CLIP_LEN = 77
+DIT = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=4,
+    num_single_layers=4,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=64,
+    pooled_projection_dim=32,
+    axes_dims_rope=(4, 14, 14),
+    guidance_embeds=False,
+)
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(32, 64, 64, 64),
+    layers_per_block=1,
+    latent_channels=16,
+    norm_num_groups=32,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+T5 = dict(
+    d_model=64,
+    d_kv=16,
+    d_ff=128,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    dropout_rate=0.0,
+    layer_norm_epsilon=1e-6,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+)
+# manifests/tiny/clip-tiny.safetensors (mgpu's `clip::Config::tiny`).
+CLIP = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    # legacy eos id 2: transformers pools at argmax(ids), the first <|endoftext|> (the last id)
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+)
+SEEDS = dict(vae_weights=1, vae_data=2, dit_weights=3, dit_data=4, dit_noise=5, eval_noise=6)
+EVAL_STEPS = 20
+EVAL_CFG = 4.0
+DROP = 0.1
+
+
+# ------------------------------------------------------------------ text
+
+
+def t5_tokenizer_json():
+    """The tiny T5 tokenizer with the scene words appended as whole pieces."""
+    j = json.loads((TINY / "t5-tokenizer.json").read_text())
+    have = {p for p, _ in j["model"]["vocab"]}
+    for w in scenes.WORDS:
+        if "▁" + w not in have:
+            j["model"]["vocab"].append(["▁" + w, -3.0])
+    return j
+
+
+class Text:
+    """Tokenisers and encoders: T5 (trained) and CLIP (frozen), as mgpu pads them."""
+
+    def __init__(self, device, t5_json):
+        from tokenizers import Tokenizer
+        from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+        from safetensors.torch import load_file
+
+        self.t5_tok = Tokenizer.from_str(json.dumps(t5_json))
+        self.t5_tok.no_padding()
+        self.t5_tok.no_truncation()
+        self.clip_tok = Tokenizer.from_file(str(TINY / "clip-tokenizer.json"))
+        self.clip_tok.no_padding()
+        self.clip_tok.no_truncation()
+        self.clip_eos = self.clip_tok.token_to_id("<|endoftext|>")
+        vocab = self.t5_tok.get_vocab_size()
+        self.t5_vocab = (vocab + 7) // 8 * 8
+        torch.manual_seed(SEEDS["dit_weights"])
+        self.t5 = T5EncoderModel(T5Config(vocab_size=self.t5_vocab, **T5)).to(device)
+        clip_sd = load_file(str(TINY / "clip-tiny.safetensors"))
+        self.clip_vocab = clip_sd["text_model.embeddings.token_embedding.weight"].shape[0]
+        self.clip = CLIPTextModel(CLIPTextConfig(vocab_size=self.clip_vocab, **CLIP))
+        if not any(k.startswith("text_model.") for k in self.clip.state_dict()):
+            # transformers 5 dropped the `text_model.` level of CLIPTextModel
+            clip_sd = {k.removeprefix("text_model."): v for k, v in clip_sd.items()}
+        missing, unexpected = self.clip.load_state_dict(clip_sd, strict=False)
+        assert not [m for m in missing if "position_ids" not in m], missing
+        assert not [u for u in unexpected if u != "text_projection.weight"], unexpected
+        self.clip = self.clip.to(device).eval().requires_grad_(False)
+        self.device = device
+        self._clip_cache = {}
+        self._t5_cache = {}
+
+    def check_ids(self, ids, vocab, what):
+        if int(ids.max()) >= vocab or int(ids.min()) < 0:
+            raise ValueError(f"{what} token id out of range 0..{vocab}")
+        return ids
+
+    def t5_ids(self, captions):
+        out = []
+        for c in captions:
+            ids = self._t5_cache.get(c)
+            if ids is None:
+                ids = self.t5_tok.encode(c).ids[:T5_LEN]
+                ids[-1] = 1  # </s> stays last when truncated
+                ids = self._t5_cache[c] = ids + [0] * (T5_LEN - len(ids))
+            out.append(ids)
+        return self.check_ids(torch.tensor(out), self.t5_vocab, "T5").to(self.device)
+
+    def clip_ids(self, captions):
+        out = []
+        for c in captions:
+            ids = self.clip_tok.encode(c).ids[:CLIP_LEN]
+            ids[-1] = self.clip_eos if len(ids) == CLIP_LEN else ids[-1]
+            out.append(ids + [self.clip_eos] * (CLIP_LEN - len(ids)))
+        return self.check_ids(torch.tensor(out), self.clip_vocab, "CLIP").to(self.device)
+
+    def pooled(self, captions):
+        """CLIP's pooled vectors (frozen, so cached per caption)."""
+        todo = [c for c in dict.fromkeys(captions) if c not in self._clip_cache]
+        if todo:
+            with torch.no_grad():
+                p = self.clip(input_ids=self.clip_ids(todo)).pooler_output.float()
+            for c, v in zip(todo, p):
+                self._clip_cache[c] = v
+        return torch.stack([self._clip_cache[c] for c in captions])
+
+    def context(self, t5, captions):
+        return t5(input_ids=self.t5_ids(captions)).last_hidden_state
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def batch_specs(rng, n):
+    """`n` training scenes, none with a held-out caption."""
+    out = []
+    while len(out) < n:
+        s = scenes.sample_spec(rng)
+        if s["caption"] not in scenes.HELDOUT:
+            out.append(s)
+    return out
+
+
+def lr_at(frac, peak, warm=0.03):
+    """Warm-up, then cosine decay to 5 % of the peak, by elapsed fraction of the budget."""
+    if frac < warm:
+        return peak * frac / warm
+    p = (frac - warm) / (1 - warm)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+def round_bf16_(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.to(torch.bfloat16).to(p.dtype))
+
+
+def bf16(d):
+    return {k: v.detach().to(torch.bfloat16).contiguous().cpu() for k, v in d.items()}
+
+
+# ------------------------------------------------------------------ stages
+
+
+def train_vae(args, device, log):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(SEEDS["vae_weights"])
+    vae = AutoencoderKL(**VAE).to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    rng = random.Random(SEEDS["vae_data"])
+    budget = args.vae_minutes * 60
+    t0, step, hist = time.time(), 0, []
+    while True:
+        frac = (time.time() - t0) / budget
+        if frac >= 1 or (args.smoke and step >= 3):
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(frac, args.vae_lr)
+        x = scenes.render_torch(batch_specs(rng, args.vae_batch), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            post = vae.encode(x).latent_dist
+            z = post.sample()
+            y = vae.decode(z).sample.float()
+        kl = post.kl().mean() / (16 * 16 * 16)
+        rec = (y - x).abs().mean() + F.mse_loss(y, x)
+        loss = rec + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        hist.append(rec.item())
+        if step % 200 == 0:
+            log(f"vae step {step} rec {np.mean(hist[-200:]):.4f} kl {kl.item():.3f} ({time.time() - t0:.0f} s)")
+    vae.eval()
+    round_bf16_(vae)
+    # Latent statistics over fresh scenes (posterior means), as FLUX's factors were fitted.
+    with torch.no_grad():
+        zs = []
+        for _ in range(4 if args.smoke else 32):
+            x = scenes.render_torch(batch_specs(rng, 64), device)
+            zs.append(vae.encode(x).latent_dist.mean.float())
+        z = torch.cat(zs)
+        shift = z.mean().item()
+        scale = 1.0 / (z - shift).std().item()
+        x = scenes.render_torch(batch_specs(random.Random(99), 64), device)
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1)
+        psnr = 10 * math.log10(4.0 / F.mse_loss(y, x).item())
+    log(f"vae: {step} steps, reconstruction PSNR {psnr:.1f} dB, shift {shift:.4f} scale {scale:.4f}")
+    return vae, dict(steps=step, final_rec=float(np.mean(hist[-100:])), psnr_db=psnr,
+                     shift_factor=shift, scaling_factor=scale, seconds=time.time() - t0)
+
+
+@torch.no_grad()
+def build_pool(args, device, vae, text, shift, scale, log):
+    """The DiT's training set, made once on the device: `--pool` scenes (none with a held-out
+    caption) as scaled latents, T5 ids and CLIP pooled vectors, so a step only indexes it."""
+    rng = random.Random(SEEDS["dit_data"])
+    xs, ids, pooled, caps = [], [], [], []
+    for k in range(0, args.pool, 512):
+        specs = batch_specs(rng, min(512, args.pool - k))
+        c = [s["caption"] for s in specs]
+        x = scenes.render_torch(specs, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            z = vae.encode(x).latent_dist.mean.float()
+        xs.append((z - shift) * scale)
+        ids.append(text.t5_ids(c))
+        pooled.append(text.pooled(c))
+        caps += c
+    log(f"pool: {len(caps)} scenes, {len(set(caps))} distinct captions")
+    return torch.cat(xs), torch.cat(ids), torch.cat(pooled), text.t5_ids([""]), text.pooled([""])
+
+
+def save_weights(out, dit, t5, vae, shift, scale):
+    """The shipped files, rounded to bf16 (the modules are not changed)."""
+    from safetensors.torch import save_file
+
+    save_file(bf16(dit_to_bfl(dit.state_dict(), DIT["num_layers"], DIT["num_single_layers"])),
+              str(out / "flux-draw.safetensors"),
+              metadata={"axes_dims_rope": json.dumps(list(DIT["axes_dims_rope"]))})
+    save_file(bf16(vae_to_bfl(vae.state_dict(), len(VAE["block_out_channels"]))),
+              str(out / "ae-draw.safetensors"),
+              metadata={"scaling_factor": repr(scale), "shift_factor": repr(shift)})
+    t5_sd = {k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    save_file(bf16(t5_sd), str(out / "t5-draw.safetensors"))
+
+
+def train_dit(args, device, vae, text, shift, scale, log):
+    from diffusers import FluxTransformer2DModel
+
+    pool_x, pool_ids, pool_pooled, empty_ids, empty_pooled = build_pool(args, device, vae, text, shift, scale, log)
+    torch.manual_seed(SEEDS["dit_weights"] + 100)
+    dit = FluxTransformer2DModel(**DIT).to(device)
+    t5 = text.t5.train()
+    params = list(dit.parameters()) + list(t5.parameters())
+    opt = torch.optim.AdamW(params, lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ema_dit, ema_t5 = copy.deepcopy(dit).eval(), copy.deepcopy(t5).eval()
+    ema_params = list(ema_dit.parameters()) + list(ema_t5.parameters())
+    gen = torch.Generator(device=device).manual_seed(SEEDS["dit_noise"])
+    h = w = scenes.SIZE // 8
+    ids = img_ids(h, w).to(device)
+    txt_ids = torch.zeros(T5_LEN, 3, device=device)
+    b = args.dit_batch
+    budget = args.dit_minutes * 60
+    t0, step, hist, saved = time.time(), 0, [], time.time()
+    while True:
+        frac = (time.time() - t0) / budget
+        if frac >= 1 or (args.smoke and step >= 3):
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(frac, args.dit_lr)
+        with torch.no_grad():
+            pick = torch.randint(len(pool_x), (b,), generator=gen, device=device)
+            x0 = pool_x[pick]
+            drop = torch.rand(b, generator=gen, device=device) < DROP
+            tok = torch.where(drop[:, None], empty_ids, pool_ids[pick])
+            pooled = torch.where(drop[:, None], empty_pooled, pool_pooled[pick])
+            noise = torch.randn(x0.shape, generator=gen, device=device)
+            # logit-normal times (SD3), with a uniform share so the ends are seen too
+            t = torch.sigmoid(torch.randn(b, generator=gen, device=device))
+            u = torch.rand(b, generator=gen, device=device)
+            t = torch.where(torch.rand(b, generator=gen, device=device) < 0.2, u, t)
+            tt = t.view(-1, 1, 1, 1)
+            xt = (1 - tt) * x0 + tt * noise
+            target = pack(noise - x0)
+        # float32 with TF32 matmuls: bf16 autocast of this stage failed in a cuBLAS bf16 GEMM of
+        # the backward pass (CUBLAS_STATUS_EXECUTION_FAILED, torch 2.11, H200)
+        ctx = t5(input_ids=tok).last_hidden_state
+        pred = dit(hidden_states=pack(xt), encoder_hidden_states=ctx, pooled_projections=pooled,
+                   timestep=t, img_ids=ids, txt_ids=txt_ids, return_dict=False)[0]
+        loss = F.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        hist.append(loss.detach())
+        if step % 500 == 0:
+            hist = [torch.stack(hist).mean()]
+            log(f"dit step {step} loss {hist[0].item():.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f} s)")
+        if time.time() - saved > args.save_every:
+            # a run cut short still leaves a usable model
+            save_weights(args.out, ema_dit, ema_t5, vae, shift, scale)
+            saved = time.time()
+    round_bf16_(ema_dit)
+    round_bf16_(ema_t5)
+    return ema_dit, ema_t5, dict(steps=step, batch=b, pool=len(pool_x), final_loss=torch.stack(hist).mean().item(),
+                                 seconds=time.time() - t0)
+
+
+@torch.no_grad()
+def sample(dit, t5, vae, text, captions, seeds, shift, scale, device, steps=EVAL_STEPS, cfg=EVAL_CFG):
+    """Euler on σ = linspace(1, 0) with true CFG against "", in float32: uint8 images."""
+    h = w = scenes.SIZE // 8
+    ids = img_ids(h, w).to(device)
+    txt_ids = torch.zeros(T5_LEN, 3, device=device)
+    n = len(captions)
+    noise = torch.stack([torch.randn(16, h, w, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+    x = pack(noise)
+    ctx = text.context(t5, list(captions) + [""] * n).float()
+    pooled = text.pooled(list(captions) + [""] * n)
+    sigmas = np.linspace(1.0, 0.0, steps + 1)
+    for i in range(steps):
+        s = torch.full((2 * n,), float(sigmas[i]), device=device)
+        v = dit(hidden_states=torch.cat([x, x]), encoder_hidden_states=ctx, pooled_projections=pooled,
+                timestep=s, img_ids=ids, txt_ids=txt_ids, return_dict=False)[0]
+        cond, unc = v[:n], v[n:]
+        x = x + (sigmas[i + 1] - sigmas[i]) * (unc + cfg * (cond - unc))
+    z = unpack(x, h, w) / scale + shift
+    img = vae.decode(z).sample.clamp(-1, 1)
+    return ((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def evaluate(dit, t5, vae, text, shift, scale, device, log, limit=None):
+    dit, t5, vae = (m.float().eval() for m in (dit, t5, vae))
+    caps = scenes.heldout_captions()[:limit]
+    ok, fails = 0, []
+    for i in range(0, len(caps), 50):
+        chunk = caps[i:i + 50]
+        imgs = sample(dit, t5, vae, text, chunk, [1000 + i + j for j in range(len(chunk))], shift, scale, device)
+        for c, im in zip(chunk, imgs):
+            good, why = scenes.check(im, c)
+            ok += good
+            if not good:
+                fails.append((c, why))
+    for c, why in fails[:15]:
+        log(f"  miss: {c}: {why}")
+    log(f"held-out: {ok}/{len(caps)} correct ({100 * ok / len(caps):.0f} %)")
+    return ok / len(caps)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=TINY)
+    ap.add_argument("--vae-minutes", type=float, default=1.2)
+    ap.add_argument("--dit-minutes", type=float, default=6.0)
+    ap.add_argument("--vae-batch", type=int, default=64)
+    ap.add_argument("--dit-batch", type=int, default=512)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--dit-lr", type=float, default=1e-3)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--pool", type=int, default=100_000, help="training scenes made up front")
+    ap.add_argument("--save-every", type=float, default=60.0, help="seconds between saves")
+    ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (tools/check_draw.py scores through mgpu instead)")
+    ap.add_argument("--smoke", action="store_true", help="a few steps of each stage (CPU check)")
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    t_start = time.time()
+
+    def log(msg):
+        print(f"[{time.time() - t_start:6.1f} s] {msg}", flush=True)
+
+    import diffusers
+    import transformers
+
+    torch.manual_seed(0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t5_json = t5_tokenizer_json()
+    text = Text(device, t5_json)
+    vae, vae_info = train_vae(args, device, log)
+    shift, scale = vae_info["shift_factor"], vae_info["scaling_factor"]
+    (args.out / "t5-draw-tokenizer.json").write_text(json.dumps(t5_json, ensure_ascii=False, indent=1) + "\n")
+    dit, t5, dit_info = train_dit(args, device, vae, text, shift, scale, log)
+    save_weights(args.out, dit, t5, vae, shift, scale)
+    score = None if args.no_eval else evaluate(dit, t5, vae, text, shift, scale, device, log, limit=4 if args.smoke else None)
+    meta = dict(
+        versions=dict(python=sys.version.split()[0], torch=torch.__version__, diffusers=diffusers.__version__,
+                      transformers=transformers.__version__, numpy=np.__version__),
+        device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        smoke=args.smoke,
+        args={k: str(v) for k, v in vars(args).items()},
+        seeds=SEEDS,
+        dit=DIT, vae=VAE, t5=dict(T5, vocab_size=text.t5_vocab), clip=CLIP,
+        t5_len=T5_LEN, clip_len=CLIP_LEN, caption_dropout=DROP,
+        vae_training=vae_info, dit_training=dit_info,
+        heldout=dict(captions=len(scenes.HELDOUT), correct_fraction=score, steps=EVAL_STEPS, cfg=EVAL_CFG,
+                     seeds="1000 + index (torch.manual_seed noise, not mgpu's)"),
+        seconds=time.time() - t_start,
+    )
+    (args.out / "draw-train.json").write_text(json.dumps(meta, indent=1) + "\n")
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
