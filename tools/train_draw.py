@@ -43,6 +43,11 @@ passes), so a rerun on a GPU gives a model of the same quality, not the same byt
 
 Run on a GPU machine (torch, transformers, diffusers 0.42, safetensors, numpy, tokenizers):
   python3 tools/train_draw.py --out manifests/tiny
+Training in parts (e.g. device calls of at most 10 minutes): every save also writes
+draw-checkpoint.pt (float32 model, EMA, autoencoder; ≈ 34 MB, not the optimizer state); a
+later part goes on from it with new scenes (its pool and noise seeds move with the part):
+  python3 tools/train_draw.py --out OUT --dit-minutes 7                                # part 0
+  python3 tools/train_draw.py --out OUT --resume OUT/draw-checkpoint.pt --dit-minutes 8.5  # 1, 2, …
 Measured on the lent H200 (2026-12-03): the DiT stage runs ≈ 4 200 scenes/s (batch 512 from
 the pool) and ≈ 2 600/s (batch 256, scenes made per step); 1 M scenes are far from enough
 (docs/demo.md).
@@ -300,7 +305,7 @@ def train_vae(args, device, log):
 def build_pool(args, device, vae, text, shift, scale, log):
     """The DiT's training set, made once on the device: `--pool` scenes (none with a held-out
     caption) as scaled latents, T5 ids and CLIP pooled vectors, so a step only indexes it."""
-    rng = random.Random(SEEDS["dit_data"])
+    rng = random.Random(SEEDS["dit_data"] + 1000 * args.part)  # each resumed part sees new scenes
     xs, ids, pooled, caps = [], [], [], []
     for k in range(0, args.pool, 512):
         specs = batch_specs(rng, min(512, args.pool - k))
@@ -330,18 +335,33 @@ def save_weights(out, dit, t5, vae, shift, scale):
     save_file(bf16(t5_sd), str(out / "t5-draw.safetensors"))
 
 
-def train_dit(args, device, vae, text, shift, scale, log):
+def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes_seen):
+    """Everything a later part needs to go on (float32; the optimizer state is not kept, each
+    part warms AdamW up again), written beside the weights."""
+    f32 = lambda m: {k: v.detach().float().cpu() for k, v in m.state_dict().items()}  # noqa: E731
+    torch.save(dict(dit=f32(dit), t5=f32(t5), ema_dit=f32(ema_dit), ema_t5=f32(ema_t5), vae=f32(vae),
+                    vae_info=vae_info, steps=steps, scenes=scenes_seen, part=args.part),
+               args.out / "draw-checkpoint.pt")
+
+
+def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None):
     from diffusers import FluxTransformer2DModel
 
     pool_x, pool_ids, pool_pooled, empty_ids, empty_pooled = build_pool(args, device, vae, text, shift, scale, log)
     torch.manual_seed(SEEDS["dit_weights"] + 100)
     dit = FluxTransformer2DModel(**DIT).to(device)
     t5 = text.t5.train()
+    ema_dit, ema_t5 = copy.deepcopy(dit).eval(), copy.deepcopy(t5).eval()
+    steps0, scenes0 = 0, 0
+    if resume is not None:
+        for m, k in ((dit, "dit"), (t5, "t5"), (ema_dit, "ema_dit"), (ema_t5, "ema_t5")):
+            m.load_state_dict(resume[k])
+        steps0, scenes0 = resume["steps"], resume["scenes"]
+        log(f"resumed part {args.part} after {steps0} steps, {scenes0} scenes")
     params = list(dit.parameters()) + list(t5.parameters())
     opt = torch.optim.AdamW(params, lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
-    ema_dit, ema_t5 = copy.deepcopy(dit).eval(), copy.deepcopy(t5).eval()
     ema_params = list(ema_dit.parameters()) + list(ema_t5.parameters())
-    gen = torch.Generator(device=device).manual_seed(SEEDS["dit_noise"])
+    gen = torch.Generator(device=device).manual_seed(SEEDS["dit_noise"] + 1000 * args.part)
     h = w = scenes.SIZE // 8
     ids = img_ids(h, w).to(device)
     txt_ids = torch.zeros(T5_LEN, 3, device=device)
@@ -379,7 +399,7 @@ def train_dit(args, device, vae, text, shift, scale, log):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
+        decay = min(args.ema, (1 + steps0 + step) / (10 + steps0 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - decay)
         hist.append(loss.detach())
@@ -387,13 +407,16 @@ def train_dit(args, device, vae, text, shift, scale, log):
             hist = [torch.stack(hist).mean()]
             log(f"dit step {step} loss {hist[0].item():.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f} s)")
         if time.time() - saved > args.save_every:
-            # a run cut short still leaves a usable model
+            # a run cut short still leaves a usable model, and a checkpoint to go on from
             save_weights(args.out, ema_dit, ema_t5, vae, shift, scale)
+            save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps0 + step, scenes0 + step * b)
             saved = time.time()
+    save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps0 + step, scenes0 + step * b)
     round_bf16_(ema_dit)
     round_bf16_(ema_t5)
     return ema_dit, ema_t5, dict(steps=step, batch=b, pool=len(pool_x), final_loss=torch.stack(hist).mean().item(),
-                                 seconds=time.time() - t0)
+                                 seconds=time.time() - t0, part=args.part, total_steps=steps0 + step,
+                                 total_scenes=scenes0 + step * b)
 
 
 @torch.no_grad()
@@ -446,9 +469,10 @@ def main():
     ap.add_argument("--dit-batch", type=int, default=512)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--dit-lr", type=float, default=1e-3)
-    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--pool", type=int, default=100_000, help="training scenes made up front")
     ap.add_argument("--save-every", type=float, default=60.0, help="seconds between saves")
+    ap.add_argument("--resume", type=Path, help="go on from a draw-checkpoint.pt of an earlier part (skips the autoencoder)")
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (tools/check_draw.py scores through mgpu instead)")
     ap.add_argument("--smoke", action="store_true", help="a few steps of each stage (CPU check)")
     args = ap.parse_args()
@@ -467,10 +491,21 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     t5_json = t5_tokenizer_json()
     text = Text(device, t5_json)
-    vae, vae_info = train_vae(args, device, log)
+    resume = None
+    if args.resume:
+        from diffusers import AutoencoderKL
+
+        resume = torch.load(args.resume, map_location="cpu", weights_only=True)
+        args.part = resume["part"] + 1
+        vae = AutoencoderKL(**VAE).to(device).eval()
+        vae.load_state_dict(resume["vae"])
+        vae_info = resume["vae_info"]
+    else:
+        args.part = 0
+        vae, vae_info = train_vae(args, device, log)
     shift, scale = vae_info["shift_factor"], vae_info["scaling_factor"]
     (args.out / "t5-draw-tokenizer.json").write_text(json.dumps(t5_json, ensure_ascii=False, indent=1) + "\n")
-    dit, t5, dit_info = train_dit(args, device, vae, text, shift, scale, log)
+    dit, t5, dit_info = train_dit(args, device, vae, vae_info, text, shift, scale, log, resume)
     save_weights(args.out, dit, t5, vae, shift, scale)
     score = None if args.no_eval else evaluate(dit, t5, vae, text, shift, scale, device, log, limit=4 if args.smoke else None)
     meta = dict(
