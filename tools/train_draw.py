@@ -44,10 +44,11 @@ passes), so a rerun on a GPU gives a model of the same quality, not the same byt
 Run on a GPU machine (torch, transformers, diffusers 0.42, safetensors, numpy, tokenizers):
   python3 tools/train_draw.py --out manifests/tiny
 Training in parts (e.g. device calls of at most 10 minutes): every save also writes
-draw-checkpoint.pt (float32 model, EMA, autoencoder; ≈ 34 MB, not the optimizer state); a
-later part goes on from it with new scenes (its pool and noise seeds move with the part):
-  python3 tools/train_draw.py --out OUT --dit-minutes 7                                # part 0
-  python3 tools/train_draw.py --out OUT --resume OUT/draw-checkpoint.pt --dit-minutes 8.5  # 1, 2, …
+draw-checkpoint-{model,ema,vae}.pt (float32, ≈ 14 + 14 + 5 MB, not the optimizer state); a
+later part goes on from the folder holding them, with new scenes (the pool and noise seeds
+move with the part):
+  python3 tools/train_draw.py --out OUT --dit-minutes 7 --no-eval                   # part 0
+  python3 tools/train_draw.py --out OUT2 --resume OUT --dit-minutes 8.5 --no-eval   # 1, 2, …
 Measured on the lent H200 (2026-12-03): the DiT stage runs ≈ 4 200 scenes/s (batch 512 from
 the pool) and ≈ 2 600/s (batch 256, scenes made per step); 1 M scenes are far from enough
 (docs/demo.md).
@@ -335,13 +336,23 @@ def save_weights(out, dit, t5, vae, shift, scale):
     save_file(bf16(t5_sd), str(out / "t5-draw.safetensors"))
 
 
+CHECKPOINT = ("draw-checkpoint-model.pt", "draw-checkpoint-ema.pt", "draw-checkpoint-vae.pt")
+
+
 def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes_seen):
-    """Everything a later part needs to go on (float32; the optimizer state is not kept, each
-    part warms AdamW up again), written beside the weights."""
+    """Everything a later part needs to go on, float32, in three files of ≈ 14, 14 and 5 MB (a
+    device call returns files of at most 16 MiB); the optimizer state is not kept, each part
+    warms AdamW up again."""
     f32 = lambda m: {k: v.detach().float().cpu() for k, v in m.state_dict().items()}  # noqa: E731
-    torch.save(dict(dit=f32(dit), t5=f32(t5), ema_dit=f32(ema_dit), ema_t5=f32(ema_t5), vae=f32(vae),
-                    vae_info=vae_info, steps=steps, scenes=scenes_seen, part=args.part),
-               args.out / "draw-checkpoint.pt")
+    model, ema, rest = (args.out / n for n in CHECKPOINT)
+    torch.save(dict(dit=f32(dit), t5=f32(t5)), model)
+    torch.save(dict(dit=f32(ema_dit), t5=f32(ema_t5)), ema)
+    torch.save(dict(vae=f32(vae), vae_info=vae_info, steps=steps, scenes=scenes_seen, part=args.part), rest)
+
+
+def load_checkpoint(folder):
+    model, ema, rest = (torch.load(folder / n, map_location="cpu", weights_only=True) for n in CHECKPOINT)
+    return dict(rest, dit=model["dit"], t5=model["t5"], ema_dit=ema["dit"], ema_t5=ema["t5"])
 
 
 def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None):
@@ -472,7 +483,7 @@ def main():
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--pool", type=int, default=100_000, help="training scenes made up front")
     ap.add_argument("--save-every", type=float, default=60.0, help="seconds between saves")
-    ap.add_argument("--resume", type=Path, help="go on from a draw-checkpoint.pt of an earlier part (skips the autoencoder)")
+    ap.add_argument("--resume", type=Path, help="go on from the draw-checkpoint-*.pt files of an earlier part in this folder (skips the autoencoder)")
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (tools/check_draw.py scores through mgpu instead)")
     ap.add_argument("--smoke", action="store_true", help="a few steps of each stage (CPU check)")
     args = ap.parse_args()
@@ -495,7 +506,7 @@ def main():
     if args.resume:
         from diffusers import AutoencoderKL
 
-        resume = torch.load(args.resume, map_location="cpu", weights_only=True)
+        resume = load_checkpoint(args.resume)
         args.part = resume["part"] + 1
         vae = AutoencoderKL(**VAE).to(device).eval()
         vae.load_state_dict(resume["vae"])
