@@ -1,7 +1,7 @@
 //! The drawing model (manifests/draw.toml) end to end against diffusers (issue 16).
 //!
 //! `tools/parity_draw.py` ran diffusers' `FluxPipeline` (float32, CPU) with the trained
-//! weights (manifests/tiny/*-draw*, clip-tiny), mgpu's initial noise for each seed and mgpu's
+//! weights (manifests/draw/, clip-tiny), mgpu's initial noise for each seed and mgpu's
 //! σ schedule (20 Euler steps, σ = t, true CFG 4 against the empty prompt) and committed the
 //! pictures and the noise under tests/fixtures/parity/draw/. Here `mgpu run` makes the same
 //! jobs from the same files and must agree: its noise bit for bit, its PNGs within
@@ -40,13 +40,14 @@ fn fixture() -> (Meta, HashMap<String, Tensor>) {
     (meta, t)
 }
 
-/// The demo's models with the fixture's jobs, in a manifest under `dir`.
+/// The drawing manifest's models (at absolute paths) with the fixture's jobs, in a manifest under `dir`.
 fn manifest(dir: &Path, meta: &Meta) -> std::path::PathBuf {
     let demo = std::fs::read_to_string(repo_root().join("manifests/draw.toml")).unwrap();
-    let head = demo.split("\n[defaults]").next().unwrap().replace(
-        "\"tiny/",
-        &format!("\"{}/", repo_root().join("manifests/tiny").display()),
-    );
+    let mut head = demo.split("\n[defaults]").next().unwrap().to_string();
+    for folder in ["tiny", "draw"] {
+        let abs = repo_root().join("manifests").join(folder);
+        head = head.replace(&format!("\"{folder}/"), &format!("\"{}/", abs.display()));
+    }
     let mut text = format!(
         "{head}\n[defaults]\nwidth = {s}\nheight = {s}\nsteps = {}\ncfg = {}\noutput = \"{{job}}.png\"\n",
         meta.steps,

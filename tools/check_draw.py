@@ -23,13 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import draw_scenes as scenes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "manifests" / "tiny"
+MANIFESTS = ROOT / "manifests"
 SEED0 = 1000
 
 
 def write_manifest(d):
     d.mkdir(parents=True, exist_ok=True)
-    t = lambda name: (TINY / name).resolve().as_posix()  # noqa: E731
+    t = lambda name: (MANIFESTS / name).resolve().as_posix()  # noqa: E731
     lines = [
         "# Held-out captions of the drawing demo (tools/check_draw.py); not a committed manifest.",
         "[settings]",
@@ -38,18 +38,18 @@ def write_manifest(d):
         "",
         "[models.flux]",
         'family = "flux"',
-        f'file = "{t("flux-draw.safetensors")}"',
+        f'file = "{t("draw/flux-draw.safetensors")}"',
         "[models.t5]",
         'family = "t5"',
-        f'file = "{t("t5-draw.safetensors")}"',
-        f'tokenizer = "{t("t5-draw-tokenizer.json")}"',
+        f'file = "{t("draw/t5-draw.safetensors")}"',
+        f'tokenizer = "{t("draw/t5-draw-tokenizer.json")}"',
         "[models.clip]",
         'family = "clip-l"',
-        f'file = "{t("clip-tiny.safetensors")}"',
-        f'tokenizer = "{t("clip-tokenizer.json")}"',
+        f'file = "{t("tiny/clip-tiny.safetensors")}"',
+        f'tokenizer = "{t("tiny/clip-tokenizer.json")}"',
         "[models.vae]",
         'family = "flux-vae"',
-        f'file = "{t("ae-draw.safetensors")}"',
+        f'file = "{t("draw/ae-draw.safetensors")}"',
         "[pipelines.draw]",
         'diffusion = "flux"',
         'text_encoders = ["clip", "t5"]',

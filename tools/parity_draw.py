@@ -2,15 +2,16 @@
 """End-to-end parity fixture for the drawing demo (issue 16): diffusers' FluxPipeline with the
 demo's trained weights, mgpu's initial noise and mgpu's σ schedule, in float32 on the CPU.
 
-Reads the demo's files from manifests/tiny/ (written by tools/train_draw.py):
+Reads the trained files from manifests/draw/ (written by tools/train_draw.py) and the
+frozen CLIP from manifests/tiny/:
 flux-draw.safetensors (BFL layout), ae-draw.safetensors (ae layout), t5-draw.safetensors +
 t5-draw-tokenizer.json, clip-tiny.safetensors + clip-tokenizer.json. Converts them back to
 diffusers/transformers modules, builds a `FluxPipeline` with FLUX.1-schnell's scheduler
 configuration (no shift; the model has no guidance embedding) and its own tokenizers, and runs
 the prompts of PROMPTS with `true_cfg_scale` = CFG against the empty negative prompt, STEPS
 Euler steps on σ = 1, 1 − 1/STEPS, …, 1/STEPS (the pipeline appends 0), T5 at 256 tokens,
-starting from mgpu's noise for each seed (Philox4x32-10 + Box–Muller as documented in
-src/sample/noise.rs, stream 0, shape [16, h/8, w/8], packed as the pipeline packs latents).
+starting from mgpu's noise for each seed (tools/mgpu_noise.py: Philox4x32-10 + Box–Muller as
+documented in src/sample/noise.rs, stream 0, shape [16, h/8, w/8], packed as the pipeline packs latents).
 
 Writes tests/fixtures/parity/draw/:
   expected.safetensors   image.N (float32 [H, W, 3] in [0, 1], the pipeline's `np` output)
@@ -25,9 +26,7 @@ Run from the repository root (CPU; the versions of tools/parity_flux.py):
 """
 
 import json
-import math
 import os
-import struct
 import sys
 from pathlib import Path
 
@@ -36,11 +35,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_draw import CLIP, DIT, T5, T5_LEN, VAE  # noqa: E402
+from mgpu_noise import normal_f32  # noqa: E402
 from parity_flux import pack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Overridable for trying a freshly trained model before it is committed.
-TINY = Path(os.environ.get("DRAW_WEIGHTS", ROOT / "manifests" / "tiny"))
+DRAW = Path(os.environ.get("DRAW_WEIGHTS", ROOT / "manifests" / "draw"))
+TINY = ROOT / "manifests" / "tiny"
 OUT = Path(os.environ.get("DRAW_FIXTURE", ROOT / "tests" / "fixtures" / "parity" / "draw"))
 
 PROMPTS = [
@@ -51,37 +52,9 @@ SIZE = 128
 STEPS = 20
 CFG = 4.0
 
-# ---------------------------------------------------------------- mgpu's noise (src/sample/noise.rs)
-M0, M1, W0, W1 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85
-MASK = 0xFFFFFFFF
-
-
-def philox4x32_10(ctr, key):
-    c0, c1, c2, c3 = ctr
-    k0, k1 = key
-    for r in range(10):
-        if r > 0:
-            k0, k1 = (k0 + W0) & MASK, (k1 + W1) & MASK
-        p0, p1 = M0 * c0, M1 * c2
-        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0) & MASK, p1 & MASK, ((p0 >> 32) ^ c3 ^ k1) & MASK, p0 & MASK
-    return c0, c1, c2, c3
-
-
 def mgpu_noise(seed, shape, stream=0):
-    count = int(np.prod(shape))
-    out = []
-    block = 0
-    while len(out) < count:
-        ctr = (block & MASK, block >> 32, stream & MASK, (stream >> 32) & MASK)
-        w = philox4x32_10(ctr, (seed & MASK, (seed >> 32) & MASK))
-        a, b = (w[1] << 32) | w[0], (w[3] << 32) | w[2]
-        u1 = ((a >> 12) + 0.5) * 2.0**-52
-        u2 = (b >> 12) * 2.0**-52
-        r, th = math.sqrt(-2.0 * math.log(u1)), 2.0 * math.pi * u2
-        out += [r * math.cos(th), r * math.sin(th)]
-        block += 1
-    f32 = [struct.unpack("<f", struct.pack("<f", x))[0] for x in out[:count]]
-    return torch.tensor(f32, dtype=torch.float32).reshape(shape)
+    """mgpu's noise for `seed` (tools/mgpu_noise.py) as a float32 tensor of `shape`."""
+    return torch.tensor(normal_f32(seed, stream, int(np.prod(shape))), dtype=torch.float32).reshape(shape)
 
 
 # ---------------------------------------------------------------- BFL -> diffusers
@@ -208,17 +181,17 @@ def main():
     torch.set_num_threads(2)
     OUT.mkdir(parents=True, exist_ok=True)
 
-    dit_sd = f32(load_file(str(TINY / "flux-draw.safetensors")))
+    dit_sd = f32(load_file(str(DRAW / "flux-draw.safetensors")))
     dit = FluxTransformer2DModel(**DIT)
     load_strict(dit, dit_from_bfl(dit_sd, DIT["num_layers"], DIT["num_single_layers"]), "transformer")
 
-    with safe_open(str(TINY / "ae-draw.safetensors"), "pt") as f:
+    with safe_open(str(DRAW / "ae-draw.safetensors"), "pt") as f:
         meta = f.metadata()
     scale, shift = float(meta["scaling_factor"]), float(meta["shift_factor"])
     vae = AutoencoderKL(**VAE, scaling_factor=scale, shift_factor=shift)
-    load_strict(vae, vae_from_bfl(f32(load_file(str(TINY / "ae-draw.safetensors"))), len(VAE["block_out_channels"])), "vae")
+    load_strict(vae, vae_from_bfl(f32(load_file(str(DRAW / "ae-draw.safetensors"))), len(VAE["block_out_channels"])), "vae")
 
-    t5_sd = f32(load_file(str(TINY / "t5-draw.safetensors")))
+    t5_sd = f32(load_file(str(DRAW / "t5-draw.safetensors")))
     t5 = T5EncoderModel(T5Config(vocab_size=t5_sd["shared.weight"].shape[0], **T5))
     load_strict(t5, t5_sd, "t5", ignore=("embed_tokens",))
 
@@ -229,7 +202,7 @@ def main():
     load_strict(clip, clip_sd, "clip", ignore=("position_ids", "text_projection"))
 
     t5_tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_file(str(TINY / "t5-draw-tokenizer.json")),
+        tokenizer_object=Tokenizer.from_file(str(DRAW / "t5-draw-tokenizer.json")),
         pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=T5_LEN,
     )
     clip_tok = PreTrainedTokenizerFast(

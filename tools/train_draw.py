@@ -22,7 +22,7 @@ never shown):
      matmuls: bf16 autocast of this stage failed inside cuBLAS on the lent H200 (torch 2.11).
      The EMA weights are saved every --save-every seconds, so a run cut short leaves a model.
 
-It writes to --out (default manifests/tiny/):
+It writes to --out (default manifests/draw/):
 
   flux-draw.safetensors      the transformer, BFL layout (flux1-schnell.safetensors names),
                              bf16, metadata axes_dims_rope (head width 32 is not FLUX's 128)
@@ -42,7 +42,7 @@ function of the seed. CUDA kernels are not bitwise deterministic (atomics in bac
 passes), so a rerun on a GPU gives a model of the same quality, not the same bytes.
 
 Run on a GPU machine (torch, transformers, diffusers 0.42, safetensors, numpy, tokenizers):
-  python3 tools/train_draw.py --out manifests/tiny
+  python3 tools/train_draw.py --out manifests/draw
 Training in parts (e.g. device calls of at most 10 minutes): every save also writes
 draw-checkpoint-{model,ema,vae}.pt (float32, ≈ 14 + 14 + 5 MB, not the optimizer state); a
 later part goes on from the folder holding them, with new scenes (the pool and noise seeds
@@ -70,10 +70,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import draw_scenes as scenes  # noqa: E402
-from parity_flux import dit_to_bfl, img_ids, pack, unpack, vae_to_bfl  # noqa: E402
+from parity_flux import VAE as FLUX_VAE, dit_to_bfl, img_ids, pack, unpack, vae_to_bfl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "manifests" / "tiny"
+DRAW = ROOT / "manifests" / "draw"
 
 T5_LEN = 256  # schnell-style FLUX: T5 padded to 256
 CLIP_LEN = 77
@@ -89,17 +90,11 @@ DIT = dict(
     axes_dims_rope=(4, 14, 14),
     guidance_embeds=False,
 )
-VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
+# FLUX's autoencoder configuration (tools/parity_flux.py) at these widths; the latent factors
+# are fitted after training and travel as metadata.
+VAE = {k: v for k, v in FLUX_VAE.items() if not k.endswith("_factor")} | dict(
     block_out_channels=(32, 64, 64, 64),
-    layers_per_block=1,
-    latent_channels=16,
     norm_num_groups=32,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
 )
 T5 = dict(
     d_model=64,
@@ -473,7 +468,7 @@ def evaluate(dit, t5, vae, text, shift, scale, device, log, limit=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=TINY)
+    ap.add_argument("--out", type=Path, default=DRAW)
     ap.add_argument("--vae-minutes", type=float, default=1.2)
     ap.add_argument("--dit-minutes", type=float, default=6.0)
     ap.add_argument("--vae-batch", type=int, default=64)
