@@ -370,6 +370,24 @@ mod tests {
         &l.get(name).unwrap().parts[0].source
     }
 
+    /// The diffusers-named layout `diff` canonicalizes to exactly `orig` (names and shapes, no
+    /// conversion), and `orig` itself is recognised as the original layout.
+    fn assert_round_trip(orig: &[(String, Vec<u64>)], diff: &[(String, Vec<u64>)], cfg: &Config) {
+        let l = canonicalize(Family::WanVae, &infos(diff, DType::BF16)).unwrap();
+        assert_eq!(l.layout, Layout::WanVaeDiffusers, "{cfg:?}");
+        let got: BTreeMap<String, Vec<u64>> = l
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        let want: BTreeMap<String, Vec<u64>> = orig.iter().cloned().collect();
+        assert_eq!(got, want, "{cfg:?}");
+        assert!(l.tensors.iter().all(|t| t.is_passthrough()));
+        let l = canonicalize(Family::WanVae, &infos(orig, DType::BF16)).unwrap();
+        assert_eq!(l.layout, Layout::WanVaeOriginal);
+        assert_eq!(l.tensors.len(), orig.len());
+    }
+
     #[test]
     fn diffusers_maps_to_the_original_layout() {
         for cfg in [
@@ -391,20 +409,7 @@ mod tests {
                 .iter()
                 .map(|(n, s)| (to_diffusers(n, nrb), s.clone()))
                 .collect();
-            let l = canonicalize(Family::WanVae, &infos(&diff, DType::BF16)).unwrap();
-            assert_eq!(l.layout, Layout::WanVaeDiffusers, "{cfg:?}");
-            let got: BTreeMap<String, Vec<u64>> = l
-                .tensors
-                .iter()
-                .map(|t| (t.name.clone(), t.shape.clone()))
-                .collect();
-            let want: BTreeMap<String, Vec<u64>> = orig.iter().cloned().collect();
-            assert_eq!(got, want, "{cfg:?}");
-            assert!(l.tensors.iter().all(|t| t.is_passthrough()));
-
-            let l = canonicalize(Family::WanVae, &infos(&orig, DType::BF16)).unwrap();
-            assert_eq!(l.layout, Layout::WanVaeOriginal);
-            assert_eq!(l.tensors.len(), orig.len());
+            assert_round_trip(&orig, &diff, &cfg);
         }
         let orig = layout(&Config::wan21());
         let diff: Vec<(String, Vec<u64>)> = orig
@@ -559,19 +564,7 @@ mod tests {
                 .iter()
                 .map(|(n, s)| (format!("vae.{}", to_diffusers22(n, nrb)), s.clone()))
                 .collect();
-            let l = canonicalize(Family::WanVae, &infos(&diff, DType::BF16)).unwrap();
-            assert_eq!(l.layout, Layout::WanVaeDiffusers, "{cfg:?}");
-            let got: BTreeMap<String, Vec<u64>> = l
-                .tensors
-                .iter()
-                .map(|t| (t.name.clone(), t.shape.clone()))
-                .collect();
-            let want: BTreeMap<String, Vec<u64>> = orig.iter().cloned().collect();
-            assert_eq!(got, want, "{cfg:?}");
-            assert!(l.tensors.iter().all(|t| t.is_passthrough()));
-            let l = canonicalize(Family::WanVae, &infos(&orig, DType::BF16)).unwrap();
-            assert_eq!(l.layout, Layout::WanVaeOriginal);
-            assert_eq!(l.tensors.len(), orig.len());
+            assert_round_trip(&orig, &diff, &cfg);
         }
         let orig = layout(&Config::wan22());
         let diff: Vec<(String, Vec<u64>)> = orig
