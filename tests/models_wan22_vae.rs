@@ -17,101 +17,33 @@
 //!   `keymap::wan_vae`'s unit tests).
 //! - Clear refusals: wrong latent widths and sizes, missing tensors named.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use mgpu::family::Family;
 use mgpu::models::coverage::Coverage;
 use mgpu::models::spec::{vae_layout, Autoencoder};
 use mgpu::models::tiny;
-use mgpu::models::wan_vae::{Config, Decoder, Encoder, WanVae};
+use mgpu::models::wan_vae::{Config, WanVae};
 use mgpu::weights::keymap::{canonicalize, Layout};
-use mgpu::weights::{detect, KeyLayout, TensorInfo, WeightFile};
+use mgpu::weights::{detect, KeyLayout, WeightFile};
 
-const TOL: f64 = 1e-4;
+mod wan_vae_common;
+use wan_vae_common::*;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/parity/wan22_vae")
-        .join(name)
-}
-
-fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name), &Device::Cpu).unwrap_or_else(|e| {
-        panic!("fixture {name}: {e} (regenerate with tools/parity_wan22_vae.py)")
-    })
-}
-
-/// (max|a−b|, ‖a−b‖/‖b‖, max|a−b| / max|b|)
-fn errors(a: &Tensor, b: &Tensor) -> (f64, f64, f64) {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let v = |t: &Tensor| -> Vec<f64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let (a, b) = (v(a), v(b));
-    let diff2: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
-    let norm2: f64 = b.iter().map(|y| y * y).sum();
-    let max_diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let max_b = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    (max_diff, diff2.sqrt() / norm2.sqrt(), max_diff / max_b)
-}
-
-fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
-    let (max_abs, l2, maxrel) = errors(a, b);
-    eprintln!(
-        "{what}: max abs error {max_abs:.2e}, relative L2 {l2:.2e}, max-abs / max|ref| {maxrel:.2e}"
-    );
-    assert!(
-        l2 <= TOL && maxrel <= TOL,
-        "{what}: L2 {l2:.3e}, max {maxrel:.3e} exceed {TOL:e}"
-    );
-}
-
-/// Encoder and decoder over `tensors` (canonical names), as the executor builds them.
-fn build(cfg: &Config, tensors: HashMap<String, Tensor>) -> (Encoder, Decoder, Coverage) {
-    let (vb, cov) = Coverage::var_builder(tensors, DType::F32, &Device::Cpu);
-    let [enc, dec] = WanVae::units();
-    let e = WanVae::encoder(cfg, vb.pp(enc), vb.clone()).unwrap();
-    let d = WanVae::decoder(cfg, vb.pp(dec), vb.clone()).unwrap();
-    (e, d, cov)
-}
-
-/// `[1, C, T, H, W]` (the references' video layout) → `[T, C, H, W]`.
-fn frames_first(x: &Tensor) -> Tensor {
-    x.squeeze(0)
-        .unwrap()
-        .transpose(0, 1)
-        .unwrap()
-        .contiguous()
-        .unwrap()
-}
-
-fn shapes_of(t: &HashMap<String, Tensor>) -> BTreeMap<String, Vec<usize>> {
-    t.iter()
-        .map(|(k, v)| (k.clone(), v.dims().to_vec()))
-        .collect()
-}
+/// This file's fixtures: `tests/fixtures/parity/wan22_vae/`.
+const DIR: &str = "wan22_vae";
 
 #[test]
 fn decode_and_encode_match_diffusers() {
-    let io = load("vae_io.safetensors");
+    let io = load(DIR, "vae_io.safetensors");
     let cfg = Config::tiny22();
     assert_eq!(
         io["latents_mean"].to_vec1::<f32>().unwrap(),
         cfg.latents_mean
     );
     assert_eq!(io["latents_std"].to_vec1::<f32>().unwrap(), cfg.latents_std);
-    let weights = load("vae.safetensors");
+    let weights = load(DIR, "vae.safetensors");
     let shapes = shapes_of(&weights);
     assert_eq!(
         WanVae::infer_config(&|n| shapes.get(n).cloned(), &BTreeMap::new()).unwrap(),
@@ -138,28 +70,10 @@ fn decode_and_encode_match_diffusers() {
     assert_close("encode (DiT latent)", &latent, &io["encode_mean"]);
 }
 
-/// Every tensor of `file` under its canonical name, through the key mapping.
-fn canonical_tensors(file: &str) -> (Layout, HashMap<String, Tensor>) {
-    let wf = WeightFile::open(fixture(file)).unwrap();
-    let det = detect(wf.tensors()).unwrap();
-    assert_eq!(det.family, Family::WanVae, "{file} detected as {:?}", det);
-    let layout = canonicalize(Family::WanVae, wf.tensors()).unwrap();
-    let raw = load(file);
-    let mut out = HashMap::new();
-    for t in &layout.tensors {
-        assert!(t.is_passthrough(), "{}", t.name);
-        let src = &raw[&t.parts[0].source];
-        let want: Vec<usize> = t.shape.iter().map(|d| *d as usize).collect();
-        assert_eq!(src.dims(), want.as_slice(), "{}", t.name);
-        out.insert(t.name.clone(), src.clone());
-    }
-    (layout.layout, out)
-}
-
 #[test]
 fn both_layouts_give_identical_weights_and_outputs() {
-    let (l_orig, orig) = canonical_tensors("vae.safetensors");
-    let (l_diff, diff) = canonical_tensors("vae_diffusers.safetensors");
+    let (l_orig, orig) = canonical_tensors(DIR, "vae.safetensors");
+    let (l_diff, diff) = canonical_tensors(DIR, "vae_diffusers.safetensors");
     assert_eq!(l_orig, Layout::WanVaeOriginal);
     assert_eq!(l_diff, Layout::WanVaeDiffusers);
     assert_eq!(orig.len(), diff.len());
@@ -170,14 +84,14 @@ fn both_layouts_give_identical_weights_and_outputs() {
         let bytes = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
         assert_eq!(bytes(t), bytes(d), "{name}");
     }
-    let wf = WeightFile::open(fixture("vae_diffusers.safetensors")).unwrap();
+    let wf = WeightFile::open(fixture(DIR, "vae_diffusers.safetensors")).unwrap();
     assert_eq!(detect(wf.tensors()).unwrap().layout, KeyLayout::Diffusers);
     // The raw file is the original layout: the mapping keeps its names.
-    let raw = load("vae.safetensors");
+    let raw = load(DIR, "vae.safetensors");
     assert_eq!(shapes_of(&raw), shapes_of(&orig));
 
     let cfg = Config::tiny22();
-    let latent = load("vae_io.safetensors")["decode_in"].clone();
+    let latent = load(DIR, "vae_io.safetensors")["decode_in"].clone();
     let (_, d1, _) = build(&cfg, orig);
     let (_, d2, _) = build(&cfg, diff);
     let a = WanVae::decode(&d1, &latent, None).unwrap();
@@ -185,40 +99,9 @@ fn both_layouts_give_identical_weights_and_outputs() {
     assert_eq!(errors(&a, &b).0, 0.0, "the two layouts decode differently");
 }
 
-/// `layout_wan22_vae.txt`: the real file's names and shapes.
-fn real_layout() -> BTreeMap<String, Vec<usize>> {
-    std::fs::read_to_string(fixture("layout_wan22_vae.txt"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let (k, s) = line.split_once('\t').unwrap();
-            (
-                k.to_string(),
-                s.split(',').map(|d| d.parse().unwrap()).collect(),
-            )
-        })
-        .collect()
-}
-
-fn infos(layout: &BTreeMap<String, Vec<usize>>) -> Vec<TensorInfo> {
-    layout
-        .iter()
-        .map(|(n, s)| {
-            let numel: usize = s.iter().product();
-            TensorInfo {
-                name: n.clone(),
-                dtype: mgpu::weights::DType::BF16,
-                shape: s.iter().map(|d| *d as u64).collect(),
-                offset: 0,
-                len: 2 * numel as u64,
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn real_layout_is_what_the_model_builds_and_infers_wan22() {
-    let real = real_layout();
+    let real = real_layout(DIR, "layout_wan22_vae.txt");
     assert_eq!(real.len(), 196);
     let cfg = Config::wan22();
     assert_eq!(vae_layout::<WanVae>(&cfg).unwrap(), real);
@@ -274,7 +157,7 @@ fn tiny_random_weights_decode_and_encode_to_finite_values() {
 #[test]
 fn refusals_are_clear() {
     let cfg = Config::tiny22();
-    let (enc, dec, _) = build(&cfg, load("vae.safetensors"));
+    let (enc, dec, _) = build(&cfg, load(DIR, "vae.safetensors"));
     let bad = Tensor::zeros((1, 16, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
     let e = WanVae::decode(&dec, &bad, None).unwrap_err().to_string();
     assert!(e.contains("[1, 48, T, h, w]"), "{e}");
@@ -285,7 +168,7 @@ fn refusals_are_clear() {
 
     let meta = BTreeMap::new();
     // A missing tensor is named, by the config inference and by the constructors.
-    let mut real = real_layout();
+    let mut real = real_layout(DIR, "layout_wan22_vae.txt");
     real.remove("decoder.upsamples.1.upsamples.3.time_conv.weight");
     let e = WanVae::infer_config(&|n| real.get(n).cloned(), &meta)
         .unwrap_err()
@@ -294,7 +177,7 @@ fn refusals_are_clear() {
         e.contains("`decoder.upsamples.1.upsamples.3` lacks a time_conv"),
         "{e}"
     );
-    let mut real = real_layout();
+    let mut real = real_layout(DIR, "layout_wan22_vae.txt");
     real.insert("conv2.weight".into(), vec![16, 16, 1, 1, 1]);
     let e = WanVae::infer_config(&|n| real.get(n).cloned(), &meta)
         .unwrap_err()
@@ -303,7 +186,7 @@ fn refusals_are_clear() {
         e.contains("16 latent channels, but the layout is Wan 2.2's"),
         "{e}"
     );
-    let mut w = load("vae.safetensors");
+    let mut w = load(DIR, "vae.safetensors");
     w.remove("encoder.downsamples.2.downsamples.1.residual.3.gamma");
     let (vb, _) = Coverage::var_builder(w, DType::F32, &Device::Cpu);
     let e = WanVae::encoder(&cfg, vb.pp("encoder"), vb.clone())

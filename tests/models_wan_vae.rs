@@ -13,95 +13,33 @@
 //!   gives `Config::wan21()`.
 //! - Random tiny weights (`models::tiny`) decode and encode to finite values; clear refusals.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use mgpu::family::Family;
 use mgpu::models::coverage::Coverage;
 use mgpu::models::spec::{vae_layout, Autoencoder};
 use mgpu::models::tiny;
-use mgpu::models::wan_vae::{Config, Decoder, Encoder, WanVae};
+use mgpu::models::wan_vae::{Config, WanVae};
 use mgpu::weights::keymap::{canonicalize, Layout};
-use mgpu::weights::{detect, KeyLayout, TensorInfo, WeightFile};
+use mgpu::weights::{detect, KeyLayout, WeightFile};
 
-const TOL: f64 = 1e-4;
+mod wan_vae_common;
+use wan_vae_common::*;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/parity/wan_vae")
-        .join(name)
-}
-
-fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name), &Device::Cpu)
-        .unwrap_or_else(|e| panic!("fixture {name}: {e} (regenerate with tools/parity_wan_vae.py)"))
-}
-
-/// (max|a−b|, ‖a−b‖/‖b‖, max|a−b| / max|b|)
-fn errors(a: &Tensor, b: &Tensor) -> (f64, f64, f64) {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let v = |t: &Tensor| -> Vec<f64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let (a, b) = (v(a), v(b));
-    let diff2: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
-    let norm2: f64 = b.iter().map(|y| y * y).sum();
-    let max_diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let max_b = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    (max_diff, diff2.sqrt() / norm2.sqrt(), max_diff / max_b)
-}
-
-fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
-    let (max_abs, l2, maxrel) = errors(a, b);
-    eprintln!(
-        "{what}: max abs error {max_abs:.2e}, relative L2 {l2:.2e}, max-abs / max|ref| {maxrel:.2e}"
-    );
-    assert!(
-        l2 <= TOL && maxrel <= TOL,
-        "{what}: L2 {l2:.3e}, max {maxrel:.3e} exceed {TOL:e}"
-    );
-}
-
-/// Encoder and decoder over `tensors` (canonical names), as the executor builds them: each
-/// unit from its own names, the resident `conv1`/`conv2` from the whole map.
-fn build(cfg: &Config, tensors: HashMap<String, Tensor>) -> (Encoder, Decoder, Coverage) {
-    let (vb, cov) = Coverage::var_builder(tensors, DType::F32, &Device::Cpu);
-    let [enc, dec] = WanVae::units();
-    let e = WanVae::encoder(cfg, vb.pp(enc), vb.clone()).unwrap();
-    let d = WanVae::decoder(cfg, vb.pp(dec), vb.clone()).unwrap();
-    (e, d, cov)
-}
-
-/// `[1, C, T, H, W]` (the references' video layout) → `[T, C, H, W]`.
-fn frames_first(x: &Tensor) -> Tensor {
-    x.squeeze(0)
-        .unwrap()
-        .transpose(0, 1)
-        .unwrap()
-        .contiguous()
-        .unwrap()
-}
+/// This file's fixtures: `tests/fixtures/parity/wan_vae/`.
+const DIR: &str = "wan_vae";
 
 #[test]
 fn decode_and_encode_match_diffusers() {
-    let io = load("vae_io.safetensors");
+    let io = load(DIR, "vae_io.safetensors");
     let cfg = Config::tiny();
     assert_eq!(
         io["latents_mean"].to_vec1::<f32>().unwrap(),
         cfg.latents_mean
     );
     assert_eq!(io["latents_std"].to_vec1::<f32>().unwrap(), cfg.latents_std);
-    let (enc, dec, cov) = build(&cfg, load("vae.safetensors"));
+    let (enc, dec, cov) = build(&cfg, load(DIR, "vae.safetensors"));
     assert_eq!(cov.unused(), Vec::<String>::new(), "fixture fully consumed");
 
     let frames = WanVae::decode(&dec, &io["decode_in"], None).unwrap();
@@ -121,28 +59,10 @@ fn decode_and_encode_match_diffusers() {
     assert_close("encode (DiT latent)", &latent, &io["encode_mean"]);
 }
 
-/// Every tensor of `file` under its canonical name, through the key mapping.
-fn canonical_tensors(file: &str) -> (Layout, HashMap<String, Tensor>) {
-    let wf = WeightFile::open(fixture(file)).unwrap();
-    let det = detect(wf.tensors()).unwrap();
-    assert_eq!(det.family, Family::WanVae, "{file} detected as {:?}", det);
-    let layout = canonicalize(Family::WanVae, wf.tensors()).unwrap();
-    let raw = load(file);
-    let mut out = HashMap::new();
-    for t in &layout.tensors {
-        assert!(t.is_passthrough(), "{}", t.name);
-        let src = &raw[&t.parts[0].source];
-        let want: Vec<usize> = t.shape.iter().map(|d| *d as usize).collect();
-        assert_eq!(src.dims(), want.as_slice(), "{}", t.name);
-        out.insert(t.name.clone(), src.clone());
-    }
-    (layout.layout, out)
-}
-
 #[test]
 fn both_layouts_give_identical_weights_and_outputs() {
-    let (l_orig, orig) = canonical_tensors("vae.safetensors");
-    let (l_diff, diff) = canonical_tensors("vae_diffusers.safetensors");
+    let (l_orig, orig) = canonical_tensors(DIR, "vae.safetensors");
+    let (l_diff, diff) = canonical_tensors(DIR, "vae_diffusers.safetensors");
     assert_eq!(l_orig, Layout::WanVaeOriginal);
     assert_eq!(l_diff, Layout::WanVaeDiffusers);
     assert_eq!(orig.len(), diff.len());
@@ -153,11 +73,11 @@ fn both_layouts_give_identical_weights_and_outputs() {
         let bytes = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
         assert_eq!(bytes(t), bytes(d), "{name}");
     }
-    let wf = WeightFile::open(fixture("vae_diffusers.safetensors")).unwrap();
+    let wf = WeightFile::open(fixture(DIR, "vae_diffusers.safetensors")).unwrap();
     assert_eq!(detect(wf.tensors()).unwrap().layout, KeyLayout::Diffusers);
 
     let cfg = Config::tiny();
-    let latent = load("vae_io.safetensors")["decode_in"].clone();
+    let latent = load(DIR, "vae_io.safetensors")["decode_in"].clone();
     let (_, d1, _) = build(&cfg, orig);
     let (_, d2, _) = build(&cfg, diff);
     let a = WanVae::decode(&d1, &latent, None).unwrap();
@@ -165,40 +85,9 @@ fn both_layouts_give_identical_weights_and_outputs() {
     assert_eq!(errors(&a, &b).0, 0.0, "the two layouts decode differently");
 }
 
-/// `layout_wan21_vae.txt`: the real file's names and shapes.
-fn real_layout() -> BTreeMap<String, Vec<usize>> {
-    std::fs::read_to_string(fixture("layout_wan21_vae.txt"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let (k, s) = line.split_once('\t').unwrap();
-            (
-                k.to_string(),
-                s.split(',').map(|d| d.parse().unwrap()).collect(),
-            )
-        })
-        .collect()
-}
-
-fn infos(layout: &BTreeMap<String, Vec<usize>>) -> Vec<TensorInfo> {
-    layout
-        .iter()
-        .map(|(n, s)| {
-            let numel: usize = s.iter().product();
-            TensorInfo {
-                name: n.clone(),
-                dtype: mgpu::weights::DType::BF16,
-                shape: s.iter().map(|d| *d as u64).collect(),
-                offset: 0,
-                len: 2 * numel as u64,
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn real_layout_is_what_the_model_builds_and_infers_wan21() {
-    let real = real_layout();
+    let real = real_layout(DIR, "layout_wan21_vae.txt");
     assert_eq!(real.len(), 194);
     let cfg = Config::wan21();
     assert_eq!(vae_layout::<WanVae>(&cfg).unwrap(), real);
@@ -259,7 +148,7 @@ fn tiny_random_weights_decode_and_encode_to_finite_values() {
 #[test]
 fn refusals_are_clear() {
     let cfg = Config::tiny();
-    let (enc, dec, _) = build(&cfg, load("vae.safetensors"));
+    let (enc, dec, _) = build(&cfg, load(DIR, "vae.safetensors"));
     let latent = Tensor::zeros((1, 16, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
     let e = WanVae::decode(&dec, &latent, Some(32))
         .unwrap_err()
@@ -276,7 +165,7 @@ fn refusals_are_clear() {
 
     // 48 latent channels in Wan 2.1's layout: neither published VAE (the Wan 2.2 VAE, with 48,
     // is nested one level deeper; tests/models_wan22_vae.rs).
-    let mut real = real_layout();
+    let mut real = real_layout(DIR, "layout_wan21_vae.txt");
     real.insert("conv2.weight".into(), vec![48, 48, 1, 1, 1]);
     let meta = BTreeMap::new();
     let e = WanVae::infer_config(&|n| real.get(n).cloned(), &meta)
@@ -288,13 +177,13 @@ fn refusals_are_clear() {
     );
 
     // A missing tensor is named, by the config inference and by the constructors.
-    let mut real = real_layout();
+    let mut real = real_layout(DIR, "layout_wan21_vae.txt");
     real.remove("encoder.conv1.weight");
     let e = WanVae::infer_config(&|n| real.get(n).cloned(), &meta)
         .unwrap_err()
         .to_string();
     assert!(e.contains("`encoder.conv1.weight` is missing"), "{e}");
-    let mut w = load("vae.safetensors");
+    let mut w = load(DIR, "vae.safetensors");
     w.remove("decoder.upsamples.5.residual.3.gamma");
     let (vb, _) = Coverage::var_builder(w, DType::F32, &Device::Cpu);
     let e = WanVae::decoder(&cfg, vb.pp("decoder"), vb.clone())
