@@ -54,6 +54,7 @@ const SCHEMA_REJECTS: &[&str] = &[
     "denoise",
     "key-in-wrong-table",
     "many-errors",
+    "max-sequence-length",
     "missing-key",
     "not-finite",
     "numbers-out-of-range",

@@ -202,6 +202,13 @@ raw_table! {
         /// Wan 2.2 ships them). Only with `diffusion_low_noise`.
         #[schemars(range(min = 0.0, max = 1.0))]
         boundary: f64,
+        /// FLUX only: how many tokens T5 encodes (the prompt cut to fit, then padded), as
+        /// diffusers' `FluxPipeline(max_sequence_length=…)` takes it; 2 to 512 (`</s>`
+        /// included). Default 512
+        /// for FLUX.1-dev and 256 for FLUX.1-schnell. A model trained at another length
+        /// (manifests/draw.toml: 32) needs its own.
+        #[schemars(range(min = 2, max = 512))]
+        max_sequence_length: u32,
         /// The text encoders: FLUX needs one clip-l and one t5 model, Wan one umt5 model.
         #[schemars(required)]
         text_encoders: Vec<Sp<String>>,

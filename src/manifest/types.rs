@@ -74,6 +74,9 @@ pub struct Pipeline {
     /// The experts' switch as a fraction of 1000 timesteps, in (0, 1); only with `low_noise`
     /// (`None`: the weights' default, `models::spec::DiffusionModel::boundary`).
     pub boundary: Option<f64>,
+    /// FLUX's T5 token count when the manifest gives one (2…512; `None`: the model's
+    /// default, 512 for dev and 256 for schnell).
+    pub max_sequence_length: Option<u32>,
     /// In the order written (for FLUX: one clip-l and one t5).
     pub text_encoders: Vec<String>,
     pub vae: String,

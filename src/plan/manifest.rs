@@ -241,19 +241,20 @@ fn workload(m: &Manifest, model: &Model) -> Workload {
         1
     };
     w.frames = jobs.iter().map(|j| j.frames).max().unwrap_or(1);
-    // T5 keeps 512 tokens for FLUX dev, 256 for schnell; the pipeline's diffusion model says
-    // which (schnell only when the manifest says so).
-    let schnell = jobs.iter().all(|j| {
-        m.pipelines
-            .get(&j.pipeline)
-            .and_then(|p| m.models.get(&p.diffusion))
-            .is_some_and(|d| d.variant == Some(FluxVariant::Schnell))
-    });
-    w.text_tokens = if schnell && !jobs.is_empty() {
-        256
-    } else {
-        512
-    };
+    // T5 encodes the pipeline's `max_sequence_length` tokens, else 512 for FLUX dev and 256
+    // for schnell (schnell only when the manifest says so); the longest over the jobs.
+    w.text_tokens = jobs
+        .iter()
+        .map(|j| {
+            let p = m.pipelines.get(&j.pipeline);
+            let schnell = p
+                .and_then(|p| m.models.get(&p.diffusion))
+                .is_some_and(|d| d.variant == Some(FluxVariant::Schnell));
+            p.and_then(|p| p.max_sequence_length)
+                .unwrap_or(if schnell { 256 } else { 512 })
+        })
+        .max()
+        .unwrap_or(512);
     w
 }
 
@@ -476,5 +477,64 @@ prompt = "p"
         assert!(e.contains("model `flux`: LoRA"), "{e}");
         assert!(e.contains("style.safetensors"), "{e}");
         assert!(e.contains("m.toml:7:"), "{e}");
+    }
+
+    /// T5's token count in the workload: the pipeline's `max_sequence_length`, else 512 for
+    /// dev and 256 for schnell; the longest over the jobs that use the model.
+    #[test]
+    fn text_tokens_follow_max_sequence_length() {
+        let m = |variant: &str, pipelines: &[Option<u32>]| {
+            let mut text = format!(
+                r#"
+[settings]
+compute = "cpu"
+[models.flux]
+family = "flux"
+file = "flux.safetensors"
+{variant}
+[models.t5]
+family = "t5"
+file = "t5.safetensors"
+tokenizer = "t5.json"
+[models.clip]
+family = "clip-l"
+file = "clip.safetensors"
+tokenizer = "clip.json"
+[models.vae]
+family = "flux-vae"
+file = "ae.safetensors"
+"#
+            );
+            for (i, n) in pipelines.iter().enumerate() {
+                text += &format!(
+                    "[pipelines.p{i}]\ndiffusion = \"flux\"\ntext_encoders = [\"clip\", \"t5\"]\nvae = \"vae\"\n"
+                );
+                if let Some(n) = n {
+                    text += &format!("max_sequence_length = {n}\n");
+                }
+            }
+            for i in 0..pipelines.len() {
+                text += &format!("[[jobs]]\npipeline = \"p{i}\"\nprompt = \"x\"\n");
+            }
+            crate::manifest::load_str(std::path::Path::new("m.toml"), &text).unwrap()
+        };
+        let table: &[(&str, &[Option<u32>], u32)] = &[
+            ("", &[None], 512),
+            ("variant = \"schnell\"", &[None], 256),
+            ("", &[Some(32)], 32),
+            ("variant = \"schnell\"", &[Some(77)], 77),
+            ("variant = \"schnell\"", &[Some(32), None], 256),
+            ("", &[Some(32), Some(300)], 300),
+        ];
+        for (variant, pipelines, want) in table {
+            let m = m(variant, pipelines);
+            for name in ["flux", "t5"] {
+                assert_eq!(
+                    workload(&m, &m.models[name]).text_tokens,
+                    *want,
+                    "{variant} {pipelines:?} ({name})"
+                );
+            }
+        }
     }
 }

@@ -109,6 +109,8 @@ struct Roles {
     /// manifest's `boundary`.
     low_noise: Option<String>,
     boundary: Option<f64>,
+    /// The manifest's T5 token count (FLUX), else the model's default.
+    max_sequence_length: Option<u32>,
     /// The encoder whose hidden states condition the model (T5, umT5).
     context: String,
     /// The encoder whose pooled vector conditions it (CLIP-L for FLUX), if any.
@@ -268,6 +270,7 @@ fn roles_of(manifest: &Manifest, name: &str) -> Result<Roles, ExecError> {
         diffusion: p.diffusion.clone(),
         low_noise: p.low_noise.clone(),
         boundary: p.boundary,
+        max_sequence_length: p.max_sequence_length,
         context,
         pooled,
         vae: p.vae.clone(),
@@ -336,7 +339,9 @@ impl Pipeline {
         let h = self.header(&r.diffusion)?;
         let key = |prompt: &str| CondKey {
             context: r.context.clone(),
-            tokens: h.text.context_tokens,
+            tokens: r
+                .max_sequence_length
+                .map_or(h.text.context_tokens, |n| n as usize),
             masked: h.text.masked,
             pooled: r.pooled.clone(),
             prompt: prompt.to_string(),

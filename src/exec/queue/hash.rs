@@ -181,6 +181,9 @@ pub struct TaskKey<'a> {
     /// right after the high-noise one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boundary: Option<f64>,
+    /// The pipeline's T5 token count when the manifest gives one (FLUX).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sequence_length: Option<u32>,
     /// The low-noise expert's guidance scale, when the job gives one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cfg_low_noise: Option<f64>,
@@ -200,8 +203,8 @@ pub struct TaskHasher {
     models: BTreeMap<String, ModelKey>,
     /// Pipeline name → model names (diffusion, its low-noise expert, encoders, VAE).
     pipelines: BTreeMap<String, Vec<String>>,
-    /// Pipeline name → the manifest's expert boundary.
-    boundaries: BTreeMap<String, f64>,
+    /// Pipeline name → the manifest's expert boundary and T5 token count.
+    settings: BTreeMap<String, (Option<f64>, Option<u32>)>,
     init_images: BTreeMap<PathBuf, String>,
 }
 
@@ -211,15 +214,13 @@ impl TaskHasher {
         let mut models = BTreeMap::new();
         let mut pipelines = BTreeMap::new();
         let mut init_images = BTreeMap::new();
-        let mut boundaries = BTreeMap::new();
+        let mut settings = BTreeMap::new();
         for job in &m.jobs {
             if !pipelines.contains_key(&job.pipeline) {
                 let Some(p) = m.pipelines.get(&job.pipeline) else {
                     continue; // validation guarantees it exists
                 };
-                if let Some(b) = p.boundary {
-                    boundaries.insert(job.pipeline.clone(), b);
-                }
+                settings.insert(job.pipeline.clone(), (p.boundary, p.max_sequence_length));
                 let names: Vec<String> = std::iter::once(&p.diffusion)
                     .chain(&p.low_noise)
                     .chain(&p.text_encoders)
@@ -247,7 +248,7 @@ impl TaskHasher {
         Ok(TaskHasher {
             models,
             pipelines,
-            boundaries,
+            settings,
             init_images,
         })
     }
@@ -284,7 +285,8 @@ impl TaskHasher {
             shift: job.shift,
             frames: job.is_video().then_some(job.frames),
             fps: job.fps,
-            boundary: self.boundaries.get(&job.pipeline).copied(),
+            boundary: self.settings.get(&job.pipeline).and_then(|s| s.0),
+            max_sequence_length: self.settings.get(&job.pipeline).and_then(|s| s.1),
             cfg_low_noise: job.cfg_low_noise,
         }
     }

@@ -572,8 +572,25 @@ pub(super) fn validate_pipelines(
             }
         }
         let experts = experts(cx, p, diffusion, &mut lookup);
-        match (&p.diffusion, enc_ok, &p.vae, diffusion, vae, experts) {
-            (Some(d), true, Some(v), Some(_), Some(_), Some((low_noise, boundary))) => {
+        let text_len = max_sequence_length(cx, p, diffusion);
+        match (
+            &p.diffusion,
+            enc_ok,
+            &p.vae,
+            diffusion,
+            vae,
+            experts,
+            text_len,
+        ) {
+            (
+                Some(d),
+                true,
+                Some(v),
+                Some(_),
+                Some(_),
+                Some((low_noise, boundary)),
+                Some(max_sequence_length),
+            ) => {
                 out.insert(
                     name.value.clone(),
                     Pipeline {
@@ -581,6 +598,7 @@ pub(super) fn validate_pipelines(
                         diffusion: d.value.clone(),
                         low_noise,
                         boundary,
+                        max_sequence_length,
                         text_encoders: encoders.into_iter().map(|(e, _)| e.value).collect(),
                         vae: v.value.clone(),
                     },
@@ -607,6 +625,47 @@ pub(super) fn validate_pipelines(
 
 /// The family that has a low-noise expert (Wan 2.2 A14B).
 const EXPERT_FAMILY: Family = Family::Wan;
+
+/// T5's longest input (FLUX.1-dev's default) and shortest (`</s>` and one prompt token).
+const T5_TOKENS: std::ops::RangeInclusive<u32> = 2..=512;
+
+/// A pipeline's `max_sequence_length`: 2…512, and only for FLUX (Wan pads umT5's text to 512
+/// inside the model). `None` when an error was reported.
+fn max_sequence_length(
+    cx: &mut Cx,
+    p: &RawPipeline,
+    diffusion: Option<Option<Family>>,
+) -> Option<Option<u32>> {
+    let Some(n) = &p.max_sequence_length else {
+        return Some(None);
+    };
+    if !T5_TOKENS.contains(&n.value) {
+        cx.error(
+            n.span.clone(),
+            format!(
+                "`max_sequence_length` must be {} to {}, not {}",
+                T5_TOKENS.start(),
+                T5_TOKENS.end(),
+                n.value
+            ),
+            "",
+            Some("it is how many tokens T5 encodes, `</s>` included: 512 is FLUX.1-dev's default, 256 schnell's; a prompt longer than it is cut".into()),
+        );
+        return None;
+    }
+    match diffusion {
+        Some(Some(f)) if f != Family::Flux => {
+            cx.error(
+                n.span.clone(),
+                format!("`max_sequence_length` is for FLUX pipelines, and `diffusion` is {f}"),
+                "",
+                Some(format!("{f} models pad their text to the length they were trained with; remove `max_sequence_length`")),
+            );
+            None
+        }
+        _ => Some(Some(n.value)),
+    }
+}
 
 /// A pipeline's `diffusion_low_noise` and `boundary`: the low-noise expert exists, is a
 /// diffusion model of the same family as `diffusion` (a family with experts), is not
