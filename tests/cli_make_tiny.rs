@@ -325,7 +325,7 @@ fn gguf_flux_is_city96_q8_0_of_the_safetensors_and_inspect_reads_it() {
     assert_eq!(schnell.tensors().len(), 80);
 }
 
-/// The demo (manifests/demo.toml: FLUX with a LoRA, half its blocks streamed from disk, T5,
+/// The demo (manifests/tiny.toml: FLUX with a LoRA, half its blocks streamed from disk, T5,
 /// CLIP-L, VAE on the CPU) with its FLUX model replaced by `make-tiny flux --format gguf`:
 /// `mgpu run` makes every image, computing in f32 (dequantised at load) and in bf16 (the Q8_0
 /// blocks stay quantised until used).
@@ -344,16 +344,16 @@ fn a_gguf_flux_runs_the_demo_end_to_end() {
         std::fs::copy(Path::new("manifests/tiny").join(f), tiny.join(f)).unwrap();
     }
     make("flux", &tiny, &["--format", "gguf"]);
-    let demo = std::fs::read_to_string("manifests/demo.toml").unwrap();
+    let demo = std::fs::read_to_string("manifests/tiny.toml").unwrap();
     let from = "file = \"tiny/flux-tiny.safetensors\"";
     assert!(demo.contains(from));
     let gguf = demo.replace(from, "file = \"tiny/flux-tiny-Q8_0.gguf\"");
     let bf16 = gguf
-        .replace("out/demo", "out/bf16")
+        .replace("out/tiny", "out/bf16")
         .replace("[models.flux]\n", "[models.flux]\ndtype = \"bf16\"\n");
     assert!(bf16.contains("dtype = \"bf16\""));
     for (name, text, root) in [
-        ("gguf.toml", gguf, "out/demo"),
+        ("gguf.toml", gguf, "out/tiny"),
         ("bf16.toml", bf16, "out/bf16"),
     ] {
         let m = dir.path().join(name);

@@ -1,4 +1,4 @@
-//! The drawing model (manifests/draw.toml) end to end against diffusers (issue 16).
+//! The drawing model (manifests/demo.toml) end to end against diffusers (issue 16).
 //!
 //! `tools/parity_draw.py` ran diffusers' `FluxPipeline` (float32, CPU) with the trained
 //! weights (manifests/draw/, clip-tiny), mgpu's initial noise for each seed and mgpu's
@@ -42,7 +42,7 @@ fn fixture() -> (Meta, HashMap<String, Tensor>) {
 
 /// The drawing manifest's models (at absolute paths) with the fixture's jobs, in a manifest under `dir`.
 fn manifest(dir: &Path, meta: &Meta) -> std::path::PathBuf {
-    let demo = std::fs::read_to_string(repo_root().join("manifests/draw.toml")).unwrap();
+    let demo = std::fs::read_to_string(repo_root().join("manifests/demo.toml")).unwrap();
     let mut head = demo.split("\n[defaults]").next().unwrap().to_string();
     for folder in ["tiny", "draw"] {
         let abs = repo_root().join("manifests").join(folder);
@@ -54,7 +54,7 @@ fn manifest(dir: &Path, meta: &Meta) -> std::path::PathBuf {
         meta.cfg,
         s = meta.size
     )
-    .replace("output_root = \"out/draw\"", "output_root = \"out\"");
+    .replace("output_root = \"out/demo\"", "output_root = \"out\"");
     for (i, c) in meta.cases.iter().enumerate() {
         text += &format!(
             "\n[[jobs]]\nname = \"case{i}\"\nprompt = \"{}\"\nseed = {}\n",

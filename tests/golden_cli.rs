@@ -45,7 +45,7 @@ fn golden_run(
 #[test]
 fn record_then_verify_then_catch_a_drift() {
     let (dir, m) = demo();
-    let gdir = dir.path().join("golden/demo");
+    let gdir = dir.path().join("golden/tiny");
     let scratch = tempfile::tempdir().unwrap();
     let rec = |force| GoldenMode::Record {
         dir: gdir.clone(),
@@ -61,7 +61,7 @@ fn record_then_verify_then_catch_a_drift() {
     assert_eq!(st, Status::Ok);
     let g = mgpu::golden::load(&gdir).unwrap();
     assert_eq!(g.outputs.len(), 4);
-    assert_eq!(g.manifest, "demo.toml");
+    assert_eq!(g.manifest, "tiny.toml");
     assert!(gdir.join("outputs/fox-42.png").is_file());
     assert!(gdir.join("outputs/fox-42.latent.npy").is_file());
     // The manifest's own output root is never touched by golden runs.
@@ -164,7 +164,7 @@ fn verify_without_golden_files_says_how_to_record() {
 #[test]
 fn record_refuses_an_occupied_folder() {
     let (dir, m) = demo();
-    let gdir = dir.path().join("golden/demo");
+    let gdir = dir.path().join("golden/tiny");
     std::fs::create_dir_all(&gdir).unwrap();
     std::fs::write(gdir.join("golden.json"), "{}").unwrap();
     let o = mgpu(&[
@@ -191,7 +191,7 @@ fn record_refuses_an_occupied_folder() {
 #[test]
 fn demo_golden_record_verify_and_run_verify() {
     let (dir, m) = demo();
-    let gdir = dir.path().join("golden/demo");
+    let gdir = dir.path().join("golden/tiny");
     let g = gdir.to_str().unwrap();
     let o = mgpu(&["golden", "record", m.to_str().unwrap(), "--dir", g]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -211,8 +211,12 @@ fn demo_golden_record_verify_and_run_verify() {
     assert!(stderr(&o).contains("latent not compared"), "{}", stderr(&o));
 }
 
+/// The committed golden files of the tiny tour (golden/tiny) and of the drawing demo
+/// (golden/demo) verify on this machine.
 #[test]
-fn committed_demo_golden_files_verify() {
-    let o = mgpu(&["golden", "verify", "manifests/demo.toml"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+fn committed_golden_files_verify() {
+    for m in ["manifests/tiny.toml", "manifests/demo.toml"] {
+        let o = mgpu(&["golden", "verify", m]);
+        assert_eq!(o.status.code(), Some(0), "{m}: {}", stderr(&o));
+    }
 }

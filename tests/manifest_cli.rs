@@ -18,8 +18,8 @@ fn mgpu(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn check_valid_manifest_exits_0_with_a_summary() {
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string("manifests/demo.toml").unwrap();
-    std::fs::write(dir.path().join("demo.toml"), text).unwrap();
+    let text = std::fs::read_to_string("manifests/tiny.toml").unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), text).unwrap();
     std::fs::create_dir_all(dir.path().join("tiny")).unwrap();
     for f in [
         "flux-tiny.safetensors",
@@ -32,7 +32,7 @@ fn check_valid_manifest_exits_0_with_a_summary() {
     ] {
         std::fs::write(dir.path().join("tiny").join(f), b"x").unwrap();
     }
-    let path = dir.path().join("demo.toml");
+    let path = dir.path().join("tiny.toml");
     let (code, stdout, stderr) = mgpu(&["check", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout, "");

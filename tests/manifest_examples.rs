@@ -53,7 +53,7 @@ fn every_example_manifest_is_valid_for_mgpu_and_for_the_schema() {
 
 #[test]
 fn demo_manifest_names_the_tiny_files() {
-    let m = mgpu::manifest::load(std::path::Path::new("manifests/demo.toml")).unwrap();
+    let m = mgpu::manifest::load(std::path::Path::new("manifests/tiny.toml")).unwrap();
     let tiny = m.dir.join("tiny");
     let names = |f: &std::path::Path| f.strip_prefix(&tiny).unwrap().display().to_string();
     let mut files: Vec<String> = m.models.values().map(|x| names(&x.file)).collect();

@@ -69,7 +69,7 @@ fn run_writes_a_self_contained_page_and_report_rebuilds_it() {
     let again = read(&rebuilt);
     assert_eq!(again.matches("<article class=\"card\"").count(), 4);
     // Links to the outputs are relative to the page's folder.
-    assert!(again.contains("href=\"../out/demo/fox-42.png\""), "{again}");
+    assert!(again.contains("href=\"../out/tiny/fox-42.png\""), "{again}");
 
     // The run's phases (where its time went) are in the report and on the page, a row per
     // phase and model.

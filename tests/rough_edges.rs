@@ -91,7 +91,7 @@ fn tokenizer_folders_pass_check() {
     );
     assert_eq!(d["line"], 21, "{d}");
     assert!(
-        d["rendered"].as_str().unwrap().contains("demo.toml:21:"),
+        d["rendered"].as_str().unwrap().contains("tiny.toml:21:"),
         "{d}"
     );
 }

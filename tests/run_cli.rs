@@ -1,4 +1,4 @@
-//! `mgpu run` as a user runs it, on a copy of the tiny demo (manifests/demo.toml).
+//! `mgpu run` as a user runs it, on a copy of the tiny demo (manifests/tiny.toml).
 //!
 //! Invalid input, bad `--shard`, a locked output root, a fully up-to-date output root (resume
 //! without loading a model), and whole runs through the real FLUX pipeline on the tiny
@@ -37,7 +37,7 @@ fn invalid_manifest_exits_1_with_diagnostics() {
     std::fs::write(&m, text).unwrap();
     let o = mgpu(&["run", m.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("demo.toml: invalid"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("tiny.toml: invalid"), "{}", stderr(&o));
     assert!(!dir.path().join("out").exists(), "nothing is written");
 }
 
@@ -72,7 +72,7 @@ fn bad_shard_is_a_usage_error() {
 #[test]
 fn a_locked_output_root_is_refused_naming_the_holder() {
     let (dir, m) = demo();
-    let root = dir.path().join("out/demo");
+    let root = dir.path().join("out/tiny");
     // This test process holds the lock (kernel lock and record): it must be respected, with
     // exit 75 (EX_TEMPFAIL, "try again later", #12) rather than 2.
     let me = std::process::id();
@@ -139,7 +139,7 @@ fn an_up_to_date_root_needs_no_model_and_reports_every_image_skipped() {
         .iter()
         .all(|t| t["status"] == "skipped" && t["sha256"].as_str().unwrap().len() == 64));
     // No lock left behind.
-    assert!(!dir.path().join("out/demo/.mgpu.lock").exists());
+    assert!(!dir.path().join("out/tiny/.mgpu.lock").exists());
     // A shard of an up-to-date root: its own images only.
     let o = mgpu(&["run", m.to_str().unwrap(), "--shard", "1/3", "-q"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -181,7 +181,7 @@ fn demo_runs_end_to_end_then_resumes() {
         report.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let root = dir.path().join("out/demo");
+    let root = dir.path().join("out/tiny");
     assert_eq!(
         outputs(&root),
         [
@@ -236,7 +236,7 @@ fn shards_split_the_demo_into_one_root() {
         assert_eq!(o.status.code(), Some(0), "{s}: {}", stderr(&o));
         assert!(stderr(&o).contains("2 made"), "{s}: {}", stderr(&o));
     }
-    assert_eq!(outputs(&dir.path().join("out/demo")).len(), 4);
+    assert_eq!(outputs(&dir.path().join("out/tiny")).len(), 4);
     let o = mgpu(&["run", m.to_str().unwrap()]);
     assert!(
         stderr(&o).contains("0 made, 4 up to date"),
@@ -253,7 +253,7 @@ fn killed_demo_run_resumes_without_duplicates_or_corrupt_files() {
         .unwrap()
         .replace("count = 2", "count = 12");
     std::fs::write(&m, text).unwrap();
-    let root = dir.path().join("out/demo");
+    let root = dir.path().join("out/tiny");
     let mut child = Command::new(env!("CARGO_BIN_EXE_mgpu"))
         .args(["run", m.to_str().unwrap(), "-q"])
         .stderr(std::process::Stdio::null())
@@ -305,7 +305,7 @@ fn decode_tile_tiles_large_images_and_is_part_of_the_job_hash() {
         "file = \"tiny/ae-tiny.safetensors\"\ndecode_tile = 16",
     );
     assert_ne!(tiled, untiled);
-    let pixels = |name: &str| image::open(dir.path().join("out/demo").join(name)).unwrap();
+    let pixels = |name: &str| image::open(dir.path().join("out/tiny").join(name)).unwrap();
     let run = |text: &str| {
         std::fs::write(&m, text).unwrap();
         let o = mgpu(&["run", m.to_str().unwrap(), "-q"]);

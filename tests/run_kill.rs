@@ -95,7 +95,7 @@ fn pngs(root: &Path) -> Vec<String> {
 #[test]
 fn killed_run_resumes() {
     let (dir, m) = demo(8);
-    let root = dir.path().join("out/demo");
+    let root = dir.path().join("out/tiny");
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args(["--exact", "child_runner", "--ignored", "--nocapture"])
@@ -159,7 +159,7 @@ fn killed_run_resumes() {
 #[test]
 fn ctrl_c_stops_after_the_batch_and_releases_the_lock() {
     let (dir, m) = demo(8);
-    let root = dir.path().join("out/demo");
+    let root = dir.path().join("out/tiny");
     let report = dir.path().join("report.json");
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)

@@ -127,7 +127,7 @@ impl Shard {
     /// Runs this shard through `plan`, stopping each run as planned; returns what happened.
     fn live(&self, plan: &[Stop], rng: &mut Rng, log: &mut Vec<String>) {
         let lock = self.dir.join(format!(
-            "out/demo/.mgpu-shard-{}-of-{SHARDS}.lock",
+            "out/tiny/.mgpu-shard-{}-of-{SHARDS}.lock",
             self.index
         ));
         for (run, stop) in plan.iter().enumerate() {
@@ -202,7 +202,7 @@ fn shards_killed_and_restarted_make_every_image_once_and_exactly() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let want = images(&ref_dir.path().join("out/demo"));
+    let want = images(&ref_dir.path().join("out/tiny"));
     assert!(
         want.len() > 30,
         "30 foxes and the other jobs: {:?}",
@@ -248,7 +248,7 @@ fn shards_killed_and_restarted_make_every_image_once_and_exactly() {
     for l in logs.iter().flatten() {
         println!("{l}");
     }
-    let got = images(&dir.path().join("out/demo"));
+    let got = images(&dir.path().join("out/tiny"));
     let names = |m: &BTreeMap<String, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(
         names(&got),
@@ -264,7 +264,7 @@ fn shards_killed_and_restarted_make_every_image_once_and_exactly() {
 
 /// The `mgpu` arguments of deploy/kubernetes/indexed-job.yaml (its `args:` line is a JSON-style
 /// flow list) run as its pods would: JOB_COMPLETION_INDEX per pod, MGPU_SHARD_COUNT from the
-/// yaml, on the demo; then deploy/github/golden-verify.yml's verify line against golden/demo.
+/// yaml, on the demo; then deploy/github/golden-verify.yml's verify line against golden/tiny.
 #[test]
 fn deploy_examples_run_as_written() {
     let repo = common::repo_root();

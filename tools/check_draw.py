@@ -10,9 +10,12 @@
                                              shape, count and position of each shape, the
                                              background) and prints the score and the misses
 
-Needs numpy and Pillow.
+DRAW_WEIGHTS=FOLDER scores the trained files in FOLDER (a training part's output) instead of
+manifests/draw/; T5's length comes from its draw-train.json. Needs numpy and Pillow.
 """
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +33,11 @@ SEED0 = 1000
 def write_manifest(d):
     d.mkdir(parents=True, exist_ok=True)
     t = lambda name: (MANIFESTS / name).resolve().as_posix()  # noqa: E731
+    # DRAW_WEIGHTS: another folder of trained files (a training part's output) to score.
+    w = os.environ.get("DRAW_WEIGHTS")
+    w = Path(w).resolve() if w else MANIFESTS / "draw"
+    d_ = lambda name: (w / name).as_posix()  # noqa: E731
+    t5_len = json.loads((w / "draw-train.json").read_text()).get("t5_len", 256)
     lines = [
         "# Held-out captions of the drawing demo (tools/check_draw.py); not a committed manifest.",
         "[settings]",
@@ -38,22 +46,23 @@ def write_manifest(d):
         "",
         "[models.flux]",
         'family = "flux"',
-        f'file = "{t("draw/flux-draw.safetensors")}"',
+        f'file = "{d_("flux-draw.safetensors")}"',
         "[models.t5]",
         'family = "t5"',
-        f'file = "{t("draw/t5-draw.safetensors")}"',
-        f'tokenizer = "{t("draw/t5-draw-tokenizer.json")}"',
+        f'file = "{d_("t5-draw.safetensors")}"',
+        f'tokenizer = "{d_("t5-draw-tokenizer.json")}"',
         "[models.clip]",
         'family = "clip-l"',
         f'file = "{t("tiny/clip-tiny.safetensors")}"',
         f'tokenizer = "{t("tiny/clip-tokenizer.json")}"',
         "[models.vae]",
         'family = "flux-vae"',
-        f'file = "{t("draw/ae-draw.safetensors")}"',
+        f'file = "{d_("ae-draw.safetensors")}"',
         "[pipelines.draw]",
         'diffusion = "flux"',
         'text_encoders = ["clip", "t5"]',
         'vae = "vae"',
+        f"max_sequence_length = {t5_len}",
         "",
         "[defaults]",
         "width = 128",

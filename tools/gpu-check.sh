@@ -10,7 +10,7 @@
 #             the planner's prediction for each cell (`--hardware hw.toml`)
 #   golden    `mgpu golden record` of the tiny demo on cuda:0, then `golden verify` of it under
 #             streamed allocations (bit-exact: same machine fingerprint), and `golden verify` of
-#             the committed CPU golden files (golden/demo) on this machine's CPU (tolerance
+#             the committed CPU golden files (golden/tiny) on this machine's CPU (tolerance
 #             rule when its CPU differs from the recording's)
 #   peer      the diffusers baseline on the same machine (.carry/peer, see its README)
 #
@@ -47,7 +47,7 @@ if has probe; then
   timeout 120 "$BIN" probe --bench --save "$OUTDIR/hw.toml" 2>&1 | tee "$OUTDIR/probe.txt"
 fi
 
-# demo_on_gpu NAME FLUX_ALLOCATION T5_ALLOCATION: manifests/demo.toml computed on cuda:0, with
+# demo_on_gpu NAME FLUX_ALLOCATION T5_ALLOCATION: manifests/tiny.toml computed on cuda:0, with
 # the fox job at 3 images (so a run makes 5 images in batches of 3 + 1 + 1), to stdout.
 demo_on_gpu() {
   sed -e 's/^compute = "cpu"/compute = "cuda:0"/' \
@@ -55,7 +55,7 @@ demo_on_gpu() {
       -e "s|^allocation = \"cpu,50%;disk,50%\"|allocation = \"$2\"|" \
       -e "s|^tokenizer = \"tiny/t5-tokenizer.json\"|tokenizer = \"tiny/t5-tokenizer.json\"\nallocation = \"$3\"|" \
       -e 's/^count = 2$/count = 3/' \
-      "$ROOT/manifests/demo.toml"
+      "$ROOT/manifests/tiny.toml"
 }
 
 if has pipeline; then
@@ -129,8 +129,8 @@ if has golden; then
   fi
   # The committed golden files were recorded on another machine's CPU: bit-exact only if this
   # CPU has the same fingerprint, else the tolerance rule (docs/golden.md).
-  check verify-committed-cpu-demo "$BIN" golden verify "$ROOT/manifests/demo.toml" \
-    --dir "$ROOT/golden/demo" --report "$OUTDIR/golden-cpu-report.json"
+  check verify-committed-cpu-demo "$BIN" golden verify "$ROOT/manifests/tiny.toml" \
+    --dir "$ROOT/golden/tiny" --report "$OUTDIR/golden-cpu-report.json"
   rm -rf "$W"
 fi
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Trains the drawing model (issue 16; manifests/draw.toml): a tiny FLUX-architecture model
+"""Trains the drawing model (issue 16; manifests/demo.toml): a tiny FLUX-architecture model
 that learns to draw what its prompts say, in the real checkpoint layouts mgpu reads.
 
 What it trains, in order, on scenes from tools/draw_scenes.py (coloured circles, squares and
@@ -17,8 +17,8 @@ never shown):
      encoder (width 64, 2 blocks) whose tokenizer knows the scene words whole. CLIP-L's slot
      is the existing frozen random tiny CLIP (manifests/tiny/clip-tiny.safetensors). 10 % of
      the captions are dropped to "" so the model also learns the unconditional prediction.
-     Text is tokenised exactly as mgpu does for a schnell-style FLUX: T5 padded with <pad> to
-     256 tokens and encoded unmasked, CLIP padded with <|endoftext|> to 77. float32 with TF32
+     Text is tokenised exactly as mgpu does for a FLUX pipeline with `max_sequence_length =
+     32`: T5 padded with <pad> to 32 tokens and encoded unmasked, CLIP padded with <|endoftext|> to 77. float32 with TF32
      matmuls: bf16 autocast of this stage failed inside cuBLAS on the lent H200 (torch 2.11).
      The EMA weights are saved every --save-every seconds, so a run cut short leaves a model.
 
@@ -47,8 +47,8 @@ Training in parts (e.g. device calls of at most 10 minutes): every save also wri
 draw-checkpoint-{model,ema,vae}.pt (float32, ≈ 14 + 14 + 5 MB, not the optimizer state); a
 later part goes on from the folder holding them, with new scenes (the pool and noise seeds
 move with the part):
-  python3 tools/train_draw.py --out OUT --dit-minutes 7 --no-eval                   # part 0
-  python3 tools/train_draw.py --out OUT2 --resume OUT --dit-minutes 8.5 --no-eval   # 1, 2, …
+  python3 tools/train_draw.py --out OUT --dit-minutes 7 --total-minutes 16 --no-eval     # part 0
+  python3 tools/train_draw.py --out OUT2 --resume OUT --dit-minutes 9 --total-minutes 16 --no-eval
 Measured on the lent H200 (2026-12-03): the DiT stage runs ≈ 4 200 scenes/s (batch 512 from
 the pool) and ≈ 2 600/s (batch 256, scenes made per step); 1 M scenes are far from enough
 (docs/demo.md).
@@ -76,7 +76,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "manifests" / "tiny"
 DRAW = ROOT / "manifests" / "draw"
 
-T5_LEN = 256  # schnell-style FLUX: T5 padded to 256
+# T5 padded to 32 tokens (the longest caption has 13): the manifests say `max_sequence_length =
+# 32`, as diffusers' FluxPipeline takes it. schnell's default 256 made the text stream four times
+# the 64 image tokens: most of every step's work went to padding.
+T5_LEN = 32
 CLIP_LEN = 77
 DIT = dict(
     patch_size=1,
@@ -334,7 +337,7 @@ def save_weights(out, dit, t5, vae, shift, scale):
 CHECKPOINT = ("draw-checkpoint-model.pt", "draw-checkpoint-ema.pt", "draw-checkpoint-vae.pt")
 
 
-def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes_seen):
+def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes_seen, seconds):
     """Everything a later part needs to go on, float32, in three files of ≈ 14, 14 and 5 MB (a
     device call returns files of at most 16 MiB); the optimizer state is not kept, each part
     warms AdamW up again."""
@@ -342,7 +345,8 @@ def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes
     model, ema, rest = (args.out / n for n in CHECKPOINT)
     torch.save(dict(dit=f32(dit), t5=f32(t5)), model)
     torch.save(dict(dit=f32(ema_dit), t5=f32(ema_t5)), ema)
-    torch.save(dict(vae=f32(vae), vae_info=vae_info, steps=steps, scenes=scenes_seen, part=args.part), rest)
+    torch.save(dict(vae=f32(vae), vae_info=vae_info, steps=steps, scenes=scenes_seen, part=args.part,
+                    seconds=seconds, t5_len=T5_LEN), rest)
 
 
 def load_checkpoint(folder):
@@ -358,11 +362,13 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
     dit = FluxTransformer2DModel(**DIT).to(device)
     t5 = text.t5.train()
     ema_dit, ema_t5 = copy.deepcopy(dit).eval(), copy.deepcopy(t5).eval()
-    steps0, scenes0 = 0, 0
+    steps0, scenes0, seconds0 = 0, 0, 0.0
     if resume is not None:
         for m, k in ((dit, "dit"), (t5, "t5"), (ema_dit, "ema_dit"), (ema_t5, "ema_t5")):
             m.load_state_dict(resume[k])
-        steps0, scenes0 = resume["steps"], resume["scenes"]
+        steps0, scenes0, seconds0 = resume["steps"], resume["scenes"], resume.get("seconds", 0.0)
+        if resume.get("t5_len", 256) != T5_LEN:
+            raise SystemExit(f"{args.resume}: trained with T5 at {resume.get('t5_len', 256)} tokens, this script uses {T5_LEN}")
         log(f"resumed part {args.part} after {steps0} steps, {scenes0} scenes")
     params = list(dit.parameters()) + list(t5.parameters())
     opt = torch.optim.AdamW(params, lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -373,13 +379,17 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
     txt_ids = torch.zeros(T5_LEN, 3, device=device)
     b = args.dit_batch
     budget = args.dit_minutes * 60
+    # The learning rate follows one schedule over every part (--total-minutes); each part warms
+    # AdamW's fresh moments up again over its first 200 steps.
+    total = max(args.total_minutes or 0.0, args.dit_minutes) * 60
     t0, step, hist, saved = time.time(), 0, [], time.time()
     while True:
-        frac = (time.time() - t0) / budget
-        if frac >= 1 or (args.smoke and step >= 3):
+        spent = time.time() - t0
+        if spent >= budget or (args.smoke and step >= 3):
             break
+        lr = lr_at((seconds0 + spent) / total, args.dit_lr) * (min(1.0, (step + 1) / 200) if resume else 1.0)
         for g in opt.param_groups:
-            g["lr"] = lr_at(frac, args.dit_lr)
+            g["lr"] = lr
         with torch.no_grad():
             pick = torch.randint(len(pool_x), (b,), generator=gen, device=device)
             x0 = pool_x[pick]
@@ -415,9 +425,11 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
         if time.time() - saved > args.save_every:
             # a run cut short still leaves a usable model, and a checkpoint to go on from
             save_weights(args.out, ema_dit, ema_t5, vae, shift, scale)
-            save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps0 + step, scenes0 + step * b)
+            save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps0 + step, scenes0 + step * b,
+                            seconds0 + time.time() - t0)
             saved = time.time()
-    save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps0 + step, scenes0 + step * b)
+    save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps0 + step, scenes0 + step * b,
+                    seconds0 + time.time() - t0)
     round_bf16_(ema_dit)
     round_bf16_(ema_t5)
     return ema_dit, ema_t5, dict(steps=step, batch=b, pool=len(pool_x), final_loss=torch.stack(hist).mean().item(),
@@ -470,13 +482,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DRAW)
     ap.add_argument("--vae-minutes", type=float, default=1.2)
-    ap.add_argument("--dit-minutes", type=float, default=6.0)
+    ap.add_argument("--dit-minutes", type=float, default=6.0, help="this part's DiT training time")
+    ap.add_argument("--total-minutes", type=float, help="DiT minutes over all parts, for the learning-rate schedule (default: --dit-minutes)")
     ap.add_argument("--vae-batch", type=int, default=64)
     ap.add_argument("--dit-batch", type=int, default=512)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--dit-lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.998)
-    ap.add_argument("--pool", type=int, default=100_000, help="training scenes made up front")
+    ap.add_argument("--pool", type=int, default=200_000, help="training scenes made up front")
     ap.add_argument("--save-every", type=float, default=60.0, help="seconds between saves")
     ap.add_argument("--resume", type=Path, help="go on from the draw-checkpoint-*.pt files of an earlier part in this folder (skips the autoencoder)")
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (tools/check_draw.py scores through mgpu instead)")

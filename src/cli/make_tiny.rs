@@ -1,9 +1,9 @@
 //! `mgpu make-tiny`: write a small deterministic random-weight model of a family in its real
-//! key layout, for the demo manifest and for tests.
+//! key layout, for the tiny tour manifest (manifests/tiny.toml) and for tests.
 //!
 //! The weights come from [`crate::models::tiny`] (SplitMix64 per tensor, seeded by `--seed`
 //! and the tensor name); the same seed always gives the same bytes. Files are named so that
-//! `manifests/demo.toml` can point at them: `flux-tiny.safetensors` (+ `lora-tiny.safetensors`,
+//! `manifests/tiny.toml` can point at them: `flux-tiny.safetensors` (+ `lora-tiny.safetensors`,
 //! a rank-4 kohya-format LoRA for it), `flux-schnell-tiny.safetensors`, `ae-tiny.safetensors`.
 //! Text encoders write `t5-tiny.safetensors` + `t5-tokenizer.json` and
 //! `clip-tiny.safetensors` + `clip-tokenizer.json` (tiny Unigram and BPE vocabularies whose

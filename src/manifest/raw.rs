@@ -206,7 +206,7 @@ raw_table! {
         /// diffusers' `FluxPipeline(max_sequence_length=…)` takes it; 2 to 512 (`</s>`
         /// included). Default 512
         /// for FLUX.1-dev and 256 for FLUX.1-schnell. A model trained at another length
-        /// (manifests/draw.toml: 32) needs its own.
+        /// (manifests/demo.toml: 32) needs its own.
         #[schemars(range(min = 2, max = 512))]
         max_sequence_length: u32,
         /// The text encoders: FLUX needs one clip-l and one t5 model, Wan one umt5 model.

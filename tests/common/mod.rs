@@ -54,19 +54,19 @@ pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A copy of the demo (manifests/demo.toml and every file of manifests/tiny/) in a temporary
+/// A copy of the demo (manifests/tiny.toml and every file of manifests/tiny/) in a temporary
 /// folder, its manifest text passed through `edit` first. Returns the folder and the manifest.
 pub fn demo_with(edit: impl FnOnce(String) -> String) -> (tempfile::TempDir, PathBuf) {
     let root = repo_root();
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(root.join("manifests/demo.toml")).unwrap();
-    std::fs::write(dir.path().join("demo.toml"), edit(text)).unwrap();
+    let text = std::fs::read_to_string(root.join("manifests/tiny.toml")).unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), edit(text)).unwrap();
     std::fs::create_dir_all(dir.path().join("tiny")).unwrap();
     for e in std::fs::read_dir(root.join("manifests/tiny")).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dir.path().join("tiny").join(e.file_name())).unwrap();
     }
-    let m = dir.path().join("demo.toml");
+    let m = dir.path().join("tiny.toml");
     (dir, m)
 }
 
