@@ -36,6 +36,11 @@ pub(crate) struct Header {
     /// Channels of image conditioning (`DiffusionModel::condition_channels`): image-to-video
     /// models have some and need an init image; 0 for the rest.
     pub condition_channels: usize,
+    /// Whether an init image is the latent's first frame
+    /// (`DiffusionModel::first_frame_conditioning`, Wan 2.2 TI2V-5B).
+    pub first_frame: bool,
+    /// The latent channels the model denoises (`DiffusionModel::latent_channels`): its VAE's.
+    pub latent_channels: usize,
 }
 
 /// A loaded diffusion model, as the runner drives it.
@@ -123,15 +128,28 @@ fn config_of<M: DiffusionModel>(model: &Model, mf: &ModelFile) -> Result<M::Conf
     Ok(cfg)
 }
 
+fn header_from<M: DiffusionModel>(cfg: &M::Config) -> Header {
+    Header {
+        text: M::text_needs(cfg),
+        variant: M::variant(cfg),
+        boundary: M::boundary(cfg),
+        condition_channels: M::condition_channels(cfg),
+        first_frame: M::first_frame_conditioning(cfg),
+        latent_channels: M::latent_channels(cfg),
+    }
+}
+
 fn header_of<M: DiffusionModel>(model: &Model) -> Result<Header, ExecError> {
     let mf = ModelFile::open(model, candle_dtype(model.dtype))?;
     let cfg = config_of::<M>(model, &mf)?;
-    Ok(Header {
-        text: M::text_needs(&cfg),
-        variant: M::variant(&cfg),
-        boundary: M::boundary(&cfg),
-        condition_channels: M::condition_channels(&cfg),
-    })
+    Ok(header_from::<M>(&cfg))
+}
+
+fn vae_channels_of<V: Autoencoder>(model: &Model) -> Result<usize, ExecError> {
+    let mf = ModelFile::open(model, candle_dtype(model.dtype))?;
+    let shape_of = |n: &str| mf.shape_of(n);
+    let cfg = V::infer_config(&shape_of, &file_meta(&mf)).map_err(|e| infer_err(model, e))?;
+    Ok(V::latent_channels(&cfg))
 }
 
 fn not_runnable(model: &Model) -> ExecError {
@@ -147,6 +165,27 @@ pub(crate) fn header(model: &Model) -> Result<Header, ExecError> {
         Family::Flux => header_of::<flux::FluxDit>(model),
         Family::Wan => header_of::<wan::WanDit>(model),
         _ => Err(not_runnable(model)),
+    }
+}
+
+/// The latent channels of VAE `model` (reads the file's header only).
+pub(crate) fn vae_latent_channels(model: &Model) -> Result<usize, ExecError> {
+    match model.family {
+        Family::FluxVae => vae_channels_of::<vae::AutoEncoder>(model),
+        Family::WanVae => vae_channels_of::<wan_vae::WanVae>(model),
+        _ => Err(not_runnable(model)),
+    }
+}
+
+/// What a VAE of `family` with `channels` latent channels is, for the pairing error.
+pub(crate) fn vae_kind(family: Family, channels: usize) -> &'static str {
+    match (family, channels) {
+        (Family::WanVae, 16) => {
+            "the Wan 2.1 VAE (wan_2.1_vae.safetensors: Wan 2.1 and Wan 2.2 A14B)"
+        }
+        (Family::WanVae, 48) => "the Wan 2.2 VAE (wan2.2_vae.safetensors: Wan 2.2 TI2V-5B only)",
+        (Family::FluxVae, _) => "a FLUX autoencoder",
+        _ => "a VAE",
     }
 }
 
@@ -223,12 +262,7 @@ impl<M: DiffusionModel> Denoiser for Diffusion<M> {
     }
 
     fn header(&self) -> Header {
-        Header {
-            text: M::text_needs(&self.cfg),
-            variant: M::variant(&self.cfg),
-            boundary: M::boundary(&self.cfg),
-            condition_channels: M::condition_channels(&self.cfg),
-        }
+        header_from::<M>(&self.cfg)
     }
 
     fn image_condition(&self, encoded: &Tensor) -> Result<Tensor, String> {
@@ -298,9 +332,6 @@ impl<V: Autoencoder> Vae<V> {
         let mf = opened(model, events)?;
         let shape_of = |n: &str| mf.shape_of(n);
         let cfg = V::infer_config(&shape_of, &file_meta(&mf)).map_err(|e| infer_err(model, e))?;
-        if let Some(why) = V::pipeline_refusal(&cfg) {
-            return Err(infer_err(model, why));
-        }
         let needed = spec::vae_layout::<V>(&cfg).map_err(|e| infer_err(model, e))?;
         let groups = V::units().map(|u| vec![u.to_string()]);
         let mut parts = load_parts(cx, model, mf, &needed, &groups, events)?;
