@@ -169,7 +169,7 @@ pub(crate) fn header(model: &Model) -> Result<Header, ExecError> {
 }
 
 /// The latent channels of VAE `model` (reads the file's header only).
-pub(crate) fn vae_latent_channels(model: &Model) -> Result<usize, ExecError> {
+fn vae_latent_channels(model: &Model) -> Result<usize, ExecError> {
     match model.family {
         Family::FluxVae => vae_channels_of::<vae::AutoEncoder>(model),
         Family::WanVae => vae_channels_of::<wan_vae::WanVae>(model),
@@ -178,7 +178,7 @@ pub(crate) fn vae_latent_channels(model: &Model) -> Result<usize, ExecError> {
 }
 
 /// What a VAE of `family` with `channels` latent channels is, for the pairing error.
-pub(crate) fn vae_kind(family: Family, channels: usize) -> &'static str {
+fn vae_kind(family: Family, channels: usize) -> &'static str {
     match (family, channels) {
         (Family::WanVae, 16) => {
             "the Wan 2.1 VAE (wan_2.1_vae.safetensors: Wan 2.1 and Wan 2.2 A14B)"
@@ -187,6 +187,34 @@ pub(crate) fn vae_kind(family: Family, channels: usize) -> &'static str {
         (Family::FluxVae, _) => "a FLUX autoencoder",
         _ => "a VAE",
     }
+}
+
+/// That VAE `vae` encodes to as many latent channels as diffusion model `dit` denoises
+/// (`dit_channels`, from its header; the VAE's header is read here, not its weights): a Wan
+/// 2.2 VAE (48) with a Wan 2.1 or A14B model (16), or the reverse, is refused naming both
+/// models, both files, what the VAE is and which VAE the model needs.
+pub(crate) fn check_vae_pairing(
+    dit: &Model,
+    dit_channels: usize,
+    vae: &Model,
+) -> Result<(), ExecError> {
+    let vae_channels = vae_latent_channels(vae)?;
+    if dit_channels == vae_channels {
+        return Ok(());
+    }
+    let want = match (dit.family, dit_channels) {
+        (Family::Wan, 48) => " (Wan 2.2 TI2V-5B: the Wan 2.2 VAE, wan2.2_vae.safetensors)",
+        (Family::Wan, _) => " (Wan 2.1 and Wan 2.2 A14B: the Wan 2.1 VAE, wan_2.1_vae.safetensors)",
+        _ => "",
+    };
+    Err(ExecError::Load(format!(
+        "model `{}` ({}) denoises {dit_channels}-channel latents, but the pipeline's VAE `{}` ({}) is {} with {vae_channels}-channel latents: give the pipeline the VAE its diffusion model was trained with{want}",
+        dit.name,
+        dit.file.display(),
+        vae.name,
+        vae.file.display(),
+        vae_kind(vae.family, vae_channels),
+    )))
 }
 
 /// Loads, patches and distributes diffusion model `name`.

@@ -466,39 +466,12 @@ impl Pipeline {
             self.diffusion.insert(r.diffusion.clone(), m);
         }
         if !self.vaes.contains_key(&r.vae) {
-            self.check_vae_pairing(r)?;
+            let dit = self.header(&r.diffusion)?.latent_channels;
+            family::check_vae_pairing(self.cx.model(&r.diffusion)?, dit, self.cx.model(&r.vae)?)?;
             let v = family::load_vae(&mut self.cx, &r.vae, events)?;
             self.vaes.insert(r.vae.clone(), v);
         }
         Ok(())
-    }
-
-    /// That `r`'s VAE encodes to as many latent channels as its diffusion model denoises
-    /// (headers only, before the VAE's weights are read): a Wan 2.2 VAE (48) with a Wan 2.1 or
-    /// A14B model (16), or the reverse, is refused naming both files.
-    fn check_vae_pairing(&mut self, r: &Roles) -> Result<(), ExecError> {
-        let dit = self.header(&r.diffusion)?.latent_channels;
-        let vae_model = self.cx.model(&r.vae)?.clone();
-        let vae = family::vae_latent_channels(&vae_model)?;
-        if dit == vae {
-            return Ok(());
-        }
-        let dit_model = self.cx.model(&r.diffusion)?.clone();
-        let want = if dit == 48 && dit_model.family == Family::Wan {
-            " (Wan 2.2 TI2V-5B: the Wan 2.2 VAE, wan2.2_vae.safetensors)"
-        } else if dit_model.family == Family::Wan {
-            " (Wan 2.1 and Wan 2.2 A14B: the Wan 2.1 VAE, wan_2.1_vae.safetensors)"
-        } else {
-            ""
-        };
-        Err(load_err(format!(
-            "model `{}` ({}) denoises {dit}-channel latents, but the pipeline's VAE `{}` ({}) is {} with {vae}-channel latents: give the pipeline the VAE its diffusion model was trained with{want}",
-            dit_model.name,
-            dit_model.file.display(),
-            vae_model.name,
-            vae_model.file.display(),
-            family::vae_kind(vae_model.family, vae),
-        )))
     }
 
     /// The diffusion models of `r` (one, or the high- and low-noise experts), the experts'
