@@ -222,6 +222,8 @@ fn the_real_layout_is_consumed_and_infers_the_preset() {
         [1, 48, 31, 44, 80]
     );
     assert_eq!(WanDit::latent_channels(&cfg), 48);
+    assert_eq!(WanDit::size_multiple(&cfg), 32);
+    assert_eq!(WanDit::size_multiple(&wan::Config::t2v_14b()), 16);
     assert_eq!(WanDit::condition_channels(&cfg), 0);
     assert_eq!(WanDit::boundary(&cfg), None);
     assert!(WanDit::first_frame_conditioning(&cfg));

@@ -187,6 +187,19 @@ fn mismatched_vaes_and_t2v_weights_with_an_image_are_refused_clearly() {
     ] {
         assert!(e.contains(part), "{part:?} not in: {e}");
     }
+    // 80 × 64 passes the manifest's Wan multiple (16) but not TI2V-5B's 32.
+    let m = manifest(
+        &out,
+        MODEL,
+        VAE,
+        "[[jobs]]\nname = \"s\"\nprompt = \"p\"\nwidth = 80\n",
+    );
+    let e = first_task_error(&m, &cache);
+    assert!(
+        e.contains("`ti2v` needs a width and height that are multiples of 32")
+            && e.contains("not 80×64: use 64×64"),
+        "{e}"
+    );
     // A Wan 2.1 text-to-video model (with its own VAE) given a first frame: the job fails
     // saying which weights take one.
     let m = manifest(

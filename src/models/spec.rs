@@ -90,6 +90,12 @@ pub trait DiffusionModel: Sized {
     /// The latent shape of one job: `[1, C, h, w]` or `[1, C, T, h, w]` (the noisy latent
     /// the sampler denoises, without image conditioning).
     fn latent_shape(cfg: &Self::Config, width: u32, height: u32, frames: u32) -> Vec<usize>;
+    /// The pixels one token covers per side for weights of `cfg`: a job's width and height must
+    /// be multiples of it. The family's own ([`Family::size_multiple`], which manifest
+    /// validation checks) unless the weights need more (Wan 2.2 TI2V-5B: 32).
+    fn size_multiple(_cfg: &Self::Config) -> u32 {
+        Self::FAMILY.size_multiple()
+    }
     /// The text encoders the family needs (`pooled` only if the config uses one). Their
     /// families are those of [`Family::companions`].
     fn text_needs(cfg: &Self::Config) -> TextNeeds;

@@ -120,10 +120,11 @@ pub(crate) fn run(
 
     // Init images, then one encoder pass for all of them: img2img starting latents, or
     // image-to-video conditioning videos (`i2v`) when the model takes image conditioning.
-    let (condition_channels, first_frame, model_name) = {
+    let (condition_channels, first_frame, size_multiple, model_name) = {
         let d = dits.any(events)?;
         let h = d.header();
-        (h.condition_channels, h.first_frame, d.name().to_string())
+        let name = d.name().to_string();
+        (h.condition_channels, h.first_frame, h.size_multiple, name)
     };
     let mut init_images: Vec<Option<Tensor>> = vec![None; n];
     for (k, inp) in inputs.iter().enumerate() {
@@ -137,6 +138,10 @@ pub(crate) fn run(
         }
         let job = &inp.task.job;
         if let Some(e) = i2v::mismatch(job, condition_channels, first_frame, &model_name) {
+            failed[k] = Some(e);
+            continue;
+        }
+        if let Some(e) = size_mismatch(job, size_multiple, &model_name) {
             failed[k] = Some(e);
             continue;
         }
@@ -417,6 +422,23 @@ pub(crate) fn run(
         }));
     }
     Ok(out)
+}
+
+/// Why `job`'s size does not fit a model whose tokens cover `multiple` pixels per side (the
+/// manifest checked the family's multiple; weights may need more: Wan 2.2 TI2V-5B's 32).
+fn size_mismatch(job: &crate::manifest::Job, multiple: u32, model: &str) -> Option<JobError> {
+    let m = multiple.max(1);
+    if job.width.is_multiple_of(m) && job.height.is_multiple_of(m) {
+        return None;
+    }
+    let near = |v: u32| (v / m).max(1) * m;
+    Some(JobError::new(format!(
+        "`{model}` needs a width and height that are multiples of {m} (its VAE's compression × its patch), not {}×{}: use {}×{}",
+        job.width,
+        job.height,
+        near(job.width),
+        near(job.height)
+    )))
 }
 
 /// Frames `[F, 3, H, W]` in [-1, 1] → one RGB8 image per frame (at least one).

@@ -41,6 +41,8 @@ pub(crate) struct Header {
     pub first_frame: bool,
     /// The latent channels the model denoises (`DiffusionModel::latent_channels`): its VAE's.
     pub latent_channels: usize,
+    /// Width and height must be multiples of this (`DiffusionModel::size_multiple`).
+    pub size_multiple: u32,
 }
 
 /// A loaded diffusion model, as the runner drives it.
@@ -136,6 +138,7 @@ fn header_from<M: DiffusionModel>(cfg: &M::Config) -> Header {
         condition_channels: M::condition_channels(cfg),
         first_frame: M::first_frame_conditioning(cfg),
         latent_channels: M::latent_channels(cfg),
+        size_multiple: M::size_multiple(cfg),
     }
 }
 

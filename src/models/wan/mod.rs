@@ -309,6 +309,12 @@ impl DiffusionModel for WanDit {
         ]
     }
 
+    /// The VAE's spatial stride times the patch: 16 (Wan 2.1 VAE), 32 (Wan 2.2 VAE, TI2V-5B).
+    fn size_multiple(cfg: &Config) -> u32 {
+        let [_, sh, _] = cfg.vae_stride();
+        (sh * cfg.patch_size[1].max(cfg.patch_size[2])) as u32
+    }
+
     /// umT5-XXL states of `text_len` (512) tokens, masked and zero-padded; no pooled vector.
     fn text_needs(cfg: &Config) -> TextNeeds {
         TextNeeds {
