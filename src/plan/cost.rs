@@ -382,7 +382,9 @@ impl Arch {
                 // two cached frames per causal convolution, so memory follows the frame size,
                 // not the frame count. Measured (examples/wan_vae_memory.rs, f32, 120×208):
                 // 0.54 GiB above the weights for 9 and 17 frames alike = 5 800 values per
-                // output pixel of one frame, in the compute dtype.
+                // output pixel of one frame, in the compute dtype. The Wan 2.2 VAE (`--wan22`,
+                // f32, 128×208, 2026-12-03): 0.54 and 0.57 GiB for 9 and 17 frames = 5 450 and
+                // 5 750 values per pixel, under the same constant.
                 let per_frame = self.pixels / self.frames.max(1);
                 let bytes = self.act_bytes * WAN_VAE_VALUES_PER_PIXEL * per_frame;
                 (
