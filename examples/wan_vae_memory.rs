@@ -1,8 +1,9 @@
-//! Time and peak memory of the Wan 2.1 VAE at a real size, with random weights (the real
+//! Time and peak memory of the Wan 2.1 VAE (or with `--wan22` Wan 2.2's) at a real size, with random weights (the real
 //! layout, `models::tiny` values): decodes a random latent, then encodes the decoded frames.
 //!
 //! ```sh
 //! cargo run --release --example wan_vae_memory -- --frames 9 --height 64 --width 64 --tiny
+//! cargo run --release --example wan_vae_memory -- --frames 9 --height 128 --width 208 --wan22
 //! cargo run --release --features cuda --example wan_vae_memory -- --device cuda:0 --dtype bf16
 //! ```
 //!
@@ -27,6 +28,7 @@ struct Args {
     dtype: DType,
     device: String,
     tiny: bool,
+    wan22: bool,
     encode: bool,
 }
 
@@ -38,6 +40,7 @@ fn parse() -> Result<Args> {
         dtype: DType::F32,
         device: "cpu".into(),
         tiny: false,
+        wan22: false,
         encode: true,
     };
     let mut it = std::env::args().skip(1);
@@ -57,6 +60,7 @@ fn parse() -> Result<Args> {
             }
             "--device" => a.device = val()?,
             "--tiny" => a.tiny = true,
+            "--wan22" => a.wan22 = true,
             "--no-encode" => a.encode = false,
             _ => bail!("unknown argument {k}"),
         }
@@ -165,10 +169,11 @@ fn main() -> Result<()> {
         Some(i) => Device::new_cuda_with_stream(i.parse()?)?,
         None => Device::Cpu,
     };
-    let cfg = if a.tiny {
-        Config::tiny()
-    } else {
-        Config::wan21()
+    let cfg = match (a.tiny, a.wan22) {
+        (true, false) => Config::tiny(),
+        (true, true) => Config::tiny22(),
+        (false, false) => Config::wan21(),
+        (false, true) => Config::wan22(),
     };
     let (s, tf) = (cfg.spatial_factor(), cfg.temporal_factor());
     if (a.frames - 1) % tf != 0 || a.height % s != 0 || a.width % s != 0 {

@@ -437,3 +437,39 @@ fn wan_experts_are_the_committed_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("only wan has experts"), "{err}");
 }
+
+/// `make-tiny wan --ti2v` and `make-tiny wan-vae --ti2v` write the committed Wan 2.2
+/// TI2V-5B-style transformer and Wan 2.2 VAE (the TI2V demo and tests/wan22_ti2v.rs use them);
+/// other families and `--experts` refuse `--ti2v`.
+#[test]
+fn ti2v_models_are_the_committed_files() {
+    let d = tempfile::tempdir().unwrap();
+    make("wan", d.path(), &["--ti2v"]);
+    make("wan-vae", d.path(), &["--ti2v"]);
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    for (f, cmd) in [
+        ("wan22-ti2v-5b-tiny.safetensors", "wan --ti2v"),
+        ("wan22-vae-tiny.safetensors", "wan-vae --ti2v"),
+    ] {
+        assert!(
+            read(&d.path().join(f)) == read(&Path::new("manifests/tiny").join(f)),
+            "{f}: regenerate with `mgpu make-tiny {cmd} --out manifests/tiny`"
+        );
+    }
+    assert!(!d.path().join("wan-tiny.safetensors").exists());
+    let dir = d.path().to_str().unwrap();
+    for (args, want) in [
+        (vec!["make-tiny", "umt5", "--ti2v"], "exists for wan"),
+        (
+            vec!["make-tiny", "wan", "--experts", "--ti2v"],
+            "TI2V-5B is one model",
+        ),
+    ] {
+        let mut args = args;
+        args.extend(["--out", dir]);
+        let out = mgpu(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+    }
+}

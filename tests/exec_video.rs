@@ -183,10 +183,11 @@ fn guidance_uses_the_negative_prompt_and_records_it() {
     assert_eq!(encoded, 1);
 }
 
-/// A Wan 2.2 VAE file (the tiny parity fixture, original layout) named by a Wan manifest: it
-/// plans, and loading it says what is supported instead of failing on the latent shapes.
+/// A Wan 2.2 VAE file (the tiny parity fixture, original layout) in a Wan 2.1 pipeline: it
+/// plans, and the pairing is refused before the VAE's weights are read, naming both files and
+/// what fits, instead of failing on the latent shapes.
 #[test]
-fn a_wan22_vae_is_refused_with_what_is_supported() {
+fn a_wan22_vae_with_a_wan21_model_is_refused_naming_both_files() {
     let dir = tempfile::tempdir().unwrap();
     let (out, cache) = (dir.path().join("out"), dir.path().join("cache"));
     let vae = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -211,10 +212,11 @@ fn a_wan22_vae_is_refused_with_what_is_supported() {
         },
     };
     for part in [
-        "model `vae`",
-        "this is the Wan 2.2 VAE (48 latent channels, 16× spatial compression): it loads",
-        "TI2V-5B pipelines are not supported yet",
-        "use wan_2.1_vae.safetensors",
+        "model `wan` (",
+        "wan-tiny.safetensors) denoises 16-channel latents, but the pipeline's VAE `vae` (",
+        "wan22_vae/vae.safetensors) is the Wan 2.2 VAE",
+        "with 48-channel latents",
+        "the Wan 2.1 VAE, wan_2.1_vae.safetensors",
     ] {
         assert!(msg.contains(part), "{part:?} not in: {msg}");
     }

@@ -494,9 +494,13 @@ fn image_to_video_and_missing_tensors_are_refused_clearly() {
         );
     }
     let mut l = layout.clone();
+    l.insert("patch_embedding.weight".into(), vec![1536, 32, 1, 2, 2]);
+    let e = infer(&l, &[]).unwrap_err().to_string();
+    assert!(e.contains("takes 32 latent channels"), "{e}");
+    // 48 in (Wan 2.2 TI2V-5B) needs 48 out.
     l.insert("patch_embedding.weight".into(), vec![1536, 48, 1, 2, 2]);
     let e = infer(&l, &[]).unwrap_err().to_string();
-    assert!(e.contains("takes 48 latent channels"), "{e}");
+    assert!(e.contains("16 output channels, expected 48"), "{e}");
     let mut l = layout.clone();
     l.remove("head.head.weight");
     let e = infer(&l, &[]).unwrap_err().to_string();
@@ -549,6 +553,7 @@ fn bad_inputs_are_refused_clearly() {
                 pooled,
                 timestep: 500.0,
                 guidance: g,
+                clean_frames: 0,
             },
         )
         .map(|_| ())
@@ -624,6 +629,7 @@ fn block_built_once_serves_several_evaluations_identically() {
         pooled: None,
         timestep: t,
         guidance: None,
+        clean_frames: 0,
     };
     let mut a = DiffusionModel::prepare(&dit, &inputs(&io["latent"])).unwrap();
     let mut b = DiffusionModel::prepare(&dit, &inputs(&other)).unwrap();

@@ -66,6 +66,11 @@ pub struct Args {
     /// for jobs with an `init_image`.
     #[arg(long)]
     pub i2v: bool,
+    /// wan and wan-vae only: the Wan 2.2 TI2V-5B kind — for wan a transformer with 48 latent
+    /// channels in and out, `wan22-ti2v-5b-tiny.safetensors`; for wan-vae the Wan 2.2 VAE
+    /// (48 latent channels, 16× spatial compression), `wan22-vae-tiny.safetensors`.
+    #[arg(long)]
+    pub ti2v: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -142,6 +147,17 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         bail!(
             "make-tiny {} --i2v: image-to-video experts are written by `make-tiny wan --experts --i2v` (Wan 2.2 A14B I2V has two experts)",
             args.family
+        )
+    }
+    if args.ti2v && !matches!(args.family, Family::Wan | Family::WanVae) {
+        bail!(
+            "make-tiny {} --ti2v: the Wan 2.2 TI2V-5B kind exists for wan (the 48-channel transformer) and wan-vae (the Wan 2.2 VAE) only; leave --ti2v out",
+            args.family
+        )
+    }
+    if args.ti2v && args.experts {
+        bail!(
+            "make-tiny wan --experts --ti2v: Wan 2.2 TI2V-5B is one model, not two experts; use `make-tiny wan --ti2v`"
         )
     }
     let seed = args.seed;
@@ -253,6 +269,17 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
                 expert(files[1], "low-noise", seed.wrapping_add(1))?,
             ]
         }
+        Family::Wan if args.ti2v => {
+            let cfg = wan::Config::tiny_ti2v();
+            vec![Output {
+                file: "wan22-ti2v-5b-tiny.safetensors",
+                what: "tiny Wan 2.2 TI2V-5B-style transformer (48 latent channels)".into(),
+                tensors: tiny::weights_for(&spec::diffusion_layout::<wan::WanDit>(&cfg)?, seed)?,
+                gguf: false,
+                extra: None,
+                meta: vec![("num_heads", cfg.num_heads.to_string())],
+            }]
+        }
         Family::Wan => vec![Output {
             file: "wan-tiny.safetensors",
             what: "tiny Wan 2.1 text-to-video transformer".into(),
@@ -274,6 +301,17 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
                 "umt5-tokenizer.json",
                 tokenize::tiny::umt5_json().map_err(anyhow::Error::msg)?,
             )),
+            meta: vec![],
+        }],
+        Family::WanVae if args.ti2v => vec![Output {
+            file: "wan22-vae-tiny.safetensors",
+            what: "tiny Wan 2.2 video autoencoder (48 latent channels)".into(),
+            tensors: tiny::weights_for(
+                &spec::vae_layout::<wan_vae::WanVae>(&wan_vae::Config::tiny22())?,
+                seed,
+            )?,
+            gguf: false,
+            extra: None,
             meta: vec![],
         }],
         Family::WanVae => vec![Output {

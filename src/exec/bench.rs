@@ -554,6 +554,7 @@ pub fn run<M: DiffusionModel>(
                             pooled: vec.as_ref(),
                             timestep: ms.timestep(sigma),
                             guidance,
+                            clean_frames: 0,
                         });
                     }
                 }

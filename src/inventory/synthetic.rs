@@ -275,10 +275,15 @@ pub fn flux_vae(dtype: DType) -> Inventory {
 /// (Wan 2.1 14B: 5120, 13824, 40; 1.3B: 1536, 8960, 30), names as in the official
 /// `wan/modules/model.py` checkpoints.
 pub fn wan(dtype: DType, dim: u64, ffn: u64, layers: u32) -> Inventory {
+    wan_with_latent(dtype, dim, ffn, layers, 16)
+}
+
+/// [`wan`] with `latent` channels in and out (48: Wan 2.2 TI2V-5B, the Wan 2.2 VAE's latent).
+pub fn wan_with_latent(dtype: DType, dim: u64, ffn: u64, layers: u32, latent: u64) -> Inventory {
     let mut t = vec![(
         "patch_embedding.weight".to_string(),
         dtype,
-        vec![dim, 16, 1, 2, 2],
+        vec![dim, latent, 1, 2, 2],
     )];
     t.push(("patch_embedding.bias".to_string(), dtype, vec![dim]));
     linear(&mut t, dtype, "text_embedding.0", dim, 4096, true);
@@ -301,7 +306,7 @@ pub fn wan(dtype: DType, dim: u64, ffn: u64, layers: u32) -> Inventory {
         linear(&mut t, dtype, &format!("{p}.ffn.2"), dim, ffn, true);
         t.push((format!("{p}.modulation"), DType::F32, vec![1, 6, dim]));
     }
-    linear(&mut t, dtype, "head.head", 64, dim, true);
+    linear(&mut t, dtype, "head.head", 4 * latent, dim, true);
     t.push(("head.modulation".to_string(), DType::F32, vec![1, 2, dim]));
     Inventory::synthetic(Some(Family::Wan), &t)
 }

@@ -40,6 +40,10 @@ pub struct StepInputs<'a> {
     pub timestep: f64,
     /// Distilled guidance (FLUX dev); `None` otherwise.
     pub guidance: Option<f64>,
+    /// Leading latent frames that hold given content rather than noise (Wan 2.2 TI2V-5B's init
+    /// image, [`DiffusionModel::first_frame_conditioning`]): the model embeds their tokens at
+    /// timestep 0. 0 for every other model and job.
+    pub clean_frames: usize,
 }
 
 /// Which text encoding a family consumes, and how.
@@ -80,9 +84,18 @@ pub trait DiffusionModel: Sized {
     fn units(cfg: &Self::Config) -> Vec<String>;
     /// Builds unit `index` from `vb`, whose names are relative to the unit.
     fn build_unit(cfg: &Self::Config, index: usize, vb: VarBuilder) -> Result<Self::Block>;
+    /// The latent channels the model denoises (and predicts): those of the VAE it was
+    /// trained with.
+    fn latent_channels(cfg: &Self::Config) -> usize;
     /// The latent shape of one job: `[1, C, h, w]` or `[1, C, T, h, w]` (the noisy latent
     /// the sampler denoises, without image conditioning).
     fn latent_shape(cfg: &Self::Config, width: u32, height: u32, frames: u32) -> Vec<usize>;
+    /// The pixels one token covers per side for weights of `cfg`: a job's width and height must
+    /// be multiples of it. The family's own ([`Family::size_multiple`], which manifest
+    /// validation checks) unless the weights need more (Wan 2.2 TI2V-5B: 32).
+    fn size_multiple(_cfg: &Self::Config) -> u32 {
+        Self::FAMILY.size_multiple()
+    }
     /// The text encoders the family needs (`pooled` only if the config uses one). Their
     /// families are those of [`Family::companions`].
     fn text_needs(cfg: &Self::Config) -> TextNeeds;
@@ -127,6 +140,17 @@ pub trait DiffusionModel: Sized {
         candle_core::bail!("this model takes no image conditioning")
     }
 
+    /// Image-to-video by the first frame (Wan 2.2 TI2V-5B): the model takes an init image as
+    /// the latent's first frame, not as extra channels. For such a model a job may have an
+    /// init image (else it is text-to-video); the runner VAE-encodes the image alone, puts
+    /// its latent in frame 0 of every evaluation's input and of the final latent (the
+    /// sampler's own frame 0 is never used), and marks the frame clean
+    /// ([`StepInputs::clean_frames`] = 1), as diffusers' `WanImageToVideoPipeline` with
+    /// `expand_timesteps` and Wan 2.2's `textimage2video.py` do. `false` by default.
+    fn first_frame_conditioning(_cfg: &Self::Config) -> bool {
+        false
+    }
+
     /// Embeds one evaluation's inputs.
     fn prepare(&self, inputs: &StepInputs) -> Result<Self::State>;
     /// Runs a built block on one evaluation's state; blocks run in unit order.
@@ -146,11 +170,9 @@ pub trait Autoencoder: Sized {
     const FAMILY: Family;
 
     fn infer_config(shape_of: ShapeOf, meta: &BTreeMap<String, String>) -> Result<Self::Config>;
-    /// Why no pipeline can use a VAE of this configuration yet (`None`: they can); checked
-    /// before its weights are loaded.
-    fn pipeline_refusal(_cfg: &Self::Config) -> Option<String> {
-        None
-    }
+    /// The latent channels the VAE encodes to (a pipeline's diffusion model must denoise as
+    /// many: [`DiffusionModel::latent_channels`]).
+    fn latent_channels(cfg: &Self::Config) -> usize;
     /// The two unit names: `["encoder", "decoder"]`.
     fn units() -> [&'static str; 2];
     /// Builds the encoder from its unit's tensors (`unit`, relative names) and the resident

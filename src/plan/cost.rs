@@ -79,7 +79,13 @@ pub struct Arch {
     pub pixels: u64,
     /// Frames of a video (1 for images).
     pub frames: u64,
+    /// Latent channels: 16 (FLUX, Wan 2.1's VAE and the models using it), 48 (Wan 2.2's VAE
+    /// and TI2V-5B).
+    pub latent_channels: u64,
 }
+
+/// The Wan 2.2 VAE's latent width, by which the planner tells it (and TI2V-5B) from Wan 2.1's.
+const WAN22_LATENT: u64 = 48;
 
 fn dim(inv: &Inventory, name: &str, axis: usize) -> Option<u64> {
     inv.tensors
@@ -103,6 +109,19 @@ impl Arch {
                 _ => 2,
             })
             .unwrap_or(2);
+        // The latent width: the DiT's output channels (its head gives out · 2 · 2 values per
+        // token), the VAE's `conv2` (z → z); 16 otherwise and when absent.
+        let latent_channels = match family {
+            Family::Wan => dim(inv, "head.head.weight", 0).map(|n| n / 4),
+            Family::WanVae => dim(inv, "conv2.weight", 0),
+            _ => None,
+        }
+        .unwrap_or(16);
+        let latent_stride = if latent_channels == WAN22_LATENT {
+            16
+        } else {
+            8
+        };
         let (hidden, mlp, heads, img_tokens, txt_tokens) = match family {
             Family::Flux => {
                 let h = dim(inv, "img_in.weight", 0).unwrap_or(3072);
@@ -112,7 +131,10 @@ impl Arch {
             Family::Wan => {
                 let h = dim(inv, "patch_embedding.weight", 0).unwrap_or(5120);
                 let m = dim(inv, "blocks.0.ffn.0.weight", 0).unwrap_or(13824);
-                (h, m, h / 128, latent_frames * (wd / 16) * (ht / 16), txt)
+                // A token is a 2 × 2 patch of latent pixels: 16 × 16 image pixels through the
+                // Wan 2.1 VAE, 32 × 32 through Wan 2.2's (TI2V-5B).
+                let px = 2 * latent_stride;
+                (h, m, h / 128, latent_frames * (wd / px) * (ht / px), txt)
             }
             Family::T5 | Family::UmT5 => {
                 let h = dim(inv, "shared.weight", 1).unwrap_or(4096);
@@ -125,7 +147,13 @@ impl Arch {
                 let m = dim(inv, "text_model.encoder.layers.0.mlp.fc1.weight", 0).unwrap_or(4 * h);
                 (h, m, h / 64, 0, 77)
             }
-            Family::FluxVae | Family::WanVae => (512, 0, 1, (wd / 8) * (ht / 8) * latent_frames, 0),
+            Family::FluxVae | Family::WanVae => (
+                512,
+                0,
+                1,
+                (wd / latent_stride) * (ht / latent_stride) * latent_frames,
+                0,
+            ),
         };
         Arch {
             family,
@@ -136,6 +164,7 @@ impl Arch {
             txt_tokens,
             act_bytes,
             frames: w.frames.max(1) as u64,
+            latent_channels,
             pixels: wd
                 * ht
                 * if family == Family::WanVae {
@@ -259,6 +288,9 @@ impl Arch {
             }
             // Convolutions: each output position applies the whole kernel. Positions per
             // layer are approximated by the resolution of the layer's stage.
+            Family::WanVae if self.latent_channels == WAN22_LATENT => {
+                return 2.0 * params * self.wan22_vae_positions(n)
+            }
             Family::FluxVae | Family::WanVae => return 2.0 * params * self.vae_positions(n),
         };
         2.0 * params * tokens as f64
@@ -284,6 +316,29 @@ impl Arch {
             3
         };
         full / 4f64.powi(scale)
+    }
+
+    /// Output positions of a Wan 2.2 VAE layer (original nesting): pixels are folded 2 × 2
+    /// before `encoder.conv1` and after `decoder.head`, level `L` of the encoder runs at
+    /// 1/4ᴸ of the folded pixels (its down-sampler ends it one level lower), level `L` of the
+    /// decoder at 1/4^(3 − L); the latent-side layers (`conv1`, `conv2`, `middle`, the
+    /// encoder's head, the decoder's `conv1`) at the latent's 1/256.
+    fn wan22_vae_positions(&self, n: &str) -> f64 {
+        let folded = self.pixels as f64 / 4.0;
+        let level = |prefix: &str| -> Option<i32> {
+            let rest = n.strip_prefix(prefix)?;
+            rest.split('.').next()?.parse().ok()
+        };
+        let scale = if let Some(l) = level("encoder.downsamples.") {
+            l.min(3)
+        } else if let Some(l) = level("decoder.upsamples.") {
+            (3 - l).clamp(0, 3)
+        } else if n.starts_with("encoder.conv1") || n.starts_with("decoder.head") {
+            0
+        } else {
+            3
+        };
+        folded / 4f64.powi(scale)
     }
 
     fn attention_flops(&self, unit: &str) -> f64 {
@@ -327,7 +382,9 @@ impl Arch {
                 // two cached frames per causal convolution, so memory follows the frame size,
                 // not the frame count. Measured (examples/wan_vae_memory.rs, f32, 120×208):
                 // 0.54 GiB above the weights for 9 and 17 frames alike = 5 800 values per
-                // output pixel of one frame, in the compute dtype.
+                // output pixel of one frame, in the compute dtype. The Wan 2.2 VAE (`--wan22`,
+                // f32, 128×208, 2026-12-03): 0.54 and 0.57 GiB for 9 and 17 frames = 5 450 and
+                // 5 750 values per pixel, under the same constant.
                 let per_frame = self.pixels / self.frames.max(1);
                 let bytes = self.act_bytes * WAN_VAE_VALUES_PER_PIXEL * per_frame;
                 (
@@ -349,11 +406,12 @@ impl Arch {
     }
 
     /// Bytes each job of a batch keeps for the whole run on the compute device: sampler state
-    /// (latents, noise, denoised: 4 × 16 channels at 1/8 resolution in f32) and conditioning.
+    /// (latents, noise, denoised: 4 latents of 16 channels — 48 for Wan 2.2 TI2V-5B — over
+    /// the 4 latent pixels of each token, in f32) and conditioning.
     pub fn per_job(&self) -> u64 {
         match self.family {
             Family::Flux | Family::Wan => {
-                let latents = 4 * 16 * (self.img_tokens * 4) * 4;
+                let latents = 4 * self.latent_channels * (self.img_tokens * 4) * 4;
                 latents + self.txt_tokens * 4096 * 2 + 768 * 2
             }
             Family::T5 | Family::UmT5 | Family::ClipL => self.txt_tokens * self.hidden * 2,
@@ -393,6 +451,58 @@ mod tests {
                 "{dim}: predicted {step:.3} s, measured {measured} s"
             );
         }
+    }
+
+    /// Wan 2.2 TI2V-5B at its own size (1280×704, 121 frames): the Wan 2.2 VAE's 16×
+    /// compression and the 2 × 2 patch make 31 × 22 × 40 tokens, and the sampler state is
+    /// 48 channels wide; its VAE's latent-side layers run at 1/256 of the pixels.
+    #[test]
+    fn ti2v_5b_and_the_wan22_vae_at_720p() {
+        let mut w = Workload::image(1280, 704);
+        w.frames = 121;
+        let inv = synthetic::wan_with_latent(DType::BF16, 3072, 14336, 30, 48);
+        let arch = Arch::new(Family::Wan, &inv, &w);
+        assert_eq!(
+            (arch.hidden, arch.heads, arch.latent_channels),
+            (3072, 24, 48)
+        );
+        assert_eq!(arch.seq(), 31 * 22 * 40);
+        assert_eq!(
+            arch.per_job(),
+            4 * 48 * (27280 * 4) * 4 + 512 * 4096 * 2 + 768 * 2
+        );
+        // The same widths with Wan 2.1's 16 channels would see 4× the tokens.
+        let w21 = synthetic::wan(DType::BF16, 3072, 14336, 30);
+        assert_eq!(Arch::new(Family::Wan, &w21, &w).seq(), 31 * 44 * 80);
+
+        let vae = crate::inventory::Inventory::synthetic(
+            Some(Family::WanVae),
+            &[
+                (
+                    "conv2.weight".to_string(),
+                    DType::BF16,
+                    vec![48, 48, 1, 1, 1],
+                ),
+                (
+                    "decoder.upsamples.3.upsamples.0.residual.2.weight".to_string(),
+                    DType::BF16,
+                    vec![256, 256, 3, 3, 3],
+                ),
+            ],
+        );
+        let a = Arch::new(Family::WanVae, &vae, &w);
+        assert_eq!(a.latent_channels, 48);
+        assert_eq!(a.img_tokens, 31 * 44 * 80);
+        let px = (1280 * 704 * 121) as f64;
+        assert_eq!(a.wan22_vae_positions("conv2.weight"), px / 256.0);
+        assert_eq!(
+            a.wan22_vae_positions("decoder.upsamples.3.upsamples.0.residual.2.weight"),
+            px / 4.0
+        );
+        assert_eq!(
+            a.wan22_vae_positions("encoder.downsamples.1.downsamples.0.residual.2.weight"),
+            px / 16.0
+        );
     }
 
     #[test]

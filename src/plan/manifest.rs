@@ -123,7 +123,7 @@ fn read_inventories_with(
 /// name, with a description: FLUX.1 dev or schnell (`schnell` in the name; bf16 as BFL
 /// publishes it, fp8 or fp16 when the name says so, Q8_0 for a `Q8_0` GGUF), T5-XXL (fp16,
 /// or fp8 by name), CLIP-L (fp16), the FLUX autoencoder (f32), Wan 2.1 (`1.3B` or `14B` in the
-/// name; bf16, fp8 by name). `None` for other families and quantisations: the file is needed.
+/// name; bf16, fp8 by name), Wan 2.2 TI2V-5B (`ti2v` and `5B` in the name). `None` for other families and quantisations: the file is needed.
 pub fn assumed_inventory(model: &Model) -> Option<(Inventory, String)> {
     use crate::family::Family;
     use crate::inventory::synthetic;
@@ -178,6 +178,10 @@ pub fn assumed_inventory(model: &Model) -> Option<(Inventory, String)> {
         Family::FluxVae if dtype != DType::Q8_0 => {
             (synthetic::flux_vae(DType::F32), "the FLUX.1 autoencoder")
         }
+        Family::Wan if has("ti2v") && has("5b") => (
+            synthetic::wan_with_latent(dtype, 3072, 14336, 30, 48),
+            "Wan 2.2 TI2V-5B",
+        ),
         Family::Wan if has("1.3b") => (synthetic::wan(dtype, 1536, 8960, 30), "Wan 2.1 1.3B"),
         Family::Wan if has("14b") => (synthetic::wan(dtype, 5120, 13824, 40), "Wan 2.1 14B"),
         _ => return None,

@@ -20,7 +20,8 @@
 //! Image-to-video (a model with image conditioning, [`i2v`]): the init image becomes the
 //! first frame of a conditioning video, encoded in the same encoder pass, and the model's
 //! image conditioning from its latent follows the noisy latent in every evaluation; sampling
-//! starts from pure noise.
+//! starts from pure noise. A first-frame model (Wan 2.2 TI2V-5B) instead has the init image's
+//! latent as frame 0 of every evaluation's input (embedded at timestep 0) and of the result.
 //!
 //! img2img: the init image is encoded deterministically to the posterior *mean* (no sampled
 //! latent, so no extra noise stream), in the diffusion model's latent space, and mixed with
@@ -98,6 +99,9 @@ struct Live<'a> {
     uncond: Option<Cond>,
     /// Image-to-video: the image conditioning that follows the noisy latent.
     condition: Option<Tensor>,
+    /// First-frame image-to-video (TI2V): the init image's latent `[1, C, 1, h, w]`, frame 0
+    /// of every model input and of the result.
+    first: Option<Tensor>,
 }
 
 /// Runs one batch; one result per input, in order.
@@ -116,9 +120,11 @@ pub(crate) fn run(
 
     // Init images, then one encoder pass for all of them: img2img starting latents, or
     // image-to-video conditioning videos (`i2v`) when the model takes image conditioning.
-    let (condition_channels, model_name) = {
+    let (condition_channels, first_frame, size_multiple, model_name) = {
         let d = dits.any(events)?;
-        (d.header().condition_channels, d.name().to_string())
+        let h = d.header();
+        let name = d.name().to_string();
+        (h.condition_channels, h.first_frame, h.size_multiple, name)
     };
     let mut init_images: Vec<Option<Tensor>> = vec![None; n];
     for (k, inp) in inputs.iter().enumerate() {
@@ -131,11 +137,20 @@ pub(crate) fn run(
             continue;
         }
         let job = &inp.task.job;
-        if let Some(e) = i2v::mismatch(job, condition_channels, &model_name) {
+        if let Some(e) = i2v::mismatch(job, condition_channels, first_frame, &model_name) {
             failed[k] = Some(e);
             continue;
         }
-        if condition_channels > 0 {
+        if let Some(e) = size_mismatch(job, size_multiple, &model_name) {
+            failed[k] = Some(e);
+            continue;
+        }
+        if first_frame && job.init_image.is_some() {
+            match i2v::first_frame_image(job, vae.device(), vae.dtype()) {
+                Ok(t) => init_images[k] = Some(t),
+                Err(e) => failed[k] = Some(e),
+            }
+        } else if condition_channels > 0 {
             match i2v::conditioning_video(job, vae.device(), vae.dtype()) {
                 Ok(t) => init_images[k] = Some(t),
                 Err(e) => failed[k] = Some(e),
@@ -155,10 +170,12 @@ pub(crate) fn run(
     }
     let mut inits: Vec<Option<Tensor>> = vec![None; n];
     let mut conditions: Vec<Option<Tensor>> = vec![None; n];
+    let mut firsts: Vec<Option<Tensor>> = vec![None; n];
     for (k, r) in vae.encode(&init_images)?.into_iter().enumerate() {
         match r {
             None => {}
             Some(Ok(z)) => match z.to_device(&fdev).and_then(|z| z.to_dtype(CDType::F32)) {
+                Ok(z) if first_frame => firsts[k] = Some(z),
                 Ok(z) if condition_channels > 0 => match dits.any(events)?.image_condition(&z) {
                     Ok(c) => conditions[k] = Some(c),
                     Err(e) => failed[k] = Some(JobError::new(format!("init image: {e}"))),
@@ -205,6 +222,7 @@ pub(crate) fn run(
                 cond: Cond::on(cond, &fdev)?,
                 uncond,
                 condition: conditions[k].take(),
+                first: firsts[k].take(),
             })
         })();
         match started {
@@ -232,7 +250,7 @@ pub(crate) fn run(
         for (k, l) in live.iter().enumerate() {
             let Some(l) = l.as_ref() else { continue };
             let Some(c) = l.run.next_call() else { continue };
-            match i2v::model_input(c.x, l.condition.as_ref()) {
+            match i2v::model_input(c.x, l.condition.as_ref(), l.first.as_ref()) {
                 Ok(xin) => calls.push((k, c.x.clone(), c.sigma, c.step, xin)),
                 Err(e) => failed[k] = Some(JobError::new(format!("image conditioning: {e}"))),
             }
@@ -275,6 +293,7 @@ pub(crate) fn run(
                         pooled: cond.pooled.as_ref(),
                         timestep: l.ms.timestep(*sigma),
                         guidance: l.guidance,
+                        clean_frames: usize::from(l.first.is_some()),
                     });
                 }
             }
@@ -350,7 +369,11 @@ pub(crate) fn run(
         let Some(l) = l else { continue };
         shifts[k] = l.ms.shift();
         guidances[k] = l.guidance;
-        match l.run.finish() {
+        let done = l.run.finish().and_then(|x| match &l.first {
+            Some(f) => Ok(i2v::with_first_frame(&x, f)?),
+            None => Ok(x),
+        });
+        match done {
             Ok(x) => latents[k] = Some(x),
             Err(e) => failed[k] = Some(JobError::new(format!("sampler: {e}"))),
         }
@@ -399,6 +422,23 @@ pub(crate) fn run(
         }));
     }
     Ok(out)
+}
+
+/// Why `job`'s size does not fit a model whose tokens cover `multiple` pixels per side (the
+/// manifest checked the family's multiple; weights may need more: Wan 2.2 TI2V-5B's 32).
+fn size_mismatch(job: &crate::manifest::Job, multiple: u32, model: &str) -> Option<JobError> {
+    let m = multiple.max(1);
+    if job.width.is_multiple_of(m) && job.height.is_multiple_of(m) {
+        return None;
+    }
+    let near = |v: u32| (v / m).max(1) * m;
+    Some(JobError::new(format!(
+        "`{model}` needs a width and height that are multiples of {m} (its VAE's compression × its patch), not {}×{}: use {}×{}",
+        job.width,
+        job.height,
+        near(job.width),
+        near(job.height)
+    )))
 }
 
 /// Frames `[F, 3, H, W]` in [-1, 1] → one RGB8 image per frame (at least one).

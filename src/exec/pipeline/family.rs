@@ -36,6 +36,13 @@ pub(crate) struct Header {
     /// Channels of image conditioning (`DiffusionModel::condition_channels`): image-to-video
     /// models have some and need an init image; 0 for the rest.
     pub condition_channels: usize,
+    /// Whether an init image is the latent's first frame
+    /// (`DiffusionModel::first_frame_conditioning`, Wan 2.2 TI2V-5B).
+    pub first_frame: bool,
+    /// The latent channels the model denoises (`DiffusionModel::latent_channels`): its VAE's.
+    pub latent_channels: usize,
+    /// Width and height must be multiples of this (`DiffusionModel::size_multiple`).
+    pub size_multiple: u32,
 }
 
 /// A loaded diffusion model, as the runner drives it.
@@ -123,15 +130,29 @@ fn config_of<M: DiffusionModel>(model: &Model, mf: &ModelFile) -> Result<M::Conf
     Ok(cfg)
 }
 
+fn header_from<M: DiffusionModel>(cfg: &M::Config) -> Header {
+    Header {
+        text: M::text_needs(cfg),
+        variant: M::variant(cfg),
+        boundary: M::boundary(cfg),
+        condition_channels: M::condition_channels(cfg),
+        first_frame: M::first_frame_conditioning(cfg),
+        latent_channels: M::latent_channels(cfg),
+        size_multiple: M::size_multiple(cfg),
+    }
+}
+
 fn header_of<M: DiffusionModel>(model: &Model) -> Result<Header, ExecError> {
     let mf = ModelFile::open(model, candle_dtype(model.dtype))?;
     let cfg = config_of::<M>(model, &mf)?;
-    Ok(Header {
-        text: M::text_needs(&cfg),
-        variant: M::variant(&cfg),
-        boundary: M::boundary(&cfg),
-        condition_channels: M::condition_channels(&cfg),
-    })
+    Ok(header_from::<M>(&cfg))
+}
+
+fn vae_channels_of<V: Autoencoder>(model: &Model) -> Result<usize, ExecError> {
+    let mf = ModelFile::open(model, candle_dtype(model.dtype))?;
+    let shape_of = |n: &str| mf.shape_of(n);
+    let cfg = V::infer_config(&shape_of, &file_meta(&mf)).map_err(|e| infer_err(model, e))?;
+    Ok(V::latent_channels(&cfg))
 }
 
 fn not_runnable(model: &Model) -> ExecError {
@@ -148,6 +169,55 @@ pub(crate) fn header(model: &Model) -> Result<Header, ExecError> {
         Family::Wan => header_of::<wan::WanDit>(model),
         _ => Err(not_runnable(model)),
     }
+}
+
+/// The latent channels of VAE `model` (reads the file's header only).
+fn vae_latent_channels(model: &Model) -> Result<usize, ExecError> {
+    match model.family {
+        Family::FluxVae => vae_channels_of::<vae::AutoEncoder>(model),
+        Family::WanVae => vae_channels_of::<wan_vae::WanVae>(model),
+        _ => Err(not_runnable(model)),
+    }
+}
+
+/// What a VAE of `family` with `channels` latent channels is, for the pairing error.
+fn vae_kind(family: Family, channels: usize) -> &'static str {
+    match (family, channels) {
+        (Family::WanVae, 16) => {
+            "the Wan 2.1 VAE (wan_2.1_vae.safetensors: Wan 2.1 and Wan 2.2 A14B)"
+        }
+        (Family::WanVae, 48) => "the Wan 2.2 VAE (wan2.2_vae.safetensors: Wan 2.2 TI2V-5B only)",
+        (Family::FluxVae, _) => "a FLUX autoencoder",
+        _ => "a VAE",
+    }
+}
+
+/// That VAE `vae` encodes to as many latent channels as diffusion model `dit` denoises
+/// (`dit_channels`, from its header; the VAE's header is read here, not its weights): a Wan
+/// 2.2 VAE (48) with a Wan 2.1 or A14B model (16), or the reverse, is refused naming both
+/// models, both files, what the VAE is and which VAE the model needs.
+pub(crate) fn check_vae_pairing(
+    dit: &Model,
+    dit_channels: usize,
+    vae: &Model,
+) -> Result<(), ExecError> {
+    let vae_channels = vae_latent_channels(vae)?;
+    if dit_channels == vae_channels {
+        return Ok(());
+    }
+    let want = match (dit.family, dit_channels) {
+        (Family::Wan, 48) => " (Wan 2.2 TI2V-5B: the Wan 2.2 VAE, wan2.2_vae.safetensors)",
+        (Family::Wan, _) => " (Wan 2.1 and Wan 2.2 A14B: the Wan 2.1 VAE, wan_2.1_vae.safetensors)",
+        _ => "",
+    };
+    Err(ExecError::Load(format!(
+        "model `{}` ({}) denoises {dit_channels}-channel latents, but the pipeline's VAE `{}` ({}) is {} with {vae_channels}-channel latents: give the pipeline the VAE its diffusion model was trained with{want}",
+        dit.name,
+        dit.file.display(),
+        vae.name,
+        vae.file.display(),
+        vae_kind(vae.family, vae_channels),
+    )))
 }
 
 /// Loads, patches and distributes diffusion model `name`.
@@ -223,12 +293,7 @@ impl<M: DiffusionModel> Denoiser for Diffusion<M> {
     }
 
     fn header(&self) -> Header {
-        Header {
-            text: M::text_needs(&self.cfg),
-            variant: M::variant(&self.cfg),
-            boundary: M::boundary(&self.cfg),
-            condition_channels: M::condition_channels(&self.cfg),
-        }
+        header_from::<M>(&self.cfg)
     }
 
     fn image_condition(&self, encoded: &Tensor) -> Result<Tensor, String> {
@@ -298,9 +363,6 @@ impl<V: Autoencoder> Vae<V> {
         let mf = opened(model, events)?;
         let shape_of = |n: &str| mf.shape_of(n);
         let cfg = V::infer_config(&shape_of, &file_meta(&mf)).map_err(|e| infer_err(model, e))?;
-        if let Some(why) = V::pipeline_refusal(&cfg) {
-            return Err(infer_err(model, why));
-        }
         let needed = spec::vae_layout::<V>(&cfg).map_err(|e| infer_err(model, e))?;
         let groups = V::units().map(|u| vec![u.to_string()]);
         let mut parts = load_parts(cx, model, mf, &needed, &groups, events)?;

@@ -471,6 +471,8 @@ impl Pipeline {
             self.diffusion.insert(r.diffusion.clone(), m);
         }
         if !self.vaes.contains_key(&r.vae) {
+            let dit = self.header(&r.diffusion)?.latent_channels;
+            family::check_vae_pairing(self.cx.model(&r.diffusion)?, dit, self.cx.model(&r.vae)?)?;
             let v = family::load_vae(&mut self.cx, &r.vae, events)?;
             self.vaes.insert(r.vae.clone(), v);
         }

@@ -268,7 +268,7 @@ pub(super) fn validate_jobs(
         };
         let denoise = match (&job.init_image, &job.denoise, &defaults.denoise) {
             // Image-to-video keeps the init image as the first frame and starts from noise.
-            (Some(_), Some(d), _) if video && experts => {
+            (Some(_), Some(d), _) if video => {
                 cx.error(
                     d.span.clone(),
                     "`denoise` is for img2img; image-to-video has no denoise strength",
@@ -388,18 +388,9 @@ pub(super) fn validate_jobs(
             Some(f) => Some(f.value),
             None => video.then_some(DEFAULT_FPS),
         };
-        // Image-to-video runs on Wan 2.2 A14B's I2V experts (a two-expert pipeline; that its
-        // weights take image conditioning is checked when they are read). A single Wan model
-        // would be Wan 2.1 I2V, whose CLIP-vision image embedding is not supported.
-        if let (true, false, Some(i)) = (video, experts, &job.init_image) {
-            cx.error(
-                i.span.clone(),
-                format!("`init_image` (image-to-video) is not supported for {fam_name} yet"),
-                "",
-                Some("remove `init_image`: this version makes Wan videos from text".into()),
-            );
-            fine = false;
-        }
+        // Image-to-video runs on Wan 2.2 A14B's I2V experts (a two-expert pipeline) or on
+        // Wan 2.2 TI2V-5B (one model); which kind the weights are is checked when they are
+        // read (a text-to-video model fails the job there, a Wan 2.1 I2V file the load).
         let cfg_sp = pick(&job.cfg, &defaults.cfg);
         if let Some(c) = cfg_sp.filter(|c| !(0.0..=MAX_SCALE).contains(&c.value)) {
             cx.error(

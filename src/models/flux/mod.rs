@@ -315,6 +315,11 @@ impl DiffusionModel for FluxDit {
         FluxDit::build_unit(cfg, index, vb)
     }
 
+    /// The FLUX autoencoder's 16.
+    fn latent_channels(_cfg: &Config) -> usize {
+        config::LATENT_CHANNELS
+    }
+
     /// `[1, 16, h/8, w/8]`; FLUX makes one frame.
     fn latent_shape(_cfg: &Config, width: u32, height: u32, _frames: u32) -> Vec<usize> {
         vec![
@@ -366,6 +371,9 @@ impl DiffusionModel for FluxDit {
     }
 
     fn prepare(&self, inputs: &StepInputs) -> Result<State> {
+        if inputs.clean_frames > 0 {
+            bail!("FLUX makes images: it takes no given video frames")
+        }
         let Some(pooled) = inputs.pooled else {
             bail!("FLUX needs a pooled text vector (CLIP-L)")
         };

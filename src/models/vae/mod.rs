@@ -289,6 +289,10 @@ impl super::spec::Autoencoder for AutoEncoder {
         Config::infer_with(shape_of, meta)
     }
 
+    fn latent_channels(cfg: &Config) -> usize {
+        cfg.z_channels
+    }
+
     fn units() -> [&'static str; 2] {
         AutoEncoder::units()
     }

@@ -314,20 +314,44 @@ impl Block {
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Tensor> {
-        let (_l, _dim) = x.dims2()?;
+        let (l, _dim) = x.dims2()?;
+        self.forward_runs(x, ctx, &[(l, e0.clone())], cos, sin)
+    }
+
+    /// [`Block::forward`] with a time projection per run of tokens (Wan 2.2 TI2V's per-token
+    /// timesteps): `e0` holds `(tokens, [6, dim] f32)` for consecutive runs covering the `L`
+    /// tokens in order. The modulation is element-wise per token, so each run is modulated
+    /// with its own table exactly as a per-token table would (diffusers' `temb.ndim == 4`
+    /// branch); one run is [`Block::forward`].
+    pub fn forward_runs(
+        &self,
+        x: &Tensor,
+        ctx: &Tensor,
+        e0: &[(usize, Tensor)],
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let (l, _dim) = x.dims2()?;
+        check_runs(e0, l)?;
         let dtype = x.dtype();
         #[cfg(feature = "cuda")]
         if super::fused::applies(x)? {
             return self.forward_fused(x, ctx, e0, cos, sin);
         }
-        let m = (&self.modulation + e0)?;
-        let e = |i: usize| m.narrow(0, i, 1);
-        let (shift, scale, gate) = (e(0)?, e(1)?, e(2)?);
-        let (c_shift, c_scale, c_gate) = (e(3)?, e(4)?, e(5)?);
+        let mods = e0
+            .iter()
+            .map(|(n, e)| Ok((*n, (&self.modulation + e)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let e = |m: &Tensor, i: usize| m.narrow(0, i, 1);
+        let eps = self.eps;
 
-        let h = modulate(&layer_norm_f32(x, self.eps)?, &shift, &scale, dtype)?;
+        let h = by_runs(&[x], &mods, |t, m| {
+            modulate(&layer_norm_f32(&t[0], eps)?, &e(m, 0)?, &e(m, 1)?, dtype)
+        })?;
         let y = self.self_attn.forward_self(&h, cos, sin)?;
-        let x = gated_residual(x, &y, &gate)?;
+        let x = by_runs(&[x, &y], &mods, |t, m| {
+            gated_residual(&t[0], &t[1], &e(m, 2)?)
+        })?;
 
         let h = match &self.norm3 {
             Some(n) => x.apply(n)?,
@@ -335,10 +359,51 @@ impl Block {
         };
         let x = (&x + self.cross_attn.forward_cross(&h, ctx)?)?;
 
-        let h = modulate(&layer_norm_f32(&x, self.eps)?, &c_shift, &c_scale, dtype)?;
+        let h = by_runs(&[&x], &mods, |t, m| {
+            modulate(&layer_norm_f32(&t[0], eps)?, &e(m, 3)?, &e(m, 4)?, dtype)
+        })?;
         let y = h.apply(&self.ffn0)?.gelu()?.apply(&self.ffn2)?;
-        gated_residual(&x, &y, &c_gate)
+        by_runs(&[&x, &y], &mods, |t, m| {
+            gated_residual(&t[0], &t[1], &e(m, 5)?)
+        })
     }
+}
+
+/// Checks that the runs of `runs` cover `l` tokens, each run at least one.
+pub(super) fn check_runs(runs: &[(usize, Tensor)], l: usize) -> Result<()> {
+    let total: usize = runs.iter().map(|(n, _)| n).sum();
+    if runs.is_empty() || total != l || runs.iter().any(|(n, _)| *n == 0) {
+        bail!(
+            "Wan timestep runs {:?} do not cover the {l} tokens",
+            runs.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        )
+    }
+    Ok(())
+}
+
+/// `f` over each run of rows: the tensors `xs` (`[L, …]` each) are split at the runs'
+/// boundaries, `f` gets a run's rows and the run's table, and the results are concatenated
+/// in order. With one run, `f` sees the whole tensors (no split, no copy).
+pub(super) fn by_runs(
+    xs: &[&Tensor],
+    runs: &[(usize, Tensor)],
+    f: impl Fn(&[Tensor], &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if let [(_, m)] = runs {
+        let whole: Vec<Tensor> = xs.iter().map(|&t| t.clone()).collect();
+        return f(&whole, m);
+    }
+    let mut outs = Vec::with_capacity(runs.len());
+    let mut start = 0;
+    for (n, m) in runs {
+        let part = xs
+            .iter()
+            .map(|t| t.narrow(0, start, *n))
+            .collect::<Result<Vec<_>>>()?;
+        outs.push(f(&part, m)?);
+        start += n;
+    }
+    Tensor::cat(&outs, 0)
 }
 
 /// `head` (`Head`): LayerNorm modulated by `head.modulation` + the time embedding, then
@@ -366,9 +431,25 @@ impl Head {
     /// `x [L, dim]`, `temb [1, dim]` (the time embedding in the compute dtype) →
     /// `[L, out·pt·ph·pw]` in the compute dtype.
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let m = self.modulation.broadcast_add(&temb.to_dtype(DType::F32)?)?;
-        let (shift, scale) = (m.narrow(0, 0, 1)?, m.narrow(0, 1, 1)?);
-        modulate(&layer_norm_f32(x, self.eps)?, &shift, &scale, x.dtype())?.apply(&self.head)
+        let (l, _) = x.dims2()?;
+        self.forward_runs(x, &[(l, temb.clone())])
+    }
+
+    /// [`Head::forward`] with a time embedding per run of tokens (`(tokens, [1, dim])`,
+    /// consecutive runs covering the tokens in order), as [`Block::forward_runs`].
+    pub fn forward_runs(&self, x: &Tensor, temb: &[(usize, Tensor)]) -> Result<Tensor> {
+        let (l, _) = x.dims2()?;
+        check_runs(temb, l)?;
+        let mods = temb
+            .iter()
+            .map(|(n, t)| Ok((*n, self.modulation.broadcast_add(&t.to_dtype(DType::F32)?)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let eps = self.eps;
+        by_runs(&[x], &mods, |t, m| {
+            let (shift, scale) = (m.narrow(0, 0, 1)?, m.narrow(0, 1, 1)?);
+            modulate(&layer_norm_f32(&t[0], eps)?, &shift, &scale, t[0].dtype())
+        })?
+        .apply(&self.head)
     }
 }
 

@@ -1,8 +1,10 @@
-//! Wan 2.1 DiT hyper-parameters: the named presets and inference from a checkpoint's shapes.
+//! Wan DiT hyper-parameters: the named presets and inference from a checkpoint's shapes.
 //!
 //! Reference: the Wan team's `wan/configs/wan_t2v_14B.py`, `wan_t2v_1_3B.py` and `WanModel`'s
 //! arguments (`wan/modules/model.py`, <https://github.com/Wan-Video/Wan2.1>); the same numbers
-//! as the `transformer/config.json` of `Wan-AI/Wan2.1-T2V-{14B,1.3B}-Diffusers`.
+//! as the `transformer/config.json` of `Wan-AI/Wan2.1-T2V-{14B,1.3B}-Diffusers`. Wan 2.2:
+//! `wan/configs/wan_i2v_A14B.py` and `wan_ti2v_5B.py` (<https://github.com/Wan-Video/Wan2.2>),
+//! `Wan-AI/Wan2.2-TI2V-5B-Diffusers`' `transformer/config.json`.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +51,12 @@ pub const LATENT_CHANNELS: usize = 16;
 pub const I2V_CONDITION_CHANNELS: usize = 4 + LATENT_CHANNELS;
 /// Temporal and spatial compression of the Wan 2.1 VAE (`vae_stride = (4, 8, 8)`).
 pub const VAE_STRIDE: [usize; 3] = [4, 8, 8];
+/// Latent channels of the Wan 2.2 VAE (`z_dim` 48): the input and output width of Wan 2.2
+/// TI2V-5B.
+pub const WAN22_LATENT_CHANNELS: usize = 48;
+/// Temporal and spatial compression of the Wan 2.2 VAE (`wan_ti2v_5B.py`: `vae_stride =
+/// (4, 16, 16)`).
+pub const WAN22_VAE_STRIDE: [usize; 3] = [4, 16, 16];
 
 impl Config {
     /// Wan 2.1 T2V 14B (`wan_t2v_14B.py`): width 5120, 40 heads of 128, 40 blocks, FFN 13824.
@@ -75,6 +83,21 @@ impl Config {
     pub fn i2v_a14b() -> Self {
         Self {
             in_dim: LATENT_CHANNELS + I2V_CONDITION_CHANNELS,
+            ..Self::t2v_14b()
+        }
+    }
+
+    /// Wan 2.2 TI2V-5B (`wan_ti2v_5B.py`): width 3072, 24 heads of 128, 30 blocks, FFN 14336,
+    /// 48 latent channels in and out (the Wan 2.2 VAE's); text-to-video and, with the init
+    /// image's latent as frame 0, image-to-video (see [`Config::first_frame_conditioning`]).
+    pub fn ti2v_5b() -> Self {
+        Self {
+            in_dim: WAN22_LATENT_CHANNELS,
+            out_dim: WAN22_LATENT_CHANNELS,
+            dim: 3072,
+            ffn_dim: 14336,
+            num_heads: 24,
+            num_layers: 30,
             ..Self::t2v_14b()
         }
     }
@@ -110,6 +133,33 @@ impl Config {
         Self {
             in_dim: LATENT_CHANNELS + I2V_CONDITION_CHANNELS,
             ..Self::tiny()
+        }
+    }
+
+    /// [`Config::tiny`] with the Wan 2.2 VAE's 48 latent channels in and out: a TI2V-5B-shaped
+    /// model for tests and the TI2V demo.
+    pub fn tiny_ti2v() -> Self {
+        Self {
+            in_dim: WAN22_LATENT_CHANNELS,
+            out_dim: WAN22_LATENT_CHANNELS,
+            ..Self::tiny()
+        }
+    }
+
+    /// Whether the model denoises the Wan 2.2 VAE's 48-channel latents (TI2V-5B): it takes an
+    /// init image as latent frame 0 (the image's latent replaces that frame, whose tokens are
+    /// embedded at timestep 0) rather than as extra channels.
+    pub fn first_frame_conditioning(&self) -> bool {
+        self.out_dim == WAN22_LATENT_CHANNELS
+    }
+
+    /// Temporal and spatial compression of the VAE whose latents the model denoises:
+    /// [`WAN22_VAE_STRIDE`] for 48 channels, else [`VAE_STRIDE`].
+    pub fn vae_stride(&self) -> [usize; 3] {
+        if self.out_dim == WAN22_LATENT_CHANNELS {
+            WAN22_VAE_STRIDE
+        } else {
+            VAE_STRIDE
         }
     }
 
@@ -196,8 +246,9 @@ impl Config {
     /// presence of `norm_q` and `norm3`. The head count is not stored in the weights: it is
     /// taken from `meta` (`num_heads` as in the original `config.json`, diffusers'
     /// `num_attention_heads`, or `attention_head_dim`), else width / 128 (every official Wan
-    /// model has head dimension 128). The input width is 16 (text-to-video) or 36 (Wan 2.2
-    /// A14B image-to-video: latent, mask and image latent, see [`I2V_CONDITION_CHANNELS`]);
+    /// model has head dimension 128). Input and output widths are 16 and 16 (text-to-video),
+    /// 36 and 16 (Wan 2.2 A14B image-to-video: latent, mask and image latent, see
+    /// [`I2V_CONDITION_CHANNELS`]) or 48 and 48 (Wan 2.2 TI2V-5B, the Wan 2.2 VAE's latent);
     /// Wan 2.1 image-to-video checkpoints (a CLIP-vision image embedding, `img_emb`) and
     /// other widths are refused.
     pub fn infer(shape_of: ShapeOf, meta: &BTreeMap<String, String>) -> Result<Self> {
@@ -225,9 +276,14 @@ impl Config {
         };
         let pe = need("patch_embedding.weight", 5)?;
         let (dim, in_dim, patch_size) = (pe[0], pe[1], [pe[2], pe[3], pe[4]]);
-        if in_dim != LATENT_CHANNELS && in_dim != LATENT_CHANNELS + I2V_CONDITION_CHANNELS {
+        let known = [
+            LATENT_CHANNELS,
+            LATENT_CHANNELS + I2V_CONDITION_CHANNELS,
+            WAN22_LATENT_CHANNELS,
+        ];
+        if !known.contains(&in_dim) {
             bail!(
-                "Wan weights: `patch_embedding.weight` takes {in_dim} latent channels; text-to-video Wan 2.1 takes {LATENT_CHANNELS}, Wan 2.2 A14B image-to-video {} (other counts belong to control-conditioned Wan models or to Wan 2.2's 48-channel VAE, not supported yet)",
+                "Wan weights: `patch_embedding.weight` takes {in_dim} latent channels; text-to-video Wan 2.1 takes {LATENT_CHANNELS}, Wan 2.2 A14B image-to-video {}, Wan 2.2 TI2V-5B {WAN22_LATENT_CHANNELS} (other counts belong to control-conditioned Wan models, not supported)",
                 LATENT_CHANNELS + I2V_CONDITION_CHANNELS
             )
         }
@@ -238,10 +294,16 @@ impl Config {
                 "Wan weights: `head.head.weight` has shape {head:?}, expected [out·{volume}, {dim}] for patch {patch_size:?} and width {dim}"
             )
         }
-        if head[0] / volume != LATENT_CHANNELS {
+        let out_dim = head[0] / volume;
+        let want_out = if in_dim == WAN22_LATENT_CHANNELS {
+            WAN22_LATENT_CHANNELS
+        } else {
+            LATENT_CHANNELS
+        };
+        if out_dim != want_out {
             bail!(
-                "Wan weights: `head.head.weight` has shape {head:?}: {} output channels, expected {LATENT_CHANNELS} (the Wan 2.1 VAE's latent)",
-                head[0] / volume
+                "Wan weights: `head.head.weight` has shape {head:?}: {out_dim} output channels, expected {want_out} for a model taking {in_dim} (the latent of the {} VAE)",
+                if want_out == LATENT_CHANNELS { "Wan 2.1" } else { "Wan 2.2" }
             )
         }
         let text = need("text_embedding.0.weight", 2)?;
@@ -262,7 +324,7 @@ impl Config {
             patch_size,
             text_len: 512,
             in_dim,
-            out_dim: head[0] / volume,
+            out_dim,
             dim,
             ffn_dim: ffn[0],
             freq_dim: time[1],
@@ -324,9 +386,18 @@ mod tests {
             Config::tiny(),
             Config::i2v_a14b(),
             Config::tiny_i2v(),
+            Config::ti2v_5b(),
+            Config::tiny_ti2v(),
         ] {
             c.validate().unwrap();
         }
+        assert_eq!(Config::ti2v_5b().head_dim(), 128);
+        assert_eq!(Config::ti2v_5b().condition_channels(), 0);
+        assert!(Config::ti2v_5b().first_frame_conditioning());
+        assert!(!Config::t2v_14b().first_frame_conditioning());
+        assert!(!Config::i2v_a14b().first_frame_conditioning());
+        assert_eq!(Config::tiny_ti2v().vae_stride(), [4, 16, 16]);
+        assert_eq!(Config::tiny_i2v().vae_stride(), [4, 8, 8]);
         assert_eq!(Config::t2v_14b().head_dim(), 128);
         assert_eq!(Config::t2v_1_3b().head_dim(), 128);
         // 128: h = w = 2·21 = 42, t = 44 (Wan's split); 16: 4, 4, 8.

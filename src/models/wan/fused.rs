@@ -22,7 +22,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use super::block::{attention, rope, Attention, Block, RmsNorm};
+use super::block::{attention, by_runs, rope, Attention, Block, RmsNorm};
 use crate::models::flux::kernels as kern;
 
 /// Whether the fused path runs for `x`: CUDA, bf16/f16, kernels on, a width the kernels take.
@@ -89,31 +89,43 @@ impl Attention {
 }
 
 impl Block {
-    /// [`Block::forward`] through the fused kernels (see the module doc).
+    /// [`Block::forward_runs`] through the fused kernels (see the module doc); the row-wise
+    /// kernels (`ln_modulate`, `gated_residual`) run once per run of tokens.
     pub(super) fn forward_fused(
         &self,
         x: &Tensor,
         ctx: &Tensor,
-        e0: &Tensor,
+        e0: &[(usize, Tensor)],
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Tensor> {
         let dtype = x.dtype();
-        let m = (&self.modulation + e0)?;
-        // Rows of the modulation in the compute dtype, as contiguous vectors.
-        let row = |i: usize| -> Result<Tensor> { m.get(i)?.to_dtype(dtype)?.contiguous() };
-        // ln_modulate computes round(1 + scale) itself: hand it `scale`, rounded.
-        let (shift, scale, gate) = (row(0)?, row(1)?, row(2)?);
-        let (c_shift, c_scale, c_gate) = (row(3)?, row(4)?, row(5)?);
+        // Per run: the modulation rows in the compute dtype, as contiguous vectors
+        // `[6, dim]` (ln_modulate computes round(1 + scale) itself: it gets `scale`, rounded).
+        let mods = e0
+            .iter()
+            .map(|(n, e)| Ok((*n, (&self.modulation + e)?.to_dtype(dtype)?.contiguous()?)))
+            .collect::<Result<Vec<_>>>()?;
+        let row = |m: &Tensor, i: usize| -> Result<Tensor> { m.get(i)?.contiguous() };
+        let ln_mod = |x: &Tensor, s: usize| {
+            by_runs(&[x], &mods, |t, m| {
+                kern::ln_modulate(&t[0], &row(m, s)?, &row(m, s + 1)?)
+            })
+        };
+        let gated = |x: &Tensor, y: &Tensor, b: &Tensor, g: usize| {
+            by_runs(&[x, y], &mods, |t, m| {
+                kern::gated_residual(&t[0], &t[1], b, &row(m, g)?)
+            })
+        };
 
         // Self-attention.
-        let h = kern::ln_modulate(x, &shift, &scale)?;
+        let h = ln_mod(x, 0)?;
         let sa = &self.self_attn;
         let (q, k, v) = sa.qkv_fused(&h, &h)?;
         let (q, k) = (rope(&q, cos, sin)?, rope(&k, cos, sin)?);
         let a = attention(&q, &k, &v)?;
         let (y, bo) = product(&sa.o, &a)?;
-        let x = kern::gated_residual(x, &y, &bo, &gate)?;
+        let x = gated(x, &y, &bo, 2)?;
 
         // Cross-attention: `norm3` as a modulation with shift = bias, 1 + scale = weight.
         let h = match &self.norm3 {
@@ -132,10 +144,10 @@ impl Block {
         let x = kern::gated_residual(&x, &y, &bo, &ones)?;
 
         // Feed-forward.
-        let h = kern::ln_modulate(&x, &c_shift, &c_scale)?;
+        let h = ln_mod(&x, 3)?;
         let (u, b0) = product(&self.ffn0, &h)?;
         let g = kern::cat_gelu(None, &u, 0, u.dim(1)?, &b0)?;
         let (y, b2) = product(&self.ffn2, &g)?;
-        kern::gated_residual(&x, &y, &b2, &c_gate)
+        gated(&x, &y, &b2, 5)
     }
 }

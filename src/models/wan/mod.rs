@@ -67,10 +67,12 @@ pub struct State {
     x: Tensor,
     /// Embedded text `[L_txt, dim]`.
     ctx: Tensor,
-    /// Time embedding `[1, dim]` in the compute dtype (for the head).
-    temb: Tensor,
-    /// Time projection `[6, dim]` f32 (for the blocks' modulation).
-    e0: Tensor,
+    /// Per run of tokens sharing a timestep (one run unless frames are clean, see
+    /// [`WanDit::prepare_frames`]): the time embedding `[1, dim]` in the compute dtype (for
+    /// the head).
+    temb: Vec<(usize, Tensor)>,
+    /// The same runs' time projections `[6, dim]` f32 (for the blocks' modulation).
+    e0: Vec<(usize, Tensor)>,
     cos: Tensor,
     sin: Tensor,
     grid: [usize; 3],
@@ -131,12 +133,28 @@ impl WanDit {
         Block::new(cfg, vb)
     }
 
-    /// Embeds one evaluation's inputs: `latent [1, 16, T, h, w]` (h, w even), `context
+    /// Embeds one evaluation's inputs: `latent [1, in_dim, T, h, w]` (h, w even), `context
     /// [1, L_txt, text_dim]` (umT5 states, zero-padded to 512 tokens by the runner as Wan
     /// pads them; any length is accepted), `timestep` = 1000·σ. Inputs are converted to the
     /// compute dtype; [`WanDit::finish`] returns the latent's dtype.
     pub fn prepare(&self, latent: &Tensor, context: &Tensor, timestep: f64) -> Result<State> {
-        let (_, c, _, _, _) = latent.dims5()?;
+        self.prepare_frames(latent, context, timestep, 0)
+    }
+
+    /// [`WanDit::prepare`] with the first `clean_frames` latent frames holding given content
+    /// (Wan 2.2 TI2V's init image): their tokens are embedded at timestep 0, the others at
+    /// `timestep` — the per-token timesteps of Wan 2.2's `textimage2video.py` and diffusers'
+    /// `expand_timesteps` (`mask · t` per token, the mask 0 on frame 0). The time MLPs run
+    /// once per distinct timestep and the blocks modulate each run of tokens with its own
+    /// table ([`Block::forward_runs`]), which is what a per-token table computes.
+    pub fn prepare_frames(
+        &self,
+        latent: &Tensor,
+        context: &Tensor,
+        timestep: f64,
+        clean_frames: usize,
+    ) -> Result<State> {
+        let (_, c, t, _, _) = latent.dims5()?;
         let (bc, _, width) = context.dims3()?;
         if c != self.cfg.in_dim {
             bail!(
@@ -153,6 +171,9 @@ impl WanDit {
                 self.cfg.text_dim
             )
         }
+        if clean_frames > t {
+            bail!("Wan: {clean_frames} clean latent frames asked of a latent of {t} frames")
+        }
         let out_dtype = latent.dtype();
         let (patches, grid) = embed::patchify(&latent.to_dtype(self.dtype)?, self.cfg.patch_size)?;
         let x = patches.apply(&self.patch_embedding)?;
@@ -160,14 +181,31 @@ impl WanDit {
             .to_dtype(self.dtype)?
             .squeeze(0)?
             .apply(&self.text_embedding)?;
-        let temb = embed::timestep_embedding(timestep, self.cfg.freq_dim, &self.device)?
-            .apply(&self.time_embedding)?
-            .to_dtype(self.dtype)?;
-        let e0 = temb
-            .silu()?
-            .apply(&self.time_projection)?
-            .to_dtype(DType::F32)?
-            .reshape((6, self.cfg.dim))?;
+        // Runs of tokens (in (t, h, w) order) and their timesteps.
+        let per_frame = grid[1] * grid[2];
+        let pt = self.cfg.patch_size[0];
+        if !clean_frames.is_multiple_of(pt) {
+            bail!("Wan: {clean_frames} clean latent frames is not a multiple of the temporal patch {pt}")
+        }
+        let clean = clean_frames / pt * per_frame;
+        let total = grid.iter().product::<usize>();
+        let runs: Vec<(usize, f64)> = [(clean, 0.0), (total - clean, timestep)]
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .collect();
+        let (mut temb, mut e0) = (Vec::new(), Vec::new());
+        for (n, ts) in runs {
+            let te = embed::timestep_embedding(ts, self.cfg.freq_dim, &self.device)?
+                .apply(&self.time_embedding)?
+                .to_dtype(self.dtype)?;
+            let e = te
+                .silu()?
+                .apply(&self.time_projection)?
+                .to_dtype(DType::F32)?
+                .reshape((6, self.cfg.dim))?;
+            temb.push((n, te));
+            e0.push((n, e));
+        }
         let (cos, sin) = embed::rope_table(grid, self.cfg.rope_axes(), &self.device)?;
         Ok(State {
             x,
@@ -190,7 +228,7 @@ impl WanDit {
                 self.cfg.num_layers
             )
         }
-        state.x = block.forward(&state.x, &state.ctx, &state.e0, &state.cos, &state.sin)?;
+        state.x = block.forward_runs(&state.x, &state.ctx, &state.e0, &state.cos, &state.sin)?;
         state.next_unit += 1;
         Ok(())
     }
@@ -207,14 +245,14 @@ impl WanDit {
         self.run_block(&block, state)
     }
 
-    /// The head: velocity `[1, 16, T, h, w]` in the dtype of the latent given to
+    /// The head: velocity `[1, out_dim, T, h, w]` in the dtype of the latent given to
     /// [`WanDit::prepare`].
     pub fn finish(&self, state: State) -> Result<Tensor> {
         let n = self.cfg.num_layers;
         if state.next_unit != n {
             bail!("Wan finish() after {} of {n} blocks", state.next_unit)
         }
-        let out = self.head.forward(&state.x, &state.temb)?;
+        let out = self.head.forward_runs(&state.x, &state.temb)?;
         embed::unpatchify(&out, state.grid, self.cfg.patch_size)?.to_dtype(state.out_dtype)
     }
 
@@ -257,10 +295,11 @@ impl DiffusionModel for WanDit {
         WanDit::build_unit(cfg, index, vb)
     }
 
-    /// `[1, out_dim, (frames − 1)/4 + 1, height/8, width/8]` (the Wan 2.1 VAE's strides; the
-    /// noisy latent alone, without an image-to-video model's conditioning channels).
+    /// `[1, out_dim, (frames − 1)/4 + 1, height/s, width/s]` with the VAE's spatial stride `s`:
+    /// 8 for the Wan 2.1 VAE's 16 channels, 16 for the Wan 2.2 VAE's 48 (TI2V-5B). The noisy
+    /// latent alone, without an image-to-video model's conditioning channels.
     fn latent_shape(cfg: &Config, width: u32, height: u32, frames: u32) -> Vec<usize> {
-        let [st, sh, sw] = config::VAE_STRIDE;
+        let [st, sh, sw] = cfg.vae_stride();
         vec![
             1,
             cfg.out_dim,
@@ -268,6 +307,12 @@ impl DiffusionModel for WanDit {
             height as usize / sh,
             width as usize / sw,
         ]
+    }
+
+    /// The VAE's spatial stride times the patch: 16 (Wan 2.1 VAE), 32 (Wan 2.2 VAE, TI2V-5B).
+    fn size_multiple(cfg: &Config) -> u32 {
+        let [_, sh, _] = cfg.vae_stride();
+        (sh * cfg.patch_size[1].max(cfg.patch_size[2])) as u32
     }
 
     /// umT5-XXL states of `text_len` (512) tokens, masked and zero-padded; no pooled vector.
@@ -294,13 +339,23 @@ impl DiffusionModel for WanDit {
 
     /// Wan 2.2 A14B's switch (`wan/configs/wan_{t2v,i2v}_A14B.py`, diffusers'
     /// `boundary_ratio`): 0.875 for text-to-video experts (16 latent channels in), 0.900 for
-    /// image-to-video ones (36: latent, mask and image latent).
+    /// image-to-video ones (36: latent, mask and image latent); none for TI2V-5B (48), which
+    /// has no experts.
     fn boundary(cfg: &Config) -> Option<f64> {
-        Some(if cfg.in_dim == config::LATENT_CHANNELS {
-            0.875
-        } else {
-            0.9
-        })
+        match cfg.in_dim {
+            config::LATENT_CHANNELS => Some(0.875),
+            config::WAN22_LATENT_CHANNELS => None,
+            _ => Some(0.9),
+        }
+    }
+
+    /// Wan 2.2 TI2V-5B (48 latent channels): an init image is latent frame 0.
+    fn first_frame_conditioning(cfg: &Config) -> bool {
+        cfg.first_frame_conditioning()
+    }
+
+    fn latent_channels(cfg: &Config) -> usize {
+        cfg.out_dim
     }
 
     /// 20 for Wan 2.2 A14B image-to-video experts (mask and image latent), else 0.
@@ -323,7 +378,16 @@ impl DiffusionModel for WanDit {
         if inputs.pooled.is_some() {
             bail!("Wan takes no pooled text vector")
         }
-        WanDit::prepare(self, inputs.latent, inputs.context, inputs.timestep)
+        if inputs.clean_frames > 0 && !self.cfg.first_frame_conditioning() {
+            bail!("this Wan model takes no given first frame (only Wan 2.2 TI2V-5B does)")
+        }
+        WanDit::prepare_frames(
+            self,
+            inputs.latent,
+            inputs.context,
+            inputs.timestep,
+            inputs.clean_frames,
+        )
     }
 
     fn run_block(&self, block: &Block, state: &mut State) -> Result<()> {
@@ -364,17 +428,18 @@ mod tests {
         };
         let (s32, s16) = (state(DType::F32)?, state(DType::BF16)?);
         // bf16: the time MLP runs in f32 and its output is rounded once, as diffusers does.
-        assert_eq!(s16.temb.dtype(), DType::BF16);
+        let (t16, t32) = (&s16.temb[0].1, &s32.temb[0].1);
+        assert_eq!(t16.dtype(), DType::BF16);
         assert_eq!(
-            s16.temb.to_dtype(DType::F32)?.to_vec2::<f32>()?,
-            s32.temb
-                .to_dtype(DType::BF16)?
+            t16.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+            t32.to_dtype(DType::BF16)?
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()?
         );
         // The time projection reaches the blocks in f32.
-        assert_eq!(s16.e0.dtype(), DType::F32);
-        assert_eq!(s16.e0.dims(), &[6, 32]);
+        assert_eq!(s16.e0.len(), 1);
+        assert_eq!(s16.e0[0].1.dtype(), DType::F32);
+        assert_eq!(s16.e0[0].1.dims(), &[6, 32]);
         assert_eq!(s16.x.dtype(), DType::BF16);
         Ok(())
     }

@@ -490,16 +490,9 @@ impl Autoencoder for WanVae {
         Config::infer(shape_of)
     }
 
-    /// The Wan 2.2 VAE runs (encode, decode, both layouts), but no pipeline takes its 48-channel
-    /// latents yet.
-    fn pipeline_refusal(cfg: &Config) -> Option<String> {
-        cfg.residual.then(|| {
-            format!(
-                "this is the Wan 2.2 VAE ({} latent channels, {}× spatial compression): it loads, but Wan 2.2 TI2V-5B pipelines are not supported yet (the 5B DiT with `in_dim` 48 and its per-token timesteps are missing), and the other Wan models (Wan 2.1, Wan 2.2 A14B) take the Wan 2.1 VAE's 16-channel latents: use wan_2.1_vae.safetensors",
-                cfg.z_dim,
-                cfg.spatial_factor()
-            )
-        })
+    /// 16 (Wan 2.1's VAE) or 48 (Wan 2.2's).
+    fn latent_channels(cfg: &Config) -> usize {
+        cfg.z_dim
     }
 
     fn units() -> [&'static str; 2] {

@@ -230,6 +230,16 @@ impl WanDims {
         layers: 30,
         ..Self::T2V_14B
     };
+    /// Wan 2.2 TI2V-5B: 30 blocks of width 3072, FFN 14336, the Wan 2.2 VAE's 48 latent
+    /// channels in and out.
+    pub const TI2V_5B: WanDims = WanDims {
+        dim: 3072,
+        ffn: 14336,
+        layers: 30,
+        in_dim: 48,
+        out_dim: 48,
+        ..Self::T2V_14B
+    };
 
     /// The complete original key list with shapes (patch (1, 2, 2)).
     pub fn original_tensors(&self) -> Vec<(String, Vec<u64>)> {
