@@ -28,54 +28,23 @@ use mgpu::weights::{DType as WDType, MetaArray, MetaValue, WeightFile};
 
 const TOL: f64 = 1e-4;
 
+mod parity_common;
+use parity_common::{errors, flat};
+
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/parity/wan")
-        .join(name)
+    parity_common::fixture("wan", name)
 }
 
 fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name), &Device::Cpu)
-        .unwrap_or_else(|e| panic!("fixture {name}: {e} (regenerate with tools/parity_wan.py)"))
+    parity_common::load("wan", name)
 }
 
 fn scalar(m: &HashMap<String, Tensor>, k: &str) -> f64 {
     m[k].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64
 }
 
-fn flat(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-/// (‖a−b‖/‖b‖, max|a−b| / max|b|, max|a−b|)
-fn errors(a: &Tensor, b: &Tensor) -> (f64, f64, f64) {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let (a, b) = (flat(a), flat(b));
-    let diff2: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
-    let norm2: f64 = b.iter().map(|y| y * y).sum();
-    let max_diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let max_b = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    (diff2.sqrt() / norm2.sqrt(), max_diff / max_b, max_diff)
-}
-
 fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
-    let (l2, maxrel, maxabs) = errors(a, b);
-    eprintln!(
-        "{what}: relative L2 error {l2:.2e}, max-abs error {maxabs:.2e} (/ max|ref| {maxrel:.2e})"
-    );
-    assert!(
-        l2 <= TOL && maxrel <= TOL,
-        "{what}: L2 {l2:.3e}, max {maxrel:.3e} exceed {TOL:e}"
-    );
+    parity_common::assert_close_within(what, a, b, TOL);
 }
 
 fn model(

@@ -11,7 +11,6 @@
 //!   `WanImageToVideoPipeline(expand_timesteps=True).prepare_latents` returns it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -25,52 +24,15 @@ use mgpu::weights::WeightFile;
 
 const TOL: f64 = 1e-4;
 
-fn fixture(dir: &str, name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/parity")
-        .join(dir)
-        .join(name)
-}
+mod parity_common;
+use parity_common::{errors, fixture};
 
 fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture("wan22_ti2v", name), &Device::Cpu).unwrap_or_else(|e| {
-        panic!("fixture {name}: {e} (regenerate with tools/parity_wan22_ti2v.py)")
-    })
-}
-
-fn flat(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-/// (‖a−b‖/‖b‖, max|a−b| / max|b|, max|a−b|)
-fn errors(a: &Tensor, b: &Tensor) -> (f64, f64, f64) {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let (a, b) = (flat(a), flat(b));
-    let diff2: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
-    let norm2: f64 = b.iter().map(|y| y * y).sum();
-    let max_diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let max_b = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    (diff2.sqrt() / norm2.sqrt(), max_diff / max_b, max_diff)
+    parity_common::load("wan22_ti2v", name)
 }
 
 fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
-    let (l2, maxrel, maxabs) = errors(a, b);
-    eprintln!(
-        "{what}: relative L2 error {l2:.2e}, max-abs error {maxabs:.2e} (/ max|ref| {maxrel:.2e})"
-    );
-    assert!(
-        l2 <= TOL && maxrel <= TOL,
-        "{what}: L2 {l2:.3e}, max {maxrel:.3e} exceed {TOL:e}"
-    );
+    parity_common::assert_close_within(what, a, b, TOL);
 }
 
 fn timestep(io: &HashMap<String, Tensor>) -> f64 {

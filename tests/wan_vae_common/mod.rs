@@ -1,11 +1,10 @@
 //! Helpers of the Wan VAE tests (tests/models_wan_vae.rs for 2.1, tests/models_wan22_vae.rs
-//! for 2.2): fixtures under `tests/fixtures/parity/<dir>/`, tolerances, the encoder/decoder
+//! for 2.2; fixtures and error measures from tests/parity_common): tolerances, the encoder/decoder
 //! built as the executor builds them, the key mapping, the real layout.
 
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use mgpu::family::Family;
@@ -17,52 +16,11 @@ use mgpu::weights::{detect, TensorInfo, WeightFile};
 
 pub const TOL: f64 = 1e-4;
 
-/// `tests/fixtures/parity/<dir>/<name>`.
-pub fn fixture(dir: &str, name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/parity")
-        .join(dir)
-        .join(name)
-}
+pub use crate::parity_common::{errors, fixture, load};
 
-pub fn load(dir: &str, name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(dir, name), &Device::Cpu).unwrap_or_else(|e| {
-        panic!("fixture {dir}/{name}: {e} (regenerate with tools/parity_{dir}.py)")
-    })
-}
-
-/// (max|a−b|, ‖a−b‖/‖b‖, max|a−b| / max|b|)
-pub fn errors(a: &Tensor, b: &Tensor) -> (f64, f64, f64) {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let v = |t: &Tensor| -> Vec<f64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let (a, b) = (v(a), v(b));
-    let diff2: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
-    let norm2: f64 = b.iter().map(|y| y * y).sum();
-    let max_diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let max_b = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    (max_diff, diff2.sqrt() / norm2.sqrt(), max_diff / max_b)
-}
-
+/// Within [`TOL`] (crate::parity_common::assert_close_within).
 pub fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
-    let (max_abs, l2, maxrel) = errors(a, b);
-    eprintln!(
-        "{what}: max abs error {max_abs:.2e}, relative L2 {l2:.2e}, max-abs / max|ref| {maxrel:.2e}"
-    );
-    assert!(
-        l2 <= TOL && maxrel <= TOL,
-        "{what}: L2 {l2:.3e}, max {maxrel:.3e} exceed {TOL:e}"
-    );
+    crate::parity_common::assert_close_within(what, a, b, TOL);
 }
 
 /// Encoder and decoder over `tensors` (canonical names), as the executor builds them.
