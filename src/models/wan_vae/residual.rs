@@ -135,12 +135,7 @@ impl DownLevel {
         vb: VarBuilder,
     ) -> Result<Self> {
         let nrb = cfg.num_res_blocks;
-        let mut blocks = Vec::with_capacity(nrb);
-        let mut c = cin;
-        for j in 0..nrb {
-            blocks.push(ResidualBlock::new(c, cout, slots, vb.pp(j.to_string()))?);
-            c = cout;
-        }
+        let blocks = residual_chain(nrb, cin, cout, slots, &vb)?;
         let (ft, fs) = cfg.down_factors(i);
         let down = if i + 1 < cfg.levels() {
             let mode = if ft == 2 { Mode::Down3d } else { Mode::Down2d };
@@ -156,10 +151,7 @@ impl DownLevel {
     }
 
     pub fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
-        let mut y = x.clone();
-        for b in &self.blocks {
-            y = b.forward(&y, cache)?;
-        }
+        let mut y = chain_forward(&self.blocks, x, cache)?;
         if let Some(d) = &self.down {
             y = d.forward(&y, cache)?;
         }
@@ -188,12 +180,7 @@ impl UpLevel {
         vb: VarBuilder,
     ) -> Result<Self> {
         let nrb = cfg.num_res_blocks + 1;
-        let mut blocks = Vec::with_capacity(nrb);
-        let mut c = cin;
-        for j in 0..nrb {
-            blocks.push(ResidualBlock::new(c, cout, slots, vb.pp(j.to_string()))?);
-            c = cout;
-        }
+        let blocks = residual_chain(nrb, cin, cout, slots, &vb)?;
         let (ft, fs) = cfg.up_factors(i);
         let (up, shortcut) = if i + 1 < cfg.levels() {
             let mode = if ft == 2 { Mode::Up3d } else { Mode::Up2d };
@@ -210,10 +197,7 @@ impl UpLevel {
     }
 
     pub fn forward(&self, x: &Tensor, cache: &mut FeatCache, first_chunk: bool) -> Result<Tensor> {
-        let mut y = x.clone();
-        for b in &self.blocks {
-            y = b.forward(&y, cache)?;
-        }
+        let mut y = chain_forward(&self.blocks, x, cache)?;
         if let Some(u) = &self.up {
             y = u.forward(&y, cache)?;
         }
@@ -222,6 +206,32 @@ impl UpLevel {
             None => Ok(y),
         }
     }
+}
+
+/// `n` residual blocks `vb.0 … vb.{n−1}`, the first from `cin` channels to `cout`, the rest
+/// `cout` to `cout` (a level of either side).
+fn residual_chain(
+    n: usize,
+    cin: usize,
+    cout: usize,
+    slots: &mut Slots,
+    vb: &VarBuilder,
+) -> Result<Vec<ResidualBlock>> {
+    (0..n)
+        .map(|j| {
+            let c = if j == 0 { cin } else { cout };
+            ResidualBlock::new(c, cout, slots, vb.pp(j.to_string()))
+        })
+        .collect()
+}
+
+/// `x` through `blocks` in order.
+fn chain_forward(blocks: &[ResidualBlock], x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+    let mut y = x.clone();
+    for b in blocks {
+        y = b.forward(&y, cache)?;
+    }
+    Ok(y)
 }
 
 #[cfg(test)]
