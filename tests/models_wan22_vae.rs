@@ -26,7 +26,7 @@ use mgpu::models::spec::{vae_layout, Autoencoder};
 use mgpu::models::tiny;
 use mgpu::models::wan_vae::{Config, WanVae};
 use mgpu::weights::keymap::{canonicalize, Layout};
-use mgpu::weights::{detect, KeyLayout, WeightFile};
+use mgpu::weights::{detect, KeyLayout};
 
 mod parity_common;
 mod wan_vae_common;
@@ -37,13 +37,7 @@ const DIR: &str = "wan22_vae";
 
 #[test]
 fn decode_and_encode_match_diffusers() {
-    let io = load(DIR, "vae_io.safetensors");
     let cfg = Config::tiny22();
-    assert_eq!(
-        io["latents_mean"].to_vec1::<f32>().unwrap(),
-        cfg.latents_mean
-    );
-    assert_eq!(io["latents_std"].to_vec1::<f32>().unwrap(), cfg.latents_std);
     let weights = load(DIR, "vae.safetensors");
     let shapes = shapes_of(&weights);
     assert_eq!(
@@ -51,53 +45,14 @@ fn decode_and_encode_match_diffusers() {
         cfg,
         "the fixture's shapes give the tiny config"
     );
-    let (enc, dec, cov) = build(&cfg, weights);
-    assert_eq!(cov.unused(), Vec::<String>::new(), "fixture fully consumed");
-
-    let frames = WanVae::decode(&dec, &io["decode_in"], None).unwrap();
-    assert_eq!(frames.dims(), &[9, 3, 32, 48]);
-    assert_eq!(frames.dtype(), DType::F32);
-    assert_close("decode", &frames, &frames_first(&io["decode_out"]));
-
-    let pixels = frames_first(&io["encode_in"]);
-    let mu = enc.encode_raw(&pixels).unwrap();
-    assert_close(
-        "encode (raw posterior mean)",
-        &mu,
-        &frames_first(&io["encode_mu"]),
-    );
-    let latent = WanVae::encode(&enc, &pixels).unwrap();
-    assert_eq!(latent.dims(), &[1, 48, 3, 2, 3]);
-    assert_close("encode (DiT latent)", &latent, &io["encode_mean"]);
+    decode_and_encode_match(DIR, &cfg, weights, &[1, 48, 3, 2, 3]);
 }
 
 #[test]
 fn both_layouts_give_identical_weights_and_outputs() {
-    let (l_orig, orig) = canonical_tensors(DIR, "vae.safetensors");
-    let (l_diff, diff) = canonical_tensors(DIR, "vae_diffusers.safetensors");
-    assert_eq!(l_orig, Layout::WanVaeOriginal);
-    assert_eq!(l_diff, Layout::WanVaeDiffusers);
-    assert_eq!(orig.len(), diff.len());
-    for (name, t) in &orig {
-        let d = diff
-            .get(name)
-            .unwrap_or_else(|| panic!("`{name}` missing from the diffusers copy"));
-        let bytes = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
-        assert_eq!(bytes(t), bytes(d), "{name}");
-    }
-    let wf = WeightFile::open(fixture(DIR, "vae_diffusers.safetensors")).unwrap();
-    assert_eq!(detect(wf.tensors()).unwrap().layout, KeyLayout::Diffusers);
+    let shapes = both_layouts_agree(DIR, &Config::tiny22());
     // The raw file is the original layout: the mapping keeps its names.
-    let raw = load(DIR, "vae.safetensors");
-    assert_eq!(shapes_of(&raw), shapes_of(&orig));
-
-    let cfg = Config::tiny22();
-    let latent = load(DIR, "vae_io.safetensors")["decode_in"].clone();
-    let (_, d1, _) = build(&cfg, orig);
-    let (_, d2, _) = build(&cfg, diff);
-    let a = WanVae::decode(&d1, &latent, None).unwrap();
-    let b = WanVae::decode(&d2, &latent, None).unwrap();
-    assert_eq!(errors(&a, &b).2, 0.0, "the two layouts decode differently");
+    assert_eq!(shapes_of(&load(DIR, "vae.safetensors")), shapes);
 }
 
 #[test]

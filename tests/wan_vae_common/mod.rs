@@ -12,7 +12,7 @@ use mgpu::models::coverage::Coverage;
 use mgpu::models::spec::Autoencoder;
 use mgpu::models::wan_vae::{Config, Decoder, Encoder, WanVae};
 use mgpu::weights::keymap::{canonicalize, Layout};
-use mgpu::weights::{detect, TensorInfo, WeightFile};
+use mgpu::weights::{detect, KeyLayout, TensorInfo, WeightFile};
 
 pub const TOL: f64 = 1e-4;
 
@@ -95,4 +95,67 @@ pub fn infos(layout: &BTreeMap<String, Vec<usize>>) -> Vec<TensorInfo> {
             }
         })
         .collect()
+}
+
+/// Decode and encode of fixture `dir` (tiny config `cfg`, `weights` its original-layout file)
+/// against diffusers' outputs in `vae_io.safetensors`; the DiT latent has `latent_dims`.
+pub fn decode_and_encode_match(
+    dir: &str,
+    cfg: &Config,
+    weights: HashMap<String, Tensor>,
+    latent_dims: &[usize],
+) {
+    let io = load(dir, "vae_io.safetensors");
+    assert_eq!(
+        io["latents_mean"].to_vec1::<f32>().unwrap(),
+        cfg.latents_mean
+    );
+    assert_eq!(io["latents_std"].to_vec1::<f32>().unwrap(), cfg.latents_std);
+    let (enc, dec, cov) = build(cfg, weights);
+    assert_eq!(cov.unused(), Vec::<String>::new(), "fixture fully consumed");
+
+    let frames = WanVae::decode(&dec, &io["decode_in"], None).unwrap();
+    assert_eq!(frames.dims(), &[9, 3, 32, 48]);
+    assert_eq!(frames.dtype(), DType::F32);
+    assert_close("decode", &frames, &frames_first(&io["decode_out"]));
+
+    let pixels = frames_first(&io["encode_in"]);
+    let mu = enc.encode_raw(&pixels).unwrap();
+    assert_close(
+        "encode (raw posterior mean)",
+        &mu,
+        &frames_first(&io["encode_mu"]),
+    );
+    let latent = WanVae::encode(&enc, &pixels).unwrap();
+    assert_eq!(latent.dims(), latent_dims);
+    assert_close("encode (DiT latent)", &latent, &io["encode_mean"]);
+}
+
+/// Fixture `dir`'s original and diffusers files map to the same canonical tensors (bit for
+/// bit), the diffusers one is detected as such, and both decode identically. Returns the
+/// canonical shapes.
+pub fn both_layouts_agree(dir: &str, cfg: &Config) -> BTreeMap<String, Vec<usize>> {
+    let (l_orig, orig) = canonical_tensors(dir, "vae.safetensors");
+    let (l_diff, diff) = canonical_tensors(dir, "vae_diffusers.safetensors");
+    assert_eq!(l_orig, Layout::WanVaeOriginal);
+    assert_eq!(l_diff, Layout::WanVaeDiffusers);
+    assert_eq!(orig.len(), diff.len());
+    for (name, t) in &orig {
+        let d = diff
+            .get(name)
+            .unwrap_or_else(|| panic!("`{name}` missing from the diffusers copy"));
+        let bytes = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
+        assert_eq!(bytes(t), bytes(d), "{name}");
+    }
+    let wf = WeightFile::open(fixture(dir, "vae_diffusers.safetensors")).unwrap();
+    assert_eq!(detect(wf.tensors()).unwrap().layout, KeyLayout::Diffusers);
+    let shapes = shapes_of(&orig);
+
+    let latent = load(dir, "vae_io.safetensors")["decode_in"].clone();
+    let (_, d1, _) = build(cfg, orig);
+    let (_, d2, _) = build(cfg, diff);
+    let a = WanVae::decode(&d1, &latent, None).unwrap();
+    let b = WanVae::decode(&d2, &latent, None).unwrap();
+    assert_eq!(errors(&a, &b).2, 0.0, "the two layouts decode differently");
+    shapes
 }
