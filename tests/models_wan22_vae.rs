@@ -25,8 +25,7 @@ use mgpu::models::coverage::Coverage;
 use mgpu::models::spec::{vae_layout, Autoencoder};
 use mgpu::models::tiny;
 use mgpu::models::wan_vae::{Config, WanVae};
-use mgpu::weights::keymap::{canonicalize, Layout};
-use mgpu::weights::{detect, KeyLayout};
+use mgpu::weights::keymap::canonicalize;
 
 mod parity_common;
 mod wan_vae_common;
@@ -57,33 +56,9 @@ fn both_layouts_give_identical_weights_and_outputs() {
 
 #[test]
 fn real_layout_is_what_the_model_builds_and_infers_wan22() {
-    let real = real_layout(DIR, "layout_wan22_vae.txt");
-    assert_eq!(real.len(), 196);
     let cfg = Config::wan22();
-    assert_eq!(vae_layout::<WanVae>(&cfg).unwrap(), real);
-    let meta = BTreeMap::new();
-    let inferred = WanVae::infer_config(&|n| real.get(n).cloned(), &meta).unwrap();
-    assert_eq!(inferred, cfg);
+    let real = real_layout_builds_infers_and_maps(DIR, "layout_wan22_vae.txt", &cfg, 196);
     assert_eq!((cfg.spatial_factor(), cfg.temporal_factor()), (16, 4));
-    let inf = infos(&real);
-    let det = detect(&inf).unwrap();
-    assert_eq!(
-        (det.family, det.layout),
-        (Family::WanVae, KeyLayout::Original)
-    );
-    let l = canonicalize(Family::WanVae, &inf).unwrap();
-    assert_eq!(l.layout, Layout::WanVaeOriginal);
-    assert_eq!(l.tensors.len(), 196);
-    let resident: Vec<&str> = l
-        .tensors
-        .iter()
-        .filter(|t| Family::WanVae.unit_of(&t.name).is_none())
-        .map(|t| t.name.as_str())
-        .collect();
-    assert_eq!(
-        resident,
-        ["conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight"]
-    );
     // A ComfyUI-style prefix is stripped.
     let prefixed: BTreeMap<String, Vec<usize>> = real
         .iter()

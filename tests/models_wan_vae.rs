@@ -16,13 +16,10 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
-use mgpu::family::Family;
 use mgpu::models::coverage::Coverage;
 use mgpu::models::spec::{vae_layout, Autoencoder};
 use mgpu::models::tiny;
 use mgpu::models::wan_vae::{Config, WanVae};
-use mgpu::weights::keymap::{canonicalize, Layout};
-use mgpu::weights::{detect, KeyLayout};
 
 mod parity_common;
 mod wan_vae_common;
@@ -48,39 +45,12 @@ fn both_layouts_give_identical_weights_and_outputs() {
 
 #[test]
 fn real_layout_is_what_the_model_builds_and_infers_wan21() {
-    let real = real_layout(DIR, "layout_wan21_vae.txt");
-    assert_eq!(real.len(), 194);
-    let cfg = Config::wan21();
-    assert_eq!(vae_layout::<WanVae>(&cfg).unwrap(), real);
-    let meta = BTreeMap::new();
-    let inferred = WanVae::infer_config(&|n| real.get(n).cloned(), &meta).unwrap();
-    assert_eq!(inferred, cfg);
-    // Detected and mapped as the canonical layout, with encoder/decoder units and resident
-    // conv1/conv2.
-    let inf = infos(&real);
-    let det = detect(&inf).unwrap();
-    assert_eq!(
-        (det.family, det.layout),
-        (Family::WanVae, KeyLayout::Original)
-    );
-    let l = canonicalize(Family::WanVae, &inf).unwrap();
-    assert_eq!(l.layout, Layout::WanVaeOriginal);
-    assert_eq!(l.tensors.len(), 194);
-    let resident: Vec<&str> = l
-        .tensors
-        .iter()
-        .filter(|t| Family::WanVae.unit_of(&t.name).is_none())
-        .map(|t| t.name.as_str())
-        .collect();
-    assert_eq!(
-        resident,
-        ["conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight"]
-    );
+    real_layout_builds_infers_and_maps(DIR, "layout_wan21_vae.txt", &Config::wan21(), 194);
     // The tiny config has the same structure: inference recovers it too.
     let tiny_layout = vae_layout::<WanVae>(&Config::tiny()).unwrap();
     assert_eq!(tiny_layout.len(), 194);
     assert_eq!(
-        WanVae::infer_config(&|n| tiny_layout.get(n).cloned(), &meta).unwrap(),
+        WanVae::infer_config(&|n| tiny_layout.get(n).cloned(), &BTreeMap::new()).unwrap(),
         Config::tiny()
     );
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Device, Tensor};
 use mgpu::family::Family;
 use mgpu::models::coverage::Coverage;
-use mgpu::models::spec::Autoencoder;
+use mgpu::models::spec::{vae_layout, Autoencoder};
 use mgpu::models::wan_vae::{Config, Decoder, Encoder, WanVae};
 use mgpu::weights::keymap::{canonicalize, Layout};
 use mgpu::weights::{detect, KeyLayout, TensorInfo, WeightFile};
@@ -158,4 +158,40 @@ pub fn both_layouts_agree(dir: &str, cfg: &Config) -> BTreeMap<String, Vec<usize
     let b = WanVae::decode(&d2, &latent, None).unwrap();
     assert_eq!(errors(&a, &b).2, 0.0, "the two layouts decode differently");
     shapes
+}
+
+/// The real layout `file` of fixture `dir` (`n` tensors) is what `cfg` builds and what
+/// inference gives back; detected and mapped as the original layout, with encoder/decoder
+/// units and resident conv1/conv2. Returns the layout.
+pub fn real_layout_builds_infers_and_maps(
+    dir: &str,
+    file: &str,
+    cfg: &Config,
+    n: usize,
+) -> BTreeMap<String, Vec<usize>> {
+    let real = real_layout(dir, file);
+    assert_eq!(real.len(), n);
+    assert_eq!(vae_layout::<WanVae>(cfg).unwrap(), real);
+    let inferred = WanVae::infer_config(&|k| real.get(k).cloned(), &BTreeMap::new()).unwrap();
+    assert_eq!(&inferred, cfg);
+    let inf = infos(&real);
+    let det = detect(&inf).unwrap();
+    assert_eq!(
+        (det.family, det.layout),
+        (Family::WanVae, KeyLayout::Original)
+    );
+    let l = canonicalize(Family::WanVae, &inf).unwrap();
+    assert_eq!(l.layout, Layout::WanVaeOriginal);
+    assert_eq!(l.tensors.len(), n);
+    let resident: Vec<&str> = l
+        .tensors
+        .iter()
+        .filter(|t| Family::WanVae.unit_of(&t.name).is_none())
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(
+        resident,
+        ["conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight"]
+    );
+    real
 }
