@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_draw import CLIP, DIT, T5, T5_LEN, VAE  # noqa: E402
+from train_draw import CLIP, T5, T5_LEN, VAE, dit_config_of  # noqa: E402
 from mgpu_noise import normal_f32  # noqa: E402
 from parity_flux import pack  # noqa: E402
 
@@ -182,8 +182,9 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
 
     dit_sd = f32(load_file(str(DRAW / "flux-draw.safetensors")))
-    dit = FluxTransformer2DModel(**DIT)
-    load_strict(dit, dit_from_bfl(dit_sd, DIT["num_layers"], DIT["num_single_layers"]), "transformer")
+    cfg = dit_config_of(DRAW)  # the width the committed weights were trained at
+    dit = FluxTransformer2DModel(**cfg)
+    load_strict(dit, dit_from_bfl(dit_sd, cfg["num_layers"], cfg["num_single_layers"]), "transformer")
 
     with safe_open(str(DRAW / "ae-draw.safetensors"), "pt") as f:
         meta = f.metadata()

@@ -12,8 +12,8 @@ never shown):
   2. a training set made once on the device: --pool scenes as scaled latents, T5 ids and
      CLIP pooled vectors (making scenes per step cost more than the step itself);
   3. the transformer: diffusers' FluxTransformer2DModel (schnell-style: no guidance
-     embedding, true classifier-free guidance instead; 4 double + 4 single blocks, width 128,
-     4 heads of 32) by rectified-flow matching on the latents, together with a tiny T5 v1.1
+     embedding, true classifier-free guidance instead; 4 double + 4 single blocks, width
+     --width (192: 6 heads of 32; run 4 was 128)) by rectified-flow matching on the latents, together with a tiny T5 v1.1
      encoder (width 64, 2 blocks) whose tokenizer knows the scene words whole. CLIP-L's slot
      is the existing frozen random tiny CLIP (manifests/tiny/clip-tiny.safetensors). 10 % of
      the captions are dropped to "" so the model also learns the unconditional prediction.
@@ -81,13 +81,14 @@ DRAW = ROOT / "manifests" / "draw"
 # the 64 image tokens: most of every step's work went to padding.
 T5_LEN = 32
 CLIP_LEN = 77
+HEAD_DIM = 32
 DIT = dict(
     patch_size=1,
     in_channels=64,
     num_layers=4,
     num_single_layers=4,
-    attention_head_dim=32,
-    num_attention_heads=4,
+    attention_head_dim=HEAD_DIM,
+    num_attention_heads=6,
     joint_attention_dim=64,
     pooled_projection_dim=32,
     axes_dims_rope=(4, 14, 14),
@@ -126,6 +127,21 @@ CLIP = dict(
     bos_token_id=0,
     eos_token_id=2,
 )
+
+
+def dit_config(width):
+    """The transformer's configuration at `width` (heads of HEAD_DIM; the RoPE axes fill one head)."""
+    if width % HEAD_DIM:
+        raise SystemExit(f"--width {width}: must be a multiple of the head width {HEAD_DIM}")
+    return dict(DIT, num_attention_heads=width // HEAD_DIM)
+
+
+def dit_config_of(folder):
+    """The transformer configuration a trained folder was made with (its draw-train.json; folders
+    from before --width record theirs there too)."""
+    return dict(json.loads((Path(folder) / "draw-train.json").read_text())["dit"], axes_dims_rope=tuple(DIT["axes_dims_rope"]))
+
+
 SEEDS = dict(vae_weights=1, vae_data=2, dit_weights=3, dit_data=4, dit_noise=5, eval_noise=6)
 EVAL_STEPS = 20
 EVAL_CFG = 4.0
@@ -324,6 +340,7 @@ def save_weights(out, dit, t5, vae, shift, scale):
     """The shipped files, rounded to bf16 (the modules are not changed)."""
     from safetensors.torch import save_file
 
+    out.mkdir(parents=True, exist_ok=True)
     save_file(bf16(dit_to_bfl(dit.state_dict(), DIT["num_layers"], DIT["num_single_layers"])),
               str(out / "flux-draw.safetensors"),
               metadata={"axes_dims_rope": json.dumps(list(DIT["axes_dims_rope"]))})
@@ -338,20 +355,43 @@ CHECKPOINT = ("draw-checkpoint-model.pt", "draw-checkpoint-ema.pt", "draw-checkp
 
 
 def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes_seen, seconds):
-    """Everything a later part needs to go on, float32, in three files of ≈ 14, 14 and 5 MB (a
-    device call returns files of at most 16 MiB); the optimizer state is not kept, each part
-    warms AdamW up again."""
+    """Everything a later part needs to go on, float32, in three files in --checkpoints (≈ 31,
+    31 and 5 MB at width 192: too big to come back from a device call, so they stay on the
+    device for the next call; a part can also go on from the shipped weights, see
+    load_resume); the optimizer state is not kept, each part warms AdamW up again."""
     f32 = lambda m: {k: v.detach().float().cpu() for k, v in m.state_dict().items()}  # noqa: E731
-    model, ema, rest = (args.out / n for n in CHECKPOINT)
+    args.checkpoints.mkdir(parents=True, exist_ok=True)
+    model, ema, rest = (args.checkpoints / n for n in CHECKPOINT)
     torch.save(dict(dit=f32(dit), t5=f32(t5)), model)
     torch.save(dict(dit=f32(ema_dit), t5=f32(ema_t5)), ema)
     torch.save(dict(vae=f32(vae), vae_info=vae_info, steps=steps, scenes=scenes_seen, part=args.part,
-                    seconds=seconds, t5_len=T5_LEN), rest)
+                    seconds=seconds, t5_len=T5_LEN, dit_config=args.dit), rest)
 
 
-def load_checkpoint(folder):
-    model, ema, rest = (torch.load(folder / n, map_location="cpu", weights_only=True) for n in CHECKPOINT)
-    return dict(rest, dit=model["dit"], t5=model["t5"], ema_dit=ema["dit"], ema_t5=ema["t5"])
+def load_resume(folder):
+    """What an earlier part left in `folder`: its float32 checkpoint if there is one, else its
+    shipped bf16 files and draw-train.json (the EMA weights then start both the trained model and
+    its EMA)."""
+    if (folder / CHECKPOINT[0]).exists():
+        model, ema, rest = (torch.load(folder / n, map_location="cpu", weights_only=True) for n in CHECKPOINT)
+        return dict(rest, dit=model["dit"], t5=model["t5"], ema_dit=ema["dit"], ema_t5=ema["t5"])
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from parity_draw import dit_from_bfl, vae_from_bfl
+
+    meta = json.loads((folder / "draw-train.json").read_text())
+    cfg = dit_config_of(folder)
+    f32 = lambda f: {k: v.float() for k, v in load_file(str(folder / f)).items()}  # noqa: E731
+    dit = dit_from_bfl(f32("flux-draw.safetensors"), cfg["num_layers"], cfg["num_single_layers"])
+    t5 = f32("t5-draw.safetensors")
+    t5["encoder.embed_tokens.weight"] = t5["shared.weight"]
+    vae = vae_from_bfl(f32("ae-draw.safetensors"), len(VAE["block_out_channels"]))
+    with safe_open(str(folder / "ae-draw.safetensors"), "pt") as f:
+        factors = {k: float(v) for k, v in f.metadata().items() if k.endswith("_factor")}
+    info = meta["dit_training"]
+    return dict(dit=dit, t5=t5, ema_dit=dit, ema_t5=t5, vae=vae, vae_info=dict(meta["vae_training"], **factors),
+                steps=info["total_steps"], scenes=info["total_scenes"], part=info["part"],
+                seconds=info.get("total_seconds", info["seconds"]), t5_len=meta.get("t5_len", 256), dit_config=cfg)
 
 
 def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None):
@@ -359,7 +399,7 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
 
     pool_x, pool_ids, pool_pooled, empty_ids, empty_pooled = build_pool(args, device, vae, text, shift, scale, log)
     torch.manual_seed(SEEDS["dit_weights"] + 100)
-    dit = FluxTransformer2DModel(**DIT).to(device)
+    dit = FluxTransformer2DModel(**args.dit).to(device)
     t5 = text.t5.train()
     ema_dit, ema_t5 = copy.deepcopy(dit).eval(), copy.deepcopy(t5).eval()
     steps0, scenes0, seconds0 = 0, 0, 0.0
@@ -367,11 +407,19 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
         for m, k in ((dit, "dit"), (t5, "t5"), (ema_dit, "ema_dit"), (ema_t5, "ema_t5")):
             m.load_state_dict(resume[k])
         steps0, scenes0, seconds0 = resume["steps"], resume["scenes"], resume.get("seconds", 0.0)
+        if resume.get("dit_config", DIT) != args.dit:
+            raise SystemExit(f"{args.resume}: trained at width {resume['dit_config']['num_attention_heads'] * HEAD_DIM}, "
+                             f"this run asks for --width {args.width}")
         if resume.get("t5_len", 256) != T5_LEN:
             raise SystemExit(f"{args.resume}: trained with T5 at {resume.get('t5_len', 256)} tokens, this script uses {T5_LEN}")
         log(f"resumed part {args.part} after {steps0} steps, {scenes0} scenes")
     params = list(dit.parameters()) + list(t5.parameters())
-    opt = torch.optim.AdamW(params, lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    cuda = device.type == "cuda"
+    opt = torch.optim.AdamW(params, lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99), fused=cuda)
+    # torch.compile fuses the many small elementwise kernels of a model this narrow (the step is
+    # bound by them, not by its GEMMs); its compile time counts in the budget. If compiling
+    # fails, the first step says so and the loop goes on with the plain module.
+    fwd = torch.compile(dit) if args.compile else dit
     ema_params = list(ema_dit.parameters()) + list(ema_t5.parameters())
     gen = torch.Generator(device=device).manual_seed(SEEDS["dit_noise"] + 1000 * args.part)
     h = w = scenes.SIZE // 8
@@ -407,11 +455,21 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
         # float32 with TF32 matmuls: bf16 autocast of this stage failed in a cuBLAS bf16 GEMM of
         # the backward pass (CUBLAS_STATUS_EXECUTION_FAILED, torch 2.11, H200)
         ctx = t5(input_ids=tok).last_hidden_state
-        pred = dit(hidden_states=pack(xt), encoder_hidden_states=ctx, pooled_projections=pooled,
-                   timestep=t, img_ids=ids, txt_ids=txt_ids, return_dict=False)[0]
-        loss = F.mse_loss(pred, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            pred = fwd(hidden_states=pack(xt), encoder_hidden_states=ctx, pooled_projections=pooled,
+                       timestep=t, img_ids=ids, txt_ids=txt_ids, return_dict=False)[0]
+            loss = F.mse_loss(pred, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        except Exception as e:  # noqa: BLE001 - only the compiled module's first step is retried
+            if fwd is dit or step > 0:
+                raise
+            log(f"torch.compile failed ({type(e).__name__}: {str(e)[:300]}); going on uncompiled")
+            fwd = dit
+            opt.zero_grad(set_to_none=True)
+            continue
+        if step == 0:
+            log(f"first step done ({time.time() - t0:.1f} s{', compiled' if fwd is not dit else ''})")
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
@@ -434,7 +492,8 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
     round_bf16_(ema_t5)
     return ema_dit, ema_t5, dict(steps=step, batch=b, pool=len(pool_x), final_loss=torch.stack(hist).mean().item(),
                                  seconds=time.time() - t0, part=args.part, total_steps=steps0 + step,
-                                 total_scenes=scenes0 + step * b)
+                                 total_scenes=scenes0 + step * b, total_seconds=seconds0 + time.time() - t0,
+                                 compiled=fwd is not dit)
 
 
 @torch.no_grad()
@@ -487,15 +546,23 @@ def main():
     ap.add_argument("--vae-batch", type=int, default=64)
     ap.add_argument("--dit-batch", type=int, default=512)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
-    ap.add_argument("--dit-lr", type=float, default=1e-3)
+    ap.add_argument("--dit-lr", type=float, default=8e-4)
+    ap.add_argument("--width", type=int, default=192, help="transformer width (heads of 32; run 4 was 128)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the transformer (default: on a GPU)")
+    ap.add_argument("--checkpoints", type=Path, help="where the float32 checkpoints go (default: --out)")
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--pool", type=int, default=200_000, help="training scenes made up front")
     ap.add_argument("--save-every", type=float, default=60.0, help="seconds between saves")
-    ap.add_argument("--resume", type=Path, help="go on from the draw-checkpoint-*.pt files of an earlier part in this folder (skips the autoencoder)")
+    ap.add_argument("--resume", type=Path, help="go on from an earlier part in this folder: its draw-checkpoint-*.pt files, else its shipped files (skips the autoencoder)")
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (tools/check_draw.py scores through mgpu instead)")
     ap.add_argument("--smoke", action="store_true", help="a few steps of each stage (CPU check)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.dit = dit_config(args.width)
+    args.checkpoints = args.checkpoints or args.out
+    if args.compile is None:
+        args.compile = device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     t_start = time.time()
@@ -514,7 +581,7 @@ def main():
     if args.resume:
         from diffusers import AutoencoderKL
 
-        resume = load_checkpoint(args.resume)
+        resume = load_resume(args.resume)
         args.part = resume["part"] + 1
         vae = AutoencoderKL(**VAE).to(device).eval()
         vae.load_state_dict(resume["vae"])
@@ -534,7 +601,7 @@ def main():
         smoke=args.smoke,
         args={k: str(v) for k, v in vars(args).items()},
         seeds=SEEDS,
-        dit=DIT, vae=VAE, t5=dict(T5, vocab_size=text.t5_vocab), clip=CLIP,
+        dit=args.dit, vae=VAE, t5=dict(T5, vocab_size=text.t5_vocab), clip=CLIP,
         t5_len=T5_LEN, clip_len=CLIP_LEN, caption_dropout=DROP,
         vae_training=vae_info, dit_training=dit_info,
         heldout=dict(captions=len(scenes.HELDOUT), correct_fraction=score, steps=EVAL_STEPS, cfg=EVAL_CFG,
