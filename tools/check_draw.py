@@ -67,7 +67,7 @@ def write_manifest(d):
         "[defaults]",
         "width = 128",
         "height = 128",
-        "steps = 40",  # as manifests/demo.toml: 33 / 100 against 27 at 20 steps (docs/demo.md)
+        "steps = 40",  # as manifests/demo.toml (run 4: 33 / 100 against 27 at 20 steps; docs/demo.md)
         "cfg = 4.0",
         'output = "{job}.png"',
         "",
