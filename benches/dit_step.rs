@@ -1,7 +1,9 @@
 //! One denoising step of the tiny FLUX DiT on the CPU (all units: embed, 2 double + 2
 //! single blocks, final layer) at 256×256 pixels (a 32×32 latent: 256 image tokens), with
 //! 64 and 512 text tokens; blocks are built from their unit's `VarBuilder` inside the step,
-//! as the executor does. Also the tiny VAE decode of the same latent.
+//! as the executor does. Also the tiny VAE decode of the same latent, and the CPU GELU
+//! (`models::act::gelu_tanh` against candle's libm-based `gelu`) on one MLP activation of the
+//! drawing demo's transformer.
 //! Results: benches/RESULTS.md.
 
 use std::collections::HashMap;
@@ -47,5 +49,17 @@ fn dit_step(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, dit_step);
+/// GELU (tanh approximation) on `[192, 768]` f32: the MLP activation of one block of the
+/// drawing demo (96 tokens × 2 for CFG, width 192 × 4).
+fn gelu(c: &mut Criterion) {
+    let x = Tensor::randn(0f32, 2.0, (192, 768), &Device::Cpu).unwrap();
+    let mut group = c.benchmark_group("gelu_192x768");
+    group.bench_function("candle_gelu", |b| b.iter(|| x.gelu().unwrap()));
+    group.bench_function("mgpu_gelu_tanh", |b| {
+        b.iter(|| mgpu::models::act::gelu_tanh(&x).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, dit_step, gelu);
 criterion_main!(benches);

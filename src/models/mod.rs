@@ -11,6 +11,7 @@
 //! - Forward passes take one job at a time (batch dimension 1): a batch is the executor running
 //!   each fetched block over every job of the batch in turn.
 
+pub mod act;
 pub mod clip;
 pub mod coverage;
 pub mod flux;

@@ -288,7 +288,7 @@ impl Block {
 
         // Gated-GELU feed-forward.
         let x = rms_norm(&state.hidden, &self.ff_norm, cfg.layer_norm_epsilon, dtype)?;
-        let gate = self.wi_0.forward(&x)?.gelu()?;
+        let gate = crate::models::act::gelu_tanh(&self.wi_0.forward(&x)?)?;
         let lin = self.wi_1.forward(&x)?;
         let out = if dtype == DType::F16 {
             let prod = (gate.to_dtype(DType::F32)? * lin.to_dtype(DType::F32)?)?;

@@ -216,7 +216,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.apply(&self.l0)?.gelu()?.apply(&self.l2)
+        crate::models::act::gelu_tanh(&x.apply(&self.l0)?)?.apply(&self.l2)
     }
 }
 
@@ -361,7 +361,8 @@ impl SingleBlock {
         let mlp = fused.narrow(1, 3 * self.hidden, mlp_width)?;
         let (q, k, v) = split_qkv(&qkv, self.heads, &self.norm)?;
         let attn = attention(&q, &k, &v, cos, sin)?;
-        let out = Tensor::cat(&[attn, mlp.gelu()?], 1)?.apply(&self.linear2)?;
+        let out =
+            Tensor::cat(&[attn, crate::models::act::gelu_tanh(&mlp)?], 1)?.apply(&self.linear2)?;
         m.gated_add(x, &out)
     }
 }

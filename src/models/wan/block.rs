@@ -362,7 +362,7 @@ impl Block {
         let h = by_runs(&[&x], &mods, |t, m| {
             modulate(&layer_norm_f32(&t[0], eps)?, &e(m, 3)?, &e(m, 4)?, dtype)
         })?;
-        let y = h.apply(&self.ffn0)?.gelu()?.apply(&self.ffn2)?;
+        let y = crate::models::act::gelu_tanh(&h.apply(&self.ffn0)?)?.apply(&self.ffn2)?;
         by_runs(&[&x, &y], &mods, |t, m| {
             gated_residual(&t[0], &t[1], &e(m, 5)?)
         })

@@ -152,7 +152,7 @@ impl TextEmbedding {
 
 impl Module for TextEmbedding {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.apply(&self.l0)?.gelu()?.apply(&self.l2)
+        crate::models::act::gelu_tanh(&x.apply(&self.l0)?)?.apply(&self.l2)
     }
 }
 
