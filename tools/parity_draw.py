@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_draw import CLIP, T5, T5_LEN, VAE, dit_config_of  # noqa: E402
+from train_draw import CLIP, T5_LEN, VAE, dit_config_of, t5_config_of  # noqa: E402
 from mgpu_noise import normal_f32  # noqa: E402
 from parity_flux import pack  # noqa: E402
 
@@ -193,7 +193,7 @@ def main():
     load_strict(vae, vae_from_bfl(f32(load_file(str(DRAW / "ae-draw.safetensors"))), len(VAE["block_out_channels"])), "vae")
 
     t5_sd = f32(load_file(str(DRAW / "t5-draw.safetensors")))
-    t5 = T5EncoderModel(T5Config(vocab_size=t5_sd["shared.weight"].shape[0], **T5))
+    t5 = T5EncoderModel(T5Config(vocab_size=t5_sd["shared.weight"].shape[0], **t5_config_of(DRAW)))
     load_strict(t5, t5_sd, "t5", ignore=("embed_tokens",))
 
     clip_sd = f32(load_file(str(TINY / "clip-tiny.safetensors")))

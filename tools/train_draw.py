@@ -14,7 +14,8 @@ never shown):
   3. the transformer: diffusers' FluxTransformer2DModel (schnell-style: no guidance
      embedding, true classifier-free guidance instead; 4 double + 4 single blocks, width
      --width (192: 6 heads of 32; run 4 was 128)) by rectified-flow matching on the latents, together with a tiny T5 v1.1
-     encoder (width 64, 2 blocks) whose tokenizer knows the scene words whole. CLIP-L's slot
+     encoder (--t5-width 64, --t5-layers 2 by default) whose tokenizer knows the scene words
+     whole. CLIP-L's slot
      is the existing frozen random tiny CLIP (manifests/tiny/clip-tiny.safetensors). 10 % of
      the captions are dropped to "" so the model also learns the unconditional prediction.
      Text is tokenised exactly as mgpu does for a FLUX pipeline with `max_sequence_length =
@@ -129,11 +130,24 @@ CLIP = dict(
 )
 
 
-def dit_config(width):
-    """The transformer's configuration at `width` (heads of HEAD_DIM; the RoPE axes fill one head)."""
+def dit_config(width, t5_width=T5["d_model"]):
+    """The transformer's configuration at `width` (heads of HEAD_DIM; the RoPE axes fill one
+    head), reading T5 outputs of `t5_width`."""
     if width % HEAD_DIM:
         raise SystemExit(f"--width {width}: must be a multiple of the head width {HEAD_DIM}")
-    return dict(DIT, num_attention_heads=width // HEAD_DIM)
+    return dict(DIT, num_attention_heads=width // HEAD_DIM, joint_attention_dim=t5_width)
+
+
+def t5_config(width, layers):
+    """The T5 encoder at `width` (heads of 16, feed-forward 2 × width) with `layers` blocks."""
+    if width % T5["d_kv"]:
+        raise SystemExit(f"--t5-width {width}: must be a multiple of the head width {T5['d_kv']}")
+    return dict(T5, d_model=width, d_ff=2 * width, num_heads=width // T5["d_kv"], num_layers=layers)
+
+
+def t5_config_of(folder):
+    """The T5 configuration a trained folder was made with (its draw-train.json)."""
+    return {k: v for k, v in json.loads((Path(folder) / "draw-train.json").read_text())["t5"].items() if k != "vocab_size"}
 
 
 def dit_config_of(folder):
@@ -164,7 +178,7 @@ def t5_tokenizer_json():
 class Text:
     """Tokenisers and encoders: T5 (trained) and CLIP (frozen), as mgpu pads them."""
 
-    def __init__(self, device, t5_json):
+    def __init__(self, device, t5_json, t5_cfg=T5):
         from tokenizers import Tokenizer
         from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
         from safetensors.torch import load_file
@@ -179,7 +193,7 @@ class Text:
         vocab = self.t5_tok.get_vocab_size()
         self.t5_vocab = (vocab + 7) // 8 * 8
         torch.manual_seed(SEEDS["dit_weights"])
-        self.t5 = T5EncoderModel(T5Config(vocab_size=self.t5_vocab, **T5)).to(device)
+        self.t5 = T5EncoderModel(T5Config(vocab_size=self.t5_vocab, **t5_cfg)).to(device)
         clip_sd = load_file(str(TINY / "clip-tiny.safetensors"))
         self.clip_vocab = clip_sd["text_model.embeddings.token_embedding.weight"].shape[0]
         self.clip = CLIPTextModel(CLIPTextConfig(vocab_size=self.clip_vocab, **CLIP))
@@ -365,7 +379,7 @@ def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes
     torch.save(dict(dit=f32(dit), t5=f32(t5)), model)
     torch.save(dict(dit=f32(ema_dit), t5=f32(ema_t5)), ema)
     torch.save(dict(vae=f32(vae), vae_info=vae_info, steps=steps, scenes=scenes_seen, part=args.part,
-                    seconds=seconds, t5_len=T5_LEN, dit_config=args.dit), rest)
+                    seconds=seconds, t5_len=T5_LEN, dit_config=args.dit, t5_config=args.t5), rest)
 
 
 def load_resume(folder):
@@ -391,7 +405,8 @@ def load_resume(folder):
     info = meta["dit_training"]
     return dict(dit=dit, t5=t5, ema_dit=dit, ema_t5=t5, vae=vae, vae_info=dict(meta["vae_training"], **factors),
                 steps=info["total_steps"], scenes=info["total_scenes"], part=info["part"],
-                seconds=info.get("total_seconds", info["seconds"]), t5_len=meta.get("t5_len", 256), dit_config=cfg)
+                seconds=info.get("total_seconds", info["seconds"]), t5_len=meta.get("t5_len", 256), dit_config=cfg,
+                t5_config=t5_config_of(folder))
 
 
 def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None):
@@ -410,6 +425,9 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
         if resume.get("dit_config", DIT) != args.dit:
             raise SystemExit(f"{args.resume}: trained at width {resume['dit_config']['num_attention_heads'] * HEAD_DIM}, "
                              f"this run asks for --width {args.width}")
+        if resume.get("t5_config", T5) != args.t5:
+            raise SystemExit(f"{args.resume}: its T5 is {resume.get('t5_config', T5)}, this run asks for {args.t5} "
+                             "(--t5-width / --t5-layers)")
         if resume.get("t5_len", 256) != T5_LEN:
             raise SystemExit(f"{args.resume}: trained with T5 at {resume.get('t5_len', 256)} tokens, this script uses {T5_LEN}")
         log(f"resumed part {args.part} after {steps0} steps, {scenes0} scenes")
@@ -519,21 +537,42 @@ def sample(dit, t5, vae, text, captions, seeds, shift, scale, device, steps=EVAL
     return ((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def evaluate(dit, t5, vae, text, shift, scale, device, log, limit=None):
-    dit, t5, vae = (m.float().eval() for m in (dit, t5, vae))
-    caps = scenes.heldout_captions()[:limit]
-    ok, fails = 0, []
+def score(dit, t5, vae, text, shift, scale, device, caps, seed0):
+    """(right, relation wrong with the shapes right, misses) over `caps`, seeds seed0 + index."""
+    ok, swapped, fails = 0, 0, []
     for i in range(0, len(caps), 50):
         chunk = caps[i:i + 50]
-        imgs = sample(dit, t5, vae, text, chunk, [1000 + i + j for j in range(len(chunk))], shift, scale, device)
+        imgs = sample(dit, t5, vae, text, chunk, [seed0 + i + j for j in range(len(chunk))], shift, scale, device)
         for c, im in zip(chunk, imgs):
             good, why = scenes.check(im, c)
             ok += good
+            swapped += " is not " in why
             if not good:
                 fails.append((c, why))
+    return ok, swapped, fails
+
+
+def training_relation_captions(n=50, seed=777):
+    """`n` relation captions of the training distribution (none held out): whether the model has
+    learned word order shows here first (docs/demo.md: run 5 swapped 22 of 50)."""
+    rng, caps = random.Random(seed), []
+    while len(caps) < n:
+        c = scenes.sample_spec(rng, "relation")["caption"]
+        if c not in scenes.HELDOUT and c not in caps:
+            caps.append(c)
+    return caps
+
+
+def evaluate(dit, t5, vae, text, shift, scale, device, log, limit=None):
+    dit, t5, vae = (m.float().eval() for m in (dit, t5, vae))
+    caps = scenes.heldout_captions()[:limit]
+    ok, swapped, fails = score(dit, t5, vae, text, shift, scale, device, caps, 1000)
     for c, why in fails[:15]:
         log(f"  miss: {c}: {why}")
-    log(f"held-out: {ok}/{len(caps)} correct ({100 * ok / len(caps):.0f} %)")
+    log(f"held-out: {ok}/{len(caps)} correct ({100 * ok / len(caps):.0f} %), {swapped} with the relation wrong")
+    train = training_relation_captions()[:limit]
+    t_ok, t_swapped, _ = score(dit, t5, vae, text, shift, scale, device, train, 2000)
+    log(f"training relation captions: {t_ok}/{len(train)} correct, {t_swapped} with the relation wrong")
     return ok / len(caps)
 
 
@@ -551,6 +590,8 @@ def main():
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the transformer (default: on a GPU)")
     ap.add_argument("--checkpoints", type=Path, help="where the float32 checkpoints go (default: --out)")
+    ap.add_argument("--t5-width", type=int, default=T5["d_model"], help="T5 width (heads of 16; runs 1-5: 64)")
+    ap.add_argument("--t5-layers", type=int, default=T5["num_layers"], help="T5 blocks (runs 1-5: 2)")
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--pool", type=int, default=200_000, help="training scenes made up front")
     ap.add_argument("--save-every", type=float, default=60.0, help="seconds between saves")
@@ -559,7 +600,8 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="a few steps of each stage (CPU check)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    args.dit = dit_config(args.width)
+    args.t5 = t5_config(args.t5_width, args.t5_layers)
+    args.dit = dit_config(args.width, args.t5_width)
     args.checkpoints = args.checkpoints or args.out
     if args.compile is None:
         args.compile = device.type == "cuda"
@@ -576,7 +618,7 @@ def main():
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
     t5_json = t5_tokenizer_json()
-    text = Text(device, t5_json)
+    text = Text(device, t5_json, args.t5)
     resume = None
     if args.resume:
         from diffusers import AutoencoderKL
@@ -601,7 +643,7 @@ def main():
         smoke=args.smoke,
         args={k: str(v) for k, v in vars(args).items()},
         seeds=SEEDS,
-        dit=args.dit, vae=VAE, t5=dict(T5, vocab_size=text.t5_vocab), clip=CLIP,
+        dit=args.dit, vae=VAE, t5=dict(args.t5, vocab_size=text.t5_vocab), clip=CLIP,
         t5_len=T5_LEN, clip_len=CLIP_LEN, caption_dropout=DROP,
         vae_training=vae_info, dit_training=dit_info,
         heldout=dict(captions=len(scenes.HELDOUT), correct_fraction=score, steps=EVAL_STEPS, cfg=EVAL_CFG,
