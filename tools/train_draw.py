@@ -12,16 +12,17 @@ never shown):
   2. a training set made once on the device: --pool scenes as scaled latents, T5 ids and
      CLIP pooled vectors (making scenes per step cost more than the step itself);
   3. the transformer: diffusers' FluxTransformer2DModel (schnell-style: no guidance
-     embedding, true classifier-free guidance instead; 4 double + 4 single blocks, width
-     --width (192: 6 heads of 32; run 4 was 128)) by rectified-flow matching on the latents, together with a tiny T5 v1.1
-     encoder (--t5-width 64, --t5-layers 2 by default) whose tokenizer knows the scene words
-     whole. CLIP-L's slot
-     is the existing frozen random tiny CLIP (manifests/tiny/clip-tiny.safetensors). 10 % of
-     the captions are dropped to "" so the model also learns the unconditional prediction.
-     Text is tokenised exactly as mgpu does for a FLUX pipeline with `max_sequence_length =
-     32`: T5 padded with <pad> to 32 tokens and encoded unmasked, CLIP padded with <|endoftext|> to 77. float32 with TF32
-     matmuls: bf16 autocast of this stage failed inside cuBLAS on the lent H200 (torch 2.11).
-     The EMA weights are saved every --save-every seconds, so a run cut short leaves a model.
+     embedding, true classifier-free guidance instead; 4 double + 4 single blocks of width
+     --width, 192 by default: 6 heads of 32; run 4 was 128) by rectified-flow matching on the
+     latents, through torch.compile on a GPU, together with a tiny T5 v1.1 encoder
+     (--t5-width 64 and --t5-layers 2 by default) whose tokenizer knows the scene words whole.
+     CLIP-L's slot is the existing frozen random tiny CLIP (manifests/tiny/clip-tiny.safetensors).
+     10 % of the captions are dropped to "" so the model also learns the unconditional
+     prediction. Text is tokenised exactly as mgpu does for a FLUX pipeline with
+     `max_sequence_length = 32`: T5 padded with <pad> to 32 tokens and encoded unmasked, CLIP
+     padded with <|endoftext|> to 77. float32 with TF32 matmuls: bf16 autocast of this stage
+     failed inside cuBLAS on the lent H200 (torch 2.11). The EMA weights are saved every
+     --save-every seconds, so a run cut short leaves a model.
 
 It writes to --out (default manifests/draw/):
 
@@ -44,15 +45,17 @@ passes), so a rerun on a GPU gives a model of the same quality, not the same byt
 
 Run on a GPU machine (torch, transformers, diffusers 0.42, safetensors, numpy, tokenizers):
   python3 tools/train_draw.py --out manifests/draw
-Training in parts (e.g. device calls of at most 10 minutes): every save also writes
-draw-checkpoint-{model,ema,vae}.pt (float32, ≈ 14 + 14 + 5 MB, not the optimizer state); a
-later part goes on from the folder holding them, with new scenes (the pool and noise seeds
-move with the part):
-  python3 tools/train_draw.py --out OUT --dit-minutes 7 --total-minutes 16 --no-eval     # part 0
-  python3 tools/train_draw.py --out OUT2 --resume OUT --dit-minutes 9 --total-minutes 16 --no-eval
-Measured on the lent H200 (2026-12-03): the DiT stage runs ≈ 4 200 scenes/s (batch 512 from
-the pool) and ≈ 2 600/s (batch 256, scenes made per step); 1 M scenes are far from enough
-(docs/demo.md).
+Training in parts (device calls of at most 10 minutes): every save also writes
+draw-checkpoint-{model,ema,vae}.pt to --checkpoints (float32, ≈ 31 + 31 + 5 MB at width 192,
+not the optimizer state); a later part goes on from the folder holding them, or from a folder
+of shipped files if the checkpoints are gone, with new scenes (the pool and noise seeds move
+with the part). Run 5 (docs/demo.md), two calls on the same warm machine:
+  python3 tools/train_draw.py --out $OUT/draw --checkpoints target-draw/ck --vae-minutes 1.2 \
+      --dit-minutes 7.3 --total-minutes 15.9 --no-eval
+  python3 tools/train_draw.py --out $OUT/draw --checkpoints target-draw/ck1 --resume target-draw/ck \
+      --dit-minutes 8.6 --total-minutes 15.9 --no-eval
+Measured on the lent H200 (2026-12-03): width 192 compiled ≈ 15 000 scenes/s after a 41 s
+compile (batch 512 from the pool); width 128 uncompiled ≈ 9 000.
 A smoke run on a CPU (minutes, a model that does not draw): --smoke
 """
 
