@@ -14,6 +14,13 @@ compute is the real compute (matrix products do not look at the values). Pixels 
     python3 tools/full_size_files.py DIR wan22-a14b  # wan2.2_t2v_{high,low}_noise_14B_bf16.safetensors
                                                      # (Wan 2.2 A14B's two experts: the Wan 2.1
                                                      # 14B layout each), umT5, the Wan 2.1 VAE
+    python3 tools/full_size_files.py --dense DIR flux-dev   # every byte written (see below)
+
+`--dense` writes every data byte instead of leaving holes, so the disk really holds the files
+and a read of them after evicting their pages (tools/evict.py) reaches the disk: the data is
+one 4 MiB block of random small values repeated (each 2- or 4-byte value a normal number of
+magnitude 2^-12 to 2^-11 with a random sign and mantissa, in the file's dtype), so every
+model computes finite numbers; the files are synced before the script ends.
 
 Layouts come from the committed parity fixtures (names and shapes of the real checkpoints:
 tests/fixtures/parity/wan/layout_wan_14b.txt, …) and, for umT5-XXL, from its Hugging Face
@@ -23,11 +30,26 @@ Standard library only.
 
 import json
 import os
+import random
 import struct
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"BF16": 2, "F16": 2, "F32": 4}
+# (exponent field of 2^-12, its shift, mantissa bits) per dtype, for --dense.
+SMALL = {"BF16": (115, 7, 7), "F16": (3, 10, 10), "F32": (115, 23, 23)}
+BLOCK = 4 << 20
+
+
+def dense_block(dtype, seed=11):
+    """BLOCK bytes of random small normal numbers of `dtype` (little-endian)."""
+    exp, shift, mbits = SMALL[dtype]
+    size = SIZES[dtype]
+    rng = random.Random(seed)
+    bits = size * 8
+    words = [(rng.getrandbits(1) << (bits - 1)) | (exp << shift) | rng.getrandbits(mbits)
+             for _ in range(BLOCK // size)]
+    return struct.pack(f"<{len(words)}{'H' if size == 2 else 'I'}", *words)
 
 
 def read_layout(path):
@@ -95,6 +117,9 @@ def clip_l_layout():
     return out
 
 
+DENSE = False
+
+
 def write(path, layout, dtype, metadata):
     header = {"__metadata__": metadata}
     offset = 0
@@ -109,17 +134,33 @@ def write(path, layout, dtype, metadata):
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h)))
         f.write(h)
-        f.truncate(8 + len(h) + offset)
-    print(f"wrote {path}: {len(layout)} tensors, {offset / 1e9:.2f} GB (sparse zeros)")
+        if DENSE:
+            # 8 + len(h) is a multiple of 8, so every value of the block lands aligned.
+            block, left = dense_block(dtype), offset
+            while left > 0:
+                n = min(left, len(block))
+                f.write(block[:n])
+                left -= n
+            f.flush()
+            os.fsync(f.fileno())
+        else:
+            f.truncate(8 + len(h) + offset)
+    kind = "dense small random values, synced" if DENSE else "sparse zeros"
+    print(f"wrote {path}: {len(layout)} tensors, {offset / 1e9:.2f} GB ({kind})", flush=True)
 
 
 def main():
+    global DENSE
+    if len(sys.argv) > 1 and sys.argv[1] == "--dense":
+        DENSE = True
+        del sys.argv[1]
     if len(sys.argv) != 3 or sys.argv[2] not in ("flux-dev", "wan14b", "wan1.3b", "wan22-a14b"):
         sys.exit(__doc__)
     out, which = sys.argv[1], sys.argv[2]
     os.makedirs(out, exist_ok=True)
     fx = os.path.join(ROOT, "tests", "fixtures", "parity")
-    note = {"mgpu": "tools/full_size_files.py: zeros in the real layout, not a trained model"}
+    what = "small random values" if DENSE else "zeros"
+    note = {"mgpu": f"tools/full_size_files.py: {what} in the real layout, not a trained model"}
     if which == "flux-dev":
         write(os.path.join(out, "flux1-dev.safetensors"),
               read_layout(os.path.join(fx, "flux", "layout_flux_dev.txt")), "BF16", note)
