@@ -27,6 +27,8 @@
 #   (every case also: first-nowarm dense disk; `dense` only writes the dense files). Each run takes ≈ 20–30 s, the disk case ≈ 60 s
 #   plus writing 33.9 GB the first time; keep one call under the device's time limit, e.g.
 #   CASES="cold-hash warm first first-nowarm" PEER=0, then CASES=disk PEER=0.
+#   MGPU_JIT_WARMUP is read only by branch i11's binary (not merged: benches/RESULTS.md "The
+#   first process's CUDA JIT"); with main's, `first-nowarm` runs the same as `first`.
 # Needs: an mgpu built with `--features cuda`, ~36 GB of disk for the files' headers and
 # about that much free RAM for their pages. Results: first-image.txt, first-image.json,
 # run-*.json (reports), peer.json in the output folder.
