@@ -22,15 +22,14 @@ use mgpu::models::{tiny, vae};
 
 const TOL: f64 = 1e-4;
 
+mod parity_common;
+
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/parity/flux")
-        .join(name)
+    parity_common::fixture("flux", name)
 }
 
 fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name), &Device::Cpu)
-        .unwrap_or_else(|e| panic!("fixture {name}: {e} (regenerate with tools/parity_flux.py)"))
+    parity_common::load("flux", name)
 }
 
 fn scalar(m: &HashMap<String, Tensor>, k: &str) -> f64 {
@@ -39,39 +38,12 @@ fn scalar(m: &HashMap<String, Tensor>, k: &str) -> f64 {
 
 /// (‖a−b‖/‖b‖, max|a−b| / max|b|)
 fn rel_errors(a: &Tensor, b: &Tensor) -> (f64, f64) {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a
-        .flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let b = b
-        .flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let diff2: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum();
-    let norm2: f64 = b.iter().map(|y| y * y).sum();
-    let max_diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let max_b = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    (diff2.sqrt() / norm2.sqrt(), max_diff / max_b)
+    let (l2, maxrel, _) = parity_common::errors(a, b);
+    (l2, maxrel)
 }
 
 fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
-    let (l2, maxrel) = rel_errors(a, b);
-    eprintln!("{what}: relative L2 error {l2:.2e}, max-abs error / max|ref| {maxrel:.2e}");
-    assert!(
-        l2 <= TOL && maxrel <= TOL,
-        "{what}: L2 {l2:.3e}, max {maxrel:.3e} exceed {TOL:e}"
-    );
+    parity_common::assert_close_within(what, a, b, TOL)
 }
 
 fn tiny_dit(cfg: &flux::Config) -> (FluxDit, VarBuilder<'static>, Coverage) {

@@ -8,6 +8,7 @@
 //! (`tools/parity_wan22_i2v.py`).
 
 mod common;
+mod parity_common;
 
 use std::path::{Path, PathBuf};
 
@@ -170,12 +171,8 @@ fn init_image_problems_are_check_errors_and_i2v_needs_i2v_weights() {
 /// (fixture from `tools/parity_wan22_i2v.py`, on the tiny VAE of `tools/parity_wan_vae.py`).
 #[test]
 fn the_conditioning_matches_diffusers() {
-    let dir = repo_root().join("tests/fixtures/parity");
-    let io =
-        candle_core::safetensors::load(dir.join("wan22_i2v/condition.safetensors"), &Device::Cpu)
-            .expect("fixture: regenerate with tools/parity_wan22_i2v.py");
-    let w =
-        candle_core::safetensors::load(dir.join("wan_vae/vae.safetensors"), &Device::Cpu).unwrap();
+    let io = parity_common::load("wan22_i2v", "condition.safetensors");
+    let w = parity_common::load("wan_vae", "vae.safetensors");
     let vcfg = VaeConfig::tiny();
     let vb = candle_nn::VarBuilder::from_tensors(w, DType::F32, &Device::Cpu);
     let [enc, _] = WanVae::units();
@@ -192,24 +189,7 @@ fn the_conditioning_matches_diffusers() {
     // The mask exactly; the latent to the VAE parity test's tolerance.
     let mask_len = 4 * 3 * 4 * 6;
     assert_eq!(a[..mask_len], b[..mask_len], "mask");
-    let diff2: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| f64::from(x - y).powi(2))
-        .sum();
-    let norm2: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
-    let max_diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    let max_b = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
-    let (l2, maxrel) = ((diff2 / norm2).sqrt(), f64::from(max_diff / max_b));
-    eprintln!("conditioning vs diffusers: relative L2 {l2:.2e}, max-abs / max|ref| {maxrel:.2e}");
-    assert!(
-        l2 <= 1e-4 && maxrel <= 1e-4,
-        "L2 {l2:.3e}, max {maxrel:.3e}"
-    );
+    parity_common::assert_close_within("conditioning vs diffusers", &ours, theirs, 1e-4);
 }
 
 #[test]

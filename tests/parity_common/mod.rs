@@ -1,6 +1,6 @@
-//! Comparing mgpu's tensors with a reference implementation's, for the parity tests of the Wan
-//! models (tests/models_wan.rs, models_wan22_ti2v.rs, and the VAE tests through
-//! tests/wan_vae_common): fixtures under `tests/fixtures/parity/<dir>/`, written by
+//! Comparing mgpu's tensors with a reference implementation's, for the parity tests of the FLUX
+//! and Wan models (tests/models_flux.rs, models_wan.rs, models_wan22_ti2v.rs, wan22_i2v.rs, and
+//! the VAE tests through tests/wan_vae_common): fixtures under `tests/fixtures/parity/<dir>/`, written by
 //! `tools/parity_<dir>.py`, and the error measures every one of them reports.
 
 #![allow(dead_code)]
