@@ -54,7 +54,14 @@ fn probe_save_writes_a_hardware_file_that_reads_back() {
 fn bench_on_a_cpu_build_says_what_needs_the_cuda_build() {
     let dir = tempfile::tempdir().unwrap();
     let hw = dir.path().join("hw.toml");
-    let (code, out, err) = mgpu(&["probe", "--bench", "--save", hw.to_str().unwrap()]);
+    let (code, out, err) = mgpu(&[
+        "probe",
+        "--bench",
+        "--save",
+        hw.to_str().unwrap(),
+        "--disk-test-size",
+        "8MiB",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("need the CUDA build"), "{out}");
 }

@@ -178,7 +178,7 @@ fn inspect_and_probe_json_match_their_schemas() {
             }
         }
     }
-    let o = mgpu(&["probe", "--json", "--bench"]);
+    let o = mgpu(&["probe", "--json", "--bench", "--disk-test-size", "8MiB"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_valid(&validator("probe.schema.json"), &v);
@@ -230,7 +230,14 @@ fn completions_man_page_and_help_examples() {
 fn probe_bench_measures_what_a_cpu_build_can() {
     let dir = tempfile::tempdir().unwrap();
     let hw = dir.path().join("hw.toml");
-    let o = mgpu(&["probe", "--bench", "--save", hw.to_str().unwrap()]);
+    let o = mgpu(&[
+        "probe",
+        "--bench",
+        "--save",
+        hw.to_str().unwrap(),
+        "--disk-test-size",
+        "8MiB",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8(o.stdout).unwrap();
     assert!(

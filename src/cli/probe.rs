@@ -11,6 +11,7 @@ use anyhow::Context;
 use super::Status;
 use crate::hardware::file;
 use crate::hardware::probe::{self, ProbeOutput, ProbeReport};
+use crate::units::ByteSize;
 
 /// Show this machine's devices and rates, or save them as a hardware file.
 ///
@@ -27,9 +28,23 @@ pub struct Args {
     /// GPU→host and GPU→GPU copy rates and each GPU's bf16 product rate.
     #[arg(long)]
     pub bench: bool,
+    /// With `--bench`: the size of the file written and read back to measure the disk
+    /// (default 256MiB; rounded up to whole 4 MiB). It is written next to the `--save` file,
+    /// or in the current folder, and removed afterwards; that folder needs this much free.
+    #[arg(long, value_name = "SIZE", value_parser = parse_disk_size, requires = "bench")]
+    pub disk_test_size: Option<ByteSize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--disk-test-size`: a size (the manifest's spellings) from 4 MiB to 64 GiB.
+fn parse_disk_size(s: &str) -> Result<ByteSize, String> {
+    let b: ByteSize = s.parse().map_err(|e| format!("{e}"))?;
+    if !(4 << 20..=64 << 30).contains(&b.bytes()) {
+        return Err(format!("{b} is outside 4MiB..=64GiB"));
+    }
+    Ok(b)
 }
 
 pub fn run(args: Args) -> anyhow::Result<Status> {
@@ -41,7 +56,10 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         .and_then(|p| p.parent())
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let report = probe::probe_in(args.bench, disk_dir)?;
+    let disk_bytes = args
+        .disk_test_size
+        .map_or(crate::hardware::cpu_bench::DISK_BYTES, ByteSize::bytes);
+    let report = probe::probe_in(args.bench, disk_dir, disk_bytes)?;
     if let Some(path) = &args.save {
         file::write(path, &report.hardware)
             .with_context(|| format!("cannot write hardware file {}", path.display()))?;

@@ -9,8 +9,11 @@ use std::time::Instant;
 
 /// Side of the square f32 product timed for the CPU rate.
 const MATMUL_N: usize = 1024;
-/// Size of the file written and read back for the disk rate.
-const DISK_BYTES: usize = 256 << 20;
+/// Default size of the file written and read back for the disk rate (`probe
+/// --disk-test-size`).
+pub const DISK_BYTES: u64 = 256 << 20;
+/// The file is written in blocks of this many bytes; its size is rounded up to a multiple.
+pub const DISK_BLOCK: u64 = 4 << 20;
 
 /// The CPU's f32 matrix-product rate in TFLOP/s: the best of a few `MATMUL_N`³ products
 /// (after one warm-up), on every core candle uses.
@@ -31,22 +34,35 @@ pub fn matmul_tflops() -> Result<f64, String> {
     Ok(2.0 * (n as f64).powi(3) / best / 1e12)
 }
 
-/// Writes `DISK_BYTES` to a temporary file in `dir`, flushes it to disk, asks the kernel to
-/// drop it from the page cache (`posix_fadvise(DONTNEED)`, Linux) and times reading it back:
-/// decimal GB/s. On file systems that keep files in memory (tmpfs) this measures memory.
-pub fn disk_read_gbps(dir: &Path) -> Result<f64, String> {
+/// Writes `bytes` (rounded up to whole [`DISK_BLOCK`]s) to a temporary file in `dir`,
+/// flushes it to disk, asks the kernel to drop it from the page cache
+/// (`posix_fadvise(DONTNEED)`, Linux) and times reading it back: decimal GB/s. On file systems
+/// that keep files in memory (tmpfs) this measures memory. A failed write (a full disk, say)
+/// is an error naming the folder and the size; the temporary file is removed either way.
+pub fn disk_read_gbps(dir: &Path, bytes: u64) -> Result<f64, String> {
+    let blocks = bytes.div_ceil(DISK_BLOCK).max(1);
+    let bytes = (blocks * DISK_BLOCK) as usize;
     let mut f = tempfile::Builder::new()
         .prefix(".mgpu-probe-")
         .tempfile_in(dir)
         .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
-    let block: Vec<u8> = (0..(4 << 20)).map(|i| (i * 31 % 251) as u8).collect();
-    for _ in 0..DISK_BYTES / block.len() {
-        f.write_all(&block).map_err(|e| e.to_string())?;
+    let block: Vec<u8> = (0..DISK_BLOCK as usize)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let write_err = |e: std::io::Error| {
+        format!(
+            "cannot write the {} MiB test file in {}: {e}",
+            bytes >> 20,
+            dir.display()
+        )
+    };
+    for _ in 0..blocks {
+        f.write_all(&block).map_err(write_err)?;
     }
-    f.as_file().sync_all().map_err(|e| e.to_string())?;
+    f.as_file().sync_all().map_err(write_err)?;
     drop_from_cache(f.as_file());
     let mut r = f.reopen().map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 4 << 20];
+    let mut buf = vec![0u8; DISK_BLOCK as usize];
     let t = Instant::now();
     let mut total = 0usize;
     loop {
@@ -57,8 +73,8 @@ pub fn disk_read_gbps(dir: &Path) -> Result<f64, String> {
         total += k;
     }
     let secs = t.elapsed().as_secs_f64();
-    if total != DISK_BYTES {
-        return Err(format!("read {total} of {DISK_BYTES} bytes back"));
+    if total != bytes {
+        return Err(format!("read {total} of {bytes} bytes back"));
     }
     Ok(total as f64 / secs / 1e9)
 }
@@ -84,7 +100,9 @@ mod tests {
         let t = matmul_tflops().unwrap();
         assert!(t.is_finite() && t > 1e-4 && t < 100.0, "{t}");
         let dir = tempfile::tempdir().unwrap();
-        let g = disk_read_gbps(dir.path()).unwrap();
+        // 8 MiB, not the probe's 256: CI machines can be short of disk (one run failed with
+        // ENOSPC here), and the code path is the same.
+        let g = disk_read_gbps(dir.path(), 8 << 20).unwrap();
         assert!(g.is_finite() && g > 0.0, "{g}");
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),

@@ -87,11 +87,12 @@ pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
 
 /// Probes the machine; with `bench`, also measures rates (CUDA builds only).
 pub fn probe(bench: bool) -> Result<ProbeReport, ProbeError> {
-    probe_in(bench, Path::new("."))
+    probe_in(bench, Path::new("."), super::cpu_bench::DISK_BYTES)
 }
 
-/// [`probe`], measuring the disk rate (with `bench`) with a file in `disk_dir`.
-pub fn probe_in(bench: bool, disk_dir: &Path) -> Result<ProbeReport, ProbeError> {
+/// [`probe`], measuring the disk rate (with `bench`) with a file of `disk_bytes` in
+/// `disk_dir`.
+pub fn probe_in(bench: bool, disk_dir: &Path, disk_bytes: u64) -> Result<ProbeReport, ProbeError> {
     let cpu = host()?;
     let mut report = ProbeReport {
         hardware: Hardware {
@@ -105,7 +106,7 @@ pub fn probe_in(bench: bool, disk_dir: &Path) -> Result<ProbeReport, ProbeError>
     probe_cuda(&mut report, bench);
     report.hardware.devices.push(cpu);
     if bench {
-        bench_host(&mut report, disk_dir);
+        bench_host(&mut report, disk_dir, disk_bytes);
     }
     if !CUDA_BUILD {
         report.notes.push(
@@ -140,7 +141,7 @@ fn probe_cuda(_: &mut ProbeReport, _: bool) {}
 
 /// `--bench` on the host (every build): the CPU's f32 product rate becomes the cpu device's
 /// compute rate, the disk read rate the `disk → cpu` link.
-fn bench_host(report: &mut ProbeReport, disk_dir: &Path) {
+fn bench_host(report: &mut ProbeReport, disk_dir: &Path, disk_bytes: u64) {
     let mut r = report.bench.take().unwrap_or_default();
     match super::cpu_bench::matmul_tflops() {
         Ok(t) => {
@@ -149,18 +150,20 @@ fn bench_host(report: &mut ProbeReport, disk_dir: &Path) {
         }
         Err(e) => report.notes.push(format!("could not measure the CPU: {e}")),
     }
-    match super::cpu_bench::disk_read_gbps(disk_dir) {
+    match super::cpu_bench::disk_read_gbps(disk_dir, disk_bytes) {
         Ok(g) => r.disk_read_gbps = Some(g),
         Err(e) => report.notes.push(format!(
             "could not measure the disk read rate in {}: {e}",
             disk_dir.display()
         )),
     }
-    report.notes.push(
+    report.notes.push(format!(
         "the cpu's rate is candle's f32 1024³ matrix product (CPU models compute in f32); \
-         the disk rate reads a 256 MiB file back after dropping it from the page cache"
-            .into(),
-    );
+         the disk rate reads back a file of {} after dropping it from the page cache",
+        crate::units::ByteSize(
+            disk_bytes.div_ceil(super::cpu_bench::DISK_BLOCK).max(1) * super::cpu_bench::DISK_BLOCK
+        )
+    ));
     apply_bench(&mut report.hardware, &r);
     report.bench = Some(r);
 }
@@ -316,7 +319,7 @@ mod tests {
         if !CUDA_BUILD {
             assert!(r.notes.iter().any(|n| n.contains("no CUDA support")));
             let dir = tempfile::tempdir().unwrap();
-            let benched = probe_in(true, dir.path()).unwrap();
+            let benched = probe_in(true, dir.path(), 8 << 20).unwrap();
             assert!(benched
                 .notes
                 .iter()
