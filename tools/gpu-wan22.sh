@@ -20,7 +20,11 @@
 #             boundary 0.875) including the switch, resident vs 100 % of both experts' blocks
 #             streamed from page-locked host RAM, with the planner's per-step prediction
 #             (`--hardware`); CFG=1 adds true CFG (two evaluations per step: twice the time)
-# Usage: PHASE=bench|resident|host|swap tools/gpu-wan22.sh [path/to/mgpu] [output folder]
+#   ti2v      the CUDA paths no GPU has run yet: the tiny Wan 2.2 demos (TI2V-5B text- and
+#             image-to-video with its per-token timesteps, A14B image-to-video, A14B
+#             text-to-video) on cuda:0 under four allocations; every clip must be byte-identical
+#             across allocations (about a minute, mostly the first process's CUDA JIT)
+# Usage: PHASE=bench|resident|host|swap|ti2v tools/gpu-wan22.sh [path/to/mgpu] [output folder]
 #   HW (default benches/hw-h200-2026-12-02.toml), STEPS (20), FRAMES (81)
 set -u
 BIN=${1:-.carry/bin/mgpu}
@@ -48,11 +52,37 @@ if [ "$PHASE" = bench ]; then
   exit $FAIL
 fi
 
+if [ "$PHASE" = ti2v ]; then
+  for demo in demo-wan22-ti2v demo-wan22-i2v demo-wan22; do
+    for a in "cuda:0,*" "cuda:0,50%;cpu,*" "cpu,*" "cuda:0,50%;disk,*"; do
+      name=$(echo "$a" | tr -c 'a-z0-9' '_')
+      dir="$OUTDIR/$demo-$name"; mkdir -p "$dir"
+      stamp "$demo on cuda:0, allocation $a"
+      sed -e "s#^compute = \"cpu\"#compute = \"cuda:0\"#" \
+          -e "s#^allocation = .*#allocation = \"$a\"#" \
+          -e "s#^output_root = .*#output_root = \"$dir/out\"#" \
+          "$ROOT/manifests/$demo.toml" > "$ROOT/manifests/gpu-$demo-$name.toml"
+      timeout 150 "$BIN" run "$ROOT/manifests/gpu-$demo-$name.toml" --quiet --report "$dir/report.json" \
+        > "$dir/log.txt" 2>&1 || { echo "$demo $a failed:"; tail -8 "$dir/log.txt"; FAIL=1; }
+      rm -f "$ROOT/manifests/gpu-$demo-$name.toml"
+      (cd "$dir/out" 2>/dev/null && sha256sum *.png) > "$dir/sha.txt" 2>/dev/null
+      echo "$a: $(tr '\n' ' ' < "$dir/sha.txt")"
+    done
+    first=$(ls -d "$OUTDIR/$demo"-* | head -1)
+    [ -s "$first/sha.txt" ] || { echo "$demo: no clips"; FAIL=1; }
+    for d in "$OUTDIR/$demo"-*; do
+      cmp -s "$first/sha.txt" "$d/sha.txt" || { echo "DIFFERS: $d"; FAIL=1; }
+    done
+  done
+  stamp "end (fail=$FAIL)"
+  exit $FAIL
+fi
+
 case "$PHASE" in
   resident) ALLOC='cuda:0,*' ;;
   host) ALLOC='cpu,*' ;;
   swap) ALLOC='' ;;
-  *) echo "PHASE must be bench, resident, host or swap"; exit 2 ;;
+  *) echo "PHASE must be bench, resident, host, swap or ti2v"; exit 2 ;;
 esac
 
 stamp "full-size files"

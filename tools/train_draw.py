@@ -334,13 +334,47 @@ def train_vae(args, device, log):
 
 
 @torch.no_grad()
+def order_slots(spec):
+    """The palette indices of the colours in the picture's first slot (top, or left) and second
+    slot of a relation scene; (-1, -1) for a count scene. What `OrderHead` is taught."""
+    if spec["kind"] != "relation":
+        return (-1, -1)
+    (_, c1, *_), (_, c2, *_) = spec["objects"]
+    if spec["relation"] in ("below", "right of"):
+        c1, c2 = c2, c1
+    return (scenes.COLOR_NAMES.index(c1), scenes.COLOR_NAMES.index(c2))
+
+
+class OrderHead(torch.nn.Module):
+    """Training-only auxiliary head (`--order-aux`): two learned queries — the picture's first
+    slot (top/left) and second slot — attend over the T5 outputs, as the transformer's image
+    tokens do, and name the colour there. Runs 1-5 swapped the shapes of relation captions
+    about as often as not (word order unlearned: FLUX's text tokens carry no positions, so order
+    must come from T5), while `tools/draw_order_probe.py` shows a width-64 2-block T5 learns
+    this task within ~750 CPU steps when taught it directly. Not shipped."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.q = torch.nn.Parameter(torch.randn(2, width) / width**0.5)
+        self.k = torch.nn.Linear(width, width)
+        self.v = torch.nn.Linear(width, width)
+        self.out = torch.nn.Linear(width, len(scenes.COLOR_NAMES))
+
+    def forward(self, h):
+        a = torch.softmax(torch.einsum("qd,bld->bql", self.q, self.k(h)) / h.shape[-1] ** 0.5, -1)
+        return self.out(torch.einsum("bql,bld->bqd", a, self.v(h)))
+
+
+@torch.no_grad()
 def build_pool(args, device, vae, text, shift, scale, log):
     """The DiT's training set, made once on the device: `--pool` scenes (none with a held-out
-    caption) as scaled latents, T5 ids and CLIP pooled vectors, so a step only indexes it."""
+    caption) as scaled latents, T5 ids, CLIP pooled vectors and `order_slots`, so a step only
+    indexes it."""
     rng = random.Random(SEEDS["dit_data"] + 1000 * args.part)  # each resumed part sees new scenes
-    xs, ids, pooled, caps = [], [], [], []
-    for k in range(0, args.pool, 512):
-        specs = batch_specs(rng, min(512, args.pool - k))
+    xs, ids, pooled, caps, slots = [], [], [], [], []
+    chunk = 512 if device.type == "cuda" else 64  # the autoencoder's activations: ~10 GB at 512 on a CPU
+    for k in range(0, args.pool, chunk):
+        specs = batch_specs(rng, min(chunk, args.pool - k))
         c = [s["caption"] for s in specs]
         x = scenes.render_torch(specs, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -349,8 +383,13 @@ def build_pool(args, device, vae, text, shift, scale, log):
         ids.append(text.t5_ids(c))
         pooled.append(text.pooled(c))
         caps += c
+        slots += [order_slots(s) for s in specs]
+        log_every = max(1, args.pool // 10 // chunk) * chunk
+        if device.type == "cpu" and (k + chunk) % log_every == 0:
+            log(f"pool: {k + chunk} scenes encoded")
     log(f"pool: {len(caps)} scenes, {len(set(caps))} distinct captions")
-    return torch.cat(xs), torch.cat(ids), torch.cat(pooled), text.t5_ids([""]), text.pooled([""])
+    return (torch.cat(xs), torch.cat(ids), torch.cat(pooled), torch.tensor(slots, device=device),
+            text.t5_ids([""]), text.pooled([""]))
 
 
 def save_weights(out, dit, t5, vae, shift, scale):
@@ -371,7 +410,7 @@ def save_weights(out, dit, t5, vae, shift, scale):
 CHECKPOINT = ("draw-checkpoint-model.pt", "draw-checkpoint-ema.pt", "draw-checkpoint-vae.pt")
 
 
-def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes_seen, seconds):
+def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes_seen, seconds, head=None):
     """Everything a later part needs to go on, float32, in three files in --checkpoints (≈ 31,
     31 and 5 MB at width 192: too big to come back from a device call, so they stay on the
     device for the next call; a part can also go on from the shipped weights, see
@@ -379,7 +418,7 @@ def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes
     f32 = lambda m: {k: v.detach().float().cpu() for k, v in m.state_dict().items()}  # noqa: E731
     args.checkpoints.mkdir(parents=True, exist_ok=True)
     model, ema, rest = (args.checkpoints / n for n in CHECKPOINT)
-    torch.save(dict(dit=f32(dit), t5=f32(t5)), model)
+    torch.save(dict(dit=f32(dit), t5=f32(t5), **({"order_head": f32(head)} if head is not None else {})), model)
     torch.save(dict(dit=f32(ema_dit), t5=f32(ema_t5)), ema)
     torch.save(dict(vae=f32(vae), vae_info=vae_info, steps=steps, scenes=scenes_seen, part=args.part,
                     seconds=seconds, t5_len=T5_LEN, dit_config=args.dit, t5_config=args.t5), rest)
@@ -391,7 +430,8 @@ def load_resume(folder):
     its EMA)."""
     if (folder / CHECKPOINT[0]).exists():
         model, ema, rest = (torch.load(folder / n, map_location="cpu", weights_only=True) for n in CHECKPOINT)
-        return dict(rest, dit=model["dit"], t5=model["t5"], ema_dit=ema["dit"], ema_t5=ema["t5"])
+        return dict(rest, dit=model["dit"], t5=model["t5"], ema_dit=ema["dit"], ema_t5=ema["t5"],
+                    order_head=model.get("order_head"))
     from safetensors import safe_open
     from safetensors.torch import load_file
     from parity_draw import dit_from_bfl, vae_from_bfl
@@ -415,7 +455,8 @@ def load_resume(folder):
 def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None):
     from diffusers import FluxTransformer2DModel
 
-    pool_x, pool_ids, pool_pooled, empty_ids, empty_pooled = build_pool(args, device, vae, text, shift, scale, log)
+    pool_x, pool_ids, pool_pooled, pool_slots, empty_ids, empty_pooled = build_pool(
+        args, device, vae, text, shift, scale, log)
     torch.manual_seed(SEEDS["dit_weights"] + 100)
     dit = FluxTransformer2DModel(**args.dit).to(device)
     t5 = text.t5.train()
@@ -434,9 +475,13 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
         if resume.get("t5_len", 256) != T5_LEN:
             raise SystemExit(f"{args.resume}: trained with T5 at {resume.get('t5_len', 256)} tokens, this script uses {T5_LEN}")
         log(f"resumed part {args.part} after {steps0} steps, {scenes0} scenes")
+    head = OrderHead(args.t5["d_model"]).to(device) if args.order_aux > 0 else None
+    if head is not None and resume is not None and resume.get("order_head") is not None:
+        head.load_state_dict(resume["order_head"])
     params = list(dit.parameters()) + list(t5.parameters())
+    head_params = list(head.parameters()) if head is not None else []
     cuda = device.type == "cuda"
-    opt = torch.optim.AdamW(params, lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99), fused=cuda)
+    opt = torch.optim.AdamW(params + head_params, lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99), fused=cuda)
     # torch.compile fuses the many small elementwise kernels of a model this narrow (the step is
     # bound by them, not by its GEMMs); its compile time counts in the budget. If compiling
     # fails, the first step says so and the loop goes on with the plain module.
@@ -451,7 +496,7 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
     # The learning rate follows one schedule over every part (--total-minutes); each part warms
     # AdamW's fresh moments up again over its first 200 steps.
     total = max(args.total_minutes or 0.0, args.dit_minutes) * 60
-    t0, step, hist, saved = time.time(), 0, [], time.time()
+    t0, step, hist, aux_hist, saved = time.time(), 0, [], [], time.time()
     while True:
         spent = time.time() - t0
         if spent >= budget or (args.smoke and step >= 3):
@@ -465,6 +510,7 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
             drop = torch.rand(b, generator=gen, device=device) < DROP
             tok = torch.where(drop[:, None], empty_ids, pool_ids[pick])
             pooled = torch.where(drop[:, None], empty_pooled, pool_pooled[pick])
+            slots = torch.where(drop[:, None], -1, pool_slots[pick])
             noise = torch.randn(x0.shape, generator=gen, device=device)
             # logit-normal times (SD3), with a uniform share so the ends are seen too
             t = torch.sigmoid(torch.randn(b, generator=gen, device=device))
@@ -480,8 +526,16 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
             pred = fwd(hidden_states=pack(xt), encoder_hidden_states=ctx, pooled_projections=pooled,
                        timestep=t, img_ids=ids, txt_ids=txt_ids, return_dict=False)[0]
             loss = F.mse_loss(pred, target)
+            total_loss = loss
+            if head is not None:
+                # relation captions only (count scenes and dropped captions are -1)
+                ce = F.cross_entropy(head(ctx).flatten(0, 1), slots.flatten().clamp(min=0), reduction="none")
+                keep = (slots.flatten() >= 0).float()
+                aux = (ce * keep).sum() / keep.sum().clamp(min=1.0)
+                total_loss = loss + args.order_aux * aux
+                aux_hist.append(aux.detach())
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total_loss.backward()
         except Exception as e:  # noqa: BLE001 - only the compiled module's first step is retried
             if fwd is dit or step > 0:
                 raise
@@ -491,30 +545,36 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
             continue
         if step == 0:
             log(f"first step done ({time.time() - t0:.1f} s{', compiled' if fwd is not dit else ''})")
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params + head_params, 1.0)
         opt.step()
         step += 1
         decay = min(args.ema, (1 + steps0 + step) / (10 + steps0 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - decay)
         hist.append(loss.detach())
-        if step % 500 == 0:
+        if step % args.log_every == 0:
             hist = [torch.stack(hist).mean()]
-            log(f"dit step {step} loss {hist[0].item():.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f} s)")
+            aux_msg = ""
+            if aux_hist:
+                aux_hist = [torch.stack(aux_hist).mean()]
+                aux_msg = f" order {aux_hist[0].item():.3f}"
+            log(f"dit step {step} loss {hist[0].item():.4f}{aux_msg} lr {opt.param_groups[0]['lr']:.2e} "
+                f"({time.time() - t0:.0f} s)")
         if time.time() - saved > args.save_every:
             # a run cut short still leaves a usable model, and a checkpoint to go on from
             save_weights(args.out, ema_dit, ema_t5, vae, shift, scale)
             save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps0 + step, scenes0 + step * b,
-                            seconds0 + time.time() - t0)
+                            seconds0 + time.time() - t0, head)
             saved = time.time()
     save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps0 + step, scenes0 + step * b,
-                    seconds0 + time.time() - t0)
+                    seconds0 + time.time() - t0, head)
     round_bf16_(ema_dit)
     round_bf16_(ema_t5)
     return ema_dit, ema_t5, dict(steps=step, batch=b, pool=len(pool_x), final_loss=torch.stack(hist).mean().item(),
                                  seconds=time.time() - t0, part=args.part, total_steps=steps0 + step,
                                  total_scenes=scenes0 + step * b, total_seconds=seconds0 + time.time() - t0,
-                                 compiled=fwd is not dit)
+                                 compiled=fwd is not dit, order_aux=args.order_aux,
+                                 final_order_loss=torch.stack(aux_hist).mean().item() if aux_hist else None)
 
 
 @torch.no_grad()
@@ -596,6 +656,9 @@ def main():
     ap.add_argument("--t5-width", type=int, default=T5["d_model"], help="T5 width (heads of 16; runs 1-5: 64)")
     ap.add_argument("--t5-layers", type=int, default=T5["num_layers"], help="T5 blocks (runs 1-5: 2)")
     ap.add_argument("--ema", type=float, default=0.998)
+    ap.add_argument("--order-aux", type=float, default=0.1,
+                    help="weight of the training-only word-order loss on T5 (OrderHead; 0: off; runs 1-5 had none)")
+    ap.add_argument("--log-every", type=int, default=500, help="DiT steps between loss lines")
     ap.add_argument("--pool", type=int, default=200_000, help="training scenes made up front")
     ap.add_argument("--save-every", type=float, default=60.0, help="seconds between saves")
     ap.add_argument("--resume", type=Path, help="go on from an earlier part in this folder: its draw-checkpoint-*.pt files, else its shipped files (skips the autoencoder)")
