@@ -200,6 +200,24 @@ impl ModelSampling {
         }
     }
 
+    /// The timestep the network is given at σ under `scheduler`: [`Self::timestep`], except
+    /// under `flow_sigmas`, which is diffusers' `UniPCMultistepScheduler(use_flow_sigmas)` —
+    /// WanPipeline's scheduler, and Wan's own `FlowUniPCMultistepScheduler` — whose timesteps
+    /// are `(σ · 1000).astype(int64)`: the network sees whole timesteps (truncated toward
+    /// zero; 999 at σ = 1 − 1e-6), while the solver steps on the exact σ. For FLUX (timestep
+    /// σ, the network multiplies by 1000) that is `⌊1000 σ⌋ / 1000`, what FluxPipeline passes
+    /// (`t / 1000`) with that scheduler. Every other scheduler keeps ComfyUI's continuous
+    /// `timestep(σ)`. The Wan 2.2 expert switch compares this timestep, as diffusers does.
+    pub fn model_timestep(&self, sigma: f64, scheduler: super::Scheduler) -> f64 {
+        if scheduler != super::Scheduler::FlowSigmas {
+            return self.timestep(sigma);
+        }
+        match self.kind {
+            FlowKind::Flux { .. } => (sigma * 1000.0).trunc() / 1000.0,
+            FlowKind::DiscreteFlow { multiplier, .. } => (sigma * multiplier).trunc(),
+        }
+    }
+
     /// σ at flow time `t ∈ [0, 1]` (`t = 1` is pure noise): the model's shift applied to `t`,
     /// `flux_time_shift(μ, t)` or `time_snr_shift(shift, t)`, whatever the timestep multiplier.
     /// The diffusers-exact schedulers (`simple_exact`, `flow_sigmas`) evaluate this directly
@@ -328,6 +346,23 @@ mod tests {
         assert!(ModelSampling::wan(0.0).is_err());
         let dev = ModelSampling::flux_dev(1024, 1024);
         assert_eq!(dev.flow_sigma(0.3), flux_time_shift(1.15, 0.3));
+    }
+
+    #[test]
+    fn flow_sigmas_give_the_network_whole_timesteps_as_diffusers_unipc() {
+        use crate::sample::Scheduler;
+        let wan = ModelSampling::wan(5.0).unwrap();
+        // diffusers' flow-σ UniPC starts at σ = 1 − 1e-6: timestep 999, not 999.999
+        assert_eq!(wan.model_timestep(1.0 - 1e-6, Scheduler::FlowSigmas), 999.0);
+        assert_eq!(wan.model_timestep(0.96149, Scheduler::FlowSigmas), 961.0);
+        assert_eq!(wan.model_timestep(0.0, Scheduler::FlowSigmas), 0.0);
+        // every other scheduler keeps ComfyUI's continuous timestep
+        for s in [Scheduler::Simple, Scheduler::SimpleExact, Scheduler::Beta] {
+            assert_eq!(wan.model_timestep(0.96149, s), wan.timestep(0.96149));
+        }
+        let dev = ModelSampling::flux_dev(1024, 1024);
+        assert_eq!(dev.model_timestep(0.55559, Scheduler::FlowSigmas), 0.555);
+        assert_eq!(dev.model_timestep(0.55559, Scheduler::Simple), 0.55559);
     }
 
     #[test]

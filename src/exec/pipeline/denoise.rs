@@ -281,7 +281,8 @@ pub(crate) fn run(
             for (c, (k, _, sigma, step, xin)) in calls.iter().enumerate() {
                 let l = live[*k].as_ref().expect("calls come from live runs");
                 let start = l.run.sigmas().get(*step).copied().unwrap_or(*sigma);
-                if dits.pick(l.ms.timestep(start)) != expert {
+                let scheduler = l.task.job.scheduler;
+                if dits.pick(l.ms.model_timestep(start, scheduler)) != expert {
                     continue;
                 }
                 call_expert[c] = expert;
@@ -291,7 +292,7 @@ pub(crate) fn run(
                         latent: xin,
                         context: &cond.context,
                         pooled: cond.pooled.as_ref(),
-                        timestep: l.ms.timestep(*sigma),
+                        timestep: l.ms.model_timestep(*sigma, scheduler),
                         guidance: l.guidance,
                         clean_frames: usize::from(l.first.is_some()),
                     });
