@@ -1,8 +1,11 @@
-//! Wan 2.2 end to end against diffusers' pipelines (issue 15).
+//! Wan end to end against diffusers' pipelines (issues 10 and 15).
 //!
-//! `tools/parity_wan22_pipelines.py` ran diffusers (float32, CPU) from mgpu's initial noise
+//! `tools/parity_wan_pipelines.py` ran diffusers (float32, CPU) from mgpu's initial noise
 //! with UniPC bh2 on Wan's flow σ (shift 5) and true CFG 3.5 against a negative prompt, the tiny
 //! umT5 and a seeded first frame, and committed the clips and the noise:
+//! - `wan21_t2v_pipeline/`: `WanPipeline` with the tiny Wan 2.1 model and the parity Wan VAE;
+//! - `wan22_t2v_pipeline/`: `WanPipeline` with the tiny A14B text-to-video experts (switching
+//!   at boundary 0.875);
 //! - `wan22_i2v_pipeline/`: `WanImageToVideoPipeline` with the tiny demo's two A14B
 //!   image-to-video experts (switching at boundary 0.9) and the parity Wan VAE;
 //! - `wan22_ti2v_pipeline/`: the tiny TI2V-5B demo model with the parity Wan 2.2 VAE through
@@ -55,6 +58,24 @@ struct Models {
     spatial: usize,
 }
 
+const WAN21_T2V: Models = Models {
+    fixture: "tests/fixtures/parity/wan21_t2v_pipeline",
+    diffusion: "manifests/tiny/wan-tiny.safetensors",
+    low_noise: None,
+    vae: "tests/fixtures/parity/wan_vae/vae.safetensors",
+    channels: 16,
+    spatial: 8,
+};
+
+const A14B_T2V: Models = Models {
+    fixture: "tests/fixtures/parity/wan22_t2v_pipeline",
+    diffusion: "manifests/tiny/wan22-high-noise-tiny.safetensors",
+    low_noise: Some("manifests/tiny/wan22-low-noise-tiny.safetensors"),
+    vae: "tests/fixtures/parity/wan_vae/vae.safetensors",
+    channels: 16,
+    spatial: 8,
+};
+
 const A14B_I2V: Models = Models {
     fixture: "tests/fixtures/parity/wan22_i2v_pipeline",
     diffusion: "manifests/tiny/wan22-i2v-high-noise-tiny.safetensors",
@@ -76,7 +97,7 @@ const TI2V_5B: Models = Models {
 fn fixture(models: &Models) -> (Meta, HashMap<String, Tensor>) {
     let dir = repo_root().join(models.fixture);
     let meta = std::fs::read_to_string(dir.join("meta.json")).unwrap_or_else(|e| {
-        panic!("meta.json: {e} (regenerate with tools/parity_wan22_pipelines.py)")
+        panic!("meta.json: {e} (regenerate with tools/parity_wan_pipelines.py)")
     });
     let meta: Meta = serde_json::from_str(&meta).unwrap();
     let t = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu)
@@ -156,6 +177,16 @@ output = "{{job}}.png"
 }
 
 #[test]
+fn wan21_text_to_video_matches_diffusers_wan_pipeline() {
+    matches_diffusers(&WAN21_T2V);
+}
+
+#[test]
+fn a14b_text_to_video_matches_diffusers_wan_pipeline_with_two_experts() {
+    matches_diffusers(&A14B_T2V);
+}
+
+#[test]
 fn a14b_image_to_video_matches_diffusers_wan_image_to_video_pipeline() {
     matches_diffusers(&A14B_I2V);
 }
@@ -198,6 +229,8 @@ fn matches_diffusers(models: &Models) {
         let frames =
             mgpu::output::decode_apng_file(&dir.path().join(format!("out/case{i}.png"))).unwrap();
         let want = expected[&format!("video.{i}")]
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()

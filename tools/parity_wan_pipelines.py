@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""End-to-end parity fixtures for Wan 2.2 (issue 15): diffusers' pipelines with tiny models and
+"""End-to-end parity fixtures for Wan (issues 10, 15): diffusers' pipelines with tiny models and
 mgpu's initial noise, in float32 on the CPU — the whole chain at once, UniPC (bh2) on Wan's
 flow σ with shift 5, true CFG against a negative prompt, the VAE decode:
+
+  Wan 2.1 text-to-video `WanPipeline` on the tiny Wan 2.1 model
+  A14B text-to-video    `WanPipeline` with two experts switching at boundary 0.875
 
   A14B image-to-video   `WanImageToVideoPipeline`: the first frame's VAE encoding and mask,
                         the two experts switching at boundary 0.9
@@ -13,7 +16,8 @@ flow σ with shift 5, true CFG against a negative prompt, the VAE decode:
 Models (the same files mgpu reads):
   experts  manifests/tiny/wan22-i2v-{high,low}-noise-tiny.safetensors (`mgpu make-tiny wan
            --experts --i2v`; original Wan layout, bf16) converted to diffusers'
-           `WanTransformer3DModel` names (tools/parity_wan.py's `to_original`, inverted)
+           `WanTransformer3DModel` names (tools/parity_wan.py's `to_original`, inverted); the
+           same for wan-tiny.safetensors and wan22-{high,low}-noise-tiny.safetensors
   VAE      tests/fixtures/parity/wan_vae/vae_diffusers.safetensors (the same weights as
            vae.safetensors, which mgpu reads; tools/parity_wan_vae.py)
   TI2V     manifests/tiny/wan22-ti2v-5b-tiny.safetensors (`mgpu make-tiny wan --ti2v`, 48
@@ -29,19 +33,20 @@ Models (the same files mgpu reads):
 First frame: a seeded 96 × 64 picture at the job's size (written as first-frame.png; mgpu's
 cover-crop and diffusers' resize both leave it as it is).
 
-Writes tests/fixtures/parity/wan22_i2v_pipeline/ (A14B) and wan22_ti2v_pipeline/ (TI2V-5B):
-  first-frame.png        the init image
-  expected.safetensors   video.N (float32 [frames, H, W, 3] in [0, 1], the pipeline's `np`
-                         output) and noise.N (float32 [C, T, h, w], mgpu's noise) per case
+Writes under tests/fixtures/parity/: wan21_t2v_pipeline/, wan22_t2v_pipeline/ (A14B),
+wan22_i2v_pipeline/ (A14B) and wan22_ti2v_pipeline/ (TI2V-5B), each:
+  first-frame.png        the init image (where a case is image-to-video)
+  expected.safetensors   video.N (float16 [frames, H, W, 3] in [0, 1], the pipeline's `np`
+                         output, rounded to float16) and noise.N (float32 [C, T, h, w], mgpu's noise) per case
   meta.json              cases (prompt, negative prompt, seed, steps, init image or not),
                          size, frames, shift, cfg, boundary, versions
 
-tests/wan22_pipelines.rs runs `mgpu run` on the same jobs (sampler `uni_pc_bh2`, scheduler
+tests/wan_pipelines.rs runs `mgpu run` on the same jobs (sampler `uni_pc_bh2`, scheduler
 `flow_sigmas`) and compares: noise bit for bit, every frame within PSNR ≥ 40 dB.
 
 Install (CPU): torch==2.15.0 diffusers==0.42.1 transformers tokenizers safetensors numpy pillow
 Run from the repository root:
-  venv/bin/python tools/parity_wan22_pipelines.py
+  venv/bin/python tools/parity_wan_pipelines.py
 """
 
 import json
@@ -62,6 +67,9 @@ VAE = ROOT / "tests" / "fixtures" / "parity" / "wan_vae" / "vae_diffusers.safete
 PARITY = ROOT / "tests" / "fixtures" / "parity"
 OUT = PARITY / "wan22_i2v_pipeline"
 OUT_TI2V = PARITY / "wan22_ti2v_pipeline"
+OUT_T2V21 = PARITY / "wan21_t2v_pipeline"
+OUT_T2V22 = PARITY / "wan22_t2v_pipeline"
+T2V_BOUNDARY = 0.875  # Wan 2.2 A14B text-to-video's
 
 WIDTH, HEIGHT, FRAMES = 96, 64, 9
 SHIFT, CFG, BOUNDARY = 5.0, 3.5, 0.9
@@ -75,6 +83,11 @@ CASES = [
          seed=42, steps=6, image=True),
     # four steps: two on each expert (timesteps 999, 937 | 833, 625 at shift 5; case 0: 999, 961, 909 | 833, 714, 501)
     dict(prompt="a red kite over the sea", negative="", seed=7, steps=4, image=True),
+]
+T2V_CASES = [
+    dict(prompt="a red kite over the sea", negative="blurry, static, low quality", seed=3, steps=6, image=False),
+    # two steps on each expert (timesteps 999, 937 | 833, 625 at shift 5)
+    dict(prompt="the sun sets over a green hill, clouds drifting", negative="", seed=9, steps=4, image=False),
 ]
 TI2V_CASES = [
     dict(prompt="a red kite over the sea", negative="blurry, static, low quality", seed=5, steps=5, image=False),
@@ -154,7 +167,8 @@ def run_cases(out, cases, channels, t2v, i2v, enc, tok, spatial, extra_meta):
 
     image = first_frame()
     out.mkdir(parents=True, exist_ok=True)
-    image.save(out / "first-frame.png")
+    if any(c["image"] for c in cases):
+        image.save(out / "first-frame.png")
     t, h, w = (FRAMES - 1) // 4 + 1, HEIGHT // spatial, WIDTH // spatial
     tensors = {}
     for i, c in enumerate(cases):
@@ -165,14 +179,16 @@ def run_cases(out, cases, channels, t2v, i2v, enc, tok, spatial, extra_meta):
                      negative_prompt_embeds=prompt_embeds(enc, tok, c["negative"]),
                      height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=c["steps"],
                      guidance_scale=CFG, latents=noise, output_type="np", **kw).frames[0]
-        tensors[f"video.{i}"] = torch.from_numpy(np.ascontiguousarray(video, dtype=np.float32))
+        # float16 halves the fixture; its rounding (≤ 2⁻¹¹ relative) is ~20 dB below the
+        # ≈ 53 dB the test measures
+        tensors[f"video.{i}"] = torch.from_numpy(np.ascontiguousarray(video, dtype=np.float32)).half()
         tensors[f"noise.{i}"] = noise[0].contiguous()
         print(f"{out.name} case {i}: {c['prompt']!r} seed {c['seed']}, {c['steps']} steps, "
               f"{'image' if c['image'] else 'text'}-to-video: frames {tuple(video.shape)}, "
               f"timesteps {[int(x) for x in pipe.scheduler.timesteps]}")
     save_file(tensors, str(out / "expected.safetensors"))
     (out / "meta.json").write_text(json.dumps(dict({
-        "about": "generated by tools/parity_wan22_pipelines.py; do not edit",
+        "about": "generated by tools/parity_wan_pipelines.py; do not edit",
         "cases": cases, "width": WIDTH, "height": HEIGHT, "frames": FRAMES,
         "shift": SHIFT, "cfg": CFG,
         "versions": dict(torch=torch.__version__, diffusers=diffusers.__version__,
@@ -201,6 +217,16 @@ def main():
                                    transformer=high, transformer_2=low, boundary_ratio=BOUNDARY,
                                    expand_timesteps=False)
     run_cases(OUT, CASES, 16, None, a14b, enc, tok, 8, dict(boundary=BOUNDARY))
+
+    # text-to-video: Wan 2.1 (one model) and A14B (two experts), the Wan 2.1 VAE
+    t2v21 = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler(),
+                        transformer=expert("wan-tiny.safetensors", 16))
+    run_cases(OUT_T2V21, T2V_CASES, 16, t2v21, None, enc, tok, 8, {})
+    t2v22 = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler(),
+                        transformer=expert("wan22-high-noise-tiny.safetensors", 16),
+                        transformer_2=expert("wan22-low-noise-tiny.safetensors", 16),
+                        boundary_ratio=T2V_BOUNDARY)
+    run_cases(OUT_T2V22, T2V_CASES, 16, t2v22, None, enc, tok, 8, dict(boundary=T2V_BOUNDARY))
 
     # TI2V-5B: one model, per-token timesteps, the Wan 2.2 VAE (16× in space)
     vae22 = AutoencoderKLWan(**VAE22_TINY).eval()
