@@ -465,6 +465,13 @@ pub fn run<M: DiffusionModel>(
     };
     let ms = M::model_sampling(model, cfg.width as u32, cfg.height as u32, None)
         .map_err(|e| setup_err("model sampling", e.to_string()))?;
+    // The network's timestep as a run would give it: whole timesteps on the experts'
+    // `flow_sigmas` schedule (decision §30), continuous on the linear one.
+    let scheduler = match cfg.experts {
+        Some(_) => crate::sample::Scheduler::FlowSigmas,
+        None => crate::sample::Scheduler::Simple,
+    };
+    let timestep = |sigma: f64| ms.model_timestep(sigma, scheduler);
     let guidance = M::guidance(model, 3.5);
 
     let mut measurements = Vec::new();
@@ -538,7 +545,7 @@ pub fn run<M: DiffusionModel>(
                 }
                 let sigma = sigmas[step];
                 let e = match cfg.experts {
-                    Some(b) if !crate::sample::high_noise_expert(ms.timestep(sigma), b) => 1,
+                    Some(b) if !crate::sample::high_noise_expert(timestep(sigma), b) => 1,
                     _ => 0,
                 };
                 if e == 1 && switch_step.is_none() {
@@ -552,7 +559,7 @@ pub fn run<M: DiffusionModel>(
                             latent: l,
                             context,
                             pooled: vec.as_ref(),
-                            timestep: ms.timestep(sigma),
+                            timestep: timestep(sigma),
                             guidance,
                             clean_frames: 0,
                         });
