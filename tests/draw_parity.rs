@@ -8,12 +8,14 @@
 //! PSNR ≥ 40 dB of diffusers' float pictures (a PNG's own rounding alone costs ≈ 59 dB).
 
 mod common;
+mod parity_common;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use common::{mgpu, repo_root, stderr};
+use parity_common::{assert_is_mgpus_noise, psnr_u8};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -71,23 +73,9 @@ fn the_drawing_demo_matches_diffusers_flux_pipeline() {
     let (meta, expected) = fixture();
     let lat = (meta.size / 8) as usize;
     for (i, c) in meta.cases.iter().enumerate() {
-        let ours = mgpu::sample::noise::normal_f32(
-            c.seed,
-            mgpu::sample::noise::INITIAL_STREAM,
-            16 * lat * lat,
-        );
-        let theirs = expected[&format!("noise.{i}")]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert!(
-            ours.iter()
-                .zip(&theirs)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "case {i}: the fixture's noise is not mgpu's noise for seed {}",
-            c.seed
-        );
+        let noise = &expected[&format!("noise.{i}")];
+        assert_eq!(noise.elem_count(), 16 * lat * lat, "case {i}: noise size");
+        assert_is_mgpus_noise(&format!("case {i}"), c.seed, noise);
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -98,20 +86,7 @@ fn the_drawing_demo_matches_diffusers_flux_pipeline() {
         let png = image::open(dir.path().join(format!("out/case{i}.png")))
             .unwrap()
             .to_rgb8();
-        let want = expected[&format!("image.{i}")]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(png.as_raw().len(), want.len());
-        let mse = png
-            .as_raw()
-            .iter()
-            .zip(&want)
-            .map(|(&a, &b)| (f64::from(a) / 255.0 - f64::from(b)).powi(2))
-            .sum::<f64>()
-            / want.len() as f64;
-        let psnr = -10.0 * mse.max(1e-12).log10();
+        let psnr = psnr_u8(png.as_raw(), &expected[&format!("image.{i}")]);
         eprintln!(
             "case {i} ({:?}, seed {}): PSNR {psnr:.1} dB",
             c.prompt, c.seed

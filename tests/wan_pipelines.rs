@@ -17,12 +17,14 @@
 //! PSNR ≥ 40 dB of diffusers' float frames (an 8-bit frame's own rounding costs ≈ 59 dB).
 
 mod common;
+mod parity_common;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use common::{mgpu, repo_root, stderr};
+use parity_common::{assert_is_mgpus_noise, psnr_u8};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -203,21 +205,9 @@ fn matches_diffusers(models: &Models) {
         * (meta.height as usize / models.spatial)
         * (meta.width as usize / models.spatial);
     for (i, c) in meta.cases.iter().enumerate() {
-        let ours =
-            mgpu::sample::noise::normal_f32(c.seed, mgpu::sample::noise::INITIAL_STREAM, latent);
-        let theirs = expected[&format!("noise.{i}")]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(ours.len(), theirs.len());
-        assert!(
-            ours.iter()
-                .zip(&theirs)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "case {i}: the fixture's noise is not mgpu's noise for seed {}",
-            c.seed
-        );
+        let noise = &expected[&format!("noise.{i}")];
+        assert_eq!(noise.elem_count(), latent, "case {i}: noise size");
+        assert_is_mgpus_noise(&format!("{} case {i}", models.fixture), c.seed, noise);
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -228,28 +218,13 @@ fn matches_diffusers(models: &Models) {
     for (i, c) in meta.cases.iter().enumerate() {
         let frames =
             mgpu::output::decode_apng_file(&dir.path().join(format!("out/case{i}.png"))).unwrap();
-        let want = expected[&format!("video.{i}")]
-            .to_dtype(candle_core::DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let video = &expected[&format!("video.{i}")];
+        assert_eq!(video.dim(0).unwrap(), frames.len());
         assert_eq!(frames.len(), meta.frames as usize);
-        let per_frame = want.len() / frames.len();
         let mut worst = f64::INFINITY;
         let mut each = vec![];
         for (f, frame) in frames.iter().enumerate() {
-            let w = &want[f * per_frame..(f + 1) * per_frame];
-            assert_eq!(frame.as_raw().len(), w.len());
-            let mse = frame
-                .as_raw()
-                .iter()
-                .zip(w)
-                .map(|(&a, &b)| (f64::from(a) / 255.0 - f64::from(b)).powi(2))
-                .sum::<f64>()
-                / w.len() as f64;
-            let psnr = -10.0 * mse.max(1e-12).log10();
+            let psnr = psnr_u8(frame.as_raw(), &video.get(f).unwrap());
             each.push(format!("{psnr:.1}"));
             worst = worst.min(psnr);
         }

@@ -6,9 +6,9 @@ often as it gets them right, also on captions it trained on. FLUX's text tokens 
 positions inside the transformer (`txt_ids` = 0), so which shape is named first must come
 from the T5 encoder's outputs. This probe asks whether a T5 of a given size *can* carry it
 when trained for exactly that: the same tokenizer, captions and T5 configuration as the
-training script, and a head shaped like the transformer's use of the text (two learned
-queries — "first slot" (top or left) and "second slot" — attending over the T5 outputs, each
-predicting the colour of the shape there). Relation captions only; half of them put the
+training script, and a head shaped like the transformer's use of the text (train_draw.py's
+`OrderHead`: two learned queries — "first slot" (top or left) and "second slot" — attending
+over the T5 outputs, each predicting the colour of the shape there). Relation captions only; half of them put the
 first-named shape in the second slot ("below", "right of").
 
     python3 tools/draw_order_probe.py --t5-width 64 --t5-layers 2 --steps 1500
@@ -32,31 +32,9 @@ import train_draw as td  # noqa: E402
 
 def batch(rng, text, n):
     """`n` relation captions with the colours in the first (top/left) and second slot."""
-    caps, first, second = [], [], []
-    for _ in range(n):
-        s = scenes.sample_spec(rng, "relation")
-        (_, c1, *_), (_, c2, *_) = s["objects"]
-        if s["relation"] in ("below", "right of"):
-            c1, c2 = c2, c1
-        caps.append(s["caption"])
-        first.append(scenes.COLOR_NAMES.index(c1))
-        second.append(scenes.COLOR_NAMES.index(c2))
-    return text.t5_ids(caps), torch.tensor(first), torch.tensor(second)
-
-
-class Head(torch.nn.Module):
-    """Two learned queries cross-attending over the T5 outputs, as image tokens do."""
-
-    def __init__(self, width):
-        super().__init__()
-        self.q = torch.nn.Parameter(torch.randn(2, width) / width**0.5)
-        self.k = torch.nn.Linear(width, width)
-        self.v = torch.nn.Linear(width, width)
-        self.out = torch.nn.Linear(width, len(scenes.COLOR_NAMES))
-
-    def forward(self, h):
-        a = torch.softmax(torch.einsum("qd,bld->bql", self.q, self.k(h)) / h.shape[-1] ** 0.5, -1)
-        return self.out(torch.einsum("bql,bld->bqd", a, self.v(h)))
+    specs = [scenes.sample_spec(rng, "relation") for _ in range(n)]
+    slots = torch.tensor([td.order_slots(s) for s in specs])
+    return text.t5_ids([s["caption"] for s in specs]), slots[:, 0], slots[:, 1]
 
 
 def main():
@@ -71,7 +49,7 @@ def main():
     torch.manual_seed(args.seed)
     cfg = td.t5_config(args.t5_width, args.t5_layers)
     text = td.Text(torch.device("cpu"), td.t5_tokenizer_json(), cfg)
-    t5, head = text.t5.train(), Head(args.t5_width)
+    t5, head = text.t5.train(), td.OrderHead(args.t5_width)
     opt = torch.optim.AdamW(list(t5.parameters()) + list(head.parameters()), lr=args.lr, weight_decay=0.01)
     rng, test_rng = random.Random(args.seed + 1), random.Random(args.seed + 2)
     test = batch(test_rng, text, 1000)

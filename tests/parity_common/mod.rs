@@ -1,7 +1,8 @@
 //! Comparing mgpu's tensors with a reference implementation's, for the parity tests of the FLUX
 //! and Wan models (tests/models_flux.rs, models_wan.rs, models_wan22_ti2v.rs, wan22_i2v.rs, and
 //! the VAE tests through tests/wan_vae_common): fixtures under `tests/fixtures/parity/<dir>/`, written by
-//! `tools/parity_<dir>.py`, and the error measures every one of them reports.
+//! `tools/parity_<dir>.py`, and the error measures every one of them reports; for the
+//! end-to-end tests (draw_parity.rs, wan_pipelines.rs), the noise check and 8-bit PSNR.
 
 #![allow(dead_code)]
 
@@ -60,4 +61,38 @@ pub fn assert_close_within(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
         l2 <= tol && maxrel <= tol,
         "{what}: L2 {l2:.3e}, max {maxrel:.3e} exceed {tol:e}"
     );
+}
+
+/// Asserts that a fixture's initial noise is mgpu's, bit for bit: `sample::noise::normal_f32`
+/// for `seed` on the initial stream, as many values as the fixture has.
+pub fn assert_is_mgpus_noise(what: &str, seed: u64, fixture: &Tensor) {
+    let theirs = fixture.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let ours =
+        mgpu::sample::noise::normal_f32(seed, mgpu::sample::noise::INITIAL_STREAM, theirs.len());
+    assert!(
+        ours.iter()
+            .zip(&theirs)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{what}: the fixture's noise is not mgpu's noise for seed {seed}"
+    );
+}
+
+/// PSNR in dB of 8-bit pixels against a reference's float pixels in [0, 1] (any float
+/// dtype), element by element.
+pub fn psnr_u8(pixels: &[u8], reference: &Tensor) -> f64 {
+    let want = reference
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(pixels.len(), want.len(), "pixel counts differ");
+    let mse = pixels
+        .iter()
+        .zip(&want)
+        .map(|(&a, &b)| (f64::from(a) / 255.0 - f64::from(b)).powi(2))
+        .sum::<f64>()
+        / want.len() as f64;
+    -10.0 * mse.max(1e-12).log10()
 }
