@@ -29,7 +29,7 @@ use mgpu::weights::{DType as WDType, MetaArray, MetaValue, WeightFile};
 const TOL: f64 = 1e-4;
 
 mod parity_common;
-use parity_common::{errors, flat};
+use parity_common::{errors, f32_values, flat};
 
 fn fixture(name: &str) -> PathBuf {
     parity_common::fixture("wan", name)
@@ -187,13 +187,7 @@ fn write_city96_gguf(path: &Path, quant: WDType) {
     for name in names {
         let t = &st[name];
         let shape: Vec<u64> = t.dims().iter().map(|&d| d as u64).collect();
-        let vals = t
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let vals = f32_values(t);
         if shape.len() > 4 {
             let dims: Vec<i32> = shape.iter().map(|&d| d as i32).collect();
             w.add_metadata(
@@ -258,13 +252,7 @@ fn write_fp8(path: &Path, scaled: bool) {
     for (name, t) in &st {
         let full = format!("model.diffusion_model.{name}");
         let shape = t.dims().to_vec();
-        let vals = t
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let vals = f32_values(t);
         if name.starts_with("blocks.") && shape.len() == 2 {
             let scale = scaled.then(|| vals.iter().fold(0f32, |m, v| m.max(v.abs())) / 448.0);
             let mut bytes = vec![0u8; vals.len()];

@@ -26,6 +26,16 @@ pub fn load(dir: &str, name: &str) -> HashMap<String, Tensor> {
     })
 }
 
+/// Every element as f32 (converted from any float dtype), in order.
+pub fn f32_values(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
 /// Every element as f64, in order.
 pub fn flat(t: &Tensor) -> Vec<f64> {
     t.flatten_all()
@@ -80,13 +90,7 @@ pub fn assert_is_mgpus_noise(what: &str, seed: u64, fixture: &Tensor) {
 /// PSNR in dB of 8-bit pixels against a reference's float pixels in [0, 1] (any float
 /// dtype), element by element.
 pub fn psnr_u8(pixels: &[u8], reference: &Tensor) -> f64 {
-    let want = reference
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let want = f32_values(reference);
     assert_eq!(pixels.len(), want.len(), "pixel counts differ");
     let mse = pixels
         .iter()
