@@ -23,7 +23,9 @@
 #   ti2v      the CUDA paths no GPU has run yet: the tiny Wan 2.2 demos (TI2V-5B text- and
 #             image-to-video with its per-token timesteps, A14B image-to-video, A14B
 #             text-to-video) on cuda:0 under four allocations; every clip must be byte-identical
-#             across allocations (about a minute, mostly the first process's CUDA JIT)
+#             across allocations (about a minute, mostly the first process's CUDA JIT);
+#             then `mgpu bench --model ti2v-5b` at 1280×704×121 with CFG, resident vs 100 %
+#             streamed from host RAM, with the planner's prediction
 # Usage: PHASE=bench|resident|host|swap|ti2v tools/gpu-wan22.sh [path/to/mgpu] [output folder]
 #   HW (default benches/hw-h200-2026-12-02.toml), STEPS (20), FRAMES (81)
 set -u
@@ -74,6 +76,14 @@ if [ "$PHASE" = ti2v ]; then
       cmp -s "$first/sha.txt" "$d/sha.txt" || { echo "DIFFERS: $d"; FAIL=1; }
     done
   done
+  # TI2V-5B's speed at its native 720p (1280×704, 121 frames: 27 280 tokens), true CFG,
+  # resident and all 30 blocks streamed from page-locked host RAM, with the planner's prediction
+  stamp "bench ti2v-5b"
+  timeout 300 "$BIN" bench --model ti2v-5b --width 1280 --height 704 --frames 121 --cfg \
+    --steps "${STEPS_TI2V:-3}" --warmup 1 --batch 1 --placements resident,cpu:100 \
+    --slots auto --hardware "$HW" --cache-dir /tmp/mgpu-bench \
+    --json "$OUTDIR/bench-ti2v.json" > "$OUTDIR/bench-ti2v.txt" 2>&1 || FAIL=1
+  grep -v '^bench: ' "$OUTDIR/bench-ti2v.txt"
   stamp "end (fail=$FAIL)"
   exit $FAIL
 fi

@@ -24,7 +24,8 @@ use crate::models::{flux, wan};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model shape: dev (FLUX.1-dev, 11.9 B parameters), schnell, tiny (FLUX); wan14b
-    /// (Wan 2.1 T2V 14B), wan1.3b, wan-tiny.
+    /// (Wan 2.1 T2V 14B), wan1.3b, wan-tiny; wan22-a14b, wan22-tiny (two experts); ti2v-5b,
+    /// ti2v-tiny (Wan 2.2 TI2V-5B).
     #[arg(long, default_value = "dev")]
     pub model: String,
     /// Image width and height in pixels (multiples of 16); --width/--height override it.
@@ -128,7 +129,7 @@ pub enum BenchModel {
 }
 
 /// The `--model` names and what they are.
-pub const MODELS: &str = "dev, schnell, tiny (FLUX); wan14b, wan1.3b, wan-tiny (Wan 2.1 T2V); wan22-a14b, wan22-tiny (Wan 2.2 A14B's two experts, switching at boundary 0.875)";
+pub const MODELS: &str = "dev, schnell, tiny (FLUX); wan14b, wan1.3b, wan-tiny (Wan 2.1 T2V); wan22-a14b, wan22-tiny (Wan 2.2 A14B's two experts, switching at boundary 0.875); ti2v-5b, ti2v-tiny (Wan 2.2 TI2V-5B: 48 channels, the Wan 2.2 VAE's 16× latent, sizes multiples of 32)";
 
 /// The expert boundary of a `--model` name (Wan 2.2 A14B T2V's), `None` for one model.
 pub fn experts_of(name: &str) -> Option<f64> {
@@ -147,6 +148,10 @@ impl BenchModel {
             // Wan 2.2 A14B: two experts of the Wan 2.1 14B shape.
             "wan22-a14b" => BenchModel::Wan(wan::Config::t2v_14b()),
             "wan22-tiny" => BenchModel::Wan(wan::Config::tiny()),
+            // TI2V-5B's text-to-video step (one scalar timestep per evaluation; its
+            // image-to-video step computes the same, with frame 0's tokens at timestep 0).
+            "ti2v-5b" => BenchModel::Wan(wan::Config::ti2v_5b()),
+            "ti2v-tiny" => BenchModel::Wan(wan::Config::tiny_ti2v()),
             other => bail!("--model `{other}`: expected one of {MODELS}"),
         })
     }
@@ -155,6 +160,17 @@ impl BenchModel {
         match self {
             BenchModel::Flux(_) => Family::Flux,
             BenchModel::Wan(_) => Family::Wan,
+        }
+    }
+
+    /// What width and height must be multiples of: the VAE's stride times the patch (16 for
+    /// FLUX and Wan 2.1's VAE, 32 for TI2V-5B's Wan 2.2 VAE).
+    pub fn size_multiple(&self) -> usize {
+        match self {
+            BenchModel::Flux(c) => {
+                <flux::FluxDit as mspec::DiffusionModel>::size_multiple(c) as usize
+            }
+            BenchModel::Wan(c) => <wan::WanDit as mspec::DiffusionModel>::size_multiple(c) as usize,
         }
     }
 
@@ -203,9 +219,13 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         args.width.unwrap_or(args.size),
         args.height.unwrap_or(args.size),
     );
+    let multiple = model.size_multiple();
     for (flag, v) in [("--width", width), ("--height", height)] {
-        if !v.is_multiple_of(16) || v == 0 {
-            bail!("{flag} {v}: must be a positive multiple of 16")
+        if !v.is_multiple_of(multiple) || v == 0 {
+            bail!(
+                "{flag} {v}: must be a positive multiple of {multiple} for --model {}",
+                args.model
+            )
         }
     }
     let video = model.family().is_video();
@@ -756,5 +776,46 @@ mod wan_tests {
         assert_eq!(model.units(), ["blocks.0", "blocks.1"]);
         let e = BenchModel::parse("wan").unwrap_err().to_string();
         assert!(e.contains("wan14b"), "{e}");
+    }
+
+    /// TI2V-5B's shape (48 channels, the Wan 2.2 VAE's 16× latent) through the benchmark:
+    /// placements bit-identical; sizes must be multiples of 32, and the error says so.
+    #[test]
+    fn ti2v_tiny_bench_runs_and_refuses_sizes_off_its_grid() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = |width: &str| {
+            Cli::parse_from([
+                "bench",
+                "--model",
+                "ti2v-tiny",
+                "--device",
+                "cpu",
+                "--dtype",
+                "f32",
+                "--width",
+                width,
+                "--height",
+                "32",
+                "--frames",
+                "5",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--placements",
+                "resident,cpu:50,disk:100",
+                "--cache-dir",
+                dir.path().to_str().unwrap(),
+            ])
+            .args
+        };
+        assert_eq!(run(argv("64")).unwrap(), Status::Ok);
+        let e = run(argv("48")).unwrap_err().to_string();
+        assert!(
+            e.contains("--width 48: must be a positive multiple of 32 for --model ti2v-tiny"),
+            "{e}"
+        );
+        assert_eq!(BenchModel::parse("ti2v-5b").unwrap().size_multiple(), 32);
+        assert_eq!(BenchModel::parse("wan14b").unwrap().size_multiple(), 16);
     }
 }
