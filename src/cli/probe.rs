@@ -24,8 +24,9 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
     /// Measure rates (a few seconds): the CPU's f32 matrix-product rate and the disk read
-    /// rate in every build; with the CUDA build also host→GPU (pinned and pageable),
-    /// GPU→host and GPU→GPU copy rates and each GPU's bf16 product rate.
+    /// rate in every build; with the CUDA build also host→GPU (pinned, pageable, and staged
+    /// as `mgpu run` uploads resident weights), GPU→host and GPU→GPU copy rates and each
+    /// GPU's bf16 product rate.
     #[arg(long)]
     pub bench: bool,
     /// With `--bench`: the size of the file written and read back to measure the disk
@@ -95,6 +96,7 @@ pub fn render(r: &ProbeReport) -> String {
         for (what, v) in [
             ("host→GPU pinned", &b.h2d_pinned),
             ("host→GPU pageable", &b.h2d_pageable),
+            ("host→GPU staged", &b.h2d_staged),
             ("GPU→host pinned", &b.d2h_pinned),
         ] {
             rows.extend(

@@ -1,7 +1,8 @@
 //! The CUDA half of `mgpu probe` (feature `cuda` only): GPUs through cudarc's driver API
 //! (name, total/free memory, compute capability, peer access) and, with `--bench`, measured
-//! copy rates (pinned/pageable host→GPU, pinned GPU→host, GPU→GPU peer) and the bf16
-//! matrix-product rate through candle's cuBLAS path.
+//! copy rates (pinned/pageable host→GPU, host→GPU staged as the loader uploads resident
+//! weights, pinned GPU→host, GPU→GPU peer) and the bf16 matrix-product rate through candle's
+//! cuBLAS path.
 //!
 //! Nothing here panics on a machine without GPUs: a driver that does not initialise is
 //! reported as "no CUDA devices" with the driver's reason. (The CUDA build links `libcuda.so.1`
@@ -162,10 +163,23 @@ pub fn bench(p: &CudaProbe) -> (BenchResult, Vec<String>) {
                 describe(e)
             )),
         }
+        match staged_upload(ctx.ordinal()) {
+            Ok(g) => r.h2d_staged.push((name, g)),
+            Err(e) => notes.push(format!("{name}: staged upload benchmark failed: {e}")),
+        }
         match matmul_tflops(ctx.ordinal()) {
             Ok(t) => r.tflops.push((name, t)),
             Err(e) => notes.push(format!("{name}: bf16 matrix-product benchmark failed: {e}")),
         }
+    }
+    if !r.h2d_staged.is_empty() {
+        notes.push(
+            "host→GPU: `mgpu run` uploads resident weights staged (tensors copied on all cores \
+             through two reused 64 MiB page-locked buffers; only tensors under 1 MiB take a \
+             plain pageable copy) and streams units from page-locked host homes at the pinned \
+             rate, which plans use for the cpu → GPU link"
+                .into(),
+        );
     }
     for pa in p.peers.iter().filter(|pa| pa.possible) {
         let find = |n| p.devices.iter().position(|d| d.name == n);
@@ -220,6 +234,17 @@ fn host_copies(ctx: &Arc<CudaContext>) -> Result<(f64, f64, f64), DriverError> {
         stream.memcpy_dtoh(&dev, &mut pinned)
     })?;
     Ok((h2d_pinned, h2d_pageable, d2h_pinned))
+}
+
+/// Bytes per tensor of the staged-upload benchmark: a FLUX linear weight (3072 × 12288 bf16
+/// is 72 MiB), 14 of them (1 GiB) per number.
+const STAGED_TENSOR: usize = 72 * MIB as usize;
+const STAGED_COUNT: usize = 14;
+
+/// GB/s of uploading resident weights as `mgpu run` does (`exec::cuda::upload`).
+fn staged_upload(ordinal: usize) -> candle_core::Result<f64> {
+    let dev = candle_core::Device::new_cuda_with_stream(ordinal)?;
+    crate::exec::cuda::upload::measure_gbps(&dev, STAGED_TENSOR, STAGED_COUNT)
 }
 
 /// Turns on direct access between two GPUs in both directions, for memory from `cuMemAlloc`

@@ -124,6 +124,22 @@ pub fn upload(
     Ok(t)
 }
 
+/// Host→device GB/s the way resident weights are uploaded: [`upload`] of `count` bf16
+/// tensors of `bytes` each, from consecutive ranges of one ordinary (pageable, resident)
+/// buffer, wall-clock time including the device allocations, after one untimed upload
+/// (staging buffers allocated, kernels loaded). `mgpu probe --bench` reports it as "staged".
+pub fn measure_gbps(device: &Device, bytes: usize, count: usize) -> candle_core::Result<f64> {
+    let bytes = bytes & !1;
+    let src = vec![1u8; bytes * count];
+    let shape = [bytes / 2];
+    drop(upload(&src[..bytes], false, DType::BF16, &shape, device)?);
+    let t0 = std::time::Instant::now();
+    for piece in src.chunks_exact(bytes) {
+        drop(upload(piece, false, DType::BF16, &shape, device)?);
+    }
+    Ok((bytes * count) as f64 / t0.elapsed().as_secs_f64() / 1e9)
+}
+
 /// Whether `upload` is worth it for a tensor of `bytes` on `device`.
 pub fn staged(device: &Device, bytes: usize) -> bool {
     device.is_cuda() && bytes >= STAGED_MIN
