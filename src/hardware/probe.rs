@@ -33,7 +33,7 @@ pub struct BenchResult {
     pub h2d_pageable: Vec<(DeviceName, f64)>,
     /// `[GPU, GB/s]`: host→GPU the way `mgpu run` uploads resident weights: tensors copied from ordinary
     /// memory through two reused page-locked staging buffers (`exec::cuda::upload`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub h2d_staged: Vec<(DeviceName, f64)>,
     /// `[GPU, GB/s]`: GPU→host copies into pinned memory.
     pub d2h_pinned: Vec<(DeviceName, f64)>,
