@@ -373,6 +373,7 @@ def build_pool(args, device, vae, text, shift, scale, log):
     rng = random.Random(SEEDS["dit_data"] + 1000 * args.part)  # each resumed part sees new scenes
     xs, ids, pooled, caps, slots = [], [], [], [], []
     chunk = 512 if device.type == "cuda" else 64  # the autoencoder's activations: ~10 GB at 512 on a CPU
+    log_every = max(1, args.pool // 10 // chunk) * chunk
     for k in range(0, args.pool, chunk):
         specs = batch_specs(rng, min(chunk, args.pool - k))
         c = [s["caption"] for s in specs]
@@ -384,7 +385,6 @@ def build_pool(args, device, vae, text, shift, scale, log):
         pooled.append(text.pooled(c))
         caps += c
         slots += [order_slots(s) for s in specs]
-        log_every = max(1, args.pool // 10 // chunk) * chunk
         if device.type == "cpu" and (k + chunk) % log_every == 0:
             log(f"pool: {k + chunk} scenes encoded")
     log(f"pool: {len(caps)} scenes, {len(set(caps))} distinct captions")

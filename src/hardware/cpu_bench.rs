@@ -34,14 +34,20 @@ pub fn matmul_tflops() -> Result<f64, String> {
     Ok(2.0 * (n as f64).powi(3) / best / 1e12)
 }
 
+/// The size [`disk_read_gbps`] writes for a request of `bytes`: whole [`DISK_BLOCK`]s, at
+/// least one.
+pub fn disk_test_bytes(bytes: u64) -> u64 {
+    bytes.div_ceil(DISK_BLOCK).max(1) * DISK_BLOCK
+}
+
 /// Writes `bytes` (rounded up to whole [`DISK_BLOCK`]s) to a temporary file in `dir`,
 /// flushes it to disk, asks the kernel to drop it from the page cache
 /// (`posix_fadvise(DONTNEED)`, Linux) and times reading it back: decimal GB/s. On file systems
 /// that keep files in memory (tmpfs) this measures memory. A failed write (a full disk, say)
 /// is an error naming the folder and the size; the temporary file is removed either way.
 pub fn disk_read_gbps(dir: &Path, bytes: u64) -> Result<f64, String> {
-    let blocks = bytes.div_ceil(DISK_BLOCK).max(1);
-    let bytes = (blocks * DISK_BLOCK) as usize;
+    let bytes = disk_test_bytes(bytes) as usize;
+    let blocks = bytes / DISK_BLOCK as usize;
     let mut f = tempfile::Builder::new()
         .prefix(".mgpu-probe-")
         .tempfile_in(dir)

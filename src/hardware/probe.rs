@@ -164,9 +164,7 @@ fn bench_host(report: &mut ProbeReport, disk_dir: &Path, disk_bytes: u64) {
     report.notes.push(format!(
         "the cpu's rate is candle's f32 1024³ matrix product (CPU models compute in f32); \
          the disk rate reads back a file of {} after dropping it from the page cache",
-        crate::units::ByteSize(
-            disk_bytes.div_ceil(super::cpu_bench::DISK_BLOCK).max(1) * super::cpu_bench::DISK_BLOCK
-        )
+        crate::units::ByteSize(super::cpu_bench::disk_test_bytes(disk_bytes))
     ));
     apply_bench(&mut report.hardware, &r);
     report.bench = Some(r);
