@@ -9,7 +9,10 @@
 #                                                still warm, else from .carry/draw-p0 (the shipped
 #                                                files part 0 returned, carried back in)
 #
-# Both write the shipped files to $OUT/draw and the log to $OUT/train{0,1}.log. Issue part 1
+#   tools/gpu-draw.sh finetune [flags]           one call: a fine-tune of the committed model
+#                                                (--resume manifests/draw --lr-restart) + evaluation
+#
+# Each writes the shipped files to $OUT/draw and the log to $OUT/train{0,1,-finetune}.log. Issue part 1
 # as soon as part 0 returns (the machine is released after ~30 s idle), with carry
 # [".carry/wheels", ".carry/draw-p0"] after copying part 0's $OUT/draw to .carry/draw-p0.
 # The same flags must go to both parts (train_draw.py refuses a resume with another width).
@@ -18,7 +21,7 @@
 # Needs torch (the device's /opt/torch venv) and diffusers (wheel in .carry/wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?usage: tools/gpu-draw.sh part0|part1 [train_draw.py flags]}
+part=${1:?usage: tools/gpu-draw.sh part0|part1|finetune [train_draw.py flags]}
 shift
 OUT=${OUT:-/tmp/draw-out}
 D0=${DIT_MINUTES0:-7.3}
@@ -42,6 +45,15 @@ case $part in
       >"$OUT/train1.log" 2>&1 || echo "gpu-draw: part1 exited with $?"
     log=$OUT/train1.log
     ;;
-  *) echo "gpu-draw: unknown part '$part' (part0 or part1)" >&2; exit 2 ;;
+  finetune)
+    # one call: go on from the committed model (manifests/draw's shipped files) with this
+    # part's own learning-rate schedule over DIT_MINUTES (default 7.5), then evaluate
+    echo "gpu-draw: finetune goes on from manifests/draw"
+    timeout 585 python3 tools/train_draw.py --out "$OUT/draw" --checkpoints target-draw/ckf --resume manifests/draw \
+      --lr-restart --dit-minutes "${DIT_MINUTES:-7.5}" --save-every 60 "$@" \
+      >"$OUT/train-finetune.log" 2>&1 || echo "gpu-draw: finetune exited with $?"
+    log=$OUT/train-finetune.log
+    ;;
+  *) echo "gpu-draw: unknown part '$part' (part0, part1 or finetune)" >&2; exit 2 ;;
 esac
 grep -v Warning "$log" | tail -40

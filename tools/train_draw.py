@@ -493,15 +493,17 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
     txt_ids = torch.zeros(T5_LEN, 3, device=device)
     b = args.dit_batch
     budget = args.dit_minutes * 60
-    # The learning rate follows one schedule over every part (--total-minutes); each part warms
-    # AdamW's fresh moments up again over its first 200 steps.
+    # The learning rate follows one schedule over every part (--total-minutes), or with
+    # --lr-restart one over this part alone; each part warms AdamW's fresh moments up again over
+    # its first 200 steps.
     total = max(args.total_minutes or 0.0, args.dit_minutes) * 60
     t0, step, hist, aux_hist, saved = time.time(), 0, [], [], time.time()
     while True:
         spent = time.time() - t0
         if spent >= budget or (args.smoke and step >= 3):
             break
-        lr = lr_at((seconds0 + spent) / total, args.dit_lr) * (min(1.0, (step + 1) / 200) if resume else 1.0)
+        frac = spent / budget if args.lr_restart else (seconds0 + spent) / total
+        lr = lr_at(frac, args.dit_lr) * (min(1.0, (step + 1) / 200) if resume else 1.0)
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.no_grad():
@@ -662,6 +664,9 @@ def main():
     ap.add_argument("--pool", type=int, default=200_000, help="training scenes made up front")
     ap.add_argument("--save-every", type=float, default=60.0, help="seconds between saves")
     ap.add_argument("--resume", type=Path, help="go on from an earlier part in this folder: its draw-checkpoint-*.pt files, else its shipped files (skips the autoencoder)")
+    ap.add_argument("--lr-restart", action="store_true",
+                    help="this part runs its own learning-rate schedule over --dit-minutes (warm-up, cosine to 5 %%) "
+                         "instead of going on with the earlier parts' one: a fine-tune of a finished model")
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (tools/check_draw.py scores through mgpu instead)")
     ap.add_argument("--smoke", action="store_true", help="a few steps of each stage (CPU check)")
     args = ap.parse_args()
