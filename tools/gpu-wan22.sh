@@ -70,9 +70,12 @@ if [ "$PHASE" = ti2v ]; then
       (cd "$dir/out" 2>/dev/null && sha256sum *.png) > "$dir/sha.txt" 2>/dev/null
       echo "$a: $(tr '\n' ' ' < "$dir/sha.txt")"
     done
-    first=$(ls -d "$OUTDIR/$demo"-* | head -1)
-    [ -s "$first/sha.txt" ] || { echo "$demo: no clips"; FAIL=1; }
-    for d in "$OUTDIR/$demo"-*; do
+    # this demo's own folders only ("$demo"-* would also match demo-wan22-i2v-* for demo-wan22)
+    first=
+    for a in "cuda:0,*" "cuda:0,50%;cpu,*" "cpu,*" "cuda:0,50%;disk,*"; do
+      d="$OUTDIR/$demo-$(echo "$a" | tr -c 'a-z0-9' '_')"
+      first=${first:-$d}
+      [ -s "$d/sha.txt" ] || { echo "$demo $a: no clips"; FAIL=1; continue; }
       cmp -s "$first/sha.txt" "$d/sha.txt" || { echo "DIFFERS: $d"; FAIL=1; }
     done
   done
