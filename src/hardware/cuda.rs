@@ -175,7 +175,7 @@ pub fn bench(p: &CudaProbe) -> (BenchResult, Vec<String>) {
     if !r.h2d_staged.is_empty() {
         notes.push(
             "host→GPU: `mgpu run` uploads resident weights staged (tensors copied on all cores \
-             through two reused 64 MiB page-locked buffers; only tensors under 1 MiB take a \
+             through two reused 128 MiB page-locked buffers; only tensors under 1 MiB take a \
              plain pageable copy) and streams units from page-locked host homes at the pinned \
              rate, which plans use for the cpu → GPU link"
                 .into(),
