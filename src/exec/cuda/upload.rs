@@ -12,8 +12,9 @@
 //! MiB by default; `MGPU_STAGING=MIB,COUNT` changes both, for measuring); uploads are serialised
 //! on them. An upload returns once its last chunk is queued, not copied: the next upload's
 //! first chunk is copied on the cores while the previous one crosses the link (the tensor is
-//! complete before any later work on the device's stream reads it), so a model's many tensors
-//! form one pipeline instead of one stall per tensor.
+//! complete before any later work on the device's stream reads it), so a unit's many tensors
+//! form one pipeline instead of one stall per tensor; `UnitData::materialize` waits once per
+//! unit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -149,7 +150,8 @@ pub fn upload(
     }
     // The last copies may still be in flight: later kernels on the same stream see the tensor
     // complete, and the staging buffers are reused only after their events. `bytes` is not
-    // read after this point (every chunk was copied into a staging buffer above).
+    // read after this point (every chunk was copied into a staging buffer above). Readers on
+    // other streams wait for the unit (`UnitData::materialize` synchronises the device).
     drop(all);
     Ok(t)
 }
