@@ -244,17 +244,10 @@ impl UnitData {
         device: &Device,
         dtype: DType,
     ) -> candle_core::Result<HashMap<String, Tensor>> {
-        let out = self
-            .tensors
+        self.tensors
             .iter()
             .map(|t| Ok((t.name.clone(), t.materialize(device, dtype)?)))
-            .collect::<candle_core::Result<HashMap<_, _>>>()?;
-        // Staged CUDA uploads return with their last chunk still queued on the device's stream
-        // (the tensors pipeline within the unit); the unit is complete before it is returned,
-        // so a reader on another stream (a donor GPU's home read by a copy stream) sees it
-        // whole. A no-op on the CPU.
-        device.synchronize()?;
-        Ok(out)
+            .collect()
     }
 
     /// The same unit with every mapped range copied into host memory.

@@ -14,8 +14,7 @@
 //! on them. An upload returns once its last chunk is queued, not copied: the next upload's
 //! first chunk is copied on the cores while the previous one crosses the link (the tensor is
 //! complete before any later work on the device's stream reads it), so a unit's many tensors
-//! form one pipeline instead of one stall per tensor; `UnitData::materialize` waits once per
-//! unit.
+//! form one pipeline instead of one stall per tensor.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -53,8 +52,8 @@ pub const STAGED_MIN: usize = 1 << 20;
 
 struct Staging {
     bufs: Vec<PinnedHostSlice<u8>>,
+    /// Recorded after each copy out of the buffer (an event never recorded is complete).
     done: Vec<CudaEvent>,
-    pending: Vec<bool>,
     /// The buffer the next chunk goes through (round robin across uploads).
     next: usize,
 }
@@ -100,7 +99,6 @@ pub fn upload(
         let mut st = Staging {
             bufs: Vec::with_capacity(count),
             done: Vec::with_capacity(count),
-            pending: vec![false; count],
             next: 0,
         };
         for _ in 0..count {
@@ -123,11 +121,9 @@ pub fn upload(
     for (i, chunk) in bytes.chunks(chunk_bytes).enumerate() {
         let b = st.next;
         st.next = (b + 1) % st.bufs.len();
-        if st.pending[b] {
-            st.done[b]
-                .synchronize()
-                .map_err(|e| err("waiting for a copy", e))?;
-        }
+        st.done[b]
+            .synchronize()
+            .map_err(|e| err("waiting for a copy", e))?;
         let host = st.bufs[b]
             .as_mut_slice()
             .map_err(|e| err("staging buffer", e))?;
@@ -147,12 +143,12 @@ pub fn upload(
         st.done[b]
             .record(&stream)
             .map_err(|e| err("recording", e))?;
-        st.pending[b] = true;
     }
     // The last copies may still be in flight: later kernels on the same stream see the tensor
     // complete, and the staging buffers are reused only after their events. `bytes` is not
     // read after this point (every chunk was copied into a staging buffer above). Readers on
-    // other streams wait for the unit (`UnitData::materialize` synchronises the device).
+    // other streams: none (staged uploads place compute-device residents, read only by work on
+    // this stream; donor homes are uploaded and synchronised by the CUDA engine itself).
     drop(all);
     Ok(t)
 }
