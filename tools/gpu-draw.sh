@@ -12,7 +12,13 @@
 #   tools/gpu-draw.sh finetune [flags]           one call: a fine-tune of the committed model
 #                                                (--resume manifests/draw --lr-restart) + evaluation
 #
-# Each writes the shipped files to $OUT/draw and the log to $OUT/train{0,1,-finetune}.log. Issue part 1
+#   tools/gpu-draw.sh fresh [flags]              one call: a model from scratch (autoencoder 1.2
+#                                                minutes, DiT DIT_MINUTES, default 6.8, on its own
+#                                                learning-rate schedule) + evaluation (held-out and
+#                                                50 training relation captions, with swap counts),
+#                                                e.g. `fresh --slot-aux 0.3 --shape-weight 3`
+#
+# Each writes the shipped files to $OUT/draw and the log to $OUT/train{0,1,-finetune,-fresh}.log. Issue part 1
 # as soon as part 0 returns (the machine is released after ~30 s idle), with carry
 # [".carry/wheels", ".carry/draw-p0"] after copying part 0's $OUT/draw to .carry/draw-p0.
 # The same flags must go to both parts (train_draw.py refuses a resume with another width).
@@ -21,7 +27,7 @@
 # Needs torch (the device's /opt/torch venv) and diffusers (wheel in .carry/wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?usage: tools/gpu-draw.sh part0|part1|finetune [train_draw.py flags]}
+part=${1:?usage: tools/gpu-draw.sh part0|part1|finetune|fresh [train_draw.py flags]}
 shift
 OUT=${OUT:-/tmp/draw-out}
 D0=${DIT_MINUTES0:-7.3}
@@ -54,6 +60,22 @@ case $part in
       >"$OUT/train-finetune.log" 2>&1 || echo "gpu-draw: finetune exited with $?"
     log=$OUT/train-finetune.log
     ;;
-  *) echo "gpu-draw: unknown part '$part' (part0, part1 or finetune)" >&2; exit 2 ;;
+  fresh)
+    # one call, everything inside `timeout 585`: Python and imports ≈ 10 s, autoencoder 72 s
+    # (+ ≈ 3 s of latent statistics), pool of 200 000 ≈ 20 s (run 5 part 1: 27 s from start to
+    # the first DiT step, imports and checkpoint loading included), DiT 6.8 min = 408 s (its
+    # compile, ≈ 41 s, inside), saves ≈ 2 s, evaluation of 100 held-out + 50 training relation
+    # captions ≈ 10-20 s (3 batches of 50 × 20 CFG steps of the uncompiled model, the checker
+    # ≈ 10 ms a picture on the CPU): ≈ 525-540 s. The weights and draw-train.json are written
+    # before the evaluation, so a call cut short there still returns a model; --eval-limit N
+    # shortens the evaluation if a larger DIT_MINUTES needs the time.
+    D=${DIT_MINUTES:-6.8}
+    echo "gpu-draw: fresh, DiT $D minutes"
+    timeout 585 python3 tools/train_draw.py --out "$OUT/draw" --checkpoints target-draw/ck-fresh \
+      --vae-minutes 1.2 --dit-minutes "$D" --total-minutes "$D" --save-every 60 "$@" \
+      >"$OUT/train-fresh.log" 2>&1 || echo "gpu-draw: fresh exited with $?"
+    log=$OUT/train-fresh.log
+    ;;
+  *) echo "gpu-draw: unknown part '$part' (part0, part1, finetune or fresh)" >&2; exit 2 ;;
 esac
 grep -v Warning "$log" | tail -40

@@ -24,6 +24,14 @@ never shown):
      failed inside cuBLAS on the lent H200 (torch 2.11). The EMA weights are saved every
      --save-every seconds, so a run cut short leaves a model.
 
+Training-only options aimed at the swapped relations (docs/demo.md): --order-aux (`OrderHead`:
+T5 must name the colour in each of the picture's slots; 0.1 by default since run 6), --slot-aux
+(`SlotHead`: every colour and shape token of a relation caption must say which slot its object
+is in, in the token itself, where the image tokens' attention reads colour and shape from) and
+--shape-weight (the flow loss weighted to the latent pixels the shapes cover, so a swap costs
+more than a slightly wrong background). The last two are off by default: without them a command
+trains what it trained before they existed.
+
 It writes to --out (default manifests/draw/):
 
   flux-draw.safetensors      the transformer, BFL layout (flux1-schnell.safetensors names),
@@ -54,6 +62,8 @@ with the part). Run 5 (docs/demo.md), two calls on the same warm machine:
       --dit-minutes 7.3 --total-minutes 15.9 --no-eval
   python3 tools/train_draw.py --out $OUT/draw --checkpoints target-draw/ck1 --resume target-draw/ck \
       --dit-minutes 8.6 --total-minutes 15.9 --no-eval
+From scratch in one call, with the evaluation: tools/gpu-draw.sh fresh [flags] (autoencoder 1.2,
+DiT 6.8 minutes).
 Measured on the lent H200 (2026-12-03): width 192 compiled ≈ 15 000 scenes/s after a 41 s
 compile (batch 512 from the pool); width 128 uncompiled ≈ 9 000.
 A smoke run on a CPU (minutes, a model that does not draw): --smoke
@@ -210,6 +220,7 @@ class Text:
         self.device = device
         self._clip_cache = {}
         self._t5_cache = {}
+        self._slot_cache = {}
 
     def check_ids(self, ids, vocab, what):
         if int(ids.max()) >= vocab or int(ids.min()) < 0:
@@ -226,6 +237,17 @@ class Text:
                 ids = self._t5_cache[c] = ids + [0] * (T5_LEN - len(ids))
             out.append(ids)
         return self.check_ids(torch.tensor(out), self.t5_vocab, "T5").to(self.device)
+
+    def slot_labels(self, captions):
+        """`SlotHead`'s targets for `captions`: int64 [n, T5_LEN], per T5 position as `t5_ids`
+        lays the caption out (see `slot_labels`)."""
+        out = []
+        for c in captions:
+            lab = self._slot_cache.get(c)
+            if lab is None:
+                lab = self._slot_cache[c] = slot_labels(self.t5_tok, c)
+            out.append(lab)
+        return torch.tensor(out, dtype=torch.long, device=self.device)
 
     def clip_ids(self, captions):
         out = []
@@ -247,6 +269,33 @@ class Text:
 
     def context(self, t5, captions):
         return t5(input_ids=self.t5_ids(captions)).last_hidden_state
+
+
+def slot_labels(tok, caption):
+    """Per T5 position of `caption` (laid out as `Text.t5_ids` does: the tokenizer's pieces cut
+    to T5_LEN with </s> last, then <pad>): 0 on the pieces of the colour and shape words of the
+    object in the picture's first slot (top for above/below, left for left of/right of), 1 on
+    those of the object in the second slot, -100 (ignored) everywhere else and on every piece of
+    a count caption or of "". The scene words are whole pieces of the tokenizer
+    (`t5_tokenizer_json` appends them), but the pieces are found from the tokenizer's character
+    offsets, not by counting words, so a word split in pieces would label all of them."""
+    lab = [-100] * T5_LEN
+    m = scenes._REL_RE.match(caption)
+    if m is None:
+        return lab
+    first = 0 if m[3] in ("above", "left of") else 1  # the slot of the object named first
+    # groups 1, 2: the first-named object's colour and shape; 4, 5: the second's
+    spans = [(m.span(g), first) for g in (1, 2)] + [(m.span(g), 1 - first) for g in (4, 5)]
+    enc = tok.encode(caption)
+    n = min(len(enc.ids), T5_LEN)  # t5_ids keeps n pieces, the last of them replaced by </s>
+    for i in range(n - 1):
+        a, b = enc.offsets[i]
+        if enc.special_tokens_mask[i]:
+            continue
+        for (s, e), slot in spans:
+            if a < e and b > s:
+                lab[i] = slot
+    return lab
 
 
 # ------------------------------------------------------------------ helpers
@@ -365,13 +414,52 @@ class OrderHead(torch.nn.Module):
         return self.out(torch.einsum("bql,bld->bqd", a, self.v(h)))
 
 
+class SlotHead(torch.nn.Module):
+    """Training-only auxiliary head (`--slot-aux`): from each T5 output token alone, which slot
+    of the picture (0: top/left, 1: bottom/right) the object it names is in, on the colour and
+    shape tokens of relation captions (`slot_labels`). `OrderHead` taught T5 the slots (its loss
+    went to 0.001 in run 6) and the transformer still swapped: T5 could keep the answer anywhere
+    (in the relation word's token, say), not where the image tokens' attention finds colour and
+    shape. A linear read-out per token puts it there. Not shipped."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.out = torch.nn.Linear(width, 2)
+
+    def forward(self, h):
+        return self.out(h)
+
+
+@torch.no_grad()
+def shape_cover(x, specs):
+    """The share of each latent pixel (8 × 8 image pixels) that the shapes cover: float [B, SIZE/8,
+    SIZE/8] in [0, 1], from `render_torch`'s images `x`. A pixel is shape when it is not exactly
+    its scene's background colour: a background pixel's 4 × 4 subsamples are all that colour,
+    and every other palette colour differs from it by ≥ 150 levels in some channel, so even one
+    subsample of a shape moves the pixel ≥ 9 levels (0.07 in [-1, 1]): the 0.02 margin only
+    keeps float rounding out of the test. Anti-aliased edges count as shape."""
+    pal = torch.tensor([scenes.COLORS[c] for c in scenes.COLOR_NAMES], device=x.device, dtype=torch.float32)
+    bg = pal[torch.tensor([scenes.COLOR_NAMES.index(s["bg"]) for s in specs], device=x.device)] / 127.5 - 1.0
+    shape = ((x - bg.view(-1, 3, 1, 1)).abs().amax(1) > 0.02).float()
+    return F.avg_pool2d(shape.unsqueeze(1), 8).squeeze(1)
+
+
+def shape_weights(cover, a):
+    """Per-element weights of the packed flow loss, [B, tokens, 64]: 1 + a × `cover` of the latent
+    pixel, repeated over its 16 channels and packed as the latents are (`pack`: a token is a
+    2 × 2 latent patch × 16 channels)."""
+    b, h, w = cover.shape
+    return pack(1.0 + a * cover.unsqueeze(1).expand(b, 16, h, w))
+
+
 @torch.no_grad()
 def build_pool(args, device, vae, text, shift, scale, log):
     """The DiT's training set, made once on the device: `--pool` scenes (none with a held-out
     caption) as scaled latents, T5 ids, CLIP pooled vectors and `order_slots`, so a step only
-    indexes it."""
+    indexes it; with --slot-aux the per-token `slot_labels` too, with --shape-weight the shapes'
+    cover of each latent pixel (`shape_cover`, as uint8 counts of 64)."""
     rng = random.Random(SEEDS["dit_data"] + 1000 * args.part)  # each resumed part sees new scenes
-    xs, ids, pooled, caps, slots = [], [], [], [], []
+    xs, ids, pooled, caps, slots, labels, covers = [], [], [], [], [], [], []
     chunk = 512 if device.type == "cuda" else 64  # the autoencoder's activations: ~10 GB at 512 on a CPU
     log_every = max(1, args.pool // 10 // chunk) * chunk
     for k in range(0, args.pool, chunk):
@@ -385,10 +473,19 @@ def build_pool(args, device, vae, text, shift, scale, log):
         pooled.append(text.pooled(c))
         caps += c
         slots += [order_slots(s) for s in specs]
+        if args.slot_aux > 0:
+            labels.append(text.slot_labels(c))
+        if args.shape_weight > 0:
+            covers.append((shape_cover(x, specs) * 64).round().to(torch.uint8))
         if device.type == "cpu" and (k + chunk) % log_every == 0:
             log(f"pool: {k + chunk} scenes encoded")
     log(f"pool: {len(caps)} scenes, {len(set(caps))} distinct captions")
+    if covers:
+        cover = torch.cat(covers).float().mean().item() / 64
+        log(f"pool: shapes cover {cover:.1%} of the latent pixels (mean flow-loss weight {1 + args.shape_weight * cover:.2f}, "
+            "divided out by the weighted mean)")
     return (torch.cat(xs), torch.cat(ids), torch.cat(pooled), torch.tensor(slots, device=device),
+            torch.cat(labels) if labels else None, torch.cat(covers) if covers else None,
             text.t5_ids([""]), text.pooled([""]))
 
 
@@ -410,7 +507,8 @@ def save_weights(out, dit, t5, vae, shift, scale):
 CHECKPOINT = ("draw-checkpoint-model.pt", "draw-checkpoint-ema.pt", "draw-checkpoint-vae.pt")
 
 
-def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes_seen, seconds, head=None):
+def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes_seen, seconds, head=None,
+                    slot_head=None):
     """Everything a later part needs to go on, float32, in three files in --checkpoints (≈ 31,
     31 and 5 MB at width 192: too big to come back from a device call, so they stay on the
     device for the next call; a part can also go on from the shipped weights, see
@@ -418,7 +516,8 @@ def save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps, scenes
     f32 = lambda m: {k: v.detach().float().cpu() for k, v in m.state_dict().items()}  # noqa: E731
     args.checkpoints.mkdir(parents=True, exist_ok=True)
     model, ema, rest = (args.checkpoints / n for n in CHECKPOINT)
-    torch.save(dict(dit=f32(dit), t5=f32(t5), **({"order_head": f32(head)} if head is not None else {})), model)
+    heads = {k: f32(m) for k, m in (("order_head", head), ("slot_head", slot_head)) if m is not None}
+    torch.save(dict(dit=f32(dit), t5=f32(t5), **heads), model)
     torch.save(dict(dit=f32(ema_dit), t5=f32(ema_t5)), ema)
     torch.save(dict(vae=f32(vae), vae_info=vae_info, steps=steps, scenes=scenes_seen, part=args.part,
                     seconds=seconds, t5_len=T5_LEN, dit_config=args.dit, t5_config=args.t5), rest)
@@ -431,7 +530,7 @@ def load_resume(folder):
     if (folder / CHECKPOINT[0]).exists():
         model, ema, rest = (torch.load(folder / n, map_location="cpu", weights_only=True) for n in CHECKPOINT)
         return dict(rest, dit=model["dit"], t5=model["t5"], ema_dit=ema["dit"], ema_t5=ema["t5"],
-                    order_head=model.get("order_head"))
+                    order_head=model.get("order_head"), slot_head=model.get("slot_head"))
     from safetensors import safe_open
     from safetensors.torch import load_file
     from parity_draw import dit_from_bfl, vae_from_bfl
@@ -455,7 +554,7 @@ def load_resume(folder):
 def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None):
     from diffusers import FluxTransformer2DModel
 
-    pool_x, pool_ids, pool_pooled, pool_slots, empty_ids, empty_pooled = build_pool(
+    pool_x, pool_ids, pool_pooled, pool_slots, pool_labels, pool_cover, empty_ids, empty_pooled = build_pool(
         args, device, vae, text, shift, scale, log)
     torch.manual_seed(SEEDS["dit_weights"] + 100)
     dit = FluxTransformer2DModel(**args.dit).to(device)
@@ -478,8 +577,11 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
     head = OrderHead(args.t5["d_model"]).to(device) if args.order_aux > 0 else None
     if head is not None and resume is not None and resume.get("order_head") is not None:
         head.load_state_dict(resume["order_head"])
+    slot_head = SlotHead(args.t5["d_model"]).to(device) if args.slot_aux > 0 else None
+    if slot_head is not None and resume is not None and resume.get("slot_head") is not None:
+        slot_head.load_state_dict(resume["slot_head"])
     params = list(dit.parameters()) + list(t5.parameters())
-    head_params = list(head.parameters()) if head is not None else []
+    head_params = [p for m in (head, slot_head) if m is not None for p in m.parameters()]
     cuda = device.type == "cuda"
     opt = torch.optim.AdamW(params + head_params, lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99), fused=cuda)
     # torch.compile fuses the many small elementwise kernels of a model this narrow (the step is
@@ -498,6 +600,7 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
     # its first 200 steps.
     total = max(args.total_minutes or 0.0, args.dit_minutes) * 60
     t0, step, hist, aux_hist, saved = time.time(), 0, [], [], time.time()
+    slot_hist, whist = [], []
     while True:
         spent = time.time() - t0
         if spent >= budget or (args.smoke and step >= 3):
@@ -513,6 +616,10 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
             tok = torch.where(drop[:, None], empty_ids, pool_ids[pick])
             pooled = torch.where(drop[:, None], empty_pooled, pool_pooled[pick])
             slots = torch.where(drop[:, None], -1, pool_slots[pick])
+            if slot_head is not None:
+                labels = torch.where(drop[:, None], -100, pool_labels[pick])
+            if pool_cover is not None:
+                wgt = shape_weights(pool_cover[pick].float() / 64, args.shape_weight)
             noise = torch.randn(x0.shape, generator=gen, device=device)
             # logit-normal times (SD3), with a uniform share so the ends are seen too
             t = torch.sigmoid(torch.randn(b, generator=gen, device=device))
@@ -527,15 +634,32 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
         try:
             pred = fwd(hidden_states=pack(xt), encoder_hidden_states=ctx, pooled_projections=pooled,
                        timestep=t, img_ids=ids, txt_ids=txt_ids, return_dict=False)[0]
-            loss = F.mse_loss(pred, target)
-            total_loss = loss
+            if pool_cover is None:
+                loss = F.mse_loss(pred, target)
+                total_loss = loss
+            else:
+                # --shape-weight: a weighted mean, Σ w·(pred - target)² / Σ w, so the loss keeps
+                # the scale of the plain mean whatever the shapes cover (the weights only move
+                # the emphasis to the shapes' pixels, they do not raise the learning rate); the
+                # plain mean is still what `loss` logs, comparable with runs without it
+                sq = (pred - target).square()
+                loss = sq.detach().mean()
+                total_loss = (wgt * sq).sum() / wgt.sum()
+                whist.append(total_loss.detach())
             if head is not None:
                 # relation captions only (count scenes and dropped captions are -1)
                 ce = F.cross_entropy(head(ctx).flatten(0, 1), slots.flatten().clamp(min=0), reduction="none")
                 keep = (slots.flatten() >= 0).float()
                 aux = (ce * keep).sum() / keep.sum().clamp(min=1.0)
-                total_loss = loss + args.order_aux * aux
+                total_loss = total_loss + args.order_aux * aux
                 aux_hist.append(aux.detach())
+            if slot_head is not None:
+                # colour and shape tokens of relation captions only (the rest is -100)
+                keep = labels.flatten() != -100
+                ce = F.cross_entropy(slot_head(ctx).flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+                slot = ce / keep.sum().clamp(min=1)
+                total_loss = total_loss + args.slot_aux * slot
+                slot_hist.append(slot.detach())
             opt.zero_grad(set_to_none=True)
             total_loss.backward()
         except Exception as e:  # noqa: BLE001 - only the compiled module's first step is retried
@@ -557,26 +681,36 @@ def train_dit(args, device, vae, vae_info, text, shift, scale, log, resume=None)
         if step % args.log_every == 0:
             hist = [torch.stack(hist).mean()]
             aux_msg = ""
+            if whist:
+                whist = [torch.stack(whist).mean()]
+                aux_msg += f" weighted {whist[0].item():.4f}"
             if aux_hist:
                 aux_hist = [torch.stack(aux_hist).mean()]
-                aux_msg = f" order {aux_hist[0].item():.3f}"
+                aux_msg += f" order {aux_hist[0].item():.3f}"
+            if slot_hist:
+                slot_hist = [torch.stack(slot_hist).mean()]
+                aux_msg += f" slot {slot_hist[0].item():.3f}"
             log(f"dit step {step} loss {hist[0].item():.4f}{aux_msg} lr {opt.param_groups[0]['lr']:.2e} "
                 f"({time.time() - t0:.0f} s)")
         if time.time() - saved > args.save_every:
             # a run cut short still leaves a usable model, and a checkpoint to go on from
             save_weights(args.out, ema_dit, ema_t5, vae, shift, scale)
             save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps0 + step, scenes0 + step * b,
-                            seconds0 + time.time() - t0, head)
+                            seconds0 + time.time() - t0, head, slot_head)
             saved = time.time()
     save_checkpoint(args, dit, t5, ema_dit, ema_t5, vae, vae_info, steps0 + step, scenes0 + step * b,
-                    seconds0 + time.time() - t0, head)
+                    seconds0 + time.time() - t0, head, slot_head)
     round_bf16_(ema_dit)
     round_bf16_(ema_t5)
     return ema_dit, ema_t5, dict(steps=step, batch=b, pool=len(pool_x), final_loss=torch.stack(hist).mean().item(),
                                  seconds=time.time() - t0, part=args.part, total_steps=steps0 + step,
                                  total_scenes=scenes0 + step * b, total_seconds=seconds0 + time.time() - t0,
                                  compiled=fwd is not dit, order_aux=args.order_aux,
-                                 final_order_loss=torch.stack(aux_hist).mean().item() if aux_hist else None)
+                                 final_order_loss=torch.stack(aux_hist).mean().item() if aux_hist else None,
+                                 slot_aux=args.slot_aux,
+                                 final_slot_loss=torch.stack(slot_hist).mean().item() if slot_hist else None,
+                                 shape_weight=args.shape_weight,
+                                 final_weighted_loss=torch.stack(whist).mean().item() if whist else None)
 
 
 @torch.no_grad()
@@ -629,6 +763,9 @@ def training_relation_captions(n=50, seed=777):
 
 
 def evaluate(dit, t5, vae, text, shift, scale, device, log, limit=None):
+    """Held-out captions (seeds 1000 + index) and 50 training relation captions (seeds 2000 +
+    index), the first `limit` of each: right, and wrong with both shapes right but the relation
+    not (nearly always the two shapes swapped). What draw-train.json records of it."""
     dit, t5, vae = (m.float().eval() for m in (dit, t5, vae))
     caps = scenes.heldout_captions()[:limit]
     ok, swapped, fails = score(dit, t5, vae, text, shift, scale, device, caps, 1000)
@@ -638,7 +775,8 @@ def evaluate(dit, t5, vae, text, shift, scale, device, log, limit=None):
     train = training_relation_captions()[:limit]
     t_ok, t_swapped, _ = score(dit, t5, vae, text, shift, scale, device, train, 2000)
     log(f"training relation captions: {t_ok}/{len(train)} correct, {t_swapped} with the relation wrong")
-    return ok / len(caps)
+    return dict(correct_fraction=ok / len(caps), evaluated=len(caps), correct=ok, relation_wrong=swapped,
+                training_relations=dict(captions=len(train), correct=t_ok, relation_wrong=t_swapped, seeds="2000 + index"))
 
 
 def main():
@@ -660,6 +798,12 @@ def main():
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--order-aux", type=float, default=0.1,
                     help="weight of the training-only word-order loss on T5 (OrderHead; 0: off; runs 1-5 had none)")
+    ap.add_argument("--slot-aux", type=float, default=0.0,
+                    help="weight of the training-only per-token slot loss on T5 (SlotHead: each colour and shape "
+                         "token of a relation caption says whether its object is top/left or bottom/right; 0: off)")
+    ap.add_argument("--shape-weight", type=float, default=0.0,
+                    help="weight the flow loss per latent pixel by 1 + this × the share the shapes cover "
+                         "(a weighted mean, so the loss keeps its scale; 0: off, the plain mean)")
     ap.add_argument("--log-every", type=int, default=500, help="DiT steps between loss lines")
     ap.add_argument("--pool", type=int, default=200_000, help="training scenes made up front")
     ap.add_argument("--save-every", type=float, default=60.0, help="seconds between saves")
@@ -668,6 +812,8 @@ def main():
                     help="this part runs its own learning-rate schedule over --dit-minutes (warm-up, cosine to 5 %%) "
                          "instead of going on with the earlier parts' one: a fine-tune of a finished model")
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (tools/check_draw.py scores through mgpu instead)")
+    ap.add_argument("--eval-limit", type=int,
+                    help="evaluate only the first N held-out and N training relation captions (default: all 100 and 50; --smoke: 4)")
     ap.add_argument("--smoke", action="store_true", help="a few steps of each stage (CPU check)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -706,22 +852,30 @@ def main():
     (args.out / "t5-draw-tokenizer.json").write_text(json.dumps(t5_json, ensure_ascii=False, indent=1) + "\n")
     dit, t5, dit_info = train_dit(args, device, vae, vae_info, text, shift, scale, log, resume)
     save_weights(args.out, dit, t5, vae, shift, scale)
-    score = None if args.no_eval else evaluate(dit, t5, vae, text, shift, scale, device, log, limit=4 if args.smoke else None)
-    meta = dict(
-        versions=dict(python=sys.version.split()[0], torch=torch.__version__, diffusers=diffusers.__version__,
-                      transformers=transformers.__version__, numpy=np.__version__),
-        device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        smoke=args.smoke,
-        args={k: str(v) for k, v in vars(args).items()},
-        seeds=SEEDS,
-        dit=args.dit, vae=VAE, t5=dict(args.t5, vocab_size=text.t5_vocab), clip=CLIP,
-        t5_len=T5_LEN, clip_len=CLIP_LEN, caption_dropout=DROP,
-        vae_training=vae_info, dit_training=dit_info,
-        heldout=dict(captions=len(scenes.HELDOUT), correct_fraction=score, steps=EVAL_STEPS, cfg=EVAL_CFG,
-                     seeds="1000 + index (torch.manual_seed noise, not mgpu's)"),
-        seconds=time.time() - t_start,
-    )
-    (args.out / "draw-train.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+    def write_meta(ev):
+        meta = dict(
+            versions=dict(python=sys.version.split()[0], torch=torch.__version__, diffusers=diffusers.__version__,
+                          transformers=transformers.__version__, numpy=np.__version__),
+            device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            smoke=args.smoke,
+            args={k: str(v) for k, v in vars(args).items()},
+            seeds=SEEDS,
+            dit=args.dit, vae=VAE, t5=dict(args.t5, vocab_size=text.t5_vocab), clip=CLIP,
+            t5_len=T5_LEN, clip_len=CLIP_LEN, caption_dropout=DROP,
+            vae_training=vae_info, dit_training=dit_info,
+            heldout=dict(dict(captions=len(scenes.HELDOUT), correct_fraction=None, steps=EVAL_STEPS, cfg=EVAL_CFG,
+                              seeds="1000 + index (torch.manual_seed noise, not mgpu's)"), **(ev or {})),
+            seconds=time.time() - t_start,
+        )
+        (args.out / "draw-train.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+    # written before the evaluation too: a call cut short there still leaves a folder that
+    # mgpu reads and a later part can --resume from
+    write_meta(None)
+    if not args.no_eval:
+        limit = args.eval_limit if args.eval_limit is not None else (4 if args.smoke else None)
+        write_meta(evaluate(dit, t5, vae, text, shift, scale, device, log, limit=limit))
     log(f"wrote {args.out}")
 
 
