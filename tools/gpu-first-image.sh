@@ -8,8 +8,9 @@
 #   runs      `mgpu run` of one job of 4 images, 1024², 20 steps, batch 4, everything on
 #             cuda:0, under several cases: `first` (a first process: the CUDA driver's JIT
 #             cache empty — CUDA_CACHE_PATH a new folder — the hash cache as the cases before
-#             left it), `first-nowarm` (the same with MGPU_JIT_WARMUP=off: the JIT where the
-#             kernels are first used), `cold-hash` (JIT cache warm, a new hash cache), `warm`,
+#             left it; MGPU_SASS=log counts the kernel modules loaded from prebuilt SASS and
+#             JIT-compiled), `first-jit` (the same with MGPU_SASS=off: every module through the
+#             driver's JIT, as before the SASS was built in), `cold-hash` (a new hash cache), `warm`,
 #             FLUX's blocks in host RAM with cuMemHostRegister (`host`, the default) and
 #             cuMemHostAlloc (`host-alloc`), half and half (`half`), and `disk` (below);
 #             per case: wall, the report's phases, sampling + decode, the load overhead
@@ -24,11 +25,9 @@
 #             diffusers can be imported or its wheels are in .carry/wheels
 # Usage: tools/gpu-first-image.sh [path/to/mgpu] [output folder]
 #   CASES="first cold-hash warm host host-alloc half"  PEER=1
-#   (every case also: first-nowarm dense disk; `dense` only writes the dense files). Each run takes ≈ 20–30 s, the disk case ≈ 60 s
+#   (every case also: first-jit dense disk; `dense` only writes the dense files). Each run takes ≈ 20–45 s, the disk case ≈ 60 s
 #   plus writing 33.9 GB the first time; keep one call under the device's time limit, e.g.
-#   CASES="cold-hash warm first first-nowarm" PEER=0, then CASES=disk PEER=0.
-#   MGPU_JIT_WARMUP is read only by branch i11's binary (not merged: benches/RESULTS.md "The
-#   first process's CUDA JIT"); with main's, `first-nowarm` runs the same as `first`.
+#   CASES="first first-jit cold-hash warm" PEER=0, then CASES=disk PEER=0.
 # Needs: an mgpu built with `--features cuda`, ~36 GB of disk for the files' headers and
 # about that much free RAM for their pages. Results: first-image.txt, first-image.json,
 # run-*.json (reports), peer.json in the output folder.
@@ -114,6 +113,8 @@ try:
 except Exception:
     pass  # a failed run leaves no report: rc and stderr say why
 lines = [l for l in p.stderr.splitlines() if l.startswith("time:") or "error" in l]
+# MGPU_SASS=log: one line per kernel module the run loaded (prebuilt SASS or the driver's JIT)
+sass = [l for l in p.stderr.splitlines() if l.startswith("sass: ")]
 pngs = sorted(glob.glob(os.path.join(os.path.dirname(manifest), "out", "**", "*.png"), recursive=True))
 h = hashlib.sha256()
 for f in pngs:
@@ -125,9 +126,12 @@ rec = {"case": name, "flux_allocation": alloc, "rc": p.returncode, "wall_s": rou
        "max_rss_gib": round(ru.ru_maxrss / 2**20, 2), "user_s": round(ru.ru_utime, 1),
        "sys_s": round(ru.ru_stime, 1), "pngs": len(pngs), "png_sha": h.hexdigest()[:16],
        "summary": lines[-3:]}
+if sass:
+    rec["modules"] = {"sass": sum("from prebuilt SASS" in l for l in sass),
+                      "jit": sum("to the JIT" in l or "refused" in l for l in sass)}
 if target_s:
     rec["target_s"] = float(target_s)
-for k in ("CUDA_CACHE_PATH", "MGPU_JIT_WARMUP", "MGPU_PIN"):
+for k in ("CUDA_CACHE_PATH", "MGPU_SASS", "MGPU_PIN"):
     if k in os.environ:
         rec.setdefault("env", {})[k] = os.environ[k]
 json.dump(rec, open(out, "w"), indent=1)
@@ -185,8 +189,8 @@ echo "== runs (MGPU_CACHE_DIR=$W/cache: cold first, warm after)"
 rm -rf "$W/cache" "$W/cache0" "$W/out" "$W"/jit-*
 for c in $CASES; do
   case $c in
-    first) run_case first "cuda:0,*" MGPU_CACHE_DIR="$W/cache" CUDA_CACHE_PATH="$(mktemp -d "$W/jit-XXXX")" ;;
-    first-nowarm) run_case first-nowarm "cuda:0,*" MGPU_CACHE_DIR="$W/cache" CUDA_CACHE_PATH="$(mktemp -d "$W/jit-XXXX")" MGPU_JIT_WARMUP=off ;;
+    first) run_case first "cuda:0,*" MGPU_CACHE_DIR="$W/cache" CUDA_CACHE_PATH="$(mktemp -d "$W/jit-XXXX")" MGPU_SASS=log ;;
+    first-jit) run_case first-jit "cuda:0,*" MGPU_CACHE_DIR="$W/cache" CUDA_CACHE_PATH="$(mktemp -d "$W/jit-XXXX")" MGPU_SASS=off ;;
     dense) disk_case write ;;
     disk) disk_case ;;
     cold-hash) run_case cold-hash "cuda:0,*" MGPU_CACHE_DIR="$W/cache" ;;

@@ -37,6 +37,7 @@ use crate::device::UnitHome;
 mod device;
 mod layout;
 mod pinned;
+pub mod sass;
 pub mod upload;
 
 pub use device::{check_widen_fp8, keep_pool_memory, measure_h2d_gbps};

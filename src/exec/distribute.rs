@@ -56,6 +56,7 @@ pub fn compute_device(name: DeviceName) -> Result<Device, String> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(i: u32) -> Result<Device, String> {
+    super::cuda::sass::link();
     let d = Device::new_cuda_with_stream(i as usize)
         .map_err(|e| format!("cannot open cuda:{i}: {e}"))?;
     super::cuda::keep_pool_memory(&d).map_err(|e| format!("cuda:{i}: {e}"))?;

@@ -20,6 +20,7 @@ pub mod load;
 pub mod phase;
 pub mod pipeline;
 pub mod queue;
+pub mod sass_key;
 pub mod unit;
 
 #[cfg(test)]
