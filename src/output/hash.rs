@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -25,10 +24,13 @@ fn hex(d: impl AsRef<[u8]>) -> String {
 }
 
 impl FileHashes {
-    /// Reads `path` once and computes both hashes. The whole-file digest runs on this thread,
-    /// the data digest of a safetensors file on a second one fed the same buffers, so the
-    /// pair costs the time of one SHA-256 pass (≈ 2 GB/s per core with SHA extensions), not
-    /// two.
+    /// Reads `path` once and computes both hashes, on three threads that pass each buffer
+    /// along: this one reads (into buffers it gets back, never zeroed or copied again), a
+    /// second computes the whole-file digest, a third the data digest of a safetensors file
+    /// and returns the buffer. So the pair costs one SHA-256 pass at the core's rate (≈ 1.5
+    /// GB/s with SHA extensions on the lent H200's host; `openssl speed` 1.46), not two, and
+    /// no reading or copying slows the digests down — before, the reading thread also copied
+    /// each buffer and computed one digest: 0.73 GB/s on that host (benches/RESULTS.md).
     pub fn compute(path: &Path) -> Result<Self, OutputError> {
         let io = |op: &'static str| {
             move |e: std::io::Error| OutputError::Io {
@@ -54,64 +56,86 @@ impl FileHashes {
             data_start = Some(8u64.saturating_add(u64::from_le_bytes(first)));
         }
         let data_start = data_start.filter(|&s| is_safetensors && s <= len);
+        type Buf = (Vec<u8>, usize);
+        let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        for _ in 0..BUFFERS {
+            free_tx
+                .send(vec![0u8; CHUNK])
+                .expect("the receiver is alive");
+        }
+        let failed = || OutputError::Io {
+            path: path.to_path_buf(),
+            op: "hash",
+            source: std::io::Error::other("a hashing thread failed"),
+        };
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<(Arc<[u8]>, usize)>(4);
+            let (whole_tx, whole_rx) = std::sync::mpsc::channel::<Buf>();
+            let (data_tx, data_rx) = std::sync::mpsc::channel::<Buf>();
             let data = data_start.map(|start| {
+                let free_tx = free_tx.clone();
                 let mut pos_d = pos;
                 scope.spawn(move || {
                     let mut data = Sha256::new();
-                    for (chunk, n) in rx {
-                        let chunk = &chunk[..n];
+                    for (buf, n) in data_rx {
                         if pos_d + n as u64 > start {
-                            data.update(&chunk[start.saturating_sub(pos_d) as usize..]);
+                            data.update(&buf[start.saturating_sub(pos_d) as usize..n]);
                         }
                         pos_d += n as u64;
+                        let _ = free_tx.send(buf);
                     }
                     hex(data.finalize())
                 })
             });
-            let mut tx = data.is_some().then_some(tx);
-            loop {
-                let mut buf = vec![0u8; CHUNK];
-                let mut n = 0;
-                while n < CHUNK {
-                    let r = file.read(&mut buf[n..]).map_err(io("read"))?;
-                    if r == 0 {
+            // the whole-file digest hands each buffer on to the data digest, or back
+            // (the reader's `recv` fails, rather than waiting for ever, once both are gone)
+            let next = if data.is_some() {
+                drop(free_tx);
+                Ok(data_tx)
+            } else {
+                Err(free_tx)
+            };
+            let whole_h = scope.spawn(move || {
+                for (buf, n) in whole_rx {
+                    whole.update(&buf[..n]);
+                    match &next {
+                        Ok(t) => drop(t.send((buf, n))),
+                        Err(t) => drop(t.send(buf)),
+                    }
+                }
+                hex(whole.finalize())
+            });
+            let read: Result<(), OutputError> = (|| {
+                // a recv error means both digest threads are gone: their join says why
+                while let Ok(mut buf) = free_rx.recv() {
+                    let mut n = 0;
+                    while n < CHUNK {
+                        let r = file.read(&mut buf[n..]).map_err(io("read"))?;
+                        if r == 0 {
+                            break;
+                        }
+                        n += r;
+                    }
+                    if n == 0 || whole_tx.send((buf, n)).is_err() {
                         break;
                     }
-                    n += r;
                 }
-                if n == 0 {
-                    break;
-                }
-                let chunk: Arc<[u8]> = Arc::from(buf);
-                if let Some(t) = &tx {
-                    if t.send((chunk.clone(), n)).is_err() {
-                        tx = None;
-                    }
-                }
-                whole.update(&chunk[..n]);
-                pos += n as u64;
-            }
-            drop(tx);
-            let autov3 = match data {
-                Some(h) => Some(h.join().map_err(|_| OutputError::Io {
-                    path: path.to_path_buf(),
-                    op: "hash",
-                    source: std::io::Error::other("the hashing thread failed"),
-                })?),
-                None => None,
-            };
+                Ok(())
+            })();
+            drop(whole_tx);
+            let sha256 = whole_h.join().map_err(|_| failed());
+            let autov3 = data.map(|h| h.join().map_err(|_| failed())).transpose();
+            read?;
             Ok(FileHashes {
-                sha256: hex(whole.finalize()),
-                autov3,
+                sha256: sha256?,
+                autov3: autov3?,
             })
         })
     }
 }
 
-/// Bytes read per buffer.
+/// Bytes read per buffer, and how many buffers are in flight (read, or in a digest).
 const CHUNK: usize = 4 << 20;
+const BUFFERS: usize = 6;
 
 #[cfg(test)]
 mod tests {
