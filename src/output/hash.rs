@@ -27,8 +27,8 @@ impl FileHashes {
     /// Reads `path` once and computes both hashes, on three threads that pass each buffer
     /// along: this one reads (into buffers it gets back, never zeroed or copied again), a
     /// second computes the whole-file digest, a third the data digest of a safetensors file
-    /// and returns the buffer. So the pair costs one SHA-256 pass at the core's rate (≈ 1.5
-    /// GB/s with SHA extensions on the lent H200's host; `openssl speed` 1.46), not two, and
+    /// and returns the buffer. So the pair costs one SHA-256 pass at the core's rate (≈ 1.2
+    /// GB/s with SHA extensions: `sha256sum` on the lent H200's host; sha2 here), not two, and
     /// no reading or copying slows the digests down — before, the reading thread also copied
     /// each buffer and computed one digest: 0.73 GB/s on that host (benches/RESULTS.md).
     pub fn compute(path: &Path) -> Result<Self, OutputError> {

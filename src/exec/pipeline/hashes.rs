@@ -7,7 +7,7 @@
 //! path, size and modification time, and reused while those match — by every run of the user,
 //! whatever its output folder or shard. Files not in it are hashed on a background thread
 //! started when the run's models are known ([`FileHasher::start`]), all files at once (one
-//! thread each, and each file's two digests on two threads), so hashing overlaps text
+//! thread each reading it, and its two digests on two more), so hashing overlaps text
 //! encoding, loading and the first batch; a record asks for a hash only when the batch is done
 //! ([`FileHasher::get`], which waits for the thread if that file is not finished). With
 //! [`HashMode::Off`] records carry no hashes at all and nothing is read.
