@@ -119,6 +119,12 @@ pub fn render(r: &ProbeReport) -> String {
             }
             _ => format!("{:<18} {d:<7} {t:>8.1} TFLOP/s", "bf16 8192³ product"),
         }));
+        if let Some(g) = b.host_copy_gbps {
+            rows.push(format!(
+                "{:<18} {:<7} {g:>8.1} GB/s",
+                "host memory copy", "cpu"
+            ));
+        }
         if let Some(g) = b.disk_read_gbps {
             rows.push(format!("{:<18} {:<7} {g:>8.2} GB/s", "disk read", "disk"));
         }

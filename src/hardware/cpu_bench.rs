@@ -1,6 +1,7 @@
 //! `mgpu probe --bench` on the host, in every build: the CPU's matrix-product rate (candle's
-//! f32 product, what CPU models compute with) and the rate at which a file is read back from
-//! disk after it was dropped from the page cache. A CPU build measures only these; GPU copy
+//! f32 product, what CPU models compute with), the host's memory-copy rate on all cores (what
+//! bounds copying weights into page-locked staging buffers, `exec::cuda::upload`) and the rate
+//! at which a file is read back from disk after it was dropped from the page cache. A CPU build measures only these; GPU copy
 //! and compute rates need the CUDA build (and `probe` says so).
 
 use std::io::{Read, Write};
@@ -32,6 +33,29 @@ pub fn matmul_tflops() -> Result<f64, String> {
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * (n as f64).powi(3) / best / 1e12)
+}
+
+/// Bytes copied per pass by [`host_copy_gbps`] (from one buffer into another of this size).
+pub const COPY_BYTES: usize = 512 << 20;
+
+/// The host's memory-copy rate in decimal GB/s (bytes copied per second): the best of a few
+/// copies of [`COPY_BYTES`] between two buffers already written (so no page faults are timed),
+/// in 8 MiB pieces spread over every core (rayon), as the staged upload copies weights.
+pub fn host_copy_gbps() -> f64 {
+    use rayon::prelude::*;
+    const PIECE: usize = 8 << 20;
+    let src: Vec<u8> = (0..COPY_BYTES).map(|i| (i % 251) as u8).collect();
+    let mut dst = vec![1u8; COPY_BYTES];
+    let mut best = f64::INFINITY;
+    for _ in 0..4 {
+        let t = Instant::now();
+        dst.par_chunks_mut(PIECE)
+            .zip(src.par_chunks(PIECE))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&dst);
+    }
+    COPY_BYTES as f64 / best / 1e9
 }
 
 /// The size [`disk_read_gbps`] writes for a request of `bytes`: whole [`DISK_BLOCK`]s, at

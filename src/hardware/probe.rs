@@ -41,6 +41,10 @@ pub struct BenchResult {
     pub peer: Vec<(DeviceName, DeviceName, f64)>,
     /// `[device, TFLOP/s]`: each GPU's bf16 8192³ product, the CPU's f32 1024³ product.
     pub tflops: Vec<(DeviceName, f64)>,
+    /// The host's memory copies on all cores, GB/s (bytes copied per second; each byte is read
+    /// and written once): the bound on filling page-locked staging buffers (any build).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_copy_gbps: Option<f64>,
     /// Reading a file back from disk (after dropping it from the page cache), GB/s: the
     /// `disk → cpu` link (any build).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,6 +158,7 @@ fn bench_host(report: &mut ProbeReport, disk_dir: &Path, disk_bytes: u64) {
         }
         Err(e) => report.notes.push(format!("could not measure the CPU: {e}")),
     }
+    r.host_copy_gbps = Some(super::cpu_bench::host_copy_gbps());
     match super::cpu_bench::disk_read_gbps(disk_dir, disk_bytes) {
         Ok(g) => r.disk_read_gbps = Some(g),
         Err(e) => report.notes.push(format!(
@@ -163,6 +168,7 @@ fn bench_host(report: &mut ProbeReport, disk_dir: &Path, disk_bytes: u64) {
     }
     report.notes.push(format!(
         "the cpu's rate is candle's f32 1024³ matrix product (CPU models compute in f32); \
+         host copy is a memcpy between two 512 MiB buffers on every core; \
          the disk rate reads back a file of {} after dropping it from the page cache",
         crate::units::ByteSize(super::cpu_bench::disk_test_bytes(disk_bytes))
     ));
