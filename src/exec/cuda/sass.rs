@@ -21,7 +21,6 @@
 //! line per module loaded (SASS or JIT, its size).
 
 use std::ffi::{c_char, c_void, CStr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use candle_core::cuda_backend::cudarc::driver::sys::{CUmodule, CUresult};
@@ -43,23 +42,6 @@ pub(crate) struct Sass {
 struct Aligned<T: ?Sized>(T);
 
 include!(concat!(env!("OUT_DIR"), "/sass.rs"));
-
-/// Modules loaded from SASS and from PTX (JIT) in this process.
-static FROM_SASS: AtomicUsize = AtomicUsize::new(0);
-static FROM_PTX: AtomicUsize = AtomicUsize::new(0);
-
-/// (modules loaded from prebuilt SASS, modules handed to the driver as PTX) so far.
-pub fn loads() -> (usize, usize) {
-    (
-        FROM_SASS.load(Ordering::Relaxed),
-        FROM_PTX.load(Ordering::Relaxed),
-    )
-}
-
-/// How many modules have SASS built in (for `mgpu probe` and the docs).
-pub fn built_in() -> usize {
-    SASS.len()
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -155,7 +137,6 @@ pub unsafe extern "C" fn cuModuleLoadData(module: *mut CUmodule, image: *const c
         if let Some(s) = lookup(ptx) {
             let rc = real(module, s.cubin.as_ptr() as *const c_void);
             if rc == CUresult::CUDA_SUCCESS {
-                FROM_SASS.fetch_add(1, Ordering::Relaxed);
                 if mode == Mode::Log {
                     eprintln!(
                         "sass: {} from prebuilt SASS ({} bytes)",
@@ -173,7 +154,6 @@ pub unsafe extern "C" fn cuModuleLoadData(module: *mut CUmodule, image: *const c
             }
         }
     }
-    FROM_PTX.fetch_add(1, Ordering::Relaxed);
     if mode == Mode::Log {
         let entry = ptx
             .split(|&b| b == b'\n')
