@@ -33,7 +33,10 @@ fn bench(c: &mut Criterion) {
         b.iter(|| Sha256::digest(black_box(&bytes)))
     });
     g.bench_function("file_hashes_512MiB", |b| {
-        b.iter(|| FileHashes::compute(black_box(&path)).expect("hash"))
+        b.iter(|| FileHashes::compute(black_box(&path), true).expect("hash"))
+    });
+    g.bench_function("file_hash_whole_512MiB", |b| {
+        b.iter(|| FileHashes::compute(black_box(&path), false).expect("hash"))
     });
     g.finish();
 }

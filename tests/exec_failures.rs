@@ -146,7 +146,7 @@ guidance = 4.5
         ["flux", "vae", "clip", "t5"]
     );
     assert_eq!(rec.models[0].file, "tiny/flux-tiny.safetensors");
-    let sha = mgpu::output::FileHashes::compute(&m.models["flux"].file).unwrap();
+    let sha = mgpu::output::FileHashes::compute(&m.models["flux"].file, false).unwrap();
     assert_eq!(rec.models[0].sha256.as_deref(), Some(sha.sha256.as_str()));
     assert_eq!(rec.loras.len(), 1);
     assert_eq!(rec.loras[0].name, "lora-tiny");

@@ -7,10 +7,15 @@
 //! path, size and modification time, and reused while those match — by every run of the user,
 //! whatever its output folder or shard. Files not in it are hashed on a background thread
 //! started when the run's models are known ([`FileHasher::start`]), all files at once (one
-//! thread each reading it, and its two digests on two more), so hashing overlaps text
+//! thread each reading it, and its digests on one or two more), so hashing overlaps text
 //! encoding, loading and the first batch; a record asks for a hash only when the batch is done
 //! ([`FileHasher::get`], which waits for the thread if that file is not finished). With
 //! [`HashMode::Off`] records carry no hashes at all and nothing is read.
+//!
+//! Only LoRAs' records carry the safetensors data digest (AutoV3, A1111's "Lora hashes"), so
+//! only files asked for as LoRAs ([`Need::WholeAndData`]) get it: a model file's one digest
+//! is the run's critical path when the cache is cold (SHA-256 is sequential within a file),
+//! and a second digest of the same 23.8 GB beside it only takes a core from it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +36,15 @@ pub enum HashMode {
     Off,
 }
 
+/// Which digests a file's records need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Need {
+    /// A model: the whole file's SHA-256 ("Model hash").
+    Whole,
+    /// A LoRA: that and the safetensors data's SHA-256 (AutoV3, "Lora hashes").
+    WholeAndData,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Entry {
     path: PathBuf,
@@ -38,6 +52,20 @@ struct Entry {
     mtime_ns: u128,
     sha256: String,
     autov3: Option<String>,
+    /// Whether the data digest was computed (`autov3` is `None` for a file that is not
+    /// safetensors either way). Entries written before this field always computed it.
+    #[serde(default = "yes")]
+    data: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Entry {
+    fn serves(&self, need: Need) -> bool {
+        need == Need::Whole || self.data
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -70,7 +98,8 @@ fn stamp(path: &Path) -> Option<(u64, u128)> {
     Some((m.len(), t.as_nanos()))
 }
 
-type Results = Arc<Mutex<HashMap<PathBuf, Option<FileHashes>>>>;
+/// Per file: its hashes (`None`: unreadable) and whether the data digest was computed.
+type Results = Arc<Mutex<HashMap<PathBuf, Option<(FileHashes, bool)>>>>;
 
 /// Files hashed (not found in the cache): path, seconds, bytes.
 type Timings = Arc<Mutex<Vec<(PathBuf, f64, u64)>>>;
@@ -107,8 +136,9 @@ impl FileHasher {
         }
     }
 
-    /// Starts hashing `files` (those not already known) on a background thread.
-    pub fn start(&mut self, files: Vec<PathBuf>) {
+    /// Starts hashing `files` (those not already known with the digests they need) on a
+    /// background thread.
+    pub fn start(&mut self, files: Vec<(PathBuf, Need)>) {
         if self.mode == HashMode::Off {
             return;
         }
@@ -117,31 +147,38 @@ impl FileHasher {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        // The strongest need per file (a file may be both a model and a LoRA).
+        let mut needs: Vec<(PathBuf, Need)> = Vec::new();
+        for (f, need) in files {
+            let abs = std::path::absolute(&f).unwrap_or(f);
+            match needs.iter_mut().find(|(p, _)| *p == abs) {
+                Some((_, n)) => *n = (*n).max(need),
+                None => needs.push((abs, need)),
+            }
+        }
         let mut todo = Vec::new();
         {
             let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
-            for f in files {
-                let abs = std::path::absolute(&f).unwrap_or(f);
-                if done.contains_key(&abs) || todo.contains(&abs) {
-                    continue;
+            for (abs, need) in needs {
+                match done.get(&abs) {
+                    Some(None) => continue,
+                    Some(Some((_, data))) if need == Need::Whole || *data => continue,
+                    _ => {}
                 }
                 let hit = stamp(&abs).and_then(|(size, mtime_ns)| {
-                    cached
-                        .files
-                        .iter()
-                        .find(|e| e.path == abs && e.size == size && e.mtime_ns == mtime_ns)
+                    cached.files.iter().find(|e| {
+                        e.path == abs && e.size == size && e.mtime_ns == mtime_ns && e.serves(need)
+                    })
                 });
                 match hit {
                     Some(e) => {
-                        done.insert(
-                            abs,
-                            Some(FileHashes {
-                                sha256: e.sha256.clone(),
-                                autov3: e.autov3.clone(),
-                            }),
-                        );
+                        let h = FileHashes {
+                            sha256: e.sha256.clone(),
+                            autov3: e.autov3.clone(),
+                        };
+                        done.insert(abs, Some((h, e.data)));
                     }
-                    None => todo.push(abs),
+                    None => todo.push((abs, need)),
                 }
             }
         }
@@ -173,19 +210,19 @@ impl FileHasher {
         }
     }
 
-    /// The hashes of `path` (waiting for the background thread when it is still hashing it);
-    /// `None` when hashing is off or the file could not be read (noted).
-    pub fn get(&mut self, path: &Path) -> Option<FileHashes> {
+    /// The hashes of `path` with what `need` asks for (waiting for the background thread
+    /// when it is still hashing it); `None` when hashing is off or the file could not be read
+    /// (noted).
+    pub fn get(&mut self, path: &Path, need: Need) -> Option<FileHashes> {
         if self.mode == HashMode::Off {
             return None;
         }
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let known = |s: &Self| {
-            s.done
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&abs)
-                .cloned()
+        // Some(answer) once the file is known with the digests asked for (or unreadable).
+        let known = |s: &Self| match s.done.lock().unwrap_or_else(|p| p.into_inner()).get(&abs) {
+            Some(None) => Some(None),
+            Some(Some((h, data))) if need == Need::Whole || *data => Some(Some(h.clone())),
+            _ => None,
         };
         if let Some(h) = known(self) {
             return h;
@@ -194,8 +231,8 @@ impl FileHasher {
         if let Some(h) = known(self) {
             return h;
         }
-        // Not started for this file: hash it now.
-        self.start(vec![abs.clone()]);
+        // Not started for this file (or without the digest asked for): hash it now.
+        self.start(vec![(abs.clone(), need)]);
         self.join();
         known(self).flatten()
     }
@@ -214,10 +251,16 @@ impl FileHasher {
 
 /// Hashes one file, publishing the result in `done`; the cache entry when the file did not
 /// change while it was read.
-fn hash_one(path: PathBuf, done: &Results, timings: &Timings) -> (Option<Entry>, Option<String>) {
+fn hash_one(
+    path: PathBuf,
+    need: Need,
+    done: &Results,
+    timings: &Timings,
+) -> (Option<Entry>, Option<String>) {
     let before = stamp(&path);
     let t0 = std::time::Instant::now();
-    let (h, entry, note) = match FileHashes::compute(&path) {
+    let data = need == Need::WholeAndData;
+    let (h, entry, note) = match FileHashes::compute(&path, data) {
         Ok(h) => {
             let entry = match before {
                 Some((size, mtime_ns)) if stamp(&path) == before => Some(Entry {
@@ -226,6 +269,7 @@ fn hash_one(path: PathBuf, done: &Results, timings: &Timings) -> (Option<Entry>,
                     mtime_ns,
                     sha256: h.sha256.clone(),
                     autov3: h.autov3.clone(),
+                    data,
                 }),
                 _ => None,
             };
@@ -247,26 +291,26 @@ fn hash_one(path: PathBuf, done: &Results, timings: &Timings) -> (Option<Entry>,
     };
     done.lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(path, h);
+        .insert(path, h.map(|h| (h, data)));
     (entry, note)
 }
 
 fn hash_all(
-    todo: Vec<PathBuf>,
+    todo: Vec<(PathBuf, Need)>,
     done: Results,
     timings: Timings,
     cache: PathBuf,
     cached: CacheFile,
 ) -> Vec<String> {
     let mut notes = Vec::new();
-    // Every file at once: reading is what takes the time, and page-cache reads scale with
-    // threads; a file's two digests already run on two threads.
+    // Every file at once: the largest file's digest is the critical path and the others run
+    // beside it on other cores; a LoRA's two digests already run on two threads.
     let results: Vec<(Option<Entry>, Option<String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = todo
             .into_iter()
-            .map(|path| {
+            .map(|(path, need)| {
                 let (done, timings) = (&done, &timings);
-                s.spawn(move || hash_one(path, done, timings))
+                s.spawn(move || hash_one(path, need, done, timings))
             })
             .collect();
         handles
@@ -335,29 +379,41 @@ mod tests {
         std::fs::write(&f, b"\x02\0\0\0\0\0\0\0{}abc").unwrap();
         let cache = dir.path().join("cache");
         let mut h = FileHasher::new(HashMode::Cached, &cache);
-        h.start(vec![f.clone()]);
-        let a = h.get(&f).unwrap();
-        assert_eq!(a, FileHashes::compute(&f).unwrap());
+        h.start(vec![(f.clone(), Need::Whole)]);
+        let a = h.get(&f, Need::Whole).unwrap();
+        assert_eq!(a, FileHashes::compute(&f, false).unwrap());
         h.join(); // the cache file is written after the last hash
         assert!(cache.join("hashes.json").exists());
         // A new run finds it in the cache without reading the file: prove it by checking the
         // cached entry is used (same value) and that a changed file is hashed again.
         assert_eq!(h.take_timings().len(), 1, "the file was read and timed");
         let mut h2 = FileHasher::new(HashMode::Cached, &cache);
-        h2.start(vec![f.clone()]);
-        assert_eq!(h2.get(&f).unwrap(), a);
+        h2.start(vec![(f.clone(), Need::Whole)]);
+        assert_eq!(h2.get(&f, Need::Whole).unwrap(), a);
         assert!(h2.take_timings().is_empty(), "a cache hit reads nothing");
+        // A LoRA needs the data digest too, which the model's entry lacks: hashed again (and
+        // both kinds are served from the cache after that).
+        let with_data = h2.get(&f, Need::WholeAndData).unwrap();
+        assert_eq!(with_data, FileHashes::compute(&f, true).unwrap());
+        assert!(with_data.autov3.is_some());
+        assert_eq!(h2.take_timings().len(), 1, "read again for the data digest");
+        h2.join();
+        let mut h4 = FileHasher::new(HashMode::Cached, &cache);
+        h4.start(vec![(f.clone(), Need::WholeAndData)]);
+        assert_eq!(h4.get(&f, Need::WholeAndData).unwrap(), with_data);
+        assert_eq!(h4.get(&f, Need::Whole).unwrap(), with_data);
+        assert!(h4.take_timings().is_empty(), "a cache hit reads nothing");
         std::fs::write(&f, b"\x02\0\0\0\0\0\0\0{}abcd").unwrap();
         let mut h3 = FileHasher::new(HashMode::Cached, &cache);
-        h3.start(vec![f.clone()]);
-        assert_ne!(h3.get(&f).unwrap(), a);
+        h3.start(vec![(f.clone(), Need::Whole)]);
+        assert_ne!(h3.get(&f, Need::Whole).unwrap(), a);
         // Off: nothing.
         let mut off = FileHasher::new(HashMode::Off, &cache);
-        off.start(vec![f.clone()]);
-        assert_eq!(off.get(&f), None);
+        off.start(vec![(f.clone(), Need::Whole)]);
+        assert_eq!(off.get(&f, Need::Whole), None);
         // A missing file: no hash, a note.
         let mut m = FileHasher::new(HashMode::Cached, &cache);
-        assert_eq!(m.get(&dir.path().join("missing")), None);
+        assert_eq!(m.get(&dir.path().join("missing"), Need::Whole), None);
         assert!(m.take_notes()[0].contains("cannot hash"));
     }
 
@@ -373,12 +429,25 @@ mod tests {
             .collect();
         let cache = dir.path().join("c");
         let mut a = FileHasher::new(HashMode::Cached, &cache);
-        a.start(files[..2].to_vec());
+        a.start(
+            files[..2]
+                .iter()
+                .map(|f| (f.clone(), Need::Whole))
+                .collect(),
+        );
         a.join();
         let mut b = FileHasher::new(HashMode::Cached, &cache);
-        b.start(files[2..].to_vec());
+        b.start(
+            files[2..]
+                .iter()
+                .map(|f| (f.clone(), Need::WholeAndData))
+                .collect(),
+        );
         for f in &files[2..] {
-            assert_eq!(b.get(f).unwrap(), FileHashes::compute(f).unwrap());
+            assert_eq!(
+                b.get(f, Need::WholeAndData).unwrap(),
+                FileHashes::compute(f, true).unwrap()
+            );
         }
         b.join();
         let saved: CacheFile =
@@ -387,7 +456,10 @@ mod tests {
         // A deleted file's entry goes at the next save.
         std::fs::remove_file(&files[0]).unwrap();
         let mut c = FileHasher::new(HashMode::Cached, &cache);
-        c.start(vec![files[1].clone(), dir.path().join("new.bin")]);
+        c.start(vec![
+            (files[1].clone(), Need::Whole),
+            (dir.path().join("new.bin"), Need::Whole),
+        ]);
         c.join();
         let saved: CacheFile =
             serde_json::from_slice(&std::fs::read(cache.join("hashes.json")).unwrap()).unwrap();

@@ -48,7 +48,7 @@ use crate::plan::Plan;
 
 pub use super::distribute::UnitHome;
 pub use encode::ENCODE_CHUNK;
-pub use hashes::HashMode;
+pub use hashes::{HashMode, Need};
 
 use encode::{Conditioning, TextModels};
 use family::{Codec, Denoiser, Header};
@@ -515,15 +515,20 @@ impl Pipeline {
     }
 
     /// Every file whose hash goes into the records of `tasks`.
-    fn files(&self, tasks: &[ImageTask]) -> Vec<PathBuf> {
+    fn files(&self, tasks: &[ImageTask]) -> Vec<(PathBuf, Need)> {
         let mut out = Vec::new();
         let pipelines: HashSet<&str> = tasks.iter().map(|t| t.job.pipeline.as_str()).collect();
         for p in pipelines {
             if let Some(r) = self.roles.get(p) {
                 for m in r.models() {
                     if let Some(model) = self.cx.manifest.models.get(m) {
-                        out.push(model.file.clone());
-                        out.extend(model.loras.iter().map(|l| l.file.clone()));
+                        out.push((model.file.clone(), Need::Whole));
+                        out.extend(
+                            model
+                                .loras
+                                .iter()
+                                .map(|l| (l.file.clone(), Need::WholeAndData)),
+                        );
                     }
                 }
             }
@@ -552,10 +557,10 @@ impl Pipeline {
                 name: model.name.clone(),
                 family: model.family,
                 file: shown(&model.file),
-                sha256: self.hasher.get(&model.file).map(|h| h.sha256),
+                sha256: self.hasher.get(&model.file, Need::Whole).map(|h| h.sha256),
             });
             for l in &model.loras {
-                let h = self.hasher.get(&l.file);
+                let h = self.hasher.get(&l.file, Need::WholeAndData);
                 loras.push(LoraRecord {
                     name: file_stem(&shown(&l.file)),
                     file: shown(&l.file),
