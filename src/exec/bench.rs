@@ -175,6 +175,9 @@ pub struct Measurement {
     /// The planner's step time for this placement on the hardware file given to `mgpu bench
     /// --hardware` ([`crate::plan::predict_step`]); `None` without one.
     pub predicted_seconds: Option<f64>,
+    /// The work between passes the prediction assumed (seconds per step; measured on this
+    /// batch's cells that stream nothing), `None` when there was none to measure.
+    pub gap_seconds: Option<f64>,
     /// Wall seconds of all timed steps together (with two experts: the switch included).
     pub run_seconds: f64,
     /// With two experts: the first step (0-based, counting warm-up) of the low-noise one.
@@ -642,6 +645,7 @@ pub fn run<M: DiffusionModel>(
                 hashes,
                 identical,
                 predicted_seconds: None,
+                gap_seconds: None,
                 run_seconds,
                 switch_step,
                 steps: stats,
@@ -753,6 +757,22 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
                 Some(false) => "NO",
                 None => "-",
             }
+        ));
+    }
+    // The work between passes the predictions counted on (copies continue through it).
+    let gaps: BTreeMap<usize, f64> = report
+        .measurements
+        .iter()
+        .filter_map(|m| m.gap_seconds.map(|g| (m.batch, g)))
+        .collect();
+    if predicted && !gaps.is_empty() {
+        let list: Vec<String> = gaps
+            .iter()
+            .map(|(b, g)| format!("batch {b} {:.1} ms", g * 1e3))
+            .collect();
+        out.push_str(&format!(
+            "predicted: one pass over the blocks; between passes (measured on the cells that stream nothing) {}, during which copies continue\n",
+            list.join(", ")
         ));
     }
     // Two experts: whole runs, the switch included, against the resident run of the batch.

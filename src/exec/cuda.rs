@@ -40,12 +40,12 @@ mod pinned;
 pub mod sass;
 pub mod upload;
 
-pub use device::{check_widen_fp8, keep_pool_memory, measure_h2d_gbps};
+pub use device::{check_dequant_q8_0, check_widen_fp8, keep_pool_memory, measure_h2d_gbps};
 use device::{dequant_q8_0, fp8_tables, widen_fp8};
 use layout::{fill_home, layout_of, region_keys, Layout};
 pub use layout::{RegionKey, ALIGN};
 use pinned::PinnedBuf;
-pub use pinned::{PinMode, PinnedPool};
+pub use pinned::{h2d_gbps, PinMode, PinnedPool};
 
 pub(super) fn cuda_err(what: &str) -> impl Fn(result::DriverError) -> EngineError + '_ {
     move |e| EngineError::Fetch {

@@ -153,15 +153,13 @@ pub fn bench(p: &CudaProbe) -> (BenchResult, Vec<String>) {
             continue;
         }
         match host_copies(ctx) {
-            Ok((h2d_pinned, h2d_pageable, d2h_pinned)) => {
+            Ok((h2d_pinned, h2d_pageable, d2h_pinned, note)) => {
                 r.h2d_pinned.push((name, h2d_pinned));
                 r.h2d_pageable.push((name, h2d_pageable));
                 r.d2h_pinned.push((name, d2h_pinned));
+                notes.push(format!("{name}: {note}"));
             }
-            Err(e) => notes.push(format!(
-                "{name}: host copy benchmark failed: {}",
-                describe(e)
-            )),
+            Err(e) => notes.push(format!("{name}: host copy benchmark failed: {e}")),
         }
         match staged_upload(ctx.ordinal()) {
             Ok(g) => r.h2d_staged.push((name, g)),
@@ -215,25 +213,44 @@ fn time_copies(
     Ok((bytes * COPY_REPS) as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
-/// (pinned host→GPU, pageable host→GPU, pinned GPU→host) in GB/s.
-fn host_copies(ctx: &Arc<CudaContext>) -> Result<(f64, f64, f64), DriverError> {
-    let stream = ctx.new_stream()?;
-    let mut dev: CudaSlice<u8> = stream.alloc_zeros::<u8>(COPY_BYTES)?;
+/// (pinned host→GPU, pageable host→GPU, pinned GPU→host) in GB/s, and a note with the
+/// host→GPU rate from the other kind of page-locked memory. "Pinned" host→GPU is measured
+/// from memory obtained the way the engine pins host homes (`MGPU_PIN`, registered by default:
+/// `exec::cuda::h2d_gbps`), since plans use it as the rate units stream at.
+fn host_copies(ctx: &Arc<CudaContext>) -> Result<(f64, f64, f64, String), String> {
+    use crate::exec::cuda::{h2d_gbps, PinMode};
+    let mode = PinMode::from_env();
+    let h2d_pinned = h2d_gbps(ctx, COPY_BYTES, COPY_REPS, mode).map_err(|e| e.to_string())?;
+    let (other, label) = match mode {
+        PinMode::Register => (PinMode::Alloc, ("registered", "cuMemHostAlloc")),
+        PinMode::Alloc => (PinMode::Register, ("cuMemHostAlloc", "registered")),
+    };
+    let note = match h2d_gbps(ctx, COPY_BYTES, COPY_REPS, other) {
+        Ok(g) => format!(
+            "pinned host→GPU {h2d_pinned:.1} GB/s from {} memory (as host homes are pinned, \
+             MGPU_PIN); {g:.1} GB/s from {} memory",
+            label.0, label.1
+        ),
+        Err(e) => format!("pinned host→GPU from {} memory: {e}", label.1),
+    };
+    let d = describe;
+    let stream = ctx.new_stream().map_err(d)?;
+    let mut dev: CudaSlice<u8> = stream.alloc_zeros::<u8>(COPY_BYTES).map_err(d)?;
     // SAFETY: the pinned buffer is written (filled) before any copy reads it.
     let mut pinned =
-        unsafe { ctx.alloc_pinned_with_flags::<u8>(COPY_BYTES, sys::CU_MEMHOSTALLOC_PORTABLE) }?;
-    pinned.as_mut_slice()?.fill(1);
-    let h2d_pinned = time_copies(&stream, COPY_BYTES, || {
-        stream.memcpy_htod(&pinned, &mut dev)
-    })?;
+        unsafe { ctx.alloc_pinned_with_flags::<u8>(COPY_BYTES, sys::CU_MEMHOSTALLOC_PORTABLE) }
+            .map_err(d)?;
+    pinned.as_mut_slice().map_err(d)?.fill(1);
     let pageable = vec![1u8; COPY_BYTES];
     let h2d_pageable = time_copies(&stream, COPY_BYTES, || {
         stream.memcpy_htod(&pageable, &mut dev)
-    })?;
+    })
+    .map_err(d)?;
     let d2h_pinned = time_copies(&stream, COPY_BYTES, || {
         stream.memcpy_dtoh(&dev, &mut pinned)
-    })?;
-    Ok((h2d_pinned, h2d_pageable, d2h_pinned))
+    })
+    .map_err(d)?;
+    Ok((h2d_pinned, h2d_pageable, d2h_pinned, note))
 }
 
 /// Bytes per tensor of the staged-upload benchmark: a FLUX linear weight (3072 × 12288 bf16

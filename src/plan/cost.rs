@@ -21,16 +21,19 @@ use super::Workload;
 /// Applied to every family and device.
 pub const EFFICIENCY: f64 = 0.655;
 
-/// What dequantising a unit that travels quantised (GGUF Q8_0 computed in bf16) costs the
-/// compute GPU each time it is fetched: GB of bf16 written per second, per TFLOP/s of the
-/// device's bf16 rate. Calibrated on two measurements (benches/RESULTS.md, 2026-11-26):
-/// FLUX.1-dev at 1024², batch 4, every block streamed from host RAM as Q8_0, with no stall,
-/// took 33.2 ms (H100, 760 TFLOP/s) and 31.7 ms (H200, 761 TFLOP/s) per step more than the
-/// resident step, for 23.67 GB of bf16 written: 713 and 747 GB/s, ≈ 0.96 GB/s per TFLOP/s.
-/// More than the kernel's own memory traffic would take: it shares the SMs, the memory and
-/// the power budget with the step's compute. Scaled by the bf16 rate on other GPUs, for want
-/// of a measured memory bandwidth.
-pub const DEQUANT_GBPS_PER_TFLOPS: f64 = 0.96;
+/// What widening a unit's compact tensors to bf16 on the compute GPU costs each time the unit
+/// is fetched: GB of bf16 written per second, per TFLOP/s of the device's bf16 rate (scaled
+/// by the bf16 rate on other GPUs, for want of a measured memory bandwidth). Each is more than
+/// the kernel's own memory traffic would take: it shares the SMs, the memory and the power
+/// budget with the step's compute. Calibrated on FLUX.1-dev at 1024², batch 4, every block
+/// streamed from host RAM with no stall, against the resident step of the same storage
+/// (benches/RESULTS.md, lent H200, 765.7 TFLOP/s, 2026-12-04), 23.67 GB of bf16 written:
+///
+/// GGUF Q8_0 (`dequant_q8_0_bf16_x8`, 8 values per thread): 15.4 ms per step, 1 537 GB/s
+/// (the one-value-per-thread kernel before it: 31.7–33.2 ms, 0.96 on H100 and H200, 2026-11-26);
+pub const DEQUANT_Q8_0_GBPS_PER_TFLOPS: f64 = 2.0;
+/// scaled fp8 (`widen_fp8`, a table lookup and the scale per value): 34.3 ms, 690 GB/s.
+pub const WIDEN_FP8_GBPS_PER_TFLOPS: f64 = 0.90;
 
 /// Wan blocks on CUDA, calibrated on the lent H200 (benches/RESULTS.md, 2026-12-02, 832×480,
 /// 81 frames = 32 760 tokens): self-attention runs the flash kernel at 42.4 % of the bf16

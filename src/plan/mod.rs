@@ -405,6 +405,19 @@ pub fn predict_step(req: &ModelRequest, hw: &Hardware, homes: &[DeviceName], slo
     simulate::step_seconds(&place::sim_units(&ctx, hw, homes), slots)
 }
 
+/// Seconds of one pass over the model's units when `gap` seconds of other work separate
+/// passes (copies continue through it: `simulate::pass_seconds`); `gap` 0 is [`predict_step`].
+pub fn predict_pass(
+    req: &ModelRequest,
+    hw: &Hardware,
+    homes: &[DeviceName],
+    slots: u32,
+    gap: f64,
+) -> f64 {
+    let ctx = place::ModelCtx::new(req, hw);
+    simulate::pass_seconds(&place::sim_units(&ctx, hw, homes), slots, gap)
+}
+
 /// Plans `req` on `hw`.
 pub fn plan(req: &PlanRequest, hw: &Hardware) -> Result<Plan, PlanErrors> {
     plan_with(req, hw, true)

@@ -82,25 +82,31 @@ impl<'a> ModelCtx<'a> {
                 }
             })
             .collect();
-        let dequant_rate = super::cost::DEQUANT_GBPS_PER_TFLOPS * tflops.value * 1e9;
         let dequant = inv
             .units
             .iter()
             .map(|u| {
-                // Compact tensors (GGUF blocks that travel quantised, fp8) are widened to
-                // bf16 (2 bytes) on the GPU at each fetch.
-                let out: u64 = u
-                    .tensors
+                // Compact tensors (GGUF Q8_0 blocks that travel quantised, fp8) are widened to
+                // bf16 (2 bytes) on the GPU at each fetch, each kind at its kernel's rate.
+                if !req.compute.is_cuda() || tflops.value <= 0.0 {
+                    return 0.0;
+                }
+                u.tensors
                     .iter()
                     .map(|&t| &inv.tensors[t])
                     .filter(|t| compact(t.dtype))
-                    .map(|t| t.numel() * 2)
-                    .sum();
-                if out > 0 && req.compute.is_cuda() && dequant_rate > 0.0 {
-                    out as f64 / dequant_rate
-                } else {
-                    0.0
-                }
+                    .map(|t| {
+                        let per_tflops = if matches!(
+                            t.dtype,
+                            crate::weights::DType::F8_E4M3 | crate::weights::DType::F8_E5M2
+                        ) {
+                            super::cost::WIDEN_FP8_GBPS_PER_TFLOPS
+                        } else {
+                            super::cost::DEQUANT_Q8_0_GBPS_PER_TFLOPS
+                        };
+                        (t.numel() * 2) as f64 / (per_tflops * tflops.value * 1e9)
+                    })
+                    .sum()
             })
             .collect();
         // A CUDA slot also holds the compact bytes of its unit while they are widened.

@@ -7,6 +7,13 @@
 //! unit's compute waits for its copy. Steps follow each other, so the first copies of a step
 //! overlap the end of the previous one. [`step_seconds`] simulates three steps and returns the
 //! last one: the steady state.
+//!
+//! Between two passes over the units the compute device also does work that is not a unit's
+//! (the sampler's update, the inputs and outputs of the blocks, the host's own work): the
+//! `gap`. Copies keep running through it, into the slots the last units freed, so a pass over
+//! link-bound units is shorter than the step by up to the gap ([`pass_seconds`]). Measured on
+//! the H200 (benches/RESULTS.md, 2026-12-04): 16.7 ms per step at batch 1, and the fp8 cell
+//! with 7 slots then ran its pass 9 % under the gap-less prediction.
 
 /// One unit as the simulation sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,15 +24,28 @@ pub struct SimUnit {
     pub fetch: Option<(usize, f64)>,
 }
 
-/// Steady-state seconds of one step with `slots` slots (≥ 1 when any unit is streamed).
+/// Steady-state seconds of one step with `slots` slots (≥ 1 when any unit is streamed), with
+/// no work between passes.
 pub fn step_seconds(units: &[SimUnit], slots: u32) -> f64 {
+    period(units, slots, 0.0)
+}
+
+/// Steady-state seconds of one pass over the units (the step less the `gap` of other work
+/// between passes, during which copies continue).
+pub fn pass_seconds(units: &[SimUnit], slots: u32, gap: f64) -> f64 {
+    let gap = if gap.is_finite() { gap.max(0.0) } else { 0.0 };
+    period(units, slots, gap) - gap
+}
+
+/// Seconds from one step's start to the next's: its units' pass, then `gap`.
+fn period(units: &[SimUnit], slots: u32, gap: f64) -> f64 {
     const STEPS: usize = 3;
     let streamed: Vec<usize> = (0..units.len())
         .filter(|&i| units[i].fetch.is_some())
         .collect();
     let compute: f64 = units.iter().map(|u| u.compute).sum();
     if streamed.is_empty() {
-        return compute;
+        return compute + gap;
     }
     let k = slots.max(1) as usize;
     let queues = units
@@ -58,6 +78,7 @@ pub fn step_seconds(units: &[SimUnit], slots: u32) -> f64 {
                 done.push(t);
             }
         }
+        t += gap;
         *end = t;
     }
     step_end[STEPS - 1] - step_end[STEPS - 2]
@@ -108,6 +129,23 @@ mod tests {
         let two: Vec<SimUnit> = (0..4).map(|i| st(0.5, i % 2, 1.0)).collect();
         assert!((step_seconds(&one, 4) - 4.0).abs() < 1e-9);
         assert!((step_seconds(&two, 4) - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn copies_continue_through_the_gap_between_passes() {
+        // Link-bound: 4 × 2 s of copies a step. With 1 s of other work between passes the
+        // step stays 8 s (the link never rests) and the pass takes 7 s of it; compute-bound
+        // units do not gain; the gap never makes a pass shorter than its compute.
+        let u = vec![st(1.0, 0, 2.0); 4];
+        assert!((pass_seconds(&u, 2, 0.0) - 8.0).abs() < 1e-9);
+        assert!((pass_seconds(&u, 2, 1.0) - 7.0).abs() < 1e-9);
+        // A long gap: the first two units (two slots) arrive before the pass; the third is
+        // copied while the first computes (ready at 3), the fourth after it (ready at 5).
+        assert!((pass_seconds(&u, 2, 10.0) - 6.0).abs() < 1e-9);
+        let c = vec![st(2.0, 0, 1.0); 4];
+        assert!((pass_seconds(&c, 2, 1.0) - 8.0).abs() < 1e-9);
+        assert!((pass_seconds(&[res(1.0)], 2, 0.5) - 1.0).abs() < 1e-9);
+        assert_eq!(pass_seconds(&u, 2, f64::NAN), pass_seconds(&u, 2, 0.0));
     }
 
     #[test]

@@ -8,38 +8,12 @@ use candle_core::Device;
 use super::super::engine::EngineError;
 use super::{candle_err, cuda_err};
 
-/// Measured page-locked host→device bandwidth in GB/s (1e9 B/s): `bytes` copied `reps` times
-/// on a fresh stream, timed with events.
+/// Host→device GB/s from page-locked memory obtained as host homes are (`MGPU_PIN`: registered
+/// by default), `bytes` per copy, `reps` copies: the link rate of host-homed units.
 pub fn measure_h2d_gbps(device: &Device, bytes: usize, reps: usize) -> Result<f64, EngineError> {
     let cdev = device.as_cuda_device().map_err(candle_err)?;
     let ctx = cdev.cuda_stream().context().clone();
-    let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
-    // SAFETY: contents are irrelevant to a bandwidth measurement.
-    let host = unsafe { ctx.alloc_pinned_with_flags::<u8>(bytes, sys::CU_MEMHOSTALLOC_PORTABLE) }
-        .map_err(cuda_err("allocating page-locked memory"))?;
-    // SAFETY: as above.
-    let mut dev =
-        unsafe { stream.alloc::<u8>(bytes) }.map_err(cuda_err("allocating device memory"))?;
-    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let start = ctx
-        .new_event(flags)
-        .map_err(cuda_err("creating an event"))?;
-    let end = ctx
-        .new_event(flags)
-        .map_err(cuda_err("creating an event"))?;
-    stream
-        .memcpy_htod(&host, &mut dev)
-        .map_err(cuda_err("copying"))?;
-    start.record(&stream).map_err(cuda_err("recording"))?;
-    for _ in 0..reps {
-        stream
-            .memcpy_htod(&host, &mut dev)
-            .map_err(cuda_err("copying"))?;
-    }
-    end.record(&stream).map_err(cuda_err("recording"))?;
-    end.synchronize().map_err(cuda_err("synchronising"))?;
-    let ms = start.elapsed_ms(&end).map_err(cuda_err("reading timers"))? as f64;
-    Ok((bytes * reps) as f64 / (ms / 1e3) / 1e9)
+    super::pinned::h2d_gbps(&ctx, bytes, reps, super::PinMode::from_env())
 }
 
 /// Keeps freed device memory in the stream-ordered pool instead of returning it to the driver
@@ -72,7 +46,8 @@ pub fn keep_pool_memory(device: &Device) -> Result<(), EngineError> {
 const DEQUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dequant.ptx"));
 
 /// Launches the Q8_0 → bf16 dequantisation of `nblocks` blocks at `src` into `dst` on the
-/// compute stream (candle's stream of `device`).
+/// compute stream (candle's stream of `device`): 8 values per thread when `dst` is 16-byte
+/// aligned (always, for slot regions), else one per thread; the same values either way.
 pub(super) fn dequant_q8_0(
     device: &Device,
     src: sys::CUdeviceptr,
@@ -81,14 +56,20 @@ pub(super) fn dequant_q8_0(
 ) -> Result<(), String> {
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     let cdev = device.as_cuda_device().map_err(|e| e.to_string())?;
+    let wide = dst % 16 == 0;
+    let (name, per_thread) = if wide {
+        ("dequant_q8_0_bf16_x8", 4)
+    } else {
+        ("dequant_q8_0_bf16", 32)
+    };
     let f = cdev
-        .get_or_load_custom_func("dequant_q8_0_bf16", "mgpu_dequant", DEQUANT_PTX)
+        .get_or_load_custom_func(name, "mgpu_dequant", DEQUANT_PTX)
         .map_err(|e| e.to_string())?;
-    let n = nblocks * 32;
+    let n = nblocks * per_thread;
     let threads = 256u32;
     let blocks = n.div_ceil(threads as u64);
     let grid =
-        u32::try_from(blocks).map_err(|_| format!("{n} values are too many for one launch"))?;
+        u32::try_from(blocks).map_err(|_| format!("{n} threads are too many for one launch"))?;
     let cfg = LaunchConfig {
         grid_dim: (grid, 1, 1),
         block_dim: (threads, 1, 1),
@@ -97,7 +78,8 @@ pub(super) fn dequant_q8_0(
     let mut b = f.builder();
     b.arg(&src).arg(&dst).arg(&nblocks);
     // SAFETY: src holds nblocks·34 bytes and dst nblocks·32 bf16 values inside live slot regions
-    // (sized by the layout); the kernel reads and writes only those ranges.
+    // (sized by the layout; dst 16-byte aligned for the 8-wide kernel, checked above); the
+    // kernel reads and writes only those ranges.
     unsafe { b.launch(cfg) }
         .map(|_| ())
         .map_err(|e| format!("{e:?}"))
@@ -237,6 +219,65 @@ pub fn check_widen_fp8(device: &Device) -> Result<Vec<String>, EngineError> {
                     ));
                 }
             }
+        }
+    }
+    Ok(fails)
+}
+
+/// Dequantises Q8_0 blocks with every f16 scale pattern (q cycling through all 256 byte values)
+/// with both CUDA kernels (8 values per thread and one per thread) and compares the bf16 bytes
+/// with the CPU's (`weights::convert::to_f32`, rounded to nearest even); a NaN scale may give
+/// another NaN pattern (the CPU keeps the payload, CUDA's rounding gives the canonical NaN: no
+/// real file has one) and counts as equal. Descriptions of the differences, empty if none.
+pub fn check_dequant_q8_0(device: &Device) -> Result<Vec<String>, EngineError> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let cdev = device.as_cuda_device().map_err(candle_err)?;
+    let stream = cdev.cuda_stream();
+    let nblocks = 1usize << 16;
+    let mut blocks = Vec::with_capacity(nblocks * 34);
+    for b in 0..nblocks {
+        blocks.extend_from_slice(&(b as u16).to_le_bytes());
+        blocks.extend((0..32).map(|i| ((b * 7 + i * 13) % 256) as u8));
+    }
+    let want: Vec<u16> = crate::weights::convert::f32_to_bf16(&crate::weights::convert::to_f32(
+        crate::weights::DType::Q8_0,
+        &blocks,
+        nblocks * 32,
+    ))
+    .into_iter()
+    .map(|v| v.to_bits())
+    .collect();
+    let src = stream
+        .clone_htod(&blocks)
+        .map_err(cuda_err("uploading the blocks"))?;
+    let src_ptr = src.device_ptr(&stream).0;
+    let mut fails = Vec::new();
+    for x1 in [false, true] {
+        // SAFETY: fully written by the kernel before it is read back.
+        let dst = unsafe { stream.alloc::<u16>(nblocks * 32 + 8) }
+            .map_err(cuda_err("allocating device memory"))?;
+        // The one-per-thread kernel is the fallback for a destination not 16-byte aligned.
+        let dst_ptr = dst.device_ptr(&stream).0 + if x1 { 2 } else { 0 };
+        dequant_q8_0(device, src_ptr, dst_ptr, nblocks as u64).map_err(|m| EngineError::Fetch {
+            unit: "Q8_0 check".into(),
+            link: "cuda".into(),
+            message: m,
+        })?;
+        stream.synchronize().map_err(cuda_err("dequantising"))?;
+        let got = stream.clone_dtoh(&dst).map_err(cuda_err("reading back"))?;
+        let got = &got[usize::from(x1)..usize::from(x1) + nblocks * 32];
+        let nan = |v: u16| v & 0x7fff > 0x7f80;
+        if let Some(i) =
+            (0..want.len()).find(|&i| got[i] != want[i] && !(nan(got[i]) && nan(want[i])))
+        {
+            fails.push(format!(
+                "Q8_0 → bf16 ({} per thread): value {i} (scale {:#06x}, q {:#04x}) is {:#06x}, the CPU gives {:#06x}",
+                if x1 { 1 } else { 8 },
+                i / 32,
+                blocks[i / 32 * 34 + 2 + i % 32],
+                got[i],
+                want[i]
+            ));
         }
     }
     Ok(fails)

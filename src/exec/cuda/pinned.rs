@@ -165,6 +165,49 @@ impl Drop for PinnedBuf {
     }
 }
 
+/// Host→device GB/s of `reps` copies of `bytes` from page-locked memory obtained the way
+/// `mode` says (as host homes are), on a new stream of `ctx`, after one untimed copy; timed by
+/// events. The engine streams host-homed units from such memory, so plans should use this
+/// rate for its mode: on the H200 host the engine's copies from registered memory ran at
+/// 58–61 GB/s where copies from `cuMemHostAlloc` memory measured 55.4 (benches/RESULTS.md).
+pub fn h2d_gbps(
+    ctx: &Arc<CudaContext>,
+    bytes: usize,
+    reps: usize,
+    mode: PinMode,
+) -> Result<f64, EngineError> {
+    use candle_core::cuda_backend::cudarc::driver::{result, DevicePtr};
+    let host = PinnedBuf::new(ctx, bytes, mode, |b| b.fill(1))?;
+    let host = host.as_slice()?;
+    let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
+    // SAFETY: contents are irrelevant to a bandwidth measurement.
+    let dev =
+        unsafe { stream.alloc::<u8>(host.len()) }.map_err(cuda_err("allocating device memory"))?;
+    let dst = dev.device_ptr(&stream).0;
+    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let start = ctx
+        .new_event(flags)
+        .map_err(cuda_err("creating an event"))?;
+    let end = ctx
+        .new_event(flags)
+        .map_err(cuda_err("creating an event"))?;
+    let copy = || {
+        // SAFETY: `dst` holds `host.len()` bytes; `host` outlives the copies (synchronised
+        // below before it is dropped).
+        unsafe { result::memcpy_htod_async(dst, host, stream.cu_stream()) }
+            .map_err(cuda_err("copying"))
+    };
+    copy()?;
+    start.record(&stream).map_err(cuda_err("recording"))?;
+    for _ in 0..reps {
+        copy()?;
+    }
+    end.record(&stream).map_err(cuda_err("recording"))?;
+    end.synchronize().map_err(cuda_err("synchronising"))?;
+    let ms = start.elapsed_ms(&end).map_err(cuda_err("reading timers"))? as f64;
+    Ok((host.len() * reps) as f64 / (ms / 1e3) / 1e9)
+}
+
 /// Page-locked copies of units, by unit name, kept across engines: pinning costs time per
 /// GiB, so a run pins each host-homed unit once and every engine built later reuses it.
 #[derive(Default)]
