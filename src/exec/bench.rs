@@ -166,7 +166,7 @@ pub struct Measurement {
     pub wait_seconds: f64,
     /// Bytes streamed per step.
     pub streamed_bytes: u64,
-    /// Achieved bandwidth of the streamed bytes over the step time, GB/s (1e9).
+    /// Achieved bandwidth of the streamed bytes over the wall seconds per step, GB/s (1e9).
     pub streamed_gbps: f64,
     /// Hashes of the first step's velocity, one per job.
     pub hashes: Vec<String>,
@@ -637,8 +637,10 @@ pub fn run<M: DiffusionModel>(
                 step_seconds,
                 wait_seconds,
                 streamed_bytes,
-                streamed_gbps: if step_seconds > 0.0 {
-                    streamed_bytes as f64 / step_seconds / 1e9
+                // over the wall seconds per step: the pass alone can be shorter than the
+                // link needs, copies continuing between passes
+                streamed_gbps: if run_seconds > 0.0 && !stats.is_empty() {
+                    streamed_bytes as f64 * stats.len() as f64 / run_seconds / 1e9
                 } else {
                     0.0
                 },
@@ -711,11 +713,12 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
         .iter()
         .any(|m| m.predicted_seconds.is_some());
     out.push_str(&format!(
-        "{:<15} {:>5} {:>2} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}{}\n",
+        "{:<15} {:>5} {:>2} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}{}\n",
         "placement",
         "batch",
         "K",
         "s/step",
+        "wall s",
         "stall s",
         "streamed",
         "GB/s",
@@ -735,19 +738,32 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
             (Some(r), None) => format!("≥{r:.3}"),
             _ => "-".into(),
         };
+        // The wall seconds per step (the pass and the work between passes).
+        let wall = if m.steps.is_empty() {
+            0.0
+        } else {
+            m.run_seconds / m.steps.len() as f64
+        };
+        // With the gap measured the prediction is of the wall per step, else of the pass.
+        let against = if m.gap_seconds.is_some() {
+            wall
+        } else {
+            m.step_seconds
+        };
         let prediction = match m.predicted_seconds {
-            Some(p) if predicted && m.step_seconds > 0.0 => {
-                format!("  {p:>9.4} ({:+.1}%)", (p / m.step_seconds - 1.0) * 100.0)
+            Some(p) if predicted && against > 0.0 => {
+                format!("  {p:>9.4} ({:+.1}%)", (p / against - 1.0) * 100.0)
             }
             _ if predicted => format!("  {:>9}", "-"),
             _ => String::new(),
         };
         out.push_str(&format!(
-            "{:<15} {:>5} {:>2} {:>9.4} {:>9.4} {:>8.2}GB {:>9.1} {:>9} {:>9}{prediction}\n",
+            "{:<15} {:>5} {:>2} {:>9.4} {:>9.4} {:>9.4} {:>8.2}GB {:>9.1} {:>9} {:>9}{prediction}\n",
             m.placement,
             m.batch,
             m.slots,
             m.step_seconds,
+            wall,
             m.wait_seconds,
             m.streamed_bytes as f64 / 1e9,
             m.streamed_gbps,
@@ -771,7 +787,7 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
             .map(|(b, g)| format!("batch {b} {:.1} ms", g * 1e3))
             .collect();
         out.push_str(&format!(
-            "predicted: one pass over the blocks; between passes (measured on the cells that stream nothing) {}, during which copies continue\n",
+            "s/step: one pass over the blocks (median); wall s: per step, with the work between passes ({}, measured on the cells that stream nothing), which the predictions count and copies continue through\n",
             list.join(", ")
         ));
     }

@@ -42,21 +42,27 @@ pub const COPY_BYTES: usize = 512 << 20;
 /// copies of [`COPY_BYTES`] between two buffers already written (so no page faults are timed),
 /// in 8 MiB pieces spread over every core (rayon), as the staged upload copies weights.
 pub fn host_copy_gbps() -> f64 {
-    use rayon::prelude::*;
-    const PIECE: usize = 8 << 20;
     // filled by memset (pages touched; the contents do not matter to a copy)
     let src = vec![0x5au8; COPY_BYTES];
     let mut dst = vec![1u8; COPY_BYTES];
     let mut best = f64::INFINITY;
     for _ in 0..4 {
         let t = Instant::now();
-        dst.par_chunks_mut(PIECE)
-            .zip(src.par_chunks(PIECE))
-            .for_each(|(d, s)| d.copy_from_slice(s));
+        parallel_copy(&mut dst, &src);
         best = best.min(t.elapsed().as_secs_f64());
         std::hint::black_box(&dst);
     }
     COPY_BYTES as f64 / best / 1e9
+}
+
+/// `dst.copy_from_slice(src)` in 8 MiB pieces spread over every core (rayon), as the staged
+/// upload copies weights.
+pub fn parallel_copy(dst: &mut [u8], src: &[u8]) {
+    use rayon::prelude::*;
+    const PIECE: usize = 8 << 20;
+    dst.par_chunks_mut(PIECE)
+        .zip(src.par_chunks(PIECE))
+        .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
 /// The size [`disk_read_gbps`] writes for a request of `bytes`: whole [`DISK_BLOCK`]s, at

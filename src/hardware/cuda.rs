@@ -165,6 +165,13 @@ pub fn bench(p: &CudaProbe) -> (BenchResult, Vec<String>) {
             Ok(g) => r.h2d_staged.push((name, g)),
             Err(e) => notes.push(format!("{name}: staged upload benchmark failed: {e}")),
         }
+        match copy_beside_link(ctx) {
+            Ok((copy, link)) => notes.push(format!(
+                "{name}: host memory copy {copy:.1} GB/s while the link copied {link:.1} GB/s \
+                 from page-locked memory (a staged upload needs both for every byte)"
+            )),
+            Err(e) => notes.push(format!("{name}: copy-beside-link benchmark failed: {e}")),
+        }
         match matmul_tflops(ctx.ordinal()) {
             Ok(t) => r.tflops.push((name, t)),
             Err(e) => notes.push(format!("{name}: bf16 matrix-product benchmark failed: {e}")),
@@ -251,6 +258,59 @@ fn host_copies(ctx: &Arc<CudaContext>) -> Result<(f64, f64, f64, String), String
     })
     .map_err(d)?;
     Ok((h2d_pinned, h2d_pageable, d2h_pinned, note))
+}
+
+/// The host's memory-copy rate on every core ([`super::cpu_bench::host_copy_gbps`]) measured
+/// while the link copies from page-locked memory, and the link's rate meanwhile (GB/s both).
+/// A staged upload ([`staged_upload`]) needs both for each byte (copied into a staging buffer,
+/// then read by the DMA), and both use the host's memory, so together they bound it.
+fn copy_beside_link(ctx: &Arc<CudaContext>) -> Result<(f64, f64), String> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const PASSES: usize = 16;
+    let bytes = super::cpu_bench::COPY_BYTES;
+    let d = describe;
+    let stream = ctx.new_stream().map_err(d)?;
+    let mut dev: CudaSlice<u8> = stream.alloc_zeros::<u8>(COPY_BYTES).map_err(d)?;
+    // SAFETY: the pinned buffer is written (filled) before any copy reads it.
+    let mut pinned =
+        unsafe { ctx.alloc_pinned_with_flags::<u8>(COPY_BYTES, sys::CU_MEMHOSTALLOC_PORTABLE) }
+            .map_err(d)?;
+    pinned.as_mut_slice().map_err(d)?.fill(1);
+    // both written first, so no page faults are timed
+    let src = vec![0x5au8; bytes];
+    let mut dst = vec![1u8; bytes];
+    let stop = AtomicBool::new(false);
+    let copies = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let link = scope.spawn(|| -> Result<(), DriverError> {
+            ctx.bind_to_thread()?;
+            while !stop.load(Ordering::Relaxed) {
+                stream.memcpy_htod(&pinned, &mut dev)?;
+                stream.synchronize()?;
+                copies.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        // the link's copies run before the host's are timed, and through all of them
+        while copies.load(Ordering::Relaxed) < 2 && !link.is_finished() {
+            std::thread::yield_now();
+        }
+        let (c0, t0) = (copies.load(Ordering::Relaxed), Instant::now());
+        for _ in 0..PASSES {
+            super::cpu_bench::parallel_copy(&mut dst, &src);
+            std::hint::black_box(&dst);
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let c1 = copies.load(Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        link.join()
+            .map_err(|_| "the copying thread failed".to_string())?
+            .map_err(d)?;
+        Ok((
+            (PASSES * bytes) as f64 / secs / 1e9,
+            ((c1 - c0) * COPY_BYTES) as f64 / secs / 1e9,
+        ))
+    })
 }
 
 /// Bytes per tensor of the staged-upload benchmark: a FLUX linear weight (3072 × 12288 bf16

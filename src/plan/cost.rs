@@ -21,7 +21,7 @@ use super::Workload;
 /// Applied to every family and device.
 pub const EFFICIENCY: f64 = 0.655;
 
-/// What widening a unit's compact tensors to bf16 on the compute GPU costs each time the unit
+/// What widening (dequantising) a unit's compact tensors to bf16 on the compute GPU costs each time the unit
 /// is fetched: GB of bf16 written per second, per TFLOP/s of the device's bf16 rate (scaled
 /// by the bf16 rate on other GPUs, for want of a measured memory bandwidth). Each is more than
 /// the kernel's own memory traffic would take: it shares the SMs, the memory and the power
@@ -29,11 +29,11 @@ pub const EFFICIENCY: f64 = 0.655;
 /// streamed from host RAM with no stall, against the resident step of the same storage
 /// (benches/RESULTS.md, lent H200, 765.7 TFLOP/s, 2026-12-04), 23.67 GB of bf16 written:
 ///
-/// GGUF Q8_0 (`dequant_q8_0_bf16_x8`, 8 values per thread): 15.4 ms per step, 1 537 GB/s
-/// (the one-value-per-thread kernel before it: 31.7–33.2 ms, 0.96 on H100 and H200, 2026-11-26);
-pub const DEQUANT_Q8_0_GBPS_PER_TFLOPS: f64 = 2.0;
-/// scaled fp8 (`widen_fp8`, a table lookup and the scale per value): 34.3 ms, 690 GB/s.
-pub const WIDEN_FP8_GBPS_PER_TFLOPS: f64 = 0.90;
+/// GGUF Q8_0 (`dequant_q8_0_bf16_x8`, 8 values per thread): 15.4 ms per step, 1 537 GB/s, 2.0
+/// GB/s per TFLOP/s (the one-value-per-thread kernel before it: 31.7–33.2 ms, 0.96 on H100
+/// and H200, 2026-11-26); scaled fp8 (`widen_fp8_bf16_x8`): 13.9 ms, 1 703 GB/s, 2.2 (one value
+/// per thread: 34.3 ms). One constant for both.
+pub const WIDEN_GBPS_PER_TFLOPS: f64 = 2.0;
 
 /// Wan blocks on CUDA, calibrated on the lent H200 (benches/RESULTS.md, 2026-12-02, 832×480,
 /// 81 frames = 32 760 tokens): self-attention runs the flash kernel at 42.4 % of the bf16

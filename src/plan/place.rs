@@ -82,12 +82,13 @@ impl<'a> ModelCtx<'a> {
                 }
             })
             .collect();
+        let widen_rate = super::cost::WIDEN_GBPS_PER_TFLOPS * tflops.value * 1e9;
         let dequant = inv
             .units
             .iter()
             .map(|u| {
                 // Compact tensors (GGUF Q8_0 blocks that travel quantised, fp8) are widened to
-                // bf16 (2 bytes) on the GPU at each fetch, each kind at its kernel's rate.
+                // bf16 (2 bytes) on the GPU at each fetch.
                 if !req.compute.is_cuda() || tflops.value <= 0.0 {
                     return 0.0;
                 }
@@ -95,17 +96,7 @@ impl<'a> ModelCtx<'a> {
                     .iter()
                     .map(|&t| &inv.tensors[t])
                     .filter(|t| compact(t.dtype))
-                    .map(|t| {
-                        let per_tflops = if matches!(
-                            t.dtype,
-                            crate::weights::DType::F8_E4M3 | crate::weights::DType::F8_E5M2
-                        ) {
-                            super::cost::WIDEN_FP8_GBPS_PER_TFLOPS
-                        } else {
-                            super::cost::DEQUANT_Q8_0_GBPS_PER_TFLOPS
-                        };
-                        (t.numel() * 2) as f64 / (per_tflops * tflops.value * 1e9)
-                    })
+                    .map(|t| (t.numel() * 2) as f64 / widen_rate)
                     .sum()
             })
             .collect();

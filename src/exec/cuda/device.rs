@@ -56,7 +56,7 @@ pub(super) fn dequant_q8_0(
 ) -> Result<(), String> {
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     let cdev = device.as_cuda_device().map_err(|e| e.to_string())?;
-    let wide = dst % 16 == 0;
+    let wide = dst.is_multiple_of(16);
     let (name, per_thread) = if wide {
         ("dequant_q8_0_bf16_x8", 4)
     } else {
@@ -113,11 +113,16 @@ pub(super) fn widen_fp8(
     out: candle_core::DType,
 ) -> Result<(), String> {
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-    let name = match out {
-        candle_core::DType::BF16 => "widen_fp8_bf16",
-        candle_core::DType::F16 => "widen_fp8_f16",
-        candle_core::DType::F32 => "widen_fp8_f32",
-        d => return Err(format!("fp8 cannot be widened to {d:?} on the GPU")),
+    // 8 values per thread for 2-byte outputs when both ends are aligned (slot regions are);
+    // the same bytes either way (`check_widen_fp8` runs both).
+    let wide = src.is_multiple_of(8) && dst.is_multiple_of(16);
+    let (name, per_thread) = match (out, wide) {
+        (candle_core::DType::BF16, true) => ("widen_fp8_bf16_x8", 8),
+        (candle_core::DType::F16, true) => ("widen_fp8_f16_x8", 8),
+        (candle_core::DType::BF16, false) => ("widen_fp8_bf16", 1),
+        (candle_core::DType::F16, false) => ("widen_fp8_f16", 1),
+        (candle_core::DType::F32, _) => ("widen_fp8_f32", 1),
+        (d, _) => return Err(format!("fp8 cannot be widened to {d:?} on the GPU")),
     };
     let cdev = device.as_cuda_device().map_err(|e| e.to_string())?;
     let f = cdev
@@ -127,7 +132,7 @@ pub(super) fn widen_fp8(
         return Ok(());
     }
     let threads = 256u32;
-    let grid = u32::try_from(n.div_ceil(threads as u64))
+    let grid = u32::try_from(n.div_ceil(per_thread).div_ceil(threads as u64))
         .map_err(|_| format!("{n} values are too many for one launch"))?;
     let cfg = LaunchConfig {
         grid_dim: (grid, 1, 1),
@@ -168,55 +173,61 @@ pub fn check_widen_fp8(device: &Device) -> Result<Vec<String>, EngineError> {
         .clone_htod(&patterns)
         .map_err(cuda_err("uploading the patterns"))?;
     let src_ptr = src.device_ptr(&stream).0;
-    let n = patterns.len();
     let mut fails = Vec::new();
-    for (fp8, table_off) in [(W::F8_E4M3, 0u64), (W::F8_E5M2, 256 * 4)] {
-        for scale in [
-            None,
-            Some(0.015625f32),
-            Some(3.7e-3),
-            Some(1.0e-30),
-            Some(-2.5e4),
-        ] {
-            for out in [
-                candle_core::DType::BF16,
-                candle_core::DType::F16,
-                candle_core::DType::F32,
+    // From the start of the buffer (8 values per thread for bf16 and f16, a partial last
+    // group) and from its second byte (not 8-byte aligned: one value per thread).
+    for skip in [0usize, 1] {
+        let patterns = &patterns[skip..];
+        let src_ptr = src_ptr + skip as u64;
+        let n = patterns.len();
+        for (fp8, table_off) in [(W::F8_E4M3, 0u64), (W::F8_E5M2, 256 * 4)] {
+            for scale in [
+                None,
+                Some(0.015625f32),
+                Some(3.7e-3),
+                Some(1.0e-30),
+                Some(-2.5e4),
             ] {
-                let bytes = n * out.size_in_bytes();
-                // SAFETY: fully written by the kernel before it is read back.
-                let dst = unsafe { stream.alloc::<u8>(bytes) }
-                    .map_err(cuda_err("allocating device memory"))?;
-                let dst_ptr = dst.device_ptr(&stream).0;
-                widen_fp8(
-                    device,
-                    src_ptr,
-                    dst_ptr,
-                    n as u64,
-                    tables_ptr + table_off,
-                    scale,
-                    out,
-                )
-                .map_err(|m| EngineError::Fetch {
-                    unit: "fp8 check".into(),
-                    link: "cuda".into(),
-                    message: m,
-                })?;
-                stream.synchronize().map_err(cuda_err("widening"))?;
-                let got = stream.clone_dtoh(&dst).map_err(cuda_err("reading back"))?;
-                let want =
-                    crate::exec::unit::widen_fp8(fp8, &patterns, scale, out).unwrap_or_default();
-                if got != want {
-                    let w = out.size_in_bytes();
-                    let first = (0..n)
-                        .find(|&i| got[i * w..(i + 1) * w] != want[i * w..(i + 1) * w])
-                        .unwrap_or(0);
-                    fails.push(format!(
-                        "{fp8} × {scale:?} → {out:?}: value {first} (pattern {:#04x}) is {:02x?}, the CPU gives {:02x?}",
+                for out in [
+                    candle_core::DType::BF16,
+                    candle_core::DType::F16,
+                    candle_core::DType::F32,
+                ] {
+                    let bytes = n * out.size_in_bytes();
+                    // SAFETY: fully written by the kernel before it is read back.
+                    let dst = unsafe { stream.alloc::<u8>(bytes) }
+                        .map_err(cuda_err("allocating device memory"))?;
+                    let dst_ptr = dst.device_ptr(&stream).0;
+                    widen_fp8(
+                        device,
+                        src_ptr,
+                        dst_ptr,
+                        n as u64,
+                        tables_ptr + table_off,
+                        scale,
+                        out,
+                    )
+                    .map_err(|m| EngineError::Fetch {
+                        unit: "fp8 check".into(),
+                        link: "cuda".into(),
+                        message: m,
+                    })?;
+                    stream.synchronize().map_err(cuda_err("widening"))?;
+                    let got = stream.clone_dtoh(&dst).map_err(cuda_err("reading back"))?;
+                    let want =
+                        crate::exec::unit::widen_fp8(fp8, patterns, scale, out).unwrap_or_default();
+                    if got != want {
+                        let w = out.size_in_bytes();
+                        let first = (0..n)
+                            .find(|&i| got[i * w..(i + 1) * w] != want[i * w..(i + 1) * w])
+                            .unwrap_or(0);
+                        fails.push(format!(
+                        "{fp8} × {scale:?} → {out:?} (from byte {skip}): value {first} (pattern {:#04x}) is {:02x?}, the CPU gives {:02x?}",
                         patterns[first],
                         &got[first * w..(first + 1) * w],
                         &want[first * w..(first + 1) * w]
                     ));
+                    }
                 }
             }
         }

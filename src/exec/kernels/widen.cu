@@ -62,3 +62,52 @@ extern "C" __global__ void widen_fp8_f32(const unsigned char* __restrict__ src,
     if (i >= n) return;
     dst[i] = __float_as_uint(widen_value(src[i], table, scale, scaled));
 }
+
+// The same values, 8 per thread (bf16 and f16 outputs): the table in shared memory, 8 fp8
+// bytes read as one 8-byte load and the 8 results written as one 16-byte store; a last
+// partial group value by value. `src` must be 8-byte and `dst` 16-byte aligned (slot regions
+// are 256). The one-value-per-thread kernels above cost the H200 34 ms per FLUX.1-dev step
+// streamed as fp8 at batch 4 (690 GB/s of bf16 written).
+template <unsigned short (*Bits)(float)>
+__device__ __forceinline__ void widen_x8(const unsigned char* __restrict__ src,
+                                         unsigned short* __restrict__ dst,
+                                         const float* __restrict__ table, float scale,
+                                         int scaled, unsigned long long n) {
+    __shared__ float t[256];
+    for (int k = threadIdx.x; k < 256; k += blockDim.x) t[k] = table[k];
+    __syncthreads();
+    unsigned long long g = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned long long base = g * 8ull;
+    if (base >= n) return;
+    if (base + 8ull <= n) {
+        uint2 in = reinterpret_cast<const uint2*>(src)[g];
+        union {
+            unsigned short h[8];
+            uint4 v;
+        } out;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            unsigned int word = k < 4 ? in.x : in.y;
+            unsigned char b = (unsigned char)(word >> (8 * (k & 3)));
+            out.h[k] = Bits(widen_value(b, t, scale, scaled));
+        }
+        reinterpret_cast<uint4*>(dst)[g] = out.v;
+    } else {
+        for (unsigned long long i = base; i < n; i++)
+            dst[i] = Bits(widen_value(src[i], t, scale, scaled));
+    }
+}
+
+extern "C" __global__ void widen_fp8_bf16_x8(const unsigned char* __restrict__ src,
+                                             unsigned short* __restrict__ dst,
+                                             const float* __restrict__ table, float scale,
+                                             int scaled, unsigned long long n) {
+    widen_x8<bf16_bits>(src, dst, table, scale, scaled, n);
+}
+
+extern "C" __global__ void widen_fp8_f16_x8(const unsigned char* __restrict__ src,
+                                            unsigned short* __restrict__ dst,
+                                            const float* __restrict__ table, float scale,
+                                            int scaled, unsigned long long n) {
+    widen_x8<f16_bits>(src, dst, table, scale, scaled, n);
+}
