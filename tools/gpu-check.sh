@@ -13,9 +13,16 @@
 #             the committed CPU golden files (golden/tiny) on this machine's CPU (tolerance
 #             rule when its CPU differs from the recording's)
 #   peer      the diffusers baseline on the same machine (.carry/peer, see its README)
+#   first-image  time to first image at full size (issue 11; not in the default, ~36 GB of disk
+#             and RAM): tools/gpu-first-image.sh generates FLUX.1-dev, T5-XXL, CLIP-L and ae
+#             files with the real names and shapes (sparse) and runs the real `mgpu run` of 4
+#             images at 1024² per case (FI_CASES, default "first cold-hash warm"), with the
+#             report's per-phase seconds; fails if a case fails, misses the target overhead
+#             (1.3 × bytes / page-cache read rate + 2 s) or writes other PNG bytes than the first
 #
 # Usage: tools/gpu-check.sh [path/to/mgpu] [output folder]
-#   PHASES="probe pipeline golden bench peer"   which parts run (default: all but peer)
+#   PHASES="probe pipeline golden bench peer first-image"   which parts run (default: all
+#   but peer and first-image)
 #   PLACEMENTS=...  BATCHES=1,4  STEPS=20  SLOTS=auto|K  the bench's cells (auto, the
 #   default: the planner's K per cell from hw.toml, what `mgpu run` would use; 2 without
 #   hw.toml)
@@ -25,7 +32,8 @@
 # narrow PLACEMENTS.
 # Needs: an mgpu built with `--features cuda` (docs/gpu.md), the CUDA 13 libraries in
 # /usr/local/cuda/lib64. Results: probe.txt, hw.toml, pipeline.txt, pipe-*.json, bench.txt,
-# golden.txt, golden-gpu.json, bench.json (and anchors.json for peer) in the output folder.
+# golden.txt, golden-gpu.json, bench.json (and anchors.json for peer; first-image/ for
+# first-image) in the output folder.
 # Exit code 1 if a pipeline placement differs from the resident run, a golden check fails or a
 # bench placement is not bit-identical.
 set -u
@@ -154,5 +162,26 @@ if has peer; then
   python3 -m pip install --no-deps -q "$ROOT"/.carry/peer/wheels/*.whl 2>&1 | tail -n 2
   OUT="$OUTDIR" PYTHONUNBUFFERED=1 timeout 540 python3 "$ROOT/.carry/peer/peer_diffusers_flux.py" \
     2>&1 | tee "$OUTDIR/peer.txt"
+fi
+if has first-image; then
+  echo "== first-image: the full-size pipeline's load path"
+  CASES=${FI_CASES:-"first cold-hash warm"} PEER=0 "$ROOT/tools/gpu-first-image.sh" "$BIN" \
+    "$OUTDIR/first-image" 2>&1 | tail -n 12
+  python3 - "$OUTDIR/first-image/first-image.json" <<'PY' || FAIL=1
+import json, sys
+r = json.load(open(sys.argv[1]))
+bad = []
+shas = {c["png_sha"] for c in r["cases"]}
+for c in r["cases"]:
+    target = c.get("target_s", r["target_s"])
+    if c["rc"] != 0:
+        bad.append(f"{c['case']}: exit code {c['rc']}")
+    elif c["overhead_s"] > target:
+        bad.append(f"{c['case']}: overhead {c['overhead_s']} s > target {target:.2f} s")
+if len(shas) > 1:
+    bad.append(f"the cases wrote different PNG bytes: {sorted(shas)}")
+print("first-image:", "; ".join(bad) if bad else f"{len(r['cases'])} cases within the target overhead ({r['target_s']:.2f} s), same PNGs")
+sys.exit(1 if bad else 0)
+PY
 fi
 exit $FAIL
