@@ -219,10 +219,44 @@ fn demo_runs_end_to_end_then_resumes() {
         "{}",
         stderr(&o)
     );
+    let model_hash = |png: &str| {
+        let meta = mgpu::output::read_png_metadata(&root.join(png)).unwrap();
+        let params = meta.parameters.unwrap();
+        (
+            params.get("Model hash").map(str::to_string),
+            meta.record.unwrap().models[0].sha256.clone(),
+        )
+    };
+    let (shown, recorded) = model_hash("fox-42.png");
+    assert_eq!(shown.as_deref().map(str::len), Some(10));
+    assert_eq!(recorded.as_deref().map(str::len), Some(64));
     let o = mgpu(&["run", m.to_str().unwrap(), "--force", "-q"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(
         stderr(&o).contains("4 made, 0 up to date"),
+        "{}",
+        stderr(&o)
+    );
+    // Without file hashes: the same pixels, no hashes in the records, and the images still
+    // count as up to date (the job hash does not include them).
+    let before = std::fs::read(root.join("fox-42.png")).unwrap();
+    let o = mgpu(&[
+        "run",
+        m.to_str().unwrap(),
+        "--force",
+        "-q",
+        "--no-file-hashes",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(model_hash("fox-42.png"), (None, None));
+    let decode = |b: &[u8]| image::load_from_memory(b).unwrap().to_rgb8().into_raw();
+    assert_eq!(
+        decode(&before),
+        decode(&std::fs::read(root.join("fox-42.png")).unwrap())
+    );
+    let o = mgpu(&["run", m.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("0 made, 4 up to date"),
         "{}",
         stderr(&o)
     );
