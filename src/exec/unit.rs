@@ -109,6 +109,16 @@ pub fn stored_of(c: DType) -> Option<crate::weights::DType> {
     }
 }
 
+/// Scales the fp8 widening is checked with (none, a power of two, an odd one, one that makes
+/// denormals, a negative one), on the CPU and against the CUDA kernel (`--check-fp8`).
+pub const FP8_CHECK_SCALES: [Option<f32>; 5] = [
+    None,
+    Some(0.015625),
+    Some(3.7e-3),
+    Some(1.0e-30),
+    Some(-2.5e4),
+];
+
 /// fp8 bytes (`fp8`: e4m3fn or e5m2) widened to `out` (bf16, f16 or f32), little-endian:
 /// each value exactly to f32, times `scale` in f32 when given (one f32 rounding), then
 /// rounded once to `out` (round to nearest, ties to even) — `weights::lora::math::decode`
@@ -316,13 +326,7 @@ mod tests {
         use crate::weights::DType as W;
         let bytes: Vec<u8> = (0..=255u8).collect();
         for fp8 in [W::F8_E4M3, W::F8_E5M2] {
-            for scale in [
-                None,
-                Some(0.015625f32),
-                Some(3.7e-3),
-                Some(1.0e-30),
-                Some(-2.5e4),
-            ] {
+            for scale in FP8_CHECK_SCALES {
                 let f: Vec<f32> = bytes
                     .iter()
                     .map(|&b| {

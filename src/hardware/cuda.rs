@@ -13,7 +13,7 @@ use std::ffi::c_int;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DriverError};
+use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DriverError, PinnedHostSlice};
 
 use super::probe::{BenchResult, PeerAccess};
 use super::Device;
@@ -220,6 +220,20 @@ fn time_copies(
     Ok((bytes * COPY_REPS) as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
+type CopyBuffers = (Arc<CudaStream>, CudaSlice<u8>, PinnedHostSlice<u8>);
+
+/// A new stream of `ctx`, a device buffer and a filled page-locked host buffer of
+/// [`COPY_BYTES`] each, for the copy benchmarks.
+fn copy_buffers(ctx: &Arc<CudaContext>) -> Result<CopyBuffers, DriverError> {
+    let stream = ctx.new_stream()?;
+    let dev: CudaSlice<u8> = stream.alloc_zeros::<u8>(COPY_BYTES)?;
+    // SAFETY: the pinned buffer is written (filled) before any copy reads it.
+    let mut pinned =
+        unsafe { ctx.alloc_pinned_with_flags::<u8>(COPY_BYTES, sys::CU_MEMHOSTALLOC_PORTABLE) }?;
+    pinned.as_mut_slice()?.fill(1);
+    Ok((stream, dev, pinned))
+}
+
 /// (pinned host→GPU, pageable host→GPU, pinned GPU→host) in GB/s, and a note with the
 /// host→GPU rate from the other kind of page-locked memory. "Pinned" host→GPU is measured
 /// from memory obtained the way the engine pins host homes (`MGPU_PIN`, registered by default:
@@ -241,13 +255,7 @@ fn host_copies(ctx: &Arc<CudaContext>) -> Result<(f64, f64, f64, String), String
         Err(e) => format!("pinned host→GPU from {} memory: {e}", label.1),
     };
     let d = describe;
-    let stream = ctx.new_stream().map_err(d)?;
-    let mut dev: CudaSlice<u8> = stream.alloc_zeros::<u8>(COPY_BYTES).map_err(d)?;
-    // SAFETY: the pinned buffer is written (filled) before any copy reads it.
-    let mut pinned =
-        unsafe { ctx.alloc_pinned_with_flags::<u8>(COPY_BYTES, sys::CU_MEMHOSTALLOC_PORTABLE) }
-            .map_err(d)?;
-    pinned.as_mut_slice().map_err(d)?.fill(1);
+    let (stream, mut dev, mut pinned) = copy_buffers(ctx).map_err(d)?;
     let pageable = vec![1u8; COPY_BYTES];
     let h2d_pageable = time_copies(&stream, COPY_BYTES, || {
         stream.memcpy_htod(&pageable, &mut dev)
@@ -269,13 +277,7 @@ fn copy_beside_link(ctx: &Arc<CudaContext>) -> Result<(f64, f64), String> {
     const PASSES: usize = 16;
     let bytes = super::cpu_bench::COPY_BYTES;
     let d = describe;
-    let stream = ctx.new_stream().map_err(d)?;
-    let mut dev: CudaSlice<u8> = stream.alloc_zeros::<u8>(COPY_BYTES).map_err(d)?;
-    // SAFETY: the pinned buffer is written (filled) before any copy reads it.
-    let mut pinned =
-        unsafe { ctx.alloc_pinned_with_flags::<u8>(COPY_BYTES, sys::CU_MEMHOSTALLOC_PORTABLE) }
-            .map_err(d)?;
-    pinned.as_mut_slice().map_err(d)?.fill(1);
+    let (stream, mut dev, pinned) = copy_buffers(ctx).map_err(d)?;
     // both written first, so no page faults are timed
     let src = vec![0x5au8; bytes];
     let mut dst = vec![1u8; bytes];

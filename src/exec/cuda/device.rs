@@ -181,13 +181,7 @@ pub fn check_widen_fp8(device: &Device) -> Result<Vec<String>, EngineError> {
         let src_ptr = src_ptr + skip as u64;
         let n = patterns.len();
         for (fp8, table_off) in [(W::F8_E4M3, 0u64), (W::F8_E5M2, 256 * 4)] {
-            for scale in [
-                None,
-                Some(0.015625f32),
-                Some(3.7e-3),
-                Some(1.0e-30),
-                Some(-2.5e4),
-            ] {
+            for scale in crate::exec::unit::FP8_CHECK_SCALES {
                 for out in [
                     candle_core::DType::BF16,
                     candle_core::DType::F16,
