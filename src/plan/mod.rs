@@ -400,14 +400,10 @@ impl Ledger {
 /// for `inventory.units[i]`) and `slots` prefetch slots: the same cost model and ring
 /// simulation [`plan`] scores its layouts with, for a placement it did not choose. `mgpu bench
 /// --hardware` prints it next to each measured placement.
-pub fn predict_step(req: &ModelRequest, hw: &Hardware, homes: &[DeviceName], slots: u32) -> f64 {
-    let ctx = place::ModelCtx::new(req, hw);
-    simulate::step_seconds(&place::sim_units(&ctx, hw, homes), slots)
-}
-
-/// Seconds of one pass over the model's units when `gap` seconds of other work separate
-/// passes (copies continue through it: `simulate::pass_seconds`); `gap` 0 is [`predict_step`].
-pub fn predict_pass(
+///
+/// `gap`: seconds of other work per step besides the model's units (the sampler, the host),
+/// during which copies continue (`simulate::step_seconds_with_gap`); plans use 0.
+pub fn predict_step(
     req: &ModelRequest,
     hw: &Hardware,
     homes: &[DeviceName],
@@ -415,7 +411,7 @@ pub fn predict_pass(
     gap: f64,
 ) -> f64 {
     let ctx = place::ModelCtx::new(req, hw);
-    simulate::pass_seconds(&place::sim_units(&ctx, hw, homes), slots, gap)
+    simulate::step_seconds_with_gap(&place::sim_units(&ctx, hw, homes), slots, gap)
 }
 
 /// Plans `req` on `hw`.

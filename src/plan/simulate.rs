@@ -11,9 +11,9 @@
 //! Between two passes over the units the compute device also does work that is not a unit's
 //! (the sampler's update, the inputs and outputs of the blocks, the host's own work): the
 //! `gap`. Copies keep running through it, into the slots the last units freed, so a pass over
-//! link-bound units is shorter than the step by up to the gap ([`pass_seconds`]). Measured on
-//! the H200 (benches/RESULTS.md, 2026-12-04): 16.7 ms per step at batch 1, and the fp8 cell
-//! with 7 slots then ran its pass 9 % under the gap-less prediction.
+//! link-bound units is shorter than the step by up to the gap ([`step_seconds_with_gap`]: the
+//! step, pass and gap). Measured on the H200 (benches/RESULTS.md, 2026-12-04): 12–17 ms per
+//! step at batch 1; fp8 streamed with 8 slots passed in 0.175 s and stepped every 0.218 s.
 
 /// One unit as the simulation sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,18 +27,13 @@ pub struct SimUnit {
 /// Steady-state seconds of one step with `slots` slots (≥ 1 when any unit is streamed), with
 /// no work between passes.
 pub fn step_seconds(units: &[SimUnit], slots: u32) -> f64 {
-    period(units, slots, 0.0)
+    step_seconds_with_gap(units, slots, 0.0)
 }
 
-/// Steady-state seconds of one pass over the units (the step less the `gap` of other work
-/// between passes, during which copies continue).
-pub fn pass_seconds(units: &[SimUnit], slots: u32, gap: f64) -> f64 {
+/// Steady-state seconds of one step: a pass over the units, then `gap` seconds of other work
+/// during which copies continue (a negative or non-finite gap counts as 0).
+pub fn step_seconds_with_gap(units: &[SimUnit], slots: u32, gap: f64) -> f64 {
     let gap = if gap.is_finite() { gap.max(0.0) } else { 0.0 };
-    period(units, slots, gap) - gap
-}
-
-/// Seconds from one step's start to the next's: its units' pass, then `gap`.
-fn period(units: &[SimUnit], slots: u32, gap: f64) -> f64 {
     const STEPS: usize = 3;
     let streamed: Vec<usize> = (0..units.len())
         .filter(|&i| units[i].fetch.is_some())
@@ -136,16 +131,17 @@ mod tests {
         // Link-bound: 4 × 2 s of copies a step. With 1 s of other work between passes the
         // step stays 8 s (the link never rests) and the pass takes 7 s of it; compute-bound
         // units do not gain; the gap never makes a pass shorter than its compute.
+        let pass = |u: &[SimUnit], gap: f64| step_seconds_with_gap(u, 2, gap) - gap.max(0.0);
         let u = vec![st(1.0, 0, 2.0); 4];
-        assert!((pass_seconds(&u, 2, 0.0) - 8.0).abs() < 1e-9);
-        assert!((pass_seconds(&u, 2, 1.0) - 7.0).abs() < 1e-9);
+        assert!((pass(&u, 0.0) - 8.0).abs() < 1e-9);
+        assert!((pass(&u, 1.0) - 7.0).abs() < 1e-9);
         // A long gap: the first two units (two slots) arrive before the pass; the third is
         // copied while the first computes (ready at 3), the fourth after it (ready at 5).
-        assert!((pass_seconds(&u, 2, 10.0) - 6.0).abs() < 1e-9);
+        assert!((pass(&u, 10.0) - 6.0).abs() < 1e-9);
         let c = vec![st(2.0, 0, 1.0); 4];
-        assert!((pass_seconds(&c, 2, 1.0) - 8.0).abs() < 1e-9);
-        assert!((pass_seconds(&[res(1.0)], 2, 0.5) - 1.0).abs() < 1e-9);
-        assert_eq!(pass_seconds(&u, 2, f64::NAN), pass_seconds(&u, 2, 0.0));
+        assert!((pass(&c, 1.0) - 8.0).abs() < 1e-9);
+        assert!((pass(&[res(1.0)], 0.5) - 1.0).abs() < 1e-9);
+        assert_eq!(step_seconds_with_gap(&u, 2, f64::NAN), step_seconds(&u, 2));
     }
 
     #[test]

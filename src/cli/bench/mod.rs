@@ -353,7 +353,12 @@ fn auto_slots(
     }
     let (req, homes) = cell_request(model, cfg, args, placement, batch)?;
     let steps: Vec<(usize, f64)> = (2..=8)
-        .map(|k| (k, crate::plan::predict_step(&req, hw, &homes, k as u32)))
+        .map(|k| {
+            (
+                k,
+                crate::plan::predict_step(&req, hw, &homes, k as u32, 0.0),
+            )
+        })
         .collect();
     let best = steps.iter().map(|s| s.1).fold(f64::INFINITY, f64::min);
     Ok(steps
@@ -367,8 +372,8 @@ fn auto_slots(
 /// sampler's update, the blocks' inputs and outputs, the host's own work); its length
 /// (`gap_seconds`) is measured, per batch, on the cells that stream nothing (their wall
 /// seconds per step less their pass, the median). With it the prediction is of the wall
-/// seconds per step (`plan::predict_pass` + the gap: copies continue through the gap), else
-/// (no such cell) of one pass over the blocks with no gap (`plan::predict_step`).
+/// seconds per step (`plan::predict_step` with the gap: copies continue through it), else (no
+/// such cell) of one pass over the blocks with no gap.
 fn predict(
     report: &mut bench::BenchReport,
     model: &BenchModel,
@@ -394,10 +399,13 @@ fn predict(
             .map_err(|e: String| anyhow::anyhow!("{e}"))?;
         let (req, homes) = cell_request(model, cfg, args, &placement, m.batch)?;
         m.gap_seconds = g;
-        m.predicted_seconds = Some(match g {
-            Some(g) => crate::plan::predict_pass(&req, hw, &homes, m.slots as u32, g) + g,
-            None => crate::plan::predict_step(&req, hw, &homes, m.slots as u32),
-        });
+        m.predicted_seconds = Some(crate::plan::predict_step(
+            &req,
+            hw,
+            &homes,
+            m.slots as u32,
+            g.unwrap_or(0.0),
+        ));
     }
     Ok(())
 }
@@ -648,13 +656,8 @@ mod tests {
             for &(p, batch, k, measured) in cells {
                 let (req, homes) =
                     cell_request(&dev(), &cfg, &args, &p.parse().unwrap(), batch).unwrap();
-                let predicted = match gaps {
-                    Some(g) => {
-                        let gap = if batch == 1 { g[0] } else { g[1] };
-                        crate::plan::predict_pass(&req, &hw, &homes, k as u32, gap) + gap
-                    }
-                    None => crate::plan::predict_step(&req, &hw, &homes, k as u32),
-                };
+                let gap = gaps.map_or(0.0, |g| if batch == 1 { g[0] } else { g[1] });
+                let predicted = crate::plan::predict_step(&req, &hw, &homes, k as u32, gap);
                 let err = predicted / measured - 1.0;
                 eprintln!(
                     "{file} {p} b{batch} K{k}: {measured} predicted {predicted:.4} ({:+.1}%)",

@@ -167,9 +167,9 @@ impl Drop for PinnedBuf {
 
 /// Host→device GB/s of `reps` copies of `bytes` from page-locked memory obtained the way
 /// `mode` says (as host homes are), on a new stream of `ctx`, after one untimed copy; timed by
-/// events. The engine streams host-homed units from such memory, so plans should use this
-/// rate for its mode: on the H200 host the engine's copies from registered memory ran at
-/// 58–61 GB/s where copies from `cuMemHostAlloc` memory measured 55.4 (benches/RESULTS.md).
+/// events. The engine streams host-homed units from such memory, so plans use this rate for
+/// its mode (on the H200 host both kinds measured the same: 55.5 registered, 55.4
+/// `cuMemHostAlloc`, benches/RESULTS.md 2026-12-04).
 pub fn h2d_gbps(
     ctx: &Arc<CudaContext>,
     bytes: usize,

@@ -36,13 +36,24 @@ pub enum HashMode {
     Off,
 }
 
-/// Which digests a file's records need.
+/// Which digests a file's records need; ordered, so hashes made for a need serve every need
+/// not greater than it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Need {
     /// A model: the whole file's SHA-256 ("Model hash").
     Whole,
     /// A LoRA: that and the safetensors data's SHA-256 (AutoV3, "Lora hashes").
     WholeAndData,
+}
+
+impl Need {
+    fn of(data: bool) -> Need {
+        if data {
+            Need::WholeAndData
+        } else {
+            Need::Whole
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,12 +71,6 @@ struct Entry {
 
 fn yes() -> bool {
     true
-}
-
-impl Entry {
-    fn serves(&self, need: Need) -> bool {
-        need == Need::Whole || self.data
-    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -98,8 +103,8 @@ fn stamp(path: &Path) -> Option<(u64, u128)> {
     Some((m.len(), t.as_nanos()))
 }
 
-/// Per file: its hashes (`None`: unreadable) and whether the data digest was computed.
-type Results = Arc<Mutex<HashMap<PathBuf, Option<(FileHashes, bool)>>>>;
+/// Per file: its hashes (`None`: unreadable) and the need they were made for.
+type Results = Arc<Mutex<HashMap<PathBuf, Option<(FileHashes, Need)>>>>;
 
 /// Files hashed (not found in the cache): path, seconds, bytes.
 type Timings = Arc<Mutex<Vec<(PathBuf, f64, u64)>>>;
@@ -162,12 +167,15 @@ impl FileHasher {
             for (abs, need) in needs {
                 match done.get(&abs) {
                     Some(None) => continue,
-                    Some(Some((_, data))) if need == Need::Whole || *data => continue,
+                    Some(Some((_, have))) if *have >= need => continue,
                     _ => {}
                 }
                 let hit = stamp(&abs).and_then(|(size, mtime_ns)| {
                     cached.files.iter().find(|e| {
-                        e.path == abs && e.size == size && e.mtime_ns == mtime_ns && e.serves(need)
+                        e.path == abs
+                            && e.size == size
+                            && e.mtime_ns == mtime_ns
+                            && Need::of(e.data) >= need
                     })
                 });
                 match hit {
@@ -176,7 +184,7 @@ impl FileHasher {
                             sha256: e.sha256.clone(),
                             autov3: e.autov3.clone(),
                         };
-                        done.insert(abs, Some((h, e.data)));
+                        done.insert(abs, Some((h, Need::of(e.data))));
                     }
                     None => todo.push((abs, need)),
                 }
@@ -221,7 +229,7 @@ impl FileHasher {
         // Some(answer) once the file is known with the digests asked for (or unreadable).
         let known = |s: &Self| match s.done.lock().unwrap_or_else(|p| p.into_inner()).get(&abs) {
             Some(None) => Some(None),
-            Some(Some((h, data))) if need == Need::Whole || *data => Some(Some(h.clone())),
+            Some(Some((h, have))) if *have >= need => Some(Some(h.clone())),
             _ => None,
         };
         if let Some(h) = known(self) {
@@ -291,7 +299,7 @@ fn hash_one(
     };
     done.lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(path, h.map(|h| (h, data)));
+        .insert(path, h.map(|h| (h, need)));
     (entry, note)
 }
 
