@@ -21,6 +21,7 @@ const KERNELS: &[(&str, &str)] = &[
     ("src/models/flux/kernels/flash.cu", "flash.ptx"),
     ("src/exec/kernels/dequant.cu", "dequant.ptx"),
     ("src/exec/kernels/widen.cu", "widen.ptx"),
+    ("src/models/fp8/quant.cu", "fp8_quant.ptx"),
 ];
 /// Headers the kernels include.
 const HEADERS: &[&str] = &["src/models/flux/kernels/common.cuh"];

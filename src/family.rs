@@ -130,6 +130,36 @@ impl Family {
         }
     }
 
+    /// Whether the canonical weight `name` is a linear layer that fp8 compute (`dtype =
+    /// "fp8"`) multiplies in e4m3 ([`crate::models::fp8`]): the blocks' projections and MLPs
+    /// of FLUX (not the modulations, whose one-row products gain nothing). Other families
+    /// have no fp8 compute yet.
+    pub fn fp8_linear(self, name: &str) -> bool {
+        const FLUX: &[&str] = &[
+            "attn.qkv.weight",
+            "attn.proj.weight",
+            "mlp.0.weight",
+            "mlp.2.weight",
+            "linear1.weight",
+            "linear2.weight",
+        ];
+        match self {
+            Family::Flux => {
+                let Some(unit) = self.unit_of(name) else {
+                    return false;
+                };
+                let rel = &name[unit.len() + 1..];
+                let rel = rel
+                    .strip_prefix("img_")
+                    .or_else(|| rel.strip_prefix("txt_"))
+                    .unwrap_or(rel);
+                FLUX.contains(&rel)
+                    && (rel.starts_with("linear") == unit.starts_with("single_blocks"))
+            }
+            _ => false,
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self, FamilyError> {
         let t = s.trim().to_ascii_lowercase();
         let alias = match t.as_str() {
@@ -211,6 +241,30 @@ impl JsonSchema for Family {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fp8_linears() {
+        let f = Family::Flux;
+        for yes in [
+            "double_blocks.0.img_attn.qkv.weight",
+            "double_blocks.18.txt_mlp.2.weight",
+            "single_blocks.37.linear1.weight",
+            "single_blocks.0.linear2.weight",
+        ] {
+            assert!(f.fp8_linear(yes), "{yes}");
+        }
+        for no in [
+            "double_blocks.0.img_attn.qkv.bias",
+            "double_blocks.0.img_mod.lin.weight",
+            "single_blocks.0.modulation.lin.weight",
+            "double_blocks.0.linear1.weight",
+            "final_layer.linear.weight",
+            "img_in.weight",
+        ] {
+            assert!(!f.fp8_linear(no), "{no}");
+        }
+        assert!(!Family::Wan.fp8_linear("blocks.0.ffn.0.weight"));
+    }
 
     #[test]
     fn units_table() {

@@ -52,6 +52,10 @@ pub struct Placement {
     /// scale, as `*_fp8_scaled` files store them); streamed blocks travel as fp8 and are
     /// widened on the compute device, resident ones are widened once.
     pub fp8: bool,
+    /// `@fp8-compute`: as `@fp8`, and the blocks' projections and MLPs multiply in e4m3 on
+    /// the tensor cores (`dtype = "fp8"`, [`crate::models::fp8`]): their weights stay e4m3
+    /// on the compute device, resident or fetched.
+    pub fp8_compute: bool,
 }
 
 impl Placement {
@@ -59,6 +63,8 @@ impl Placement {
     pub fn storage(&self) -> Storage {
         if self.q8_0 {
             Storage::Q8_0
+        } else if self.fp8_compute {
+            Storage::Fp8Compute
         } else if self.fp8 {
             Storage::Fp8
         } else {
@@ -71,20 +77,30 @@ impl std::str::FromStr for Placement {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
+        let (t, fp8_compute) = match t.strip_suffix("@fp8-compute") {
+            Some(rest) => (rest, true),
+            None => (t, false),
+        };
         let (t, q8_0) = match t.strip_suffix("@q8_0") {
             Some(rest) => (rest, true),
             None => (t, false),
         };
         let (t, fp8) = match t.strip_suffix("@fp8") {
-            Some(rest) if !q8_0 => (rest, true),
+            Some(rest) if !q8_0 && !fp8_compute => (rest, true),
             _ => (t, false),
         };
+        if q8_0 && fp8_compute {
+            return Err(format!(
+                "placement `{s}`: `@q8_0` and `@fp8-compute` exclude each other"
+            ));
+        }
         if t == "resident" {
             return Ok(Placement {
                 source: None,
                 percent: 0,
                 q8_0,
                 fp8,
+                fp8_compute,
             });
         }
         let (src, pct) = t.rsplit_once(':').ok_or_else(|| {
@@ -105,6 +121,7 @@ impl std::str::FromStr for Placement {
             percent,
             q8_0,
             fp8,
+            fp8_compute,
         })
     }
 }
@@ -175,6 +192,9 @@ pub struct Measurement {
     pub hashes: Vec<String>,
     /// Same bytes as the all-resident batch-1 run.
     pub identical: Option<bool>,
+    /// fp8 compute (`@fp8-compute`), all resident, batch 1: the first step's velocity against
+    /// that of the bf16 `resident` cell of the same run (same generated weights, same job).
+    pub quality: Option<Quality>,
     /// The planner's step time for this placement on the hardware file given to `mgpu bench
     /// --hardware` ([`crate::plan::predict_step`]); `None` without one.
     pub predicted_seconds: Option<f64>,
@@ -186,6 +206,14 @@ pub struct Measurement {
     /// With two experts: the first step (0-based, counting warm-up) of the low-noise one.
     pub switch_step: Option<usize>,
     pub steps: Vec<PassStats>,
+}
+
+/// How far one output is from a reference ([`crate::models::fp8::compare`]).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Quality {
+    pub max_abs_error: f32,
+    /// Over the reference's peak magnitude.
+    pub psnr_db: f64,
 }
 
 /// Everything a run measured.
@@ -298,10 +326,10 @@ fn setup_err(unit: &str, message: String) -> EngineError {
 struct Weights {
     /// Per storage: each unit's tensors on the compute device (for compact storages: the
     /// compact host copy widened once, through the same path as a fetch).
-    resident: [Vec<HashMap<String, Tensor>>; 3],
+    resident: [Vec<HashMap<String, Tensor>>; 4],
     /// Per storage: each block's host copy (`None` for the resident rest or when no
     /// placement needs it).
-    host: [Vec<Option<UnitData>>; 3],
+    host: [Vec<Option<UnitData>>; 4],
 }
 
 impl Weights {
@@ -309,6 +337,7 @@ impl Weights {
     /// placements of `cfg` need); also returns the parameter count.
     fn generate(
         units: &Units,
+        family: crate::family::Family,
         cfg: &BenchConfig,
         seed: u64,
         device: &Device,
@@ -339,9 +368,14 @@ impl Weights {
                 p.storage() == st && (st != Storage::Plain || (p.source.is_some() && p.percent > 0))
             })
         };
-        let mut host: [Vec<Option<UnitData>>; 3] = Default::default();
-        let mut residents: [Vec<HashMap<String, Tensor>>; 3] = Default::default();
-        for st in [Storage::Plain, Storage::Q8_0, Storage::Fp8] {
+        let mut host: [Vec<Option<UnitData>>; 4] = Default::default();
+        let mut residents: [Vec<HashMap<String, Tensor>>; 4] = Default::default();
+        for st in [
+            Storage::Plain,
+            Storage::Q8_0,
+            Storage::Fp8,
+            Storage::Fp8Compute,
+        ] {
             let k = st.index();
             host[k] = vec![None; units.len()];
             if !wants(st) {
@@ -352,7 +386,8 @@ impl Weights {
                 let mut ts = Vec::new();
                 for (tname, shape) in tensors {
                     let t = resident[i][tname].to_device(&Device::Cpu)?;
-                    ts.push(host_tensor(tname, shape, &t, cfg.dtype, st)?);
+                    let linear = family.fp8_linear(&format!("{name}.{tname}"));
+                    ts.push(host_tensor(tname, shape, &t, cfg.dtype, st, linear)?);
                 }
                 host[k][i] = Some(UnitData {
                     name: name.clone(),
@@ -397,6 +432,7 @@ pub fn run<M: DiffusionModel>(
     for e in 0..n_experts {
         let (w, p) = Weights::generate(
             &units,
+            M::FAMILY,
             cfg,
             cfg.seed.wrapping_add(e as u64),
             device,
@@ -483,6 +519,9 @@ pub fn run<M: DiffusionModel>(
     let mut measurements = Vec::new();
     // The all-resident batch-1 hash, per storage (plain, Q8_0, fp8).
     let mut reference: HashMap<Storage, String> = HashMap::new();
+    // The all-resident batch-1 first velocity of the first job, per storage (for `quality`).
+    let mut reference_velocity: HashMap<Storage, Tensor> = HashMap::new();
+    let mut quality = None;
     // The second expert's page-locked copies (the first uses `pools`).
     let mut expert_pools: Vec<Pools> = (1..weights.len()).map(|_| Pools::default()).collect();
     for &batch in &cfg.batches {
@@ -600,6 +639,21 @@ pub fn run<M: DiffusionModel>(
                         .iter()
                         .map(fnv_hex)
                         .collect::<candle_core::Result<_>>()?;
+                    if placement.source.is_none() && batch == 1 {
+                        let st = placement.storage();
+                        let v = vels[0].to_device(&Device::Cpu)?;
+                        quality = match (st, reference_velocity.get(&Storage::Plain)) {
+                            (Storage::Fp8Compute, Some(r)) => {
+                                let (max_abs_error, psnr_db) = crate::models::fp8::compare(&v, r)?;
+                                Some(Quality {
+                                    max_abs_error,
+                                    psnr_db,
+                                })
+                            }
+                            _ => None,
+                        };
+                        reference_velocity.insert(st, v);
+                    }
                 }
                 let dt = match cfg.experts {
                     None => -1.0 / total as f64,
@@ -649,6 +703,7 @@ pub fn run<M: DiffusionModel>(
                 },
                 hashes,
                 identical,
+                quality: quality.take(),
                 predicted_seconds: None,
                 gap_seconds: None,
                 run_seconds,

@@ -75,6 +75,9 @@ struct StreamedUnit {
     layout: Layout,
     source: Source,
     link: usize,
+    /// The per-tensor scales of its fp8-compute weights (`…weight_scale`), resident: a few
+    /// bytes each, uploaded once instead of with every fetch.
+    scales: Vec<(String, Tensor)>,
 }
 
 struct Region {
@@ -169,9 +172,15 @@ fn region_ptr(t: &Tensor, stream: &CudaStream) -> Result<sys::CUdeviceptr, Engin
                 .device_ptr(stream)
                 .0
         }
+        DType::F8E4M3 => {
+            cs.as_cuda_slice::<float8::F8E4M3>()
+                .map_err(candle_err)?
+                .device_ptr(stream)
+                .0
+        }
         d => {
             return Err(EngineError::Candle(candle_core::Error::Msg(format!(
-                "dtype {d:?} cannot stream on CUDA (supported: bf16, f16, f32, u8)"
+                "dtype {d:?} cannot stream on CUDA (supported: bf16, f16, f32, u8, f8e4m3)"
             ))))
         }
     };
@@ -245,15 +254,13 @@ impl CudaBackend {
             }
             let kind = &links[*link].kind;
             let source = match kind {
-                UnitHome::Host => {
-                    Source::Pinned(pool.get(&u.name, layout.home_bytes).ok_or_else(|| {
-                        EngineError::Fetch {
-                            unit: u.name.clone(),
-                            link: links[*link].name.clone(),
-                            message: "no page-locked home was made (a bug in the backend)".into(),
-                        }
-                    })?)
-                }
+                UnitHome::Host => Source::Pinned(pool.get(&u.name, &layout).ok_or_else(|| {
+                    EngineError::Fetch {
+                        unit: u.name.clone(),
+                        link: links[*link].name.clone(),
+                        message: "no page-locked home was made (a bug in the backend)".into(),
+                    }
+                })?),
                 UnitHome::Donor(ord) => {
                     let ord = *ord as usize;
                     let pctx = match peer_ctxs.get(&ord) {
@@ -293,12 +300,14 @@ impl CudaBackend {
                     })
                 }
             };
+            let scales = super::unit::fp8_scales(data, device).map_err(candle_err)?;
             streamed.insert(
                 i,
                 StreamedUnit {
                     layout,
                     source,
                     link: *link,
+                    scales,
                 },
             );
         }
@@ -664,6 +673,9 @@ impl Backend for CudaBackend {
                 .and_then(|t| t.reshape(p.shape.as_slice()))
                 .map_err(candle_err)?;
             out.insert(p.name.clone(), t);
+        }
+        for (name, t) in &u.scales {
+            out.insert(name.clone(), t.clone());
         }
         Ok(out)
     }

@@ -116,6 +116,9 @@ pub struct ModelFile {
     pub file: Arc<WeightFile>,
     pub layout: CanonicalLayout,
     compute: CDType,
+    /// `dtype = "fp8"`: the family's fp8 linears are handed out as e4m3 weights with their
+    /// scale ([`super::unit::to_fp8_compute`]).
+    fp8_linears: bool,
     loras: LoraSet,
     lora_mode: LoraMode,
     /// Things the run log should say (LoRA warnings, saturated values, unused tensors).
@@ -135,13 +138,15 @@ impl ModelFile {
     /// Opens `model.file` and maps its names to `model.family`'s canonical layout. Reads the
     /// header only. `compute` is the dtype the model computes in.
     pub fn open(model: &Model, compute: CDType) -> Result<ModelFile, LoadError> {
-        Self::open_file(
+        let mut mf = Self::open_file(
             &model.name,
             model.family,
             &model.file,
             model.lora_mode,
             compute,
-        )
+        )?;
+        mf.fp8_linears = model.dtype.fp8_linears();
+        Ok(mf)
     }
 
     /// [`ModelFile::open`] without a manifest model: `name` is the model's name in messages.
@@ -169,6 +174,7 @@ impl ModelFile {
             file: Arc::new(file),
             layout,
             compute,
+            fp8_linears: false,
             loras: LoraSet::empty(family),
             lora_mode,
             notes: Vec::new(),
@@ -320,8 +326,30 @@ impl ModelFile {
     }
 
     /// Canonical tensor `canonical` in its final stored form, named `rel` (its name relative
-    /// to its unit): see the module docs. Reads the tensor's bytes once.
+    /// to its unit): see the module docs. Reads the tensor's bytes once. With fp8 compute, an
+    /// fp8 linear's weight is e4m3 with its scale: an e4m3 file's bytes as they are (a range
+    /// of the map when untouched), anything else quantised once
+    /// ([`super::unit::to_fp8_compute`]).
     pub fn tensor(
+        &mut self,
+        canonical: &str,
+        rel: &str,
+    ) -> Result<(HostTensor, Origin), LoadError> {
+        let (t, origin) = self.stored_tensor(canonical, rel)?;
+        if !(self.fp8_linears && self.family.fp8_linear(canonical) && t.shape.len() == 2) {
+            return Ok((t, origin));
+        }
+        let kept = t.quant == Some(DType::F8_E4M3);
+        let t = super::unit::to_fp8_compute(t).map_err(|e| {
+            self.tensor_err(
+                canonical,
+                format!("cannot be made e4m3 for fp8 compute: {e}"),
+            )
+        })?;
+        Ok((t, if kept { origin } else { Origin::Converted }))
+    }
+
+    fn stored_tensor(
         &mut self,
         canonical: &str,
         rel: &str,

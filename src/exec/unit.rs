@@ -86,8 +86,53 @@ pub struct HostTensor {
     /// `scale`) to `dtype` where they are used.
     pub quant: Option<crate::weights::DType>,
     /// ComfyUI scaled fp8: the per-tensor scale an fp8 `quant` tensor is multiplied by (in
-    /// f32) when widened. `None` for every other tensor.
+    /// f32) when widened. For an fp8-compute weight (`dtype` `F8E4M3`, no `quant`): its
+    /// scale, handed to the model as `<name>_scale` ([`crate::models::fp8`]). `None` for every
+    /// other tensor.
     pub scale: Option<f32>,
+}
+
+/// `t` as an fp8-compute weight: `F8E4M3` bytes with their per-tensor scale. An e4m3fn
+/// tensor keeps its bytes (and scale, 1 when unscaled); any other is materialised to f32 on
+/// the CPU (the one conversion every path uses) and quantised by
+/// [`crate::models::fp8::quantize_weight`].
+pub fn to_fp8_compute(t: HostTensor) -> candle_core::Result<HostTensor> {
+    if t.quant == Some(crate::weights::DType::F8_E4M3) {
+        return Ok(HostTensor {
+            dtype: DType::F8E4M3,
+            quant: None,
+            scale: Some(t.scale.unwrap_or(1.0)),
+            ..t
+        });
+    }
+    if t.dtype == DType::F8E4M3 {
+        return Ok(t);
+    }
+    let v = t
+        .materialize(&Device::Cpu, DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let (q, scale) = crate::models::fp8::quantize_weight(&v);
+    Ok(HostTensor {
+        name: t.name,
+        dtype: DType::F8E4M3,
+        shape: t.shape,
+        bytes: Bytes::Owned(Arc::from(q)),
+        quant: None,
+        scale: Some(scale),
+    })
+}
+
+/// The `<name>_scale` tensors (one f32 each, on `device`) of a unit's fp8-compute weights.
+pub fn fp8_scales(data: &UnitData, device: &Device) -> candle_core::Result<Vec<(String, Tensor)>> {
+    data.tensors
+        .iter()
+        .filter(|t| t.dtype == DType::F8E4M3 && t.quant.is_none())
+        .map(|t| {
+            let s = Tensor::new(&[t.scale.unwrap_or(1.0)], device)?;
+            Ok((format!("{}{}", t.name, crate::models::fp8::SCALE_SUFFIX), s))
+        })
+        .collect()
 }
 
 /// Whether `q` is an fp8 type (one byte per value, widened by [`widen_fp8`]).
@@ -161,7 +206,7 @@ pub fn widen_fp8(
 
 impl HostTensor {
     /// The tensor on `device` in `dtype`. Floating-point tensors are converted to `dtype`;
-    /// integer tensors keep their type.
+    /// integer tensors and fp8-compute weights (`F8E4M3`) keep their type.
     pub fn materialize(&self, device: &Device, dtype: DType) -> candle_core::Result<Tensor> {
         let numel: usize = self.shape.iter().product();
         if let Some(q) = self.quant {
@@ -226,7 +271,7 @@ impl HostTensor {
         };
         #[cfg(not(feature = "cuda"))]
         let t = Tensor::from_raw_buffer(self.bytes.as_slice(), self.dtype, &self.shape, device)?;
-        if self.dtype.is_float() && self.dtype != dtype {
+        if self.dtype.is_float() && self.dtype != dtype && self.dtype != DType::F8E4M3 {
             t.to_dtype(dtype)
         } else {
             Ok(t)
@@ -254,10 +299,13 @@ impl UnitData {
         device: &Device,
         dtype: DType,
     ) -> candle_core::Result<HashMap<String, Tensor>> {
-        self.tensors
+        let mut out = self
+            .tensors
             .iter()
             .map(|t| Ok((t.name.clone(), t.materialize(device, dtype)?)))
-            .collect()
+            .collect::<candle_core::Result<HashMap<_, _>>>()?;
+        out.extend(fp8_scales(self, device)?);
+        Ok(out)
     }
 
     /// The same unit with every mapped range copied into host memory.

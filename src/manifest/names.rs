@@ -6,11 +6,12 @@ crate::sample::names::name_enum!(
     /// The floating-point type a model computes in (its weights are converted to it as they
     /// reach the compute device).
     ComputeDtype, "dtype",
-    "Compute dtype: bf16, f16 or f32 (also bfloat16, fp16/float16, fp32/float32). Default: bf16 when the compute device is a CUDA GPU, f32 on the CPU.",
+    "Compute dtype: bf16, f16 or f32 (also bfloat16, fp16/float16, fp32/float32), or fp8 (also fp8_e4m3fn_fast): FLUX's block projections and MLPs multiply in e4m3 on the tensor cores (compute capability 8.9+; emulated on the CPU), everything else in bf16; not equal to bf16, bit-identical across placements. Default: bf16 when the compute device is a CUDA GPU, f32 on the CPU.",
     {
         Bf16 => "bf16" | "bfloat16",
         F16 => "f16" | "fp16" | "float16",
         F32 => "f32" | "fp32" | "float32",
+        Fp8 => "fp8" | "fp8_e4m3fn_fast" | "fp8-e4m3fn-fast",
     }
 );
 
@@ -45,13 +46,20 @@ impl ComputeDtype {
         }
     }
 
-    /// The stored-tensor dtype of the same name.
+    /// The stored-tensor dtype of the activations (and of every weight that is not an fp8
+    /// linear): bf16 for `fp8`.
     pub fn dtype(self) -> crate::weights::DType {
         match self {
-            ComputeDtype::Bf16 => crate::weights::DType::BF16,
+            ComputeDtype::Bf16 | ComputeDtype::Fp8 => crate::weights::DType::BF16,
             ComputeDtype::F16 => crate::weights::DType::F16,
             ComputeDtype::F32 => crate::weights::DType::F32,
         }
+    }
+
+    /// Whether the family's fp8 linears ([`crate::family::Family::fp8_linear`]) keep e4m3
+    /// weights and multiply in e4m3 ([`crate::models::fp8`]).
+    pub fn fp8_linears(self) -> bool {
+        self == ComputeDtype::Fp8
     }
 }
 
@@ -62,6 +70,11 @@ mod tests {
     #[test]
     fn parse_and_round_trip() {
         assert_eq!(ComputeDtype::parse("FP16"), Ok(ComputeDtype::F16));
+        assert_eq!(
+            ComputeDtype::parse("fp8_e4m3fn_fast"),
+            Ok(ComputeDtype::Fp8)
+        );
+        assert!(ComputeDtype::Fp8.fp8_linears() && !ComputeDtype::Bf16.fp8_linears());
         assert_eq!(LoraMode::parse("on-dequant"), Ok(LoraMode::OnDequant));
         for v in ComputeDtype::ALL {
             assert_eq!(ComputeDtype::parse(v.name()), Ok(*v));

@@ -15,6 +15,7 @@ pub mod act;
 pub mod clip;
 pub mod coverage;
 pub mod flux;
+pub mod fp8;
 pub mod seeded;
 pub mod spec;
 pub mod t5;

@@ -112,8 +112,10 @@ impl SimpleBackend for SharedRecorder {
         candle_core::bail!("shape recorder: `{name}` requested without a shape")
     }
 
-    fn contains_tensor(&self, _name: &str) -> bool {
-        true
+    /// Every optional tensor is part of a checkpoint's layout, except the fp8-compute scales,
+    /// which only the executor makes (`models::fp8`).
+    fn contains_tensor(&self, name: &str) -> bool {
+        !name.ends_with(&format!("weight{}", crate::models::fp8::SCALE_SUFFIX))
     }
 }
 

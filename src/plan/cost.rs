@@ -35,6 +35,14 @@ pub const EFFICIENCY: f64 = 0.655;
 /// per thread: 34.3 ms). One constant for both.
 pub const WIDEN_GBPS_PER_TFLOPS: f64 = 2.0;
 
+/// fp8 compute (`dtype = "fp8"`, [`crate::models::fp8`]): how many times faster an fp8
+/// linear's product runs than in bf16, the rounding of its activations to e4m3 included.
+/// Calibrated on the lent H200 (benches/RESULTS.md, 2026-12-04): FLUX.1-dev at 1024², all
+/// resident, the pass over the blocks took 0.1479 → 0.1155 s (batch 1) and 0.5914 → 0.4642 s
+/// (batch 4); the fp8 linears are 80 % of the blocks' FLOPs (59.5 of 74.4 TFLOP), so their
+/// time fell to 0.726 and 0.731 of bf16's: 1.38 and 1.37 × as fast.
+pub const FP8_LINEAR_SPEEDUP: f64 = 1.37;
+
 /// Wan blocks on CUDA, calibrated on the lent H200 (benches/RESULTS.md, 2026-12-02, 832×480,
 /// 81 frames = 32 760 tokens): self-attention runs the flash kernel at 42.4 % of the bf16
 /// matrix rate (66.7 ms for the 14B block's 2.20e13 FLOPs at 778 TFLOP/s);
@@ -85,6 +93,8 @@ pub struct Arch {
     /// Latent channels: 16 (FLUX, Wan 2.1's VAE and the models using it), 48 (Wan 2.2's VAE
     /// and TI2V-5B).
     pub latent_channels: u64,
+    /// fp8 compute ([`super::Workload::fp8_linears`]).
+    pub fp8_linears: bool,
 }
 
 /// The Wan 2.2 VAE's latent width, by which the planner tells it (and TI2V-5B) from Wan 2.1's.
@@ -168,6 +178,7 @@ impl Arch {
             act_bytes,
             frames: w.frames.max(1) as u64,
             latent_channels,
+            fp8_linears: w.fp8_linears,
             pixels: wd
                 * ht
                 * if family == Family::WanVae {
@@ -185,6 +196,11 @@ impl Arch {
             Family::Wan | Family::FluxVae | Family::WanVae => self.img_tokens,
             _ => self.txt_tokens,
         }
+    }
+
+    /// Whether `t` is one of the family's fp8 linears and the workload computes them in fp8.
+    pub fn is_fp8_linear(&self, inv: &Inventory, t: &TensorInfo) -> bool {
+        self.fp8_linears && self.family.fp8_linear(&canonical_name(inv.family, &t.name))
     }
 
     /// FLOPs of one forward pass of `unit` for one job.
@@ -206,7 +222,14 @@ impl Arch {
         let rate = tflops * 1e12;
         let is_block = unit.kind == crate::inventory::UnitKind::Block;
         if self.family != Family::Wan || !is_block {
-            return self.unit_flops(inv, unit) / (rate * EFFICIENCY);
+            // fp8 linears' products at bf16-equivalent FLOPs.
+            let fp8: f64 = inv
+                .tensors_of(unit)
+                .filter(|t| self.is_fp8_linear(inv, t))
+                .map(|t| self.tensor_flops(inv, t))
+                .sum();
+            let flops = self.unit_flops(inv, unit) - fp8 * (1.0 - 1.0 / FP8_LINEAR_SPEEDUP);
+            return flops / (rate * EFFICIENCY);
         }
         let (l, d) = (self.seq() as f64, self.hidden as f64);
         let products: f64 = inv

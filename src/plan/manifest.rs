@@ -13,7 +13,7 @@ use crate::family::Role;
 use crate::inventory::{self, Inventory};
 use crate::manifest::{Diagnostic, Diagnostics, FluxVariant, Manifest, Model};
 use crate::sample::Sampler;
-use crate::weights::DType;
+use crate::weights::{DType, TensorInfo};
 
 /// The models that the manifest's jobs use, in a stable order: for each pipeline used (in
 /// name order), its diffusion model, text encoders and VAE; each model once.
@@ -229,6 +229,7 @@ fn workload(m: &Manifest, model: &Model) -> Workload {
         w.height = w.height.min(8 * t);
     }
     w.batch = jobs.iter().map(|j| j.batch.unwrap_or(1)).max().unwrap_or(1);
+    w.fp8_linears = model.dtype.fp8_linears();
     let diffusion = model.family.role() == Role::Diffusion;
     w.steps = if diffusion {
         jobs.iter().map(|j| j.steps).max().unwrap_or(20)
@@ -277,7 +278,9 @@ fn device_bytes_factor(model: &Model, inv: &Inventory) -> f64 {
         .map(|t| {
             use crate::weights::DType as D;
             let integer = matches!(t.dtype, D::Bool | D::U8 | D::I8 | D::I16 | D::I32 | D::I64);
-            if !integer {
+            if fp8_linear(model, &t.name) {
+                t.numel()
+            } else if !integer {
                 t.numel() * esize
             } else {
                 t.len
@@ -298,22 +301,34 @@ fn loaded_dtype(stored: DType, compute: DType, loras: bool) -> Option<DType> {
     (stored.is_quantized() && !stored.stays_quantized(compute, loras)).then_some(compute)
 }
 
+/// With fp8 compute, whether the stored tensor `raw` is one of the family's fp8 linears: held
+/// as e4m3 in every home and on the compute device (1 byte per value).
+fn fp8_linear(model: &Model, raw: &str) -> bool {
+    model.dtype.fp8_linears()
+        && model
+            .family
+            .fp8_linear(&crate::inventory::canonical_name(Some(model.family), raw))
+}
+
 /// `inv` with each tensor's bytes as the executor will hold them in every home (see
 /// [`loaded_dtype`]), and unit sizes summed again: what the plan must place. Unchanged (the
 /// same `Arc`) when nothing is converted.
 fn as_loaded(model: &Model, inv: Arc<Inventory>) -> Arc<Inventory> {
     let compute = model.dtype.dtype();
     let loras = !model.loras.is_empty();
-    if !inv
-        .tensors
-        .iter()
-        .any(|t| loaded_dtype(t.dtype, compute, loras).is_some())
-    {
+    let loaded = |t: &TensorInfo| {
+        if fp8_linear(model, &t.name) {
+            Some(DType::F8_E4M3).filter(|_| t.dtype != DType::F8_E4M3)
+        } else {
+            loaded_dtype(t.dtype, compute, loras)
+        }
+    };
+    if !inv.tensors.iter().any(|t| loaded(t).is_some()) {
         return inv;
     }
     let mut out = (*inv).clone();
     for t in &mut out.tensors {
-        if let Some(d) = loaded_dtype(t.dtype, compute, loras) {
+        if let Some(d) = loaded(t) {
             t.len = d.storage_bytes(t.numel()).unwrap_or(t.len);
             t.dtype = d;
         }

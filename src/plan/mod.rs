@@ -101,6 +101,10 @@ pub struct Workload {
     pub evals_per_step: u32,
     /// Text tokens: T5 sequence length (512 for FLUX-dev, 256 for schnell).
     pub text_tokens: u32,
+    /// fp8 compute (`dtype = "fp8"`): the family's fp8 linears are held as e4m3 and multiply
+    /// on the tensor cores ([`cost::FP8_LINEAR_SPEEDUP`]); not widened at a fetch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fp8_linears: bool,
 }
 
 impl Workload {
@@ -114,6 +118,7 @@ impl Workload {
             steps: 20,
             evals_per_step: 1,
             text_tokens: 512,
+            fp8_linears: false,
         }
     }
 }

@@ -95,7 +95,7 @@ impl<'a> ModelCtx<'a> {
                 u.tensors
                     .iter()
                     .map(|&t| &inv.tensors[t])
-                    .filter(|t| compact(t.dtype))
+                    .filter(|t| compact(t.dtype) && !arch.is_fp8_linear(inv, t))
                     .map(|t| (t.numel() * 2) as f64 / widen_rate)
                     .sum()
             })
@@ -111,7 +111,7 @@ impl<'a> ModelCtx<'a> {
                 u.tensors
                     .iter()
                     .map(|&t| &inv.tensors[t])
-                    .filter(|t| compact(t.dtype))
+                    .filter(|t| compact(t.dtype) && !arch.is_fp8_linear(inv, t))
                     .map(|t| t.len)
                     .sum()
             })

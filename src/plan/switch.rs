@@ -148,6 +148,7 @@ mod tests {
             steps: 20,
             evals_per_step: 2,
             text_tokens: 512,
+            fp8_linears: false,
         };
         let expert = |name: &str| ModelRequest {
             name: name.into(),

@@ -31,8 +31,15 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
         .measurements
         .iter()
         .any(|m| m.predicted_seconds.is_some());
+    let pw = report
+        .measurements
+        .iter()
+        .map(|m| m.placement.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(15);
     out.push_str(&format!(
-        "{:<15} {:>5} {:>2} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}{}\n",
+        "{:<pw$} {:>5} {:>2} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}{}\n",
         "placement",
         "batch",
         "K",
@@ -77,7 +84,7 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
             _ => String::new(),
         };
         out.push_str(&format!(
-            "{:<15} {:>5} {:>2} {:>9.4} {:>9.4} {:>9.4} {:>8.2}GB {:>9.1} {:>9} {:>9}{prediction}\n",
+            "{:<pw$} {:>5} {:>2} {:>9.4} {:>9.4} {:>9.4} {:>8.2}GB {:>9.1} {:>9} {:>9}{prediction}\n",
             m.placement,
             m.batch,
             m.slots,
@@ -109,6 +116,14 @@ pub fn render(report: &BenchReport, floor_gbps: Option<f64>) -> String {
             "s/step: one pass over the blocks (median); wall s: per step, with the work between passes ({}, measured on the cells that stream nothing), which the predictions count and copies continue through\n",
             list.join(", ")
         ));
+    }
+    for m in &report.measurements {
+        if let Some(q) = &m.quality {
+            out.push_str(&format!(
+                "{} batch {}: first-step velocity against the bf16 `resident` cell: max |Δ| {:.4}, PSNR {:.1} dB\n",
+                m.placement, m.batch, q.max_abs_error, q.psnr_db
+            ));
+        }
     }
     // Two experts: whole runs, the switch included, against the resident run of the batch.
     let runs: BTreeMap<usize, f64> = report

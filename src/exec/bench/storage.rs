@@ -19,6 +19,10 @@ pub enum Storage {
     Q8_0,
     /// ComfyUI scaled fp8 matrices (`@fp8`).
     Fp8,
+    /// fp8 compute (`@fp8-compute`): the family's fp8 linears ([`crate::family::Family::
+    /// fp8_linear`]) as e4m3fn weights with their scale, multiplied in e4m3 on the compute
+    /// device; the other matrices as `@fp8`.
+    Fp8Compute,
 }
 
 impl Storage {
@@ -28,6 +32,7 @@ impl Storage {
             Storage::Plain => 0,
             Storage::Q8_0 => 1,
             Storage::Fp8 => 2,
+            Storage::Fp8Compute => 3,
         }
     }
 
@@ -37,6 +42,7 @@ impl Storage {
             Storage::Plain => "",
             Storage::Q8_0 => "@q8_0",
             Storage::Fp8 => "@fp8",
+            Storage::Fp8Compute => "@fp8-compute",
         }
     }
 
@@ -45,22 +51,37 @@ impl Storage {
             Storage::Plain => "copying blocks to host memory",
             Storage::Q8_0 => "quantising blocks to Q8_0 in host memory",
             Storage::Fp8 => "storing blocks as scaled fp8 in host memory",
+            Storage::Fp8Compute => "storing blocks as fp8 for fp8 compute in host memory",
         }
     }
 }
 
 /// The host copy of one generated tensor: its bytes as stored; for `Q8_0`, Q8_0 blocks for
 /// matrices (rank ≥ 2, whole blocks of 32), as city96's GGUF files store FLUX; for `Fp8`,
-/// matrices as ComfyUI scaled fp8 (e4m3fn, scale = max|w| / 448, as `*_fp8_scaled` files).
+/// matrices as ComfyUI scaled fp8 (e4m3fn, scale = max|w| / 448, as `*_fp8_scaled` files);
+/// for `Fp8Compute`, the same bytes, kept as e4m3 for the fp8 linears (`fp8_linear`).
 pub(super) fn host_tensor(
     name: &str,
     shape: &[usize],
     t: &Tensor,
     dtype: DType,
     storage: Storage,
+    fp8_linear: bool,
 ) -> candle_core::Result<HostTensor> {
     let numel: usize = shape.iter().product();
-    if storage == Storage::Fp8 && shape.len() >= 2 {
+    if storage == Storage::Fp8Compute && fp8_linear && shape.len() == 2 {
+        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let (q, scale) = crate::models::fp8::quantize_weight(&v);
+        return Ok(HostTensor {
+            name: name.to_string(),
+            dtype: DType::F8E4M3,
+            shape: shape.to_vec(),
+            bytes: Bytes::Owned(Arc::from(q)),
+            quant: None,
+            scale: Some(scale),
+        });
+    }
+    if matches!(storage, Storage::Fp8 | Storage::Fp8Compute) && shape.len() >= 2 {
         use rayon::prelude::*;
         let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let max = v.par_iter().map(|x| x.abs()).reduce(|| 0.0, f32::max);

@@ -209,24 +209,40 @@ pub fn h2d_gbps(
 }
 
 /// Page-locked copies of units, by unit name, kept across engines: pinning costs time per
-/// GiB, so a run pins each host-homed unit once and every engine built later reuses it.
+/// GiB, so a run pins each host-homed unit once and every engine built later reuses it. A
+/// copy is reused only for the same layout (places and sizes): the same unit stored another
+/// way (the benchmark's `@fp8` and `@fp8-compute` hold the same bytes in other regions) is
+/// pinned again.
 #[derive(Default)]
 pub struct PinnedPool {
-    bufs: HashMap<String, Arc<PinnedBuf>>,
+    bufs: HashMap<String, Entry>,
+}
+
+/// A pooled copy: its layout's key ([`layout_key`]) and the buffer.
+type Entry = (u64, Arc<PinnedBuf>);
+
+/// What a home buffer's layout is, as one number: its places (names, shapes, regions, offsets,
+/// compact types) and size.
+fn layout_key(layout: &Layout) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{:?}", layout.places).hash(&mut h);
+    layout.home_bytes.hash(&mut h);
+    h.finish()
 }
 
 impl PinnedPool {
     /// Total page-locked bytes held.
     pub fn bytes(&self) -> u64 {
-        self.bufs.values().map(|b| b.len() as u64).sum()
+        self.bufs.values().map(|b| b.1.len() as u64).sum()
     }
 
-    /// The buffer of unit `name` if the pool holds one of `len` bytes.
-    pub(super) fn get(&self, name: &str, len: usize) -> Option<Arc<PinnedBuf>> {
+    /// The buffer of unit `name` if the pool holds one with `layout`.
+    pub(super) fn get(&self, name: &str, layout: &Layout) -> Option<Arc<PinnedBuf>> {
         self.bufs
             .get(name)
-            .filter(|b| b.len() == len.max(1))
-            .cloned()
+            .filter(|(k, b)| *k == layout_key(layout) && b.len() == layout.home_bytes.max(1))
+            .map(|(_, b)| b.clone())
     }
 
     /// Pins every unit of `todo` (name, layout, data) not already held, in parallel.
@@ -238,9 +254,9 @@ impl PinnedPool {
         let mode = PinMode::from_env();
         let todo: Vec<_> = todo
             .into_iter()
-            .filter(|(n, l, _)| self.get(n, l.home_bytes).is_none())
+            .filter(|(n, l, _)| self.get(n, l).is_none())
             .collect();
-        let made: Vec<Result<(String, Arc<PinnedBuf>), EngineError>> = todo
+        let made: Vec<Result<(String, Entry), EngineError>> = todo
             .into_par_iter()
             .map(|(name, layout, data)| {
                 ctx.bind_to_thread()
@@ -250,7 +266,7 @@ impl PinnedPool {
                 let buf = PinnedBuf::new(ctx, layout.home_bytes, mode, |dst| {
                     fill_home_with(layout, data, dst, |d, b| b.copy_to(d))
                 })?;
-                Ok((name.to_string(), Arc::new(buf)))
+                Ok((name.to_string(), (layout_key(layout), Arc::new(buf))))
             })
             .collect();
         for m in made {

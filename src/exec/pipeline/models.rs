@@ -47,7 +47,7 @@ pub(crate) struct Ctx {
 
 pub(crate) fn candle_dtype(d: ComputeDtype) -> CDType {
     match d {
-        ComputeDtype::Bf16 => CDType::BF16,
+        ComputeDtype::Bf16 | ComputeDtype::Fp8 => CDType::BF16,
         ComputeDtype::F16 => CDType::F16,
         ComputeDtype::F32 => CDType::F32,
     }

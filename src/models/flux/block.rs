@@ -18,6 +18,8 @@ mod fused;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
+use crate::models::fp8::Lin;
+
 use super::config::Config;
 
 const NORM_EPS: f64 = 1e-6;
@@ -181,18 +183,18 @@ impl Modulation {
 /// `qkv`, `norm`, `proj` of one stream of a double block (BFL `SelfAttention`).
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    qkv: Linear,
+    qkv: Lin,
     norm: QkNorm,
-    proj: Linear,
+    proj: Lin,
 }
 
 impl SelfAttention {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            qkv: candle_nn::linear_b(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?,
+            qkv: Lin::new(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?,
             norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
-            proj: candle_nn::linear(h, h, vb.pp("proj"))?,
+            proj: Lin::new(h, h, true, vb.pp("proj"))?,
         })
     }
 }
@@ -200,16 +202,16 @@ impl SelfAttention {
 /// `0` → GELU (tanh approximation) → `2` (BFL's `nn.Sequential` MLP).
 #[derive(Debug, Clone)]
 struct Mlp {
-    l0: Linear,
-    l2: Linear,
+    l0: Lin,
+    l2: Lin,
 }
 
 impl Mlp {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let (h, m) = (cfg.hidden_size, cfg.mlp_hidden());
         Ok(Self {
-            l0: candle_nn::linear(h, m, vb.pp("0"))?,
-            l2: candle_nn::linear(m, h, vb.pp("2"))?,
+            l0: Lin::new(h, m, true, vb.pp("0"))?,
+            l2: Lin::new(m, h, true, vb.pp("2"))?,
         })
     }
 }
@@ -297,7 +299,7 @@ impl DoubleBlock {
         if fused::applies(
             img,
             img.dim(1)? / self.heads,
-            self.img.mlp.l0.weight().dim(0)?,
+            self.img.mlp.l0.weight_dims()?.0,
         )? {
             return fused::double(self, img, txt, vec, cos, sin);
         }
@@ -321,8 +323,8 @@ impl DoubleBlock {
 /// at once; `linear2` maps `[attention, gelu(mlp)]` back.
 #[derive(Debug, Clone)]
 pub struct SingleBlock {
-    linear1: Linear,
-    linear2: Linear,
+    linear1: Lin,
+    linear2: Lin,
     norm: QkNorm,
     modulation: Modulation,
     hidden: usize,
@@ -334,8 +336,8 @@ impl SingleBlock {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let (h, m) = (cfg.hidden_size, cfg.mlp_hidden());
         Ok(Self {
-            linear1: candle_nn::linear(h, 3 * h + m, vb.pp("linear1"))?,
-            linear2: candle_nn::linear(h + m, h, vb.pp("linear2"))?,
+            linear1: Lin::new(h, 3 * h + m, true, vb.pp("linear1"))?,
+            linear2: Lin::new(h + m, h, true, vb.pp("linear2"))?,
             norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
             modulation: Modulation::new(h, 3, vb.pp("modulation"))?,
             hidden: h,
@@ -349,7 +351,7 @@ impl SingleBlock {
         if fused::applies(
             x,
             self.hidden / self.heads,
-            self.linear2.weight().dim(1)? - self.hidden,
+            self.linear2.weight_dims()?.1 - self.hidden,
         )? {
             return fused::single(self, x, vec, cos, sin);
         }

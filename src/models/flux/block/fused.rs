@@ -4,7 +4,8 @@
 //! cuBLAS, without their bias, which the next fused kernel adds.
 
 use candle_core::{DType, Result, Tensor};
-use candle_nn::Linear;
+
+use crate::models::fp8::Lin;
 
 use super::{DoubleBlock, LastLayer, ModOut, QkNorm, SingleBlock, Stream};
 use crate::models::flux::kernels::{self, QkvSegment};
@@ -19,19 +20,16 @@ pub(super) fn applies(x: &Tensor, head_dim: usize, mlp_hidden: usize) -> Result<
         && kernels::settings()?.kernels)
 }
 
-/// `x · wᵀ` without the bias.
-fn matmul_t(x: &Tensor, lin: &Linear) -> Result<Tensor> {
-    x.matmul(&lin.weight().t()?)
+/// `x · wᵀ` without the bias (an fp8 layer: e4m3 tensor-core GEMM).
+fn matmul_t(x: &Tensor, lin: &Lin) -> Result<Tensor> {
+    lin.matmul_t(x)
 }
 
-/// The layer's bias, or zeros of its output width.
-fn bias(lin: &Linear) -> Result<Tensor> {
+/// The layer's bias, or zeros of its output width in the dtype of `like` (the activations).
+fn bias(lin: &Lin, like: &Tensor) -> Result<Tensor> {
     match lin.bias() {
         Some(b) => Ok(b.clone()),
-        None => {
-            let w = lin.weight();
-            Tensor::zeros(w.dim(0)?, w.dtype(), w.device())
-        }
+        None => Tensor::zeros(lin.weight_dims()?.0, like.dtype(), like.device()),
     }
 }
 
@@ -53,12 +51,12 @@ fn post_attention(
     m2: &ModOut,
 ) -> Result<Tensor> {
     let proj = matmul_t(attn, &s.attn.proj)?;
-    let x = kernels::gated_residual(x, &proj, &bias(&s.attn.proj)?, &m1.gate)?;
+    let x = kernels::gated_residual(x, &proj, &bias(&s.attn.proj, x)?, &m1.gate)?;
     let h = matmul_t(&kernels::ln_modulate(&x, &m2.shift, &m2.scale)?, &s.mlp.l0)?;
     let width = h.dim(1)?;
-    let h = kernels::cat_gelu(None, &h, 0, width, &bias(&s.mlp.l0)?)?;
+    let h = kernels::cat_gelu(None, &h, 0, width, &bias(&s.mlp.l0, &x)?)?;
     let y = matmul_t(&h, &s.mlp.l2)?;
-    kernels::gated_residual(&x, &y, &bias(&s.mlp.l2)?, &m2.gate)
+    kernels::gated_residual(&x, &y, &bias(&s.mlp.l2, &x)?, &m2.gate)
 }
 
 /// [`DoubleBlock::forward`] on the fused path.
@@ -82,7 +80,7 @@ pub(super) fn double(
         &kernels::ln_modulate(txt, &tm1.shift, &tm1.scale)?,
         &b.txt.attn.qkv,
     )?;
-    let (img_b, txt_b) = (bias(&b.img.attn.qkv)?, bias(&b.txt.attn.qkv)?);
+    let (img_b, txt_b) = (bias(&b.img.attn.qkv, img)?, bias(&b.txt.attn.qkv, txt)?);
     // Text first, as the reference concatenates [txt, img].
     let qkv = kernels::qkv_rope(
         &[
@@ -113,14 +111,14 @@ pub(super) fn single(
     let fused = matmul_t(&kernels::ln_modulate(x, &m.shift, &m.scale)?, &b.linear1)?;
     let qkv_w = 3 * b.hidden;
     let mlp_w = fused.dim(1)? - qkv_w;
-    let b1 = bias(&b.linear1)?;
+    let b1 = bias(&b.linear1, x)?;
     let qkv_b = b1.narrow(0, 0, qkv_w)?;
     let mlp_b = b1.narrow(0, qkv_w, mlp_w)?;
     let qkv = kernels::qkv_rope(&[segment(&fused, &qkv_b, &b.norm)], b.heads, cos, sin)?;
     let attn = kernels::attention(&qkv)?;
     let cat = kernels::cat_gelu(Some(&attn), &fused, qkv_w, mlp_w, &mlp_b)?;
     let out = matmul_t(&cat, &b.linear2)?;
-    kernels::gated_residual(x, &out, &bias(&b.linear2)?, &m.gate)
+    kernels::gated_residual(x, &out, &bias(&b.linear2, x)?, &m.gate)
 }
 
 /// [`LastLayer::forward`] on the fused path (the LayerNorm and modulation in one kernel).

@@ -1,0 +1,462 @@
+//! The fp8 linear layer on a CUDA GPU: the activations are rounded to e4m3fn by the kernel of
+//! `quant.cu`, then cuBLASLt multiplies e4m3 × e4m3 on the tensor cores with f32 accumulation,
+//! the weight's scale applied through `CUBLASLT_MATMUL_DESC_A_SCALE_POINTER` (a device
+//! pointer, so a streamed weight's scale needs no host round trip), and writes bf16/f16.
+//!
+//! Layout (cuBLAS is column-major): `D[N, M]ᵀ = op(A)·B` with `A` = the weight `[N, K]`
+//! row-major (= `K × N` column-major, `TRANSA = T`) and `B` = the quantised activations
+//! `[M, K]` row-major (`K × M`, `TRANSB = N`): the "TN" form fp8 GEMMs require. `D` is
+//! `[M, N]` row-major. `K` and `N` must be multiples of 16 and every pointer 16-byte aligned.
+//!
+//! One cuBLASLt handle and a 32 MiB workspace per device, and one descriptor set with its
+//! heuristic's algorithm per shape, are made on first use and kept: the algorithm, and so the
+//! summation order, is fixed for a process, whatever the weights' placement.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{
+    bail, CpuStorage, CudaDevice, CudaStorage, CustomOp1, DType, Layout, Result, Shape, Storage,
+    Tensor,
+};
+use cudarc::cublaslt::{result as lt, sys};
+
+const QUANT_MODULE: &str = "mgpu_fp8_quant";
+const QUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fp8_quant.ptx"));
+/// cuBLASLt's workspace per device (NVIDIA recommends 32 MiB on Hopper).
+const WORKSPACE: usize = 32 << 20;
+
+fn lt_err(what: &str) -> impl Fn(lt::CublasError) -> candle_core::Error + '_ {
+    move |e| candle_core::Error::Msg(format!("fp8 linear: cuBLASLt {what}: {e}"))
+}
+
+/// One shape's descriptors and algorithm.
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    a: sys::cublasLtMatrixLayout_t,
+    b: sys::cublasLtMatrixLayout_t,
+    d: sys::cublasLtMatrixLayout_t,
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+/// A device's cuBLASLt handle, workspace and plans by `(m, n, k, output dtype)`.
+struct State {
+    handle: sys::cublasLtHandle_t,
+    workspace: CudaSlice<u8>,
+    plans: HashMap<(usize, usize, usize, DType), Plan>,
+}
+
+// SAFETY: the raw cuBLASLt handles are only used under the `STATES` mutex, one call at a time;
+// cuBLASLt handles and descriptors may be used from any thread.
+unsafe impl Send for State {}
+
+fn states() -> &'static Mutex<HashMap<usize, State>> {
+    static S: OnceLock<Mutex<HashMap<usize, State>>> = OnceLock::new();
+    S.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn cuda_dtype(d: DType) -> Result<sys::cudaDataType> {
+    Ok(match d {
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        DType::F8E4M3 => sys::cudaDataType::CUDA_R_8F_E4M3,
+        d => bail!("fp8 linear: no cuBLASLt type for {d:?}"),
+    })
+}
+
+impl Plan {
+    /// Descriptors for `D[m, n] = op(A)[m, k] · B[k, n]` (cuBLAS terms) and the heuristic's
+    /// first algorithm.
+    fn new(st: &State, m: usize, n: usize, k: usize, out: DType) -> Result<Self> {
+        let e8 = cuda_dtype(DType::F8E4M3)?;
+        let od = cuda_dtype(out)?;
+        let desc = lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(lt_err("matmul descriptor"))?;
+        let set = |attr, v: i32| {
+            // SAFETY: `desc` is live; the attribute takes an i32.
+            unsafe { lt::set_matmul_desc_attribute(desc, attr, (&v) as *const i32 as *const _, 4) }
+                .map_err(lt_err("transpose attribute"))
+        };
+        set(
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+            1, /* CUBLAS_OP_T */
+        )?;
+        set(
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+            0, /* CUBLAS_OP_N */
+        )?;
+        // An int8_t attribute: cuBLASLt's "fast accumulation" of fp8 products (off: the
+        // products are summed at full f32 precision; `MGPU_FP8_FAST_ACCUM=1` to measure).
+        let fast = i8::from(std::env::var("MGPU_FP8_FAST_ACCUM").is_ok_and(|v| v == "1"));
+        // SAFETY: `desc` is live; the attribute takes an int8_t.
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_FAST_ACCUM,
+                (&fast) as *const i8 as *const _,
+                1,
+            )
+        }
+        .map_err(lt_err("fast-accumulation attribute"))?;
+        let layout = |t, rows: usize, cols: usize| {
+            lt::create_matrix_layout(t, rows as u64, cols as u64, rows as i64)
+                .map_err(lt_err("matrix layout"))
+        };
+        let a = layout(e8, k, m)?;
+        let b = layout(e8, k, n)?;
+        let d = layout(od, m, n)?;
+        let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
+        let ws = WORKSPACE as u64;
+        // SAFETY: `pref` is live; the attribute takes a u64.
+        unsafe {
+            lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&ws) as *const u64 as *const _,
+                8,
+            )
+        }
+        .map_err(lt_err("workspace preference"))?;
+        // SAFETY: every descriptor is live.
+        let h = unsafe { lt::get_matmul_algo_heuristic(st.handle, desc, a, b, d, d, pref) };
+        // SAFETY: `pref` is not used after this.
+        unsafe { lt::destroy_matmul_pref(pref) }.map_err(lt_err("preference"))?;
+        let h = h.map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "fp8 linear: cuBLASLt has no fp8 GEMM for {m}×{n}×{k} on this GPU ({e}); fp8 compute needs compute capability 8.9 or newer (Ada, Hopper)"
+            ))
+        })?;
+        Ok(Plan {
+            desc,
+            a,
+            b,
+            d,
+            algo: h.algo,
+        })
+    }
+}
+
+/// The GEMM's output buffer, typed.
+enum Out {
+    Bf16(CudaSlice<half::bf16>),
+    F16(CudaSlice<half::f16>),
+}
+
+impl Out {
+    fn new(dev: &CudaDevice, dtype: DType, len: usize) -> Result<Self> {
+        // SAFETY: the GEMM writes every element before anything reads it.
+        Ok(match dtype {
+            DType::BF16 => Out::Bf16(unsafe { dev.alloc::<half::bf16>(len)? }),
+            _ => Out::F16(unsafe { dev.alloc::<half::f16>(len)? }),
+        })
+    }
+
+    fn ptr(&self, stream: &candle_core::cuda_backend::cudarc::driver::CudaStream) -> u64 {
+        match self {
+            Out::Bf16(s) => s.device_ptr(stream).0,
+            Out::F16(s) => s.device_ptr(stream).0,
+        }
+    }
+
+    fn into_slice(self) -> candle_core::cuda_backend::CudaStorageSlice {
+        match self {
+            Out::Bf16(s) => candle_core::cuda_backend::CudaStorageSlice::BF16(s),
+            Out::F16(s) => candle_core::cuda_backend::CudaStorageSlice::F16(s),
+        }
+    }
+}
+
+/// The op: `x [rows, K]` (bf16/f16) → `[rows, N]` in the same dtype.
+struct Fp8Linear {
+    w: Tensor,
+    scale: Tensor,
+}
+
+fn cuda_ptr(
+    t: &Tensor,
+    stream: &candle_core::cuda_backend::cudarc::driver::CudaStream,
+    what: &str,
+) -> Result<u64> {
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cuda(cs) = &*s else {
+        bail!("fp8 linear: the {what} is not on a CUDA device")
+    };
+    if !l.is_contiguous() {
+        bail!("fp8 linear: the {what} is not contiguous")
+    }
+    let size = t.dtype().size_in_bytes() as u64;
+    let base = match t.dtype() {
+        DType::F8E4M3 => cs.as_cuda_slice::<float8::F8E4M3>()?.device_ptr(stream).0,
+        DType::F32 => cs.as_cuda_slice::<f32>()?.device_ptr(stream).0,
+        d => bail!("fp8 linear: the {what} is {d:?}"),
+    };
+    Ok(base + l.start_offset() as u64 * size)
+}
+
+impl CustomOp1 for Fp8Linear {
+    fn name(&self) -> &'static str {
+        "fp8-linear"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("fp8-linear is a CUDA op; the CPU computes models::fp8::reference_matmul_t")
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev: &CudaDevice = &s.device;
+        let (rows, k) = l.shape().dims2()?;
+        let (n, wk) = self.w.dims2()?;
+        if wk != k || !k.is_multiple_of(16) || !n.is_multiple_of(16) {
+            bail!(
+                "fp8 linear: {rows}×{k} · ({n}×{wk})ᵀ: the inner sizes must agree and both K and N be multiples of 16"
+            )
+        }
+        if !l.is_contiguous() || !l.start_offset().is_multiple_of(8) {
+            bail!("fp8 linear: the input must be contiguous at an offset divisible by 8")
+        }
+        let stream = dev.cuda_stream();
+        let out_dtype = s.dtype();
+        // 1. Activations → e4m3.
+        let mut xq = unsafe { dev.alloc::<u8>(rows * k)? };
+        let n8 = (rows * k / 8) as u64;
+        let suffix = match out_dtype {
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            d => bail!("fp8 linear: activations in {d:?} (fp8 compute runs in bf16 or f16)"),
+        };
+        let f = dev.get_or_load_custom_func(
+            &format!("quantize_e4m3_{suffix}"),
+            QUANT_MODULE,
+            QUANT_PTX,
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (n8.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let xptr = match out_dtype {
+            DType::BF16 => {
+                s.as_cuda_slice::<half::bf16>()?.device_ptr(&stream).0 + 2 * l.start_offset() as u64
+            }
+            _ => {
+                s.as_cuda_slice::<half::f16>()?.device_ptr(&stream).0 + 2 * l.start_offset() as u64
+            }
+        };
+        {
+            let mut b = f.builder();
+            b.arg(&xptr).arg(&mut xq).arg(&n8);
+            // SAFETY: `xptr` holds rows·k 2-byte values (a multiple of 8: k is), `xq` rows·k bytes.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        // 2. The GEMM.
+        let out = Out::new(dev, out_dtype, rows * n)?;
+        let wptr = cuda_ptr(&self.w, &stream, "weight")?;
+        let sptr = cuda_ptr(&self.scale, &stream, "scale")?;
+        let qptr = xq.device_ptr(&stream).0;
+        let dptr = out.ptr(&stream);
+        for (p, what) in [(wptr, "weight"), (qptr, "activations"), (dptr, "output")] {
+            if p % 16 != 0 {
+                bail!("fp8 linear: the {what} is not 16-byte aligned")
+            }
+        }
+        let ordinal = stream.context().ordinal();
+        stream.context().bind_to_thread().w()?;
+        let mut all = states().lock().map_err(|_| {
+            candle_core::Error::Msg("fp8 linear: a thread panicked holding cuBLASLt".into())
+        })?;
+        let st = match all.entry(ordinal) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let handle = lt::create_handle().map_err(lt_err("handle"))?;
+                // SAFETY: cuBLASLt's workspace; nothing reads it before cuBLASLt writes it.
+                let workspace = unsafe { dev.alloc::<u8>(WORKSPACE)? };
+                v.insert(State {
+                    handle,
+                    workspace,
+                    plans: HashMap::new(),
+                })
+            }
+        };
+        let key = (n, rows, k, out_dtype);
+        if !st.plans.contains_key(&key) {
+            let p = Plan::new(st, n, rows, k, out_dtype)?;
+            st.plans.insert(key, p);
+        }
+        let plan = &st.plans[&key];
+        // SAFETY: the descriptor is live; the attribute takes a device pointer.
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                plan.desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                (&sptr) as *const u64 as *const _,
+                8,
+            )
+        }
+        .map_err(lt_err("scale pointer"))?;
+        let (alpha, beta) = (1f32, 0f32);
+        let wsp = st.workspace.device_ptr(&stream).0;
+        // SAFETY: pointers are live device buffers of the sizes the layouts describe, on this
+        // stream; alpha and beta are host f32 (the default pointer mode).
+        unsafe {
+            lt::matmul(
+                st.handle,
+                plan.desc,
+                (&alpha) as *const f32 as *const _,
+                (&beta) as *const f32 as *const _,
+                wptr as *const _,
+                plan.a,
+                qptr as *const _,
+                plan.b,
+                dptr as *const _,
+                plan.d,
+                dptr as *mut _,
+                plan.d,
+                &plan.algo,
+                wsp as *mut _,
+                WORKSPACE,
+                stream.cu_stream() as *mut _,
+            )
+        }
+        .map_err(lt_err("matmul"))?;
+        drop(all);
+        let slice = out.into_slice();
+        Ok((
+            CudaStorage {
+                slice,
+                device: dev.clone(),
+            },
+            Shape::from((rows, n)),
+        ))
+    }
+}
+
+/// [`super::matmul_t`] on a CUDA device.
+pub fn matmul_t(x: &Tensor, w: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&Fp8Linear {
+        w: w.contiguous()?,
+        scale: scale.contiguous()?,
+    })
+}
+
+/// Runs the activation rounding over every bf16 and f16 bit pattern and compares it with the
+/// CPU's ([`super::quantize_e4m3`]), then one GEMM per shape against the CPU reference
+/// (agreement to f32 summation order: a relative error under 1e-3 of the row's magnitude).
+/// Returns what differs (empty: all agree).
+pub fn check(device: &candle_core::Device) -> Result<Vec<String>> {
+    use candle_core::Device;
+    let mut fails = Vec::new();
+    let bits: Vec<u16> = (0..=u16::MAX).collect();
+    for dt in [DType::BF16, DType::F16] {
+        let vals: Vec<f32> = bits
+            .iter()
+            .map(|&b| match dt {
+                DType::BF16 => half::bf16::from_bits(b).to_f32(),
+                _ => half::f16::from_bits(b).to_f32(),
+            })
+            .collect();
+        let want = super::quantize_e4m3(&vals);
+        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let x = Tensor::from_raw_buffer(&bytes, dt, &[1, bits.len()], device)?;
+        // Through the op with an identity-like weight is not needed: call the kernel alone.
+        let got = quantize_only(&x)?;
+        let bad = want
+            .iter()
+            .zip(&got)
+            .enumerate()
+            .filter(|(_, (a, b))| {
+                // NaN encodings may differ in sign/payload; both must be NaN.
+                let (fa, fb) = (
+                    float8::F8E4M3::from_bits(**a).to_f32(),
+                    float8::F8E4M3::from_bits(**b).to_f32(),
+                );
+                !(a == b || (fa.is_nan() && fb.is_nan()))
+            })
+            .count();
+        if bad > 0 {
+            fails.push(format!(
+                "{bad} of 65536 {dt:?} patterns round to a different e4m3 value"
+            ));
+        }
+    }
+    for (rows, k, n) in [(1, 64, 16), (77, 3072, 256), (512, 256, 4096)] {
+        let xv: Vec<f32> = (0..rows * k)
+            .map(|i| (((i * 7919) % 2003) as f32 - 1001.0) / 150.0)
+            .collect();
+        let wv: Vec<f32> = (0..n * k)
+            .map(|i| (((i * 104729) % 1999) as f32 - 999.0) / 800.0)
+            .collect();
+        let (wq, s) = super::quantize_weight(&wv);
+        let x = Tensor::from_vec(xv, (rows, k), &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let w = Tensor::from_raw_buffer(&wq, DType::F8E4M3, &[n, k], &Device::Cpu)?;
+        let sc = Tensor::new(&[s], &Device::Cpu)?;
+        let want = super::reference_matmul_t(&x, &w, &sc)?;
+        let got = matmul_t(
+            &x.to_device(device)?,
+            &w.to_device(device)?,
+            &sc.to_device(device)?,
+        )?
+        .to_device(&Device::Cpu)?;
+        let (max_err, psnr) = super::compare(&got, &want)?;
+        let peak = want
+            .to_dtype(DType::F32)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        // Both round an f32 sum to bf16 (2⁻⁸ relative); the sums differ only in order.
+        if max_err > peak * 1.0e-2 {
+            fails.push(format!(
+                "{rows}×{k}·{n}: max |GPU − CPU| {max_err} against a peak of {peak} (PSNR {psnr:.1} dB)"
+            ));
+        }
+    }
+    Ok(fails)
+}
+
+/// The activation rounding alone: `x` (bf16/f16, element count a multiple of 8) → e4m3 bytes.
+fn quantize_only(x: &Tensor) -> Result<Vec<u8>> {
+    let n = x.elem_count();
+    if !n.is_multiple_of(8) {
+        bail!("quantize: {n} values is not a multiple of 8")
+    }
+    let candle_core::Device::Cuda(dev) = x.device() else {
+        bail!("quantize: not a CUDA tensor")
+    };
+    let stream = dev.cuda_stream();
+    let (s, l) = x.storage_and_layout();
+    let Storage::Cuda(cs) = &*s else {
+        bail!("quantize: not a CUDA tensor")
+    };
+    let (ptr, suffix) = match x.dtype() {
+        DType::BF16 => (
+            cs.as_cuda_slice::<half::bf16>()?.device_ptr(&stream).0,
+            "bf16",
+        ),
+        _ => (
+            cs.as_cuda_slice::<half::f16>()?.device_ptr(&stream).0,
+            "f16",
+        ),
+    };
+    let ptr = ptr + 2 * l.start_offset() as u64;
+    let mut out = unsafe { dev.alloc::<u8>(n)? };
+    let f =
+        dev.get_or_load_custom_func(&format!("quantize_e4m3_{suffix}"), QUANT_MODULE, QUANT_PTX)?;
+    let n8 = (n / 8) as u64;
+    let mut b = f.builder();
+    b.arg(&ptr).arg(&mut out).arg(&n8);
+    let cfg = LaunchConfig {
+        grid_dim: (n8.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: `ptr` holds n 2-byte values, `out` n bytes.
+    unsafe { b.launch(cfg) }.w()?;
+    stream.clone_dtoh(&out).w()
+}
