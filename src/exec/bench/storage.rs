@@ -7,7 +7,6 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 
 use super::super::unit::{Bytes, HostTensor};
-use crate::weights::lora::math;
 use crate::weights::DType as W;
 
 /// How a placement's blocks are stored.
@@ -69,40 +68,21 @@ pub(super) fn host_tensor(
     fp8_linear: bool,
 ) -> candle_core::Result<HostTensor> {
     let numel: usize = shape.iter().product();
-    if storage == Storage::Fp8Compute && fp8_linear && shape.len() == 2 {
+    if matches!(storage, Storage::Fp8 | Storage::Fp8Compute) && shape.len() >= 2 {
         let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let (q, scale) = crate::models::fp8::quantize_weight(&v);
-        return Ok(HostTensor {
-            name: name.to_string(),
-            dtype: DType::F8E4M3,
-            shape: shape.to_vec(),
-            bytes: Bytes::Owned(Arc::from(q)),
-            quant: None,
-            scale: Some(scale),
-        });
-    }
-    if matches!(storage, Storage::Fp8 | Storage::Fp8Compute) && shape.len() >= 2 {
-        use rayon::prelude::*;
-        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let max = v.par_iter().map(|x| x.abs()).reduce(|| 0.0, f32::max);
-        let scale = if max > 0.0 && max.is_finite() {
-            max / 448.0
+        // fp8 compute keeps its linears' bytes e4m3 on the device; the rest are widened.
+        let (dtype, quant) = if storage == Storage::Fp8Compute && fp8_linear && shape.len() == 2 {
+            (DType::F8E4M3, None)
         } else {
-            1.0
+            (dtype, Some(W::F8_E4M3))
         };
-        let mut q = vec![0u8; v.len()];
-        const CHUNK: usize = 1 << 16;
-        v.par_chunks(CHUNK)
-            .zip(q.par_chunks_mut(CHUNK))
-            .for_each(|(v, q)| {
-                math::encode(W::F8_E4M3, v, Some(scale), q);
-            });
         return Ok(HostTensor {
             name: name.to_string(),
             dtype,
             shape: shape.to_vec(),
             bytes: Bytes::Owned(Arc::from(q)),
-            quant: Some(W::F8_E4M3),
+            quant,
             scale: Some(scale),
         });
     }

@@ -225,37 +225,7 @@ impl CustomOp1 for Fp8Linear {
         let stream = dev.cuda_stream();
         let out_dtype = s.dtype();
         // 1. Activations → e4m3.
-        let mut xq = unsafe { dev.alloc::<u8>(rows * k)? };
-        let n8 = (rows * k / 8) as u64;
-        let suffix = match out_dtype {
-            DType::BF16 => "bf16",
-            DType::F16 => "f16",
-            d => bail!("fp8 linear: activations in {d:?} (fp8 compute runs in bf16 or f16)"),
-        };
-        let f = dev.get_or_load_custom_func(
-            &format!("quantize_e4m3_{suffix}"),
-            QUANT_MODULE,
-            QUANT_PTX,
-        )?;
-        let cfg = LaunchConfig {
-            grid_dim: (n8.div_ceil(256) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let xptr = match out_dtype {
-            DType::BF16 => {
-                s.as_cuda_slice::<half::bf16>()?.device_ptr(&stream).0 + 2 * l.start_offset() as u64
-            }
-            _ => {
-                s.as_cuda_slice::<half::f16>()?.device_ptr(&stream).0 + 2 * l.start_offset() as u64
-            }
-        };
-        {
-            let mut b = f.builder();
-            b.arg(&xptr).arg(&mut xq).arg(&n8);
-            // SAFETY: `xptr` holds rows·k 2-byte values (a multiple of 8: k is), `xq` rows·k bytes.
-            unsafe { b.launch(cfg) }.w()?;
-        }
+        let xq = quantize(dev, s, l)?;
         // 2. The GEMM.
         let out = Out::new(dev, out_dtype, rows * n)?;
         let wptr = cuda_ptr(&self.w, &stream, "weight")?;
@@ -420,43 +390,51 @@ pub fn check(device: &candle_core::Device) -> Result<Vec<String>> {
     Ok(fails)
 }
 
-/// The activation rounding alone: `x` (bf16/f16, element count a multiple of 8) → e4m3 bytes.
-fn quantize_only(x: &Tensor) -> Result<Vec<u8>> {
-    let n = x.elem_count();
-    if !n.is_multiple_of(8) {
-        bail!("quantize: {n} values is not a multiple of 8")
+/// The activation rounding (`quant.cu`) of `s` at layout `l` (bf16/f16, contiguous, an
+/// element count divisible by 8, 16-byte aligned): one e4m3 byte per value, on `s`'s stream.
+fn quantize(dev: &CudaDevice, s: &CudaStorage, l: &Layout) -> Result<CudaSlice<u8>> {
+    let n = l.shape().elem_count();
+    if !l.is_contiguous() || !n.is_multiple_of(8) || !l.start_offset().is_multiple_of(8) {
+        bail!(
+            "fp8 rounding: the input must be contiguous, at an offset and of a size divisible by 8"
+        )
     }
-    let candle_core::Device::Cuda(dev) = x.device() else {
-        bail!("quantize: not a CUDA tensor")
-    };
     let stream = dev.cuda_stream();
-    let (s, l) = x.storage_and_layout();
-    let Storage::Cuda(cs) = &*s else {
-        bail!("quantize: not a CUDA tensor")
-    };
-    let (ptr, suffix) = match x.dtype() {
+    let (base, suffix) = match s.dtype() {
         DType::BF16 => (
-            cs.as_cuda_slice::<half::bf16>()?.device_ptr(&stream).0,
+            s.as_cuda_slice::<half::bf16>()?.device_ptr(&stream).0,
             "bf16",
         ),
-        _ => (
-            cs.as_cuda_slice::<half::f16>()?.device_ptr(&stream).0,
-            "f16",
-        ),
+        DType::F16 => (s.as_cuda_slice::<half::f16>()?.device_ptr(&stream).0, "f16"),
+        d => bail!("fp8 rounding: activations in {d:?} (fp8 compute runs in bf16 or f16)"),
     };
-    let ptr = ptr + 2 * l.start_offset() as u64;
+    let ptr = base + 2 * l.start_offset() as u64;
+    // SAFETY: the kernel writes every byte before anything reads it.
     let mut out = unsafe { dev.alloc::<u8>(n)? };
     let f =
         dev.get_or_load_custom_func(&format!("quantize_e4m3_{suffix}"), QUANT_MODULE, QUANT_PTX)?;
     let n8 = (n / 8) as u64;
-    let mut b = f.builder();
-    b.arg(&ptr).arg(&mut out).arg(&n8);
     let cfg = LaunchConfig {
         grid_dim: (n8.div_ceil(256) as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
+    let mut b = f.builder();
+    b.arg(&ptr).arg(&mut out).arg(&n8);
     // SAFETY: `ptr` holds n 2-byte values, `out` n bytes.
     unsafe { b.launch(cfg) }.w()?;
-    stream.clone_dtoh(&out).w()
+    Ok(out)
+}
+
+/// The activation rounding alone, read back: `x` (bf16/f16) → e4m3 bytes.
+fn quantize_only(x: &Tensor) -> Result<Vec<u8>> {
+    let candle_core::Device::Cuda(dev) = x.device() else {
+        bail!("quantize: not a CUDA tensor")
+    };
+    let (s, l) = x.storage_and_layout();
+    let Storage::Cuda(cs) = &*s else {
+        bail!("quantize: not a CUDA tensor")
+    };
+    let out = quantize(dev, cs, l)?;
+    dev.cuda_stream().clone_dtoh(&out).w()
 }

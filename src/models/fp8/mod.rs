@@ -219,6 +219,16 @@ mod tests {
     use candle_core::Device;
     use std::collections::HashMap;
 
+    /// A tensor's values as f32, flattened.
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn quantize_rounds_to_nearest_even_and_saturates() {
         let q = quantize_e4m3(&[0.0, 1.0, 1.0625, 1.1875, 500.0, -1e9, f32::NAN, 0.001953125]);
@@ -277,13 +287,7 @@ mod tests {
         let y = lin.forward(&x).unwrap();
         assert_eq!(y.dtype(), DType::BF16);
         // By hand: quantised x (from its bf16 values), widened w, f32 sums, × s, bf16, + bias.
-        let xb = x
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let xb = values(&x);
         let x8: Vec<f32> = quantize_e4m3(&xb)
             .iter()
             .map(|&b| float8::F8E4M3::from_bits(b).to_f32())
@@ -292,13 +296,7 @@ mod tests {
             .iter()
             .map(|&b| float8::F8E4M3::from_bits(b).to_f32())
             .collect();
-        let got = y
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let got = values(&y);
         for r in 0..rows {
             for c in 0..n {
                 let dot: f32 = (0..k).map(|j| x8[r * k + j] * w8[c * k + j]).sum::<f32>() * s;
