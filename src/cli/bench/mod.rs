@@ -167,6 +167,12 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
             }
             DeviceName::Disk => bail!("--device disk cannot compute"),
         };
+        // As the executor runs: freed activations stay mapped (otherwise every synchronised
+        // call would also time re-mapping its outputs).
+        #[cfg(feature = "cuda")]
+        if device.is_cuda() {
+            crate::exec::cuda::keep_pool_memory(&device)?;
+        }
         let rows = match &model {
             BenchModel::Flux(_) => bench::profile_ops(&device, dtype)?,
             BenchModel::Wan(c) => {

@@ -112,6 +112,96 @@ pub fn profile_ops(device: &Device, dtype: DType) -> candle_core::Result<Vec<(St
         time("kernel: gated_residual [4608,3072]", &|| {
             kern::gated_residual(&x, &y, &vh1, &vh2)
         })?;
+        out.extend(profile_fp8_linears(device)?);
+    }
+    Ok(out)
+}
+
+/// The linear layers of one FLUX-dev step at 1024² (batch 1), bf16 against fp8 compute: per
+/// shape the bf16 cuBLAS product, the fp8 op the model runs (activation rounding + the
+/// heuristic's GEMM), and from [`crate::models::fp8::cuda::sweep`] the fastest GEMM that gives
+/// the model's bits and the fastest of any (fast accumulation included); then the sums over a
+/// step (each shape times its count).
+#[cfg(feature = "cuda")]
+fn profile_fp8_linears(device: &Device) -> candle_core::Result<Vec<(String, f64)>> {
+    use crate::models::fp8;
+    // (name, rows, in, out, per step): the double blocks' image and text streams, the single
+    // blocks' fused linears.
+    const SHAPES: &[(&str, usize, usize, usize, usize)] = &[
+        ("img qkv", 4096, 3072, 9216, 19),
+        ("txt qkv", 512, 3072, 9216, 19),
+        ("img proj", 4096, 3072, 3072, 19),
+        ("txt proj", 512, 3072, 3072, 19),
+        ("img mlp.0", 4096, 3072, 12288, 19),
+        ("txt mlp.0", 512, 3072, 12288, 19),
+        ("img mlp.2", 4096, 12288, 3072, 19),
+        ("txt mlp.2", 512, 12288, 3072, 19),
+        ("linear1", 4608, 3072, 21504, 38),
+        ("linear2", 4608, 15360, 3072, 38),
+    ];
+    let mut out = Vec::new();
+    let mut sums = [0f64; 5];
+    for &(name, rows, k, n, count) in SHAPES {
+        let x = Tensor::randn(0f32, 1.0, (rows, k), device)?.to_dtype(DType::BF16)?;
+        let w = Tensor::randn(0f32, 0.02, (n, k), device)?.to_dtype(DType::BF16)?;
+        let bf16 = median_ms(device, 3, 10, &|| x.matmul(&w.t()?))?;
+        let w32 = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let (wq, s) = fp8::quantize_weight(&w32);
+        let w8 = Tensor::from_raw_buffer(&wq, DType::F8E4M3, &[n, k], device)?;
+        let sc = Tensor::new(&[s], device)?;
+        let op = median_ms(device, 3, 10, &|| fp8::matmul_t(&x, &w8, &sc))?;
+        let algos = fp8::cuda::sweep(device, rows, k, n, 16, 10)?;
+        let first = algos.first().map_or(f64::NAN, |a| a.ms);
+        let best = |pick: &dyn Fn(&fp8::cuda::AlgoTiming) -> bool| {
+            algos
+                .iter()
+                .filter(|a| pick(a))
+                .min_by(|a, b| a.ms.total_cmp(&b.ms))
+                .cloned()
+        };
+        let same = best(&|a| a.same_bits);
+        let any = best(&|_| true);
+        let tag = format!("{name} [{rows},{k}]x[{n},{k}]^T (x{count}/step)");
+        out.push((format!("{tag}: bf16 cuBLAS"), bf16));
+        out.push((format!("{tag}: fp8 op (rounding + GEMM)"), op));
+        out.push((
+            format!("{tag}: fp8 GEMM, heuristic's first of {}", algos.len()),
+            first,
+        ));
+        for (what, a) in [("same bits", &same), ("any", &any)] {
+            if let Some(a) = a {
+                out.push((
+                    format!(
+                        "{tag}: fp8 GEMM, fastest ({what}): {}{}",
+                        a.config,
+                        if a.fast_accum { ", fast accum" } else { "" }
+                    ),
+                    a.ms,
+                ));
+            }
+        }
+        let c = count as f64;
+        for (sum, v) in sums.iter_mut().zip([
+            bf16,
+            op,
+            first,
+            same.as_ref().map_or(first, |a| a.ms),
+            any.as_ref().map_or(first, |a| a.ms),
+        ]) {
+            *sum += c * v;
+        }
+    }
+    for (what, v) in [
+        "bf16 cuBLAS",
+        "fp8 op",
+        "fp8 GEMM, heuristic",
+        "fp8 GEMM, fastest same bits",
+        "fp8 GEMM, fastest any",
+    ]
+    .iter()
+    .zip(sums)
+    {
+        out.push((format!("per step, all linears: {what}"), v));
     }
     Ok(out)
 }

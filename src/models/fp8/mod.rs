@@ -90,11 +90,25 @@ impl Lin {
         }
     }
 
+    /// Whether the layer multiplies in e4m3.
+    pub fn is_fp8(&self) -> bool {
+        matches!(self, Lin::Fp8 { .. })
+    }
+
     /// `x · wᵀ` without the bias; `x` is `[rows, in]`.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Lin::Dense(l) => x.matmul(&l.weight().t()?),
             Lin::Fp8 { weight, scale, .. } => matmul_t(x, weight, scale),
+        }
+    }
+
+    /// [`Lin::matmul_t`] of activations a kernel already rounded to e4m3 (`x` `F8E4M3`, an fp8
+    /// layer only), the product in `out`.
+    pub fn matmul_t_e4m3(&self, x: &Tensor, out: DType) -> Result<Tensor> {
+        match self {
+            Lin::Fp8 { weight, scale, .. } => matmul_t_to(x, weight, scale, out),
+            Lin::Dense(_) => candle_core::bail!("fp8 linear: e4m3 activations for a dense layer"),
         }
     }
 }
@@ -124,6 +138,15 @@ impl Module for Lin {
 
 /// `x [rows, K]` times `w [N, K]` (e4m3fn, scale `scale`) transposed, as the module doc says.
 pub fn matmul_t(x: &Tensor, w: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    matmul_t_to(x, w, scale, x.dtype())
+}
+
+/// [`matmul_t`] with the product in `out` (bf16/f16): `x` may also be `F8E4M3`, activations
+/// already rounded (step 1 of the module doc is then the identity).
+pub fn matmul_t_to(x: &Tensor, w: &Tensor, scale: &Tensor, out: DType) -> Result<Tensor> {
+    if !matches!(out, DType::BF16 | DType::F16 | DType::F32) {
+        candle_core::bail!("fp8 linear: a product in {out:?} (bf16, f16 or f32)")
+    }
     if w.dtype() != DType::F8E4M3 || scale.dtype() != DType::F32 || scale.elem_count() != 1 {
         candle_core::bail!(
             "fp8 linear: expected an F8E4M3 weight and a one-element f32 scale, got {:?} and {:?} {:?}",
@@ -134,9 +157,9 @@ pub fn matmul_t(x: &Tensor, w: &Tensor, scale: &Tensor) -> Result<Tensor> {
     }
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
-        return cuda::matmul_t(x, w, scale);
+        return cuda::matmul_t(x, w, scale, out);
     }
-    reference_matmul_t(x, w, scale)
+    reference_matmul_t(x, w, scale)?.to_dtype(out)
 }
 
 /// e4m3fn rounding of f32 values as the GPU's `satfinite` conversion: round to nearest even,
@@ -147,9 +170,13 @@ pub fn quantize_e4m3(vals: &[f32]) -> Vec<u8> {
     out
 }
 
-/// The CPU reference of [`matmul_t`] (any device; the values pass through the host).
+/// The CPU reference of [`matmul_t`] (any device; the values pass through the host). The
+/// product is rounded to `x`'s dtype, f32 for e4m3 activations.
 pub fn reference_matmul_t(x: &Tensor, w: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    let dtype = x.dtype();
+    let dtype = match x.dtype() {
+        DType::F8E4M3 => DType::F32,
+        d => d,
+    };
     let (rows, k) = x.dims2()?;
     let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let q: Vec<f32> = quantize_e4m3(&v)
@@ -330,6 +357,42 @@ mod tests {
         d.insert("weight".to_string(), w);
         let lin = Lin::new(k, n, false, VarBuilder::from_tensors(d, DType::F32, &dev)).unwrap();
         assert!(matches!(lin, Lin::Dense(_)));
+    }
+
+    /// Activations a kernel stored as e4m3 give the product of the same activations rounded by
+    /// the layer, in the dtype asked for; a dense layer refuses them.
+    #[test]
+    fn e4m3_activations_give_the_layers_own_product() {
+        let dev = Device::Cpu;
+        let (rows, k, n) = (3, 16, 8);
+        let xv: Vec<f32> = (0..rows * k).map(|i| (i as f32 - 20.0) * 3.7).collect();
+        let wv: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
+            .collect();
+        let (wq, s) = quantize_weight(&wv);
+        let w = Tensor::from_raw_buffer(&wq, DType::F8E4M3, &[n, k], &dev).unwrap();
+        let sc = Tensor::new(&[s], &dev).unwrap();
+        let x = Tensor::from_vec(xv, (rows, k), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let x8 =
+            Tensor::from_raw_buffer(&quantize_e4m3(&values(&x)), DType::F8E4M3, &[rows, k], &dev)
+                .unwrap();
+        let lin = Lin::Fp8 {
+            weight: w,
+            scale: sc,
+            bias: None,
+        };
+        let want = lin.matmul_t(&x).unwrap();
+        let got = lin.matmul_t_e4m3(&x8, DType::BF16).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        assert_eq!(values(&got), values(&want));
+        let dense = Lin::Dense(Linear::new(
+            Tensor::zeros((n, k), DType::BF16, &dev).unwrap(),
+            None,
+        ));
+        assert!(dense.matmul_t_e4m3(&x8, DType::BF16).is_err());
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The FLUX blocks on a CUDA device through the fused kernels of [`crate::models::flux::kernels`]:
 //! the same computation as the candle path of `block.rs`, with the same rounding points, in
 //! about a third of the kernels and without the L×L score matrix. Matrix products stay with
-//! cuBLAS, without their bias, which the next fused kernel adds.
+//! cuBLAS, without their bias, which the next fused kernel adds. Before an fp8 layer
+//! (`dtype = "fp8"`) the LayerNorm/modulation and GELU kernels store their output as e4m3
+//! directly (the bytes the layer's own rounding would make, one write instead of three
+//! passes); the attention output before `proj` is rounded by the layer.
 
 use candle_core::{DType, Result, Tensor};
 
@@ -23,6 +26,22 @@ pub(super) fn applies(x: &Tensor, head_dim: usize, mlp_hidden: usize) -> Result<
 /// `x · wᵀ` without the bias (an fp8 layer: e4m3 tensor-core GEMM).
 fn matmul_t(x: &Tensor, lin: &Lin) -> Result<Tensor> {
     lin.matmul_t(x)
+}
+
+/// `lin`'s product of a fused kernel's output `h`: for an fp8 layer the kernel stored `h` as
+/// e4m3 already (`e4m3 = lin.is_fp8()`), the same bytes its own rounding would make.
+fn matmul_t_of(h: Tensor, lin: &Lin, dtype: DType) -> Result<Tensor> {
+    if lin.is_fp8() {
+        lin.matmul_t_e4m3(&h, dtype)
+    } else {
+        lin.matmul_t(&h)
+    }
+}
+
+/// The LayerNorm + modulation of `x` as the input of `lin`, and the product.
+fn ln_modulate_matmul(x: &Tensor, m: &ModOut, lin: &Lin) -> Result<Tensor> {
+    let h = kernels::ln_modulate_to(x, &m.shift, &m.scale, lin.is_fp8())?;
+    matmul_t_of(h, lin, x.dtype())
 }
 
 /// The layer's bias, or zeros of its output width in the dtype of `like` (the activations).
@@ -52,10 +71,11 @@ fn post_attention(
 ) -> Result<Tensor> {
     let proj = matmul_t(attn, &s.attn.proj)?;
     let x = kernels::gated_residual(x, &proj, &bias(&s.attn.proj, x)?, &m1.gate)?;
-    let h = matmul_t(&kernels::ln_modulate(&x, &m2.shift, &m2.scale)?, &s.mlp.l0)?;
+    let h = ln_modulate_matmul(&x, m2, &s.mlp.l0)?;
     let width = h.dim(1)?;
-    let h = kernels::cat_gelu(None, &h, 0, width, &bias(&s.mlp.l0, &x)?)?;
-    let y = matmul_t(&h, &s.mlp.l2)?;
+    let fp8 = s.mlp.l2.is_fp8();
+    let h = kernels::cat_gelu_to(None, &h, 0, width, &bias(&s.mlp.l0, &x)?, fp8)?;
+    let y = matmul_t_of(h, &s.mlp.l2, x.dtype())?;
     kernels::gated_residual(&x, &y, &bias(&s.mlp.l2, &x)?, &m2.gate)
 }
 
@@ -72,14 +92,8 @@ pub(super) fn double(
     let (l_img, _) = img.dims2()?;
     let (im1, im2) = b.img.modulation.double(vec)?;
     let (tm1, tm2) = b.txt.modulation.double(vec)?;
-    let img_qkv = matmul_t(
-        &kernels::ln_modulate(img, &im1.shift, &im1.scale)?,
-        &b.img.attn.qkv,
-    )?;
-    let txt_qkv = matmul_t(
-        &kernels::ln_modulate(txt, &tm1.shift, &tm1.scale)?,
-        &b.txt.attn.qkv,
-    )?;
+    let img_qkv = ln_modulate_matmul(img, &im1, &b.img.attn.qkv)?;
+    let txt_qkv = ln_modulate_matmul(txt, &tm1, &b.txt.attn.qkv)?;
     let (img_b, txt_b) = (bias(&b.img.attn.qkv, img)?, bias(&b.txt.attn.qkv, txt)?);
     // Text first, as the reference concatenates [txt, img].
     let qkv = kernels::qkv_rope(
@@ -108,7 +122,7 @@ pub(super) fn single(
     sin: &Tensor,
 ) -> Result<Tensor> {
     let m = b.modulation.single(vec)?;
-    let fused = matmul_t(&kernels::ln_modulate(x, &m.shift, &m.scale)?, &b.linear1)?;
+    let fused = ln_modulate_matmul(x, &m, &b.linear1)?;
     let qkv_w = 3 * b.hidden;
     let mlp_w = fused.dim(1)? - qkv_w;
     let b1 = bias(&b.linear1, x)?;
@@ -116,8 +130,9 @@ pub(super) fn single(
     let mlp_b = b1.narrow(0, qkv_w, mlp_w)?;
     let qkv = kernels::qkv_rope(&[segment(&fused, &qkv_b, &b.norm)], b.heads, cos, sin)?;
     let attn = kernels::attention(&qkv)?;
-    let cat = kernels::cat_gelu(Some(&attn), &fused, qkv_w, mlp_w, &mlp_b)?;
-    let out = matmul_t(&cat, &b.linear2)?;
+    let fp8 = b.linear2.is_fp8();
+    let cat = kernels::cat_gelu_to(Some(&attn), &fused, qkv_w, mlp_w, &mlp_b, fp8)?;
+    let out = matmul_t_of(cat, &b.linear2, x.dtype())?;
     kernels::gated_residual(x, &out, &bias(&b.linear2, x)?, &m.gate)
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <stdint.h>
 
 struct Bf16 {
@@ -54,6 +55,31 @@ __device__ __forceinline__ void store8(typename Tr::T* p, const float* f) {
     u.w = Tr::pack(f[6], f[7]);
     *reinterpret_cast<uint4*>(p) = u;
 }
+
+// Where a kernel stores its 8 results: `Same<Tr>` as the element type; `E4m3<Tr>` as e4m3fn
+// bytes for an fp8 linear layer's input (models::fp8): each value rounded to the element type
+// first, then to e4m3fn (nearest even, saturating at ±448), the same bytes as storing the
+// element type and rounding that with `src/models/fp8/quant.cu`.
+template <class Tr>
+struct Same {
+    typedef typename Tr::T O;
+    static __device__ __forceinline__ void store8(O* p, const float* f) { ::store8<Tr>(p, f); }
+};
+
+template <class Tr>
+struct E4m3 {
+    typedef uint8_t O;
+    static __device__ __forceinline__ void store8(O* p, const float* f) {
+        unsigned int w[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            w[j] = (unsigned short)__nv_cvt_float2_to_fp8x2(
+                make_float2(Tr::round(f[2 * j]), Tr::round(f[2 * j + 1])), __NV_SATFINITE,
+                __NV_E4M3);
+        }
+        *reinterpret_cast<uint2*>(p) = make_uint2(w[0] | (w[1] << 16), w[2] | (w[3] << 16));
+    }
+};
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -16,16 +16,16 @@ constexpr int UNROLL = 4;
 // variance in f32, eps inside the square root). One block per row; the row is cached in
 // shared memory as f32 (dynamic shared memory: cols floats), element j of vector i at
 // j·nv + i so that a warp's accesses hit consecutive words (no bank conflicts).
-template <class Tr>
+template <class Tr, class St>
 __device__ __forceinline__ void ln_modulate(const typename Tr::T* __restrict__ x,
                                             const typename Tr::T* __restrict__ shift,
                                             const typename Tr::T* __restrict__ scale,
-                                            typename Tr::T* __restrict__ y, int cols, float eps) {
+                                            typename St::O* __restrict__ y, int cols, float eps) {
     extern __shared__ float row[];
     __shared__ float scratch[33];
     const size_t r = blockIdx.x;
     const typename Tr::T* xr = x + r * cols;
-    typename Tr::T* yr = y + r * cols;
+    typename St::O* yr = y + r * cols;
     const int nv = cols >> 3;
     float s = 0.f;
     // Up to UNROLL loads in flight per thread before their first use.
@@ -69,7 +69,7 @@ __device__ __forceinline__ void ln_modulate(const typename Tr::T* __restrict__ x
             float m = Tr::round(n * Tr::round(sc[j] + 1.f));
             o[j] = m + sh[j];
         }
-        store8<Tr>(yr + i * 8, o);
+        St::store8(yr + i * 8, o);
     }
 }
 
@@ -222,11 +222,11 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 // dst[r, 0:a_cols] = a[r, :] and dst[r, a_cols:a_cols+m_cols] =
 // round(gelu(round(src[r, col0 + c] + bias[c]))): the MLP activation of a block (a_cols = 0)
 // or the single block's `cat([attn, gelu(mlp)])`. Rows of `src` have `src_stride` elements.
-template <class Tr>
+template <class Tr, class St>
 __device__ __forceinline__ void cat_gelu(const typename Tr::T* __restrict__ a,
                                          const typename Tr::T* __restrict__ src, int src_stride,
                                          int col0, const typename Tr::T* __restrict__ bias,
-                                         typename Tr::T* __restrict__ dst, int rows, int a_cols,
+                                         typename St::O* __restrict__ dst, int rows, int a_cols,
                                          int m_cols) {
     const int av = a_cols >> 3, vpr = (a_cols + m_cols) >> 3;
     const long long n = (long long)rows * vpr;
@@ -244,7 +244,7 @@ __device__ __forceinline__ void cat_gelu(const typename Tr::T* __restrict__ a,
 #pragma unroll
             for (int j = 0; j < 8; ++j) o[j] = gelu_tanh(Tr::round(f[j] + b[j]));
         }
-        store8<Tr>(dst + (size_t)r * (a_cols + m_cols) + v * 8, o);
+        St::store8(dst + (size_t)r * (a_cols + m_cols) + v * 8, o);
     }
 }
 
@@ -277,7 +277,12 @@ __device__ __forceinline__ void gated_residual(const typename Tr::T* __restrict_
     extern "C" __global__ void ln_modulate_##SUFFIX(const TR::T* x, const TR::T* shift,         \
                                                     const TR::T* scale, TR::T* y, int cols,     \
                                                     float eps) {                                \
-        ln_modulate<TR>(x, shift, scale, y, cols, eps);                                         \
+        ln_modulate<TR, Same<TR>>(x, shift, scale, y, cols, eps);                               \
+    }                                                                                           \
+    extern "C" __global__ void ln_modulate_e4m3_##SUFFIX(const TR::T* x, const TR::T* shift,    \
+                                                         const TR::T* scale, uint8_t* y,        \
+                                                         int cols, float eps) {                 \
+        ln_modulate<TR, E4m3<TR>>(x, shift, scale, y, cols, eps);                               \
     }                                                                                           \
     extern "C" __global__ void qkv_rope_##SUFFIX(                                               \
         const TR::T* src, int src_stride, const TR::T* bias, const TR::T* q_scale,              \
@@ -298,7 +303,13 @@ __device__ __forceinline__ void gated_residual(const typename Tr::T* __restrict_
                                                  int src_stride, int col0, const TR::T* bias,   \
                                                  TR::T* dst, int rows, int a_cols,              \
                                                  int m_cols) {                                  \
-        cat_gelu<TR>(a, src, src_stride, col0, bias, dst, rows, a_cols, m_cols);                \
+        cat_gelu<TR, Same<TR>>(a, src, src_stride, col0, bias, dst, rows, a_cols, m_cols);      \
+    }                                                                                           \
+    extern "C" __global__ void cat_gelu_e4m3_##SUFFIX(const TR::T* a, const TR::T* src,         \
+                                                      int src_stride, int col0,                 \
+                                                      const TR::T* bias, uint8_t* dst,          \
+                                                      int rows, int a_cols, int m_cols) {       \
+        cat_gelu<TR, E4m3<TR>>(a, src, src_stride, col0, bias, dst, rows, a_cols, m_cols);      \
     }                                                                                           \
     extern "C" __global__ void gated_residual_##SUFFIX(const TR::T* x, const TR::T* y,          \
                                                        const TR::T* bias, const TR::T* gate,    \

@@ -35,8 +35,8 @@ mod ops;
 
 #[cfg(feature = "cuda")]
 pub use ops::{
-    attention, attention_cublas, cat_gelu, flash_attention, gated_residual, ln_modulate, qkv_rope,
-    softmax_scaled, QkvSegment,
+    attention, attention_cublas, cat_gelu, cat_gelu_to, flash_attention, gated_residual,
+    ln_modulate, ln_modulate_to, qkv_rope, softmax_scaled, QkvSegment,
 };
 
 use std::fmt;

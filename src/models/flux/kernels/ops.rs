@@ -153,6 +153,45 @@ fn out_storage<T: Elem>(out: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
     CudaStorage::wrap_cuda_slice(out, dev.clone())
 }
 
+/// A kernel's output: the element type, or e4m3fn bytes (`E4m3` in common.cuh).
+enum Out<T: Elem> {
+    Same(CudaSlice<T>),
+    E4m3(CudaSlice<float8::F8E4M3>),
+}
+
+impl<T: Elem> Out<T> {
+    fn new(dev: &CudaDevice, len: usize, e4m3: bool) -> Result<Self> {
+        // SAFETY: the kernel writes every element before anything reads it.
+        Ok(if e4m3 {
+            Out::E4m3(unsafe { dev.alloc::<float8::F8E4M3>(len)? })
+        } else {
+            Out::Same(unsafe { dev.alloc::<T>(len)? })
+        })
+    }
+
+    /// The kernel name's infix (`ln_modulate_e4m3_bf16`).
+    fn infix(&self) -> &'static str {
+        match self {
+            Out::Same(_) => "",
+            Out::E4m3(_) => "e4m3_",
+        }
+    }
+
+    fn arg<'a>(&'a mut self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'a>) {
+        match self {
+            Out::Same(s) => b.arg(s),
+            Out::E4m3(s) => b.arg(s),
+        };
+    }
+
+    fn storage(self, dev: &CudaDevice) -> CudaStorage {
+        match self {
+            Out::Same(s) => out_storage(s, dev),
+            Out::E4m3(s) => CudaStorage::wrap_cuda_slice(s, dev.clone()),
+        }
+    }
+}
+
 fn cuda_only(name: &str) -> Result<(CpuStorage, Shape)> {
     bail!("{name} is a CUDA kernel; the CPU path computes with candle ops")
 }
@@ -162,6 +201,8 @@ fn cuda_only(name: &str) -> Result<(CpuStorage, Shape)> {
 struct LnModulate {
     shift: Tensor,
     scale: Tensor,
+    /// Store e4m3fn bytes (an fp8 linear layer's input) instead of the element type.
+    e4m3: bool,
 }
 
 cuda_op!(LnModulate, "flux-ln-modulate");
@@ -174,9 +215,12 @@ impl LnModulate {
         let x = view::<T>(s, l)?;
         let (shift, scale) = (hold(&op.shift, "shift"), hold(&op.scale, "scale"));
         let (shift, scale) = (shift.view::<T>()?, scale.view::<T>()?);
-        let mut out = unsafe { dev.alloc::<T>(rows * cols)? };
-        let f =
-            dev.get_or_load_custom_func(&format!("ln_modulate_{}", T::SUFFIX), EW_MODULE, EW_PTX)?;
+        let mut out = Out::<T>::new(dev, rows * cols, op.e4m3)?;
+        let f = dev.get_or_load_custom_func(
+            &format!("ln_modulate_{}{}", out.infix(), T::SUFFIX),
+            EW_MODULE,
+            EW_PTX,
+        )?;
         let smem = (cols * 4) as u32;
         allow_smem(dev, &f, smem, "ln_modulate")?;
         let (cols_i, eps) = (i32_arg(cols, "columns")?, EPS);
@@ -186,14 +230,11 @@ impl LnModulate {
             shared_mem_bytes: smem,
         };
         let mut b = f.builder();
-        b.arg(&x)
-            .arg(&shift)
-            .arg(&scale)
-            .arg(&mut out)
-            .arg(&cols_i)
-            .arg(&eps);
+        b.arg(&x).arg(&shift).arg(&scale);
+        out.arg(&mut b);
+        b.arg(&cols_i).arg(&eps);
         unsafe { b.launch(cfg) }.w()?;
-        Ok((out_storage(out, dev), l.shape().clone()))
+        Ok((out.storage(dev), l.shape().clone()))
     }
 }
 
@@ -201,6 +242,13 @@ impl LnModulate {
 /// `x [rows, cols]`, LayerNorm without affine (eps 1e-6) in f32: BFL's `(1 + scale) ·
 /// norm(x) + shift` with the reference's rounding points. `shift`, `scale`: `cols` elements.
 pub fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    ln_modulate_to(x, shift, scale, false)
+}
+
+/// [`ln_modulate`] stored as e4m3fn (`F8E4M3`) when `e4m3`: each result rounded to the
+/// element type, then to e4m3 as an fp8 linear layer rounds its input (`models::fp8`) — the
+/// same bytes as rounding [`ln_modulate`]'s output, without writing and reading it.
+pub fn ln_modulate_to(x: &Tensor, shift: &Tensor, scale: &Tensor, e4m3: bool) -> Result<Tensor> {
     let (_, cols) = x.dims2()?;
     if cols % 8 != 0 {
         bail!("ln_modulate: width {cols} is not a multiple of 8")
@@ -210,6 +258,7 @@ pub fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor>
     x.contiguous()?.apply_op1_no_bwd(&LnModulate {
         shift: shift.clone(),
         scale: scale.clone(),
+        e4m3,
     })
 }
 
@@ -517,6 +566,8 @@ struct CatGelu {
     col0: usize,
     m_cols: usize,
     bias: Tensor,
+    /// Store e4m3fn bytes (an fp8 linear layer's input) instead of the element type.
+    e4m3: bool,
 }
 
 cuda_op!(CatGelu, "flux-cat-gelu");
@@ -539,9 +590,12 @@ impl CatGelu {
         let bias = hold(&op.bias, "mlp bias");
         let bias = bias.view::<T>()?;
         let cols = a_cols + op.m_cols;
-        let mut out = unsafe { dev.alloc::<T>(rows * cols)? };
-        let f =
-            dev.get_or_load_custom_func(&format!("cat_gelu_{}", T::SUFFIX), EW_MODULE, EW_PTX)?;
+        let mut out = Out::<T>::new(dev, rows * cols, op.e4m3)?;
+        let f = dev.get_or_load_custom_func(
+            &format!("cat_gelu_{}{}", out.infix(), T::SUFFIX),
+            EW_MODULE,
+            EW_PTX,
+        )?;
         let (w_i, c0_i, r_i, a_i, m_i) = (
             i32_arg(width, "width")?,
             i32_arg(op.col0, "column")?,
@@ -555,15 +609,11 @@ impl CatGelu {
             shared_mem_bytes: 0,
         };
         let mut b = f.builder();
-        b.arg(&a)
-            .arg(&src)
-            .arg(&w_i)
-            .arg(&c0_i)
-            .arg(&bias)
-            .arg(&mut out);
+        b.arg(&a).arg(&src).arg(&w_i).arg(&c0_i).arg(&bias);
+        out.arg(&mut b);
         b.arg(&r_i).arg(&a_i).arg(&m_i);
         unsafe { b.launch(cfg) }.w()?;
-        Ok((out_storage(out, dev), Shape::from_dims(&[rows, cols])))
+        Ok((out.storage(dev), Shape::from_dims(&[rows, cols])))
     }
 }
 
@@ -576,6 +626,18 @@ pub fn cat_gelu(
     col0: usize,
     m_cols: usize,
     bias: &Tensor,
+) -> Result<Tensor> {
+    cat_gelu_to(a, src, col0, m_cols, bias, false)
+}
+
+/// [`cat_gelu`] stored as e4m3fn (`F8E4M3`) when `e4m3`, as [`ln_modulate_to`] stores.
+pub fn cat_gelu_to(
+    a: Option<&Tensor>,
+    src: &Tensor,
+    col0: usize,
+    m_cols: usize,
+    bias: &Tensor,
+    e4m3: bool,
 ) -> Result<Tensor> {
     let (rows, width) = src.dims2()?;
     if col0 + m_cols > width
@@ -608,6 +670,7 @@ pub fn cat_gelu(
         col0,
         m_cols,
         bias: bias.clone(),
+        e4m3,
     })
 }
 
