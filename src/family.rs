@@ -132,8 +132,10 @@ impl Family {
 
     /// Whether the canonical weight `name` is a linear layer that fp8 compute (`dtype =
     /// "fp8"`) multiplies in e4m3 ([`crate::models::fp8`]): the blocks' projections and MLPs
-    /// of FLUX (not the modulations, whose one-row products gain nothing). Other families
-    /// have no fp8 compute yet.
+    /// of FLUX (not the modulations, whose one-row products gain nothing) and of Wan
+    /// (`blocks.N.{self_attn,cross_attn}.{q,k,v,o}`, `blocks.N.ffn.{0,2}`; not the
+    /// modulation, the norms, the embeddings or the head). Other families have no fp8
+    /// compute.
     pub fn fp8_linear(self, name: &str) -> bool {
         const FLUX: &[&str] = &[
             "attn.qkv.weight",
@@ -142,6 +144,18 @@ impl Family {
             "mlp.2.weight",
             "linear1.weight",
             "linear2.weight",
+        ];
+        const WAN: &[&str] = &[
+            "self_attn.q.weight",
+            "self_attn.k.weight",
+            "self_attn.v.weight",
+            "self_attn.o.weight",
+            "cross_attn.q.weight",
+            "cross_attn.k.weight",
+            "cross_attn.v.weight",
+            "cross_attn.o.weight",
+            "ffn.0.weight",
+            "ffn.2.weight",
         ];
         match self {
             Family::Flux => {
@@ -156,6 +170,9 @@ impl Family {
                 FLUX.contains(&rel)
                     && (rel.starts_with("linear") == unit.starts_with("single_blocks"))
             }
+            Family::Wan => self
+                .unit_of(name)
+                .is_some_and(|unit| WAN.contains(&&name[unit.len() + 1..])),
             _ => false,
         }
     }
@@ -263,7 +280,35 @@ mod tests {
         ] {
             assert!(!f.fp8_linear(no), "{no}");
         }
-        assert!(!Family::Wan.fp8_linear("blocks.0.ffn.0.weight"));
+        let w = Family::Wan;
+        for yes in [
+            "blocks.0.self_attn.q.weight",
+            "blocks.0.self_attn.o.weight",
+            "blocks.39.cross_attn.k.weight",
+            "blocks.7.cross_attn.v.weight",
+            "blocks.0.ffn.0.weight",
+            "blocks.29.ffn.2.weight",
+        ] {
+            assert!(w.fp8_linear(yes), "{yes}");
+        }
+        for no in [
+            "blocks.0.self_attn.q.bias",
+            "blocks.0.self_attn.norm_q.weight",
+            "blocks.0.norm3.weight",
+            "blocks.0.modulation",
+            "head.head.weight",
+            "patch_embedding.weight",
+            "text_embedding.0.weight",
+            "time_embedding.2.weight",
+            "time_projection.1.weight",
+            "self_attn.q.weight",
+        ] {
+            assert!(!w.fp8_linear(no), "{no}");
+        }
+        for f in [Family::T5, Family::UmT5, Family::ClipL, Family::WanVae] {
+            assert!(!f.fp8_linear("blocks.0.ffn.0.weight"));
+            assert!(!f.fp8_linear("encoder.block.0.layer.1.DenseReluDense.wi_0.weight"));
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ crate::sample::names::name_enum!(
     /// The floating-point type a model computes in (its weights are converted to it as they
     /// reach the compute device).
     ComputeDtype, "dtype",
-    "Compute dtype: bf16, f16 or f32 (also bfloat16, fp16/float16, fp32/float32), or fp8 (also fp8_e4m3fn_fast): FLUX's block projections and MLPs multiply in e4m3 on the tensor cores (compute capability 8.9+; emulated on the CPU), everything else in bf16; not equal to bf16, bit-identical across placements. Default: bf16 when the compute device is a CUDA GPU, f32 on the CPU.",
+    "Compute dtype: bf16, f16 or f32 (also bfloat16, fp16/float16, fp32/float32), or fp8 (also fp8_e4m3fn_fast): the block projections and MLPs of FLUX and Wan models multiply in e4m3 on the tensor cores (compute capability 8.9+; emulated on the CPU), everything else in bf16; not equal to bf16, bit-identical across placements. Default: bf16 when the compute device is a CUDA GPU, f32 on the CPU.",
     {
         Bf16 => "bf16" | "bfloat16",
         F16 => "f16" | "fp16" | "float16",

@@ -40,7 +40,9 @@ pub const WIDEN_GBPS_PER_TFLOPS: f64 = 2.0;
 /// Calibrated on the lent H200 (benches/RESULTS.md, 2026-12-04): FLUX.1-dev at 1024², all
 /// resident, the pass over the blocks took 0.1479 → 0.1155 s (batch 1) and 0.5914 → 0.4642 s
 /// (batch 4); the fp8 linears are 80 % of the blocks' FLOPs (59.5 of 74.4 TFLOP), so their
-/// time fell to 0.726 and 0.731 of bf16's: 1.38 and 1.37 × as fast.
+/// time fell to 0.726 and 0.731 of bf16's: 1.38 and 1.37 × as fast. Wan's fp8 linears (its
+/// blocks' attention projections and feed-forward) are assumed to gain the same: not yet
+/// measured on Wan.
 pub const FP8_LINEAR_SPEEDUP: f64 = 1.37;
 
 /// Wan blocks on CUDA, calibrated on the lent H200 (benches/RESULTS.md, 2026-12-02, 832×480,
@@ -217,26 +219,28 @@ impl Arch {
 
     /// Seconds of one forward pass of `unit` for one job on a device of `tflops` bf16
     /// TFLOP/s: FLOPs at [`EFFICIENCY`], except Wan blocks, whose self-attention, products
-    /// and element-wise work have their own rates (the constants above).
+    /// and element-wise work have their own rates (the constants above); with fp8 compute
+    /// the fp8 linears' products take 1 / [`FP8_LINEAR_SPEEDUP`] of their bf16 time.
     pub fn unit_seconds(&self, inv: &Inventory, unit: &Unit, tflops: f64) -> f64 {
         let rate = tflops * 1e12;
         let is_block = unit.kind == crate::inventory::UnitKind::Block;
+        // fp8 linears' products at bf16-equivalent FLOPs: what the products save.
+        let fp8_saved = inv
+            .tensors_of(unit)
+            .filter(|t| self.is_fp8_linear(inv, t))
+            .map(|t| self.tensor_flops(inv, t))
+            .sum::<f64>()
+            * (1.0 - 1.0 / FP8_LINEAR_SPEEDUP);
         if self.family != Family::Wan || !is_block {
-            // fp8 linears' products at bf16-equivalent FLOPs.
-            let fp8: f64 = inv
-                .tensors_of(unit)
-                .filter(|t| self.is_fp8_linear(inv, t))
-                .map(|t| self.tensor_flops(inv, t))
-                .sum();
-            let flops = self.unit_flops(inv, unit) - fp8 * (1.0 - 1.0 / FP8_LINEAR_SPEEDUP);
-            return flops / (rate * EFFICIENCY);
+            return (self.unit_flops(inv, unit) - fp8_saved) / (rate * EFFICIENCY);
         }
         let (l, d) = (self.seq() as f64, self.hidden as f64);
         let products: f64 = inv
             .tensors_of(unit)
             .map(|t| self.tensor_flops(inv, t))
             .sum::<f64>()
-            + 4.0 * l * self.txt_tokens as f64 * d;
+            + 4.0 * l * self.txt_tokens as f64 * d
+            - fp8_saved;
         let attention = 4.0 * l * l * d;
         let elementwise = WAN_ELEMENTWISE_FLOPS * l * d;
         (products + elementwise) / (rate * WAN_GEMM_EFFICIENCY)
@@ -555,6 +559,63 @@ mod tests {
         let d = arch.unit_flops(&inv, inv.unit("double_blocks.0").unwrap());
         let s = arch.unit_flops(&inv, inv.unit("single_blocks.0").unwrap());
         assert!((d / s - 1.0).abs() < 0.01, "{d} {s}");
+    }
+
+    /// fp8 compute: a block's fp8 linears (FLUX's projections and MLPs, Wan's attention
+    /// projections and feed-forward) take 1 / [`FP8_LINEAR_SPEEDUP`] of their bf16 time;
+    /// everything else (attention, the other units) is unchanged.
+    #[test]
+    fn fp8_linears_run_faster_in_blocks_only() {
+        let mut video = Workload::image(832, 480);
+        video.frames = 81;
+        for (family, inv, w, block) in [
+            (
+                Family::Flux,
+                synthetic::flux_dev(DType::BF16),
+                Workload::image(1024, 1024),
+                "double_blocks.0",
+            ),
+            (
+                Family::Wan,
+                synthetic::wan(DType::BF16, 1536, 8960, 30),
+                video,
+                "blocks.0",
+            ),
+        ] {
+            let bf16 = Arch::new(family, &inv, &w);
+            let mut fp8_w = w;
+            fp8_w.fp8_linears = true;
+            let fp8 = Arch::new(family, &inv, &fp8_w);
+            let unit = inv.unit(block).unwrap();
+            let linears: Vec<&TensorInfo> = inv
+                .tensors_of(unit)
+                .filter(|t| fp8.is_fp8_linear(&inv, t))
+                .collect();
+            let want = if family == Family::Flux { 8 } else { 10 };
+            assert_eq!(linears.len(), want, "{family}: {linears:?}");
+            assert!(!linears.iter().any(|t| bf16.is_fp8_linear(&inv, t)));
+            let flops: f64 = linears.iter().map(|t| bf16.tensor_flops(&inv, t)).sum();
+            let eff = if family == Family::Wan {
+                WAN_GEMM_EFFICIENCY
+            } else {
+                EFFICIENCY
+            };
+            let saved = flops * (1.0 - 1.0 / FP8_LINEAR_SPEEDUP) / (778e12 * eff);
+            let (a, b) = (
+                bf16.unit_seconds(&inv, unit, 778.0),
+                fp8.unit_seconds(&inv, unit, 778.0),
+            );
+            assert!(
+                ((a - b) / saved - 1.0).abs() < 1e-9,
+                "{family}: {a} s → {b} s, expected {saved} s less"
+            );
+            let resident = inv.unit(crate::inventory::RESIDENT).unwrap();
+            assert_eq!(
+                bf16.unit_seconds(&inv, resident, 778.0),
+                fp8.unit_seconds(&inv, resident, 778.0),
+                "{family}: the resident unit has no fp8 linears"
+            );
+        }
     }
 
     #[test]

@@ -455,6 +455,112 @@ mod loaded_tests {
         }
     }
 
+    /// fp8 compute (`dtype = "fp8"`): the family's fp8 linears are held as e4m3, one byte per
+    /// value, in every unit (FLUX's block projections and MLPs, Wan's attention projections
+    /// and feed-forward; a bf16 file's weights are quantised at load); every other tensor
+    /// keeps its bytes, and the compute device holds what the homes hold. The layouts are
+    /// the ones `mgpu plan` assumes for the missing FLUX.1-dev and Wan 2.1 1.3B files.
+    #[test]
+    fn fp8_compute_holds_the_fp8_linears_at_one_byte() {
+        let flux = r#"
+[settings]
+compute = "cuda:0"
+[models.flux]
+family = "flux"
+file = "flux1-dev.safetensors"
+DTYPE
+[models.t5]
+family = "t5"
+file = "t5xxl_fp16.safetensors"
+tokenizer = "t5-tokenizer.json"
+[models.clip]
+family = "clip-l"
+file = "clip_l.safetensors"
+tokenizer = "clip-tokenizer.json"
+[models.vae]
+family = "flux-vae"
+file = "ae.safetensors"
+[pipelines.dev]
+diffusion = "flux"
+text_encoders = ["clip", "t5"]
+vae = "vae"
+[[jobs]]
+prompt = "p"
+"#;
+        let wan = r#"
+[settings]
+compute = "cuda:0"
+[models.wan]
+family = "wan"
+file = "wan2.1_t2v_1.3B_bf16.safetensors"
+DTYPE
+[models.umt5]
+family = "umt5"
+file = "umt5_xxl_fp16.safetensors"
+tokenizer = "umt5-tokenizer.json"
+[models.vae]
+family = "wan-vae"
+file = "wan_2.1_vae.safetensors"
+[pipelines.t2v]
+diffusion = "wan"
+text_encoders = ["umt5"]
+vae = "vae"
+[[jobs]]
+prompt = "p"
+frames = 81
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text, per_block) in [("flux", flux, [8, 2]), ("wan", wan, [10, 10])] {
+            let loaded = |dtype: &str| {
+                let text = text.replace("DTYPE", &format!("dtype = \"{dtype}\""));
+                let m = crate::manifest::load_str(&dir.path().join("m.toml"), &text).unwrap();
+                let model = &m.models[name];
+                let (inv, _) = assumed_inventory(model).unwrap();
+                let inv = as_loaded(model, Arc::new(inv));
+                let factor = device_bytes_factor(model, &inv);
+                (inv, factor, workload(&m, model).fp8_linears)
+            };
+            let ((ia, fa, wa), (ib, fb, wb)) = (loaded("bf16"), loaded("fp8"));
+            assert!(wb && !wa, "{name}");
+            // The compute device holds the e4m3 bytes too (Wan's f32 modulations shrink to
+            // bf16 in both).
+            assert!(fa <= 1.0 && (fa - fb).abs() < 1e-3, "{name}: {fa} {fb}");
+            let family = ia.family.unwrap();
+            for (ta, tb) in ia.tensors.iter().zip(&ib.tensors) {
+                let canonical = crate::inventory::canonical_name(Some(family), &ta.name);
+                if family.fp8_linear(&canonical) {
+                    assert_eq!(
+                        (tb.dtype, tb.len),
+                        (DType::F8_E4M3, ta.numel()),
+                        "{}",
+                        ta.name
+                    );
+                } else {
+                    assert_eq!((tb.dtype, tb.len), (ta.dtype, ta.len), "{}", ta.name);
+                }
+            }
+            // Every block holds its fp8 linears at one byte per value (bf16: two).
+            let mut blocks = 0;
+            for (ua, ub) in ia.units.iter().zip(&ib.units) {
+                let linears: Vec<&TensorInfo> = ia
+                    .tensors_of(ua)
+                    .filter(|t| {
+                        family.fp8_linear(&crate::inventory::canonical_name(Some(family), &t.name))
+                    })
+                    .collect();
+                let numel: u64 = linears.iter().map(|t| t.numel()).sum();
+                assert_eq!(ub.bytes, ua.bytes - numel, "{name} {}", ua.name);
+                if ua.kind == crate::inventory::UnitKind::Block {
+                    assert!(per_block.contains(&linears.len()), "{name} {}", ua.name);
+                    blocks += 1;
+                } else {
+                    assert!(linears.is_empty(), "{name} {}", ua.name);
+                }
+            }
+            assert!(blocks >= 30, "{name}: {blocks} blocks");
+        }
+    }
+
     #[test]
     fn a_corrupt_lora_fails_plan() {
         let dir = tempfile::tempdir().unwrap();

@@ -138,10 +138,10 @@ fn validate_model(
         }
     }
     if let (Some(d), Some(f)) = (&m.dtype, family) {
-        if d.value == ComputeDtype::Fp8 && f != Family::Flux {
+        if d.value == ComputeDtype::Fp8 && !matches!(f, Family::Flux | Family::Wan) {
             cx.error(
                 d.span.clone(),
-                format!("`dtype = \"fp8\"` (fp8 compute) is implemented for flux models, and `{name}` is {f}"),
+                format!("`dtype = \"fp8\"` (fp8 compute) is implemented for flux and wan models, and `{name}` is {f}"),
                 "",
                 Some("use bf16 here; an fp8 file still travels as fp8 and is widened on the compute device".into()),
             );

@@ -16,6 +16,10 @@
 //!   product with v (SDPA/FlashAttention-2);
 //!
 //! and everything else (projections, GELU, the cross-attention residual) in the compute dtype.
+//! With fp8 compute (`dtype = "fp8"`) the attention projections `q`, `k`, `v`, `o` and the
+//! feed-forward's `ffn.0`, `ffn.2` are [`Lin`]s whose unit hands them an e4m3 weight and its
+//! scale: their products are e4m3 × e4m3 ([`crate::models::fp8`]), their biases added in the
+//! compute dtype.
 //!
 //! Attention never materialises all scores at once: on CUDA in bf16/f16 with head dimension
 //! 128, self-attention runs the flash kernel of [`crate::models::flux::kernels`] (a 720p
@@ -28,6 +32,7 @@ use candle_core::{bail, DType, Module, Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::Config;
+use crate::models::fp8::Lin;
 
 /// The most attention scores one chunk of queries materialises: 2²⁶ f32 values (256 MiB, plus
 /// the probabilities in the compute dtype). Cross-attention of the 14B model (40 heads × 512
@@ -196,10 +201,10 @@ fn flash(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
 /// `o` linears and the optional `norm_q`, `norm_k`.
 #[derive(Debug, Clone)]
 pub(super) struct Attention {
-    pub(super) q: Linear,
-    pub(super) k: Linear,
-    pub(super) v: Linear,
-    pub(super) o: Linear,
+    pub(super) q: Lin,
+    pub(super) k: Lin,
+    pub(super) v: Lin,
+    pub(super) o: Lin,
     pub(super) norm_q: Option<RmsNorm>,
     pub(super) norm_k: Option<RmsNorm>,
     pub(super) heads: usize,
@@ -216,10 +221,10 @@ impl Attention {
             }
         };
         Ok(Self {
-            q: candle_nn::linear(d, d, vb.pp("q"))?,
-            k: candle_nn::linear(d, d, vb.pp("k"))?,
-            v: candle_nn::linear(d, d, vb.pp("v"))?,
-            o: candle_nn::linear(d, d, vb.pp("o"))?,
+            q: Lin::new(d, d, true, vb.pp("q"))?,
+            k: Lin::new(d, d, true, vb.pp("k"))?,
+            v: Lin::new(d, d, true, vb.pp("v"))?,
+            o: Lin::new(d, d, true, vb.pp("o"))?,
             norm_q: norm("norm_q")?,
             norm_k: norm("norm_k")?,
             heads: cfg.num_heads,
@@ -273,8 +278,8 @@ pub struct Block {
     pub(super) self_attn: Attention,
     pub(super) cross_attn: Attention,
     pub(super) norm3: Option<AffineNorm>,
-    pub(super) ffn0: Linear,
-    pub(super) ffn2: Linear,
+    pub(super) ffn0: Lin,
+    pub(super) ffn2: Lin,
     /// `modulation` `[1, 6, dim]` as f32 `[6, dim]`: shift, scale, gate of the self-attention,
     /// then of the feed-forward.
     pub(super) modulation: Tensor,
@@ -297,8 +302,8 @@ impl Block {
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             cross_attn: Attention::new(cfg, vb.pp("cross_attn"))?,
             norm3,
-            ffn0: candle_nn::linear(d, cfg.ffn_dim, vb.pp("ffn.0"))?,
-            ffn2: candle_nn::linear(cfg.ffn_dim, d, vb.pp("ffn.2"))?,
+            ffn0: Lin::new(d, cfg.ffn_dim, true, vb.pp("ffn.0"))?,
+            ffn2: Lin::new(cfg.ffn_dim, d, true, vb.pp("ffn.2"))?,
             modulation,
             eps: cfg.eps,
         })

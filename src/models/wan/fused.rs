@@ -12,6 +12,7 @@
 //! | `norm3`: affine LN in f32, rounded once | `ln_modulate` with `shift = bias`, `1 + scale = weight` |
 //! | `gelu(ffn.0(h) + b)` | `ffn.0` without bias, then `cat_gelu` (bias, rounded, GELU) |
 //! | q/k/v `x·Wᵀ + b` (candle's broadcast add) | the product, then the bias by `gated_residual` (same rounding) |
+//! | fp8 compute: an fp8 layer's product (`Lin::forward`) | the same product (`Lin::matmul_t`, the e4m3 GEMM), the bias added as above |
 //! | q/k RMSNorm: f32 copy, normalise, round, × weight | candle's RMSNorm kernel on the compute dtype (f32 inside), × weight |
 //! | cross-attention: f32 scores over query chunks | bf16 scores from cuBLAS, the fused f32 softmax, bf16 `· v` |
 //!
@@ -24,6 +25,7 @@ use candle_core::{DType, Result, Tensor, D};
 
 use super::block::{attention, by_runs, rope, Attention, Block, RmsNorm};
 use crate::models::flux::kernels as kern;
+use crate::models::fp8::Lin;
 
 /// Whether the fused path runs for `x`: CUDA, bf16/f16, kernels on, a width the kernels take.
 pub(super) fn applies(x: &Tensor) -> Result<bool> {
@@ -34,12 +36,13 @@ pub(super) fn applies(x: &Tensor) -> Result<bool> {
         && kern::settings()?.kernels)
 }
 
-/// A linear layer's product without its bias, and the bias (zeros when it has none).
-fn product(l: &candle_nn::Linear, x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let y = x.matmul(&l.weight().t()?)?;
+/// A linear layer's product without its bias (an fp8 layer: the e4m3 tensor-core GEMM,
+/// [`Lin::matmul_t`]), and the bias (zeros when it has none).
+fn product(l: &Lin, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let y = l.matmul_t(x)?;
     let b = match l.bias() {
         Some(b) => b.clone(),
-        None => Tensor::zeros(l.weight().dim(0)?, x.dtype(), x.device())?,
+        None => Tensor::zeros(l.weight_dims()?.0, x.dtype(), x.device())?,
     };
     Ok((y, b))
 }
@@ -48,7 +51,7 @@ fn product(l: &candle_nn::Linear, x: &Tensor) -> Result<(Tensor, Tensor)> {
 /// rounds it, with the bias added by the fused `gated_residual` kernel (`0 + 1 · (y + b)`):
 /// candle's broadcast add took 3.1 ms for a 32 760 × 5120 output on an H200, the product
 /// itself 2.1 ms.
-fn biased(l: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
+fn biased(l: &Lin, x: &Tensor) -> Result<Tensor> {
     let (y, b) = product(l, x)?;
     let (rows, cols) = y.dims2()?;
     let zeros = Tensor::zeros((rows, cols), y.dtype(), y.device())?;
