@@ -204,6 +204,41 @@ fn predictions_are_within_ten_percent_of_the_gpu_measurements() {
     );
 }
 
+/// Wan 2.1 14B at 832×480×81 on the H200 (benches/RESULTS.md, 2026-12-04, "fp8 compute for
+/// Wan"): bf16 and fp8 compute, resident and every block from host RAM, against the planner's
+/// wall per step (the measured gap between passes, 12.8 ms, included).
+#[test]
+fn wan_predictions_are_within_ten_percent_of_the_gpu_measurements() {
+    let model = BenchModel::parse("wan14b").unwrap();
+    let cfg = BenchConfig {
+        model_name: "wan14b".into(),
+        width: 832,
+        height: 480,
+        frames: 81,
+        batches: vec![1],
+        ..dev_config()
+    };
+    let args = Cli::parse_from(["bench", "--hardware", "x.toml"]).args;
+    let hw = crate::hardware::file::read(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/hw-h200-2026-12-04.toml"),
+    )
+    .unwrap();
+    for (p, measured) in [
+        ("resident", 4.8424),
+        ("resident@fp8-compute", 4.4336),
+        ("cpu:100@fp8-compute", 4.4449),
+    ] {
+        let (req, homes) = cell_request(&model, &cfg, &args, &p.parse().unwrap(), 1).unwrap();
+        let predicted = crate::plan::predict_step(&req, &hw, &homes, 2, 0.0128);
+        let err = predicted / measured - 1.0;
+        eprintln!(
+            "wan14b {p}: {measured} predicted {predicted:.4} ({:+.1}%)",
+            err * 100.0
+        );
+        assert!(err.abs() <= 0.10, "{p}: {:+.1}%", err * 100.0);
+    }
+}
+
 #[test]
 fn slots_parse_as_a_number_or_auto() {
     assert_eq!(parse_slots("auto"), Ok(Slots::Auto));

@@ -1,5 +1,5 @@
 //! The fp8 linear layer on a CUDA GPU: the activations are rounded to e4m3fn by the kernel of
-//! `quant.cu`, then cuBLASLt multiplies e4m3 × e4m3 on the tensor cores with f32 accumulation,
+//! `quant.cu` (unless a fused kernel already stored them as e4m3: `F8E4M3` input), then cuBLASLt multiplies e4m3 × e4m3 on the tensor cores with f32 accumulation,
 //! the weight's scale applied through `CUBLASLT_MATMUL_DESC_A_SCALE_POINTER` (a device
 //! pointer, so a streamed weight's scale needs no host round trip), and writes bf16/f16.
 //!
