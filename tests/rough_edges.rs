@@ -392,3 +392,56 @@ fn plan_works_before_the_weights_are_downloaded() {
         stderr(&o)
     );
 }
+
+/// fp8 compute on a GPU without fp8 tensor cores is refused when planning, before any weight
+/// is read, with the `dtype` key underlined and the GPU named (here an A100-like capability
+/// 8.0 written into the H100 machine's hardware file); the same manifest plans on the H100.
+#[test]
+fn fp8_compute_on_an_older_gpu_is_refused_at_plan_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("fp8.toml");
+    let text = std::fs::read_to_string(repo_root().join("manifests/flux-dev-1gpu-cpu.toml"))
+        .unwrap()
+        .replace(
+            "variant = \"dev\"\n",
+            "variant = \"dev\"\ndtype = \"fp8\"\n",
+        );
+    assert!(text.contains("dtype = \"fp8\""));
+    std::fs::write(&m, text).unwrap();
+    let h100 = repo_root().join("benches/hw-h100x2-2026-11-26.toml");
+    let a100 = dir.path().join("a100.toml");
+    std::fs::write(
+        &a100,
+        std::fs::read_to_string(&h100)
+            .unwrap()
+            .replace("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB")
+            .replace("compute_capability = [9, 0]", "compute_capability = [8, 0]"),
+    )
+    .unwrap();
+    let o = mgpu(&[
+        "plan",
+        m.to_str().unwrap(),
+        "--hardware",
+        a100.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "`cuda:0` (NVIDIA A100-SXM4-80GB) has compute capability 8.0; they need 8.9 or newer"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("dtype = \"fp8\"") && err.contains("^^^^^"),
+        "{err}"
+    );
+    assert!(err.contains("use dtype = \"bf16\" on this GPU"), "{err}");
+    let o = mgpu(&[
+        "plan",
+        m.to_str().unwrap(),
+        "--hardware",
+        h100.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

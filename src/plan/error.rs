@@ -28,6 +28,8 @@ pub enum Location {
     Override(usize),
     /// `prefetch`.
     Prefetch,
+    /// `dtype`.
+    Dtype,
 }
 
 /// Why an override changes nothing.
@@ -62,6 +64,13 @@ pub enum PlanError {
     },
     #[error("model `{model}`: `disk` cannot compute; set compute = \"cuda:N\" or \"cpu\"")]
     DiskCannotCompute { model: String },
+    #[error("model `{model}`: `dtype = \"fp8\"` multiplies on fp8 tensor cores, and `{device}`{} has compute capability {}.{}; they need 8.9 or newer (Ada, Hopper, Blackwell)", label.as_ref().map(|l| format!(" ({l})")).unwrap_or_default(), capability.0, capability.1)]
+    Fp8Unsupported {
+        model: String,
+        device: DeviceName,
+        label: Option<String>,
+        capability: (u32, u32),
+    },
     #[error("model `{model}`: the allocation holds {} of the model's {} and has no wildcard `*` to take the remaining {}{}", ByteSize(*held).human(), ByteSize(*total).human(), ByteSize(total - held).human(), fix_text(fix))]
     QuotaShort {
         model: String,
@@ -134,6 +143,7 @@ impl PlanError {
             Hardware(_) | DoesNotFit(_) => None,
             UnknownDevice { model, .. }
             | DiskCannotCompute { model }
+            | Fp8Unsupported { model, .. }
             | QuotaShort { model, .. }
             | RatioOverflow { model, .. }
             | ZeroShares { model }
@@ -149,6 +159,7 @@ impl PlanError {
         match self {
             UnknownDevice { at, .. } => Some(*at),
             DiskCannotCompute { .. } => Some(Location::Compute),
+            Fp8Unsupported { .. } => Some(Location::Dtype),
             QuotaShort { .. } | RatioOverflow { .. } | ZeroShares { .. } => {
                 Some(Location::Allocation)
             }

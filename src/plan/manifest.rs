@@ -391,6 +391,7 @@ fn diagnostic(m: &Manifest, e: &PlanError) -> Diagnostic {
     let help = match e {
         PlanError::DoesNotFit(_) => "move weights to a donor as the message says, or lower the job size or batch",
         PlanError::UnknownDevice { .. } => "run `mgpu probe` to list this machine's devices, or plan for another machine with `--hardware FILE`",
+        PlanError::Fp8Unsupported { .. } => "use dtype = \"bf16\" on this GPU (an fp8 file still travels as fp8 and is widened on the GPU), or compute on an fp8-capable one",
         _ => "see docs/allocation.md for the allocation language",
     };
     let (Some(model), Some(at)) = (e.model(), e.location()) else {
@@ -420,6 +421,7 @@ fn diagnostic(m: &Manifest, e: &PlanError) -> Diagnostic {
             help,
         ),
         Location::Prefetch => m.diagnostic_at(model, "prefetch", None, message, help),
+        Location::Dtype => m.diagnostic_at(model, "dtype", None, message, help),
     }
 }
 

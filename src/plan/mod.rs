@@ -592,6 +592,20 @@ fn check_devices(m: &ModelRequest, hw: &Hardware) -> Vec<PlanError> {
             model: m.name.clone(),
         });
     }
+    // fp8 compute needs fp8 tensor cores (compute capability 8.9+) on a GPU; the CPU computes
+    // the reference arithmetic. An unknown capability (a hand-written hardware file) passes.
+    if m.workload.fp8_linears && matches!(m.compute, DeviceName::Cuda(_)) {
+        if let Some(d) = hw.device(m.compute) {
+            if let Some(cap) = d.compute_capability.filter(|&c| c < (8, 9)) {
+                out.push(PlanError::Fp8Unsupported {
+                    model: m.name.clone(),
+                    device: m.compute,
+                    label: d.label.clone(),
+                    capability: cap,
+                });
+            }
+        }
+    }
     out
 }
 

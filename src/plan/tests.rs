@@ -703,3 +703,41 @@ fn fp8_units_travel_compact_and_slots_hold_both_forms() {
         mp.slot_bytes
     );
 }
+
+/// fp8 compute on a GPU without fp8 tensor cores (compute capability under 8.9) is refused at
+/// plan time, pointing at `dtype`; 8.9+, an unknown capability and the CPU plan.
+#[test]
+fn fp8_compute_needs_fp8_tensor_cores() {
+    let fp8 = |compute: DeviceName| {
+        let mut m = model(bytes(&[("cuda:0", Some(8.0)), ("cpu", None)]));
+        m.workload.fp8_linears = true;
+        m.compute = compute;
+        m
+    };
+    let with_cap = |cap: Option<(u32, u32)>| {
+        let mut h = hw("hw-4090-cpu.toml");
+        h.devices[0].compute_capability = cap;
+        h.devices[0].label = Some("NVIDIA GeForce RTX 3090".into());
+        h
+    };
+    let r = one(fp8(DeviceName::Cuda(0)), &with_cap(Some((8, 6))));
+    let e = r.as_ref().unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].location(), Some(Location::Dtype));
+    assert_eq!(
+        e.0[0].to_string(),
+        "model `flux`: `dtype = \"fp8\"` multiplies on fp8 tensor cores, and `cuda:0` (NVIDIA GeForce RTX 3090) has compute capability 8.6; they need 8.9 or newer (Ada, Hopper, Blackwell)"
+    );
+    for cap in [Some((8, 9)), Some((9, 0)), Some((12, 0)), None] {
+        assert!(
+            one(fp8(DeviceName::Cuda(0)), &with_cap(cap)).is_ok(),
+            "{cap:?}"
+        );
+    }
+    let mut bf16 = fp8(DeviceName::Cuda(0));
+    bf16.workload.fp8_linears = false;
+    assert!(one(bf16, &with_cap(Some((7, 5)))).is_ok());
+    let mut cpu = fp8(DeviceName::Cpu);
+    cpu.allocation = bytes(&[("cpu", None)]);
+    assert!(one(cpu, &with_cap(Some((7, 5)))).is_ok());
+}
