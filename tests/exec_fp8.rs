@@ -441,3 +441,62 @@ fn wan_fp8_compute_is_placement_invariant_and_close_to_bf16() {
         }
     }
 }
+
+/// fp8 compute with a LoRA: the loader patches the weights (in f32, then the e4m3 form: the
+/// f32 file's patched values quantised once, the scaled-fp8 file's bytes patched with their
+/// own scale), and resident, host and disk homes still give the same bits; the LoRA changes
+/// the output.
+#[test]
+fn fp8_compute_with_a_lora_is_placement_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    let fp8 = dir.path().join("flux-scaled.safetensors");
+    let wide = dir.path().join("flux-wide.safetensors");
+    write_files(
+        FLUX_TINY,
+        Fp8::Scaled,
+        candle_core::DType::BF16,
+        &fp8,
+        &wide,
+    );
+    for (what, file) in [("f32 file", None), ("scaled fp8 file", Some(&fp8))] {
+        let with = |extra: &str| {
+            let mut text = manifest_text(&out, &format!("dtype = \"fp8\"{extra}"), JOBS);
+            if let Some(f) = file {
+                text = text.replace("tiny/flux-tiny.safetensors", &f.display().to_string());
+            }
+            load(&text)
+        };
+        let m = with("\nloras = [{ file = \"tiny/lora-tiny.safetensors\" }]");
+        let resident = run(&m, options(&cache), &[&[0], &[1]]);
+        let host = run(
+            &m,
+            everything_on(options(&cache), UnitHome::Host),
+            &[&[0, 1]],
+        );
+        assert_all_same(
+            &resident,
+            &host,
+            2,
+            &format!("fp8 compute + LoRA, {what}, host"),
+        );
+        let disk = run(
+            &m,
+            everything_on(options(&cache), UnitHome::Disk),
+            &[&[1], &[0]],
+        );
+        assert_all_same(
+            &resident,
+            &disk,
+            2,
+            &format!("fp8 compute + LoRA, {what}, disk"),
+        );
+        let plain = run(&with(""), options(&cache), &[&[0]]);
+        assert_ne!(
+            plain.ok(0).latent,
+            resident.ok(0).latent,
+            "{what}: the LoRA changed nothing"
+        );
+    }
+}
