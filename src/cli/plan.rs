@@ -69,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
             Ok(fail(
                 &d,
                 color,
-                &format!("{shown}: does not fit this machine"),
+                &format!("{shown}: cannot be planned for this machine"),
             ))
         }
     }

@@ -437,7 +437,7 @@ pub fn execute(opts: &RunOptions, make: MakeGenerator<'_>) -> anyhow::Result<Sta
                 return Ok(fail(
                     &d,
                     color,
-                    &format!("{shown}: does not fit this machine"),
+                    &format!("{shown}: cannot be planned for this machine"),
                 ));
             }
         };
