@@ -19,6 +19,7 @@
 //! run), while slots and activations are counted once, for the largest model, because the
 //! models of a pipeline compute one after another. Rendering: [`render_text`], [`render_json`].
 
+mod check;
 pub mod cost;
 pub mod error;
 mod fix;
@@ -438,7 +439,7 @@ pub(crate) fn plan_with(
     let ctxs: Vec<ModelCtx> = req.models.iter().map(|m| ModelCtx::new(m, hw)).collect();
     let mut errs = Vec::new();
     for (i, ctx) in ctxs.iter().enumerate() {
-        errs.extend(check_devices(ctx.req, hw));
+        errs.extend(check::check_devices(ctx.req, hw));
         if let Err(e) = quota::quotas(
             &ctx.req.name,
             &ctx.req.allocation,
@@ -560,53 +561,6 @@ pub(crate) fn plan_with(
         models,
         switches,
     })
-}
-
-fn check_devices(m: &ModelRequest, hw: &Hardware) -> Vec<PlanError> {
-    let mut out = Vec::new();
-    let mut need = |d: DeviceName, at: Location| {
-        if !hw.has(d) {
-            out.push(PlanError::UnknownDevice {
-                model: m.name.clone(),
-                device: d,
-                at,
-                available: hw.names(),
-            });
-        }
-    };
-    need(m.compute, Location::Compute);
-    match &m.allocation {
-        Allocation::Auto => {}
-        Allocation::VirtualVram { donor, .. } => need(*donor, Location::Donor),
-        Allocation::Expert(e) => {
-            for (i, x) in e.entries.iter().enumerate() {
-                need(x.device, Location::Entry(i));
-            }
-        }
-    }
-    for (i, o) in m.overrides.iter().enumerate() {
-        need(o.device, Location::Override(i));
-    }
-    if m.compute == DeviceName::Disk {
-        out.push(PlanError::DiskCannotCompute {
-            model: m.name.clone(),
-        });
-    }
-    // fp8 compute needs fp8 tensor cores (compute capability 8.9+) on a GPU; the CPU computes
-    // the reference arithmetic. An unknown capability (a hand-written hardware file) passes.
-    if m.workload.fp8_linears && matches!(m.compute, DeviceName::Cuda(_)) {
-        if let Some(d) = hw.device(m.compute) {
-            if let Some(cap) = d.compute_capability.filter(|&c| c < (8, 9)) {
-                out.push(PlanError::Fp8Unsupported {
-                    model: m.name.clone(),
-                    device: m.compute,
-                    label: d.label.clone(),
-                    capability: cap,
-                });
-            }
-        }
-    }
-    out
 }
 
 /// What each model puts on `d`, for messages.
