@@ -223,9 +223,10 @@ fn wan_predictions_are_within_ten_percent_of_the_gpu_measurements() {
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/hw-h200-2026-12-04.toml"),
     )
     .unwrap();
+    // Walls per step; the streamed cell from the first call (before the fused e4m3 inputs).
     for (p, measured) in [
-        ("resident", 4.8424),
-        ("resident@fp8-compute", 4.4336),
+        ("resident", 4.8419),
+        ("resident@fp8-compute", 4.4008),
         ("cpu:100@fp8-compute", 4.4449),
     ] {
         let (req, homes) = cell_request(&model, &cfg, &args, &p.parse().unwrap(), 1).unwrap();

@@ -12,7 +12,7 @@
 //! | `norm3`: affine LN in f32, rounded once | `ln_modulate` with `shift = bias`, `1 + scale = weight` |
 //! | `gelu(ffn.0(h) + b)` | `ffn.0` without bias, then `cat_gelu` (bias, rounded, GELU) |
 //! | q/k/v `x·Wᵀ + b` (candle's broadcast add) | the product, then the bias by `gated_residual` (same rounding) |
-//! | fp8 compute: an fp8 layer's product (`Lin::forward`) | the same product (`Lin::matmul_t`, the e4m3 GEMM), the bias added as above |
+//! | fp8 compute: an fp8 layer's product (`Lin::forward`) | the same product (`Lin::matmul_t`, the e4m3 GEMM), the bias added as above; `ln_modulate` and `cat_gelu` store an fp8 layer's input as e4m3 (the bytes its own rounding makes; once for q, k, v) |
 //! | q/k RMSNorm: f32 copy, normalise, round, × weight | candle's RMSNorm kernel on the compute dtype (f32 inside), × weight |
 //! | cross-attention: f32 scores over query chunks | bf16 scores from cuBLAS, the fused f32 softmax, bf16 `· v` |
 //!
@@ -37,12 +37,17 @@ pub(super) fn applies(x: &Tensor) -> Result<bool> {
 }
 
 /// A linear layer's product without its bias (an fp8 layer: the e4m3 tensor-core GEMM,
-/// [`Lin::matmul_t`]), and the bias (zeros when it has none).
-fn product(l: &Lin, x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let y = l.matmul_t(x)?;
+/// [`Lin::matmul_t`]; of `x` already stored as e4m3 by a fused kernel when `x` is `F8E4M3`),
+/// and the bias (zeros when it has none), both in the compute dtype `dtype`.
+fn product(l: &Lin, x: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
+    let y = if x.dtype() == DType::F8E4M3 {
+        l.matmul_t_e4m3(x, dtype)?
+    } else {
+        l.matmul_t(x)?
+    };
     let b = match l.bias() {
         Some(b) => b.clone(),
-        None => Tensor::zeros(l.weight_dims()?.0, x.dtype(), x.device())?,
+        None => Tensor::zeros(l.weight_dims()?.0, dtype, x.device())?,
     };
     Ok((y, b))
 }
@@ -51,8 +56,8 @@ fn product(l: &Lin, x: &Tensor) -> Result<(Tensor, Tensor)> {
 /// rounds it, with the bias added by the fused `gated_residual` kernel (`0 + 1 · (y + b)`):
 /// candle's broadcast add took 3.1 ms for a 32 760 × 5120 output on an H200, the product
 /// itself 2.1 ms.
-fn biased(l: &Lin, x: &Tensor) -> Result<Tensor> {
-    let (y, b) = product(l, x)?;
+fn biased(l: &Lin, x: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (y, b) = product(l, x, dtype)?;
     let (rows, cols) = y.dims2()?;
     let zeros = Tensor::zeros((rows, cols), y.dtype(), y.device())?;
     let ones = Tensor::ones(cols, y.dtype(), y.device())?;
@@ -75,14 +80,15 @@ fn attention_short(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
 }
 
 impl Attention {
-    fn qkv_fused(&self, x: &Tensor, kv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let mut q = biased(&self.q, x)?;
-        let mut k = biased(&self.k, kv)?;
+    /// q from `x`, k and v from `kv` (either may be e4m3 for fp8 layers), in `dtype`.
+    fn qkv_fused(&self, x: &Tensor, kv: &Tensor, dtype: DType) -> Result<(Tensor, Tensor, Tensor)> {
+        let mut q = biased(&self.q, x, dtype)?;
+        let mut k = biased(&self.k, kv, dtype)?;
         if let (Some(nq), Some(nk)) = (&self.norm_q, &self.norm_k) {
             q = rms(nq, &q)?;
             k = rms(nk, &k)?;
         }
-        let v = biased(&self.v, kv)?;
+        let v = biased(&self.v, kv, dtype)?;
         Ok((
             self.split_heads(&q)?,
             self.split_heads(&k)?,
@@ -110,9 +116,11 @@ impl Block {
             .map(|(n, e)| Ok((*n, (&self.modulation + e)?.to_dtype(dtype)?.contiguous()?)))
             .collect::<Result<Vec<_>>>()?;
         let row = |m: &Tensor, i: usize| -> Result<Tensor> { m.get(i)?.contiguous() };
-        let ln_mod = |x: &Tensor, s: usize| {
+        // `e4m3`: the output is the input of fp8 layers only, stored as e4m3 by the kernel
+        // (the bytes each layer's own rounding would make, rounded once for q, k and v).
+        let ln_mod = |x: &Tensor, s: usize, e4m3: bool| {
             by_runs(&[x], &mods, |t, m| {
-                kern::ln_modulate(&t[0], &row(m, s)?, &row(m, s + 1)?)
+                kern::ln_modulate_to(&t[0], &row(m, s)?, &row(m, s + 1)?, e4m3)
             })
         };
         let gated = |x: &Tensor, y: &Tensor, b: &Tensor, g: usize| {
@@ -122,12 +130,12 @@ impl Block {
         };
 
         // Self-attention.
-        let h = ln_mod(x, 0)?;
         let sa = &self.self_attn;
-        let (q, k, v) = sa.qkv_fused(&h, &h)?;
+        let h = ln_mod(x, 0, sa.q.is_fp8() && sa.k.is_fp8() && sa.v.is_fp8())?;
+        let (q, k, v) = sa.qkv_fused(&h, &h, dtype)?;
         let (q, k) = (rope(&q, cos, sin)?, rope(&k, cos, sin)?);
         let a = attention(&q, &k, &v)?;
-        let (y, bo) = product(&sa.o, &a)?;
+        let (y, bo) = product(&sa.o, &a, dtype)?;
         let x = gated(x, &y, &bo, 2)?;
 
         // Cross-attention: `norm3` as a modulation with shift = bias, 1 + scale = weight.
@@ -135,22 +143,22 @@ impl Block {
             Some(n) => {
                 let bias = n.bias.to_dtype(dtype)?.contiguous()?;
                 let scale = (&n.weight - 1.0)?.to_dtype(dtype)?.contiguous()?;
-                kern::ln_modulate(&x, &bias, &scale)?
+                kern::ln_modulate_to(&x, &bias, &scale, self.cross_attn.q.is_fp8())?
             }
             None => x.clone(),
         };
         let ca = &self.cross_attn;
-        let (q, k, v) = ca.qkv_fused(&h, ctx)?;
+        let (q, k, v) = ca.qkv_fused(&h, ctx, dtype)?;
         let a = attention_short(&q, &k, &v)?;
-        let (y, bo) = product(&ca.o, &a)?;
+        let (y, bo) = product(&ca.o, &a, dtype)?;
         let ones = Tensor::ones(bo.dim(0)?, dtype, x.device())?;
         let x = kern::gated_residual(&x, &y, &bo, &ones)?;
 
         // Feed-forward.
-        let h = ln_mod(&x, 3)?;
-        let (u, b0) = product(&self.ffn0, &h)?;
-        let g = kern::cat_gelu(None, &u, 0, u.dim(1)?, &b0)?;
-        let (y, b2) = product(&self.ffn2, &g)?;
+        let h = ln_mod(&x, 3, self.ffn0.is_fp8())?;
+        let (u, b0) = product(&self.ffn0, &h, dtype)?;
+        let g = kern::cat_gelu_to(None, &u, 0, u.dim(1)?, &b0, self.ffn2.is_fp8())?;
+        let (y, b2) = product(&self.ffn2, &g, dtype)?;
         gated(&x, &y, &b2, 5)
     }
 }
