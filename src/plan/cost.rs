@@ -42,7 +42,7 @@ pub const WIDEN_GBPS_PER_TFLOPS: f64 = 2.0;
 /// (batch 4); the fp8 linears are 80 % of the blocks' FLOPs (59.5 of 74.4 TFLOP), so their
 /// time fell to 0.726 and 0.731 of bf16's: 1.38 and 1.37 × as fast. Wan's fp8 linears (its
 /// blocks' attention projections and feed-forward) take the same factor: on Wan 2.1 14B at
-/// 480p/81 frames it predicts −0.37 s per step for a measured −0.40 s (2026-12-04).
+/// 480p/81 frames it predicts −0.37 s per step for a measured −0.44 s (2026-12-04).
 pub const FP8_LINEAR_SPEEDUP: f64 = 1.37;
 
 /// Wan blocks on CUDA, calibrated on the lent H200 (benches/RESULTS.md, 2026-12-02, 832×480,
