@@ -195,19 +195,7 @@ fn a_lora_patches_fp8_in_place_and_placements_agree() {
     )
     .replace("tiny/flux-tiny.safetensors", &fp8.display().to_string());
     let m = load(&text);
-    let resident = run(&m, options(&cache), &[&[0], &[1]]);
-    let host = run(
-        &m,
-        everything_on(options(&cache), UnitHome::Host),
-        &[&[0, 1]],
-    );
-    assert_all_same(&resident, &host, 2, "scaled fp8 + LoRA, host homes");
-    let disk = run(
-        &m,
-        everything_on(options(&cache), UnitHome::Disk),
-        &[&[1], &[0]],
-    );
-    assert_all_same(&resident, &disk, 2, "scaled fp8 + LoRA, disk homes");
+    let (resident, _) = resident_host_disk(&m, &cache, "scaled fp8 + LoRA");
     // The LoRA changed the output.
     let plain = run(
         &load(
@@ -230,6 +218,26 @@ fn psnr(got: &[f32], want: &[f32]) -> f64 {
         .sum::<f64>()
         / want.len() as f64;
     10.0 * (peak * peak / mse).log10()
+}
+
+/// Runs `m`'s two images with every block resident (one batch each), then with every unit on
+/// host homes (one batch of both) and on disk homes (reversed order), asserts both give the
+/// resident run's bits, and returns the host run and the resident run.
+fn resident_host_disk(
+    m: &std::sync::Arc<mgpu::manifest::Manifest>,
+    cache: &Path,
+    what: &str,
+) -> (Run, Run) {
+    let resident = run(m, options(cache), &[&[0], &[1]]);
+    let host = run(m, everything_on(options(cache), UnitHome::Host), &[&[0, 1]]);
+    assert_all_same(&resident, &host, 2, &format!("{what}, host homes"));
+    let disk = run(
+        m,
+        everything_on(options(cache), UnitHome::Disk),
+        &[&[1], &[0]],
+    );
+    assert_all_same(&resident, &disk, 2, &format!("{what}, disk homes"));
+    (resident, host)
 }
 
 /// Issue #13, "fp8 compute": `dtype = "fp8"` multiplies FLUX's block projections and MLPs in
@@ -267,19 +275,7 @@ fn fp8_compute_is_placement_invariant_and_close_to_bf16() {
             text = text.replace("tiny/flux-tiny.safetensors", &f.display().to_string());
         }
         let m = load(&text);
-        let resident = run(&m, options(&cache), &[&[0], &[1]]);
-        let host = run(
-            &m,
-            everything_on(options(&cache), UnitHome::Host),
-            &[&[0, 1]],
-        );
-        assert_all_same(&resident, &host, 2, &format!("fp8 compute, {what}, host"));
-        let disk = run(
-            &m,
-            everything_on(options(&cache), UnitHome::Disk),
-            &[&[1], &[0]],
-        );
-        assert_all_same(&resident, &disk, 2, &format!("fp8 compute, {what}, disk"));
+        let (resident, host) = resident_host_disk(&m, &cache, &format!("fp8 compute, {what}"));
         // The fp8 linears travel as one byte per value, against two in bf16.
         let (q, w) = (host.first_pass_bytes(), bf16_host.first_pass_bytes());
         assert!(
@@ -469,29 +465,7 @@ fn fp8_compute_with_a_lora_is_placement_invariant() {
             load(&text)
         };
         let m = with("\nloras = [{ file = \"tiny/lora-tiny.safetensors\" }]");
-        let resident = run(&m, options(&cache), &[&[0], &[1]]);
-        let host = run(
-            &m,
-            everything_on(options(&cache), UnitHome::Host),
-            &[&[0, 1]],
-        );
-        assert_all_same(
-            &resident,
-            &host,
-            2,
-            &format!("fp8 compute + LoRA, {what}, host"),
-        );
-        let disk = run(
-            &m,
-            everything_on(options(&cache), UnitHome::Disk),
-            &[&[1], &[0]],
-        );
-        assert_all_same(
-            &resident,
-            &disk,
-            2,
-            &format!("fp8 compute + LoRA, {what}, disk"),
-        );
+        let (resident, _) = resident_host_disk(&m, &cache, &format!("fp8 compute + LoRA, {what}"));
         let plain = run(&with(""), options(&cache), &[&[0]]);
         assert_ne!(
             plain.ok(0).latent,
