@@ -1,7 +1,8 @@
 //! The fp8 linear layer on a CUDA GPU: the activations are rounded to e4m3fn by the kernel of
-//! `quant.cu` (unless a fused kernel already stored them as e4m3: `F8E4M3` input), then cuBLASLt multiplies e4m3 × e4m3 on the tensor cores with f32 accumulation,
-//! the weight's scale applied through `CUBLASLT_MATMUL_DESC_A_SCALE_POINTER` (a device
-//! pointer, so a streamed weight's scale needs no host round trip), and writes bf16/f16.
+//! `quant.cu` (unless a fused kernel already stored them as e4m3: `F8E4M3` input), then
+//! cuBLASLt multiplies e4m3 × e4m3 on the tensor cores with f32 accumulation, the weight's
+//! scale applied through `CUBLASLT_MATMUL_DESC_A_SCALE_POINTER` (a device pointer, so a
+//! streamed weight's scale needs no host round trip), and writes bf16/f16.
 //!
 //! Layout (cuBLAS is column-major): `D[N, M]ᵀ = op(A)·B` with `A` = the weight `[N, K]`
 //! row-major (= `K × N` column-major, `TRANSA = T`) and `B` = the quantised activations
