@@ -103,12 +103,16 @@ impl Lin {
         }
     }
 
-    /// [`Lin::matmul_t`] of activations a kernel already rounded to e4m3 (`x` `F8E4M3`, an fp8
-    /// layer only), the product in `out`.
-    pub fn matmul_t_e4m3(&self, x: &Tensor, out: DType) -> Result<Tensor> {
+    /// [`Lin::matmul_t`] with the product in the compute dtype `out`, for inputs a fused kernel
+    /// may have stored as e4m3 already (`x` `F8E4M3`: the bytes an fp8 layer's own rounding
+    /// makes; see `kernels::ln_modulate_to`). A dense layer takes `x` in `out`.
+    pub fn matmul_t_as(&self, x: &Tensor, out: DType) -> Result<Tensor> {
         match self {
             Lin::Fp8 { weight, scale, .. } => matmul_t_to(x, weight, scale, out),
-            Lin::Dense(_) => candle_core::bail!("fp8 linear: e4m3 activations for a dense layer"),
+            Lin::Dense(_) if x.dtype() == DType::F8E4M3 => {
+                candle_core::bail!("fp8 linear: e4m3 activations for a dense layer")
+            }
+            Lin::Dense(l) => x.matmul(&l.weight().t()?),
         }
     }
 }
@@ -385,14 +389,14 @@ mod tests {
             bias: None,
         };
         let want = lin.matmul_t(&x).unwrap();
-        let got = lin.matmul_t_e4m3(&x8, DType::BF16).unwrap();
+        let got = lin.matmul_t_as(&x8, DType::BF16).unwrap();
         assert_eq!(got.dtype(), DType::BF16);
         assert_eq!(values(&got), values(&want));
         let dense = Lin::Dense(Linear::new(
             Tensor::zeros((n, k), DType::BF16, &dev).unwrap(),
             None,
         ));
-        assert!(dense.matmul_t_e4m3(&x8, DType::BF16).is_err());
+        assert!(dense.matmul_t_as(&x8, DType::BF16).is_err());
     }
 
     #[test]

@@ -40,11 +40,7 @@ pub(super) fn applies(x: &Tensor) -> Result<bool> {
 /// [`Lin::matmul_t`]; of `x` already stored as e4m3 by a fused kernel when `x` is `F8E4M3`),
 /// and the bias (zeros when it has none), both in the compute dtype `dtype`.
 fn product(l: &Lin, x: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
-    let y = if x.dtype() == DType::F8E4M3 {
-        l.matmul_t_e4m3(x, dtype)?
-    } else {
-        l.matmul_t(x)?
-    };
+    let y = l.matmul_t_as(x, dtype)?;
     let b = match l.bias() {
         Some(b) => b.clone(),
         None => Tensor::zeros(l.weight_dims()?.0, dtype, x.device())?,

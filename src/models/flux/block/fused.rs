@@ -23,25 +23,11 @@ pub(super) fn applies(x: &Tensor, head_dim: usize, mlp_hidden: usize) -> Result<
         && kernels::settings()?.kernels)
 }
 
-/// `x · wᵀ` without the bias (an fp8 layer: e4m3 tensor-core GEMM).
-fn matmul_t(x: &Tensor, lin: &Lin) -> Result<Tensor> {
-    lin.matmul_t(x)
-}
-
-/// `lin`'s product of a fused kernel's output `h`: for an fp8 layer the kernel stored `h` as
-/// e4m3 already (`e4m3 = lin.is_fp8()`), the same bytes its own rounding would make.
-fn matmul_t_of(h: Tensor, lin: &Lin, dtype: DType) -> Result<Tensor> {
-    if lin.is_fp8() {
-        lin.matmul_t_e4m3(&h, dtype)
-    } else {
-        lin.matmul_t(&h)
-    }
-}
-
-/// The LayerNorm + modulation of `x` as the input of `lin`, and the product.
+/// The LayerNorm + modulation of `x` as the input of `lin` (e4m3 for an fp8 layer), and the
+/// product without the bias.
 fn ln_modulate_matmul(x: &Tensor, m: &ModOut, lin: &Lin) -> Result<Tensor> {
     let h = kernels::ln_modulate_to(x, &m.shift, &m.scale, lin.is_fp8())?;
-    matmul_t_of(h, lin, x.dtype())
+    lin.matmul_t_as(&h, x.dtype())
 }
 
 /// The layer's bias, or zeros of its output width in the dtype of `like` (the activations).
@@ -69,13 +55,13 @@ fn post_attention(
     m1: &ModOut,
     m2: &ModOut,
 ) -> Result<Tensor> {
-    let proj = matmul_t(attn, &s.attn.proj)?;
+    let proj = s.attn.proj.matmul_t(attn)?;
     let x = kernels::gated_residual(x, &proj, &bias(&s.attn.proj, x)?, &m1.gate)?;
     let h = ln_modulate_matmul(&x, m2, &s.mlp.l0)?;
     let width = h.dim(1)?;
     let fp8 = s.mlp.l2.is_fp8();
     let h = kernels::cat_gelu_to(None, &h, 0, width, &bias(&s.mlp.l0, &x)?, fp8)?;
-    let y = matmul_t_of(h, &s.mlp.l2, x.dtype())?;
+    let y = s.mlp.l2.matmul_t_as(&h, x.dtype())?;
     kernels::gated_residual(&x, &y, &bias(&s.mlp.l2, &x)?, &m2.gate)
 }
 
@@ -132,7 +118,7 @@ pub(super) fn single(
     let attn = kernels::attention(&qkv)?;
     let fp8 = b.linear2.is_fp8();
     let cat = kernels::cat_gelu_to(Some(&attn), &fused, qkv_w, mlp_w, &mlp_b, fp8)?;
-    let out = matmul_t_of(cat, &b.linear2, x.dtype())?;
+    let out = b.linear2.matmul_t_as(&cat, x.dtype())?;
     kernels::gated_residual(x, &out, &bias(&b.linear2, x)?, &m.gate)
 }
 
