@@ -349,21 +349,6 @@ fn wan_blocks_on(mut o: PipelineOptions, home: UnitHome) -> PipelineOptions {
     o
 }
 
-/// Same latent bits and the same frames, task by task.
-fn assert_all_frames_same(reference: &Run, other: &Run, n: usize, what: &str) {
-    for i in 0..n {
-        let (a, b) = (reference.ok(i), other.ok(i));
-        assert_same(a, b, &format!("{what}, task {i}"));
-        assert_eq!(a.frames.len(), b.frames.len(), "{what}, task {i}: frames");
-        for (k, (fa, fb)) in a.frames.iter().zip(&b.frames).enumerate() {
-            assert!(
-                fa.as_raw() == fb.as_raw(),
-                "{what}, task {i}: frame {k} differs"
-            );
-        }
-    }
-}
-
 /// fp8 compute for Wan: `dtype = "fp8"` multiplies the blocks' attention projections
 /// (`self_attn`/`cross_attn` `q`, `k`, `v`, `o`) and feed-forward linears (`ffn.0`, `ffn.2`)
 /// in e4m3. From the bf16 file (the loader quantises those weights once) and from a scaled-fp8

@@ -12,7 +12,7 @@ mod exec_common;
 use std::path::Path;
 use std::sync::Arc;
 
-use exec_common::{assert_same, load, options, run, tasks, Run, HW};
+use exec_common::{assert_all_frames_same, load, options, run, tasks, HW};
 use mgpu::exec::pipeline::{generator, PipelineOptions, UnitHome};
 use mgpu::exec::ImageTask;
 use mgpu::manifest::Manifest;
@@ -85,20 +85,6 @@ fn everything_on(mut o: PipelineOptions, home: UnitHome) -> PipelineOptions {
         o = o.with_home("vae", u, home);
     }
     o
-}
-
-fn assert_all_frames_same(reference: &Run, other: &Run, n: usize, what: &str) {
-    for i in 0..n {
-        let (a, b) = (reference.ok(i), other.ok(i));
-        assert_same(a, b, &format!("{what}, task {i}"));
-        assert_eq!(a.frames.len(), b.frames.len(), "{what}, task {i}: frames");
-        for (k, (fa, fb)) in a.frames.iter().zip(&b.frames).enumerate() {
-            assert!(
-                fa.as_raw() == fb.as_raw(),
-                "{what}, task {i}: frame {k} differs"
-            );
-        }
-    }
 }
 
 #[test]

@@ -220,3 +220,18 @@ pub fn assert_all_same(reference: &Run, other: &Run, n: usize, what: &str) {
         assert_same(reference.ok(i), other.ok(i), &format!("{what}, task {i}"));
     }
 }
+
+/// [`assert_all_same`] for videos: also every frame, task by task.
+pub fn assert_all_frames_same(reference: &Run, other: &Run, n: usize, what: &str) {
+    for i in 0..n {
+        let (a, b) = (reference.ok(i), other.ok(i));
+        assert_same(a, b, &format!("{what}, task {i}"));
+        assert_eq!(a.frames.len(), b.frames.len(), "{what}, task {i}: frames");
+        for (k, (fa, fb)) in a.frames.iter().zip(&b.frames).enumerate() {
+            assert!(
+                fa.as_raw() == fb.as_raw(),
+                "{what}, task {i}: frame {k} differs"
+            );
+        }
+    }
+}
