@@ -22,6 +22,7 @@
 //! allocation.
 
 pub mod dequant;
+pub mod quantize;
 pub mod write;
 
 use std::collections::{BTreeMap, HashSet};

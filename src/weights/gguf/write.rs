@@ -12,7 +12,9 @@
 //!
 //! Tensors are added as stored bytes of any GGML type mgpu reads ([`GgufWriter::add_tensor`])
 //! or as f32 values encoded here ([`GgufWriter::add_f32`]): F32, F16 and BF16 rounded to
-//! nearest even, Q8_0 by llama.cpp's reference quantiser ([`super::dequant::quantize_q8_0`]).
+//! nearest even, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 by llama.cpp's reference quantisers
+//! ([`super::quantize`], [`super::dequant::quantize_q8_0`]), Q4_K by a simpler one-pass
+//! quantiser ([`super::quantize::quantize_q4_k`]).
 //! [`city96_type`] is the type city96's ComfyUI-GGUF `convert.py` gives each tensor of a
 //! diffusion-model state dict. The writer holds the data in memory until [`GgufWriter::finish`]:
 //! it is meant for test, tiny and converted models, not for streaming tens of gigabytes.
@@ -22,6 +24,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::dequant::quantize_q8_0;
+use super::quantize::{
+    quantize_q4_0, quantize_q4_1, quantize_q4_k, quantize_q5_0, quantize_q5_1, Quantizer,
+};
 use super::{ValueType, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
 use crate::weights::dtype::ggml_supported_names;
 use crate::weights::lora::math;
@@ -65,6 +70,19 @@ pub fn city96_type(name: &str, shape: &[u64], quant: DType) -> DType {
     } else {
         quant
     }
+}
+
+/// The quantiser [`GgufWriter::add_f32`] encodes `dtype` with, if it has one.
+fn quantizer(dtype: DType) -> Option<Quantizer> {
+    Some(match dtype {
+        DType::Q4_0 => quantize_q4_0,
+        DType::Q4_1 => quantize_q4_1,
+        DType::Q5_0 => quantize_q5_0,
+        DType::Q5_1 => quantize_q5_1,
+        DType::Q8_0 => quantize_q8_0,
+        DType::Q4_K => quantize_q4_k,
+        _ => return None,
+    })
 }
 
 /// One tensor waiting to be written.
@@ -175,8 +193,10 @@ impl GgufWriter {
 
     /// Adds a tensor from f32 values (row-major, PyTorch `shape`) encoded as `dtype`: F32 as
     /// is, F16 and BF16 rounded to nearest even (values too large for them are refused, not
-    /// stored as infinities), Q8_0 by llama.cpp's reference quantiser (rows must be whole
-    /// 32-value blocks; values must be finite).
+    /// stored as infinities), Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 by llama.cpp's reference
+    /// quantisers and Q4_K by [`quantize_q4_k`]'s one-pass quantiser. For the block types rows
+    /// (the last dimension) must be whole blocks, 32 values (256 for Q4_K), and every value
+    /// must be finite.
     pub fn add_f32(
         &mut self,
         name: &str,
@@ -211,21 +231,22 @@ impl GgufWriter {
                 }
                 out
             }
-            DType::Q8_0 => {
+            other => {
+                let Some(quantize) = quantizer(other) else {
+                    return Err(self.bad(
+                        name,
+                        format!("add_f32 encodes F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q4_K, not {other}; add {other} data as stored bytes with add_tensor"),
+                    ));
+                };
+                // `check` has made the rows whole blocks, so `values` is whole blocks too.
                 let bad = values.iter().filter(|v| !v.is_finite()).count();
                 if bad > 0 {
                     return Err(self.bad(
                         name,
-                        format!("{bad} values are NaN or infinite; Q8_0 cannot store them"),
+                        format!("{bad} values are NaN or infinite; {other} cannot store them"),
                     ));
                 }
-                quantize_q8_0(values)
-            }
-            other => {
-                return Err(self.bad(
-                    name,
-                    format!("add_f32 encodes F32, F16, BF16 and Q8_0, not {other}; add {other} data as stored bytes with add_tensor"),
-                ))
+                quantize(values)
             }
         };
         self.add_tensor(name, shape, dtype, data)

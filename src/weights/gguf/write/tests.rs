@@ -232,6 +232,91 @@ fn round_trip_through_the_reader() {
 }
 
 #[test]
+fn block_quantised_tensors_round_trip_through_the_reader() {
+    use crate::weights::gguf::quantize;
+    type Quantize = fn(&[f32]) -> Vec<u8>;
+    type Dequantize = fn(&[u8], &mut [f32]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blocks.gguf");
+    let cases: [(&str, Vec<u64>, DType, Quantize, Dequantize); 6] = [
+        (
+            "k",
+            vec![3, 512],
+            DType::Q4_K,
+            quantize::quantize_q4_k,
+            dequant::q4_k,
+        ),
+        (
+            "q5_1",
+            vec![2, 3, 64],
+            DType::Q5_1,
+            quantize::quantize_q5_1,
+            dequant::q5_1,
+        ),
+        (
+            "q4_0",
+            vec![4, 32],
+            DType::Q4_0,
+            quantize::quantize_q4_0,
+            dequant::q4_0,
+        ),
+        (
+            "q4_1",
+            vec![96],
+            DType::Q4_1,
+            quantize::quantize_q4_1,
+            dequant::q4_1,
+        ),
+        (
+            "q5_0",
+            vec![2, 64],
+            DType::Q5_0,
+            quantize::quantize_q5_0,
+            dequant::q5_0,
+        ),
+        (
+            "k.empty",
+            vec![0, 256],
+            DType::Q4_K,
+            quantize::quantize_q4_k,
+            dequant::q4_k,
+        ),
+    ];
+    let mut w = GgufWriter::new(&path, "flux");
+    let mut data = Vec::new();
+    for (i, (name, shape, dtype, _, _)) in cases.iter().enumerate() {
+        let v = values(shape.iter().product::<u64>() as usize, 3.0 + i as f32);
+        w.add_f32(name, shape, *dtype, &v).unwrap();
+        data.push(v);
+    }
+    w.finish().unwrap();
+
+    let bytes = std::fs::read(&path).unwrap();
+    let h = parse(&path, &bytes).unwrap();
+    let f = WeightFile::open(&path).unwrap();
+    for ((name, shape, dtype, quantize, dequantize), v) in cases.iter().zip(&data) {
+        let t = &h.tensors.iter().find(|t| t.name == *name).unwrap();
+        assert_eq!((&t.shape, t.dtype), (shape, *dtype), "{name}");
+        let stored = quantize(v);
+        assert_eq!(
+            t.len,
+            dtype.storage_bytes(v.len() as u64).unwrap(),
+            "{name}"
+        );
+        assert_eq!(f.raw(name).unwrap(), stored, "{name}: stored bytes");
+        let mut want = vec![0f32; v.len()];
+        dequantize(&stored, &mut want);
+        let back = f.to_f32(name).unwrap();
+        assert_eq!(back, want, "{name}: quantise then dequantise");
+        // And the values are close to what was written: within a few steps of the range.
+        let scale = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for (x, y) in v.iter().zip(&back) {
+            assert!((x - y).abs() <= scale / 4.0, "{name}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
 fn general_alignment_sets_the_data_alignment() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a64.gguf");
@@ -288,8 +373,28 @@ fn refusals_name_the_file_and_the_tensor() {
             "5 values given for shape [2, 3] (6 values)",
         ),
         (
-            err(w.add_f32("k", &[256], DType::Q4_K, &[0.0; 256])),
-            "add_f32 encodes F32, F16, BF16 and Q8_0, not Q4_K",
+            err(w.add_f32("k", &[256], DType::Q6_K, &[0.0; 256])),
+            "add_f32 encodes F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q4_K, not Q6_K",
+        ),
+        (
+            err(w.add_f32("k", &[2, 128], DType::Q4_K, &[0.0; 256])),
+            "row length 128 of shape [2, 128] is not a multiple of Q4_K's 256-value block",
+        ),
+        (
+            err(w.add_f32("q", &[2, 48], DType::Q5_1, &[0.0; 96])),
+            "row length 48 of shape [2, 48] is not a multiple of Q5_1's 32-value block",
+        ),
+        (
+            err(w.add_f32("k", &[256], DType::Q4_K, &[f32::INFINITY; 256])),
+            "256 values are NaN or infinite; Q4_K cannot store them",
+        ),
+        (
+            err(w.add_f32("q", &[32], DType::Q4_0, &{
+                let mut v = [0.0; 32];
+                v[3] = f32::NAN;
+                v
+            })),
+            "1 values are NaN or infinite; Q4_0 cannot store them",
         ),
         (
             err(w.add_tensor("r", &[2, 32], DType::Q8_0, vec![0; 67])),
