@@ -44,32 +44,21 @@ pub struct Placement {
     pub source: Option<UnitHome>,
     /// Percent of blocks streamed.
     pub percent: u32,
-    /// `@q8_0`: the blocks' matrices are stored as GGUF Q8_0 (as city96's GGUF files
-    /// store them); streamed blocks travel quantised and are dequantised on the compute
-    /// device, resident ones are dequantised once.
-    pub q8_0: bool,
-    /// `@fp8`: the blocks' matrices are stored as ComfyUI scaled fp8 (e4m3fn + a per-tensor
-    /// scale, as `*_fp8_scaled` files store them); streamed blocks travel as fp8 and are
-    /// widened on the compute device, resident ones are widened once.
-    pub fp8: bool,
-    /// `@fp8-compute`: as `@fp8`, and the blocks' projections and MLPs multiply in e4m3 on
-    /// the tensor cores (`dtype = "fp8"`, [`crate::models::fp8`]): their weights stay e4m3
-    /// on the compute device, resident or fetched.
-    pub fp8_compute: bool,
+    /// How the blocks' matrices are stored (the suffix): `@q8_0`/`@q4_k` as GGUF blocks (as
+    /// city96's GGUF files store them), streamed blocks travel quantised and are dequantised
+    /// on the compute device, resident ones are dequantised once; `@fp8` as ComfyUI scaled
+    /// fp8 (e4m3fn + a per-tensor scale, as `*_fp8_scaled` files store them), streamed blocks
+    /// travel as fp8 and are widened on the compute device, resident ones once;
+    /// `@fp8-compute` as `@fp8`, and the blocks' projections and MLPs multiply in e4m3 on the
+    /// tensor cores (`dtype = "fp8"`, [`crate::models::fp8`]): their weights stay e4m3 on the
+    /// compute device, resident or fetched.
+    pub storage: Storage,
 }
 
 impl Placement {
     /// How the placement's blocks are stored.
     pub fn storage(&self) -> Storage {
-        if self.q8_0 {
-            Storage::Q8_0
-        } else if self.fp8_compute {
-            Storage::Fp8Compute
-        } else if self.fp8 {
-            Storage::Fp8
-        } else {
-            Storage::Plain
-        }
+        self.storage
     }
 }
 
@@ -77,30 +66,25 @@ impl std::str::FromStr for Placement {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let (t, fp8_compute) = match t.strip_suffix("@fp8-compute") {
-            Some(rest) => (rest, true),
-            None => (t, false),
+        let (t, storage) = match t.split_once('@') {
+            None => (t, Storage::Plain),
+            Some((t, suffix)) => (
+                t,
+                Storage::ALL
+                    .into_iter()
+                    .find(|st| st.suffix().strip_prefix('@') == Some(suffix))
+                    .ok_or_else(|| {
+                        format!(
+                            "placement `{s}`: unknown storage `@{suffix}` (known: @q8_0, @q4_k, @fp8, @fp8-compute)"
+                        )
+                    })?,
+            ),
         };
-        let (t, q8_0) = match t.strip_suffix("@q8_0") {
-            Some(rest) => (rest, true),
-            None => (t, false),
-        };
-        let (t, fp8) = match t.strip_suffix("@fp8") {
-            Some(rest) if !q8_0 && !fp8_compute => (rest, true),
-            _ => (t, false),
-        };
-        if q8_0 && fp8_compute {
-            return Err(format!(
-                "placement `{s}`: `@q8_0` and `@fp8-compute` exclude each other"
-            ));
-        }
         if t == "resident" {
             return Ok(Placement {
                 source: None,
                 percent: 0,
-                q8_0,
-                fp8,
-                fp8_compute,
+                storage,
             });
         }
         let (src, pct) = t.rsplit_once(':').ok_or_else(|| {
@@ -119,9 +103,7 @@ impl std::str::FromStr for Placement {
         Ok(Placement {
             source: Some(source),
             percent,
-            q8_0,
-            fp8,
-            fp8_compute,
+            storage,
         })
     }
 }
@@ -326,10 +308,10 @@ fn setup_err(unit: &str, message: String) -> EngineError {
 struct Weights {
     /// Per storage: each unit's tensors on the compute device (for compact storages: the
     /// compact host copy widened once, through the same path as a fetch).
-    resident: [Vec<HashMap<String, Tensor>>; 4],
+    resident: [Vec<HashMap<String, Tensor>>; Storage::ALL.len()],
     /// Per storage: each block's host copy (`None` for the resident rest or when no
     /// placement needs it).
-    host: [Vec<Option<UnitData>>; 4],
+    host: [Vec<Option<UnitData>>; Storage::ALL.len()],
 }
 
 impl Weights {
@@ -368,14 +350,9 @@ impl Weights {
                 p.storage() == st && (st != Storage::Plain || (p.source.is_some() && p.percent > 0))
             })
         };
-        let mut host: [Vec<Option<UnitData>>; 4] = Default::default();
-        let mut residents: [Vec<HashMap<String, Tensor>>; 4] = Default::default();
-        for st in [
-            Storage::Plain,
-            Storage::Q8_0,
-            Storage::Fp8,
-            Storage::Fp8Compute,
-        ] {
+        let mut host: [Vec<Option<UnitData>>; Storage::ALL.len()] = Default::default();
+        let mut residents: [Vec<HashMap<String, Tensor>>; Storage::ALL.len()] = Default::default();
+        for st in Storage::ALL {
             let k = st.index();
             host[k] = vec![None; units.len()];
             if !wants(st) {

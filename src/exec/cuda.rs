@@ -34,14 +34,17 @@ use super::engine::{Backend, EngineError, EngineUnit, Home};
 use super::unit::UnitData;
 use crate::device::UnitHome;
 
+mod dequant;
 mod device;
 mod layout;
 mod pinned;
 pub mod sass;
 pub mod upload;
+mod widen;
 
-pub use device::{check_dequant_q8_0, check_widen_fp8, keep_pool_memory, measure_h2d_gbps};
-use device::{dequant_q8_0, fp8_tables, widen_fp8};
+pub use dequant::check_dequant;
+use device::fp8_tables;
+pub use device::{check_widen_fp8, keep_pool_memory, measure_h2d_gbps};
 use layout::{fill_home, layout_of, region_keys, Layout};
 pub use layout::{RegionKey, ALIGN};
 use pinned::PinnedBuf;
@@ -631,37 +634,10 @@ impl Backend for CudaBackend {
         after
             .record(&self.compute)
             .map_err(|e| err(format!("{e:?}")))?;
-        for p in &u.layout.places {
-            if let Some((q, src_region, src_off, src_len)) = p.quant {
-                let src = s.regions[src_region].ptr + src_off as u64;
-                let r = &s.regions[p.region];
-                let dst = r.ptr + p.offset as u64;
-                match q {
-                    crate::weights::DType::Q8_0 => {
-                        dequant_q8_0(&self.device, src, dst, (src_len / 34) as u64).map_err(&err)?
-                    }
-                    crate::weights::DType::F8_E4M3 | crate::weights::DType::F8_E5M2 => {
-                        let table = self.fp8_tables_ptr
-                            + if q == crate::weights::DType::F8_E5M2 {
-                                256 * 4
-                            } else {
-                                0
-                            };
-                        widen_fp8(
-                            &self.device,
-                            src,
-                            dst,
-                            src_len as u64,
-                            table,
-                            p.scale,
-                            r.dtype,
-                        )
-                        .map_err(&err)?
-                    }
-                    other => return Err(err(format!("{other} cannot be widened on the GPU"))),
-                }
-            }
-        }
+        // The compact tensors are widened here, on the compute stream, in series with the
+        // units' compute: on a stream of their own they measured no faster (docs/gpu.md).
+        let ops = widen::ops(&s.regions, &u.layout);
+        widen::launch(&self.device, &self.compute, self.fp8_tables_ptr, &ops).map_err(&err)?;
         let mut out = HashMap::with_capacity(u.layout.places.len());
         for p in &u.layout.places {
             let r = &s.regions[p.region];

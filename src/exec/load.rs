@@ -11,10 +11,10 @@
 //! 3. Tensors ([`ModelFile::tensor`]), once per needed tensor while distributing: the canonical
 //!    bytes (a zero-copy range of the map when the tensor is stored as used, else assembled
 //!    from its parts), LoRAs added in f32 and rounded once to the stored dtype. fp8 and
-//!    scaled fp8 stay fp8 (with their scale) and GGUF Q8_0 computed in bf16 stays in its
-//!    blocks: they are widened where they are used (`HostTensor::materialize`, on a GPU by a
-//!    kernel with the same arithmetic), so homes hold and links move the compact bytes. Other
-//!    GGML blocks are converted once to the compute dtype.
+//!    scaled fp8 stay fp8 (with their scale) and GGUF blocks (every GGML type) computed in
+//!    bf16 stay in their blocks: they are widened where they are used (`HostTensor::materialize`, on a GPU by a
+//!    kernel with the same arithmetic), so homes hold and links move the compact bytes. GGML
+//!    blocks computed in another dtype are converted once to it.
 //!
 //! The result of step 3 does not depend on where the unit will live: resident, host and disk
 //! homes all hold these bytes, and [`super::unit::UnitData::materialize`] is the one
@@ -24,7 +24,7 @@
 //! rounded once to the compute dtype; with LoRAs, `LoraSet::bake` adds the deltas before that
 //! rounding. `lora_mode = "on_dequant"` therefore computes the same numbers as `bake` here
 //! (the delta is added to the f32 dequantised weight before the one rounding either way); it
-//! is noted, not refused. Q8_0 tensors computed in bf16 and untouched by LoRAs stay quantised
+//! is noted, not refused. GGML tensors computed in bf16 and untouched by LoRAs stay quantised
 //! and travel as stored (dequantised where they are used); the planner counts the rest in the
 //! compute dtype (`plan::manifest`).
 
@@ -104,7 +104,7 @@ pub enum Origin {
     Assembled,
     /// A LoRA changed it.
     Patched,
-    /// Converted to the compute dtype (GGML blocks other than a compact Q8_0).
+    /// Converted to the compute dtype (GGML blocks that do not stay compact).
     Converted,
 }
 
@@ -391,8 +391,8 @@ impl ModelFile {
                 ));
             }
         }
-        // GGUF Q8_0 computed in bf16: the blocks stay as stored and travel quantised; they are
-        // dequantised where they are used (on a GPU by a kernel with the CPU's arithmetic:
+        // GGUF blocks (Q8_0, Q4_K, …) computed in bf16: the blocks stay as stored and travel
+        // quantised; they are dequantised where they are used (on a GPU by a kernel with the CPU's arithmetic:
         // docs/gpu.md), always through `HostTensor::materialize`'s rounding to bf16.
         if ct
             .dtype
@@ -417,7 +417,7 @@ impl ModelFile {
                     dtype: CDType::BF16,
                     shape,
                     bytes,
-                    quant: Some(DType::Q8_0),
+                    quant: Some(ct.dtype),
                     scale: None,
                 },
                 Origin::AsStored,

@@ -80,7 +80,7 @@ pub struct HostTensor {
     pub dtype: DType,
     pub shape: Vec<usize>,
     pub bytes: Bytes,
-    /// `Some(Q8_0)`: `bytes` hold GGML blocks of that type; they travel quantised and are
+    /// `Some(Q8_0 | Q4_K | …)`: `bytes` hold GGML blocks of that type; they travel quantised and are
     /// dequantised (to f32, then rounded to `dtype`) where they are used. `Some(F8_E4M3 |
     /// F8_E5M2)`: `bytes` hold one fp8 value per element, widened ([`widen_fp8`], with
     /// `scale`) to `dtype` where they are used.

@@ -292,8 +292,8 @@ fn device_bytes_factor(model: &Model, inv: &Inventory) -> f64 {
 
 /// The dtype a stored tensor is held in after loading, when the executor converts it
 /// (`exec::load`): GGML-quantised tensors are dequantised and rounded once to the compute
-/// dtype, except Q8_0 computed in bf16 without LoRAs, which stays quantised and travels as
-/// stored. fp8 and scaled fp8 always stay fp8 (LoRAs patch them in place) and are widened on
+/// dtype, except GGML blocks (Q8_0, Q4_K, …) computed in bf16 without LoRAs, which stay
+/// quantised and travel as stored. fp8 and scaled fp8 always stay fp8 (LoRAs patch them in place) and are widened on
 /// the compute device: every home holds, and every fetch moves, their file bytes. With LoRAs
 /// every quantised tensor counts as patched (an upper bound: the LoRA files are not read
 /// when planning).
@@ -440,8 +440,13 @@ mod loaded_tests {
             (Q8_0, BF16, false, None),
             (Q8_0, BF16, true, Some(BF16)),
             (Q8_0, F32, false, Some(F32)),
-            (Q4_K, BF16, false, Some(BF16)),
+            // Every GGML block type computed in bf16 stays in its blocks (issue 13).
+            (Q4_K, BF16, false, None),
+            (Q6_K, BF16, false, None),
+            (Q4_K, BF16, true, Some(BF16)),
+            (Q2_K, F32, false, Some(F32)),
             (Q4_0, F16, true, Some(F16)),
+            (Q4_0, F16, false, Some(F16)),
             // fp8 stays fp8 (widened on the compute device), with or without LoRAs.
             (F8_E4M3, BF16, false, None),
             (F8_E4M3, BF16, true, None),

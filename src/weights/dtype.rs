@@ -64,12 +64,13 @@ impl DType {
     }
 
     /// Whether a tensor stored as `self` stays in its stored blocks after loading, to be
-    /// dequantised where it is used: Q8_0 computed in bf16 and not patched by a LoRA (the GPU
-    /// has a dequantisation kernel with the CPU's arithmetic for exactly that). Every other
-    /// quantised or fp8 tensor is converted to `compute` at load. The executor (`exec::load`)
-    /// and the planner (`plan::manifest`) both decide by this.
+    /// dequantised where it is used: every GGML block type (Q4_0 … Q8_0, Q2_K … Q6_K) computed
+    /// in bf16 and not patched by a LoRA (the GPU has a dequantisation kernel per type with the
+    /// CPU's arithmetic: `src/exec/kernels/dequant.cu`). Every other quantised or fp8 tensor is
+    /// converted to `compute` at load. The executor (`exec::load`) and the planner
+    /// (`plan::manifest`) both decide by this.
     pub fn stays_quantized(self, compute: DType, patched: bool) -> bool {
-        self == DType::Q8_0 && compute == DType::BF16 && !patched
+        self.is_quantized() && compute == DType::BF16 && !patched
     }
 
     /// Bytes needed to store `numel` elements, or `None` if `numel` is not a whole number of

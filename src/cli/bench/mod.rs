@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 
 use super::Status;
 use crate::device::{DeviceName, UnitHome};
-use crate::exec::bench::{self, BenchConfig, Placement};
+use crate::exec::bench::{self, BenchConfig, Placement, Storage};
 use crate::exec::distribute::Pools;
 use crate::models::flux::kernels::CheckSize;
 
@@ -289,14 +289,7 @@ fn cell_request(
         .layout()?
         .into_iter()
         .map(|(name, shape)| {
-            let numel: usize = shape.iter().product();
-            let dtype = if placement.q8_0 && shape.len() >= 2 && numel.is_multiple_of(32) {
-                WDType::Q8_0
-            } else if (placement.fp8 || placement.fp8_compute) && shape.len() >= 2 {
-                WDType::F8_E4M3
-            } else {
-                WDType::BF16
-            };
+            let dtype = placement.storage.stored(&shape).unwrap_or(WDType::BF16);
             (name, dtype, shape.iter().map(|&d| d as u64).collect())
         })
         .collect();
@@ -322,7 +315,7 @@ fn cell_request(
     workload.batch = batch as u32;
     workload.text_tokens = cfg.txt_tokens as u32;
     workload.evals_per_step = if cfg.cfg { 2 } else { 1 };
-    workload.fp8_linears = placement.fp8_compute;
+    workload.fp8_linears = placement.storage == Storage::Fp8Compute;
     // Compact (Q8_0, fp8) matrices are widened to bf16 on the device, except fp8 linears
     // under fp8 compute (one byte each there too).
     let family = model.family();
@@ -331,7 +324,7 @@ fn cell_request(
         .tensors
         .iter()
         .map(|t| {
-            if placement.fp8_compute && family.fp8_linear(&t.name) {
+            if placement.storage == Storage::Fp8Compute && family.fp8_linear(&t.name) {
                 t.numel()
             } else {
                 t.numel() * 2
@@ -452,7 +445,7 @@ fn check_fp8(device: &DeviceName) -> anyhow::Result<Status> {
     };
     let dev = Device::new_cuda_with_stream(*i as usize).context("opening the CUDA device")?;
     let fails = crate::exec::cuda::check_widen_fp8(&dev)?;
-    let q8 = crate::exec::cuda::check_dequant_q8_0(&dev)?;
+    let q8 = crate::exec::cuda::check_dequant(&dev)?;
     let compute = crate::models::fp8::cuda::check(&dev)?;
     if compute.is_empty() {
         println!("fp8 compute on {device}: activation rounding bit-identical to the CPU on every bf16 and f16 pattern; e4m3 GEMMs agree with the CPU reference");
@@ -466,13 +459,13 @@ fn check_fp8(device: &DeviceName) -> anyhow::Result<Status> {
         );
     }
     if q8.is_empty() {
-        println!("Q8_0 dequantisation on {device}: every f16 scale, both kernels, bit-identical to the CPU");
+        println!("GGML dequantisation on {device}: Q8_0 with every f16 scale, Q4_0 … Q6_K on 8 192 blocks each, every kernel, bit-identical to the CPU");
     }
     for f in &fails {
         println!("fp8 widening differs: {f}");
     }
     for f in &q8 {
-        println!("Q8_0 dequantisation differs: {f}");
+        println!("GGML dequantisation differs: {f}");
     }
     Ok(if fails.is_empty() && q8.is_empty() && compute.is_empty() {
         Status::Ok

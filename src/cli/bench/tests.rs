@@ -160,6 +160,15 @@ fn predictions_are_within_ten_percent_of_the_gpu_measurements() {
         ("cpu:100@fp8-compute", 4, 2, 0.5299), ("resident@fp8", 4, 2, 0.6571),
         ("cpu:100@fp8", 4, 2, 0.6707),
     ];
+    // Same machine, 2026-12-04 15:52 UTC (`tools/gpu-ggml.sh`): GGML blocks travel as blocks,
+    // Q4_K (rows not whole 256-value blocks in Q5_0) beside Q8_0.
+    #[rustfmt::skip]
+    let h200_1204_ggml: &[(&str, usize, usize, f64)] = &[
+        ("resident@q8_0", 1, 2, 0.1603), ("cpu:100@q8_0", 1, 3, 0.2311),
+        ("resident@q4_k", 1, 2, 0.1611), ("cpu:100@q4_k", 1, 5, 0.1753),
+        ("resident@q8_0", 4, 2, 0.6552), ("cpu:100@q8_0", 4, 2, 0.6670),
+        ("resident@q4_k", 4, 2, 0.6489), ("cpu:100@q4_k", 4, 2, 0.6643),
+    ];
     let args = Cli::parse_from(["bench", "--hardware", "x.toml"]).args;
     let cfg = dev_config();
     let mut worst = 0.0f64;
@@ -176,6 +185,11 @@ fn predictions_are_within_ten_percent_of_the_gpu_measurements() {
             "hw-h200-2026-12-04.toml",
             h200_1204_fp8c,
             Some([0.0111, 0.0503]),
+        ),
+        (
+            "hw-h200-2026-12-04.toml",
+            h200_1204_ggml,
+            Some([0.0121, 0.0566]),
         ),
     ] {
         let hw = crate::hardware::file::read(

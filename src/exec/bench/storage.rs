@@ -1,6 +1,7 @@
 //! How the benchmark's blocks are stored in their homes ([`Storage`]): as generated (bf16),
-//! as GGUF Q8_0 blocks (`@q8_0`) or as ComfyUI scaled fp8 (`@fp8`); the compact forms travel
-//! compact and are widened on the compute device (docs/weights.md, "What travels").
+//! as GGUF Q8_0 or Q4_K blocks (`@q8_0`, `@q4_k`) or as ComfyUI scaled fp8 (`@fp8`); the
+//! compact forms travel compact and are widened on the compute device (docs/weights.md,
+//! "What travels").
 
 use std::sync::Arc;
 
@@ -10,12 +11,16 @@ use super::super::unit::{Bytes, HostTensor};
 use crate::weights::DType as W;
 
 /// How a placement's blocks are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Storage {
     /// As generated, in the compute dtype.
     Plain,
     /// GGUF Q8_0 matrices (`@q8_0`).
     Q8_0,
+    /// GGUF Q4_K matrices (`@q4_k`: a K-quant, 4.5 bits per weight), quantised by
+    /// [`crate::weights::gguf::quantize::quantize_q4_k`].
+    #[allow(non_camel_case_types)] // GGML's spelling, as `weights::DType::Q4_K`
+    Q4_K,
     /// ComfyUI scaled fp8 matrices (`@fp8`).
     Fp8,
     /// fp8 compute (`@fp8-compute`): the family's fp8 linears ([`crate::family::Family::
@@ -25,38 +30,83 @@ pub enum Storage {
 }
 
 impl Storage {
+    /// Every storage, in [`Storage::index`] order.
+    pub const ALL: [Storage; 5] = [
+        Storage::Plain,
+        Storage::Q8_0,
+        Storage::Q4_K,
+        Storage::Fp8,
+        Storage::Fp8Compute,
+    ];
+
     /// Index into per-storage arrays.
     pub fn index(self) -> usize {
         match self {
             Storage::Plain => 0,
             Storage::Q8_0 => 1,
-            Storage::Fp8 => 2,
-            Storage::Fp8Compute => 3,
+            Storage::Q4_K => 2,
+            Storage::Fp8 => 3,
+            Storage::Fp8Compute => 4,
         }
     }
 
-    /// The placement suffix (`@q8_0`, `@fp8`, or nothing).
+    /// The placement suffix (`@q8_0`, `@q4_k`, `@fp8`, `@fp8-compute`, or nothing).
     pub fn suffix(self) -> &'static str {
         match self {
             Storage::Plain => "",
             Storage::Q8_0 => "@q8_0",
+            Storage::Q4_K => "@q4_k",
             Storage::Fp8 => "@fp8",
             Storage::Fp8Compute => "@fp8-compute",
         }
+    }
+
+    /// The GGML block type of the matrices (`@q8_0`, `@q4_k`).
+    pub fn ggml(self) -> Option<W> {
+        match self {
+            Storage::Q8_0 => Some(W::Q8_0),
+            Storage::Q4_K => Some(W::Q4_K),
+            _ => None,
+        }
+    }
+
+    /// Whether the matrices are stored as (scaled) fp8 (`@fp8`, `@fp8-compute`).
+    pub fn is_fp8(self) -> bool {
+        matches!(self, Storage::Fp8 | Storage::Fp8Compute)
+    }
+
+    /// The stored type of a tensor of `shape` under this storage, `None` for the generated
+    /// dtype: GGML blocks for matrices whose rows are whole blocks (a Q4_K matrix whose rows
+    /// are not whole 256-value blocks falls back to Q5_0, as llama.cpp's quantiser does), fp8
+    /// for matrices.
+    pub fn stored(self, shape: &[usize]) -> Option<W> {
+        if shape.len() < 2 {
+            return None;
+        }
+        if let Some(q) = self.ggml() {
+            let row = shape.last().copied().unwrap_or(0) as u64;
+            let fallback = if q == W::Q4_K { Some(W::Q5_0) } else { None };
+            return [Some(q), fallback]
+                .into_iter()
+                .flatten()
+                .find(|t| row.is_multiple_of(t.block().0));
+        }
+        self.is_fp8().then_some(W::F8_E4M3)
     }
 
     pub(super) fn progress(self) -> &'static str {
         match self {
             Storage::Plain => "copying blocks to host memory",
             Storage::Q8_0 => "quantising blocks to Q8_0 in host memory",
+            Storage::Q4_K => "quantising blocks to Q4_K in host memory",
             Storage::Fp8 => "storing blocks as scaled fp8 in host memory",
             Storage::Fp8Compute => "storing blocks as fp8 for fp8 compute in host memory",
         }
     }
 }
 
-/// The host copy of one generated tensor: its bytes as stored; for `Q8_0`, Q8_0 blocks for
-/// matrices (rank ≥ 2, whole blocks of 32), as city96's GGUF files store FLUX; for `Fp8`,
+/// The host copy of one generated tensor: its bytes as stored; for `Q8_0` and `Q4_K`, blocks
+/// for matrices whose rows are whole blocks, as city96's GGUF files store FLUX; for `Fp8`,
 /// matrices as ComfyUI scaled fp8 (e4m3fn, scale = max|w| / 448, as `*_fp8_scaled` files);
 /// for `Fp8Compute`, the same bytes, kept as e4m3 for the fp8 linears (`fp8_linear`).
 pub(super) fn host_tensor(
@@ -67,8 +117,8 @@ pub(super) fn host_tensor(
     storage: Storage,
     fp8_linear: bool,
 ) -> candle_core::Result<HostTensor> {
-    let numel: usize = shape.iter().product();
-    if matches!(storage, Storage::Fp8 | Storage::Fp8Compute) && shape.len() >= 2 {
+    let stored = storage.stored(shape);
+    if stored == Some(W::F8_E4M3) {
         let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let (q, scale) = crate::models::fp8::quantize_weight(&v);
         // fp8 compute keeps its linears' bytes e4m3 on the device; the rest are widened.
@@ -86,19 +136,24 @@ pub(super) fn host_tensor(
             scale: Some(scale),
         });
     }
-    if storage == Storage::Q8_0 && shape.len() >= 2 && numel.is_multiple_of(32) {
+    if let Some(q) = stored.filter(|q| q.is_quantized()) {
         use rayon::prelude::*;
         let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let q: Vec<u8> = v
-            .par_chunks(32 * 4096)
-            .flat_map_iter(crate::weights::gguf::dequant::quantize_q8_0)
+        let quantize = match q {
+            W::Q4_K => crate::weights::gguf::quantize::quantize_q4_k,
+            W::Q5_0 => crate::weights::gguf::quantize::quantize_q5_0,
+            _ => crate::weights::gguf::dequant::quantize_q8_0,
+        };
+        let bytes: Vec<u8> = v
+            .par_chunks(q.block().0 as usize * 4096)
+            .flat_map_iter(quantize)
             .collect();
         return Ok(HostTensor {
             name: name.to_string(),
             dtype,
             shape: shape.to_vec(),
-            bytes: Bytes::Owned(Arc::from(q)),
-            quant: Some(crate::weights::DType::Q8_0),
+            bytes: Bytes::Owned(Arc::from(bytes)),
+            quant: Some(q),
             scale: None,
         });
     }

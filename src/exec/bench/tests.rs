@@ -66,6 +66,18 @@ mod unit {
             "cuda:1:100"
         );
         assert!("cpu:150".parse::<Placement>().is_err());
+        for p in [
+            "resident@q4_k",
+            "cpu:100@q8_0",
+            "disk:50@fp8",
+            "cuda:1:25@fp8-compute",
+        ] {
+            assert_eq!(p.parse::<Placement>().unwrap().to_string(), p);
+        }
+        assert!("cpu:100@q3"
+            .parse::<Placement>()
+            .unwrap_err()
+            .contains("known: @q8_0, @q4_k, @fp8, @fp8-compute"));
         assert!("mps:10"
             .parse::<Placement>()
             .unwrap_err()
@@ -119,6 +131,59 @@ mod unit {
             .unwrap();
         assert_ne!(fp8.hashes[0], cpu100.hashes[0]);
         assert!(fp8.streamed_bytes < q8.streamed_bytes);
+    }
+    /// `@q4_k`: a FLUX small enough for the CPU but with rows of 256 values (hidden 64, MLP
+    /// 256), so its MLP output matrices are Q4_K blocks (the others Q5_0, llama.cpp's
+    /// fallback): every placement gives the bytes of the resident Q4_K run, and a streamed
+    /// pass moves fewer bytes than with Q8_0.
+    #[test]
+    fn q4_k_placements_are_bit_identical() {
+        let config = flux::Config {
+            hidden_size: 64,
+            axes_dim: vec![8, 12, 12],
+            ..flux::Config::tiny()
+        };
+        let mut cfg = tiny_config(false);
+        cfg.batches = vec![1];
+        cfg.placements = [
+            "resident@q4_k",
+            "cpu:100@q4_k",
+            "disk:50@q4_k",
+            "resident@q8_0",
+            "cpu:100@q8_0",
+        ]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let r = run::<FluxDit>(
+            &config,
+            &cfg,
+            &Device::Cpu,
+            dir.path(),
+            &mut Pools::default(),
+            |_| {},
+        )
+        .unwrap();
+        for m in &r.measurements {
+            assert_eq!(m.identical, Some(true), "{} batch {}", m.placement, m.batch);
+        }
+        let cell = |p: &str| r.measurements.iter().find(|m| m.placement == p).unwrap();
+        assert!(cell("cpu:100@q4_k").streamed_bytes < cell("cpu:100@q8_0").streamed_bytes);
+        assert_ne!(
+            cell("cpu:100@q4_k").hashes[0],
+            cell("cpu:100@q8_0").hashes[0]
+        );
+        assert_eq!(
+            crate::exec::bench::Storage::Q4_K.stored(&[64, 256]),
+            Some(crate::weights::DType::Q4_K)
+        );
+        assert_eq!(
+            crate::exec::bench::Storage::Q4_K.stored(&[256, 64]),
+            Some(crate::weights::DType::Q5_0)
+        );
+        assert_eq!(crate::exec::bench::Storage::Q4_K.stored(&[256, 48]), None);
+        assert_eq!(crate::exec::bench::Storage::Q4_K.stored(&[256]), None);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Device-wide helpers of the CUDA backend: the page-locked copy-rate measurement, the memory
-//! pool setting that keeps freed activations mapped, the Q8_0 dequantisation kernel and the
-//! fp8 widening kernel.
+//! pool setting that keeps freed activations mapped and the fp8 widening kernel (GGML blocks:
+//! [`super::dequant`]).
 
 use candle_core::cuda_backend::cudarc::driver::sys;
 use candle_core::Device;
@@ -42,49 +42,6 @@ pub fn keep_pool_memory(device: &Device) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// PTX of `src/exec/kernels/dequant.cu`, compiled by build.rs.
-const DEQUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dequant.ptx"));
-
-/// Launches the Q8_0 → bf16 dequantisation of `nblocks` blocks at `src` into `dst` on the
-/// compute stream (candle's stream of `device`): 8 values per thread when `dst` is 16-byte
-/// aligned (always, for slot regions), else one per thread; the same values either way.
-pub(super) fn dequant_q8_0(
-    device: &Device,
-    src: sys::CUdeviceptr,
-    dst: sys::CUdeviceptr,
-    nblocks: u64,
-) -> Result<(), String> {
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-    let cdev = device.as_cuda_device().map_err(|e| e.to_string())?;
-    let wide = dst.is_multiple_of(16);
-    let (name, per_thread) = if wide {
-        ("dequant_q8_0_bf16_x8", 4)
-    } else {
-        ("dequant_q8_0_bf16", 32)
-    };
-    let f = cdev
-        .get_or_load_custom_func(name, "mgpu_dequant", DEQUANT_PTX)
-        .map_err(|e| e.to_string())?;
-    let n = nblocks * per_thread;
-    let threads = 256u32;
-    let blocks = n.div_ceil(threads as u64);
-    let grid =
-        u32::try_from(blocks).map_err(|_| format!("{n} threads are too many for one launch"))?;
-    let cfg = LaunchConfig {
-        grid_dim: (grid, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut b = f.builder();
-    b.arg(&src).arg(&dst).arg(&nblocks);
-    // SAFETY: src holds nblocks·34 bytes and dst nblocks·32 bf16 values inside live slot regions
-    // (sized by the layout; dst 16-byte aligned for the 8-wide kernel, checked above); the
-    // kernel reads and writes only those ranges.
-    unsafe { b.launch(cfg) }
-        .map(|_| ())
-        .map_err(|e| format!("{e:?}"))
-}
-
 /// PTX of `src/exec/kernels/widen.cu`, compiled by build.rs.
 const WIDEN_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/widen.ptx"));
 
@@ -99,12 +56,13 @@ pub(super) fn fp8_tables() -> Vec<f32> {
     t
 }
 
-/// Launches the fp8 → `out` widening of `n` values at `src` into `dst` on the compute stream:
+/// Launches the fp8 → `out` widening of `n` values at `src` into `dst` on `stream`:
 /// `table` points at the 256 f32 values of the fp8 type ([`fp8_tables`]), `scale` is the
 /// ComfyUI scale (multiplied in f32) when given.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn widen_fp8(
     device: &Device,
+    stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
     src: sys::CUdeviceptr,
     dst: sys::CUdeviceptr,
     n: u64,
@@ -141,7 +99,7 @@ pub(super) fn widen_fp8(
     };
     let s = scale.unwrap_or(1.0);
     let scaled = i32::from(scale.is_some());
-    let mut b = f.builder();
+    let mut b = stream.launch_builder(&f);
     b.arg(&src)
         .arg(&dst)
         .arg(&table)
@@ -194,6 +152,7 @@ pub fn check_widen_fp8(device: &Device) -> Result<Vec<String>, EngineError> {
                     let dst_ptr = dst.device_ptr(&stream).0;
                     widen_fp8(
                         device,
+                        &stream,
                         src_ptr,
                         dst_ptr,
                         n as u64,
@@ -224,65 +183,6 @@ pub fn check_widen_fp8(device: &Device) -> Result<Vec<String>, EngineError> {
                     }
                 }
             }
-        }
-    }
-    Ok(fails)
-}
-
-/// Dequantises Q8_0 blocks with every f16 scale pattern (q cycling through all 256 byte values)
-/// with both CUDA kernels (8 values per thread and one per thread) and compares the bf16 bytes
-/// with the CPU's (`weights::convert::to_f32`, rounded to nearest even); a NaN scale may give
-/// another NaN pattern (the CPU keeps the payload, CUDA's rounding gives the canonical NaN: no
-/// real file has one) and counts as equal. Descriptions of the differences, empty if none.
-pub fn check_dequant_q8_0(device: &Device) -> Result<Vec<String>, EngineError> {
-    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
-    let cdev = device.as_cuda_device().map_err(candle_err)?;
-    let stream = cdev.cuda_stream();
-    let nblocks = 1usize << 16;
-    let mut blocks = Vec::with_capacity(nblocks * 34);
-    for b in 0..nblocks {
-        blocks.extend_from_slice(&(b as u16).to_le_bytes());
-        blocks.extend((0..32).map(|i| ((b * 7 + i * 13) % 256) as u8));
-    }
-    let want: Vec<u16> = crate::weights::convert::f32_to_bf16(&crate::weights::convert::to_f32(
-        crate::weights::DType::Q8_0,
-        &blocks,
-        nblocks * 32,
-    ))
-    .into_iter()
-    .map(|v| v.to_bits())
-    .collect();
-    let src = stream
-        .clone_htod(&blocks)
-        .map_err(cuda_err("uploading the blocks"))?;
-    let src_ptr = src.device_ptr(&stream).0;
-    let mut fails = Vec::new();
-    for x1 in [false, true] {
-        // SAFETY: fully written by the kernel before it is read back.
-        let dst = unsafe { stream.alloc::<u16>(nblocks * 32 + 8) }
-            .map_err(cuda_err("allocating device memory"))?;
-        // The one-per-thread kernel is the fallback for a destination not 16-byte aligned.
-        let dst_ptr = dst.device_ptr(&stream).0 + if x1 { 2 } else { 0 };
-        dequant_q8_0(device, src_ptr, dst_ptr, nblocks as u64).map_err(|m| EngineError::Fetch {
-            unit: "Q8_0 check".into(),
-            link: "cuda".into(),
-            message: m,
-        })?;
-        stream.synchronize().map_err(cuda_err("dequantising"))?;
-        let got = stream.clone_dtoh(&dst).map_err(cuda_err("reading back"))?;
-        let got = &got[usize::from(x1)..usize::from(x1) + nblocks * 32];
-        let nan = |v: u16| v & 0x7fff > 0x7f80;
-        if let Some(i) =
-            (0..want.len()).find(|&i| got[i] != want[i] && !(nan(got[i]) && nan(want[i])))
-        {
-            fails.push(format!(
-                "Q8_0 → bf16 ({} per thread): value {i} (scale {:#06x}, q {:#04x}) is {:#06x}, the CPU gives {:#06x}",
-                if x1 { 1 } else { 8 },
-                i / 32,
-                blocks[i / 32 * 34 + 2 + i % 32],
-                got[i],
-                want[i]
-            ));
         }
     }
     Ok(fails)

@@ -1,8 +1,8 @@
 //! Slot and home layouts of streamed units (CPU-side bookkeeping of the CUDA backend): which
 //! regions a unit's tensors need (one per stored dtype, plus the compact bytes and a
-//! dequantisation/widening target for GGUF Q8_0 and fp8 tensors), where each tensor sits in its region (256-byte aligned, as a fresh
-//! allocation would be), and how a unit's home buffer mirrors those regions so that a fetch is
-//! one copy per region.
+//! dequantisation/widening target for GGUF blocks and fp8 tensors), where each tensor sits in
+//! its region (256-byte aligned, as a fresh allocation would be), and how a unit's home buffer
+//! mirrors those regions so that a fetch is one copy per region.
 
 use candle_core::DType;
 
@@ -28,7 +28,7 @@ pub(super) struct Place {
     pub(super) offset: usize,
     /// Byte offset of the copied bytes inside the unit's mirrored host/donor buffer.
     pub(super) home_offset: usize,
-    /// For a compact tensor (Q8_0, fp8): its type and where its bytes land (region, byte
+    /// For a compact tensor (GGML blocks, fp8): its type and where its bytes land (region, byte
     /// offset, length) before the dequantisation or widening kernel writes `region`. The
     /// compact region of each slot is the per-slot staging area of those bytes.
     pub(super) quant: Option<(crate::weights::DType, usize, usize, usize)>,
@@ -112,15 +112,15 @@ pub(super) fn layout_of(data: &UnitData, keys: &[RegionKey]) -> Result<Layout, E
                 None,
             ),
             Some(q) => {
-                let q8 = q == crate::weights::DType::Q8_0 && t.dtype == DType::BF16;
+                let ggml = q.is_quantized() && t.dtype == DType::BF16;
                 let fp8 = super::super::unit::is_fp8(q)
                     && matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32);
-                if !(q8 || fp8) {
+                if !(ggml || fp8) {
                     return Err(EngineError::Fetch {
                         unit: data.name.clone(),
                         link: "cuda".into(),
                         message: format!(
-                            "tensor `{}`: {q} → {:?} cannot be dequantised on the GPU (supported: Q8_0 → bf16, fp8 → bf16/f16/f32); dequantise it at load",
+                            "tensor `{}`: {q} → {:?} cannot be dequantised on the GPU (supported: GGML blocks → bf16, fp8 → bf16/f16/f32); dequantise it at load",
                             t.name, t.dtype
                         ),
                     });
