@@ -367,13 +367,7 @@ fn a_gguf_base_is_dequantised_at_load_and_placement_invariant() {
     let tensors = tiny_flux_tensors();
     let gguf = dir.path().join("flux-tiny-Q8_0.gguf");
     write_gguf_q8(&gguf, &tensors);
-    let jobs = r#"
-[[jobs]]
-name = "fox"
-prompt = "a red fox in snow"
-seed = 42
-count = 2
-"#;
+    let jobs = TWO_FOXES;
     let flux_q8 = |extra: &str| {
         manifest_text(&out, extra, jobs)
             .replace("tiny/flux-tiny.safetensors", &gguf.display().to_string())
@@ -465,13 +459,7 @@ fn every_ggml_type_travels_in_its_blocks() {
     write_gguf(&mixed, &tensors, |k| types[k % types.len()]);
     let q8 = dir.path().join("flux-tiny-Q8_0.gguf");
     write_gguf_q8(&q8, &tensors);
-    let jobs = r#"
-[[jobs]]
-name = "fox"
-prompt = "a red fox in snow"
-seed = 42
-count = 2
-"#;
+    let jobs = TWO_FOXES;
     let with = |file: &Path| {
         manifest_text(&out, "dtype = \"bf16\"", jobs)
             .replace("tiny/flux-tiny.safetensors", &file.display().to_string())

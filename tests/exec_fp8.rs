@@ -27,13 +27,7 @@ use mgpu::weights::{lora::math, DType, WeightFile};
 use safetensors::tensor::{serialize_to_file, TensorView};
 use safetensors::Dtype as St;
 
-const JOBS: &str = r#"
-[[jobs]]
-name = "fox"
-prompt = "a red fox in snow"
-seed = 42
-count = 2
-"#;
+const JOBS: &str = TWO_FOXES;
 
 /// How the matrices of the tiny transformer are stored.
 #[derive(Clone, Copy, Debug)]

@@ -70,6 +70,15 @@ prompt = "a lighthouse at night, long exposure"
 seed = 7
 "#;
 
+/// One job of two images (seed 42): what the compact-weight tests run.
+pub const TWO_FOXES: &str = r#"
+[[jobs]]
+name = "fox"
+prompt = "a red fox in snow"
+seed = 42
+count = 2
+"#;
+
 pub fn load(text: &str) -> Arc<Manifest> {
     // The manifest "lives" in manifests/, so `tiny/…` resolves to the committed tiny models.
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/exec-test.toml");

@@ -37,6 +37,20 @@ mod unit {
         }
     }
 
+    /// The bench on the CPU, in a scratch folder.
+    pub(super) fn run_on_cpu(config: &flux::Config, cfg: &BenchConfig) -> BenchReport {
+        let dir = tempfile::tempdir().unwrap();
+        run::<FluxDit>(
+            config,
+            cfg,
+            &Device::Cpu,
+            dir.path(),
+            &mut Pools::default(),
+            |_| {},
+        )
+        .unwrap()
+    }
+
     #[test]
     fn spread_is_even_and_exact() {
         assert_eq!(spread(4, 50), [false, true, false, true]);
@@ -89,16 +103,7 @@ mod unit {
     #[test]
     fn tiny_placements_are_bit_identical() {
         let cfg = tiny_config(false);
-        let dir = tempfile::tempdir().unwrap();
-        let r = run::<FluxDit>(
-            &flux::Config::tiny(),
-            &cfg,
-            &Device::Cpu,
-            dir.path(),
-            &mut Pools::default(),
-            |_| {},
-        )
-        .unwrap();
+        let r = run_on_cpu(&flux::Config::tiny(), &cfg);
         assert_eq!(r.measurements.len(), 18);
         for m in &r.measurements {
             assert_eq!(m.identical, Some(true), "{} batch {}", m.placement, m.batch);
@@ -155,16 +160,7 @@ mod unit {
         .iter()
         .map(|p| p.parse().unwrap())
         .collect();
-        let dir = tempfile::tempdir().unwrap();
-        let r = run::<FluxDit>(
-            &config,
-            &cfg,
-            &Device::Cpu,
-            dir.path(),
-            &mut Pools::default(),
-            |_| {},
-        )
-        .unwrap();
+        let r = run_on_cpu(&config, &cfg);
         for m in &r.measurements {
             assert_eq!(m.identical, Some(true), "{} batch {}", m.placement, m.batch);
         }
@@ -189,7 +185,7 @@ mod unit {
 
 mod cfg_tests {
     use crate::exec::bench::*;
-    use crate::models::flux::{self, FluxDit};
+    use crate::models::flux;
 
     /// With classifier-free guidance every job evaluates twice per step in the same pass;
     /// placements still compute the same bytes, and the guided output differs from the
@@ -201,18 +197,7 @@ mod cfg_tests {
             .iter()
             .map(|p| p.parse().unwrap())
             .collect();
-        let dir = tempfile::tempdir().unwrap();
-        let run_it = |c: &BenchConfig| {
-            run::<FluxDit>(
-                &flux::Config::tiny(),
-                c,
-                &Device::Cpu,
-                dir.path(),
-                &mut Pools::default(),
-                |_| {},
-            )
-            .unwrap()
-        };
+        let run_it = |c: &BenchConfig| super::unit::run_on_cpu(&flux::Config::tiny(), c);
         let guided = run_it(&cfg);
         assert_eq!(guided.evals_per_job, 2);
         for m in &guided.measurements {
