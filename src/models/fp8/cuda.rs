@@ -36,13 +36,31 @@ fn lt_err(what: &str) -> impl Fn(lt::CublasError) -> candle_core::Error + '_ {
     move |e| candle_core::Error::Msg(format!("fp8 linear: cuBLASLt {what}: {e}"))
 }
 
-/// One shape's descriptors and algorithm.
+/// One shape's descriptors and algorithm; dropping it destroys the descriptors (also when
+/// building them or finding an algorithm failed half-way).
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     a: sys::cublasLtMatrixLayout_t,
     b: sys::cublasLtMatrixLayout_t,
     d: sys::cublasLtMatrixLayout_t,
     algo: sys::cublasLtMatmulAlgo_t,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: each handle is null or was created by cuBLASLt for this plan alone, and
+        // nothing uses it after this. Errors are ignored: nothing could be done about them.
+        unsafe {
+            if !self.desc.is_null() {
+                let _ = lt::destroy_matmul_desc(self.desc);
+            }
+            for l in [self.a, self.b, self.d] {
+                if !l.is_null() {
+                    let _ = lt::destroy_matrix_layout(l);
+                }
+            }
+        }
+    }
 }
 
 /// A device's cuBLASLt handle, workspace and plans by `(m, n, k, output dtype)`.
@@ -96,6 +114,14 @@ impl Plan {
             sys::cudaDataType::CUDA_R_32F,
         )
         .map_err(lt_err("matmul descriptor"))?;
+        let mut p = Plan {
+            desc,
+            a: std::ptr::null_mut(),
+            b: std::ptr::null_mut(),
+            d: std::ptr::null_mut(),
+            // SAFETY: a plain-data struct of integers; set before any matmul.
+            algo: unsafe { std::mem::zeroed() },
+        };
         let set = |attr, v: i32| {
             // SAFETY: `desc` is live; the attribute takes an i32.
             unsafe { lt::set_matmul_desc_attribute(desc, attr, (&v) as *const i32 as *const _, 4) }
@@ -124,14 +150,10 @@ impl Plan {
             lt::create_matrix_layout(t, rows as u64, cols as u64, rows as i64)
                 .map_err(lt_err("matrix layout"))
         };
-        Ok(Plan {
-            desc,
-            a: layout(e8, k, m)?,
-            b: layout(e8, k, n)?,
-            d: layout(od, m, n)?,
-            // SAFETY: a plain-data struct of integers; set before any matmul.
-            algo: unsafe { std::mem::zeroed() },
-        })
+        p.a = layout(e8, k, m)?;
+        p.b = layout(e8, k, n)?;
+        p.d = layout(od, m, n)?;
+        Ok(p)
     }
 
     /// Up to `count` algorithms, in the heuristic's order (best predicted first).
@@ -690,13 +712,6 @@ pub fn sweep(
                 ms,
                 same_bits,
             });
-        }
-        // SAFETY: the descriptors are not used after this.
-        unsafe {
-            lt::destroy_matmul_desc(plan.desc).map_err(lt_err("descriptor"))?;
-            for l in [plan.a, plan.b, plan.d] {
-                lt::destroy_matrix_layout(l).map_err(lt_err("layout"))?;
-            }
         }
     }
     Ok(found)
