@@ -90,11 +90,12 @@ pub struct Args {
     /// off or not deterministic. `small` (for compute-sanitizer) or `full` (the default).
     #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "full")]
     pub check_kernels: Option<CheckSize>,
-    /// Instead of the placement table, widen every fp8 bit pattern (e4m3fn, e5m2; without and
-    /// with scales) to bf16, f16 and f32 with the CUDA kernel, and dequantise Q8_0 blocks with
-    /// every f16 scale to bf16 with both Q8_0 kernels, and compare the bytes with the CPU's;
-    /// fails if one differs.
-    #[arg(long)]
+    /// Instead of the placement table, check every compact-weight kernel against the CPU:
+    /// widen every fp8 bit pattern (e4m3fn, e5m2; without and with scales) to bf16, f16 and
+    /// f32, dequantise GGML blocks of every type to bf16 (Q8_0 with every f16 scale, the
+    /// others on 8 192 pseudo-random blocks), and check the fp8-compute rounding and GEMMs;
+    /// fails if a byte differs. Also spelled `--check-compact`.
+    #[arg(long, alias = "check-compact")]
     pub check_fp8: bool,
     /// Seed of the weight generator.
     #[arg(long, default_value_t = 0)]
