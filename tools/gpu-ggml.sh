@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU pass for issue #13, "GGML blocks travel as blocks", on one H200 (one device call,
-# < 5 min):
+# ≈ 5.5 min, 317 s on 2026-12-04):
 #   check    `mgpu bench --check-fp8`: every dequantisation kernel against the CPU's
 #            dequantisation (Q8_0 with all 65 536 f16 scales; Q4_0, Q4_1, Q5_0, Q5_1, Q2_K …
 #            Q6_K on 8 192 pseudo-random blocks each; 8 values per thread and one per thread),
