@@ -265,29 +265,34 @@ fn workload(m: &Manifest, model: &Model) -> Workload {
 
 /// Bytes a unit takes on the compute device per stored byte: the compute dtype's size per
 /// element over the stored size (bf16 stored, f32 compute on a CPU: 2.0; GGUF Q8_0
-/// dequantised to bf16: ≈ 1.88; fp8 widened to bf16: 2.0).
+/// dequantised to bf16: ≈ 1.88; Q4_K: ≈ 3.56; fp8 widened to bf16: 2.0). One factor per
+/// model, the largest of its units', so that no unit is under-counted on the compute device
+/// when its tensors are stored more compactly than the model's average (a GGUF whose blocks
+/// mix Q4_K and Q6_K, or F32 norms beside Q8_0 blocks): the planner over-estimates the
+/// compact units' neighbours instead.
 fn device_bytes_factor(model: &Model, inv: &Inventory) -> f64 {
-    let stored: u64 = inv.tensors.iter().map(|t| t.len).sum();
-    if stored == 0 {
-        return 1.0;
-    }
     let (_, esize) = model.dtype.dtype().block();
-    let computed: u64 = inv
-        .tensors
+    let computed_of = |t: &crate::weights::TensorInfo| -> u64 {
+        use crate::weights::DType as D;
+        let integer = matches!(t.dtype, D::Bool | D::U8 | D::I8 | D::I16 | D::I32 | D::I64);
+        if fp8_linear(model, &t.name) {
+            t.numel()
+        } else if !integer {
+            t.numel() * esize
+        } else {
+            t.len
+        }
+    };
+    let ratio = |ts: &mut dyn Iterator<Item = &crate::weights::TensorInfo>| {
+        let (computed, stored) = ts.fold((0u64, 0u64), |(c, s), t| (c + computed_of(t), s + t.len));
+        (stored > 0).then(|| computed as f64 / stored as f64)
+    };
+    inv.units
         .iter()
-        .map(|t| {
-            use crate::weights::DType as D;
-            let integer = matches!(t.dtype, D::Bool | D::U8 | D::I8 | D::I16 | D::I32 | D::I64);
-            if fp8_linear(model, &t.name) {
-                t.numel()
-            } else if !integer {
-                t.numel() * esize
-            } else {
-                t.len
-            }
-        })
-        .sum();
-    computed as f64 / stored as f64
+        .filter_map(|u| ratio(&mut u.tensors.iter().map(|&i| &inv.tensors[i])))
+        .reduce(f64::max)
+        .or_else(|| ratio(&mut inv.tensors.iter()))
+        .unwrap_or(1.0)
 }
 
 /// The dtype a stored tensor is held in after loading, when the executor converts it
@@ -428,6 +433,53 @@ fn diagnostic(m: &Manifest, e: &PlanError) -> Diagnostic {
 #[cfg(test)]
 mod loaded_tests {
     use super::*;
+
+    /// A GGUF whose blocks mix K-quants: the factor is the most compact unit's (Q4_K:
+    /// 512 bf16 bytes per 144 stored), not the model's average, which would under-count the
+    /// Q4_K unit on the compute device by a sixth.
+    #[test]
+    fn the_device_factor_is_the_largest_units() {
+        let text = r#"
+[settings]
+compute = "cpu"
+[models.flux]
+family = "flux"
+file = "flux.gguf"
+dtype = "bf16"
+[models.t5]
+family = "t5"
+file = "t5.safetensors"
+tokenizer = "t5.json"
+[models.clip]
+family = "clip-l"
+file = "clip.safetensors"
+tokenizer = "clip.json"
+[models.vae]
+family = "flux-vae"
+file = "ae.safetensors"
+[pipelines.dev]
+diffusion = "flux"
+text_encoders = ["clip", "t5"]
+vae = "vae"
+[[jobs]]
+prompt = "p"
+"#;
+        let m = crate::manifest::load_str(std::path::Path::new("m.toml"), text).unwrap();
+        let model = &m.models["flux"];
+        let t = |name: &str, d: DType| (name.to_string(), d, vec![3072u64, 3072]);
+        let inv = Inventory::synthetic(
+            Some(crate::family::Family::Flux),
+            &[
+                t("double_blocks.0.img_mlp.0.weight", DType::Q4_K),
+                t("double_blocks.1.img_mlp.0.weight", DType::Q6_K),
+            ],
+        );
+        assert_eq!(inv.units.len(), 2, "{:?}", inv.units);
+        let f = device_bytes_factor(model, &inv);
+        assert!((f - 512.0 / 144.0).abs() < 1e-9, "{f}");
+        let average = 2.0 * 2.0 * 3072.0 * 3072.0 / inv.total_bytes() as f64;
+        assert!(average < 0.85 * f, "{average} {f}");
+    }
 
     #[test]
     fn converted_dtypes_follow_the_executor() {

@@ -78,7 +78,8 @@ pub struct ModelRequest {
     pub overrides: Vec<Override>,
     pub inventory: Arc<Inventory>,
     /// Bytes a unit occupies on the compute device per stored byte: 1.0 when computed as
-    /// stored; more when weights are dequantised on the device (GGUF Q8_0 → bf16 ≈ 1.88).
+    /// stored; more when weights are dequantised on the device (GGUF Q8_0 → bf16 ≈ 1.88, Q4_K
+    /// ≈ 3.56); the largest of the model's units' ratios.
     /// Copies always move stored bytes.
     pub device_bytes_factor: f64,
     pub workload: Workload,
