@@ -372,8 +372,10 @@ fn a_gguf_flux_runs_the_demo_end_to_end() {
         assert_eq!(r["counts"]["made"], 4, "{name}");
         // The plan counts what the executor holds: LoRA-patched Q8_0 blocks dequantised to
         // the compute dtype, on the compute device and on disk alike. Exactly in f32; in bf16
-        // the plan's one bytes factor per model over-estimates the compute device (the file's
-        // F32 norms and biases shrink to bf16 there, its Q8_0 blocks grow), never under.
+        // the plan's one bytes factor per model (the largest of its units' ratios) over-
+        // estimates the compute device, never under: the file's F32 norms and biases shrink
+        // to bf16 there and its Q8_0 blocks grow, and in this tiny model the F32 tensors are
+        // a large share (1.61 × here; a few percent for a full-size city96 file).
         let flux = r["models"]
             .as_array()
             .unwrap()
@@ -388,7 +390,7 @@ fn a_gguf_flux_runs_the_demo_end_to_end() {
             if name == "gguf.toml" || d["device"] == "disk" {
                 assert_eq!(p, m, "{name}: {d}");
             } else {
-                assert!(p >= m && p < m * 3 / 2, "{name}: {d}");
+                assert!(p >= m && p < m * 7 / 4, "{name}: {d}");
             }
         }
         for t in r["tasks"].as_array().unwrap() {
