@@ -55,13 +55,6 @@ pub struct Placement {
     pub storage: Storage,
 }
 
-impl Placement {
-    /// How the placement's blocks are stored.
-    pub fn storage(&self) -> Storage {
-        self.storage
-    }
-}
-
 impl std::str::FromStr for Placement {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -116,7 +109,7 @@ impl std::fmt::Display for Placement {
             Some(UnitHome::Disk) => write!(f, "disk:{}", self.percent),
             Some(UnitHome::Donor(i)) => write!(f, "cuda:{i}:{}", self.percent),
         }?;
-        f.write_str(self.storage().suffix())?;
+        f.write_str(self.storage.suffix())?;
         Ok(())
     }
 }
@@ -347,7 +340,7 @@ impl Weights {
         // copies for the `@q8_0` and `@fp8` placements.
         let wants = |st: Storage| {
             cfg.placements.iter().any(|p| {
-                p.storage() == st && (st != Storage::Plain || (p.source.is_some() && p.percent > 0))
+                p.storage == st && (st != Storage::Plain || (p.source.is_some() && p.percent > 0))
             })
         };
         let mut host: [Vec<Option<UnitData>>; Storage::ALL.len()] = Default::default();
@@ -510,7 +503,7 @@ pub fn run<M: DiffusionModel>(
             };
             let mut placed_all = Vec::with_capacity(weights.len());
             for w in &weights {
-                let k = placement.storage().index();
+                let k = placement.storage.index();
                 let (homes, residents) = (&w.host[k], &w.resident[k]);
                 let mut placed = Vec::with_capacity(n_blocks);
                 for i in 1..units.len() {
@@ -532,7 +525,7 @@ pub fn run<M: DiffusionModel>(
                 }
                 placed_all.push(placed);
             }
-            let homes = &weights[0].host[placement.storage().index()];
+            let homes = &weights[0].host[placement.storage.index()];
             let streamed_bytes: u64 = (1..units.len())
                 .filter(|&i| streamed[i - 1])
                 .map(|i| homes[i].as_ref().map_or(0, |d| d.bytes()))
@@ -617,7 +610,7 @@ pub fn run<M: DiffusionModel>(
                         .map(fnv_hex)
                         .collect::<candle_core::Result<_>>()?;
                     if placement.source.is_none() && batch == 1 {
-                        let st = placement.storage();
+                        let st = placement.storage;
                         let v = vels[0].to_device(&Device::Cpu)?;
                         quality = match (st, reference_velocity.get(&Storage::Plain)) {
                             (Storage::Fp8Compute, Some(r)) => {
@@ -656,11 +649,11 @@ pub fn run<M: DiffusionModel>(
             drop(engines);
             if placement.source.is_none() && batch == 1 {
                 if let Some(h) = hashes.first() {
-                    reference.insert(placement.storage(), h.clone());
+                    reference.insert(placement.storage, h.clone());
                 }
             }
             let identical = reference
-                .get(&placement.storage())
+                .get(&placement.storage)
                 .map(|r| hashes.first() == Some(r));
             let step_seconds = median(stats.iter().map(|s| s.seconds).collect());
             let wait_seconds = median(stats.iter().map(|s| s.wait_seconds).collect());

@@ -439,32 +439,7 @@ mod loaded_tests {
     /// Q4_K unit on the compute device by a sixth.
     #[test]
     fn the_device_factor_is_the_largest_units() {
-        let text = r#"
-[settings]
-compute = "cpu"
-[models.flux]
-family = "flux"
-file = "flux.gguf"
-dtype = "bf16"
-[models.t5]
-family = "t5"
-file = "t5.safetensors"
-tokenizer = "t5.json"
-[models.clip]
-family = "clip-l"
-file = "clip.safetensors"
-tokenizer = "clip.json"
-[models.vae]
-family = "flux-vae"
-file = "ae.safetensors"
-[pipelines.dev]
-diffusion = "flux"
-text_encoders = ["clip", "t5"]
-vae = "vae"
-[[jobs]]
-prompt = "p"
-"#;
-        let m = crate::manifest::load_str(std::path::Path::new("m.toml"), text).unwrap();
+        let m = flux_manifest("dtype = \"bf16\"", &[None]);
         let model = &m.models["flux"];
         let t = |name: &str, d: DType| (name.to_string(), d, vec![3072u64, 3072]);
         let inv = Inventory::synthetic(
@@ -663,19 +638,18 @@ prompt = "p"
         assert!(e.contains("m.toml:7:"), "{e}");
     }
 
-    /// T5's token count in the workload: the pipeline's `max_sequence_length`, else 512 for
-    /// dev and 256 for schnell; the longest over the jobs that use the model.
-    #[test]
-    fn text_tokens_follow_max_sequence_length() {
-        let m = |variant: &str, pipelines: &[Option<u32>]| {
-            let mut text = format!(
-                r#"
+    /// A CPU manifest with FLUX (`flux_extra`: more keys of `[models.flux]`), T5, CLIP and
+    /// the VAE, one pipeline per entry of `pipelines` (its `max_sequence_length`) and one job
+    /// per pipeline.
+    fn flux_manifest(flux_extra: &str, pipelines: &[Option<u32>]) -> Manifest {
+        let mut text = format!(
+            r#"
 [settings]
 compute = "cpu"
 [models.flux]
 family = "flux"
 file = "flux.safetensors"
-{variant}
+{flux_extra}
 [models.t5]
 family = "t5"
 file = "t5.safetensors"
@@ -688,20 +662,26 @@ tokenizer = "clip.json"
 family = "flux-vae"
 file = "ae.safetensors"
 "#
+        );
+        for (i, n) in pipelines.iter().enumerate() {
+            text += &format!(
+                "[pipelines.p{i}]\ndiffusion = \"flux\"\ntext_encoders = [\"clip\", \"t5\"]\nvae = \"vae\"\n"
             );
-            for (i, n) in pipelines.iter().enumerate() {
-                text += &format!(
-                    "[pipelines.p{i}]\ndiffusion = \"flux\"\ntext_encoders = [\"clip\", \"t5\"]\nvae = \"vae\"\n"
-                );
-                if let Some(n) = n {
-                    text += &format!("max_sequence_length = {n}\n");
-                }
+            if let Some(n) = n {
+                text += &format!("max_sequence_length = {n}\n");
             }
-            for i in 0..pipelines.len() {
-                text += &format!("[[jobs]]\npipeline = \"p{i}\"\nprompt = \"x\"\n");
-            }
-            crate::manifest::load_str(std::path::Path::new("m.toml"), &text).unwrap()
-        };
+        }
+        for i in 0..pipelines.len() {
+            text += &format!("[[jobs]]\npipeline = \"p{i}\"\nprompt = \"x\"\n");
+        }
+        crate::manifest::load_str(std::path::Path::new("m.toml"), &text).unwrap()
+    }
+
+    /// T5's token count in the workload: the pipeline's `max_sequence_length`, else 512 for
+    /// dev and 256 for schnell; the longest over the jobs that use the model.
+    #[test]
+    fn text_tokens_follow_max_sequence_length() {
+        let m = flux_manifest;
         let table: &[(&str, &[Option<u32>], u32)] = &[
             ("", &[None], 512),
             ("variant = \"schnell\"", &[None], 256),
