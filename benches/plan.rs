@@ -30,7 +30,7 @@ fn request(
             allocation,
             overrides: vec![],
             inventory: inv,
-            device_bytes_factor: 1.0,
+            device_bytes: None,
             workload: w,
             prefetch: None,
         }],

@@ -9,6 +9,7 @@
 //! block (`double_blocks.3`, `encoder.block.7`, …). The planner ([`crate::plan`]) places units;
 //! `mgpu inspect` prints inventories.
 
+pub mod gguf_layout;
 pub mod group;
 pub mod synthetic;
 

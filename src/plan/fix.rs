@@ -161,8 +161,18 @@ pub(crate) fn fit_fix(
         let ctx = &ctxs[i];
         let m = &req.models[i];
         let amounts = amounts(ctx, &choices[i]);
-        let shortfall =
-            (excess as f64 / if device == m.compute { ctx.factor } else { 1.0 }).ceil() as u64;
+        // The excess is in bytes as held there; quotas are in stored bytes. On the compute
+        // device, convert with the ratio of the model's units there (a first guess: the
+        // attempts below step further down and `works` checks each).
+        let ratio = if device == m.compute {
+            let held = ctx.held_of(
+                (0..ctx.inv.units.len()).filter(|&u| choices[i].layout.homes[u] == device),
+            );
+            held as f64 / on_device as f64
+        } else {
+            1.0
+        };
+        let shortfall = (excess as f64 / ratio.max(1e-9)).ceil() as u64;
         let floor = if device == m.compute {
             ctx.inv.resident_bytes()
         } else {

@@ -121,11 +121,14 @@ fn read_inventories_with(
 
 /// The published layout a model's missing file most likely has, from its family and file
 /// name, with a description: FLUX.1 dev or schnell (`schnell` in the name; bf16 as BFL
-/// publishes it, fp8 or fp16 when the name says so, Q8_0 for a `Q8_0` GGUF), T5-XXL (fp16,
-/// or fp8 by name), CLIP-L (fp16), the FLUX autoencoder (f32), Wan 2.1 (`1.3B` or `14B` in the
-/// name; bf16, fp8 by name), Wan 2.2 TI2V-5B (`ti2v` and `5B` in the name). `None` for other families and quantisations: the file is needed.
+/// publishes it, fp8 or fp16 when the name says so; a GGUF of the file type its name says,
+/// `Q8_0` … `Q2_K`, with the tensor types of city96's files: `inventory::gguf_layout`),
+/// T5-XXL (fp16, or fp8 by name), CLIP-L (fp16), the FLUX autoencoder (f32), Wan 2.1 (`1.3B`
+/// or `14B` in the name; bf16, fp8 by name, GGUF as FLUX), Wan 2.2 TI2V-5B (`ti2v` and `5B` in
+/// the name). `None` for other families and file types: the file is needed.
 pub fn assumed_inventory(model: &Model) -> Option<(Inventory, String)> {
     use crate::family::Family;
+    use crate::inventory::gguf_layout::FileType;
     use crate::inventory::synthetic;
     let name = model
         .file
@@ -134,11 +137,13 @@ pub fn assumed_inventory(model: &Model) -> Option<(Inventory, String)> {
         .unwrap_or_default();
     let has = |k: &str| name.contains(k);
     let fp8 = has("fp8") || has("e4m3");
-    let (dtype, dname) = if name.ends_with(".gguf") {
-        if !has("q8_0") {
-            return None;
-        }
-        (DType::Q8_0, "Q8_0")
+    let gguf = if name.ends_with(".gguf") {
+        Some(FileType::in_file_name(&name)?)
+    } else {
+        None
+    };
+    let (dtype, dname) = if gguf.is_some() {
+        (DType::BF16, "")
     } else if fp8 {
         (DType::F8_E4M3, "fp8")
     } else if has("fp16") || has("f16") {
@@ -148,7 +153,6 @@ pub fn assumed_inventory(model: &Model) -> Option<(Inventory, String)> {
     } else {
         (DType::BF16, "bf16")
     };
-    let gib = |inv: &Inventory| inv.total_bytes() as f64 / 1e9;
     let (inv, what) = match model.family {
         Family::Flux => {
             // The manifest's `variant` wins over the file name.
@@ -170,12 +174,12 @@ pub fn assumed_inventory(model: &Model) -> Option<(Inventory, String)> {
                 },
             )
         }
-        Family::T5 if dtype != DType::Q8_0 => {
+        Family::T5 if gguf.is_none() => {
             let d = if fp8 { DType::F8_E4M3 } else { DType::F16 };
             (synthetic::t5_xxl(d), "T5-XXL")
         }
-        Family::ClipL if dtype != DType::Q8_0 => (synthetic::clip_l(DType::F16), "CLIP-L"),
-        Family::FluxVae if dtype != DType::Q8_0 => {
+        Family::ClipL if gguf.is_none() => (synthetic::clip_l(DType::F16), "CLIP-L"),
+        Family::FluxVae if gguf.is_none() => {
             (synthetic::flux_vae(DType::F32), "the FLUX.1 autoencoder")
         }
         Family::Wan if has("ti2v") && has("5b") => (
@@ -186,12 +190,19 @@ pub fn assumed_inventory(model: &Model) -> Option<(Inventory, String)> {
         Family::Wan if has("14b") => (synthetic::wan(dtype, 5120, 13824, 40), "Wan 2.1 14B"),
         _ => return None,
     };
-    let dt = match inv.tensors.first().map(|t| t.dtype) {
-        Some(DType::F16) => "fp16",
-        Some(DType::F32) => "f32",
-        Some(DType::F8_E4M3) => "fp8",
-        _ => dname,
+    let (inv, dt) = match gguf {
+        Some(t) => (t.apply(&inv), t.to_string()),
+        None => {
+            let dt = match inv.tensors.first().map(|t| t.dtype) {
+                Some(DType::F16) => "fp16",
+                Some(DType::F32) => "f32",
+                Some(DType::F8_E4M3) => "fp8",
+                _ => dname,
+            };
+            (inv, dt.to_string())
+        }
     };
+    let gib = |inv: &Inventory| inv.total_bytes() as f64 / 1e9;
     let text = format!("{what} ({dt}, {:.1} GB)", gib(&inv));
     Some((inv, text))
 }
@@ -263,18 +274,18 @@ fn workload(m: &Manifest, model: &Model) -> Workload {
     w
 }
 
-/// Bytes a unit takes on the compute device per stored byte: the compute dtype's size per
-/// element over the stored size (bf16 stored, f32 compute on a CPU: 2.0; GGUF Q8_0
-/// dequantised to bf16: ≈ 1.88; Q4_K: ≈ 3.56; fp8 widened to bf16: 2.0). One factor per
-/// model, the largest of its units', so that no unit is under-counted on the compute device
-/// when its tensors are stored more compactly than the model's average (a GGUF whose blocks
-/// mix Q4_K and Q6_K, or F32 norms beside Q8_0 blocks): the planner over-estimates the
-/// compact units' neighbours instead.
-fn device_bytes_factor(model: &Model, inv: &Inventory) -> f64 {
+/// Bytes each unit of `inv` takes on the compute device: its values in the compute dtype
+/// (bf16 stored, f32 compute on a CPU: 2 × the file; GGUF Q8_0 dequantised to bf16: ≈ 1.88 ×;
+/// Q4_K: ≈ 3.56 ×; fp8 widened to bf16: 2 ×), fp8 linears under fp8 compute at one byte per
+/// value, integer tensors as stored. Per unit, so that a GGUF whose blocks mix Q4_K and Q6_K,
+/// or F32 norms beside Q8_0 blocks, is counted exactly (decision 38).
+fn device_bytes(model: &Model, inv: &Inventory) -> Vec<u64> {
     let (_, esize) = model.dtype.dtype().block();
-    let computed_of = |t: &crate::weights::TensorInfo| -> u64 {
-        use crate::weights::DType as D;
-        let integer = matches!(t.dtype, D::Bool | D::U8 | D::I8 | D::I16 | D::I32 | D::I64);
+    let held = |t: &TensorInfo| -> u64 {
+        let integer = matches!(
+            t.dtype,
+            DType::Bool | DType::U8 | DType::I8 | DType::I16 | DType::I32 | DType::I64
+        );
         if fp8_linear(model, &t.name) {
             t.numel()
         } else if !integer {
@@ -283,16 +294,10 @@ fn device_bytes_factor(model: &Model, inv: &Inventory) -> f64 {
             t.len
         }
     };
-    let ratio = |ts: &mut dyn Iterator<Item = &crate::weights::TensorInfo>| {
-        let (computed, stored) = ts.fold((0u64, 0u64), |(c, s), t| (c + computed_of(t), s + t.len));
-        (stored > 0).then(|| computed as f64 / stored as f64)
-    };
     inv.units
         .iter()
-        .filter_map(|u| ratio(&mut u.tensors.iter().map(|&i| &inv.tensors[i])))
-        .reduce(f64::max)
-        .or_else(|| ratio(&mut inv.tensors.iter()))
-        .unwrap_or(1.0)
+        .map(|u| u.tensors.iter().map(|&i| held(&inv.tensors[i])).sum())
+        .collect()
 }
 
 /// The dtype a stored tensor is held in after loading, when the executor converts it
@@ -356,7 +361,7 @@ pub fn request(m: &Manifest, inventories: &BTreeMap<String, Arc<Inventory>>) -> 
                 compute: model.compute,
                 allocation: model.allocation.clone(),
                 overrides: model.overrides.clone(),
-                device_bytes_factor: device_bytes_factor(model, &inv),
+                device_bytes: Some(device_bytes(model, &inv)),
                 workload: workload(m, model),
                 prefetch: model.prefetch,
                 inventory: inv,
@@ -434,11 +439,12 @@ fn diagnostic(m: &Manifest, e: &PlanError) -> Diagnostic {
 mod loaded_tests {
     use super::*;
 
-    /// A GGUF whose blocks mix K-quants: the factor is the most compact unit's (Q4_K:
-    /// 512 bf16 bytes per 144 stored), not the model's average, which would under-count the
-    /// Q4_K unit on the compute device by a sixth.
+    /// A GGUF whose blocks mix K-quants: each unit counts its own values in bf16 (the Q4_K
+    /// unit 512 bytes per 144 stored, the Q6_K unit 512 per 210), neither the model's average
+    /// (which under-counted the Q4_K unit by a sixth) nor the largest ratio (which over-counted
+    /// the Q6_K unit by 46 %).
     #[test]
-    fn the_device_factor_is_the_largest_units() {
+    fn each_unit_counts_its_own_device_bytes() {
         let m = flux_manifest("dtype = \"bf16\"", &[None]);
         let model = &m.models["flux"];
         let t = |name: &str, d: DType| (name.to_string(), d, vec![3072u64, 3072]);
@@ -450,10 +456,9 @@ mod loaded_tests {
             ],
         );
         assert_eq!(inv.units.len(), 2, "{:?}", inv.units);
-        let f = device_bytes_factor(model, &inv);
-        assert!((f - 512.0 / 144.0).abs() < 1e-9, "{f}");
-        let average = 2.0 * 2.0 * 3072.0 * 3072.0 / inv.total_bytes() as f64;
-        assert!(average < 0.85 * f, "{average} {f}");
+        let stored: Vec<u64> = inv.units.iter().map(|u| u.bytes).collect();
+        assert_eq!(stored, [3072 * 3072 / 256 * 144, 3072 * 3072 / 256 * 210]);
+        assert_eq!(device_bytes(model, &inv), [2 * 3072 * 3072; 2]);
     }
 
     #[test]
@@ -551,14 +556,17 @@ frames = 81
                 let model = &m.models[name];
                 let (inv, _) = assumed_inventory(model).unwrap();
                 let inv = as_loaded(model, Arc::new(inv));
-                let factor = device_bytes_factor(model, &inv);
-                (inv, factor, workload(&m, model).fp8_linears)
+                let held = device_bytes(model, &inv);
+                (inv, held, workload(&m, model).fp8_linears)
             };
-            let ((ia, fa, wa), (ib, fb, wb)) = (loaded("bf16"), loaded("fp8"));
+            let ((ia, ha, wa), (ib, hb, wb)) = (loaded("bf16"), loaded("fp8"));
             assert!(wb && !wa, "{name}");
-            // The compute device holds the e4m3 bytes too (Wan's f32 modulations shrink to
-            // bf16 in both).
-            assert!(fa <= 1.0 && (fa - fb).abs() < 1e-3, "{name}: {fa} {fb}");
+            // The compute device holds the e4m3 bytes too: each unit as its home does (Wan's
+            // f32 modulations shrink to bf16 there).
+            for (i, (ua, ub)) in ia.units.iter().zip(&ib.units).enumerate() {
+                assert!(ha[i] <= ua.bytes && hb[i] <= ub.bytes, "{name} {}", ua.name);
+                assert_eq!(ua.bytes - ha[i], ub.bytes - hb[i], "{name} {}", ua.name);
+            }
             let family = ia.family.unwrap();
             for (ta, tb) in ia.tensors.iter().zip(&ib.tensors) {
                 let canonical = crate::inventory::canonical_name(Some(family), &ta.name);

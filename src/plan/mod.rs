@@ -77,11 +77,12 @@ pub struct ModelRequest {
     pub allocation: Allocation,
     pub overrides: Vec<Override>,
     pub inventory: Arc<Inventory>,
-    /// Bytes a unit occupies on the compute device per stored byte: 1.0 when computed as
-    /// stored; more when weights are dequantised on the device (GGUF Q8_0 → bf16 ≈ 1.88, Q4_K
-    /// ≈ 3.56); the largest of the model's units' ratios.
-    /// Copies always move stored bytes.
-    pub device_bytes_factor: f64,
+    /// Bytes each unit of `inventory` (in its order) occupies on the compute device, where
+    /// that differs from its stored bytes: compact blocks widened there (GGUF Q8_0 → bf16
+    /// ≈ 1.88 ×, Q4_K ≈ 3.56 ×, fp8 2 ×), a bf16 file computed in f32 on a CPU (2 ×). `None`
+    /// (or a list of another length): as stored. Homes elsewhere hold, and copies move, the
+    /// stored bytes.
+    pub device_bytes: Option<Vec<u64>>,
     pub workload: Workload,
     /// Prefetch slots K; `None` chooses (2 unless more shortens the step and fits).
     pub prefetch: Option<u32>,
@@ -331,34 +332,29 @@ impl Ledger {
     /// Reserves room for model `i`: its resident tensors and a working set with two slots of
     /// its largest block.
     fn reserve(&mut self, i: usize, ctx: &ModelCtx) {
-        let largest = ctx
-            .inv
-            .blocks()
-            .map(|u| ctx.on_device(u.bytes))
+        let largest = (0..ctx.inv.units.len())
+            .filter(|&i| ctx.inv.units[i].kind == UnitKind::Block)
+            .map(|i| ctx.held[i])
             .max()
             .unwrap_or(0);
         let ws = ctx.activations + ctx.latents + 2 * largest;
-        self.pending.push((
-            i,
-            ctx.req.compute,
-            ctx.on_device(ctx.inv.resident_bytes()),
-            ws,
-        ));
+        self.pending
+            .push((i, ctx.req.compute, ctx.held_resident(), ws));
     }
     pub fn need(&self, d: DeviceName) -> u64 {
         self.homes_on(d) + self.ws_on(d)
     }
 
-    /// Bytes per device of a model laid out as `homes` (compute-device bytes scaled by the
-    /// model's device factor; disk not counted).
+    /// Bytes per device of a model laid out as `homes` (as held on the compute device, as
+    /// stored elsewhere; disk not counted).
     fn model_bytes(ctx: &ModelCtx, homes: &[DeviceName]) -> BTreeMap<DeviceName, u64> {
         let mut m = BTreeMap::new();
-        for (u, &h) in ctx.inv.units.iter().zip(homes) {
+        for (i, (u, &h)) in ctx.inv.units.iter().zip(homes).enumerate() {
             if h == DeviceName::Disk {
                 continue;
             }
             let b = if h == ctx.req.compute {
-                ctx.on_device(u.bytes)
+                ctx.held[i]
             } else {
                 u.bytes
             };
@@ -660,11 +656,7 @@ fn model_plan(ctx: &ModelCtx, hw: &Hardware, c: &Choice) -> ModelPlan {
             }
         })
         .collect();
-    let resident: u64 = blocks
-        .iter()
-        .filter(|b| b.home == compute)
-        .map(|b| ctx.on_device(b.bytes))
-        .sum();
+    let resident = ctx.held_of((0..blocks.len()).filter(|&i| blocks[i].home == compute));
     let slots = c.slots as u64 * c.slot_bytes;
     let working_set = WorkingSet {
         resident,

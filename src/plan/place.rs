@@ -44,7 +44,8 @@ pub(crate) struct ModelCtx<'a> {
     pub activation_formula: String,
     /// Per-job state (latents, conditioning) for the whole batch.
     pub latents: u64,
-    pub factor: f64,
+    /// Per unit: bytes it takes on the compute device ([`ModelRequest::device_bytes`]).
+    pub held: Vec<u64>,
     /// Sequence length of one job.
     pub tokens: u64,
 }
@@ -117,10 +118,9 @@ impl<'a> ModelCtx<'a> {
             })
             .collect();
         let (activations, activation_formula) = arch.activations();
-        let factor = if req.device_bytes_factor.is_finite() && req.device_bytes_factor > 0.0 {
-            req.device_bytes_factor
-        } else {
-            1.0
+        let held = match &req.device_bytes {
+            Some(b) if b.len() == inv.units.len() => b.clone(),
+            _ => inv.units.iter().map(|u| u.bytes).collect(),
         };
         ModelCtx {
             req,
@@ -133,7 +133,7 @@ impl<'a> ModelCtx<'a> {
             activations,
             activation_formula,
             latents: arch.per_job() * req.workload.batch.max(1) as u64,
-            factor,
+            held,
             tokens: arch.seq(),
         }
     }
@@ -141,12 +141,19 @@ impl<'a> ModelCtx<'a> {
     /// Bytes a slot needs to hold unit `i` streamed: its values in the compute dtype and the
     /// compact bytes they are widened from.
     pub fn slot_of(&self, i: usize) -> u64 {
-        self.on_device(self.inv.units[i].bytes) + self.staging[i]
+        self.held[i] + self.staging[i]
     }
 
-    /// Bytes unit `i` takes on the compute device.
-    pub fn on_device(&self, bytes: u64) -> u64 {
-        (bytes as f64 * self.factor).ceil() as u64
+    /// Bytes the units `which` take on the compute device, summed.
+    pub fn held_of(&self, which: impl IntoIterator<Item = usize>) -> u64 {
+        which.into_iter().map(|i| self.held[i]).sum()
+    }
+
+    /// Bytes the resident units take on the compute device.
+    pub fn held_resident(&self) -> u64 {
+        self.held_of(
+            (0..self.inv.units.len()).filter(|&i| self.inv.units[i].kind == UnitKind::Resident),
+        )
     }
 }
 
@@ -296,9 +303,10 @@ fn base(ctx: &ModelCtx, claim: &[Option<usize>]) -> (Vec<Option<DeviceName>>, Ve
     (homes, reasons)
 }
 
-/// Distinct block sizes to try as the largest streamed block (largest first, at most 4).
-fn caps(ctx: &ModelCtx, free: &[usize]) -> Vec<Option<u64>> {
-    let mut sizes: Vec<u64> = free.iter().map(|&i| ctx.inv.units[i].bytes).collect();
+/// Distinct block sizes (`size` of each of `free`) to try as the largest streamed block
+/// (largest first, at most 4).
+fn caps(free: &[usize], size: impl Fn(usize) -> u64) -> Vec<Option<u64>> {
+    let mut sizes: Vec<u64> = free.iter().map(|&i| size(i)).collect();
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     sizes.dedup();
     let mut out = vec![None];
@@ -372,7 +380,7 @@ pub(crate) fn explicit_layouts(ctx: &ModelCtx, q: &Quotas, claim: &[Option<usize
         })
         .collect();
     let mut out = Vec::new();
-    for cap in caps(ctx, &free) {
+    for cap in caps(&free, |i| units[i].bytes) {
         let Some(sel) = select(&cands, target, round, cap) else {
             continue;
         };
@@ -443,11 +451,10 @@ pub(crate) fn auto_layouts(
     }
     let units = &ctx.inv.units;
     let free: Vec<usize> = (0..units.len()).filter(|&i| homes0[i].is_none()).collect();
-    let free_bytes: u64 = free.iter().map(|&i| units[i].bytes).sum();
-    let fixed_on_compute: u64 = (0..units.len())
-        .filter(|&i| homes0[i] == Some(compute))
-        .map(|i| ctx.on_device(units[i].bytes))
-        .sum();
+    // In bytes on the compute device: what keeping a unit there costs, and what streaming it
+    // saves (a slot holds the largest streamed unit instead).
+    let free_held = ctx.held_of(free.iter().copied());
+    let fixed_on_compute = ctx.held_of((0..units.len()).filter(|&i| homes0[i] == Some(compute)));
     let usable = hw.usable(compute).map_or(0, |u| u.usable.0);
     let room_for = |ws: u64| {
         usable
@@ -463,11 +470,10 @@ pub(crate) fn auto_layouts(
             .collect::<Vec<_>>()
     };
     // Everything fits: no streaming at all.
-    if ctx.on_device(free_bytes) <= room_for(act) {
+    if free_held <= room_for(act) {
         let overridden_stream = (0..units.len()).any(|i| homes0[i].is_some_and(|d| d != compute));
         if !overridden_stream
-            || ctx.on_device(free_bytes)
-                <= room_for(act + k as u64 * max_streamed(ctx, &homes0, compute))
+            || free_held <= room_for(act + k as u64 * max_streamed(ctx, &homes0, compute))
         {
             return vec![Layout {
                 homes: all(&homes0),
@@ -479,7 +485,7 @@ pub(crate) fn auto_layouts(
     let cands: Vec<Candidate> = free
         .iter()
         .map(|&i| Candidate {
-            bytes: units[i].bytes,
+            bytes: ctx.held[i],
             weight: ctx.compute[i],
         })
         .collect();
@@ -503,21 +509,22 @@ pub(crate) fn auto_layouts(
         u64::MAX,
     ));
     let mut out = Vec::new();
-    for cap in caps(ctx, &free) {
+    for cap in caps(&free, |i| ctx.held[i]) {
         let largest = free
             .iter()
-            .map(|&i| units[i].bytes)
+            .map(|&i| ctx.held[i])
             .filter(|&b| cap.is_none_or(|c| b <= c))
             .max()
             .unwrap_or(0);
         let overridden = max_streamed(ctx, &homes0, compute);
-        let slot = ctx.on_device(largest).max(overridden);
-        let keep = (room_for(act + k as u64 * slot) as f64 / ctx.factor) as u64;
-        let target = free_bytes.saturating_sub(keep);
+        let slot = largest.max(overridden);
+        let keep = room_for(act + k as u64 * slot);
+        let target = free_held.saturating_sub(keep);
         let Some(sel) = select(&cands, target, Round::Up, cap) else {
             continue;
         };
-        let sel_bytes: Vec<u64> = sel.iter().map(|&j| cands[j].bytes).collect();
+        // Donors hold the units as stored.
+        let sel_bytes: Vec<u64> = sel.iter().map(|&j| units[free[j]].bytes).collect();
         let need: u64 = sel_bytes.iter().sum();
         for split in [Split::FastestFirst, Split::ByRate] {
             let caps = split.capacities(&donors, need);
@@ -554,7 +561,7 @@ pub(crate) fn auto_layouts(
 fn max_streamed(ctx: &ModelCtx, homes: &[Option<DeviceName>], compute: DeviceName) -> u64 {
     (0..homes.len())
         .filter(|&i| homes[i].is_some_and(|d| d != compute))
-        .map(|i| ctx.on_device(ctx.inv.units[i].bytes))
+        .map(|i| ctx.held[i])
         .max()
         .unwrap_or(0)
 }

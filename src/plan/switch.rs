@@ -24,9 +24,9 @@ use crate::hardware::Hardware;
 /// Stored bytes per device of one placed model (disk included; compute-device bytes as held).
 fn placement(ctx: &ModelCtx, c: &Choice) -> BTreeMap<DeviceName, u64> {
     let mut m = BTreeMap::new();
-    for (u, &h) in ctx.inv.units.iter().zip(&c.layout.homes) {
+    for (i, (u, &h)) in ctx.inv.units.iter().zip(&c.layout.homes).enumerate() {
         let b = if h == ctx.req.compute {
-            ctx.on_device(u.bytes)
+            ctx.held[i]
         } else {
             u.bytes
         };
@@ -40,13 +40,13 @@ fn swap_cost(ctx: &ModelCtx, c: &Choice, hw: &Hardware) -> (u64, u64, f64, bool)
     let compute = ctx.req.compute;
     let mut read = 0u64;
     let mut upload = 0u64;
-    for (u, &h) in ctx.inv.units.iter().zip(&c.layout.homes) {
+    for (i, (u, &h)) in ctx.inv.units.iter().zip(&c.layout.homes).enumerate() {
         if h == DeviceName::Disk {
             continue;
         }
         read += u.bytes;
         if h == compute && compute != DeviceName::Cpu {
-            upload += ctx.on_device(u.bytes);
+            upload += ctx.held[i];
         }
     }
     let disk = hw.disk_read();
@@ -157,7 +157,7 @@ mod tests {
             allocation: Allocation::Auto,
             overrides: vec![],
             inventory: inv.clone(),
-            device_bytes_factor: 1.0,
+            device_bytes: None,
             workload,
             prefetch: None,
         };

@@ -34,7 +34,7 @@ fn model(alloc: Allocation) -> ModelRequest {
         allocation: alloc,
         overrides: vec![],
         inventory: flux_inv(),
-        device_bytes_factor: 1.0,
+        device_bytes: None,
         workload: Workload::image(1024, 1024),
         prefetch: None,
     }
@@ -413,7 +413,7 @@ fn disk_donor_goes_through_the_host_link() {
 #[test]
 fn dequantised_weights_take_more_room_on_the_compute_device() {
     let mut m = model(Allocation::Auto);
-    m.device_bytes_factor = 2.0;
+    m.device_bytes = Some(m.inventory.units.iter().map(|u| 2 * u.bytes).collect());
     let p = one(m, &hw("hw-h100-cpu.toml")).unwrap();
     let ws = &p.models[0].working_set;
     assert_eq!(ws.resident, 2 * flux_inv().total_bytes());
@@ -684,7 +684,7 @@ fn fp8_units_travel_compact_and_slots_hold_both_forms() {
     let inv = Arc::new(synthetic::flux_dev(DType::F8_E4M3));
     let mut m = model(Allocation::Auto);
     m.inventory = inv.clone();
-    m.device_bytes_factor = 2.0;
+    m.device_bytes = Some(inv.units.iter().map(|u| 2 * u.bytes).collect());
     let p = one(m, &hw("hw-4090-cpu.toml")).unwrap();
     let mp = &p.models[0];
     let streamed: Vec<&BlockPlan> = mp.blocks.iter().filter(|b| b.home != mp.compute).collect();
@@ -701,6 +701,55 @@ fn fp8_units_travel_compact_and_slots_hold_both_forms() {
         mp.slot_bytes <= 3 * largest && mp.slot_bytes > 2 * largest,
         "slot {} for a largest streamed unit of {largest}",
         mp.slot_bytes
+    );
+}
+
+/// A GGUF mixing K-quants (a Q4_K_M FLUX.1-dev: Q5_K `qkv` in the double blocks, Q4_K
+/// elsewhere, F16/F32 embeddings) is counted unit by unit on the compute device: the working
+/// set is exactly the widened values of the blocks kept there, and a 24 GB card keeps more
+/// blocks than when every unit was counted at the most compact unit's ratio (decision 38).
+#[test]
+fn mixed_k_quant_units_are_held_at_their_own_size() {
+    let file =
+        crate::inventory::gguf_layout::FileType::in_file_name("flux1-dev-Q4_K_M.gguf").unwrap();
+    let inv = Arc::new(file.apply(&flux_inv()));
+    let held: Vec<u64> = inv
+        .units
+        .iter()
+        .map(|u| inv.tensors_of(u).map(|t| 2 * t.numel()).sum())
+        .collect();
+    let ratio = |i: usize| held[i] as f64 / inv.units[i].bytes as f64;
+    let largest = (0..held.len()).map(ratio).fold(0.0, f64::max);
+    let smallest = (0..held.len()).map(ratio).fold(f64::INFINITY, f64::min);
+    assert!(largest > 1.15 * smallest, "{smallest} … {largest}");
+    let plan = |device_bytes: Vec<u64>| {
+        let mut m = model(Allocation::Auto);
+        m.inventory = inv.clone();
+        m.device_bytes = Some(device_bytes);
+        one(m, &hw("hw-4090-cpu.toml")).unwrap().models.remove(0)
+    };
+    let exact = plan(held.clone());
+    let kept = |p: &ModelPlan| p.blocks.iter().filter(|b| b.home == p.compute).count();
+    let on_compute: u64 = (0..held.len())
+        .filter(|&i| exact.blocks[i].home == exact.compute)
+        .map(|i| held[i])
+        .sum();
+    assert_eq!(exact.working_set.resident, on_compute);
+    let scaled = inv
+        .units
+        .iter()
+        .map(|u| (u.bytes as f64 * largest).ceil() as u64)
+        .collect();
+    let over = plan(scaled);
+    assert!(
+        kept(&exact) < inv.units.len(),
+        "a 24 GB card streams some blocks"
+    );
+    assert!(
+        kept(&exact) > kept(&over),
+        "{} vs {}",
+        kept(&exact),
+        kept(&over)
     );
 }
 

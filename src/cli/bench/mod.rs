@@ -320,23 +320,18 @@ fn cell_request(
     // Compact (Q8_0, fp8) matrices are widened to bf16 on the device, except fp8 linears
     // under fp8 compute (one byte each there too).
     let family = model.family();
-    let stored: u64 = inventory.tensors.iter().map(|t| t.len).sum();
-    let widened: u64 = inventory
-        .tensors
-        .iter()
-        .map(|t| {
-            if placement.storage == Storage::Fp8Compute && family.fp8_linear(&t.name) {
-                t.numel()
-            } else {
-                t.numel() * 2
-            }
-        })
-        .sum();
-    let device_bytes_factor = if stored > 0 {
-        widened as f64 / stored as f64
-    } else {
-        1.0
+    let held = |t: &crate::weights::TensorInfo| {
+        if placement.storage == Storage::Fp8Compute && family.fp8_linear(&t.name) {
+            t.numel()
+        } else {
+            t.numel() * 2
+        }
     };
+    let device_bytes = inventory
+        .units
+        .iter()
+        .map(|u| inventory.tensors_of(u).map(held).sum())
+        .collect();
     let req = ModelRequest {
         name: "model".into(),
         family: model.family(),
@@ -344,7 +339,7 @@ fn cell_request(
         allocation: crate::alloc::Allocation::Auto,
         overrides: vec![],
         inventory,
-        device_bytes_factor,
+        device_bytes: Some(device_bytes),
         workload,
         prefetch: None,
     };
