@@ -86,6 +86,7 @@ fn model() -> Model {
                     bytes: Bytes::Owned(Arc::from(bytes)),
                     quant: None,
                     scale: None,
+                    lora: None,
                 });
             }
             None => {

@@ -440,6 +440,62 @@ lora_mode = "on_dequant""#;
     );
 }
 
+/// `lora_mode = "on_dequant"` computed in bf16: a LoRA-patched GGUF keeps its blocks in every
+/// home and adds the LoRA terms each time they are dequantised, with `bake`'s f32 operations in
+/// `bake`'s order: the outputs are `bake`'s bit for bit, resident, from host RAM and from disk
+/// (read from the file in place: no spill file, unlike `bake`'s dequantised weights), and a
+/// pass moves the blocks instead of bf16 (decision 39).
+#[test]
+fn on_dequant_keeps_patched_blocks_and_gives_the_bake_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("cache");
+    let gguf = dir.path().join("flux-tiny-Q8_0.gguf");
+    write_gguf_q8(&gguf, &tiny_flux_tensors());
+    let text = |mode: &str| {
+        manifest_text(
+            &out,
+            &format!(
+                "dtype = \"bf16\"\nloras = [{{ file = \"tiny/lora-tiny.safetensors\" }}]\nlora_mode = \"{mode}\""
+            ),
+            TWO_FOXES,
+        )
+        .replace("tiny/flux-tiny.safetensors", &gguf.display().to_string())
+    };
+    let bake = run(&load(&text("bake")), options(&cache), &[&[0, 1]]);
+    let bake_host = run(
+        &load(&text("bake")),
+        everything_on(options(&cache), UnitHome::Host),
+        &[&[0, 1]],
+    );
+    let resident = run(&load(&text("on_dequant")), options(&cache), &[&[0], &[1]]);
+    let host = run(
+        &load(&text("on_dequant")),
+        everything_on(options(&cache), UnitHome::Host),
+        &[&[1], &[0]],
+    );
+    let disk = run(
+        &load(&text("on_dequant")),
+        everything_on(options(&cache), UnitHome::Disk),
+        &[&[0, 1]],
+    );
+    assert_all_same(&bake, &resident, 2, "on_dequant resident vs bake");
+    assert_all_same(&bake, &host, 2, "on_dequant from host RAM vs bake");
+    assert_all_same(&bake, &disk, 2, "on_dequant from disk vs bake");
+    let spill = |r: &Run| r.notes().iter().any(|n| n.contains("spill file"));
+    assert!(!spill(&disk), "{:?}", disk.notes());
+    assert!(
+        !host.notes().iter().any(|n| n.contains("on_dequant")),
+        "{:?}",
+        host.notes()
+    );
+    let (q, baked) = (host.first_pass_bytes(), bake_host.first_pass_bytes());
+    assert!(
+        q > 0 && 5 * q < 3 * baked,
+        "on_dequant pass {q} bytes, bake pass {baked} bytes"
+    );
+}
+
 /// Every GGML block type computed in bf16 stays in its blocks and travels that way (issue 13;
 /// before, only Q8_0 did and the others were widened to bf16 at load): a tiny FLUX whose
 /// matrices cycle through Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 gives the same bytes resident, from

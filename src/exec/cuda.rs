@@ -37,6 +37,7 @@ use crate::device::UnitHome;
 mod dequant;
 mod device;
 mod layout;
+mod lora;
 mod pinned;
 pub mod sass;
 pub mod upload;
@@ -47,6 +48,7 @@ use device::fp8_tables;
 pub use device::{check_widen_fp8, keep_pool_memory, measure_h2d_gbps};
 use layout::{fill_home, layout_of, region_keys, Layout};
 pub use layout::{RegionKey, ALIGN};
+pub use lora::{check as check_dequant_lora, time_q8_0 as time_dequant_lora};
 use pinned::PinnedBuf;
 pub use pinned::{h2d_gbps, PinMode, PinnedPool};
 
@@ -81,6 +83,9 @@ struct StreamedUnit {
     /// The per-tensor scales of its fp8-compute weights (`…weight_scale`), resident: a few
     /// bytes each, uploaded once instead of with every fetch.
     scales: Vec<(String, Tensor)>,
+    /// Per tensor (layout order): the `on_dequant` LoRA terms added as its blocks are
+    /// dequantised, resident.
+    loras: Vec<Option<lora::DeviceTerms>>,
 }
 
 struct Region {
@@ -304,6 +309,16 @@ impl CudaBackend {
                 }
             };
             let scales = super::unit::fp8_scales(data, device).map_err(candle_err)?;
+            let loras = data
+                .tensors
+                .iter()
+                .map(|t| {
+                    t.lora
+                        .as_ref()
+                        .map(|d| lora::upload(&compute, d))
+                        .transpose()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             streamed.insert(
                 i,
                 StreamedUnit {
@@ -311,6 +326,7 @@ impl CudaBackend {
                     source,
                     link: *link,
                     scales,
+                    loras,
                 },
             );
         }
@@ -636,7 +652,7 @@ impl Backend for CudaBackend {
             .map_err(|e| err(format!("{e:?}")))?;
         // The compact tensors are widened here, on the compute stream, in series with the
         // units' compute: on a stream of their own they measured no faster (docs/gpu.md).
-        let ops = widen::ops(&s.regions, &u.layout);
+        let ops = widen::ops(&s.regions, &u.layout, &u.loras);
         widen::launch(&self.device, &self.compute, self.fp8_tables_ptr, &ops).map_err(&err)?;
         let mut out = HashMap::with_capacity(u.layout.places.len());
         for p in &u.layout.places {

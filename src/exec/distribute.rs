@@ -504,6 +504,7 @@ mod tests {
             )),
             quant: None,
             scale: None,
+            lora: None,
         };
         let data = UnitData {
             name: "u".into(),
@@ -541,6 +542,7 @@ mod tests {
                 bytes: Bytes::Owned(Arc::from(vec![0u8; 4])),
                 quant: None,
                 scale: None,
+                lora: None,
             }],
         };
         let e = spill(data, &file).unwrap_err();

@@ -23,6 +23,7 @@ fn unit_data(name: &str, value: f32, n: usize) -> Arc<UnitData> {
             bytes: Bytes::Owned(Arc::from(bytes)),
             quant: None,
             scale: None,
+            lora: None,
         }],
     })
 }

@@ -20,13 +20,15 @@
 //! homes all hold these bytes, and [`super::unit::UnitData::materialize`] is the one
 //! conversion to the compute dtype, so placement cannot change a value.
 //!
-//! GGUF bases are dequantised at load (bit-exact GGML dequantisation, `weights::convert`) and
-//! rounded once to the compute dtype; with LoRAs, `LoraSet::bake` adds the deltas before that
-//! rounding. `lora_mode = "on_dequant"` therefore computes the same numbers as `bake` here
-//! (the delta is added to the f32 dequantised weight before the one rounding either way); it
-//! is noted, not refused. GGML tensors computed in bf16 and untouched by LoRAs stay quantised
-//! and travel as stored (dequantised where they are used); the planner counts the rest in the
-//! compute dtype (`plan::manifest`).
+//! GGML tensors computed in bf16 stay quantised and travel as stored (dequantised where they
+//! are used). With LoRAs, `bake` (the default) dequantises a patched tensor at load (bit-exact
+//! GGML dequantisation, `weights::convert`), adds the deltas in f32 (`LoraSet::bake`) and
+//! rounds once to the compute dtype; `lora_mode = "on_dequant"` keeps its blocks and hands the
+//! LoRA terms along ([`HostTensor::lora`]), to be added at every dequantisation with the same
+//! f32 operations in the same order (`TensorDelta::apply_f32` on the CPU, a kernel doing
+//! exactly that on a GPU) — the same numbers as `bake`, with the homes and the link holding
+//! the blocks (decision 39). Computing in another dtype, the patched tensors are dequantised
+//! at load either way. The planner counts each tensor as it is held (`plan::manifest`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -315,10 +317,14 @@ impl ModelFile {
             self.notes.push(format!("model `{}`: {w}", self.model));
         }
         let quantized = self.layout.tensors.iter().any(|t| t.dtype.is_quantized());
-        if self.lora_mode == LoraMode::OnDequant && !set.is_empty() && quantized {
+        if self.lora_mode == LoraMode::OnDequant
+            && !set.is_empty()
+            && quantized
+            && self.compute != CDType::BF16
+        {
             self.notes.push(format!(
-                "model `{}`: lora_mode = on_dequant: GGUF weights are dequantised at load in this version, so LoRAs are added before the one rounding, as with `bake` (same numbers)",
-                self.model
+                "model `{}`: lora_mode = on_dequant keeps GGUF blocks only when computing in bf16; computing in {:?}, the patched weights are dequantised at load, as with `bake` (same numbers)",
+                self.model, self.compute
             ));
         }
         self.loras = set;
@@ -386,6 +392,7 @@ impl ModelFile {
                         },
                         quant: None,
                         scale: None,
+                        lora: None,
                     },
                     Origin::AsStored,
                 ));
@@ -394,11 +401,28 @@ impl ModelFile {
         // GGUF blocks (Q8_0, Q4_K, …) computed in bf16: the blocks stay as stored and travel
         // quantised; they are dequantised where they are used (on a GPU by a kernel with the CPU's arithmetic:
         // docs/gpu.md), always through `HostTensor::materialize`'s rounding to bf16.
-        if ct
-            .dtype
-            .stays_quantized(stored_of(self.compute).unwrap_or(DType::F32), touched)
-            && ct.is_passthrough()
+        // With `lora_mode = "on_dequant"` a patched tensor keeps its blocks too, and carries
+        // its LoRA terms to where it is dequantised (the same f32 arithmetic as `bake`).
+        let on_dequant = touched && self.lora_mode == LoraMode::OnDequant;
+        if ct.dtype.stays_quantized(
+            stored_of(self.compute).unwrap_or(DType::F32),
+            touched && !on_dequant,
+        ) && ct.is_passthrough()
         {
+            let lora = match self.loras.delta(canonical).filter(|_| on_dequant) {
+                Some(d) => {
+                    d.check_shape(&ct.shape)
+                        .map_err(|message| LoadError::Lora {
+                            model: self.model.clone(),
+                            source: Box::new(LoraError::Base {
+                                tensor: canonical.to_string(),
+                                message,
+                            }),
+                        })?;
+                    Some(Arc::new(d.clone()))
+                }
+                None => None,
+            };
             let wf = |source| LoadError::Weights {
                 model: self.model.clone(),
                 source,
@@ -419,6 +443,7 @@ impl ModelFile {
                     bytes,
                     quant: Some(ct.dtype),
                     scale: None,
+                    lora,
                 },
                 Origin::AsStored,
             ));
@@ -452,6 +477,7 @@ impl ModelFile {
                         },
                         quant: Some(ct.dtype),
                         scale,
+                        lora: None,
                     },
                     Origin::AsStored,
                 ));
@@ -512,6 +538,7 @@ impl ModelFile {
                             bytes: Bytes::Owned(Arc::from(bytes)),
                             quant: Some(ct.dtype),
                             scale,
+                            lora: None,
                         },
                         origin,
                     ));
@@ -542,6 +569,7 @@ impl ModelFile {
                 bytes: Bytes::Owned(Arc::from(bytes)),
                 quant: None,
                 scale: None,
+                lora: None,
             },
             origin,
         ))

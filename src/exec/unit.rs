@@ -90,6 +90,10 @@ pub struct HostTensor {
     /// scale, handed to the model as `<name>_scale` ([`crate::models::fp8`]). `None` for every
     /// other tensor.
     pub scale: Option<f32>,
+    /// `lora_mode = "on_dequant"`: the LoRA terms added to this GGML-block tensor each time it
+    /// is dequantised (in f32, before the one rounding to `dtype`: the numbers `bake` makes),
+    /// so that its homes keep the blocks. `None` for every other tensor.
+    pub lora: Option<Arc<crate::weights::lora::TensorDelta>>,
 }
 
 /// `t` as an fp8-compute weight: `F8E4M3` bytes with their per-tensor scale. An e4m3fn
@@ -120,6 +124,7 @@ pub fn to_fp8_compute(t: HostTensor) -> candle_core::Result<HostTensor> {
         bytes: Bytes::Owned(Arc::from(q)),
         quant: None,
         scale: Some(scale),
+        lora: None,
     })
 }
 
@@ -235,7 +240,12 @@ impl HostTensor {
                     Ok(t)
                 };
             }
-            let v = crate::weights::convert::to_f32(q, self.bytes.as_slice(), numel);
+            let mut v = crate::weights::convert::to_f32(q, self.bytes.as_slice(), numel);
+            if let Some(d) = &self.lora {
+                // `on_dequant`: the LoRA terms in f32, in `bake`'s order, before the rounding.
+                d.apply_f32(&mut v)
+                    .map_err(|e| candle_core::Error::Msg(format!("tensor `{}`: {e}", self.name)))?;
+            }
             // Round to the tensor's type first (as the device-side dequantisation does), then
             // to the compute dtype.
             let t =
@@ -337,6 +347,7 @@ mod tests {
             bytes: Bytes::Owned(Arc::from(bytes)),
             quant: None,
             scale: None,
+            lora: None,
         }
     }
 
@@ -434,6 +445,7 @@ mod tests {
                 bytes: Bytes::Owned(Arc::from(bytes.clone())),
                 quant: Some(fp8),
                 scale,
+                lora: None,
             };
             let mut f = vec![0f32; n];
             crate::weights::lora::math::decode(fp8, &bytes, scale, &mut f);

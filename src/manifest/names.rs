@@ -29,7 +29,7 @@ crate::sample::names::name_enum!(
 crate::sample::names::name_enum!(
     /// How LoRAs are applied to a model's weights.
     LoraMode, "LoRA mode",
-    "How LoRAs are applied. bake (default): once at load, in f32 on the compute device, rounded once to the stored dtype (output identical to a single-device run). on_dequant: meant to keep GGUF weights quantized and add the LoRA delta at each dequantisation; in this version it computes exactly as bake (the patched GGUF weights are dequantised at load) and a note says so.",
+    "How LoRAs are applied. bake (default): once at load, in f32 on the compute device, rounded once to the stored dtype (output identical to a single-device run). on_dequant (GGUF bases computed in bf16): keep the patched weights in their GGML blocks in every home and on the link, and add the LoRA terms each time they are dequantised, with bake's f32 operations in bake's order (the same output, bit for bit); the LoRA factors stay resident on the compute device. Computing in another dtype it computes as bake and a note says so.",
     {
         Bake => "bake",
         OnDequant => "on_dequant" | "on-dequant",

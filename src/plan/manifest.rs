@@ -300,6 +300,35 @@ fn device_bytes(model: &Model, inv: &Inventory) -> Vec<u64> {
         .collect()
 }
 
+/// `held` with the LoRA factors `on_dequant` keeps on the compute device added to the
+/// resident unit: every LoRA tensor in f32 (an upper bound: modules for other components are
+/// counted too), when the model's GGML blocks stay compact. LoRA files not there yet (planning
+/// before downloading) count nothing.
+fn with_lora_factors(model: &Model, inv: &Inventory, mut held: Vec<u64>) -> Vec<u64> {
+    use crate::manifest::LoraMode;
+    let compact = inv
+        .tensors
+        .iter()
+        .any(|t| t.dtype.is_quantized() && t.dtype.stays_quantized(model.dtype.dtype(), false));
+    if model.lora_mode != LoraMode::OnDequant || !compact {
+        return held;
+    }
+    let bytes: u64 = model
+        .loras
+        .iter()
+        .filter_map(|l| crate::weights::WeightFile::open(&l.file).ok())
+        .map(|f| f.tensors().iter().map(|t| 4 * t.numel()).sum::<u64>())
+        .sum();
+    if let Some(i) = inv
+        .units
+        .iter()
+        .position(|u| u.kind == crate::inventory::UnitKind::Resident)
+    {
+        held[i] += bytes;
+    }
+    held
+}
+
 /// The dtype a stored tensor is held in after loading, when the executor converts it
 /// (`exec::load`): GGML-quantised tensors are dequantised and rounded once to the compute
 /// dtype, except GGML blocks (Q8_0, Q4_K, …) computed in bf16 without LoRAs, which stay
@@ -325,7 +354,8 @@ fn fp8_linear(model: &Model, raw: &str) -> bool {
 /// same `Arc`) when nothing is converted.
 fn as_loaded(model: &Model, inv: Arc<Inventory>) -> Arc<Inventory> {
     let compute = model.dtype.dtype();
-    let loras = !model.loras.is_empty();
+    // `on_dequant` keeps patched blocks compact (computing in bf16): only `bake` widens them.
+    let loras = !model.loras.is_empty() && model.lora_mode != crate::manifest::LoraMode::OnDequant;
     let loaded = |t: &TensorInfo| {
         if fp8_linear(model, &t.name) {
             Some(DType::F8_E4M3).filter(|_| t.dtype != DType::F8_E4M3)
@@ -361,7 +391,7 @@ pub fn request(m: &Manifest, inventories: &BTreeMap<String, Arc<Inventory>>) -> 
                 compute: model.compute,
                 allocation: model.allocation.clone(),
                 overrides: model.overrides.clone(),
-                device_bytes: Some(device_bytes(model, &inv)),
+                device_bytes: Some(with_lora_factors(model, &inv, device_bytes(model, &inv))),
                 workload: workload(m, model),
                 prefetch: model.prefetch,
                 inventory: inv,
@@ -683,6 +713,53 @@ file = "ae.safetensors"
             text += &format!("[[jobs]]\npipeline = \"p{i}\"\nprompt = \"x\"\n");
         }
         crate::manifest::load_str(std::path::Path::new("m.toml"), &text).unwrap()
+    }
+
+    /// With a LoRA, `bake` holds a GGUF's blocks dequantised (the planner assumes every one is
+    /// patched); `on_dequant` in bf16 keeps them as stored and adds the LoRA's factors (f32) to
+    /// the compute device's resident bytes.
+    #[test]
+    fn on_dequant_plans_the_blocks_and_the_lora_factors() {
+        let lora = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("manifests/tiny/lora-tiny.safetensors");
+        let factors: u64 = crate::weights::WeightFile::open(&lora)
+            .unwrap()
+            .tensors()
+            .iter()
+            .map(|t| 4 * t.numel())
+            .sum();
+        assert!(factors > 0);
+        let planned = |mode: &str| {
+            let text = format!(
+                "[settings]\ncompute = \"cuda:0\"\n[models.flux]\nfamily = \"flux\"\nfile = \"flux1-dev-Q8_0.gguf\"\ndtype = \"bf16\"\nlora_mode = \"{mode}\"\nloras = [{{ file = \"{}\" }}]\n",
+                lora.display()
+            );
+            let m = crate::manifest::load_str(std::path::Path::new("m.toml"), &text).unwrap();
+            let model = &m.models["flux"];
+            let (inv, _) = assumed_inventory(model).unwrap();
+            let inv = as_loaded(model, Arc::new(inv));
+            let held = with_lora_factors(model, &inv, device_bytes(model, &inv));
+            (inv, held)
+        };
+        let (baked, baked_held) = planned("bake");
+        let (kept, kept_held) = planned("on_dequant");
+        assert!(baked.tensors.iter().all(|t| !t.dtype.is_quantized()));
+        let q8 = kept
+            .tensors
+            .iter()
+            .filter(|t| t.dtype == DType::Q8_0)
+            .count();
+        assert_eq!(q8, 19 * 2 * 5 + 38 * 3, "every block matrix");
+        assert!(2 * kept.total_bytes() < baked.total_bytes() + baked.total_bytes() / 10);
+        let resident = kept
+            .units
+            .iter()
+            .position(|u| u.kind == crate::inventory::UnitKind::Resident)
+            .unwrap();
+        for (i, (a, b)) in baked_held.iter().zip(&kept_held).enumerate() {
+            let extra = if i == resident { factors } else { 0 };
+            assert_eq!(*a + extra, *b, "unit {i}");
+        }
     }
 
     /// T5's token count in the workload: the pipeline's `max_sequence_length`, else 512 for

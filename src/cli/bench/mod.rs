@@ -442,6 +442,7 @@ fn check_fp8(device: &DeviceName) -> anyhow::Result<Status> {
     let dev = Device::new_cuda_with_stream(*i as usize).context("opening the CUDA device")?;
     let fails = crate::exec::cuda::check_widen_fp8(&dev)?;
     let q8 = crate::exec::cuda::check_dequant(&dev)?;
+    let lora = crate::exec::cuda::check_dequant_lora(&dev)?;
     let compute = crate::models::fp8::cuda::check(&dev)?;
     if compute.is_empty() {
         println!("fp8 compute on {device}: activation rounding bit-identical to the CPU on every bf16 and f16 pattern; e4m3 GEMMs agree with the CPU reference");
@@ -463,11 +464,22 @@ fn check_fp8(device: &DeviceName) -> anyhow::Result<Status> {
     for f in &q8 {
         println!("GGML dequantisation differs: {f}");
     }
-    Ok(if fails.is_empty() && q8.is_empty() && compute.is_empty() {
-        Status::Ok
-    } else {
-        Status::Failed
-    })
+    if lora.is_empty() {
+        println!("GGML dequantisation with LoRA terms (lora_mode = on_dequant) on {device}: every type, low-rank and full terms, bit-identical to the CPU's bake");
+    }
+    for f in &lora {
+        println!("GGML dequantisation with LoRA terms differs: {f}");
+    }
+    for line in crate::exec::cuda::time_dequant_lora(&dev)? {
+        println!("timing: {line}");
+    }
+    Ok(
+        if fails.is_empty() && q8.is_empty() && lora.is_empty() && compute.is_empty() {
+            Status::Ok
+        } else {
+            Status::Failed
+        },
+    )
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -134,6 +134,7 @@ pub(super) fn host_tensor(
             bytes: Bytes::Owned(Arc::from(q)),
             quant,
             scale: Some(scale),
+            lora: None,
         });
     }
     if let Some(q) = stored.filter(|q| q.is_quantized()) {
@@ -155,6 +156,7 @@ pub(super) fn host_tensor(
             bytes: Bytes::Owned(Arc::from(bytes)),
             quant: Some(q),
             scale: None,
+            lora: None,
         });
     }
     Ok(HostTensor {
@@ -164,6 +166,7 @@ pub(super) fn host_tensor(
         bytes: tensor_bytes(t)?,
         quant: None,
         scale: None,
+        lora: None,
     })
 }
 

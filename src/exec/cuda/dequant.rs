@@ -12,10 +12,10 @@ use super::{candle_err, cuda_err};
 use crate::weights::DType as W;
 
 /// PTX of `src/exec/kernels/dequant.cu`, compiled by build.rs.
-const DEQUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dequant.ptx"));
+pub(super) const DEQUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dequant.ptx"));
 
 /// The kernel-name stem of a GGML block type (`None`: not a block type).
-fn stem(q: W) -> Option<&'static str> {
+pub(super) fn stem(q: W) -> Option<&'static str> {
     Some(match q {
         W::Q4_0 => "q4_0",
         W::Q4_1 => "q4_1",
@@ -111,7 +111,7 @@ fn x(wide: bool) -> &'static str {
 
 /// Deterministic bytes (a 64-bit LCG's high byte): every bit pattern of scales and quants
 /// turns up over a few thousand blocks, NaN and infinite f16 scales included.
-fn pseudo_random_bytes(n: usize, seed: u64) -> Vec<u8> {
+pub(super) fn pseudo_random_bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut s = seed;
     (0..n)
         .map(|_| {

@@ -8,27 +8,36 @@ use candle_core::cuda_backend::cudarc::driver::{sys, CudaStream};
 use candle_core::Device;
 
 use super::layout::Layout;
+use super::lora::DeviceTerms;
 use super::Region;
 use crate::weights::DType as W;
 
 /// One widening kernel launch: `len` compact bytes of type `q` at `src` into `out` values at
 /// `dst` (fp8: times `scale`).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Op {
+#[derive(Clone, Copy)]
+pub(super) struct Op<'a> {
     q: W,
     src: sys::CUdeviceptr,
     dst: sys::CUdeviceptr,
     len: usize,
     scale: Option<f32>,
     out: candle_core::DType,
+    /// `on_dequant` LoRA terms added while dequantising GGML blocks.
+    lora: Option<&'a DeviceTerms>,
 }
 
-/// The launches that widen a unit laid out as `layout` into the slot `regions`.
-pub(super) fn ops(regions: &[Region], layout: &Layout) -> Vec<Op> {
+/// The launches that widen a unit laid out as `layout` into the slot `regions`; `loras[i]`:
+/// the LoRA terms of `layout.places[i]`, if any.
+pub(super) fn ops<'a>(
+    regions: &[Region],
+    layout: &Layout,
+    loras: &'a [Option<DeviceTerms>],
+) -> Vec<Op<'a>> {
     layout
         .places
         .iter()
-        .filter_map(|p| {
+        .enumerate()
+        .filter_map(|(i, p)| {
             let (q, src_region, src_off, len) = p.quant?;
             let r = &regions[p.region];
             Some(Op {
@@ -38,6 +47,7 @@ pub(super) fn ops(regions: &[Region], layout: &Layout) -> Vec<Op> {
                 len,
                 scale: p.scale,
                 out: r.dtype,
+                lora: loras.get(i).and_then(|l| l.as_ref()),
             })
         })
         .collect()
@@ -49,7 +59,7 @@ pub(super) fn launch(
     device: &Device,
     stream: &Arc<CudaStream>,
     fp8_tables: sys::CUdeviceptr,
-    ops: &[Op],
+    ops: &[Op<'_>],
 ) -> Result<(), String> {
     for op in ops {
         match op.q {
@@ -66,14 +76,15 @@ pub(super) fn launch(
                     op.out,
                 )?
             }
-            q if q.is_quantized() && op.out == candle_core::DType::BF16 => super::dequant::dequant(
-                device,
-                stream,
-                q,
-                op.src,
-                op.dst,
-                (op.len as u64) / q.block().1,
-            )?,
+            q if q.is_quantized() && op.out == candle_core::DType::BF16 => {
+                let nblocks = (op.len as u64) / q.block().1;
+                match op.lora {
+                    Some(terms) => {
+                        super::lora::launch(device, stream, q, op.src, op.dst, nblocks, terms)?
+                    }
+                    None => super::dequant::dequant(device, stream, q, op.src, op.dst, nblocks)?,
+                }
+            }
             q => return Err(format!("{q} cannot be widened to {:?} on the GPU", op.out)),
         }
     }

@@ -289,3 +289,155 @@ DEQUANT_KERNELS(Q3_K, q3_k)
 DEQUANT_KERNELS(Q4_K, q4_k)
 DEQUANT_KERNELS(Q5_K, q5_k)
 DEQUANT_KERNELS(Q6_K, q6_k)
+
+// ---- lora_mode = "on_dequant": LoRA terms added at every dequantisation ----
+//
+// The terms of one tensor (`weights::lora::TensorDelta`), applied to the f32 values before
+// the one rounding to bf16 with exactly the CPU's operations in the CPU's order
+// (`TensorDelta::apply_f32`: per row, term after term; a low-rank term forms
+// acc = up[0]·down[0] then acc = acc + up[k]·down[k] for k = 1 … rank−1, then w = w + acc·scale;
+// a full term w = w + diff·scale; every product and sum rounded on its own), so the bf16 bytes
+// are those `bake` writes at load. Must match `LoraTerm` in src/exec/cuda/lora.rs.
+struct LoraTerm {
+    const float* up;    // rows × rank (low rank) or rows × cols (full difference)
+    const float* down;  // rank × cols (low rank), unused for a full difference
+    unsigned long long row0, row1;
+    unsigned int rank;  // 0: a full difference
+    float scale;
+};
+
+// Tiled: a block of 256 threads covers 64 rows × 128 columns, each thread 4 rows × 8
+// columns (its values dequantised in registers). A low-rank term is a small matrix product;
+// its factors are staged through shared memory 16 ranks at a time, so each `down` value read
+// serves 4 rows and each `up` value 8 columns (the first version, one row of 8 values per
+// thread reading both factors from global memory, ran the product at 2 TFLOP/s: 15 × the plain
+// dequantisation at rank 16). The sum over k still runs k = 0, 1, … in order for every value.
+constexpr int LORA_BM = 64, LORA_BN = 128, LORA_KC = 16;
+
+template <typename T>
+__device__ __forceinline__ void dequant_lora_tile(const unsigned char* __restrict__ src,
+                                                  __nv_bfloat16* __restrict__ dst,
+                                                  unsigned long long rows,
+                                                  unsigned long long cols,
+                                                  const LoraTerm* __restrict__ terms,
+                                                  unsigned int nterms) {
+    __shared__ float up_s[LORA_BM][LORA_KC + 1];
+    __shared__ __align__(16) float down_s[LORA_KC][LORA_BN];
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const unsigned long long row_base = (unsigned long long)blockIdx.y * LORA_BM;
+    const unsigned long long col_base = (unsigned long long)blockIdx.x * LORA_BN;
+    const unsigned long long col = col_base + tx * 8;
+    const bool col_ok = col < cols;
+    float w[4][8];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        unsigned long long row = row_base + ty * 4 + i;
+        if (!col_ok || row >= rows) continue;
+        unsigned long long e = row * cols + col;
+        const unsigned char* blk = src + (e / T::ELEMS) * (unsigned long long)T::BYTES;
+        int first = (int)(e % T::ELEMS);
+        Group g = T::group(blk, first);
+#pragma unroll
+        for (int k = 0; k < 8; k++) w[i][k] = T::at(blk, g, first + k);
+    }
+    for (unsigned int t = 0; t < nterms; t++) {
+        const LoraTerm tm = terms[t];
+        // Uniform over the block: does the term touch any of its rows?
+        if (tm.row1 <= row_base || tm.row0 >= row_base + LORA_BM) continue;
+        bool in[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            unsigned long long row = row_base + ty * 4 + i;
+            in[i] = col_ok && row < rows && row >= tm.row0 && row < tm.row1;
+        }
+        if (tm.rank == 0) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                if (!in[i]) continue;
+                const float* d = tm.up + (row_base + ty * 4 + i - tm.row0) * cols + col;
+#pragma unroll
+                for (int k = 0; k < 8; k++) w[i][k] = __fadd_rn(w[i][k], __fmul_rn(d[k], tm.scale));
+            }
+            continue;
+        }
+        float acc[4][8];
+        for (unsigned int k0 = 0; k0 < tm.rank; k0 += LORA_KC) {
+            const unsigned int kn = min((unsigned int)LORA_KC, tm.rank - k0);
+            __syncthreads();
+            for (int x = tid; x < LORA_BM * LORA_KC; x += 256) {
+                int r = x / LORA_KC, k = x % LORA_KC;
+                unsigned long long row = row_base + r;
+                up_s[r][k] = (k < (int)kn && row >= tm.row0 && row < tm.row1 && row < rows)
+                                 ? tm.up[(row - tm.row0) * tm.rank + k0 + k]
+                                 : 0.f;
+            }
+            for (int x = tid; x < LORA_KC * LORA_BN; x += 256) {
+                int k = x / LORA_BN, c = x % LORA_BN;
+                down_s[k][c] = (k < (int)kn && col_base + c < cols)
+                                   ? tm.down[(unsigned long long)(k0 + k) * cols + col_base + c]
+                                   : 0.f;
+            }
+            __syncthreads();
+            for (unsigned int kk = 0; kk < kn; kk++) {
+                float4 d0 = *reinterpret_cast<const float4*>(&down_s[kk][tx * 8]);
+                float4 d1 = *reinterpret_cast<const float4*>(&down_s[kk][tx * 8 + 4]);
+                float d[8] = {d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w};
+                // The first rank starts the sums (a product, not 0 + a product: the CPU's
+                // −0 stays −0); a branch per rank, not per value.
+                if (k0 + kk == 0) {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        float u = up_s[ty * 4 + i][kk];
+#pragma unroll
+                        for (int k = 0; k < 8; k++) acc[i][k] = __fmul_rn(u, d[k]);
+                    }
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        float u = up_s[ty * 4 + i][kk];
+#pragma unroll
+                        for (int k = 0; k < 8; k++)
+                            acc[i][k] = __fadd_rn(acc[i][k], __fmul_rn(u, d[k]));
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            if (!in[i]) continue;
+#pragma unroll
+            for (int k = 0; k < 8; k++) w[i][k] = __fadd_rn(w[i][k], __fmul_rn(acc[i][k], tm.scale));
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        unsigned long long row = row_base + ty * 4 + i;
+        if (!col_ok || row >= rows) continue;
+        union {
+            __nv_bfloat16 h[8];
+            uint4 v;
+        } out;
+#pragma unroll
+        for (int k = 0; k < 8; k++) out.h[k] = __float2bfloat16_rn(w[i][k]);
+        reinterpret_cast<uint4*>(dst + row * cols + col)[0] = out.v;
+    }
+}
+
+#define DEQUANT_LORA_KERNEL(T, name)                                                           \
+    extern "C" __global__ void __launch_bounds__(256) dequant_lora_##name##_bf16(              \
+        const unsigned char* __restrict__ src, __nv_bfloat16* __restrict__ dst,                \
+        unsigned long long rows, unsigned long long cols, const LoraTerm* __restrict__ terms,  \
+        unsigned int nterms) {                                                                 \
+        dequant_lora_tile<T>(src, dst, rows, cols, terms, nterms);                             \
+    }
+
+DEQUANT_LORA_KERNEL(Q4_0, q4_0)
+DEQUANT_LORA_KERNEL(Q4_1, q4_1)
+DEQUANT_LORA_KERNEL(Q5_0, q5_0)
+DEQUANT_LORA_KERNEL(Q5_1, q5_1)
+DEQUANT_LORA_KERNEL(Q8_0, q8_0)
+DEQUANT_LORA_KERNEL(Q2_K, q2_k)
+DEQUANT_LORA_KERNEL(Q3_K, q3_k)
+DEQUANT_LORA_KERNEL(Q4_K, q4_k)
+DEQUANT_LORA_KERNEL(Q5_K, q5_k)
+DEQUANT_LORA_KERNEL(Q6_K, q6_k)

@@ -6,8 +6,6 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
-
 use super::math;
 
 /// The factors of one term, f32, rows already in canonical order (a diffusers
@@ -126,67 +124,5 @@ impl TensorDelta {
                 }
             })
             .sum()
-    }
-
-    /// The factors as tensors on `device`, for adding the delta there after dequantisation.
-    pub fn to_device(&self, device: &Device) -> candle_core::Result<DeviceDelta> {
-        let mut terms = Vec::with_capacity(self.terms.len());
-        for t in &self.terms {
-            let n = (t.rows.end - t.rows.start) as usize;
-            let cols = self.cols as usize;
-            let kind = match &t.kind {
-                DeltaKind::LowRank { rank, up, down } => DeviceKind::LowRank {
-                    up: Tensor::from_slice(up, (n, *rank), device)?,
-                    down: Tensor::from_slice(down, (*rank, cols), device)?,
-                },
-                DeltaKind::Full { diff } => DeviceKind::Full {
-                    diff: Tensor::from_slice(diff, (n, cols), device)?,
-                },
-            };
-            terms.push((t.rows.start as usize..t.rows.end as usize, t.scale, kind));
-        }
-        Ok(DeviceDelta {
-            rows: self.rows as usize,
-            cols: self.cols as usize,
-            terms,
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-enum DeviceKind {
-    LowRank { up: Tensor, down: Tensor },
-    Full { diff: Tensor },
-}
-
-/// A [`TensorDelta`] resident on a compute device.
-#[derive(Debug, Clone)]
-pub struct DeviceDelta {
-    rows: usize,
-    cols: usize,
-    terms: Vec<(Range<usize>, f32, DeviceKind)>,
-}
-
-impl DeviceDelta {
-    /// `w + Σ scale · up · down` for a dequantised weight `w` of any float dtype and the
-    /// canonical shape; computed in f32 and returned in `w`'s dtype. The matrix product is the
-    /// device's (cuBLAS, gemm), so the bits can differ from [`TensorDelta::apply_f32`]'s fixed
-    /// summation order in the last place.
-    pub fn apply(&self, w: &Tensor) -> candle_core::Result<Tensor> {
-        let dtype = w.dtype();
-        let shape = w.shape().clone();
-        let mut x = w
-            .to_dtype(candle_core::DType::F32)?
-            .reshape((self.rows, self.cols))?;
-        for (rows, scale, kind) in &self.terms {
-            let d = match kind {
-                DeviceKind::LowRank { up, down } => up.matmul(down)?,
-                DeviceKind::Full { diff } => diff.clone(),
-            };
-            let d = (d * f64::from(*scale))?;
-            let cur = x.narrow(0, rows.start, rows.len())?;
-            x = x.slice_assign(&[rows.clone(), 0..self.cols], &(cur + d)?)?;
-        }
-        x.reshape(shape)?.to_dtype(dtype)
     }
 }

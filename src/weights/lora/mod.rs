@@ -11,8 +11,9 @@
 //! bytes: all LoRAs are summed in f32 onto the decoded weight and the result is rounded once
 //! to the stored dtype (the exact arithmetic is in [`math`]). Quantised (GGUF) bases have two
 //! modes ([`QuantizedLora`]): [`LoraSet::bake`] (dequantise, patch, keep as bf16) or
-//! [`LoraSet::delta`] (keep the quantised weight; add the delta after every dequantisation,
-//! [`TensorDelta::apply_f32`] / [`DeviceDelta::apply`]). docs/lora.md has the formats, the
+//! [`LoraSet::delta`] (keep the quantised weight; add the delta after every dequantisation
+//! with [`TensorDelta::apply_f32`]'s operations: on a GPU by `exec::cuda::lora`'s kernel, the
+//! same bytes). docs/lora.md has the formats, the
 //! choices and the numbers.
 
 pub mod math;
@@ -24,7 +25,7 @@ mod load;
 mod mode;
 mod report;
 
-pub use delta::{DeltaKind, DeltaTerm, DeviceDelta, TensorDelta};
+pub use delta::{DeltaKind, DeltaTerm, TensorDelta};
 pub use mode::{QuantizedLora, QuantizedLoraError};
 pub use report::{FileReport, LoraReport, Unmatched};
 

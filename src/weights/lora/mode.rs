@@ -7,10 +7,11 @@ use std::str::FromStr;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// `bake`: dequantise each patched tensor once at load, add the LoRAs, keep it as bf16 (exact
-/// once; more memory and more bytes on the link). `on_dequant`: keep the quantised weight and
-/// the LoRA factors; add the delta after every dequantisation (less memory; a small cost per
-/// use). Bases stored as f32/f16/bf16/fp8 are always patched in place.
+/// `bake`: dequantise each patched tensor once at load, add the LoRAs, keep it as bf16 (more
+/// memory and more bytes on the link). `on_dequant`: keep the quantised weight and the LoRA
+/// factors; add the delta after every dequantisation with `bake`'s f32 operations (the same
+/// bytes; less memory, a cost per use). Bases stored as f32/f16/bf16/fp8 are always patched in
+/// place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum QuantizedLora {
     #[default]
@@ -80,7 +81,7 @@ impl JsonSchema for QuantizedLora {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "How LoRAs are applied to a quantised (GGUF) base. bake: dequantise once at load, patch, keep as bf16 (exact, more memory). on_dequant: keep the quantised weight and the LoRA factors, add the delta after every dequantisation (less memory, small per-step cost).",
+            "description": "How LoRAs are applied to a quantised (GGUF) base. bake: dequantise once at load, patch, keep as bf16 (exact, more memory). on_dequant: keep the quantised weight and the LoRA factors, add the delta after every dequantisation with bake's arithmetic (same output, less memory, a per-step cost).",
             "type": "string",
             "enum": NAMES,
         })

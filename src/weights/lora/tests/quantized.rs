@@ -113,20 +113,6 @@ fn bake_and_on_dequant_agree() {
     assert_eq!(rounded, baked.bytes);
     assert_eq!(d.factor_bytes(), (8 * 2 + 2 * 4) * 4);
     assert_eq!(d.flops(), 8 * 4 * (2 * 2 + 2));
-    // On a device (CPU here): same values up to the device matmul's rounding.
-    let dev = d.to_device(&candle_core::Device::Cpu).unwrap();
-    let x =
-        candle_core::Tensor::from_slice(&dequantized, (8, 4), &candle_core::Device::Cpu).unwrap();
-    let y: Vec<f32> = dev
-        .apply(&x)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    for (p, q) in y.iter().zip(&w) {
-        assert!((p - q).abs() <= 1e-6 * q.abs().max(1.0), "{p} vs {q}");
-    }
     assert!(set
         .bake("img_in.weight", &[4, 2], &mut [0.0; 8], DType::BF16)
         .unwrap()
