@@ -31,6 +31,7 @@ fn request(
             overrides: vec![],
             inventory: inv,
             device_bytes: None,
+            patch_flops_per_value: 0.0,
             workload: w,
             prefetch: None,
         }],

@@ -367,36 +367,27 @@ fn plan_works_before_the_weights_are_downloaded() {
         .replace("variant = \"dev\"\n", "")
         .replace("t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors");
     let edited = dir.path().join("m.toml");
-    std::fs::write(&edited, &text).unwrap();
-    let o = mgpu(&[
-        "plan",
-        edited.to_str().unwrap(),
-        "--hardware",
-        hw.to_str().unwrap(),
-    ]);
+    let plan_of = |text: &str| {
+        std::fs::write(&edited, text).unwrap();
+        mgpu(&[
+            "plan",
+            edited.to_str().unwrap(),
+            "--hardware",
+            hw.to_str().unwrap(),
+        ])
+    };
+    let o = plan_of(&text);
     assert!(o.status.success(), "{}", stderr(&o));
     let plan = String::from_utf8(o.stdout).unwrap();
     assert!(plan.contains("FLUX.1-schnell (Q8_0, 12.7 GB)"), "{plan}");
     assert!(plan.contains("T5-XXL (fp8, 4.8 GB)"), "{plan}");
     // Every llama.cpp file type city96 publishes, with its tensor types (a Q4_K_M's qkv
     // matrices in Q5_K); other file types need the file.
-    std::fs::write(&edited, text.replace("schnell-Q8_0", "dev-Q4_K_M")).unwrap();
-    let o = mgpu(&[
-        "plan",
-        edited.to_str().unwrap(),
-        "--hardware",
-        hw.to_str().unwrap(),
-    ]);
+    let o = plan_of(&text.replace("schnell-Q8_0", "dev-Q4_K_M"));
     assert!(o.status.success(), "{}", stderr(&o));
     let plan = String::from_utf8(o.stdout).unwrap();
     assert!(plan.contains("FLUX.1-dev (Q4_K_M, 6.9 GB)"), "{plan}");
-    std::fs::write(&edited, text.replace("schnell-Q8_0", "dev-IQ4_XS")).unwrap();
-    let o = mgpu(&[
-        "plan",
-        edited.to_str().unwrap(),
-        "--hardware",
-        hw.to_str().unwrap(),
-    ]);
+    let o = plan_of(&text.replace("schnell-Q8_0", "dev-IQ4_XS"));
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("flux1-dev-IQ4_XS.gguf"),

@@ -303,6 +303,16 @@ impl UnitData {
         self.tensors.iter().map(|t| t.bytes.len() as u64).sum()
     }
 
+    /// Bytes of the `on_dequant` LoRA factors its tensors carry (f32), which stay with the
+    /// compute device while the unit streams.
+    pub fn lora_bytes(&self) -> u64 {
+        self.tensors
+            .iter()
+            .filter_map(|t| t.lora.as_ref())
+            .map(|d| d.factor_bytes())
+            .sum()
+    }
+
     /// Every tensor on `device` in `dtype`, by relative name.
     pub fn materialize(
         &self,

@@ -35,6 +35,13 @@ pub const EFFICIENCY: f64 = 0.655;
 /// per thread: 34.3 ms). One constant for both.
 pub const WIDEN_GBPS_PER_TFLOPS: f64 = 2.0;
 
+/// `lora_mode = "on_dequant"`: scalar f32 operations per second of the LoRA terms added at a
+/// widening (`dequant_lora_<type>_bf16`, no tensor cores, no fused multiply-add: exact order),
+/// per TFLOP/s of the device's bf16 rate. Calibrated on the lent H200 (765.7 TFLOP/s,
+/// 2026-12-04, benches/RESULTS.md): a rank-16 term on a 12 288 × 3 072 Q8_0 matrix ran its
+/// 1.28 GFLOP at 7.0 TFLOP/s (10.1 at rank 64): 9.1 GFLOP/s per TFLOP/s.
+pub const LORA_TERM_GFLOPS_PER_TFLOPS: f64 = 9.1;
+
 /// fp8 compute (`dtype = "fp8"`, [`crate::models::fp8`]): how many times faster an fp8
 /// linear's product runs than in bf16, the rounding of its activations to e4m3 included.
 /// Calibrated on the lent H200 (benches/RESULTS.md, 2026-12-04): FLUX.1-dev at 1024², all

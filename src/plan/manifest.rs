@@ -329,6 +329,39 @@ fn with_lora_factors(model: &Model, inv: &Inventory, mut held: Vec<u64>) -> Vec<
     held
 }
 
+/// `on_dequant` with compact GGML blocks: the f32 operations per value the LoRA terms add at
+/// each widening, `2·rank + 2` per LoRA file, the rank read from its headers (the largest
+/// `down`/`lora_A` factor's rows). 0 for `bake`, without compact blocks, or without the files.
+fn patch_flops_per_value(model: &Model, inv: &Inventory) -> f64 {
+    use crate::manifest::LoraMode;
+    let compact = inv.tensors.iter().any(|t| t.dtype.is_quantized());
+    if model.lora_mode != LoraMode::OnDequant || !compact {
+        return 0.0;
+    }
+    model
+        .loras
+        .iter()
+        .filter_map(|l| crate::weights::WeightFile::open(&l.file).ok())
+        .map(|f| {
+            let rank = f
+                .tensors()
+                .iter()
+                .filter(|t| {
+                    t.shape.len() >= 2
+                        && (t.name.contains("lora_down") || t.name.contains("lora_A"))
+                })
+                .map(|t| t.shape[0])
+                .max()
+                .unwrap_or(0);
+            if rank == 0 {
+                0.0
+            } else {
+                (2 * rank + 2) as f64
+            }
+        })
+        .sum()
+}
+
 /// The dtype a stored tensor is held in after loading, when the executor converts it
 /// (`exec::load`): GGML-quantised tensors are dequantised and rounded once to the compute
 /// dtype, except GGML blocks (Q8_0, Q4_K, …) computed in bf16 without LoRAs, which stay
@@ -392,6 +425,7 @@ pub fn request(m: &Manifest, inventories: &BTreeMap<String, Arc<Inventory>>) -> 
                 allocation: model.allocation.clone(),
                 overrides: model.overrides.clone(),
                 device_bytes: Some(with_lora_factors(model, &inv, device_bytes(model, &inv))),
+                patch_flops_per_value: patch_flops_per_value(model, &inv),
                 workload: workload(m, model),
                 prefetch: model.prefetch,
                 inventory: inv,
@@ -716,8 +750,8 @@ file = "ae.safetensors"
     }
 
     /// With a LoRA, `bake` holds a GGUF's blocks dequantised (the planner assumes every one is
-    /// patched); `on_dequant` in bf16 keeps them as stored and adds the LoRA's factors (f32) to
-    /// the compute device's resident bytes.
+    /// patched); `on_dequant` in bf16 keeps them as stored, adds the LoRA's factors (f32) to
+    /// the compute device's resident bytes and the terms' operations to every widening.
     #[test]
     fn on_dequant_plans_the_blocks_and_the_lora_factors() {
         let lora = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -739,10 +773,13 @@ file = "ae.safetensors"
             let (inv, _) = assumed_inventory(model).unwrap();
             let inv = as_loaded(model, Arc::new(inv));
             let held = with_lora_factors(model, &inv, device_bytes(model, &inv));
-            (inv, held)
+            let flops = patch_flops_per_value(model, &inv);
+            (inv, held, flops)
         };
-        let (baked, baked_held) = planned("bake");
-        let (kept, kept_held) = planned("on_dequant");
+        let (baked, baked_held, baked_flops) = planned("bake");
+        let (kept, kept_held, kept_flops) = planned("on_dequant");
+        // The tiny LoRA is rank 4: 2·4 + 2 operations per value at each widening.
+        assert_eq!((baked_flops, kept_flops), (0.0, 10.0));
         assert!(baked.tensors.iter().all(|t| !t.dtype.is_quantized()));
         let q8 = kept
             .tensors

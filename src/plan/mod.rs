@@ -83,6 +83,10 @@ pub struct ModelRequest {
     /// (or a list of another length): as stored. Homes elsewhere hold, and copies move, the
     /// stored bytes.
     pub device_bytes: Option<Vec<u64>>,
+    /// `lora_mode = "on_dequant"`: f32 operations per value its LoRA terms add each time a
+    /// compact tensor is widened (`2·rank + 2` per term, summed over its LoRAs; counted for
+    /// every compact tensor, an upper bound). 0 otherwise.
+    pub patch_flops_per_value: f64,
     pub workload: Workload,
     /// Prefetch slots K; `None` chooses (2 unless more shortens the step and fits).
     pub prefetch: Option<u32>,

@@ -84,6 +84,7 @@ impl<'a> ModelCtx<'a> {
             })
             .collect();
         let widen_rate = super::cost::WIDEN_GBPS_PER_TFLOPS * tflops.value * 1e9;
+        let patch_rate = super::cost::LORA_TERM_GFLOPS_PER_TFLOPS * tflops.value * 1e9;
         let dequant = inv
             .units
             .iter()
@@ -97,7 +98,14 @@ impl<'a> ModelCtx<'a> {
                     .iter()
                     .map(|&t| &inv.tensors[t])
                     .filter(|t| compact(t.dtype) && !arch.is_fp8_linear(inv, t))
-                    .map(|t| (t.numel() * 2) as f64 / widen_rate)
+                    .map(|t| {
+                        let patch = if t.dtype.is_quantized() {
+                            t.numel() as f64 * req.patch_flops_per_value / patch_rate
+                        } else {
+                            0.0
+                        };
+                        (t.numel() * 2) as f64 / widen_rate + patch
+                    })
                     .sum()
             })
             .collect();

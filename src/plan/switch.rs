@@ -158,6 +158,7 @@ mod tests {
             overrides: vec![],
             inventory: inv.clone(),
             device_bytes: None,
+            patch_flops_per_value: 0.0,
             workload,
             prefetch: None,
         };

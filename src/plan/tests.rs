@@ -35,6 +35,7 @@ fn model(alloc: Allocation) -> ModelRequest {
         overrides: vec![],
         inventory: flux_inv(),
         device_bytes: None,
+        patch_flops_per_value: 0.0,
         workload: Workload::image(1024, 1024),
         prefetch: None,
     }

@@ -340,6 +340,7 @@ fn cell_request(
         overrides: vec![],
         inventory,
         device_bytes: Some(device_bytes),
+        patch_flops_per_value: 0.0,
         workload,
         prefetch: None,
     };

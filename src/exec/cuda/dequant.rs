@@ -14,6 +14,20 @@ use crate::weights::DType as W;
 /// PTX of `src/exec/kernels/dequant.cu`, compiled by build.rs.
 pub(super) const DEQUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dequant.ptx"));
 
+/// Every GGML block type the kernels handle, in the order the checks go through them.
+pub(super) const BLOCK_TYPES: [W; 10] = [
+    W::Q8_0,
+    W::Q4_0,
+    W::Q4_1,
+    W::Q5_0,
+    W::Q5_1,
+    W::Q2_K,
+    W::Q3_K,
+    W::Q4_K,
+    W::Q5_K,
+    W::Q6_K,
+];
+
 /// The kernel-name stem of a GGML block type (`None`: not a block type).
 pub(super) fn stem(q: W) -> Option<&'static str> {
     Some(match q {
@@ -135,19 +149,7 @@ pub fn check_dequant(device: &Device) -> Result<Vec<String>, EngineError> {
     let cdev = device.as_cuda_device().map_err(candle_err)?;
     let stream = cdev.cuda_stream();
     let mut fails = Vec::new();
-    let types = [
-        W::Q8_0,
-        W::Q4_0,
-        W::Q4_1,
-        W::Q5_0,
-        W::Q5_1,
-        W::Q2_K,
-        W::Q3_K,
-        W::Q4_K,
-        W::Q5_K,
-        W::Q6_K,
-    ];
-    for (t, q) in types.into_iter().enumerate() {
+    for (t, q) in BLOCK_TYPES.into_iter().enumerate() {
         let (elems, bytes) = q.block();
         let (elems, bytes) = (elems as usize, bytes as usize);
         let blocks = if q == W::Q8_0 {

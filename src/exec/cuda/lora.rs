@@ -205,21 +205,7 @@ pub fn check(device: &Device) -> Result<Vec<String>, EngineError> {
         kind,
     };
     let mut fails = Vec::new();
-    for (t, q) in [
-        W::Q8_0,
-        W::Q4_0,
-        W::Q4_1,
-        W::Q5_0,
-        W::Q5_1,
-        W::Q2_K,
-        W::Q3_K,
-        W::Q4_K,
-        W::Q5_K,
-        W::Q6_K,
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (t, q) in super::dequant::BLOCK_TYPES.into_iter().enumerate() {
         let (elems, bytes) = q.block();
         let (rows, cols) = (70u64, if elems == 256 { 768u64 } else { 608 });
         let delta = TensorDelta {
