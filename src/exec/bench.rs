@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -146,6 +147,9 @@ pub struct BenchConfig {
     /// (`flow_sigmas`, shift 12), each step on the expert `sample::high_noise_expert` picks.
     /// `None`: one model, σ falling linearly.
     pub experts: Option<f64>,
+    /// `--lora-rank`: a rank-R LoRA term on every GGML-stored block matrix, added at every
+    /// dequantisation (`lora_mode = "on_dequant"`); 0: none.
+    pub lora_rank: usize,
 }
 
 /// One measured (placement, batch) cell.
@@ -357,7 +361,18 @@ impl Weights {
                 for (tname, shape) in tensors {
                     let t = resident[i][tname].to_device(&Device::Cpu)?;
                     let linear = family.fp8_linear(&format!("{name}.{tname}"));
-                    ts.push(host_tensor(tname, shape, &t, cfg.dtype, st, linear)?);
+                    let mut h = host_tensor(tname, shape, &t, cfg.dtype, st, linear)?;
+                    if cfg.lora_rank > 0 && h.quant.is_some_and(|q| q.is_quantized()) {
+                        let (rows, cols) = (shape[0] as u64, shape[1..].iter().product::<usize>());
+                        let full = format!("{name}.{tname}");
+                        h.lora = Some(Arc::new(storage::synthetic_lora(
+                            &full,
+                            rows,
+                            cols as u64,
+                            cfg.lora_rank,
+                        )));
+                    }
+                    ts.push(h);
                 }
                 host[k][i] = Some(UnitData {
                     name: name.clone(),

@@ -47,6 +47,11 @@ pub struct Args {
     /// negative prompt) in the same pass over the weights, as Wan runs.
     #[arg(long)]
     pub cfg: bool,
+    /// A rank-R LoRA term on every block matrix stored as GGML blocks (`@q8_0`, `@q4_k`
+    /// placements), added at every dequantisation as `lora_mode = "on_dequant"` does (resident
+    /// cells add it once, on the CPU: the placements' outputs must still agree); 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub lora_rank: usize,
     /// Timed steps per cell (the median is reported).
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
@@ -208,6 +213,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         seed: args.seed,
         cfg: args.cfg,
         experts: experts_of(&args.model),
+        lora_rank: args.lora_rank,
     };
     // Checked before the run: a bad file fails in a second, not after minutes of measuring.
     if args.slots == Slots::Auto && args.hardware.hardware.is_none() {
@@ -340,7 +346,11 @@ fn cell_request(
         overrides: vec![],
         inventory,
         device_bytes: Some(device_bytes),
-        patch_flops_per_value: 0.0,
+        patch_flops_per_value: if args.lora_rank > 0 && placement.storage.ggml().is_some() {
+            (2 * args.lora_rank + 2) as f64
+        } else {
+            0.0
+        },
         workload,
         prefetch: None,
     };

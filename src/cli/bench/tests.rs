@@ -28,6 +28,7 @@ fn dev_config() -> BenchConfig {
         seed: 0,
         cfg: false,
         experts: None,
+        lora_rank: 0,
     }
 }
 
@@ -210,6 +211,29 @@ fn predictions_are_within_ten_percent_of_the_gpu_measurements() {
             );
             worst = worst.max(err.abs());
         }
+    }
+    // Same machine, 2026-12-04 19:43 UTC: Q8_0 with a rank-16 LoRA term on every block
+    // matrix, added at every fetch (`--lora-rank 16`, `lora_mode = "on_dequant"`).
+    let lora_args = Cli::parse_from(["bench", "--hardware", "x.toml", "--lora-rank", "16"]).args;
+    let hw = crate::hardware::file::read(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/hw-h200-2026-12-04.toml"),
+    )
+    .unwrap();
+    for (p, batch, k, measured, gap) in [
+        ("resident@q8_0", 1, 2, 0.1660, 0.0156),
+        ("cpu:100@q8_0", 1, 8, 0.2324, 0.0156),
+        ("resident@q8_0", 4, 2, 0.6557, 0.0458),
+        ("cpu:100@q8_0", 4, 2, 0.7210, 0.0458),
+    ] {
+        let (req, homes) =
+            cell_request(&dev(), &cfg, &lora_args, &p.parse().unwrap(), batch).unwrap();
+        let predicted = crate::plan::predict_step(&req, &hw, &homes, k, gap);
+        let err = predicted / measured - 1.0;
+        eprintln!(
+            "LoRA rank 16 {p} b{batch} K{k}: {measured} predicted {predicted:.4} ({:+.1}%)",
+            err * 100.0
+        );
+        worst = worst.max(err.abs());
     }
     assert!(
         worst <= 0.10,

@@ -34,6 +34,7 @@ mod unit {
             seed: 7,
             cfg,
             experts: None,
+            lora_rank: 0,
         }
     }
 
@@ -180,6 +181,27 @@ mod unit {
         );
         assert_eq!(crate::exec::bench::Storage::Q4_K.stored(&[256, 48]), None);
         assert_eq!(crate::exec::bench::Storage::Q4_K.stored(&[256]), None);
+    }
+
+    /// `--lora-rank`: a LoRA term on every Q8_0 block matrix, added once on the CPU for the
+    /// resident cell and at every fetch for the streamed ones: the same bytes either way, and
+    /// not those of the model without it.
+    #[test]
+    fn lora_terms_on_the_blocks_keep_placements_identical() {
+        let config = flux::Config::tiny();
+        let mut cfg = tiny_config(false);
+        cfg.batches = vec![1];
+        cfg.placements = ["resident@q8_0", "cpu:100@q8_0", "disk:50@q8_0"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let plain = run_on_cpu(&config, &cfg);
+        cfg.lora_rank = 3;
+        let patched = run_on_cpu(&config, &cfg);
+        for m in &patched.measurements {
+            assert_eq!(m.identical, Some(true), "{} batch {}", m.placement, m.batch);
+        }
+        assert_ne!(plain.measurements[0].hashes, patched.measurements[0].hashes);
     }
 }
 
