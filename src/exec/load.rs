@@ -398,11 +398,9 @@ impl ModelFile {
                 ));
             }
         }
-        // GGUF blocks (Q8_0, Q4_K, …) computed in bf16: the blocks stay as stored and travel
-        // quantised; they are dequantised where they are used (on a GPU by a kernel with the CPU's arithmetic:
-        // docs/gpu.md), always through `HostTensor::materialize`'s rounding to bf16.
-        // With `lora_mode = "on_dequant"` a patched tensor keeps its blocks too, and carries
-        // its LoRA terms to where it is dequantised (the same f32 arithmetic as `bake`).
+        // GGML blocks computed in bf16 stay as stored and are dequantised where used (the
+        // CPU's arithmetic on a GPU too, docs/gpu.md); under `on_dequant` a patched tensor
+        // as well, carrying its LoRA terms (added there with `bake`'s f32 arithmetic).
         let on_dequant = touched && self.lora_mode == LoraMode::OnDequant;
         if ct.dtype.stays_quantized(
             stored_of(self.compute).unwrap_or(DType::F32),
