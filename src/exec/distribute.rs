@@ -330,8 +330,9 @@ pub fn build_engine(
                 };
                 *held.entry(streamed.device(target.name)).or_default() += data.bytes();
                 // `on_dequant` LoRA factors stay with the compute device (uploaded once).
-                if data.lora_bytes() > 0 {
-                    *held.entry(target.name).or_default() += data.lora_bytes();
+                let factors = data.lora_bytes();
+                if factors > 0 {
+                    *held.entry(target.name).or_default() += factors;
                 }
                 if streamed != UnitHome::Disk {
                     host_bytes += data.bytes();

@@ -300,66 +300,59 @@ fn device_bytes(model: &Model, inv: &Inventory) -> Vec<u64> {
         .collect()
 }
 
-/// `held` with the LoRA factors `on_dequant` keeps on the compute device added to the
-/// resident unit: every LoRA tensor in f32 (an upper bound: modules for other components are
-/// counted too), when the model's GGML blocks stay compact. LoRA files not there yet (planning
-/// before downloading) count nothing.
-fn with_lora_factors(model: &Model, inv: &Inventory, mut held: Vec<u64>) -> Vec<u64> {
+/// What `lora_mode = "on_dequant"` adds to a model whose GGML blocks stay compact, from its
+/// LoRA files' headers (each read once; files not there yet, when planning before
+/// downloading, count nothing). Zero for `bake` or without compact blocks.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct OnDequantCost {
+    /// Every LoRA tensor in f32, kept on the compute device (an upper bound: modules for
+    /// other components count too).
+    factor_bytes: u64,
+    /// f32 operations per value the terms add at each widening, summed over the files (rank:
+    /// the largest `lora_down`/`lora_A` factor's rows); counted for every compact tensor.
+    flops_per_value: f64,
+}
+
+fn on_dequant_cost(model: &Model, inv: &Inventory) -> OnDequantCost {
     use crate::manifest::LoraMode;
-    let compact = inv
-        .tensors
-        .iter()
-        .any(|t| t.dtype.is_quantized() && t.dtype.stays_quantized(model.dtype.dtype(), false));
+    // `inv` is as loaded: a tensor still quantised there stays in its blocks.
+    let compact = inv.tensors.iter().any(|t| t.dtype.is_quantized());
     if model.lora_mode != LoraMode::OnDequant || !compact {
-        return held;
+        return OnDequantCost::default();
     }
-    let bytes: u64 = model
+    let mut cost = OnDequantCost::default();
+    for f in model
         .loras
         .iter()
         .filter_map(|l| crate::weights::WeightFile::open(&l.file).ok())
-        .map(|f| f.tensors().iter().map(|t| 4 * t.numel()).sum::<u64>())
-        .sum();
+    {
+        let ts = f.tensors();
+        cost.factor_bytes += ts.iter().map(|t| 4 * t.numel()).sum::<u64>();
+        let rank = ts
+            .iter()
+            .filter(|t| {
+                t.shape.len() >= 2 && (t.name.contains("lora_down") || t.name.contains("lora_A"))
+            })
+            .map(|t| t.shape[0] as usize)
+            .max();
+        if let Some(r) = rank {
+            cost.flops_per_value += crate::weights::lora::term_flops_per_value(r) as f64;
+        }
+    }
+    cost
+}
+
+/// `held` with the LoRA factors of `cost` on the resident unit (they stay on the compute
+/// device for the whole run).
+fn with_factors(inv: &Inventory, mut held: Vec<u64>, cost: OnDequantCost) -> Vec<u64> {
     if let Some(i) = inv
         .units
         .iter()
         .position(|u| u.kind == crate::inventory::UnitKind::Resident)
     {
-        held[i] += bytes;
+        held[i] += cost.factor_bytes;
     }
     held
-}
-
-/// `on_dequant` with compact GGML blocks: the f32 operations per value the LoRA terms add at
-/// each widening, `2·rank + 2` per LoRA file, the rank read from its headers (the largest
-/// `down`/`lora_A` factor's rows). 0 for `bake`, without compact blocks, or without the files.
-fn patch_flops_per_value(model: &Model, inv: &Inventory) -> f64 {
-    use crate::manifest::LoraMode;
-    let compact = inv.tensors.iter().any(|t| t.dtype.is_quantized());
-    if model.lora_mode != LoraMode::OnDequant || !compact {
-        return 0.0;
-    }
-    model
-        .loras
-        .iter()
-        .filter_map(|l| crate::weights::WeightFile::open(&l.file).ok())
-        .map(|f| {
-            let rank = f
-                .tensors()
-                .iter()
-                .filter(|t| {
-                    t.shape.len() >= 2
-                        && (t.name.contains("lora_down") || t.name.contains("lora_A"))
-                })
-                .map(|t| t.shape[0])
-                .max()
-                .unwrap_or(0);
-            if rank == 0 {
-                0.0
-            } else {
-                (2 * rank + 2) as f64
-            }
-        })
-        .sum()
 }
 
 /// The dtype a stored tensor is held in after loading, when the executor converts it
@@ -418,14 +411,15 @@ pub fn request(m: &Manifest, inventories: &BTreeMap<String, Arc<Inventory>>) -> 
         .into_iter()
         .filter_map(|model| {
             let inv = as_loaded(model, inventories.get(&model.name)?.clone());
+            let lora = on_dequant_cost(model, &inv);
             Some(ModelRequest {
                 name: model.name.clone(),
                 family: model.family,
                 compute: model.compute,
                 allocation: model.allocation.clone(),
                 overrides: model.overrides.clone(),
-                device_bytes: Some(with_lora_factors(model, &inv, device_bytes(model, &inv))),
-                patch_flops_per_value: patch_flops_per_value(model, &inv),
+                device_bytes: Some(with_factors(&inv, device_bytes(model, &inv), lora)),
+                patch_flops_per_value: lora.flops_per_value,
                 workload: workload(m, model),
                 prefetch: model.prefetch,
                 inventory: inv,

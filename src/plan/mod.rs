@@ -349,21 +349,10 @@ impl Ledger {
         self.homes_on(d) + self.ws_on(d)
     }
 
-    /// Bytes per device of a model laid out as `homes` (as held on the compute device, as
-    /// stored elsewhere; disk not counted).
+    /// Bytes per memory of a model laid out as `homes` (disk not counted).
     fn model_bytes(ctx: &ModelCtx, homes: &[DeviceName]) -> BTreeMap<DeviceName, u64> {
-        let mut m = BTreeMap::new();
-        for (i, (u, &h)) in ctx.inv.units.iter().zip(homes).enumerate() {
-            if h == DeviceName::Disk {
-                continue;
-            }
-            let b = if h == ctx.req.compute {
-                ctx.held[i]
-            } else {
-                u.bytes
-            };
-            *m.entry(h).or_default() += b;
-        }
+        let mut m = ctx.bytes_by_device(homes);
+        m.remove(&DeviceName::Disk);
         m
     }
 

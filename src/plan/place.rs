@@ -157,6 +157,21 @@ impl<'a> ModelCtx<'a> {
         which.into_iter().map(|i| self.held[i]).sum()
     }
 
+    /// Bytes per device of the model laid out as `homes`: as held on the compute device, as
+    /// stored everywhere else (disk included).
+    pub fn bytes_by_device(&self, homes: &[DeviceName]) -> BTreeMap<DeviceName, u64> {
+        let mut m = BTreeMap::new();
+        for (i, (u, &h)) in self.inv.units.iter().zip(homes).enumerate() {
+            let b = if h == self.req.compute {
+                self.held[i]
+            } else {
+                u.bytes
+            };
+            *m.entry(h).or_default() += b;
+        }
+        m
+    }
+
     /// Bytes the resident units take on the compute device.
     pub fn held_resident(&self) -> u64 {
         self.held_of(

@@ -14,26 +14,10 @@
 //! Page-cached files read faster than the disk rate, so the prediction errs high when the
 //! machine's RAM holds both files.
 
-use std::collections::BTreeMap;
-
 use super::place::{link_rate, Choice, ModelCtx};
 use super::{Ledger, PlanRequest, SwitchPlan};
 use crate::device::DeviceName;
 use crate::hardware::Hardware;
-
-/// Stored bytes per device of one placed model (disk included; compute-device bytes as held).
-fn placement(ctx: &ModelCtx, c: &Choice) -> BTreeMap<DeviceName, u64> {
-    let mut m = BTreeMap::new();
-    for (i, (u, &h)) in ctx.inv.units.iter().zip(&c.layout.homes).enumerate() {
-        let b = if h == ctx.req.compute {
-            ctx.held[i]
-        } else {
-            u.bytes
-        };
-        *m.entry(h).or_default() += b;
-    }
-    m
-}
 
 /// One swap into `ctx`'s placement: (bytes read, bytes uploaded, seconds, assumed).
 fn swap_cost(ctx: &ModelCtx, c: &Choice, hw: &Hardware) -> (u64, u64, f64, bool) {
@@ -75,8 +59,8 @@ pub(super) fn plan_switches(
         let (Some(hi), Some(lo)) = (find(&pair.high), find(&pair.low)) else {
             continue;
         };
-        let before = placement(&ctxs[hi], &choices[hi]);
-        let after = placement(&ctxs[lo], &choices[lo]);
+        let before = ctxs[hi].bytes_by_device(&choices[hi].layout.homes);
+        let after = ctxs[lo].bytes_by_device(&choices[lo].layout.homes);
         // Side by side: today's need plus the smaller expert's share on each device.
         let fits = before
             .keys()

@@ -347,7 +347,7 @@ fn cell_request(
         inventory,
         device_bytes: Some(device_bytes),
         patch_flops_per_value: if args.lora_rank > 0 && placement.storage.ggml().is_some() {
-            (2 * args.lora_rank + 2) as f64
+            crate::weights::lora::term_flops_per_value(args.lora_rank) as f64
         } else {
             0.0
         },

@@ -272,8 +272,9 @@ fn on_dequant_plans_the_blocks_and_the_lora_factors() {
         let model = &m.models["flux"];
         let (inv, _) = assumed_inventory(model).unwrap();
         let inv = as_loaded(model, Arc::new(inv));
-        let held = with_lora_factors(model, &inv, device_bytes(model, &inv));
-        let flops = patch_flops_per_value(model, &inv);
+        let cost = on_dequant_cost(model, &inv);
+        let held = with_factors(&inv, device_bytes(model, &inv), cost);
+        let flops = cost.flops_per_value;
         (inv, held, flops)
     };
     let (baked, baked_held, baked_flops) = planned("bake");

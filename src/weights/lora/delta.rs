@@ -8,6 +8,12 @@ use std::sync::Arc;
 
 use super::math;
 
+/// f32 operations a rank-`rank` term adds per value it patches: the k-sum (`2 · rank`), then
+/// the scale and the add.
+pub fn term_flops_per_value(rank: usize) -> u64 {
+    2 * rank as u64 + 2
+}
+
 /// The factors of one term, f32, rows already in canonical order (a diffusers
 /// `norm_out.linear` LoRA has its `up` rows swapped in halves at load).
 #[derive(Debug, Clone)]
@@ -119,7 +125,7 @@ impl TensorDelta {
             .map(|t| {
                 let n = (t.rows.end - t.rows.start) * self.cols;
                 match &t.kind {
-                    DeltaKind::LowRank { rank, .. } => n * (2 * *rank as u64 + 2),
+                    DeltaKind::LowRank { rank, .. } => n * term_flops_per_value(*rank),
                     DeltaKind::Full { .. } => 2 * n,
                 }
             })

@@ -25,7 +25,7 @@ mod load;
 mod mode;
 mod report;
 
-pub use delta::{DeltaKind, DeltaTerm, TensorDelta};
+pub use delta::{term_flops_per_value, DeltaKind, DeltaTerm, TensorDelta};
 pub use mode::{QuantizedLora, QuantizedLoraError};
 pub use report::{FileReport, LoraReport, Unmatched};
 
