@@ -15,17 +15,8 @@
 # 8.9+ (fp8 tensor cores), the CUDA 13 libraries in /usr/local/cuda/lib64. About a minute.
 # Results: fp8-run.txt (one line per check) and the logs of the checks that failed. Exit code
 # 1 if a run fails or a placement is not bit-identical.
-set -u
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${1:-.carry/bin/mgpu}
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-OUTDIR=${2:-${OUT:-/tmp/gpu-fp8-run}}
-mkdir -p "$OUTDIR"
-OUTDIR=$(cd "$OUTDIR" && pwd)
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-export RUST_BACKTRACE=0
-FAIL=0
-W=$(mktemp -d)
+# shellcheck source=tools/gpu-run-common.sh
+. "$(dirname "$0")/gpu-run-common.sh" "${1:-}" "${2:-}" /tmp/gpu-fp8-run
 : >"$OUTDIR/fp8-run.txt"
 
 # variant SRC MODEL DTYPE ALLOCATION NAME: SRC on cuda:0 with MODEL's dtype and allocation

@@ -12,17 +12,8 @@
 # Needs: an mgpu built with `--features cuda` (tools/build-cuda.sh), the CUDA 13 libraries in
 # /usr/local/cuda/lib64. Under a minute. Results: lora-run.txt (one line per check) and the
 # logs of the checks that failed. Exit code 1 if a check fails.
-set -u
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${1:-.carry/bin/mgpu}
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-OUTDIR=${2:-${OUT:-/tmp/gpu-lora-run}}
-mkdir -p "$OUTDIR"
-OUTDIR=$(cd "$OUTDIR" && pwd)
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-export RUST_BACKTRACE=0
-FAIL=0
-W=$(mktemp -d)
+# shellcheck source=tools/gpu-run-common.sh
+. "$(dirname "$0")/gpu-run-common.sh" "${1:-}" "${2:-}" /tmp/gpu-lora-run
 : >"$OUTDIR/lora-run.txt"
 mkdir -p "$W/tiny"
 cp "$ROOT"/manifests/tiny/*.safetensors "$ROOT"/manifests/tiny/*.json "$W/tiny/"

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 
 use super::super::unit::{Bytes, HostTensor};
-use crate::weights::lora::{DeltaKind, DeltaTerm, TensorDelta};
+use crate::weights::lora::{DeltaTerm, TensorDelta};
 use crate::weights::DType as W;
 
 /// How a placement's blocks are stored.
@@ -176,32 +176,21 @@ pub(super) fn host_tensor(
 /// `mgpu bench --lora-rank` attaches to GGML-stored block matrices, as `lora_mode =
 /// "on_dequant"` does, to measure the terms' cost per fetch.
 pub(super) fn synthetic_lora(name: &str, rows: u64, cols: u64, rank: usize) -> TensorDelta {
-    let mut seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    let seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    }) | 1;
-    let mut floats = |n: usize| -> Arc<[f32]> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02
-            })
-            .collect()
-    };
-    let (up, down) = (floats(rows as usize * rank), floats(rank * cols as usize));
+    });
     TensorDelta {
         name: name.to_string(),
         rows,
         cols,
-        terms: vec![DeltaTerm {
-            file: 0,
-            module: name.to_string(),
-            rows: 0..rows,
-            factor: 1.0,
-            scale: 1.0,
-            kind: DeltaKind::LowRank { rank, up, down },
-        }],
+        terms: vec![DeltaTerm::pseudo_random(
+            0..rows,
+            cols,
+            rank,
+            1.0,
+            0.02,
+            seed,
+        )],
     }
 }
 

@@ -185,59 +185,19 @@ pub(super) fn launch(
 pub fn check(device: &Device) -> Result<Vec<String>, EngineError> {
     let cdev = device.as_cuda_device().map_err(super::candle_err)?;
     let stream = cdev.cuda_stream();
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut floats = |n: usize, amp: f32| -> Arc<[f32]> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * amp
-            })
-            .collect()
-    };
-    let term = |rows: std::ops::Range<u64>, scale: f32, kind: DeltaKind| DeltaTerm {
-        file: 0,
-        module: "check".into(),
-        rows,
-        factor: 1.0,
-        scale,
-        kind,
-    };
     let mut fails = Vec::new();
     for (t, q) in super::dequant::BLOCK_TYPES.into_iter().enumerate() {
         let (elems, bytes) = q.block();
         let (rows, cols) = (70u64, if elems == 256 { 768u64 } else { 608 });
+        let seed = 0x2545_f491_4f6c_dd1d + 3 * t as u64;
         let delta = TensorDelta {
             name: "check".into(),
             rows,
             cols,
             terms: vec![
-                term(
-                    3..40,
-                    0.75,
-                    DeltaKind::LowRank {
-                        rank: 20,
-                        up: floats(37 * 20, 0.3),
-                        down: floats(20 * cols as usize, 0.3),
-                    },
-                ),
-                term(
-                    10..20,
-                    1.5,
-                    DeltaKind::Full {
-                        diff: floats(10 * cols as usize, 0.01),
-                    },
-                ),
-                term(
-                    0..rows,
-                    -0.125,
-                    DeltaKind::LowRank {
-                        rank: 1,
-                        up: floats(rows as usize, 1.0),
-                        down: floats(cols as usize, 1.0),
-                    },
-                ),
+                DeltaTerm::pseudo_random(3..40, cols, 20, 0.75, 0.3, seed),
+                DeltaTerm::pseudo_random(10..20, cols, 0, 1.5, 0.01, seed + 1),
+                DeltaTerm::pseudo_random(0..rows, cols, 1, -0.125, 1.0, seed + 2),
             ],
         };
         let terms = upload(&stream, &delta)?;
@@ -350,18 +310,7 @@ pub fn time_q8_0(device: &Device) -> Result<Vec<String>, EngineError> {
             name: "timing".into(),
             rows,
             cols,
-            terms: vec![DeltaTerm {
-                file: 0,
-                module: "timing".into(),
-                rows: 0..rows,
-                factor: 1.0,
-                scale: 0.5,
-                kind: DeltaKind::LowRank {
-                    rank,
-                    up: vec![0.01f32; rows as usize * rank].into(),
-                    down: vec![0.02f32; rank * cols as usize].into(),
-                },
-            }],
+            terms: vec![DeltaTerm::pseudo_random(0..rows, cols, rank, 0.5, 0.02, 11)],
         };
         let terms = upload(&stream, &delta)?;
         let t = median(&|| launch(device, &stream, W::Q8_0, s, d, nblocks, &terms))?;

@@ -65,31 +65,7 @@ fn converted_dtypes_follow_the_executor() {
 /// the ones `mgpu plan` assumes for the missing FLUX.1-dev and Wan 2.1 1.3B files.
 #[test]
 fn fp8_compute_holds_the_fp8_linears_at_one_byte() {
-    let flux = r#"
-[settings]
-compute = "cuda:0"
-[models.flux]
-family = "flux"
-file = "flux1-dev.safetensors"
-DTYPE
-[models.t5]
-family = "t5"
-file = "t5xxl_fp16.safetensors"
-tokenizer = "t5-tokenizer.json"
-[models.clip]
-family = "clip-l"
-file = "clip_l.safetensors"
-tokenizer = "clip-tokenizer.json"
-[models.vae]
-family = "flux-vae"
-file = "ae.safetensors"
-[pipelines.dev]
-diffusion = "flux"
-text_encoders = ["clip", "t5"]
-vae = "vae"
-[[jobs]]
-prompt = "p"
-"#;
+    let flux = flux_dev_on_cuda("DTYPE");
     let wan = r#"
 [settings]
 compute = "cuda:0"
@@ -113,7 +89,7 @@ prompt = "p"
 frames = 81
 "#;
     let dir = tempfile::tempdir().unwrap();
-    for (name, text, per_block) in [("flux", flux, [8, 2]), ("wan", wan, [10, 10])] {
+    for (name, text, per_block) in [("flux", flux.as_str(), [8, 2]), ("wan", wan, [10, 10])] {
         let loaded = |dtype: &str| {
             let text = text.replace("DTYPE", &format!("dtype = \"{dtype}\""));
             let m = crate::manifest::load_str(&dir.path().join("m.toml"), &text).unwrap();
@@ -175,13 +151,28 @@ fn a_corrupt_lora_fails_plan() {
         b"\x10\0\0\0\0\0\0\0{not json at all",
     )
     .unwrap();
-    let text = r#"
+    let text = flux_dev_on_cuda("loras = [{ file = \"style.safetensors\" }]");
+    let m = crate::manifest::load_str(&dir.path().join("m.toml"), &text).unwrap();
+    let Err(e) = read_inventories_assuming(&m) else {
+        panic!("plan accepted a corrupt LoRA");
+    };
+    let e = e.to_string();
+    assert!(e.contains("model `flux`: LoRA"), "{e}");
+    assert!(e.contains("style.safetensors"), "{e}");
+    assert!(e.contains("m.toml:7:"), "{e}");
+}
+
+/// A FLUX.1-dev pipeline on cuda:0 with the published file names (`mgpu plan` assumes
+/// their layouts); `flux_extra` is the seventh line, more keys of `[models.flux]`.
+fn flux_dev_on_cuda(flux_extra: &str) -> String {
+    format!(
+        r#"
 [settings]
 compute = "cuda:0"
 [models.flux]
 family = "flux"
 file = "flux1-dev.safetensors"
-loras = [{ file = "style.safetensors" }]
+{flux_extra}
 [models.t5]
 family = "t5"
 file = "t5xxl_fp16.safetensors"
@@ -199,15 +190,8 @@ text_encoders = ["clip", "t5"]
 vae = "vae"
 [[jobs]]
 prompt = "p"
-"#;
-    let m = crate::manifest::load_str(&dir.path().join("m.toml"), text).unwrap();
-    let Err(e) = read_inventories_assuming(&m) else {
-        panic!("plan accepted a corrupt LoRA");
-    };
-    let e = e.to_string();
-    assert!(e.contains("model `flux`: LoRA"), "{e}");
-    assert!(e.contains("style.safetensors"), "{e}");
-    assert!(e.contains("m.toml:7:"), "{e}");
+"#
+    )
 }
 
 /// A CPU manifest with FLUX (`flux_extra`: more keys of `[models.flux]`), T5, CLIP and

@@ -44,6 +44,50 @@ pub struct DeltaTerm {
     pub kind: DeltaKind,
 }
 
+impl DeltaTerm {
+    /// A term over `rows` of a tensor `cols` values wide with deterministic pseudo-random
+    /// factors (xorshift from `seed`, |value| < amp / 2; `rank` 0: a full difference): for the
+    /// benchmark's LoRAs and the GPU kernels' checks, not for models.
+    pub fn pseudo_random(
+        rows: Range<u64>,
+        cols: u64,
+        rank: usize,
+        scale: f32,
+        amp: f32,
+        seed: u64,
+    ) -> DeltaTerm {
+        let mut x = seed | 1;
+        let mut floats = |n: u64| -> Arc<[f32]> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * amp
+                })
+                .collect()
+        };
+        let n = rows.end - rows.start;
+        let kind = if rank == 0 {
+            DeltaKind::Full {
+                diff: floats(n * cols),
+            }
+        } else {
+            let up = floats(n * rank as u64);
+            let down = floats(rank as u64 * cols);
+            DeltaKind::LowRank { rank, up, down }
+        };
+        DeltaTerm {
+            file: 0,
+            module: format!("pseudo-random-{seed:x}"),
+            rows,
+            factor: 1.0,
+            scale,
+            kind,
+        }
+    }
+}
+
 /// All terms patching one canonical tensor (`rows × cols`, cols = product of trailing dims).
 #[derive(Debug, Clone)]
 pub struct TensorDelta {
